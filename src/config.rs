@@ -1,0 +1,419 @@
+//! The run configuration: the reference's `configs/AnomalyNCD.yaml` sections and keys, with the same
+//! defaults, plus keys of ours (all defaulted, so the reference file loads unchanged). Unknown keys
+//! are errors that name the key and its line.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::arch::ArchSpec;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub binarization: Binarization,
+    pub models: Models,
+    pub training: Training,
+    pub loss: Loss,
+    pub experiment: Experiment,
+    pub inference: Inference,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Binarization {
+    /// Step between tried thresholds on the normalised 0..255 scale.
+    pub sample_rate: u32,
+    /// Shortest run of equal component counts that counts as stable.
+    pub min_interval_len: usize,
+    /// Erode each binary map with a 6×6 kernel before counting components.
+    pub erode: bool,
+    /// Ours: lower end of the threshold search range (raw map scale) instead of the smallest
+    /// per-map maximum; for sets without normal images (the reference's issue #8).
+    pub min_threshold: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Models {
+    /// First backbone block that is fine-tuned; earlier blocks stay frozen.
+    pub grad_from_block: usize,
+    /// Backbone architecture (see `anomalyncd config show`).
+    pub pretrained_backbone: String,
+    /// How many of the last blocks hide non-anomalous patches from the class token.
+    pub mask_layers: usize,
+    pub n_views: usize,
+    pub n_head: usize,
+    /// Ours: backbone weights (.pth state dict or .safetensors). Default: the offline file for
+    /// dinov2_vits14, none (an error) for the DINO v1 models, random init for vit_tiny.
+    pub backbone_weights: Option<PathBuf>,
+    /// Ours: input side in pixels.
+    pub image_size: usize,
+    /// Ours: `auto` (bf16 for the frozen blocks where the hardware has fast bf16), `fp32`, `bf16`.
+    pub precision: Precision,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    Auto,
+    Fp32,
+    Bf16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Training {
+    pub batch_size: usize,
+    pub num_workers: usize,
+    pub lr: f64,
+    pub gamma: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub epochs: usize,
+    /// Ours: train the unfrozen blocks on cached frozen-prefix tokens of a fixed bank of views.
+    pub cache_frozen: bool,
+    /// Ours: augmented views per crop in that bank.
+    pub cache_views: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Loss {
+    pub sup_weight: f64,
+    pub memax_weight: f64,
+    pub anomaly_thred: f64,
+    pub teacher_temp: f64,
+    pub warmup_teacher_temp: f64,
+    pub warmup_teacher_temp_epochs: usize,
+    pub repeat_times: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Experiment {
+    pub seed: u64,
+    pub print_freq: usize,
+    pub table_root: PathBuf,
+    pub exp_name: String,
+    pub exp_root: PathBuf,
+}
+
+/// Ours: region merging at image level.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Inference {
+    /// Temperature T of the softmax over sqrt(mask area) / T; unset = 100 for MVTec-style data,
+    /// 50 otherwise (the reference's values).
+    pub merge_temperature: Option<f64>,
+}
+
+impl Default for Binarization {
+    fn default() -> Self {
+        Self { sample_rate: 4, min_interval_len: 4, erode: true, min_threshold: None }
+    }
+}
+
+impl Default for Models {
+    fn default() -> Self {
+        Self {
+            grad_from_block: 11,
+            pretrained_backbone: "dino_vitb8".into(),
+            mask_layers: 9,
+            n_views: 2,
+            n_head: 4,
+            backbone_weights: None,
+            image_size: 224,
+            precision: Precision::Auto,
+        }
+    }
+}
+
+impl Default for Training {
+    fn default() -> Self {
+        Self {
+            batch_size: 32,
+            num_workers: 8,
+            lr: 0.003,
+            gamma: 0.1,
+            momentum: 0.9,
+            weight_decay: 5e-5,
+            epochs: 50,
+            cache_frozen: false,
+            cache_views: 8,
+        }
+    }
+}
+
+impl Default for Loss {
+    fn default() -> Self {
+        Self {
+            sup_weight: 0.3,
+            memax_weight: 4.0,
+            anomaly_thred: 0.5,
+            teacher_temp: 0.04,
+            warmup_teacher_temp: 0.07,
+            warmup_teacher_temp_epochs: 40,
+            repeat_times: 4,
+        }
+    }
+}
+
+impl Default for Experiment {
+    fn default() -> Self {
+        Self {
+            seed: 3407,
+            print_freq: 3,
+            table_root: "outputs/output_table".into(),
+            exp_name: "AnomalyNCD".into(),
+            exp_root: "outputs".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a YAML file, applies `overrides` (`section.key=value`, value in YAML syntax) and
+    /// validates the result.
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Config> {
+        let (origin, mut value) = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    Error::config(p.display().to_string(), format!("cannot read: {e}"))
+                })?;
+                let v: serde_yaml::Value = if text.trim().is_empty() {
+                    serde_yaml::Value::Mapping(Default::default())
+                } else {
+                    serde_yaml::from_str(&text)
+                        .map_err(|e| Error::config(p.display().to_string(), e.to_string()))?
+                };
+                (p.display().to_string(), v)
+            }
+            None => ("(defaults)".to_string(), serde_yaml::Value::Mapping(Default::default())),
+        };
+        // Parse the file alone first so that line numbers in errors point into it.
+        Self::from_value(value.clone(), &origin)?;
+        for ov in overrides {
+            apply_override(&mut value, ov)?;
+        }
+        let origin = if overrides.is_empty() { origin } else { format!("{origin} with --set") };
+        let cfg = Self::from_value(value, &origin)?;
+        cfg.validate().map_err(|m| Error::config(origin, m))?;
+        Ok(cfg)
+    }
+
+    fn from_value(value: serde_yaml::Value, origin: &str) -> Result<Config> {
+        if value.is_null() {
+            return Ok(Config::default());
+        }
+        serde_yaml::from_value(value).map_err(|e| Error::config(origin, e.to_string()))
+    }
+
+    /// Parses YAML text (used by tests and `config check` on stdin-like input).
+    pub fn from_yaml_str(text: &str, origin: &str) -> Result<Config> {
+        let cfg: Config =
+            serde_yaml::from_str(text).map_err(|e| Error::config(origin, e.to_string()))?;
+        cfg.validate().map_err(|m| Error::config(origin, m))?;
+        Ok(cfg)
+    }
+
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).expect("a Config always serialises")
+    }
+
+    pub fn arch(&self) -> &'static ArchSpec {
+        ArchSpec::by_name(&self.models.pretrained_backbone)
+            .expect("validate() checked the backbone name")
+    }
+
+    /// Checks ranges that serde's types cannot express; the message names the key.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let b = &self.binarization;
+        let m = &self.models;
+        let t = &self.training;
+        let l = &self.loss;
+        let e = &self.experiment;
+        let mut bad: Vec<String> = Vec::new();
+        let mut need = |ok: bool, msg: String| {
+            if !ok {
+                bad.push(msg)
+            }
+        };
+        need(
+            (1..=255).contains(&b.sample_rate),
+            format!("binarization.sample_rate must be in 1..=255 (got {})", b.sample_rate),
+        );
+        need(
+            b.min_interval_len >= 1,
+            "binarization.min_interval_len must be at least 1".into(),
+        );
+        if let Some(v) = b.min_threshold {
+            need(
+                v.is_finite() && v >= 0.0,
+                format!("binarization.min_threshold must be a finite number >= 0 (got {v})"),
+            );
+        }
+        match ArchSpec::by_name(&m.pretrained_backbone) {
+            None => need(
+                false,
+                format!(
+                    "models.pretrained_backbone `{}` is not known; use one of: {}",
+                    m.pretrained_backbone,
+                    ArchSpec::names().join(", ")
+                ),
+            ),
+            Some(a) => {
+                need(
+                    m.mask_layers <= a.depth,
+                    format!(
+                        "models.mask_layers ({}) exceeds the depth of {} ({})",
+                        m.mask_layers, a.name, a.depth
+                    ),
+                );
+                need(
+                    m.grad_from_block <= a.depth,
+                    format!(
+                        "models.grad_from_block ({}) exceeds the depth of {} ({})",
+                        m.grad_from_block, a.name, a.depth
+                    ),
+                );
+                need(
+                    m.image_size >= a.patch_size && m.image_size % a.patch_size == 0,
+                    format!(
+                        "models.image_size ({}) must be a positive multiple of the patch size of {} ({})",
+                        m.image_size, a.name, a.patch_size
+                    ),
+                );
+            }
+        }
+        need(m.n_head >= 1, "models.n_head must be at least 1".into());
+        need(
+            m.n_views == 2,
+            format!("models.n_views must be 2 (two augmented views per sample; got {})", m.n_views),
+        );
+        need(t.batch_size >= 2, format!("training.batch_size must be at least 2 (got {})", t.batch_size));
+        need(t.epochs >= 1, "training.epochs must be at least 1".into());
+        need(t.lr.is_finite() && t.lr > 0.0, format!("training.lr must be > 0 (got {})", t.lr));
+        need(t.gamma.is_finite() && t.gamma > 0.0, format!("training.gamma must be > 0 (got {})", t.gamma));
+        need(
+            (0.0..1.0).contains(&t.momentum),
+            format!("training.momentum must be in [0, 1) (got {})", t.momentum),
+        );
+        need(
+            t.weight_decay.is_finite() && t.weight_decay >= 0.0,
+            format!("training.weight_decay must be >= 0 (got {})", t.weight_decay),
+        );
+        need(t.cache_views >= 1, "training.cache_views must be at least 1".into());
+        need(
+            (0.0..=1.0).contains(&l.sup_weight),
+            format!("loss.sup_weight must be in [0, 1] (got {})", l.sup_weight),
+        );
+        need(
+            l.memax_weight.is_finite() && l.memax_weight >= 0.0,
+            format!("loss.memax_weight must be >= 0 (got {})", l.memax_weight),
+        );
+        need(
+            (0.0..=1.0).contains(&l.anomaly_thred),
+            format!("loss.anomaly_thred must be in [0, 1] (got {})", l.anomaly_thred),
+        );
+        for (k, v) in [("teacher_temp", l.teacher_temp), ("warmup_teacher_temp", l.warmup_teacher_temp)] {
+            need(v.is_finite() && v > 0.0, format!("loss.{k} must be > 0 (got {v})"));
+        }
+        need(l.repeat_times >= 1, "loss.repeat_times must be at least 1".into());
+        need(e.print_freq >= 1, "experiment.print_freq must be at least 1".into());
+        need(!e.exp_name.trim().is_empty(), "experiment.exp_name must not be empty".into());
+        if let Some(tm) = self.inference.merge_temperature {
+            need(
+                tm.is_finite() && tm > 0.0,
+                format!("inference.merge_temperature must be > 0 (got {tm})"),
+            );
+        }
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(bad.join("; "))
+        }
+    }
+}
+
+/// `section.key=value` → sets that key in the YAML tree; the value is parsed as YAML.
+fn apply_override(root: &mut serde_yaml::Value, ov: &str) -> Result<()> {
+    let bad = |m: &str| Error::usage(format!("--set {ov}: {m} (expected section.key=value, e.g. training.epochs=5)"));
+    let (key, val) = ov.split_once('=').ok_or_else(|| bad("no `=`"))?;
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
+        return Err(bad("the key must have exactly one dot"));
+    }
+    let parsed: serde_yaml::Value =
+        serde_yaml::from_str(val).map_err(|e| bad(&format!("value is not YAML: {e}")))?;
+    if !root.is_mapping() {
+        *root = serde_yaml::Value::Mapping(Default::default());
+    }
+    let map = root.as_mapping_mut().expect("made a mapping above");
+    let section = map
+        .entry(parts[0].into())
+        .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
+    if !section.is_mapping() {
+        *section = serde_yaml::Value::Mapping(Default::default());
+    }
+    section.as_mapping_mut().expect("made a mapping above").insert(parts[1].into(), parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REFERENCE_YAML: &str = include_str!("../tests/fixtures/AnomalyNCD.yaml");
+
+    #[test]
+    fn reference_file_loads_unchanged_with_the_same_values() {
+        let cfg = Config::from_yaml_str(REFERENCE_YAML, "AnomalyNCD.yaml").unwrap();
+        assert_eq!(cfg, Config::default());
+    }
+
+    #[test]
+    fn misspelt_key_names_key_and_line() {
+        let text = REFERENCE_YAML.replace("sample_rate", "sampel_rate");
+        let err = Config::from_yaml_str(&text, "x.yaml").unwrap_err().to_string();
+        assert!(err.contains("sampel_rate"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_their_key() {
+        for (from, to, key) in [
+            ("sample_rate: 4", "sample_rate: 0", "sample_rate"),
+            ("lr: 0.003", "lr: -1", "training.lr"),
+            ("n_head: 4", "n_head: 0", "n_head"),
+            ("mask_layers: 9", "mask_layers: 13", "mask_layers"),
+            ("epochs: 50", "epochs: -5", "epochs"),
+            ("epochs: 50", "epochs: many", "epochs"),
+        ] {
+            let text = REFERENCE_YAML.replace(from, to);
+            let err = Config::from_yaml_str(&text, "x.yaml").unwrap_err().to_string();
+            assert!(err.contains(key), "{to}: {err}");
+        }
+    }
+
+    #[test]
+    fn overrides_win_and_are_checked() {
+        let mut v: serde_yaml::Value = serde_yaml::from_str(REFERENCE_YAML).unwrap();
+        apply_override(&mut v, "training.epochs=3").unwrap();
+        apply_override(&mut v, "models.pretrained_backbone=dinov2_vits14").unwrap();
+        let cfg: Config = serde_yaml::from_value(v).unwrap();
+        assert_eq!(cfg.training.epochs, 3);
+        assert_eq!(cfg.models.pretrained_backbone, "dinov2_vits14");
+        let mut v2 = serde_yaml::Value::Null;
+        assert!(apply_override(&mut v2, "epochs=3").is_err());
+        assert!(apply_override(&mut v2, "training.epochs").is_err());
+    }
+
+    #[test]
+    fn partial_file_takes_defaults() {
+        let cfg = Config::from_yaml_str("training:\n  epochs: 2\n", "p.yaml").unwrap();
+        assert_eq!(cfg.training.epochs, 2);
+        assert_eq!(cfg.training.batch_size, 32);
+        assert_eq!(cfg.binarization, Binarization::default());
+    }
+}

@@ -1,0 +1,92 @@
+//! Typed errors of the library. Every error knows its exit code: 2 when the user must fix an input,
+//! a flag or the config; 1 when something failed at run time (disk full, a NaN loss, libtorch).
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A bad flag or argument combination.
+    #[error("{0}")]
+    Usage(String),
+    /// A config file or config value that cannot be used.
+    #[error("config {origin}: {msg}")]
+    Config { origin: String, msg: String },
+    /// An input file or folder that is missing, unreadable or malformed.
+    #[error("{}: {msg}", path.display())]
+    Input { path: PathBuf, msg: String },
+    /// A file-system failure while writing or reading what the tool manages.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A failure during computation (NaN loss, libtorch error, …).
+    #[error("{0}")]
+    Runtime(String),
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn usage(msg: impl Into<String>) -> Self {
+        Error::Usage(msg.into())
+    }
+    pub fn config(origin: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Config { origin: origin.into(), msg: msg.into() }
+    }
+    pub fn input(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
+        Error::Input { path: path.as_ref().to_path_buf(), msg: msg.into() }
+    }
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Error::Io { path: path.as_ref().to_path_buf(), source }
+    }
+    pub fn runtime(msg: impl Into<String>) -> Self {
+        Error::Runtime(msg.into())
+    }
+
+    /// 2 for what the user must fix (usage, config, inputs), 1 for run-time failures.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) | Error::Config { .. } | Error::Input { .. } => 2,
+            Error::Io { .. } | Error::Runtime(_) | Error::Torch(_) => 1,
+        }
+    }
+}
+
+/// The exit code of an error chain as it reaches `main`: the first typed error decides; anything
+/// untyped is a run-time failure.
+pub fn exit_code_of(err: &anyhow::Error) -> i32 {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<Error>().map(Error::exit_code))
+        .unwrap_or(1)
+}
+
+/// Adds the path to a raw io::Error.
+pub trait IoContext<T> {
+    fn at(self, path: impl AsRef<Path>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::result::Result<T, std::io::Error> {
+    fn at(self, path: impl AsRef<Path>) -> Result<T> {
+        self.map_err(|e| Error::io(path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_kind_of_error() {
+        assert_eq!(Error::usage("x").exit_code(), 2);
+        assert_eq!(Error::config("f", "x").exit_code(), 2);
+        assert_eq!(Error::input("f", "x").exit_code(), 2);
+        assert_eq!(Error::runtime("x").exit_code(), 1);
+        let e = anyhow::Error::new(Error::input("a.png", "bad")).context("reading maps");
+        assert_eq!(exit_code_of(&e), 2);
+        assert_eq!(exit_code_of(&anyhow::anyhow!("plain")), 1);
+    }
+}

@@ -1,0 +1,167 @@
+//! Safe output handling: atomic writes (temp file + rename), output folders that never sit inside
+//! an input, and a marker so that the tool only ever replaces what it created itself.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, IoContext, Result};
+
+/// Name of the marker file the tool writes into every output folder it creates.
+pub const MARKER: &str = ".anomalyncd-output.json";
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so readers
+/// never see a half-written file.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).at(dir)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        Ok(())
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
+
+/// Encodes an image by its extension and writes it atomically.
+pub fn save_image_atomic(img: &image::DynamicImage, path: &Path) -> Result<()> {
+    let fmt = image::ImageFormat::from_path(path)
+        .map_err(|e| Error::usage(format!("{}: unsupported output format: {e}", path.display())))?;
+    let mut buf = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut buf, fmt)
+        .map_err(|e| Error::runtime(format!("{}: cannot encode image: {e}", path.display())))?;
+    atomic_write(path, buf.get_ref())
+}
+
+/// Absolute, symlink-resolved form of a path that may not exist yet (its deepest existing
+/// ancestor is canonicalised).
+pub fn absolute(path: &Path) -> PathBuf {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(path)
+    };
+    let mut existing = abs.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(p), Some(n)) => {
+                rest.push(n.to_owned());
+                existing = p;
+            }
+            _ => break,
+        }
+    }
+    let mut out = existing.canonicalize().unwrap_or_else(|_| existing.to_path_buf());
+    for n in rest.iter().rev() {
+        out.push(n);
+    }
+    out
+}
+
+/// Prepares an output folder for `command`:
+/// - refuses one that is inside (or equal to) any input folder, or that contains an input;
+/// - creates it when missing and writes the marker;
+/// - accepts an existing empty folder, or one the tool made for the same `fingerprint`
+///   (same command and inputs);
+/// - refuses a non-empty folder the tool did not make, and one holding a different run unless
+///   `overwrite` is set. Nothing is deleted here.
+pub fn prepare_output_dir(
+    out: &Path,
+    inputs: &[(&str, &Path)],
+    command: &str,
+    fingerprint: &serde_json::Value,
+    overwrite: bool,
+) -> Result<()> {
+    let out_abs = absolute(out);
+    for (flag, input) in inputs {
+        let in_abs = absolute(input);
+        if out_abs.starts_with(&in_abs) || in_abs.starts_with(&out_abs) {
+            return Err(Error::usage(format!(
+                "--out {}: the output folder must not be inside {flag} {} (or contain it); choose a folder outside the inputs",
+                out.display(),
+                input.display()
+            )));
+        }
+    }
+    let marker = out.join(MARKER);
+    let want = serde_json::json!({ "command": command, "inputs": fingerprint });
+    if out.exists() {
+        if !out.is_dir() {
+            return Err(Error::usage(format!("--out {}: exists and is not a folder", out.display())));
+        }
+        let empty = std::fs::read_dir(out).at(out)?.next().is_none();
+        if !empty {
+            let Ok(text) = std::fs::read_to_string(&marker) else {
+                return Err(Error::usage(format!(
+                    "--out {}: the folder is not empty and was not created by anomalyncd; choose a new or empty folder",
+                    out.display()
+                )));
+            };
+            let have: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            if have != want && !overwrite {
+                return Err(Error::usage(format!(
+                    "--out {}: holds a different anomalyncd run ({}); pass --overwrite to replace its files, or choose another folder",
+                    out.display(),
+                    have.get("command").and_then(|c| c.as_str()).unwrap_or("unknown")
+                )));
+            }
+        }
+    }
+    std::fs::create_dir_all(out).at(out)?;
+    let body = serde_json::to_vec_pretty(&want).expect("json value serialises");
+    atomic_write(&marker, &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_whole_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a/b.txt");
+        atomic_write(&p, b"one").unwrap();
+        atomic_write(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        let left: Vec<_> = std::fs::read_dir(p.parent().unwrap()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temp files left");
+    }
+
+    #[test]
+    fn output_dir_rules() {
+        let d = tempfile::tempdir().unwrap();
+        let input = d.path().join("maps");
+        std::fs::create_dir_all(&input).unwrap();
+        let fp = serde_json::json!({"maps": "x"});
+        let inside = input.join("out");
+        let e = prepare_output_dir(&inside, &[("--anomaly-maps", &input)], "binarize", &fp, false);
+        assert_eq!(e.unwrap_err().exit_code(), 2);
+
+        let out = d.path().join("out");
+        prepare_output_dir(&out, &[("--anomaly-maps", &input)], "binarize", &fp, false).unwrap();
+        std::fs::write(out.join("x.png"), b"x").unwrap();
+        // same run again: fine
+        prepare_output_dir(&out, &[("--anomaly-maps", &input)], "binarize", &fp, false).unwrap();
+        // different run: refused unless overwrite
+        let fp2 = serde_json::json!({"maps": "y"});
+        assert!(prepare_output_dir(&out, &[], "binarize", &fp2, false).is_err());
+        prepare_output_dir(&out, &[], "binarize", &fp2, true).unwrap();
+
+        let foreign = d.path().join("foreign");
+        std::fs::create_dir_all(&foreign).unwrap();
+        std::fs::write(foreign.join("mine.txt"), b"user").unwrap();
+        let e = prepare_output_dir(&foreign, &[], "binarize", &fp, true).unwrap_err();
+        assert!(e.to_string().contains("not created by anomalyncd"));
+        assert_eq!(std::fs::read(foreign.join("mine.txt")).unwrap(), b"user");
+    }
+}

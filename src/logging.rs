@@ -1,0 +1,101 @@
+//! Logging to stderr and, once a run folder is known, to its `log.txt`; progress bars that do not
+//! garble the log. Hand-written because it is small and needs to share the terminal with indicatif.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use log::{Level, LevelFilter, Log, Metadata, Record};
+
+struct Logger {
+    start: Instant,
+    file: Mutex<Option<File>>,
+}
+
+static LOGGER: OnceLock<Logger> = OnceLock::new();
+static BARS: OnceLock<MultiProgress> = OnceLock::new();
+
+fn bars() -> &'static MultiProgress {
+    BARS.get_or_init(MultiProgress::new)
+}
+
+impl Log for Logger {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        metadata.level() <= log::max_level() && metadata.target().starts_with("anomalyncd")
+    }
+
+    fn log(&self, record: &Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let line = match record.level() {
+            Level::Error => format!("error: {}", record.args()),
+            Level::Warn => format!("warning: {}", record.args()),
+            _ => format!("{}", record.args()),
+        };
+        bars().suspend(|| eprintln!("{line}"));
+        if let Ok(mut guard) = self.file.lock() {
+            if let Some(f) = guard.as_mut() {
+                let t = self.start.elapsed().as_secs_f64();
+                let _ = writeln!(f, "[{t:9.2}s {:5}] {}", record.level(), record.args());
+            }
+        }
+    }
+
+    fn flush(&self) {
+        if let Ok(mut guard) = self.file.lock() {
+            if let Some(f) = guard.as_mut() {
+                let _ = f.flush();
+            }
+        }
+    }
+}
+
+/// Installs the logger; `verbose`/`quiet` are the counts of -v / -q.
+pub fn init(verbose: u8, quiet: u8) {
+    let level = match (verbose, quiet) {
+        (0, 0) => LevelFilter::Info,
+        (1, _) => LevelFilter::Debug,
+        (v, _) if v >= 2 => LevelFilter::Trace,
+        (_, 1) => LevelFilter::Warn,
+        _ => LevelFilter::Error,
+    };
+    let logger = LOGGER.get_or_init(|| Logger { start: Instant::now(), file: Mutex::new(None) });
+    let _ = log::set_logger(logger);
+    log::set_max_level(level);
+    if quiet > 0 {
+        bars().set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+}
+
+/// From now on the log also goes to `path` (appended), e.g. the run folder's `log.txt`.
+pub fn add_log_file(path: &Path) -> std::io::Result<()> {
+    let f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    if let Some(l) = LOGGER.get() {
+        if let Ok(mut g) = l.file.lock() {
+            *g = Some(f);
+        }
+    }
+    Ok(())
+}
+
+pub fn flush() {
+    if let Some(l) = LOGGER.get() {
+        l.flush();
+    }
+}
+
+/// A progress bar over `len` items, hidden when stderr is not a terminal or with -q.
+pub fn progress(len: u64, what: &str) -> ProgressBar {
+    let pb = bars().add(ProgressBar::new(len));
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg} ({per_sec}, eta {eta})")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(what.to_string());
+    pb
+}

@@ -1,0 +1,116 @@
+//! The backbone architectures `models.pretrained_backbone` can name.
+
+/// Shape of one ViT backbone. Every architecture here is pre-norm, qkv-biased, MLP ratio 4,
+/// LayerNorm eps 1e-6, as in DINO and DINOv2.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ArchSpec {
+    pub name: &'static str,
+    pub patch_size: usize,
+    pub embed_dim: usize,
+    pub depth: usize,
+    pub num_heads: usize,
+    /// DINOv2 scales the attention and MLP branches by learnt per-channel factors.
+    pub layer_scale: bool,
+    /// Side of the position-embedding grid stored in the weights (interpolated to other inputs).
+    pub pos_grid: usize,
+    /// Where users get pretrained weights for it.
+    pub weights_hint: &'static str,
+}
+
+pub const ARCHS: &[ArchSpec] = &[
+    ArchSpec {
+        name: "dino_vits16",
+        patch_size: 16,
+        embed_dim: 384,
+        depth: 12,
+        num_heads: 6,
+        layer_scale: false,
+        pos_grid: 14,
+        weights_hint: "dino_deitsmall16_pretrain.pth from the official DINO release",
+    },
+    ArchSpec {
+        name: "dino_vits8",
+        patch_size: 8,
+        embed_dim: 384,
+        depth: 12,
+        num_heads: 6,
+        layer_scale: false,
+        pos_grid: 28,
+        weights_hint: "dino_deitsmall8_pretrain.pth from the official DINO release",
+    },
+    ArchSpec {
+        name: "dino_vitb16",
+        patch_size: 16,
+        embed_dim: 768,
+        depth: 12,
+        num_heads: 12,
+        layer_scale: false,
+        pos_grid: 14,
+        weights_hint: "dino_vitbase16_pretrain.pth from the official DINO release",
+    },
+    ArchSpec {
+        name: "dino_vitb8",
+        patch_size: 8,
+        embed_dim: 768,
+        depth: 12,
+        num_heads: 12,
+        layer_scale: false,
+        pos_grid: 28,
+        weights_hint: "dino_vitbase8_pretrain.pth from the official DINO release",
+    },
+    ArchSpec {
+        name: "dinov2_vits14",
+        patch_size: 14,
+        embed_dim: 384,
+        depth: 12,
+        num_heads: 6,
+        layer_scale: true,
+        pos_grid: 37,
+        weights_hint: "data/weights/dinov2_vits14.safetensors, made by scripts/setup.sh",
+    },
+    ArchSpec {
+        name: "dinov2_vitb14",
+        patch_size: 14,
+        embed_dim: 768,
+        depth: 12,
+        num_heads: 12,
+        layer_scale: true,
+        pos_grid: 37,
+        weights_hint: "a DINOv2 ViT-B/14 state dict converted to safetensors",
+    },
+    // A tiny ViT for tests and quick experiments (the golden `mgvit_tiny` shape); random init
+    // when no weights are given.
+    ArchSpec {
+        name: "vit_tiny",
+        patch_size: 8,
+        embed_dim: 48,
+        depth: 3,
+        num_heads: 3,
+        layer_scale: false,
+        pos_grid: 4,
+        weights_hint: "none needed (random init) or a safetensors file of the same shape",
+    },
+];
+
+impl ArchSpec {
+    pub fn by_name(name: &str) -> Option<&'static ArchSpec> {
+        ARCHS.iter().find(|a| a.name == name)
+    }
+
+    pub fn names() -> Vec<&'static str> {
+        ARCHS.iter().map(|a| a.name).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paper_default_is_vit_b8() {
+        let a = ArchSpec::by_name("dino_vitb8").unwrap();
+        assert_eq!((a.patch_size, a.embed_dim, a.depth, a.num_heads), (8, 768, 12, 12));
+        assert!(ArchSpec::by_name("resnet50").is_none());
+        assert_eq!(a.embed_dim % a.num_heads, 0);
+    }
+}

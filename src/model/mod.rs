@@ -1,0 +1,3 @@
+//! The mask-guided ViT backbone, the multi-head projector and weight loading.
+
+pub mod arch;
