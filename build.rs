@@ -7,6 +7,11 @@ fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") else { return };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
+    // The linker drops libtorch_cuda (nothing references it by symbol), and then libtorch never
+    // registers its CUDA backend: keep it linked so one binary uses a GPU where there is one.
+    if Path::new(&dir).join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-arg=-Wl,-L{dir},--no-as-needed,-ltorch_cuda,--as-needed");
+    }
     // With LIBTORCH_USE_PYTORCH the folder is <site-packages>/torch/lib; torch/version.py holds
     // `__version__ = '2.13.0+cu130'`.
     let version_py = Path::new(&dir).join("../version.py");

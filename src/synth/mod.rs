@@ -81,7 +81,11 @@ fn centres(n: usize, size: f32, rng: &mut ChaCha8Rng) -> Vec<(f32, f32)> {
 fn anomaly_map(mask: &Plane, w: usize, h: usize, rng: &mut ChaCha8Rng) -> GrayImage {
     let sigma = w as f32 / 60.0;
     let strength = rng.gen_range(0.6..1.0f32);
-    let mut m: Plane = gaussian_blur(mask, w, h, sigma).iter().map(|v| v * strength).collect();
+    // Thin defects (cracks, scratches) blur to low values: rescale so the defect peaks at its
+    // strength, as a detector's response does.
+    let blurred = gaussian_blur(mask, w, h, sigma);
+    let peak = blurred.iter().cloned().fold(1e-6f32, f32::max);
+    let mut m: Plane = blurred.iter().map(|v| (v / peak * 1.6).min(1.0) * strength).collect();
     let noise: Plane = (0..w * h).map(|_| rng.gen_range(-1.0..1.0f32)).collect();
     let noise = gaussian_blur(&noise, w, h, 2.0);
     for _ in 0..rng.gen_range(1..4) {
