@@ -37,8 +37,7 @@ fi
 step "building the release binary against the venv's libtorch (torch-sys takes ~2 minutes the first time)"
 export LIBTORCH_USE_PYTORCH=1
 export PATH="$VENV/bin:$PATH"
-cargo build --release --locked 2>&1 | grep -vE '^\s+(Compiling|Downloaded|Downloading)' || true
-[ "${PIPESTATUS[0]}" -eq 0 ] || fail "cargo build failed (see above)"
+cargo build --release --locked || fail "cargo build failed (see above)"
 
 if [ "${ANOMALYNCD_SKIP_WEIGHTS:-0}" != "1" ] && [ -x scripts/prepare_weights.sh ]; then
   step "preparing the offline default backbone (data/weights/)"
