@@ -176,27 +176,30 @@ impl Config {
     /// Reads a YAML file, applies `overrides` (`section.key=value`, value in YAML syntax) and
     /// validates the result.
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Config> {
-        let (origin, mut value) = match path {
+        let (origin, text) = match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|e| {
                     Error::config(p.display().to_string(), format!("cannot read: {e}"))
                 })?;
-                let v: serde_yaml::Value = if text.trim().is_empty() {
-                    serde_yaml::Value::Mapping(Default::default())
-                } else {
-                    serde_yaml::from_str(&text)
-                        .map_err(|e| Error::config(p.display().to_string(), e.to_string()))?
-                };
-                (p.display().to_string(), v)
+                (p.display().to_string(), text)
             }
-            None => ("(defaults)".to_string(), serde_yaml::Value::Mapping(Default::default())),
+            None => ("(defaults)".to_string(), String::new()),
         };
-        // Parse the file alone first so that line numbers in errors point into it.
-        Self::from_value(value.clone(), &origin)?;
+        // Parse the text itself first: only then do serde_yaml's errors carry line numbers.
+        let from_file: Config = if text.trim().is_empty() {
+            Config::default()
+        } else {
+            serde_yaml::from_str(&text).map_err(|e| Error::config(&origin, e.to_string()))?
+        };
+        if overrides.is_empty() {
+            from_file.validate().map_err(|m| Error::config(&origin, m))?;
+            return Ok(from_file);
+        }
+        let mut value = serde_yaml::to_value(&from_file).expect("a Config always serialises");
         for ov in overrides {
             apply_override(&mut value, ov)?;
         }
-        let origin = if overrides.is_empty() { origin } else { format!("{origin} with --set") };
+        let origin = format!("{origin} with --set");
         let cfg = Self::from_value(value, &origin)?;
         cfg.validate().map_err(|m| Error::config(origin, m))?;
         Ok(cfg)
