@@ -1,7 +1,8 @@
 //! anomalyncd: discover the kinds of defects in industrial images without labels.
 //!
 //! One module per pipeline stage: [`mebin`] (adaptive binarization and anomaly-centred crops),
-//! [`model`] (mask-guided ViT and projector), [`metrics`] (NMI / ARI / Hungarian F1); [`synth`]
+//! [`model`] (mask-guided ViT and projector), [`train`] (losses), [`infer`] (region merging),
+//! [`metrics`] (NMI / ARI / Hungarian F1); [`synth`]
 //! makes a synthetic dataset; [`commands`] is the command edge used by the binary.
 
 pub mod cli;
@@ -10,8 +11,11 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod fsutil;
+pub mod infer;
 pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod synth;
+pub mod train;
 
 pub use error::{Error, Result};

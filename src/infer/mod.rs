@@ -1,0 +1,34 @@
+//! Inference on the test crops: per-crop (sub-image) predictions and their merging into one
+//! prediction per image ([`merge`]), then scoring with [`crate::metrics`].
+
+pub mod merge;
+
+/// The head used at test time: the one with the smallest mean cluster loss over the last
+/// training epoch. Among equal losses the last head wins, as in the reference's region merging.
+/// `None` for no heads or when every loss is NaN.
+pub fn best_head(cluster_losses: &[f64]) -> Option<usize> {
+    let mut best: Option<(usize, f64)> = None;
+    for (i, &l) in cluster_losses.iter().enumerate() {
+        if l.is_nan() {
+            continue;
+        }
+        if best.is_none_or(|(_, b)| l <= b) {
+            best = Some((i, l));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn best_head_is_the_last_smallest_loss() {
+        assert_eq!(best_head(&[0.5, 0.2, 0.3]), Some(1));
+        assert_eq!(best_head(&[0.2, 0.4, 0.2]), Some(2));
+        assert_eq!(best_head(&[f64::NAN, 1.0]), Some(1));
+        assert_eq!(best_head(&[]), None);
+        assert_eq!(best_head(&[f64::NAN]), None);
+    }
+}
