@@ -5,7 +5,9 @@ use std::path::Path;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
-    let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") else { return };
+    let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
+        return;
+    };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
     // The linker drops libtorch_cuda (nothing references it by symbol), and then libtorch never
     // registers its CUDA backend: keep it linked so one binary uses a GPU where there is one.

@@ -111,7 +111,12 @@ pub struct Inference {
 
 impl Default for Binarization {
     fn default() -> Self {
-        Self { sample_rate: 4, min_interval_len: 4, erode: true, min_threshold: None }
+        Self {
+            sample_rate: 4,
+            min_interval_len: 4,
+            erode: true,
+            min_threshold: None,
+        }
     }
 }
 
@@ -192,7 +197,9 @@ impl Config {
             serde_yaml::from_str(&text).map_err(|e| Error::config(&origin, e.to_string()))?
         };
         if overrides.is_empty() {
-            from_file.validate().map_err(|m| Error::config(&origin, m))?;
+            from_file
+                .validate()
+                .map_err(|m| Error::config(&origin, m))?;
             return Ok(from_file);
         }
         let mut value = serde_yaml::to_value(&from_file).expect("a Config always serialises");
@@ -244,7 +251,10 @@ impl Config {
         };
         need(
             (1..=255).contains(&b.sample_rate),
-            format!("binarization.sample_rate must be in 1..=255 (got {})", b.sample_rate),
+            format!(
+                "binarization.sample_rate must be in 1..=255 (got {})",
+                b.sample_rate
+            ),
         );
         need(
             b.min_interval_len >= 1,
@@ -292,21 +302,42 @@ impl Config {
         need(m.n_head >= 1, "models.n_head must be at least 1".into());
         need(
             m.n_views == 2,
-            format!("models.n_views must be 2 (two augmented views per sample; got {})", m.n_views),
+            format!(
+                "models.n_views must be 2 (two augmented views per sample; got {})",
+                m.n_views
+            ),
         );
-        need(t.batch_size >= 2, format!("training.batch_size must be at least 2 (got {})", t.batch_size));
+        need(
+            t.batch_size >= 2,
+            format!(
+                "training.batch_size must be at least 2 (got {})",
+                t.batch_size
+            ),
+        );
         need(t.epochs >= 1, "training.epochs must be at least 1".into());
-        need(t.lr.is_finite() && t.lr > 0.0, format!("training.lr must be > 0 (got {})", t.lr));
-        need(t.gamma.is_finite() && t.gamma > 0.0, format!("training.gamma must be > 0 (got {})", t.gamma));
+        need(
+            t.lr.is_finite() && t.lr > 0.0,
+            format!("training.lr must be > 0 (got {})", t.lr),
+        );
+        need(
+            t.gamma.is_finite() && t.gamma > 0.0,
+            format!("training.gamma must be > 0 (got {})", t.gamma),
+        );
         need(
             (0.0..1.0).contains(&t.momentum),
             format!("training.momentum must be in [0, 1) (got {})", t.momentum),
         );
         need(
             t.weight_decay.is_finite() && t.weight_decay >= 0.0,
-            format!("training.weight_decay must be >= 0 (got {})", t.weight_decay),
+            format!(
+                "training.weight_decay must be >= 0 (got {})",
+                t.weight_decay
+            ),
         );
-        need(t.cache_views >= 1, "training.cache_views must be at least 1".into());
+        need(
+            t.cache_views >= 1,
+            "training.cache_views must be at least 1".into(),
+        );
         need(
             (0.0..=1.0).contains(&l.sup_weight),
             format!("loss.sup_weight must be in [0, 1] (got {})", l.sup_weight),
@@ -317,14 +348,32 @@ impl Config {
         );
         need(
             (0.0..=1.0).contains(&l.anomaly_thred),
-            format!("loss.anomaly_thred must be in [0, 1] (got {})", l.anomaly_thred),
+            format!(
+                "loss.anomaly_thred must be in [0, 1] (got {})",
+                l.anomaly_thred
+            ),
         );
-        for (k, v) in [("teacher_temp", l.teacher_temp), ("warmup_teacher_temp", l.warmup_teacher_temp)] {
-            need(v.is_finite() && v > 0.0, format!("loss.{k} must be > 0 (got {v})"));
+        for (k, v) in [
+            ("teacher_temp", l.teacher_temp),
+            ("warmup_teacher_temp", l.warmup_teacher_temp),
+        ] {
+            need(
+                v.is_finite() && v > 0.0,
+                format!("loss.{k} must be > 0 (got {v})"),
+            );
         }
-        need(l.repeat_times >= 1, "loss.repeat_times must be at least 1".into());
-        need(e.print_freq >= 1, "experiment.print_freq must be at least 1".into());
-        need(!e.exp_name.trim().is_empty(), "experiment.exp_name must not be empty".into());
+        need(
+            l.repeat_times >= 1,
+            "loss.repeat_times must be at least 1".into(),
+        );
+        need(
+            e.print_freq >= 1,
+            "experiment.print_freq must be at least 1".into(),
+        );
+        need(
+            !e.exp_name.trim().is_empty(),
+            "experiment.exp_name must not be empty".into(),
+        );
         if let Some(tm) = self.inference.merge_temperature {
             need(
                 tm.is_finite() && tm > 0.0,
@@ -341,7 +390,11 @@ impl Config {
 
 /// `section.key=value` → sets that key in the YAML tree; the value is parsed as YAML.
 fn apply_override(root: &mut serde_yaml::Value, ov: &str) -> Result<()> {
-    let bad = |m: &str| Error::usage(format!("--set {ov}: {m} (expected section.key=value, e.g. training.epochs=5)"));
+    let bad = |m: &str| {
+        Error::usage(format!(
+            "--set {ov}: {m} (expected section.key=value, e.g. training.epochs=5)"
+        ))
+    };
     let (key, val) = ov.split_once('=').ok_or_else(|| bad("no `=`"))?;
     let parts: Vec<&str> = key.trim().split('.').collect();
     if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
@@ -359,7 +412,10 @@ fn apply_override(root: &mut serde_yaml::Value, ov: &str) -> Result<()> {
     if !section.is_mapping() {
         *section = serde_yaml::Value::Mapping(Default::default());
     }
-    section.as_mapping_mut().expect("made a mapping above").insert(parts[1].into(), parsed);
+    section
+        .as_mapping_mut()
+        .expect("made a mapping above")
+        .insert(parts[1].into(), parsed);
     Ok(())
 }
 
@@ -378,7 +434,9 @@ mod tests {
     #[test]
     fn misspelt_key_names_key_and_line() {
         let text = REFERENCE_YAML.replace("sample_rate", "sampel_rate");
-        let err = Config::from_yaml_str(&text, "x.yaml").unwrap_err().to_string();
+        let err = Config::from_yaml_str(&text, "x.yaml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("sampel_rate"), "{err}");
         assert!(err.contains("line 3"), "{err}");
     }
@@ -394,7 +452,9 @@ mod tests {
             ("epochs: 50", "epochs: many", "epochs"),
         ] {
             let text = REFERENCE_YAML.replace(from, to);
-            let err = Config::from_yaml_str(&text, "x.yaml").unwrap_err().to_string();
+            let err = Config::from_yaml_str(&text, "x.yaml")
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(key), "{to}: {err}");
         }
     }

@@ -45,7 +45,11 @@ pub fn version_text() -> String {
         "anomalyncd {}\nlibtorch {}\nCUDA available: {}{}",
         env!("CARGO_PKG_VERSION"),
         libtorch_version(),
-        if tch::Cuda::is_available() { "yes" } else { "no" },
+        if tch::Cuda::is_available() {
+            "yes"
+        } else {
+            "no"
+        },
         if tch::Cuda::is_available() {
             format!(" ({} device(s))", tch::Cuda::device_count())
         } else {

@@ -35,13 +35,22 @@ impl Error {
         Error::Usage(msg.into())
     }
     pub fn config(origin: impl Into<String>, msg: impl Into<String>) -> Self {
-        Error::Config { origin: origin.into(), msg: msg.into() }
+        Error::Config {
+            origin: origin.into(),
+            msg: msg.into(),
+        }
     }
     pub fn input(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
-        Error::Input { path: path.as_ref().to_path_buf(), msg: msg.into() }
+        Error::Input {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+        }
     }
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        Error::Io { path: path.as_ref().to_path_buf(), source }
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
     }
     pub fn runtime(msg: impl Into<String>) -> Self {
         Error::Runtime(msg.into())

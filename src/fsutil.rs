@@ -12,9 +12,15 @@ pub const MARKER: &str = ".anomalyncd-output.json";
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so readers
 /// never see a half-written file.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).at(dir)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
@@ -34,8 +40,12 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Encodes an image by its extension and writes it atomically.
 pub fn save_image_atomic(img: &image::DynamicImage, path: &Path) -> Result<()> {
-    let fmt = image::ImageFormat::from_path(path)
-        .map_err(|e| Error::usage(format!("{}: unsupported output format: {e}", path.display())))?;
+    let fmt = image::ImageFormat::from_path(path).map_err(|e| {
+        Error::usage(format!(
+            "{}: unsupported output format: {e}",
+            path.display()
+        ))
+    })?;
     let mut buf = std::io::Cursor::new(Vec::new());
     img.write_to(&mut buf, fmt)
         .map_err(|e| Error::runtime(format!("{}: cannot encode image: {e}", path.display())))?;
@@ -61,7 +71,9 @@ pub fn absolute(path: &Path) -> PathBuf {
             _ => break,
         }
     }
-    let mut out = existing.canonicalize().unwrap_or_else(|_| existing.to_path_buf());
+    let mut out = existing
+        .canonicalize()
+        .unwrap_or_else(|_| existing.to_path_buf());
     for n in rest.iter().rev() {
         out.push(n);
     }
@@ -97,7 +109,10 @@ pub fn prepare_output_dir(
     let want = serde_json::json!({ "command": command, "inputs": fingerprint });
     if out.exists() {
         if !out.is_dir() {
-            return Err(Error::usage(format!("--out {}: exists and is not a folder", out.display())));
+            return Err(Error::usage(format!(
+                "--out {}: exists and is not a folder",
+                out.display()
+            )));
         }
         let empty = std::fs::read_dir(out).at(out)?.next().is_none();
         if !empty {
@@ -144,7 +159,13 @@ mod tests {
         std::fs::create_dir_all(&input).unwrap();
         let fp = serde_json::json!({"maps": "x"});
         let inside = input.join("out");
-        let e = prepare_output_dir(&inside, &[("--anomaly-maps", &input)], "binarize", &fp, false);
+        let e = prepare_output_dir(
+            &inside,
+            &[("--anomaly-maps", &input)],
+            "binarize",
+            &fp,
+            false,
+        );
         assert_eq!(e.unwrap_err().exit_code(), 2);
 
         let out = d.path().join("out");

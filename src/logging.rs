@@ -63,7 +63,10 @@ pub fn init(verbose: u8, quiet: u8) {
         (_, 1) => LevelFilter::Warn,
         _ => LevelFilter::Error,
     };
-    let logger = LOGGER.get_or_init(|| Logger { start: Instant::now(), file: Mutex::new(None) });
+    let logger = LOGGER.get_or_init(|| Logger {
+        start: Instant::now(),
+        file: Mutex::new(None),
+    });
     let _ = log::set_logger(logger);
     log::set_max_level(level);
     if quiet > 0 {
@@ -73,7 +76,10 @@ pub fn init(verbose: u8, quiet: u8) {
 
 /// From now on the log also goes to `path` (appended), e.g. the run folder's `log.txt`.
 pub fn add_log_file(path: &Path) -> std::io::Result<()> {
-    let f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
     if let Some(l) = LOGGER.get() {
         if let Ok(mut g) = l.file.lock() {
             *g = Some(f);
@@ -92,9 +98,11 @@ pub fn flush() {
 pub fn progress(len: u64, what: &str) -> ProgressBar {
     let pb = bars().add(ProgressBar::new(len));
     pb.set_style(
-        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg} ({per_sec}, eta {eta})")
-            .expect("static template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{prefix:>12} [{bar:30}] {pos}/{len} {msg} ({per_sec}, eta {eta})",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
     );
     pb.set_prefix(what.to_string());
     pb

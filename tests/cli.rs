@@ -13,17 +13,32 @@ fn run(args: &[&str]) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn assert_no_panic(o: &Output) {
     let t = text(o);
-    assert!(!t.contains("panicked") && !t.contains("RUST_BACKTRACE"), "panic output: {t}");
+    assert!(
+        !t.contains("panicked") && !t.contains("RUST_BACKTRACE"),
+        "panic output: {t}"
+    );
 }
 
 #[test]
 fn every_subcommand_answers_help() {
-    for sub in ["binarize", "prepare-base", "train", "test", "predict", "synth", "config"] {
+    for sub in [
+        "binarize",
+        "prepare-base",
+        "train",
+        "test",
+        "predict",
+        "synth",
+        "config",
+    ] {
         let o = run(&[sub, "--help"]);
         assert!(o.status.success(), "{sub} --help: {}", text(&o));
         assert!(text(&o).contains("Usage:"), "{sub}");
@@ -37,16 +52,29 @@ fn version_names_libtorch_and_cuda() {
     let o = run(&["--version"]);
     assert!(o.status.success());
     let t = text(&o);
-    assert!(t.contains(env!("CARGO_PKG_VERSION")) && t.contains("libtorch 2.13") && t.contains("CUDA available"), "{t}");
+    assert!(
+        t.contains(env!("CARGO_PKG_VERSION"))
+            && t.contains("libtorch 2.13")
+            && t.contains("CUDA available"),
+        "{t}"
+    );
 }
 
 #[test]
 fn config_check_accepts_reference_yaml_and_refuses_misspelt_key() {
     let root = env!("CARGO_MANIFEST_DIR");
-    let o = run(&["config", "check", &format!("{root}/tests/fixtures/AnomalyNCD.yaml")]);
+    let o = run(&[
+        "config",
+        "check",
+        &format!("{root}/tests/fixtures/AnomalyNCD.yaml"),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("pretrained_backbone: dino_vitb8"));
-    let o = run(&["config", "check", &format!("{root}/configs/anomalyncd.yaml")]);
+    let o = run(&[
+        "config",
+        "check",
+        &format!("{root}/configs/anomalyncd.yaml"),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
 
     let d = tempfile::tempdir().unwrap();
@@ -94,10 +122,30 @@ fn bad_device_is_a_usage_error() {
 fn synth_writes_the_layout_and_refuses_foreign_folders() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("s");
-    let args = ["synth", "--out", out.to_str().unwrap(), "--per-type", "2", "--normal", "1", "--per-base-class", "1", "--size", "64", "-q"];
+    let args = [
+        "synth",
+        "--out",
+        out.to_str().unwrap(),
+        "--per-type",
+        "2",
+        "--normal",
+        "1",
+        "--per-base-class",
+        "1",
+        "--size",
+        "64",
+        "-q",
+    ];
     let o = run(&args);
     assert!(o.status.success(), "{}", text(&o));
-    for rel in ["train/good/000.png", "test/stain/001.png", "ground_truth/stain/001.png", "anomaly_maps/crack/000.png", "base/images/dent/000.png", "base/masks/speckle/000.png"] {
+    for rel in [
+        "train/good/000.png",
+        "test/stain/001.png",
+        "ground_truth/stain/001.png",
+        "anomaly_maps/crack/000.png",
+        "base/images/dent/000.png",
+        "base/masks/speckle/000.png",
+    ] {
         assert!(out.join(rel).is_file(), "{rel}");
     }
     // same run again is fine
@@ -108,7 +156,14 @@ fn synth_writes_the_layout_and_refuses_foreign_folders() {
     std::fs::write(foreign.join("keep.txt"), "user data").unwrap();
     let o = run(&["synth", "--out", foreign.to_str().unwrap(), "--size", "64"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o).contains("not created by anomalyncd"), "{}", text(&o));
-    assert_eq!(std::fs::read_to_string(foreign.join("keep.txt")).unwrap(), "user data");
+    assert!(
+        text(&o).contains("not created by anomalyncd"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        std::fs::read_to_string(foreign.join("keep.txt")).unwrap(),
+        "user data"
+    );
     assert!(!Path::new(&foreign.join("train")).exists());
 }

@@ -39,7 +39,11 @@ fn value_noise(w: usize, h: usize, cell: f32, rng: &mut ChaCha8Rng) -> Plane {
 /// vignette, sensor noise.
 pub fn surface(w: usize, h: usize, rng: &mut ChaCha8Rng) -> Canvas {
     let base = rng.gen_range(115.0..140.0f32);
-    let tint = [rng.gen_range(-4.0..4.0f32), rng.gen_range(-2.0..2.0f32), rng.gen_range(0.0..8.0f32)];
+    let tint = [
+        rng.gen_range(-4.0..4.0f32),
+        rng.gen_range(-2.0..2.0f32),
+        rng.gen_range(0.0..8.0f32),
+    ];
     let o1 = value_noise(w, h, 40.0, rng);
     let o2 = value_noise(w, h, 12.0, rng);
     let o3 = value_noise(w, h, 4.0, rng);
@@ -54,7 +58,11 @@ pub fn surface(w: usize, h: usize, rng: &mut ChaCha8Rng) -> Canvas {
             let (u, v) = (x as f32 / w as f32 - 0.5, y as f32 / h as f32 - 0.5);
             let grain = ((y as f32 * 1.7 + grain_phase) * 0.9).sin() * 2.0;
             let vignette = -(u * u + v * v) * 30.0;
-            let g = base + 14.0 * o1[i] + 7.0 * o2[i] + 4.0 * o3[i] + light * (u * dx + v * dy)
+            let g = base
+                + 14.0 * o1[i]
+                + 7.0 * o2[i]
+                + 4.0 * o3[i]
+                + light * (u * dx + v * dy)
                 + grain
                 + vignette
                 + rng.gen_range(-3.0..3.0f32);
@@ -177,21 +185,34 @@ impl Defect {
             Defect::Stain => {
                 let r = rng.gen_range(12.0..20.0) * s;
                 let lobes: Vec<(f32, f32)> = (0..3)
-                    .map(|_| (rng.gen_range(0.0..std::f32::consts::TAU), rng.gen_range(0.15..0.35)))
+                    .map(|_| {
+                        (
+                            rng.gen_range(0.0..std::f32::consts::TAU),
+                            rng.gen_range(0.15..0.35),
+                        )
+                    })
                     .collect();
                 let mut cov = vec![0.0; c.w * c.h];
                 for y in 0..c.h {
                     for x in 0..c.w {
                         let (ux, uy) = (x as f32 + 0.5 - cx, y as f32 + 0.5 - cy);
                         let th = uy.atan2(ux);
-                        let rr = r * (1.0 + lobes.iter().map(|(p, a)| a * (2.0 * th + p).sin()).sum::<f32>() / 2.0);
+                        let rr = r
+                            * (1.0
+                                + lobes
+                                    .iter()
+                                    .map(|(p, a)| a * (2.0 * th + p).sin())
+                                    .sum::<f32>()
+                                    / 2.0);
                         let d = (ux * ux + uy * uy).sqrt();
                         cov[y * c.w + x] = ((rr - d) / (0.25 * r)).clamp(0.0, 1.0);
                     }
                 }
                 let strength = rng.gen_range(0.55..0.8);
                 let paint: Plane = cov.iter().map(|v| v * strength).collect();
-                blend(c, &paint, |_, p| [p[0] * 0.8 + 40.0, p[1] * 0.6 + 20.0, p[2] * 0.35]);
+                blend(c, &paint, |_, p| {
+                    [p[0] * 0.8 + 40.0, p[1] * 0.6 + 20.0, p[2] * 0.35]
+                });
                 cov
             }
             Defect::Crack => {
@@ -249,7 +270,10 @@ impl Defect {
                 let n = rng.gen_range(14..24);
                 let spread = rng.gen_range(9.0..14.0) * s;
                 for _ in 0..n {
-                    let (ox, oy) = (rng.gen_range(-spread..spread), rng.gen_range(-spread..spread));
+                    let (ox, oy) = (
+                        rng.gen_range(-spread..spread),
+                        rng.gen_range(-spread..spread),
+                    );
                     let d = disc_cover(c, cx + ox, cy + oy, rng.gen_range(0.8..1.8) * s);
                     for (a, b) in cov.iter_mut().zip(d) {
                         *a = f32::max(*a, b);
@@ -264,7 +288,11 @@ impl Defect {
                 let len = rng.gen_range(22.0..34.0) * s;
                 let ang = rng.gen_range(0.0..std::f32::consts::PI);
                 let (dx, dy) = (ang.cos() * len / 2.0, ang.sin() * len / 2.0);
-                let cov = polyline_cover(c, &[(cx - dx, cy - dy), (cx + dx, cy + dy)], rng.gen_range(4.0..6.0) * s);
+                let cov = polyline_cover(
+                    c,
+                    &[(cx - dx, cy - dy), (cx + dx, cy + dy)],
+                    rng.gen_range(4.0..6.0) * s,
+                );
                 blend(c, &cov, |_, p| {
                     let m = (p[0] + p[1] + p[2]) / 3.0;
                     [m * 0.5 + 20.0, m * 0.55 + 30.0, m * 0.5 + 60.0]
@@ -279,7 +307,9 @@ impl Defect {
 /// works on the f32 planes the generator already has.
 pub fn gaussian_blur(p: &Plane, w: usize, h: usize, sigma: f32) -> Plane {
     let r = (sigma * 3.0).ceil() as isize;
-    let k: Vec<f32> = (-r..=r).map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp()).collect();
+    let k: Vec<f32> = (-r..=r)
+        .map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp())
+        .collect();
     let ks: f32 = k.iter().sum();
     let pass = |src: &Plane, horiz: bool| -> Plane {
         let mut dst = vec![0.0; w * h];

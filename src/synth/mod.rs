@@ -53,13 +53,21 @@ fn job_seed(seed: u64, job: &Job) -> u64 {
 fn to_rgb(c: &Canvas) -> RgbImage {
     RgbImage::from_fn(c.w as u32, c.h as u32, |x, y| {
         let p = c.px[y as usize * c.w + x as usize];
-        image::Rgb([p[0].clamp(0.0, 255.0) as u8, p[1].clamp(0.0, 255.0) as u8, p[2].clamp(0.0, 255.0) as u8])
+        image::Rgb([
+            p[0].clamp(0.0, 255.0) as u8,
+            p[1].clamp(0.0, 255.0) as u8,
+            p[2].clamp(0.0, 255.0) as u8,
+        ])
     })
 }
 
 fn to_mask(cov: &Plane, w: usize, h: usize) -> GrayImage {
     GrayImage::from_fn(w as u32, h as u32, |x, y| {
-        image::Luma([if cov[y as usize * w + x as usize] >= 0.5 { 255 } else { 0 }])
+        image::Luma([if cov[y as usize * w + x as usize] >= 0.5 {
+            255
+        } else {
+            0
+        }])
     })
 }
 
@@ -68,8 +76,14 @@ fn centres(n: usize, size: f32, rng: &mut ChaCha8Rng) -> Vec<(f32, f32)> {
     let margin = size * 0.2;
     let mut out: Vec<(f32, f32)> = Vec::new();
     while out.len() < n {
-        let p = (rng.gen_range(margin..size - margin), rng.gen_range(margin..size - margin));
-        if out.iter().all(|q| ((p.0 - q.0).powi(2) + (p.1 - q.1).powi(2)).sqrt() > size * 0.45) {
+        let p = (
+            rng.gen_range(margin..size - margin),
+            rng.gen_range(margin..size - margin),
+        );
+        if out
+            .iter()
+            .all(|q| ((p.0 - q.0).powi(2) + (p.1 - q.1).powi(2)).sqrt() > size * 0.45)
+        {
             out.push(p);
         }
     }
@@ -85,7 +99,10 @@ fn anomaly_map(mask: &Plane, w: usize, h: usize, rng: &mut ChaCha8Rng) -> GrayIm
     // strength, as a detector's response does.
     let blurred = gaussian_blur(mask, w, h, sigma);
     let peak = blurred.iter().cloned().fold(1e-6f32, f32::max);
-    let mut m: Plane = blurred.iter().map(|v| (v / peak * 1.6).min(1.0) * strength).collect();
+    let mut m: Plane = blurred
+        .iter()
+        .map(|v| (v / peak * 1.6).min(1.0) * strength)
+        .collect();
     let noise: Plane = (0..w * h).map(|_| rng.gen_range(-1.0..1.0f32)).collect();
     let noise = gaussian_blur(&noise, w, h, 2.0);
     for _ in 0..rng.gen_range(1..4) {
@@ -103,7 +120,12 @@ fn anomaly_map(mask: &Plane, w: usize, h: usize, rng: &mut ChaCha8Rng) -> GrayIm
         let v = 0.08 + m[i] * 0.85 + noise[i] * 0.12;
         image::Luma([(v.clamp(0.0, 1.0) * 255.0).round() as u8])
     });
-    image::imageops::resize(&full, MAP_SIZE, MAP_SIZE, image::imageops::FilterType::Triangle)
+    image::imageops::resize(
+        &full,
+        MAP_SIZE,
+        MAP_SIZE,
+        image::imageops::FilterType::Triangle,
+    )
 }
 
 fn write_job(out: &Path, spec: &SynthSpec, job: &Job) -> Result<()> {
@@ -112,12 +134,17 @@ fn write_job(out: &Path, spec: &SynthSpec, job: &Job) -> Result<()> {
     let mut canvas = draw::surface(s, s, &mut rng);
     let stem = |idx: &usize| format!("{idx:03}.png");
     match job {
-        Job::Normal { idx } => {
-            save_image_atomic(&DynamicImage::ImageRgb8(to_rgb(&canvas)), &out.join("train/good").join(stem(idx)))
-        }
+        Job::Normal { idx } => save_image_atomic(
+            &DynamicImage::ImageRgb8(to_rgb(&canvas)),
+            &out.join("train/good").join(stem(idx)),
+        ),
         Job::Novel { defect, idx } | Job::Base { defect, idx } => {
             // about one novel image in four carries two defects of its type
-            let n = if matches!(job, Job::Novel { .. }) && rng.gen_bool(0.25) { 2 } else { 1 };
+            let n = if matches!(job, Job::Novel { .. }) && rng.gen_bool(0.25) {
+                2
+            } else {
+                1
+            };
             let mut mask = vec![0.0f32; s * s];
             for (cx, cy) in centres(n, s as f32, &mut rng) {
                 let cov = defect.paint(&mut canvas, cx, cy, &mut rng);
@@ -126,14 +153,20 @@ fn write_job(out: &Path, spec: &SynthSpec, job: &Job) -> Result<()> {
                 }
             }
             let img = DynamicImage::ImageRgb8(to_rgb(&canvas));
-            let binary: Plane = mask.iter().map(|&v| if v >= 0.5 { 1.0 } else { 0.0 }).collect();
+            let binary: Plane = mask
+                .iter()
+                .map(|&v| if v >= 0.5 { 1.0 } else { 0.0 })
+                .collect();
             let m = DynamicImage::ImageLuma8(to_mask(&mask, s, s));
             let name = defect.name();
             if matches!(job, Job::Novel { .. }) {
                 save_image_atomic(&img, &out.join("test").join(name).join(stem(idx)))?;
                 save_image_atomic(&m, &out.join("ground_truth").join(name).join(stem(idx)))?;
                 let map = anomaly_map(&binary, s, s, &mut rng);
-                save_image_atomic(&DynamicImage::ImageLuma8(map), &out.join("anomaly_maps").join(name).join(stem(idx)))
+                save_image_atomic(
+                    &DynamicImage::ImageLuma8(map),
+                    &out.join("anomaly_maps").join(name).join(stem(idx)),
+                )
             } else {
                 save_image_atomic(&img, &out.join("base/images").join(name).join(stem(idx)))?;
                 save_image_atomic(&m, &out.join("base/masks").join(name).join(stem(idx)))
@@ -145,10 +178,15 @@ fn write_job(out: &Path, spec: &SynthSpec, job: &Job) -> Result<()> {
 /// Writes the dataset; returns a one-paragraph summary naming the folders.
 pub fn write_dataset(out: &Path, spec: &SynthSpec, overwrite: bool) -> Result<String> {
     if spec.size < 64 {
-        return Err(crate::Error::usage(format!("--size {}: must be at least 64 pixels", spec.size)));
+        return Err(crate::Error::usage(format!(
+            "--size {}: must be at least 64 pixels",
+            spec.size
+        )));
     }
     if spec.per_type == 0 || spec.per_base_class == 0 {
-        return Err(crate::Error::usage("--per-type and --per-base-class must be at least 1"));
+        return Err(crate::Error::usage(
+            "--per-type and --per-base-class must be at least 1",
+        ));
     }
     let fingerprint = serde_json::json!({
         "seed": spec.seed, "per_type": spec.per_type, "normal": spec.normal,
@@ -191,7 +229,13 @@ mod tests {
     use super::*;
 
     fn small() -> SynthSpec {
-        SynthSpec { seed: 7, per_type: 2, normal: 1, per_base_class: 1, size: 64 }
+        SynthSpec {
+            seed: 7,
+            per_type: 2,
+            normal: 1,
+            per_base_class: 1,
+            size: 64,
+        }
     }
 
     #[test]
@@ -200,12 +244,25 @@ mod tests {
         let b = tempfile::tempdir().unwrap();
         write_dataset(a.path(), &small(), false).unwrap();
         write_dataset(b.path(), &small(), false).unwrap();
-        for rel in ["test/crack/001.png", "anomaly_maps/hole/000.png", "base/masks/smear/000.png"] {
-            assert_eq!(std::fs::read(a.path().join(rel)).unwrap(), std::fs::read(b.path().join(rel)).unwrap(), "{rel}");
+        for rel in [
+            "test/crack/001.png",
+            "anomaly_maps/hole/000.png",
+            "base/masks/smear/000.png",
+        ] {
+            assert_eq!(
+                std::fs::read(a.path().join(rel)).unwrap(),
+                std::fs::read(b.path().join(rel)).unwrap(),
+                "{rel}"
+            );
         }
-        let m = image::open(a.path().join("ground_truth/scratch/000.png")).unwrap().to_luma8();
+        let m = image::open(a.path().join("ground_truth/scratch/000.png"))
+            .unwrap()
+            .to_luma8();
         assert!(m.pixels().all(|p| p[0] == 0 || p[0] == 255));
-        assert!(m.pixels().any(|p| p[0] == 255), "a defect mask is not empty");
+        assert!(
+            m.pixels().any(|p| p[0] == 255),
+            "a defect mask is not empty"
+        );
         let map = image::open(a.path().join("anomaly_maps/scratch/000.png")).unwrap();
         assert_eq!((map.width(), map.height()), (MAP_SIZE, MAP_SIZE));
     }
@@ -215,15 +272,31 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         write_dataset(d.path(), &small(), false).unwrap();
         for t in ["scratch", "hole", "stain", "crack"] {
-            let m = image::open(d.path().join(format!("ground_truth/{t}/000.png"))).unwrap().to_luma8();
-            let map = image::open(d.path().join(format!("anomaly_maps/{t}/000.png"))).unwrap().to_luma8();
-            let map = image::imageops::resize(&map, m.width(), m.height(), image::imageops::FilterType::Triangle);
+            let m = image::open(d.path().join(format!("ground_truth/{t}/000.png")))
+                .unwrap()
+                .to_luma8();
+            let map = image::open(d.path().join(format!("anomaly_maps/{t}/000.png")))
+                .unwrap()
+                .to_luma8();
+            let map = image::imageops::resize(
+                &map,
+                m.width(),
+                m.height(),
+                image::imageops::FilterType::Triangle,
+            );
             let (mut inside, mut outside) = (0u32, 0u32);
             for (a, b) in m.pixels().zip(map.pixels()) {
-                if a[0] == 255 { inside = inside.max(b[0] as u32) } else { outside += b[0] as u32 }
+                if a[0] == 255 {
+                    inside = inside.max(b[0] as u32)
+                } else {
+                    outside += b[0] as u32
+                }
             }
             let mean_out = outside as f32 / (m.width() * m.height()) as f32;
-            assert!(inside as f32 > mean_out + 60.0, "{t}: max inside {inside}, mean outside {mean_out}");
+            assert!(
+                inside as f32 > mean_out + 60.0,
+                "{t}: max inside {inside}, mean outside {mean_out}"
+            );
         }
     }
 }
