@@ -1,5 +1,17 @@
 //! The backbone architectures `models.pretrained_backbone` can name.
 
+/// How the stored position-embedding grid is resized (bicubic, no corner alignment) to the
+/// patch grid of the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PosInterp {
+    /// DINO v1 (and the reference): `scale_factor = (n + 0.1) / grid`, the kernel sampling with
+    /// that scale (the 0.1 avoids a floating-point off-by-one in the output size).
+    ScaleOffset,
+    /// Hugging Face's Dinov2 (the source of the offline default): `size = n`, sampling with
+    /// `grid / n`.
+    ExactSize,
+}
+
 /// Shape of one ViT backbone. Every architecture here is pre-norm, qkv-biased, MLP ratio 4,
 /// LayerNorm eps 1e-6, as in DINO and DINOv2.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -13,6 +25,8 @@ pub struct ArchSpec {
     pub layer_scale: bool,
     /// Side of the position-embedding grid stored in the weights (interpolated to other inputs).
     pub pos_grid: usize,
+    /// How that grid is resized to another input size.
+    pub pos_interp: PosInterp,
     /// Where users get pretrained weights for it.
     pub weights_hint: &'static str,
 }
@@ -26,6 +40,7 @@ pub const ARCHS: &[ArchSpec] = &[
         num_heads: 6,
         layer_scale: false,
         pos_grid: 14,
+        pos_interp: PosInterp::ScaleOffset,
         weights_hint: "dino_deitsmall16_pretrain.pth from the official DINO release",
     },
     ArchSpec {
@@ -36,6 +51,7 @@ pub const ARCHS: &[ArchSpec] = &[
         num_heads: 6,
         layer_scale: false,
         pos_grid: 28,
+        pos_interp: PosInterp::ScaleOffset,
         weights_hint: "dino_deitsmall8_pretrain.pth from the official DINO release",
     },
     ArchSpec {
@@ -46,6 +62,7 @@ pub const ARCHS: &[ArchSpec] = &[
         num_heads: 12,
         layer_scale: false,
         pos_grid: 14,
+        pos_interp: PosInterp::ScaleOffset,
         weights_hint: "dino_vitbase16_pretrain.pth from the official DINO release",
     },
     ArchSpec {
@@ -56,6 +73,7 @@ pub const ARCHS: &[ArchSpec] = &[
         num_heads: 12,
         layer_scale: false,
         pos_grid: 28,
+        pos_interp: PosInterp::ScaleOffset,
         weights_hint: "dino_vitbase8_pretrain.pth from the official DINO release",
     },
     ArchSpec {
@@ -66,7 +84,8 @@ pub const ARCHS: &[ArchSpec] = &[
         num_heads: 6,
         layer_scale: true,
         pos_grid: 37,
-        weights_hint: "data/weights/dinov2_vits14.safetensors, made by scripts/setup.sh",
+        pos_interp: PosInterp::ExactSize,
+        weights_hint: "data/weights/dinov2_vits14.safetensors, made by scripts/setup.sh (or dinov2_vits14_pretrain.pth from the official DINOv2 release)",
     },
     ArchSpec {
         name: "dinov2_vitb14",
@@ -76,7 +95,8 @@ pub const ARCHS: &[ArchSpec] = &[
         num_heads: 12,
         layer_scale: true,
         pos_grid: 37,
-        weights_hint: "a DINOv2 ViT-B/14 state dict converted to safetensors",
+        pos_interp: PosInterp::ExactSize,
+        weights_hint: "dinov2_vitb14_pretrain.pth from the official DINOv2 release (its mask_token is ignored)",
     },
     // A tiny ViT for tests and quick experiments (the golden `mgvit_tiny` shape); random init
     // when no weights are given.
@@ -88,6 +108,7 @@ pub const ARCHS: &[ArchSpec] = &[
         num_heads: 3,
         layer_scale: false,
         pos_grid: 4,
+        pos_interp: PosInterp::ScaleOffset,
         weights_hint: "none needed (random init) or a safetensors file of the same shape",
     },
 ];

@@ -1,0 +1,589 @@
+//! The mask-guided ViT (MGViT): a DINO / DINOv2 ViT whose last `mask_layers` blocks hide the
+//! patches outside the anomaly mask from the class token.
+//!
+//! Parameter names follow DINO (and the reference): `patch_embed.proj.*`, `cls_token`,
+//! `pos_embed`, `blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}.*`, `norm.*`, plus
+//! DINOv2's layer scales `blocks.N.ls1.gamma` / `blocks.N.ls2.gamma`.
+//!
+//! Mask guidance as in the reference: the crop mask is average-pooled by the patch size; in a
+//! mask-guided block the class-token query row gets the score −1e9 for every patch whose pooled
+//! mask is < 0.5 (the class token always sees itself); all other rows attend everywhere.
+
+use std::ops::Range;
+
+use tch::{nn, Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::model::arch::{ArchSpec, PosInterp};
+
+pub const LN_EPS: f64 = 1e-6;
+pub const MLP_RATIO: usize = 4;
+/// The score a hidden patch gets in the class-token row (the reference's value).
+pub const HIDDEN_SCORE: f64 = -1e9;
+/// Tensors some weights files carry that the model does not use (DINOv2's `mask_token`).
+pub const IGNORED_TENSORS: &[&str] = &["mask_token"];
+/// Optimizer groups the variables are created in (tch `Path::set_group`): weights that take
+/// weight decay, and biases / 1-D parameters that do not (the reference's `get_params_groups`).
+pub const DECAY_GROUP: usize = 0;
+pub const NO_DECAY_GROUP: usize = 1;
+
+/// The attention kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttnImpl {
+    /// Explicit scores, masked_fill and softmax, as the reference.
+    Plain,
+    /// libtorch's `scaled_dot_product_attention`: patch rows unmasked, the class-token row with
+    /// an additive mask.
+    Fused,
+}
+
+/// `torch.nn.init.trunc_normal_(std=0.02)` truncates at ±2 (absolute), i.e. ±100 σ: a plain
+/// normal draws the same distribution for every practical purpose.
+const TRUNC_NORMAL: nn::Init = nn::Init::Randn { mean: 0.0, stdev: 0.02 };
+
+struct Linear {
+    w: Tensor,
+    b: Option<Tensor>,
+}
+
+impl Linear {
+    fn new(vs: &nn::Path, in_dim: usize, out_dim: usize) -> Self {
+        let w = vs.var("weight", &[out_dim as i64, in_dim as i64], TRUNC_NORMAL);
+        let b = vs.set_group(NO_DECAY_GROUP).zeros("bias", &[out_dim as i64]);
+        Linear { w, b: Some(b) }
+    }
+
+    /// `[.., in] -> [.., out]`
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.w, self.b.as_ref())
+    }
+
+    fn to_kind(&self, k: Kind) -> Self {
+        Linear { w: self.w.detach().to_kind(k), b: self.b.as_ref().map(|b| b.detach().to_kind(k)) }
+    }
+
+    fn params(&self) -> Vec<&Tensor> {
+        std::iter::once(&self.w).chain(self.b.as_ref()).collect()
+    }
+}
+
+struct LayerNorm {
+    w: Tensor,
+    b: Tensor,
+}
+
+impl LayerNorm {
+    fn new(vs: &nn::Path, dim: usize) -> Self {
+        let vs = vs.set_group(NO_DECAY_GROUP);
+        LayerNorm { w: vs.ones("weight", &[dim as i64]), b: vs.zeros("bias", &[dim as i64]) }
+    }
+
+    /// `[.., D] -> [.., D]`
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.layer_norm([self.w.size()[0]], Some(&self.w), Some(&self.b), LN_EPS, false)
+    }
+
+    fn to_kind(&self, k: Kind) -> Self {
+        LayerNorm { w: self.w.detach().to_kind(k), b: self.b.detach().to_kind(k) }
+    }
+}
+
+/// Which patches the class token must not see.
+pub struct MaskGuide {
+    /// `[B, 1+N]`, true for hidden tokens (never the class token).
+    hidden: Tensor,
+}
+
+impl MaskGuide {
+    /// `mask [B, 1, H, W]` (1 = anomaly) → patches whose mean over a `patch`×`patch` cell is < 0.5
+    /// are hidden.
+    fn new(mask: &Tensor, patch: i64) -> Self {
+        let pooled = mask.to_kind(Kind::Float).avg_pool2d([patch, patch], [patch, patch], [0, 0], false, true, None);
+        let b = pooled.size()[0];
+        let patches = pooled.flatten(1, -1).lt(0.5);
+        let cls = Tensor::zeros([b, 1], (Kind::Bool, mask.device()));
+        MaskGuide { hidden: Tensor::cat(&[cls, patches], 1) }
+    }
+
+    /// `[B, 1, 1, L]`: −1e9 where hidden, 0 elsewhere (for the class-token query row).
+    fn additive_row(&self, kind: Kind) -> Tensor {
+        let (b, l) = (self.hidden.size()[0], self.hidden.size()[1]);
+        (self.hidden.to_kind(Kind::Float) * HIDDEN_SCORE).view([b, 1, 1, l]).to_kind(kind)
+    }
+
+    /// `[B, 1, L, L]`: true where a score is replaced by −1e9 (row 0 only).
+    fn full_mask(&self) -> Tensor {
+        let (b, l) = (self.hidden.size()[0], self.hidden.size()[1]);
+        let row0 = Tensor::arange(l, (Kind::Int64, self.hidden.device())).eq(0).view([1, 1, l, 1]);
+        self.hidden.view([b, 1, 1, l]).logical_and(&row0)
+    }
+}
+
+struct Attention {
+    qkv: Linear,
+    proj: Linear,
+    num_heads: i64,
+}
+
+impl Attention {
+    /// `x [B, L, D]` → `[B, L, D]`; `guide` only in mask-guided blocks.
+    fn forward(&self, x: &Tensor, guide: Option<&MaskGuide>, imp: AttnImpl) -> Tensor {
+        let (b, l, d) = x.size3().expect("tokens are [B, L, D]");
+        let h = self.num_heads;
+        let qkv = self.qkv.forward(x).reshape([b, l, 3, h, d / h]).permute([2, 0, 3, 1, 4]);
+        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+        let out = match (imp, guide) {
+            (AttnImpl::Plain, _) => {
+                let mut scores = q.matmul(&k.transpose(-2, -1)) * ((d / h) as f64).powf(-0.5);
+                if let Some(g) = guide {
+                    scores = scores.masked_fill(&g.full_mask(), HIDDEN_SCORE);
+                }
+                scores.softmax(-1, scores.kind()).matmul(&v)
+            }
+            (AttnImpl::Fused, None) => sdpa(&q, &k, &v, None),
+            (AttnImpl::Fused, Some(g)) => {
+                let row = g.additive_row(q.kind());
+                let cls = sdpa(&q.narrow(2, 0, 1), &k, &v, Some(&row));
+                let rest = sdpa(&q.narrow(2, 1, l - 1), &k, &v, None);
+                Tensor::cat(&[cls, rest], 2)
+            }
+        };
+        self.proj.forward(&out.transpose(1, 2).reshape([b, l, d]))
+    }
+}
+
+fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Tensor {
+    Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, false, None, false)
+}
+
+struct Block {
+    norm1: LayerNorm,
+    attn: Attention,
+    ls1: Option<Tensor>,
+    norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    ls2: Option<Tensor>,
+    mask_guided: bool,
+}
+
+impl Block {
+    fn new(vs: &nn::Path, spec: &ArchSpec, mask_guided: bool) -> Self {
+        let d = spec.embed_dim;
+        let gamma = |name: &str| {
+            spec.layer_scale.then(|| (vs / name).set_group(NO_DECAY_GROUP).ones("gamma", &[d as i64]))
+        };
+        let mlp = vs / "mlp";
+        Block {
+            norm1: LayerNorm::new(&(vs / "norm1"), d),
+            attn: Attention {
+                qkv: Linear::new(&(vs / "attn" / "qkv"), d, 3 * d),
+                proj: Linear::new(&(vs / "attn" / "proj"), d, d),
+                num_heads: spec.num_heads as i64,
+            },
+            ls1: gamma("ls1"),
+            norm2: LayerNorm::new(&(vs / "norm2"), d),
+            fc1: Linear::new(&(&mlp / "fc1"), d, MLP_RATIO * d),
+            fc2: Linear::new(&(&mlp / "fc2"), MLP_RATIO * d, d),
+            ls2: gamma("ls2"),
+            mask_guided,
+        }
+    }
+
+    /// `[B, L, D] -> [B, L, D]` (pre-norm residual attention and MLP).
+    fn forward(&self, x: &Tensor, guide: &MaskGuide, imp: AttnImpl) -> Tensor {
+        let g = self.mask_guided.then_some(guide);
+        let mut y = self.attn.forward(&self.norm1.forward(x), g, imp);
+        if let Some(ls) = &self.ls1 {
+            y = y * ls;
+        }
+        let x = x + y;
+        let mut y = self.fc2.forward(&self.fc1.forward(&self.norm2.forward(&x)).gelu("none"));
+        if let Some(ls) = &self.ls2 {
+            y = y * ls;
+        }
+        x + y
+    }
+
+    fn to_kind(&self, k: Kind) -> Self {
+        Block {
+            norm1: self.norm1.to_kind(k),
+            attn: Attention { qkv: self.attn.qkv.to_kind(k), proj: self.attn.proj.to_kind(k), num_heads: self.attn.num_heads },
+            ls1: self.ls1.as_ref().map(|t| t.detach().to_kind(k)),
+            norm2: self.norm2.to_kind(k),
+            fc1: self.fc1.to_kind(k),
+            fc2: self.fc2.to_kind(k),
+            ls2: self.ls2.as_ref().map(|t| t.detach().to_kind(k)),
+            mask_guided: self.mask_guided,
+        }
+    }
+
+    fn params(&self) -> Vec<&Tensor> {
+        let mut p = vec![&self.norm1.w, &self.norm1.b, &self.norm2.w, &self.norm2.b];
+        for l in [&self.attn.qkv, &self.attn.proj, &self.fc1, &self.fc2] {
+            p.extend(l.params());
+        }
+        p.extend(self.ls1.iter().chain(self.ls2.iter()));
+        p
+    }
+}
+
+/// Patch embedding, class token and position embedding.
+struct Embed {
+    proj_w: Tensor,
+    proj_b: Tensor,
+    cls_token: Tensor,
+    /// `[1, 1 + grid², D]`, always f32 (resized before any cast).
+    pos_embed: Tensor,
+    patch: i64,
+    grid: i64,
+    interp: PosInterp,
+}
+
+impl Embed {
+    fn new(vs: &nn::Path, spec: &ArchSpec) -> Self {
+        let (p, d, g) = (spec.patch_size as i64, spec.embed_dim as i64, spec.pos_grid as i64);
+        let pe = vs / "patch_embed" / "proj";
+        // PyTorch's Conv2d default init: U(±1/sqrt(fan_in)) for weight and bias.
+        let bound = 1.0 / ((3 * p * p) as f64).sqrt();
+        Embed {
+            proj_w: pe.var("weight", &[d, 3, p, p], nn::Init::Uniform { lo: -bound, up: bound }),
+            proj_b: pe.set_group(NO_DECAY_GROUP).var("bias", &[d], nn::Init::Uniform { lo: -bound, up: bound }),
+            cls_token: vs.var("cls_token", &[1, 1, d], TRUNC_NORMAL),
+            pos_embed: vs.var("pos_embed", &[1, 1 + g * g, d], TRUNC_NORMAL),
+            patch: p,
+            grid: g,
+            interp: spec.pos_interp,
+        }
+    }
+
+    /// `[B, 3, H, W] -> [B, 1 + (H/p)(W/p), D]` in the kind of the patch weights.
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let x = x.to_kind(self.proj_w.kind());
+        let t = x.conv2d(&self.proj_w, Some(&self.proj_b), [self.patch, self.patch], [0, 0], [1, 1], 1);
+        let (b, d, h, w) = t.size4().expect("conv output is 4-D");
+        let t = t.flatten(2, -1).transpose(1, 2);
+        let cls = self.cls_token.expand([b, 1, d], false);
+        Tensor::cat(&[cls, t], 1) + self.pos_for(h, w).to_kind(x.kind())
+    }
+
+    /// The position embedding for an `h`×`w` patch grid, `[1, 1 + h·w, D]`.
+    fn pos_for(&self, h: i64, w: i64) -> Tensor {
+        if h == self.grid && w == self.grid {
+            return self.pos_embed.shallow_clone();
+        }
+        let d = self.pos_embed.size()[2];
+        let g = self.grid;
+        let cls = self.pos_embed.narrow(1, 0, 1);
+        let grid = self.pos_embed.narrow(1, 1, g * g).reshape([1, g, g, d]).permute([0, 3, 1, 2]);
+        let resized = match self.interp {
+            PosInterp::ScaleOffset => {
+                let (sh, sw) = ((h as f64 + 0.1) / g as f64, (w as f64 + 0.1) / g as f64);
+                grid.upsample_bicubic2d([h, w], false, sh, sw)
+            }
+            PosInterp::ExactSize => grid.upsample_bicubic2d([h, w], false, None, None),
+        };
+        let resized = resized.permute([0, 2, 3, 1]).reshape([1, h * w, d]);
+        Tensor::cat(&[cls, resized], 1)
+    }
+
+    fn to_kind(&self, k: Kind) -> Self {
+        Embed {
+            proj_w: self.proj_w.detach().to_kind(k),
+            proj_b: self.proj_b.detach().to_kind(k),
+            cls_token: self.cls_token.detach().to_kind(k),
+            pos_embed: self.pos_embed.detach(),
+            patch: self.patch,
+            grid: self.grid,
+            interp: self.interp,
+        }
+    }
+
+    fn params(&self) -> Vec<&Tensor> {
+        vec![&self.proj_w, &self.proj_b, &self.cls_token, &self.pos_embed]
+    }
+}
+
+/// Low-precision copies of the frozen prefix (the VarStore keeps the f32 masters).
+struct LowPrecision {
+    kind: Kind,
+    upto: usize,
+    embed: Embed,
+    blocks: Vec<Block>,
+}
+
+/// The mask-guided ViT.
+pub struct MgVit {
+    spec: ArchSpec,
+    mask_layers: usize,
+    embed: Embed,
+    blocks: Vec<Block>,
+    norm: LayerNorm,
+    low: Option<LowPrecision>,
+    attn: AttnImpl,
+}
+
+impl MgVit {
+    /// Creates the variables under `vs` (randomly initialised as the reference; load weights
+    /// with [`crate::model::weights::load_into`]). The last `mask_layers` blocks are mask-guided.
+    pub fn new(vs: &nn::Path, spec: &ArchSpec, mask_layers: usize) -> Result<MgVit> {
+        if mask_layers > spec.depth {
+            return Err(Error::usage(format!(
+                "mask_layers ({mask_layers}) exceeds the depth of {} ({})",
+                spec.name, spec.depth
+            )));
+        }
+        let blocks = (0..spec.depth)
+            .map(|i| Block::new(&(vs / "blocks" / i), spec, i >= spec.depth - mask_layers))
+            .collect();
+        Ok(MgVit {
+            spec: *spec,
+            mask_layers,
+            embed: Embed::new(vs, spec),
+            blocks,
+            norm: LayerNorm::new(&(vs / "norm"), spec.embed_dim),
+            low: None,
+            attn: AttnImpl::Fused,
+        })
+    }
+
+    pub fn spec(&self) -> &ArchSpec {
+        &self.spec
+    }
+
+    pub fn depth(&self) -> usize {
+        self.blocks.len()
+    }
+
+    pub fn embed_dim(&self) -> usize {
+        self.spec.embed_dim
+    }
+
+    pub fn mask_layers(&self) -> usize {
+        self.mask_layers
+    }
+
+    pub fn attention(&self) -> AttnImpl {
+        self.attn
+    }
+
+    pub fn set_attention(&mut self, imp: AttnImpl) {
+        self.attn = imp;
+    }
+
+    /// Runs the patch embedding and blocks `0..upto` with `kind` copies of their weights (made
+    /// now: call after loading weights; these parts must stay frozen). `Kind::Float` goes back to
+    /// the f32 path.
+    pub fn set_frozen_kind(&mut self, kind: Kind, upto: usize) {
+        let upto = upto.min(self.depth());
+        self.low = (kind != Kind::Float).then(|| LowPrecision {
+            kind,
+            upto,
+            embed: self.embed.to_kind(kind),
+            blocks: self.blocks[..upto].iter().map(|b| b.to_kind(kind)).collect(),
+        });
+    }
+
+    /// The kind of the frozen prefix (`Float` unless [`Self::set_frozen_kind`] chose another).
+    pub fn frozen_kind(&self) -> Kind {
+        self.low.as_ref().map_or(Kind::Float, |l| l.kind)
+    }
+
+    /// Only blocks `>= grad_from_block` require gradients; the embeddings, earlier blocks and
+    /// the final norm are frozen (as the reference, whose final `norm` has no `block` in its name).
+    pub fn freeze(&self, grad_from_block: usize) {
+        for t in self.embed.params().into_iter().chain([&self.norm.w, &self.norm.b]) {
+            let _ = t.set_requires_grad(false);
+        }
+        for (i, b) in self.blocks.iter().enumerate() {
+            for t in b.params() {
+                let _ = t.set_requires_grad(i >= grad_from_block);
+            }
+        }
+    }
+
+    /// `x [B, 3, H, W]`, `mask [B, 1, H, W]` (1 = anomaly) → class token `[B, D]` (f32).
+    pub fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        self.check(x, mask)?;
+        let guide = MaskGuide::new(mask, self.embed.patch);
+        let t = self.embed_tokens(x);
+        Ok(self.finish(self.run(t, &guide, 0..self.depth())))
+    }
+
+    /// The tokens entering block `block_idx`, `[B, 1+N, D]`, without gradients, in the frozen
+    /// kind: patch embedding, position embedding and blocks `< block_idx`.
+    pub fn tokens_before(&self, x: &Tensor, mask: &Tensor, block_idx: usize) -> Result<Tensor> {
+        self.check(x, mask)?;
+        self.check_block(block_idx)?;
+        let guide = MaskGuide::new(mask, self.embed.patch);
+        Ok(tch::no_grad(|| self.run(self.embed_tokens(x), &guide, 0..block_idx)))
+    }
+
+    /// Continues [`Self::tokens_before`]: blocks `>= block_idx` and the final norm → class
+    /// token `[B, D]` (f32). `mask [B, 1, H, W]` as in `forward`.
+    pub fn forward_from(&self, tokens: &Tensor, mask: &Tensor, block_idx: usize) -> Result<Tensor> {
+        self.check_block(block_idx)?;
+        let guide = MaskGuide::new(mask, self.embed.patch);
+        let (ts, gs) = (tokens.size(), guide.hidden.size());
+        if ts.len() != 3 || ts[0] != gs[0] || ts[1] != gs[1] || ts[2] != self.spec.embed_dim as i64 {
+            return Err(Error::runtime(format!(
+                "MGViT tokens {ts:?} do not fit a mask of {:?} ([B, 1+N, {}] expected)",
+                mask.size(),
+                self.spec.embed_dim
+            )));
+        }
+        Ok(self.finish(self.run(tokens.shallow_clone(), &guide, block_idx..self.depth())))
+    }
+
+    /// The position embedding for an `h`×`w` patch grid, `[1, 1 + h·w, D]` (f32).
+    pub fn pos_embed_for(&self, h: i64, w: i64) -> Tensor {
+        self.embed.pos_for(h, w)
+    }
+
+    fn embed_tokens(&self, x: &Tensor) -> Tensor {
+        match &self.low {
+            Some(l) => l.embed.forward(x),
+            None => self.embed.forward(x),
+        }
+    }
+
+    fn run(&self, mut x: Tensor, guide: &MaskGuide, range: Range<usize>) -> Tensor {
+        for i in range {
+            let (blk, kind) = match &self.low {
+                Some(l) if i < l.upto => (&l.blocks[i], l.kind),
+                _ => (&self.blocks[i], Kind::Float),
+            };
+            if x.kind() != kind {
+                x = x.to_kind(kind);
+            }
+            x = blk.forward(&x, guide, self.attn);
+        }
+        x
+    }
+
+    fn finish(&self, x: Tensor) -> Tensor {
+        self.norm.forward(&x.to_kind(Kind::Float)).select(1, 0)
+    }
+
+    fn check_block(&self, block_idx: usize) -> Result<()> {
+        if block_idx > self.depth() {
+            return Err(Error::runtime(format!("block index {block_idx} is past the depth {}", self.depth())));
+        }
+        Ok(())
+    }
+
+    fn check(&self, x: &Tensor, mask: &Tensor) -> Result<()> {
+        let (xs, ms) = (x.size(), mask.size());
+        let p = self.embed.patch;
+        let ok = xs.len() == 4
+            && xs[1] == 3
+            && xs[0] > 0
+            && xs[2] >= p
+            && xs[3] >= p
+            && xs[2] % p == 0
+            && xs[3] % p == 0
+            && ms == [xs[0], 1, xs[2], xs[3]];
+        if !ok {
+            return Err(Error::runtime(format!(
+                "MGViT input: expected images [B, 3, H, W] with H and W multiples of {p} and masks [B, 1, H, W]; got {xs:?} and {ms:?}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> (nn::VarStore, MgVit) {
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let spec = ArchSpec::by_name("vit_tiny").unwrap();
+        let m = MgVit::new(&vs.root(), spec, 2).unwrap();
+        (vs, m)
+    }
+
+    #[test]
+    fn pooled_mask_hides_patches_below_one_half() {
+        // 16×16 mask, patch 8: cells (0,0) full, (0,1) half, (1,0) a quarter, (1,1) empty.
+        let mut m = vec![0f32; 256];
+        for y in 0..16 {
+            for x in 0..16 {
+                let on = (y < 8 && x < 8) || (y < 8 && x >= 8 && x < 12) || (y >= 8 && y < 12 && x < 4);
+                m[y * 16 + x] = on as i32 as f32;
+            }
+        }
+        let mask = Tensor::from_slice(&m).view([1, 1, 16, 16]);
+        let g = MaskGuide::new(&mask, 8);
+        let hidden: Vec<bool> = Vec::try_from(g.hidden.view([-1])).unwrap();
+        assert_eq!(hidden, [false, false, false, true, true]);
+        let full = g.full_mask();
+        assert_eq!(full.size(), [1, 1, 5, 5]);
+        // Only the class-token row is masked.
+        assert_eq!(full.sum(Kind::Int64).int64_value(&[]), 2);
+        assert!(full.get(0).get(0).get(1).any().int64_value(&[]) == 0);
+    }
+
+    #[test]
+    fn plain_and_fused_attention_agree_and_mask_changes_the_class_token() {
+        let (_vs, mut m) = tiny();
+        let x = Tensor::randn([2, 3, 32, 32], tch::kind::FLOAT_CPU);
+        let ones = Tensor::ones([2, 1, 32, 32], tch::kind::FLOAT_CPU);
+        let corner = Tensor::zeros([2, 1, 32, 32], tch::kind::FLOAT_CPU);
+        let _ = corner.narrow(2, 0, 8).narrow(3, 0, 8).fill_(1.0);
+        let fused = m.forward(&x, &corner).unwrap();
+        m.set_attention(AttnImpl::Plain);
+        let plain = m.forward(&x, &corner).unwrap();
+        assert!(fused.allclose(&plain, 1e-5, 1e-5, false));
+        let full = m.forward(&x, &ones).unwrap();
+        assert!((&full - &plain).abs().max().double_value(&[]) > 1e-3);
+        assert_eq!(full.size(), [2, 48]);
+    }
+
+    #[test]
+    fn split_forward_equals_forward_and_bad_inputs_are_errors() {
+        let (_vs, m) = tiny();
+        let x = Tensor::randn([2, 3, 40, 24], tch::kind::FLOAT_CPU);
+        let mask = Tensor::ones([2, 1, 40, 24], tch::kind::FLOAT_CPU);
+        let whole = m.forward(&x, &mask).unwrap();
+        for k in 0..=3 {
+            let t = m.tokens_before(&x, &mask, k).unwrap();
+            assert_eq!(t.size(), [2, 1 + 5 * 3, 48]);
+            let split = m.forward_from(&t, &mask, k).unwrap();
+            assert!(whole.allclose(&split, 1e-6, 1e-6, false), "split at {k}");
+        }
+        assert!(m.forward(&x, &mask.narrow(2, 0, 32)).is_err());
+        assert!(m.forward(&x.narrow(2, 0, 36), &mask.narrow(2, 0, 36)).is_err());
+        assert!(m.tokens_before(&x, &mask, 4).is_err());
+    }
+
+    #[test]
+    fn freezing_leaves_only_late_blocks_trainable() {
+        let (vs, m) = tiny();
+        m.freeze(2);
+        let vars = vs.variables();
+        for (name, t) in &vars {
+            let want = name.starts_with("blocks.2.");
+            assert_eq!(t.requires_grad(), want, "{name}");
+        }
+        assert!(vars.contains_key("blocks.0.attn.qkv.weight") && vars.contains_key("patch_embed.proj.bias"));
+    }
+
+    #[test]
+    fn bf16_prefix_stays_close_to_fp32() {
+        let (_vs, mut m) = tiny();
+        let x = Tensor::randn([2, 3, 32, 32], tch::kind::FLOAT_CPU);
+        let mask = Tensor::ones([2, 1, 32, 32], tch::kind::FLOAT_CPU);
+        let f32_out = m.forward(&x, &mask).unwrap();
+        m.set_frozen_kind(Kind::BFloat16, 2);
+        assert_eq!(m.tokens_before(&x, &mask, 2).unwrap().kind(), Kind::BFloat16);
+        let bf = m.forward(&x, &mask).unwrap();
+        assert_eq!(bf.kind(), Kind::Float);
+        let cos = Tensor::cosine_similarity(&f32_out, &bf, 1, 1e-8).min().double_value(&[]);
+        assert!(cos > 0.99, "cosine {cos}");
+        assert!(!f32_out.allclose(&bf, 1e-7, 1e-7, false));
+        m.set_frozen_kind(Kind::Float, 2);
+        assert!(m.forward(&x, &mask).unwrap().allclose(&f32_out, 0.0, 0.0, false));
+    }
+}

@@ -1,0 +1,137 @@
+//! Checkpoints: `checkpoint.safetensors` holds the model (`model.*`), the optimiser's momentum
+//! buffers (`optim.*`) and, in its safetensors metadata, the whole [`CheckpointMeta`] as JSON —
+//! so the one file, replaced atomically, is the commit point and can never be seen half-written.
+//! `checkpoint.json` beside it is a readable copy of the metadata.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::fsutil::atomic_write;
+
+pub const FORMAT_VERSION: u32 = 1;
+const META_KEY: &str = "anomalyncd";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub mean_loss: f64,
+    /// Mean cluster loss of each head over the epoch (the lowest picks the prediction head).
+    pub head_cluster_losses: Vec<f64>,
+    pub lr: f64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CheckpointMeta {
+    pub format_version: u32,
+    pub anomalyncd_version: String,
+    pub libtorch_version: String,
+    pub config: Config,
+    pub category: String,
+    pub base_classes: Vec<String>,
+    /// Novel type folder names when known (for evaluation); empty for unlabelled data.
+    pub novel_classes: Vec<String>,
+    pub num_novel_clusters: usize,
+    /// Epochs completed.
+    pub epoch: usize,
+    pub chosen_head: usize,
+    pub backbone: String,
+    pub mask_layers: usize,
+    /// Where the crop anomaly scores came from (the binarize output's scores.json).
+    pub anomaly_scores: Option<PathBuf>,
+    /// MEBin threshold search range of the training set (raw map scale), for `predict`.
+    pub search_range: Option<(f64, f64)>,
+    /// Region-merging temperature used at image level.
+    pub merge_temperature: f64,
+    pub history: Vec<EpochRecord>,
+}
+
+pub struct Checkpoint {
+    pub meta: CheckpointMeta,
+    pub model: BTreeMap<String, Tensor>,
+    pub optim: BTreeMap<String, Tensor>,
+}
+
+fn tensor_bytes(t: &Tensor) -> Result<(Vec<u8>, Vec<usize>)> {
+    let t = t.to_device(tch::Device::Cpu).to_kind(Kind::Float).contiguous();
+    let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+    let n = t.numel();
+    let mut v = vec![0f32; n];
+    t.f_copy_data(&mut v, n)?;
+    Ok((v.iter().flat_map(|x| x.to_le_bytes()).collect(), shape))
+}
+
+/// Writes `path` (the .safetensors) atomically, then the readable `.json` copy beside it.
+pub fn save(path: &Path, ckpt: &Checkpoint) -> Result<()> {
+    let mut named: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
+    for (prefix, map) in [("model.", &ckpt.model), ("optim.", &ckpt.optim)] {
+        for (k, t) in map {
+            let (b, s) = tensor_bytes(t)?;
+            named.push((format!("{prefix}{k}"), b, s));
+        }
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = named
+        .iter()
+        .map(|(k, b, s)| {
+            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .map_err(|e| Error::runtime(format!("checkpoint tensor {k}: {e}")))?;
+            Ok((k.clone(), v))
+        })
+        .collect::<Result<_>>()?;
+    let meta_json = serde_json::to_string(&ckpt.meta).expect("meta serialises");
+    let md: HashMap<String, String> = [(META_KEY.to_string(), meta_json)].into();
+    let bytes = safetensors::serialize(views, &Some(md))
+        .map_err(|e| Error::runtime(format!("{}: cannot serialise checkpoint: {e}", path.display())))?;
+    atomic_write(path, &bytes)?;
+    let pretty = serde_json::to_vec_pretty(&ckpt.meta).expect("meta serialises");
+    atomic_write(&path.with_extension("json"), &pretty)
+}
+
+/// Reads a checkpoint; any problem is an input error naming the file.
+pub fn load(path: &Path) -> Result<Checkpoint> {
+    let bad = |m: String| Error::input(path, m);
+    let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read checkpoint: {e}")))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
+        bad(format!("not a complete anomalyncd checkpoint ({e}); was it truncated or written by another tool?"))
+    })?;
+    let meta_json = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(META_KEY))
+        .ok_or_else(|| bad("no anomalyncd metadata: not a checkpoint written by `anomalyncd train`".into()))?;
+    let meta: CheckpointMeta = serde_json::from_str(meta_json)
+        .map_err(|e| bad(format!("unreadable checkpoint metadata: {e}")))?;
+    if meta.format_version != FORMAT_VERSION {
+        return Err(bad(format!(
+            "checkpoint format {} is not supported by this version (expects {FORMAT_VERSION})",
+            meta.format_version
+        )));
+    }
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| bad(format!("corrupt checkpoint tensors: {e}")))?;
+    let mut model = BTreeMap::new();
+    let mut optim = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != safetensors::Dtype::F32 {
+            return Err(bad(format!("tensor {name} has dtype {:?}, expected F32", view.dtype())));
+        }
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let t = Tensor::f_from_data_size(view.data(), &shape, Kind::Float)?;
+        if t.isfinite().logical_not().any().int64_value(&[]) != 0 {
+            return Err(bad(format!("tensor {name} holds NaN or Inf values")));
+        }
+        if let Some(k) = name.strip_prefix("model.") {
+            model.insert(k.to_string(), t);
+        } else if let Some(k) = name.strip_prefix("optim.") {
+            optim.insert(k.to_string(), t);
+        } else {
+            return Err(bad(format!("unexpected tensor {name}")));
+        }
+    }
+    Ok(Checkpoint { meta, model, optim })
+}
