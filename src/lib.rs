@@ -8,11 +8,14 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod fsutil;
+pub mod imageio;
 pub mod infer;
 pub mod logging;
+pub mod mebin;
 pub mod metrics;
 pub mod model;
 pub mod synth;

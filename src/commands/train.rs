@@ -2,10 +2,24 @@
 //! ViT guided by the base set, evaluate and save.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use anyhow::Context;
 use clap::{Args, ValueEnum};
 
 use super::Ctx;
+use crate::config::Config;
+use crate::data::{CropCache, CropSet, EvalLoader, LoaderOptions, NovelSource, TrainLoader, TransformSpec};
+use crate::error::Error;
+use crate::infer::merge::default_merge_temperature;
+use crate::infer::predict::{crop_logits, predict};
+use crate::model::{resolve_backbone_weights, Model};
+use crate::train::checkpoint::{self, CheckpointMeta};
+use crate::train::losses::Criterion;
+use crate::train::trainer::{self, TrainPlan};
+
+/// The checkpoint's file name in the run folder (`checkpoint.json` is written beside it).
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DatasetLayout {
@@ -61,8 +75,166 @@ pub struct TrainArgs {
     /// Backbone weights (.pth or .safetensors), overriding models.backbone_weights.
     #[arg(long, value_name = "FILE")]
     pub backbone_weights: Option<PathBuf>,
+    /// Train anew over an earlier run's checkpoint in the same run folder.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
-pub fn run(_args: &TrainArgs, _ctx: &Ctx) -> anyhow::Result<()> {
-    super::not_yet("train", "training, issue #5")
+pub fn run(a: &TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let mut cfg = Config::load(a.config.as_deref(), &a.set)?;
+    let num_classes = parse_num_classes(a.num_classes.as_deref())?;
+    let dataset_path = a
+        .dataset_path
+        .as_deref()
+        .ok_or_else(|| Error::usage("--dataset-path is required (the novel images)"))?;
+    let category = match (&a.category, a.dataset) {
+        (Some(c), _) => c.clone(),
+        (None, DatasetLayout::Mvtec) => {
+            return Err(Error::usage("--category is required with --dataset mvtec (the product folder)").into())
+        }
+        (None, _) => dataset_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "dataset".into()),
+    };
+    let images = match a.dataset {
+        DatasetLayout::Mvtec => dataset_path.join(&category).join("test"),
+        _ => dataset_path.to_path_buf(),
+    };
+    let run_dir = cfg.experiment.exp_root.join(&a.runner_name).join(&category);
+    let ckpt_path = run_dir.join(CHECKPOINT_FILE);
+    let binarize_out = a.crop_data_path.as_ref().map(|p| p.join(&category)).unwrap_or_else(|| run_dir.join("binarize"));
+    let base = a
+        .base_data_path
+        .as_deref()
+        .ok_or_else(|| Error::usage("--base-data-path is required (labelled base crops: images/<class>/, masks/<class>/; see `anomalyncd prepare-base`)"))?;
+    if !base.is_dir() {
+        return Err(Error::input(base, "--base-data-path: folder not found (expected images/<class>/ and masks/<class>/)").into());
+    }
+    if a.resume && !ckpt_path.is_file() {
+        return Err(Error::usage(format!("--resume: no checkpoint at {}; start without --resume", ckpt_path.display())).into());
+    }
+    if !a.resume && ckpt_path.is_file() && !a.overwrite {
+        return Err(Error::usage(format!(
+            "{} already holds a trained model; pass --resume to continue it, --overwrite to train anew, or another --runner-name",
+            run_dir.display()
+        ))
+        .into());
+    }
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating the run folder {}", run_dir.display()))?;
+    crate::logging::add_log_file(&run_dir.join("log.txt")).with_context(|| format!("opening {}/log.txt", run_dir.display()))?;
+    log::info!("run folder {}", run_dir.display());
+
+    // 1. MEBin binarization and cropping of the novel images.
+    let summary = if a.skip_binarize {
+        let s = crate::mebin::folders::read_summary(&binarize_out)
+            .with_context(|| format!("--skip-binarize: reading the earlier binarization in {}", binarize_out.display()))?;
+        log::info!("reusing the crops in {}", binarize_out.display());
+        s
+    } else {
+        let maps_root = a
+            .anomaly_map_path
+            .as_deref()
+            .ok_or_else(|| Error::usage("--anomaly-map-path is required unless --skip-binarize"))?;
+        let maps = if maps_root.join(&category).is_dir() { maps_root.join(&category) } else { maps_root.to_path_buf() };
+        crate::mebin::folders::binarize_folders(
+            &maps,
+            &images,
+            &binarize_out,
+            &cfg,
+            crate::mebin::RangeSource::FromMaps { min_threshold: cfg.binarization.min_threshold },
+            crate::mebin::folders::Pairing { skip_unpaired: false, only_map_types: true },
+            a.overwrite,
+        )
+            .with_context(|| format!("binarizing the novel maps in {}", maps.display()))?
+    };
+
+    // 2. Data.
+    let set = Arc::new(CropSet::load(base, &NovelSource::from_binarize_out(&binarize_out), num_classes)?);
+    log::info!(
+        "{} base crops in {} classes, {} novel crops -> {} novel clusters",
+        set.base_indices().len(),
+        set.num_base_classes(),
+        set.novel_indices().len(),
+        set.num_novel_clusters
+    );
+    let spec = TransformSpec::new(cfg.models.image_size as u32);
+    let cache = Arc::new(CropCache::build(&set, &spec, cfg.training.num_workers)?);
+    let loader = TrainLoader::new(set.clone(), spec, LoaderOptions::from_config(&cfg), Some(cache.clone()))?;
+
+    // 3. Model, loss and training.
+    let weights = resolve_backbone_weights(&cfg.models, a.backbone_weights.as_deref())?;
+    if let Some(w) = &weights {
+        cfg.models.backbone_weights = Some(w.clone());
+    }
+    let mut model = Model::new(&cfg, set.num_classes(), weights.as_deref(), ctx.device)?;
+    let criterion = Criterion::new(&cfg.loss, set.num_base_classes(), set.num_classes(), cfg.training.epochs)?;
+    let mvtec_style = a.dataset == DatasetLayout::Mvtec;
+    let merge_temperature = cfg.inference.merge_temperature.unwrap_or(default_merge_temperature(mvtec_style));
+    let resume = if a.resume {
+        let ck = checkpoint::load(&ckpt_path)?;
+        check_resumable(&ck.meta, &cfg, &set, &ckpt_path)?;
+        Some(ck)
+    } else {
+        None
+    };
+    let meta = CheckpointMeta {
+        format_version: checkpoint::FORMAT_VERSION,
+        anomalyncd_version: env!("CARGO_PKG_VERSION").into(),
+        libtorch_version: crate::device::libtorch_version().into(),
+        config: cfg.clone(),
+        category: category.clone(),
+        base_classes: set.base_classes.clone(),
+        novel_classes: set.novel_types.clone(),
+        num_novel_clusters: set.num_novel_clusters,
+        epoch: 0,
+        chosen_head: 0,
+        backbone: cfg.models.pretrained_backbone.clone(),
+        mask_layers: cfg.models.mask_layers,
+        anomaly_scores: Some(crate::fsutil::absolute(&binarize_out.join(crate::mebin::run::SCORES_FILE))),
+        search_range: Some((summary.min_th, summary.max_th)),
+        merge_temperature,
+        history: Vec::new(),
+    };
+    let plan = TrainPlan { cfg: &cfg, device: ctx.device, checkpoint: ckpt_path.clone(), meta, resume };
+    let outcome = trainer::train(&mut model, &loader, &criterion, plan)?;
+
+    // 4. Evaluation on the novel crops, as the reference does at the end of training.
+    let eval = EvalLoader::new(set.clone(), set.novel_indices(), spec, cfg.training.batch_size, cfg.training.num_workers, Some(cache))?;
+    let outputs = crop_logits(&model, &eval, ctx.device)?;
+    let preds = predict(&set, &outputs, outcome.meta.chosen_head, merge_temperature)?;
+    let table = cfg.experiment.exp_root.join(&a.runner_name).join("metrics.csv");
+    crate::infer::outputs::write_all(&run_dir, &table, &category, &set.novel_types, &preds, outcome.meta.chosen_head)?;
+    log::info!("checkpoint: {}", ckpt_path.display());
+    Ok(())
+}
+
+fn parse_num_classes(v: Option<&str>) -> anyhow::Result<Option<usize>> {
+    match v {
+        None => Ok(None),
+        Some("auto") => Err(Error::usage(
+            "--num-classes auto: estimating the number of defect types is not available in this version yet; give a number",
+        )
+        .into()),
+        Some(s) => match s.parse::<usize>() {
+            Ok(k) if k >= 1 => Ok(Some(k)),
+            _ => Err(Error::usage(format!("--num-classes {s}: expected a positive whole number")).into()),
+        },
+    }
+}
+
+fn check_resumable(meta: &CheckpointMeta, cfg: &Config, set: &CropSet, path: &std::path::Path) -> anyhow::Result<()> {
+    let same = meta.backbone == cfg.models.pretrained_backbone
+        && meta.base_classes == set.base_classes
+        && meta.num_novel_clusters == set.num_novel_clusters
+        && meta.config.training.epochs == cfg.training.epochs
+        && meta.config.models == cfg.models;
+    if !same {
+        return Err(Error::input(
+            path,
+            "--resume: the checkpoint was trained with another backbone, class set, epoch count or model config; resume with the same config and data, or start anew with --overwrite",
+        )
+        .into());
+    }
+    Ok(())
 }

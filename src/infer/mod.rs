@@ -2,6 +2,8 @@
 //! prediction per image ([`merge`]), then scoring with [`crate::metrics`].
 
 pub mod merge;
+pub mod outputs;
+pub mod predict;
 
 /// The head used at test time: the one with the smallest mean cluster loss over the last
 /// training epoch. Among equal losses the last head wins, as in the reference's region merging.

@@ -1,0 +1,137 @@
+//! What a run writes after prediction: `predictions.csv` (one row per image),
+//! `crop_predictions.csv`, `metrics.json` (both levels, per-class precision/recall, confusion
+//! matrix) and one row `category,NMI,ARI,F1` appended to the runner's `metrics.csv` (the
+//! reference's table; header once).
+
+use std::path::Path;
+
+use serde_json::json;
+
+use super::predict::{score, Predictions};
+use crate::error::{Error, Result};
+use crate::fsutil::atomic_write;
+use crate::metrics::Evaluation;
+
+fn csv_bytes(header: &[&str], rows: Vec<Vec<String>>) -> Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let err = |e: csv::Error| Error::runtime(format!("writing CSV: {e}"));
+    w.write_record(header).map_err(err)?;
+    for r in rows {
+        w.write_record(&r).map_err(err)?;
+    }
+    w.into_inner().map_err(|e| Error::runtime(format!("writing CSV: {e}")))
+}
+
+fn name_of(names: &[String], idx: Option<usize>) -> String {
+    idx.map(|i| names.get(i).cloned().unwrap_or_else(|| i.to_string())).unwrap_or_default()
+}
+
+fn eval_json(e: &Evaluation, names: &[String]) -> serde_json::Value {
+    json!({
+        "NMI": e.nmi, "ARI": e.ari, "F1": e.f1,
+        "cluster_to_class": e.cluster_to_class.iter().map(|&c| name_of(names, Some(c))).collect::<Vec<_>>(),
+        "per_class": e.per_class.iter().map(|c| json!({
+            "class": name_of(names, Some(c.class)), "support": c.support, "predicted": c.predicted,
+            "correct": c.correct, "precision": c.precision, "recall": c.recall,
+        })).collect::<Vec<_>>(),
+        "confusion": {
+            "classes": e.confusion.classes.iter().map(|&c| name_of(names, Some(c))).collect::<Vec<_>>(),
+            "counts": e.confusion.counts,
+        },
+    })
+}
+
+/// Writes the prediction files into `run_dir` and, when labels exist, appends the image-level
+/// scores to `table`. Returns the image-level (NMI, ARI, F1) when labels exist.
+pub fn write_all(
+    run_dir: &Path,
+    table: &Path,
+    category: &str,
+    novel_names: &[String],
+    preds: &Predictions,
+    head: usize,
+) -> Result<Option<(f64, f64, f64)>> {
+    let scores = score(preds)?;
+    let matched = |e: Option<&Evaluation>, cluster: usize| -> String {
+        e.and_then(|e| e.cluster_to_class.get(cluster).map(|&c| name_of(novel_names, Some(c)))).unwrap_or_default()
+    };
+    let img_eval = scores.as_ref().map(|s| &s.image);
+    let rows = preds
+        .images
+        .iter()
+        .map(|r| {
+            vec![
+                r.image.clone(),
+                r.cluster.to_string(),
+                format!("{:.6}", r.confidence),
+                name_of(novel_names, r.truth),
+                matched(img_eval, r.cluster),
+                r.crops.len().to_string(),
+            ]
+        })
+        .collect();
+    let header = ["image", "predicted_cluster", "confidence", "true_class", "matched_class", "crops"];
+    atomic_write(&run_dir.join("predictions.csv"), &csv_bytes(&header, rows)?)?;
+
+    let sub_eval = scores.as_ref().map(|s| &s.sub_image);
+    let rows = preds
+        .crops
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.clone(),
+                r.image.clone(),
+                r.cluster.to_string(),
+                format!("{:.6}", r.confidence),
+                name_of(novel_names, r.truth),
+                matched(sub_eval, r.cluster),
+            ]
+        })
+        .collect();
+    let header = ["crop", "image", "predicted_cluster", "confidence", "true_class", "matched_class"];
+    atomic_write(&run_dir.join("crop_predictions.csv"), &csv_bytes(&header, rows)?)?;
+
+    let mut doc = json!({
+        "category": category,
+        "head": head,
+        "num_clusters": preds.num_clusters,
+        "images": preds.images.len(),
+        "crops": preds.crops.len(),
+        "labels_known": scores.is_some(),
+    });
+    if let Some(s) = &scores {
+        doc["image_level"] = eval_json(&s.image, novel_names);
+        doc["sub_image_level"] = eval_json(&s.sub_image, novel_names);
+        log::info!(
+            "sub-image: NMI {:.4} | ARI {:.4} | F1 {:.4}",
+            s.sub_image.nmi,
+            s.sub_image.ari,
+            s.sub_image.f1
+        );
+        log::info!("image (region merged): NMI {:.4} | ARI {:.4} | F1 {:.4}", s.image.nmi, s.image.ari, s.image.f1);
+    }
+    atomic_write(&run_dir.join("metrics.json"), &serde_json::to_vec_pretty(&doc).expect("json"))?;
+
+    let Some(s) = scores else {
+        log::info!("no true types (flat folder): metrics skipped; predictions in {}", run_dir.display());
+        return Ok(None);
+    };
+    append_table(table, category, s.image.nmi, s.image.ari, s.image.f1)?;
+    Ok(Some((s.image.nmi, s.image.ari, s.image.f1)))
+}
+
+/// Appends `category,NMI,ARI,F1` to the table, writing the header when the file is new.
+pub fn append_table(table: &Path, category: &str, nmi: f64, ari: f64, f1: f64) -> Result<()> {
+    let mut text = match std::fs::read(table) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => b"category,NMI,ARI,F1\n".to_vec(),
+        Err(e) => return Err(Error::io(table, e)),
+    };
+    if !text.ends_with(b"\n") && !text.is_empty() {
+        text.push(b'\n');
+    }
+    let row = csv_bytes(&["category", "NMI", "ARI", "F1"], vec![vec![category.to_string(), nmi.to_string(), ari.to_string(), f1.to_string()]])?;
+    let row_only = row.splitn(2, |&b| b == b'\n').nth(1).unwrap_or_default();
+    text.extend_from_slice(row_only);
+    atomic_write(table, &text)
+}

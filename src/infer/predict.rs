@@ -1,0 +1,161 @@
+//! Running a trained model over crops and turning its outputs into crop- and image-level
+//! predictions (sub-image prediction and region merging, see [`super::merge`]), scored with
+//! [`crate::metrics::evaluate`] when the true types are known.
+
+use tch::{Device, Kind, Tensor};
+
+use super::merge::{image_key, mask_pixel_count, merge_by_image, novel_probs, CropPrediction, MERGE_LOGIT_TEMP};
+use crate::data::{CropSet, EvalLoader};
+use crate::error::{Error, Result};
+use crate::metrics::{evaluate, Evaluation};
+use crate::model::Model;
+
+/// Every head's logits for one crop.
+#[derive(Debug, Clone)]
+pub struct CropOutput {
+    /// Index into `CropSet::items`.
+    pub item: usize,
+    /// `[n_head][C]`.
+    pub logits: Vec<Vec<f32>>,
+}
+
+/// Runs the model (no gradients) over the loader's crops.
+pub fn crop_logits(model: &Model, loader: &EvalLoader, device: Device) -> Result<Vec<CropOutput>> {
+    let mut out = Vec::with_capacity(loader.len());
+    let pb = crate::logging::progress(loader.len() as u64, "predict");
+    for batch in loader.iter() {
+        let batch = batch?;
+        let logits = tch::no_grad(|| -> Result<Tensor> {
+            let (_, _, logits) = model.forward(&batch.images.to_device(device), &batch.masks.to_device(device))?;
+            Ok(Tensor::stack(&logits, 1).to_device(Device::Cpu).to_kind(Kind::Float).contiguous())
+        })?;
+        let (b, h, c) = match logits.size()[..] {
+            [b, h, c] => (b as usize, h as usize, c as usize),
+            _ => return Err(Error::runtime("unexpected head output shape")),
+        };
+        let flat: Vec<f32> = Vec::<f32>::try_from(logits.view(-1))?;
+        for (k, &item) in batch.ids.iter().enumerate().take(b) {
+            let rows = (0..h).map(|j| flat[(k * h + j) * c..(k * h + j + 1) * c].to_vec()).collect();
+            out.push(CropOutput { item, logits: rows });
+        }
+        pb.inc(b as u64);
+    }
+    pb.finish_and_clear();
+    Ok(out)
+}
+
+/// One crop's prediction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CropRow {
+    pub item: usize,
+    /// `<type>/<file>` of the crop.
+    pub id: String,
+    pub image: String,
+    /// Predicted novel cluster, `0..K`.
+    pub cluster: usize,
+    pub confidence: f64,
+    /// True novel type index `0..` when known.
+    pub truth: Option<usize>,
+}
+
+/// One image's merged prediction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageRow {
+    pub image: String,
+    pub cluster: usize,
+    pub confidence: f64,
+    pub truth: Option<usize>,
+    /// Indices into the crop rows.
+    pub crops: Vec<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Predictions {
+    pub crops: Vec<CropRow>,
+    pub images: Vec<ImageRow>,
+    pub num_base: usize,
+    pub num_clusters: usize,
+}
+
+/// Sub-image predictions of head `head` and region merging at area temperature `temperature`.
+/// Mask pixel counts are read from the crops' mask files, as the reference does.
+pub fn predict(set: &CropSet, outputs: &[CropOutput], head: usize, temperature: f64) -> Result<Predictions> {
+    let nb = set.num_base_classes();
+    let mut rows = Vec::with_capacity(outputs.len());
+    let mut merge_in = Vec::with_capacity(outputs.len());
+    for o in outputs {
+        let item = &set.items[o.item];
+        let logits = o.logits.get(head).ok_or_else(|| Error::runtime(format!("head {head} missing")))?;
+        let p1 = novel_probs(logits, nb, 1.0)?;
+        let (cls, conf) = max_entry(&p1);
+        let image = image_key(&item.image);
+        rows.push(CropRow {
+            item: o.item,
+            id: item.id.clone(),
+            image: image.clone(),
+            cluster: cls - nb,
+            confidence: conf,
+            truth: item.label.map(|l| l - nb),
+        });
+        let mask = image::open(&item.mask)
+            .map_err(|e| Error::input(&item.mask, format!("cannot read crop mask: {e}")))?
+            .to_luma8();
+        merge_in.push(CropPrediction {
+            image,
+            probs: novel_probs(logits, nb, MERGE_LOGIT_TEMP)?,
+            mask_pixels: mask_pixel_count(&mask),
+        });
+    }
+    let merged = merge_by_image(&merge_in, temperature)?;
+    let images = merged
+        .into_iter()
+        .map(|m| {
+            let (_, conf) = max_entry(&m.probs);
+            ImageRow {
+                truth: rows[m.crops[0]].truth,
+                image: m.image,
+                cluster: m.class - nb,
+                confidence: conf,
+                crops: m.crops,
+            }
+        })
+        .collect();
+    Ok(Predictions { crops: rows, images, num_base: nb, num_clusters: set.num_novel_clusters })
+}
+
+fn max_entry(p: &[f64]) -> (usize, f64) {
+    let mut best = 0;
+    for (i, v) in p.iter().enumerate() {
+        if *v > p[best] {
+            best = i;
+        }
+    }
+    (best, p[best])
+}
+
+/// Crop- and image-level scores, when every prediction has a true type.
+#[derive(Debug, Clone)]
+pub struct Scores {
+    pub sub_image: Evaluation,
+    pub image: Evaluation,
+}
+
+pub fn score(p: &Predictions) -> Result<Option<Scores>> {
+    let truth = |t: Option<usize>| t;
+    if p.crops.is_empty() || p.crops.iter().any(|c| truth(c.truth).is_none()) {
+        return Ok(None);
+    }
+    let eval = |t: Vec<usize>, y: Vec<usize>| {
+        let base = vec![false; t.len()];
+        evaluate(&t, &y, &base)
+    };
+    let sub = eval(
+        p.crops.iter().map(|c| c.truth.unwrap_or(0)).collect(),
+        p.crops.iter().map(|c| c.cluster).collect(),
+    )?;
+    let img = eval(
+        p.images.iter().map(|c| c.truth.unwrap_or(0)).collect(),
+        p.images.iter().map(|c| c.cluster).collect(),
+    )?;
+    Ok(Some(Scores { sub_image: sub, image: img }))
+}

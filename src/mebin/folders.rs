@@ -1,0 +1,101 @@
+//! MEBin over folders: pair `MAPS/<type>/<stem>` with `IMAGES/<type>/<stem>.*` by stem, prepare
+//! the output folder and run [`super::run::run`]. Shared by `binarize` and `train`.
+
+use std::path::Path;
+
+use super::crop::CropRule;
+use super::run::{self, BinarizeJob, BinarizeSummary, MapItem, RangeSource, SUMMARY_FILE};
+use super::Params;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::fsutil::prepare_output_dir;
+use crate::imageio::{self, describe_files, IMAGE_EXTENSIONS, MAP_EXTENSIONS};
+
+/// How to pair maps with images.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pairing {
+    /// Skip unpaired files with a warning instead of failing.
+    pub skip_unpaired: bool,
+    /// Ignore image type folders that have no map folder at all (MVTec's `test/good`, as the
+    /// reference takes its types from the maps).
+    pub only_map_types: bool,
+}
+
+/// Pairs every map with its image by `<type>/<stem>`; unpaired files are an error listing the
+/// first few, unless `skip_unpaired`.
+pub fn pair_folders(maps: &Path, images: &Path, how: Pairing) -> Result<Vec<MapItem>> {
+    let map_files = imageio::list_typed_files(maps, MAP_EXTENSIONS)?;
+    if map_files.is_empty() {
+        return Err(Error::input(maps, "no anomaly maps found (expected MAPS/<type>/<stem>.png)"));
+    }
+    let mut image_files = imageio::list_typed_files(images, IMAGE_EXTENSIONS)?;
+    if how.only_map_types {
+        image_files.retain(|f| map_files.iter().any(|m| m.type_name == f.type_name));
+    }
+    if image_files.is_empty() {
+        return Err(Error::input(images, "no images found (expected IMAGES/<type>/<stem>.<png|jpg|bmp|tif>)"));
+    }
+    let p = imageio::pair_by_stem(map_files, image_files);
+    if !p.left_only.is_empty() || !p.right_only.is_empty() {
+        let mut parts = Vec::new();
+        if !p.left_only.is_empty() {
+            parts.push(format!("maps without an image: {}", describe_files(&p.left_only, maps, 5)));
+        }
+        if !p.right_only.is_empty() {
+            parts.push(format!("images without a map: {}", describe_files(&p.right_only, images, 5)));
+        }
+        let msg = parts.join("; ");
+        if !how.skip_unpaired {
+            return Err(Error::usage(format!(
+                "maps and images do not pair up by <type>/<stem>: {msg}; fix the names or pass --skip-unpaired"
+            )));
+        }
+        log::warn!("skipping unpaired files: {msg}");
+    }
+    if p.pairs.is_empty() {
+        return Err(Error::usage("no map has an image with the same <type>/<stem>; nothing to binarize"));
+    }
+    Ok(p.pairs
+        .into_iter()
+        .map(|(m, i)| MapItem { class_name: m.type_name, stem: m.stem, map: m.path, image: i.path })
+        .collect())
+}
+
+/// Pairs the folders, prepares `out` (never inside the inputs; see
+/// [`prepare_output_dir`]) and runs MEBin + cropping with the config's binarization settings.
+pub fn binarize_folders(
+    maps: &Path,
+    images: &Path,
+    out: &Path,
+    cfg: &Config,
+    range: RangeSource,
+    how: Pairing,
+    overwrite: bool,
+) -> Result<BinarizeSummary> {
+    let items = pair_folders(maps, images, how)?;
+    let fingerprint = serde_json::json!({
+        "anomaly_maps": crate::fsutil::absolute(maps),
+        "images": crate::fsutil::absolute(images),
+        "binarization": cfg.binarization,
+        "range": format!("{range:?}"),
+        "skip_unpaired": how.skip_unpaired,
+    });
+    prepare_output_dir(out, &[("--anomaly-maps", maps), ("--images", images)], "binarize", &fingerprint, overwrite)?;
+    let job = BinarizeJob {
+        items: &items,
+        params: Params::from(&cfg.binarization),
+        range,
+        rule: CropRule::default(),
+        out,
+        progress: true,
+    };
+    run::run(&job)
+}
+
+/// Reads the `mebin.json` of an earlier binarization in `out`.
+pub fn read_summary(out: &Path) -> Result<BinarizeSummary> {
+    let path = out.join(SUMMARY_FILE);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::input(&path, format!("cannot read ({e}); run `anomalyncd binarize` first or drop --skip-binarize")))?;
+    serde_json::from_str(&text).map_err(|e| Error::input(&path, format!("not a binarize summary: {e}")))
+}
