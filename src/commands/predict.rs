@@ -1,27 +1,68 @@
-//! `anomalyncd predict`: assign new images to the discovered defect types.
+//! `anomalyncd predict`: assign new images to the discovered defect types. The new maps are
+//! binarized with the threshold search range stored in the checkpoint, so a single image works.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use anyhow::Context;
 use clap::Args;
 
 use super::Ctx;
+use crate::infer::{outputs, trained};
+use crate::mebin::folders::{binarize_folders, Pairing};
+use crate::mebin::RangeSource;
 
 #[derive(Debug, Args)]
 pub struct PredictArgs {
-    /// Checkpoint written by `train`.
+    /// Checkpoint written by `train` (checkpoint.safetensors, or its run folder).
     #[arg(long, value_name = "CKPT")]
     pub checkpoint: PathBuf,
-    /// New images (flat or with sub-folders).
+    /// New images: a flat folder, or <type>/ sub-folders.
     #[arg(long, value_name = "DIR")]
     pub images: PathBuf,
-    /// Their anomaly maps (same stems).
+    /// Their anomaly maps, same layout and stems.
     #[arg(long, value_name = "DIR")]
     pub anomaly_maps: PathBuf,
-    /// Output folder for predictions.csv.
+    /// Output folder: predictions.csv, crop_predictions.csv, binarize/.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    /// Skip maps without an image (and images without a map) with a warning.
+    #[arg(long)]
+    pub skip_unpaired: bool,
+    /// Replace the files of a different earlier run in OUT.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
-pub fn run(_args: &PredictArgs, _ctx: &Ctx) -> anyhow::Result<()> {
-    super::not_yet("predict", "online inference, issue #6")
+pub fn run(a: &PredictArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let t = trained::load(&a.checkpoint, ctx.device)?;
+    let range = super::test::stored_range(&t.meta)?;
+    let fingerprint = serde_json::json!({"checkpoint": crate::fsutil::absolute(&a.checkpoint)});
+    crate::fsutil::prepare_output_dir(
+        &a.out,
+        &[("--images", &a.images), ("--anomaly-maps", &a.anomaly_maps)],
+        "predict",
+        &fingerprint,
+        a.overwrite,
+    )?;
+    crate::logging::add_log_file(&a.out.join("log.txt")).with_context(|| format!("opening {}/log.txt", a.out.display()))?;
+    let bin = a.out.join("binarize");
+    let how = Pairing { skip_unpaired: a.skip_unpaired, only_map_types: false };
+    binarize_folders(&a.anomaly_maps, &a.images, &bin, &t.meta.config, RangeSource::Fixed(range), how, a.overwrite)?;
+    let set = Arc::new(trained::novel_set(&t.meta, &bin)?);
+    let preds = trained::run(&t, set.clone(), ctx.device)?;
+    let table = a.out.join("metrics.csv");
+    outputs::write_all(&a.out, &table, &t.meta.category, &set.novel_types, &preds, t.meta.chosen_head)?;
+    let mut sizes = vec![0usize; t.meta.num_novel_clusters];
+    for r in &preds.images {
+        sizes[r.cluster] += 1;
+    }
+    println!(
+        "{} images assigned to {} clusters (sizes {:?}); predictions in {}",
+        preds.images.len(),
+        t.meta.num_novel_clusters,
+        sizes,
+        a.out.join("predictions.csv").display()
+    );
+    Ok(())
 }

@@ -1,30 +1,82 @@
 //! `anomalyncd test --checkpoint CKPT`: evaluate a trained model on a crop folder.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use anyhow::Context;
 use clap::Args;
 
 use super::Ctx;
+use crate::config::Config;
+use crate::error::Error;
+use crate::infer::{outputs, trained};
+use crate::mebin::folders::{binarize_folders, Pairing};
+use crate::mebin::{RangeSource, SearchRange};
 
 #[derive(Debug, Args)]
 pub struct TestArgs {
-    /// Checkpoint written by `train` (checkpoint.safetensors; checkpoint.json beside it).
+    /// Checkpoint written by `train` (checkpoint.safetensors, or its run folder).
     #[arg(long, value_name = "CKPT")]
     pub checkpoint: PathBuf,
-    /// Crop folder written by `binarize` (crops/, scores.json).
+    /// Crop folder written by `binarize` (crops/, scores.json); default: the training run's.
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
-    /// Anomaly maps, to binarize first instead of --data.
-    #[arg(long, value_name = "DIR")]
+    /// Anomaly maps, to binarize first (with the training set's threshold range) instead of --data.
+    #[arg(long, value_name = "DIR", requires = "images")]
     pub anomaly_maps: Option<PathBuf>,
     /// Images paired with --anomaly-maps.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", requires = "anomaly_maps")]
     pub images: Option<PathBuf>,
-    /// Run folder for metrics.csv, predictions.csv, metrics.json, report.html.
+    /// Folder for metrics.csv, predictions.csv, metrics.json (default: the checkpoint's folder).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Replace the files of a different earlier binarization in OUT/binarize.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
-pub fn run(_args: &TestArgs, _ctx: &Ctx) -> anyhow::Result<()> {
-    super::not_yet("test", "inference and metrics, issue #6")
+pub fn run(a: &TestArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let t = trained::load(&a.checkpoint, ctx.device)?;
+    let ckpt_dir = if a.checkpoint.is_dir() {
+        a.checkpoint.clone()
+    } else {
+        a.checkpoint.parent().map(PathBuf::from).unwrap_or_default()
+    };
+    let out = a.out.clone().unwrap_or_else(|| ckpt_dir.clone());
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    crate::logging::add_log_file(&out.join("log.txt")).with_context(|| format!("opening {}/log.txt", out.display()))?;
+    let data = match (&a.anomaly_maps, &a.images, &a.data) {
+        (Some(maps), Some(images), _) => {
+            let dir = out.join("binarize");
+            let range = stored_range(&t.meta)?;
+            let cfg: &Config = &t.meta.config;
+            binarize_folders(maps, images, &dir, cfg, RangeSource::Fixed(range), Pairing::default(), a.overwrite)?;
+            dir
+        }
+        (_, _, Some(d)) => d.clone(),
+        _ => t
+            .meta
+            .anomaly_scores
+            .as_ref()
+            .and_then(|p| p.parent().map(PathBuf::from))
+            .ok_or_else(|| Error::usage("give --data (a binarize output) or --anomaly-maps and --images"))?,
+    };
+    let set = Arc::new(trained::novel_set(&t.meta, &data)?);
+    log::info!("evaluating {} crops of {} with head {}", set.len(), data.display(), t.meta.chosen_head);
+    let preds = trained::run(&t, set.clone(), ctx.device)?;
+    let table = out.join("metrics.csv");
+    let res = outputs::write_all(&out, &table, &t.meta.category, &set.novel_types, &preds, t.meta.chosen_head)?;
+    if let Some((nmi, ari, f1)) = res {
+        println!("{}: NMI {nmi:.4}  ARI {ari:.4}  F1 {f1:.4}  (image level; {})", t.meta.category, out.display());
+    } else {
+        println!("predictions written to {}", out.join("predictions.csv").display());
+    }
+    Ok(())
+}
+
+pub(crate) fn stored_range(meta: &crate::train::checkpoint::CheckpointMeta) -> anyhow::Result<SearchRange> {
+    let (lo, hi) = meta
+        .search_range
+        .ok_or_else(|| Error::usage("the checkpoint stores no MEBin search range (trained with --skip-binarize on old crops)"))?;
+    Ok(SearchRange::new(lo, hi)?)
 }

@@ -4,6 +4,7 @@
 pub mod merge;
 pub mod outputs;
 pub mod predict;
+pub mod trained;
 
 /// The head used at test time: the one with the smallest mean cluster loss over the last
 /// training epoch. Among equal losses the last head wins, as in the reference's region merging.

@@ -1,0 +1,53 @@
+//! A trained model restored from a checkpoint, and evaluation of it on a folder of novel crops:
+//! what `test` and `predict` share.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tch::Device;
+
+use super::predict::{crop_logits, predict, Predictions};
+use crate::data::dataset::load_novel;
+use crate::data::{CropSet, EvalLoader, NovelSource, TransformSpec};
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::train::checkpoint::{self, CheckpointMeta};
+use crate::train::trainer::load_model_state;
+
+pub struct Trained {
+    pub meta: CheckpointMeta,
+    pub model: Model,
+}
+
+/// Loads `checkpoint.safetensors` (or the folder holding it) onto `device`.
+pub fn load(path: &Path, device: Device) -> Result<Trained> {
+    let file = if path.is_dir() { path.join("checkpoint.safetensors") } else { path.to_path_buf() };
+    if !file.is_file() {
+        return Err(Error::input(&file, "checkpoint not found; give the checkpoint.safetensors written by `anomalyncd train`"));
+    }
+    let ck = checkpoint::load(&file)?;
+    let meta = ck.meta;
+    let num_classes = meta.base_classes.len() + meta.num_novel_clusters;
+    // All weights come from the checkpoint: build the architecture without pretrained weights.
+    let mut model = Model::new(&meta.config, num_classes, None, device)?;
+    load_model_state(&mut model, &ck.model, &file)?;
+    Ok(Trained { meta, model })
+}
+
+/// The novel crops of a binarize output (`crops/`, `scores.json`), labelled by their type
+/// folders when there are any, as a crop set with the checkpoint's classes.
+pub fn novel_set(meta: &CheckpointMeta, binarize_out: &Path) -> Result<CropSet> {
+    let nb = meta.base_classes.len();
+    let (novel_types, items) = load_novel(&NovelSource::from_binarize_out(binarize_out), nb)?;
+    Ok(CropSet { items, base_classes: meta.base_classes.clone(), novel_types, num_novel_clusters: meta.num_novel_clusters })
+}
+
+/// Runs the chosen head over every crop of `set` and merges per image.
+pub fn run(t: &Trained, set: Arc<CropSet>, device: Device) -> Result<Predictions> {
+    let cfg = &t.meta.config;
+    let spec = TransformSpec::new(cfg.models.image_size as u32);
+    let idx: Vec<usize> = (0..set.len()).collect();
+    let eval = EvalLoader::new(set.clone(), idx, spec, cfg.training.batch_size, cfg.training.num_workers, None)?;
+    let outputs = crop_logits(&t.model, &eval, device)?;
+    predict(&set, &outputs, t.meta.chosen_head, t.meta.merge_temperature)
+}
