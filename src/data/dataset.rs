@@ -1,0 +1,508 @@
+//! Crop sets: the labelled base crops (`prepare-base` output) and the unlabelled novel crops
+//! (`binarize` output), listed in the reference's order: base classes first (sorted names, files
+//! sorted), then novel types (sorted). Class indices follow that order, so the projector's first
+//! outputs are the base classes.
+//!
+//! Layouts:
+//! - base: `BASE/images/<class>/<name>.<ext>` with `BASE/masks/<class>/<name>.<ext>` (paired by
+//!   stem, extensions may differ);
+//! - novel: `CROPS/images/<type>/<stem>_crop<k>.png` with `CROPS/masks/<type>/…` (same stem), or a
+//!   flat `CROPS/images/*.png` whose types are unknown; scores in `scores.json` as
+//!   `{type: {file name: score}}` (a flat `{file name: score}` is read too).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use image::{GrayImage, RgbImage};
+
+use crate::error::{Error, IoContext, Result};
+
+use super::IMAGE_EXTENSIONS;
+
+/// One crop and its mask.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CropItem {
+    pub image: PathBuf,
+    pub mask: PathBuf,
+    /// Class index (base classes first, then novel types); `None` for novel crops of a flat
+    /// folder. For novel crops it is the true type, for evaluation only: training must not use it.
+    pub label: Option<usize>,
+    /// True for base crops (their label may be used in training).
+    pub labelled: bool,
+    /// Anomaly score of the crop in the binarize run (`scores.json`); 1.0 for base crops.
+    pub score: f32,
+    /// `<class or type>/<file name>` (the file name alone for flat novel crops), for reports.
+    pub id: String,
+}
+
+/// Where the novel crops and their scores are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NovelSource {
+    pub images: PathBuf,
+    pub masks: PathBuf,
+    pub scores: PathBuf,
+}
+
+impl NovelSource {
+    /// The layout `anomalyncd binarize --out OUT` writes: `OUT/crops/{images,masks}`,
+    /// `OUT/scores.json`.
+    pub fn from_binarize_out(out: &Path) -> Self {
+        let crops = out.join("crops");
+        Self {
+            images: crops.join("images"),
+            masks: crops.join("masks"),
+            scores: out.join("scores.json"),
+        }
+    }
+}
+
+/// Base and novel crops of one training run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CropSet {
+    /// Base crops first (class by class), then novel crops (type by type, or the flat folder).
+    pub items: Vec<CropItem>,
+    pub base_classes: Vec<String>,
+    /// Novel type folders (sorted); empty for a flat novel folder.
+    pub novel_types: Vec<String>,
+    /// Clusters the novel crops are split into (the projector has
+    /// `base_classes.len() + num_novel_clusters` outputs).
+    pub num_novel_clusters: usize,
+}
+
+impl CropSet {
+    /// Lists the base and novel crops and reads the novel scores. `num_novel_clusters` defaults
+    /// to the number of novel type folders; it must be given for a flat novel folder.
+    pub fn load(
+        base: &Path,
+        novel: &NovelSource,
+        num_novel_clusters: Option<usize>,
+    ) -> Result<Self> {
+        let (base_classes, mut items) = load_base(base)?;
+        let (novel_types, novel_items) = load_novel(novel, base_classes.len())?;
+        let num_novel_clusters = match num_novel_clusters {
+            Some(0) => return Err(Error::usage("the number of novel clusters must be at least 1")),
+            Some(n) => n,
+            None if novel_types.is_empty() => {
+                return Err(Error::usage(format!(
+                    "{}: the novel crops have no type folders, so the number of novel clusters is unknown; give it (--num-classes N)",
+                    novel.images.display()
+                )))
+            }
+            None => novel_types.len(),
+        };
+        items.extend(novel_items);
+        Ok(Self {
+            items,
+            base_classes,
+            novel_types,
+            num_novel_clusters,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn num_base_classes(&self) -> usize {
+        self.base_classes.len()
+    }
+
+    /// Outputs of the classifier: base classes plus novel clusters.
+    pub fn num_classes(&self) -> usize {
+        self.base_classes.len() + self.num_novel_clusters
+    }
+
+    /// Whether the novel crops carry their true type (type folders), for evaluation.
+    pub fn novel_labels_known(&self) -> bool {
+        !self.novel_types.is_empty()
+    }
+
+    pub fn labelled_flags(&self) -> Vec<bool> {
+        self.items.iter().map(|i| i.labelled).collect()
+    }
+
+    pub fn base_indices(&self) -> Vec<usize> {
+        (0..self.items.len())
+            .filter(|&i| self.items[i].labelled)
+            .collect()
+    }
+
+    /// The unlabelled crops: the reference's test set.
+    pub fn novel_indices(&self) -> Vec<usize> {
+        (0..self.items.len())
+            .filter(|&i| !self.items[i].labelled)
+            .collect()
+    }
+}
+
+fn is_image_name(name: &str) -> bool {
+    Path::new(name)
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+fn stem_of(name: &str) -> &str {
+    Path::new(name)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or(name)
+}
+
+/// Sorted sub-folders and image files of `dir`; hidden entries and other files are skipped.
+fn list_dir(dir: &Path) -> Result<(Vec<String>, Vec<String>)> {
+    let mut dirs = Vec::new();
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).at(dir)? {
+        let entry = entry.at(dir)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        if path.is_dir() {
+            dirs.push(name);
+        } else if is_image_name(&name) {
+            files.push(name);
+        } else {
+            log::debug!("{}: not an image, skipped", path.display());
+        }
+    }
+    dirs.sort();
+    files.sort();
+    Ok((dirs, files))
+}
+
+/// Stem → mask file name of one mask folder; two masks with one stem are an error.
+fn mask_index(mask_dir: &Path, what: &str) -> Result<BTreeMap<String, String>> {
+    if !mask_dir.is_dir() {
+        return Err(Error::input(
+            mask_dir,
+            format!(
+                "missing: the masks of {what} (every crop needs a mask with the same file name)"
+            ),
+        ));
+    }
+    let (_, files) = list_dir(mask_dir)?;
+    let mut index = BTreeMap::new();
+    for f in files {
+        if let Some(other) = index.insert(stem_of(&f).to_string(), f.clone()) {
+            return Err(Error::input(
+                mask_dir.join(&f),
+                format!("two masks share the stem of {other}; keep one"),
+            ));
+        }
+    }
+    Ok(index)
+}
+
+fn pair_masks(
+    img_dir: &Path,
+    mask_dir: &Path,
+    files: &[String],
+    what: &str,
+) -> Result<Vec<(PathBuf, PathBuf)>> {
+    let index = mask_index(mask_dir, what)?;
+    files
+        .iter()
+        .map(|f| match index.get(stem_of(f)) {
+            Some(m) => Ok((img_dir.join(f), mask_dir.join(m))),
+            None => Err(Error::input(
+                img_dir.join(f),
+                format!(
+                    "no mask for this crop in {} (expected {}.<png|jpg|bmp|tif>); add it or remove the crop",
+                    mask_dir.display(),
+                    stem_of(f)
+                ),
+            )),
+        })
+        .collect()
+}
+
+/// Base classes (sorted) and their crops, labelled 0.. in that order.
+pub fn load_base(base: &Path) -> Result<(Vec<String>, Vec<CropItem>)> {
+    let images = base.join("images");
+    let masks = base.join("masks");
+    let hint = "expected images/<class>/ and masks/<class>/ (run `anomalyncd prepare-base`)";
+    if !images.is_dir() {
+        return Err(Error::input(
+            base,
+            format!("no base data: {} is missing; {hint}", images.display()),
+        ));
+    }
+    let (classes, loose) = list_dir(&images)?;
+    if !loose.is_empty() {
+        return Err(Error::input(
+            images.join(&loose[0]),
+            format!("base crops must sit in class folders; {hint}"),
+        ));
+    }
+    if classes.is_empty() {
+        return Err(Error::input(
+            &images,
+            format!("no base data: no class folders; {hint}"),
+        ));
+    }
+    let mut items = Vec::new();
+    for (label, class) in classes.iter().enumerate() {
+        let dir = images.join(class);
+        let (_, files) = list_dir(&dir)?;
+        if files.is_empty() {
+            return Err(Error::input(
+                &dir,
+                "base class folder without images; add crops or remove it",
+            ));
+        }
+        for (image, mask) in pair_masks(
+            &dir,
+            &masks.join(class),
+            &files,
+            &format!("base class {class}"),
+        )? {
+            let file = image
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            items.push(CropItem {
+                image,
+                mask,
+                label: Some(label),
+                labelled: true,
+                score: 1.0,
+                id: format!("{class}/{file}"),
+            });
+        }
+    }
+    Ok((classes, items))
+}
+
+/// The crop scores of `scores.json`: `{type: {file: score}}`, or `{file: score}` for flat crops.
+struct Scores {
+    path: PathBuf,
+    value: serde_json::Value,
+}
+
+impl Scores {
+    fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::input(
+                path,
+                format!("cannot read the crop anomaly scores ({e}); they are written by `anomalyncd binarize`"),
+            )
+        })?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::input(path, format!("not valid JSON: {e}")))?;
+        if !value.is_object() {
+            return Err(Error::input(
+                path,
+                "expected an object {type: {file: score}}",
+            ));
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            value,
+        })
+    }
+
+    fn get(&self, kind: Option<&str>, file: &str) -> Result<f32> {
+        let top = &self.value;
+        let found = match kind {
+            Some(t) => top.get(t).and_then(|m| m.get(file)),
+            // A flat set: the file at the top level, or under whichever type map holds it.
+            None => top.get(file).filter(|v| v.is_number()).or_else(|| {
+                top.as_object().and_then(|o| {
+                    o.values()
+                        .find_map(|m| m.get(file).filter(|v| v.is_number()))
+                })
+            }),
+        };
+        let id = kind
+            .map(|t| format!("{t}/{file}"))
+            .unwrap_or_else(|| file.to_string());
+        match found.and_then(|v| v.as_f64()) {
+            Some(s) if s.is_finite() => Ok(s as f32),
+            Some(s) => Err(Error::input(&self.path, format!("score of {id} is {s}; expected a finite number"))),
+            None => Err(Error::input(
+                &self.path,
+                format!("no score for crop {id}; the crops and scores.json come from different binarize runs? run binarize again"),
+            )),
+        }
+    }
+}
+
+/// Novel types (sorted; empty for a flat folder) and their crops, labelled `first_label..` by
+/// type when the types are known.
+pub fn load_novel(src: &NovelSource, first_label: usize) -> Result<(Vec<String>, Vec<CropItem>)> {
+    let hint = "run `anomalyncd binarize` first";
+    if !src.images.is_dir() {
+        return Err(Error::input(
+            &src.images,
+            format!("no novel crops: the folder is missing; {hint}"),
+        ));
+    }
+    let (types, loose) = list_dir(&src.images)?;
+    if !types.is_empty() && !loose.is_empty() {
+        return Err(Error::input(
+            &src.images,
+            "mixes crop files and type folders; keep either type folders or a flat folder of crops",
+        ));
+    }
+    if types.is_empty() && loose.is_empty() {
+        return Err(Error::input(
+            &src.images,
+            format!("no novel crops in this folder; {hint}"),
+        ));
+    }
+    let scores = Scores::read(&src.scores)?;
+    let mut items = Vec::new();
+    let mut push = |image: PathBuf, mask: PathBuf, kind: Option<(usize, &str)>| -> Result<()> {
+        let file = image
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let score = scores.get(kind.map(|k| k.1), &file)?;
+        items.push(CropItem {
+            image,
+            mask,
+            label: kind.map(|k| first_label + k.0),
+            labelled: false,
+            score,
+            id: kind.map(|k| format!("{}/{file}", k.1)).unwrap_or(file),
+        });
+        Ok(())
+    };
+    if types.is_empty() {
+        for (image, mask) in pair_masks(&src.images, &src.masks, &loose, "the novel crops")? {
+            push(image, mask, None)?;
+        }
+    }
+    for (j, t) in types.iter().enumerate() {
+        let dir = src.images.join(t);
+        let (_, files) = list_dir(&dir)?;
+        if files.is_empty() {
+            return Err(Error::input(
+                &dir,
+                "novel type folder without crops; remove it",
+            ));
+        }
+        for (image, mask) in
+            pair_masks(&dir, &src.masks.join(t), &files, &format!("novel type {t}"))?
+        {
+            push(image, mask, Some((j, t)))?;
+        }
+    }
+    Ok((types, items))
+}
+
+/// Decodes a crop as RGB and its mask as 0/1 at the image's size. A mask is foreground where it
+/// is at least 128 (0/255 masks), or above 0 when its largest value is 1 (0/1 masks). A mask of
+/// another size is resized to the image with nearest neighbour, as the reference resizes both to
+/// the same side independently.
+pub fn decode_pair(item: &CropItem) -> Result<(RgbImage, GrayImage)> {
+    let open = |p: &Path| {
+        image::open(p).map_err(|e| {
+            Error::input(
+                p,
+                format!(
+                    "cannot read image ({e}); replace the file or remove the crop and its mask"
+                ),
+            )
+        })
+    };
+    let image = open(&item.image)?.to_rgb8();
+    let mut mask = open(&item.mask)?.to_luma8();
+    let max = mask.pixels().map(|p| p[0]).max().unwrap_or(0);
+    let cut = if max <= 1 { 1 } else { 128 };
+    for p in mask.pixels_mut() {
+        p[0] = u8::from(p[0] >= cut);
+    }
+    if mask.dimensions() != image.dimensions() {
+        mask = image::imageops::resize(
+            &mask,
+            image.width(),
+            image.height(),
+            image::imageops::FilterType::Nearest,
+        );
+    }
+    Ok((image, mask))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch_png(p: &Path, v: u8) {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        GrayImage::from_pixel(4, 4, image::Luma([v]))
+            .save(p)
+            .unwrap();
+    }
+
+    #[test]
+    fn masks_pair_by_stem_across_extensions_and_hidden_files_are_skipped() {
+        let d = tempfile::tempdir().unwrap();
+        touch_png(&d.path().join("images/a/x.png"), 9);
+        touch_png(&d.path().join("masks/a/x.bmp"), 255);
+        std::fs::write(d.path().join("images/a/.DS_Store"), b"junk").unwrap();
+        std::fs::write(d.path().join("images/a/notes.txt"), b"junk").unwrap();
+        let (classes, items) = load_base(d.path()).unwrap();
+        assert_eq!(classes, ["a"]);
+        assert_eq!(items.len(), 1);
+        assert!(items[0].mask.ends_with("masks/a/x.bmp"));
+        let (_, m) = decode_pair(&items[0]).unwrap();
+        assert!(m.pixels().all(|p| p[0] == 1));
+    }
+
+    #[test]
+    fn two_masks_with_one_stem_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        touch_png(&d.path().join("images/a/x.png"), 9);
+        touch_png(&d.path().join("masks/a/x.png"), 255);
+        touch_png(&d.path().join("masks/a/x.bmp"), 255);
+        let e = load_base(d.path()).unwrap_err().to_string();
+        assert!(e.contains("share the stem"), "{e}");
+    }
+
+    #[test]
+    fn zero_one_masks_and_mask_of_other_size() {
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("i.png");
+        RgbImage::new(8, 6).save(&img).unwrap();
+        let mask = d.path().join("m.png");
+        GrayImage::from_fn(4, 3, |x, _| image::Luma([u8::from(x >= 2)]))
+            .save(&mask)
+            .unwrap();
+        let item = CropItem {
+            image: img,
+            mask,
+            label: None,
+            labelled: false,
+            score: 0.5,
+            id: "i".into(),
+        };
+        let (i, m) = decode_pair(&item).unwrap();
+        assert_eq!(m.dimensions(), i.dimensions());
+        assert_eq!(m.get_pixel(0, 0)[0], 0);
+        assert_eq!(m.get_pixel(7, 5)[0], 1);
+    }
+
+    #[test]
+    fn flat_scores_are_found_at_top_level_or_in_a_type_map() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.json");
+        std::fs::write(&p, r#"{"a_crop0.png": 0.25, "t": {"b_crop1.png": 0.5}}"#).unwrap();
+        let s = Scores::read(&p).unwrap();
+        assert_eq!(s.get(None, "a_crop0.png").unwrap(), 0.25);
+        assert_eq!(s.get(None, "b_crop1.png").unwrap(), 0.5);
+        assert_eq!(s.get(Some("t"), "b_crop1.png").unwrap(), 0.5);
+        assert!(s
+            .get(Some("t"), "a_crop0.png")
+            .unwrap_err()
+            .to_string()
+            .contains("t/a_crop0.png"));
+    }
+}

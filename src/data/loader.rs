@@ -1,0 +1,569 @@
+//! Batch loading: crops are decoded (or taken from a [`CropCache`]) and augmented in parallel on a
+//! rayon pool of `num_workers` threads, while a background thread builds the next batch as the
+//! current one trains ([`Prefetch`]).
+//!
+//! The random stream of a view depends only on (seed, epoch, batch, position in the batch), never
+//! on the thread that computes it, so the same seed gives the same batches with any number of
+//! workers.
+
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use tch::{Device, Kind, Tensor};
+
+use super::dataset::{decode_pair, CropItem, CropSet};
+use super::mix_seed;
+use super::sampler::BalancedSampler;
+use super::transform::{apply_test, apply_train, prepare, Prepared, TrainParams, TransformSpec};
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+/// Stream tag of the augmentations in [`mix_seed`].
+const AUG_STREAM: u64 = 0x4155_4755;
+
+fn make_pool(num_workers: usize) -> Result<Arc<rayon::ThreadPool>> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(num_workers)
+        .thread_name(|i| format!("anomalyncd-data-{i}"))
+        .build()
+        .map(Arc::new)
+        .map_err(|e| Error::runtime(format!("cannot start the data loading threads: {e}")))
+}
+
+/// New f32 CPU tensors of the given shapes, filled in place by `fill` through mutable slices of
+/// their storage. `Tensor::from_slice` would copy each finished buffer: at 224 that copy of
+/// 19 MB per view cost more than a quarter of the batch time in the benchmark.
+fn filled_tensors<const N: usize>(
+    shapes: [[i64; 4]; N],
+    fill: impl FnOnce([&mut [f32]; N]) -> Result<()>,
+) -> Result<[Tensor; N]> {
+    let tensors = shapes.map(|s| Tensor::empty(s, (Kind::Float, Device::Cpu)));
+    let slices = std::array::from_fn(|k| {
+        let t = &tensors[k];
+        let n = t.numel();
+        if n == 0 {
+            return &mut [][..];
+        }
+        // SAFETY: each tensor was just allocated above as its own contiguous f32 CPU storage of
+        // `n` elements; no other tensor or slice refers to it, and the slices end with `fill`,
+        // before the tensors are handed out.
+        unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n) }
+    });
+    fill(slices)?;
+    Ok(tensors)
+}
+
+fn load_prepared(item: &CropItem, spec: &TransformSpec) -> Result<Prepared> {
+    let (image, mask) = decode_pair(item)?;
+    Ok(prepare(&image, &mask, spec))
+}
+
+/// Every crop of a set decoded and resized once (the resize is the same for all views and
+/// epochs); about 260 KB per crop at 224, so thousands of crops fit in memory.
+#[derive(Debug)]
+pub struct CropCache {
+    prepared: Vec<Prepared>,
+    spec: TransformSpec,
+}
+
+impl CropCache {
+    /// Decodes all crops of `set` on `num_workers` threads (0: one per core); the first crop that
+    /// cannot be read is the error.
+    pub fn build(set: &CropSet, spec: &TransformSpec, num_workers: usize) -> Result<Self> {
+        spec.check()?;
+        let pool = make_pool(num_workers)?;
+        let pb = crate::logging::progress(set.len() as u64, "decode");
+        let prepared = pool.install(|| {
+            set.items
+                .par_iter()
+                .map(|item| {
+                    let r = load_prepared(item, spec);
+                    pb.inc(1);
+                    r
+                })
+                .collect::<Result<Vec<_>>>()
+        })?;
+        pb.finish_and_clear();
+        let cache = Self {
+            prepared,
+            spec: *spec,
+        };
+        log::debug!(
+            "cached {} crops ({:.1} MB)",
+            cache.len(),
+            cache.bytes() as f64 / 1e6
+        );
+        Ok(cache)
+    }
+
+    pub fn len(&self) -> usize {
+        self.prepared.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.prepared.is_empty()
+    }
+
+    /// The prepared crop of `set.items[i]`.
+    pub fn get(&self, i: usize) -> &Prepared {
+        &self.prepared[i]
+    }
+
+    pub fn spec(&self) -> &TransformSpec {
+        &self.spec
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.prepared.iter().map(Prepared::bytes).sum()
+    }
+}
+
+/// Batch size, threads, seed and look-ahead of a loader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoaderOptions {
+    pub batch_size: usize,
+    /// Decoding and augmentation threads (0: one per core).
+    pub num_workers: usize,
+    pub seed: u64,
+    /// Batches built ahead of the one being consumed (at least 1).
+    pub prefetch: usize,
+}
+
+impl LoaderOptions {
+    /// `training.batch_size`, `training.num_workers`, `experiment.seed`, one batch ahead.
+    pub fn from_config(cfg: &Config) -> Self {
+        Self {
+            batch_size: cfg.training.batch_size,
+            num_workers: cfg.training.num_workers,
+            seed: cfg.experiment.seed,
+            prefetch: 1,
+        }
+    }
+}
+
+/// Where a loader takes prepared crops from.
+struct Source {
+    set: Arc<CropSet>,
+    cache: Option<Arc<CropCache>>,
+    spec: TransformSpec,
+    pool: Arc<rayon::ThreadPool>,
+}
+
+impl Source {
+    fn new(
+        set: Arc<CropSet>,
+        cache: Option<Arc<CropCache>>,
+        spec: TransformSpec,
+        workers: usize,
+    ) -> Result<Self> {
+        spec.check()?;
+        if let Some(c) = &cache {
+            if c.len() != set.len() || c.spec != spec {
+                return Err(Error::runtime(format!(
+                    "crop cache of {} crops at {:?} does not fit this set of {} crops at {spec:?}",
+                    c.len(),
+                    c.spec,
+                    set.len()
+                )));
+            }
+        }
+        Ok(Self {
+            set,
+            cache,
+            spec,
+            pool: make_pool(workers)?,
+        })
+    }
+
+    fn with<T>(&self, i: usize, f: impl FnOnce(&Prepared) -> T) -> Result<T> {
+        match &self.cache {
+            Some(c) => Ok(f(c.get(i))),
+            None => Ok(f(&load_prepared(&self.set.items[i], &self.spec)?)),
+        }
+    }
+
+    fn shape(&self, b: usize, channels: i64) -> [i64; 4] {
+        let s = self.spec.image_size as i64;
+        [b as i64, channels, s, s]
+    }
+}
+
+/// One training batch; all tensors on the CPU.
+#[derive(Debug)]
+pub struct TrainBatch {
+    /// Two augmented views, each `[B, 3, S, S]` f32, ImageNet-normalised.
+    pub views: [Tensor; 2],
+    /// The masks of those views, each `[B, 1, S, S]` f32 in {0, 1}.
+    pub masks: [Tensor; 2],
+    /// `[B]` i64: the base class; for novel crops the true type index when known, else -1
+    /// (for evaluation only: training must not use novel labels).
+    pub labels: Tensor,
+    /// `[B]` bool: base crop.
+    pub labelled: Tensor,
+    /// `[B]` f32: the crop's anomaly score (1.0 for base crops).
+    pub scores: Tensor,
+    /// Indices into `CropSet::items`.
+    pub index: Vec<usize>,
+}
+
+impl TrainBatch {
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+}
+
+/// Balanced, augmented training batches, epoch by epoch.
+pub struct TrainLoader {
+    inner: Arc<TrainInner>,
+}
+
+struct TrainInner {
+    src: Source,
+    sampler: BalancedSampler,
+    seed: u64,
+    prefetch: usize,
+}
+
+impl TrainLoader {
+    /// A loader over all of `set`; `cache` (built with the same `spec`) spares the decoding.
+    pub fn new(
+        set: Arc<CropSet>,
+        spec: TransformSpec,
+        opts: LoaderOptions,
+        cache: Option<Arc<CropCache>>,
+    ) -> Result<Self> {
+        let sampler = BalancedSampler::new(&set.labelled_flags(), opts.batch_size, opts.seed)?;
+        let src = Source::new(set, cache, spec, opts.num_workers)?;
+        Ok(Self {
+            inner: Arc::new(TrainInner {
+                src,
+                sampler,
+                seed: opts.seed,
+                prefetch: opts.prefetch.max(1),
+            }),
+        })
+    }
+
+    pub fn num_batches(&self) -> usize {
+        self.inner.sampler.num_batches()
+    }
+
+    pub fn sampler(&self) -> &BalancedSampler {
+        &self.inner.sampler
+    }
+
+    pub fn set(&self) -> &CropSet {
+        &self.inner.src.set
+    }
+
+    /// The batches of `epoch`, built on a background thread one step ahead.
+    pub fn epoch(&self, epoch: usize) -> Prefetch<TrainBatch> {
+        let batches = self.inner.sampler.epoch(epoch);
+        let inner = Arc::clone(&self.inner);
+        Prefetch::spawn(batches.len(), inner.prefetch, move |b| {
+            inner.batch(epoch, b, &batches[b])
+        })
+    }
+
+    /// Builds one batch now, on the calling thread and the loader's pool: batch `batch_no` of
+    /// `epoch` made of `indices` (what [`TrainLoader::epoch`] yields for the sampler's draws).
+    pub fn batch(&self, epoch: usize, batch_no: usize, indices: &[usize]) -> Result<TrainBatch> {
+        self.inner.batch(epoch, batch_no, indices)
+    }
+}
+
+impl TrainInner {
+    fn batch(&self, epoch: usize, batch_no: usize, idx: &[usize]) -> Result<TrainBatch> {
+        let spec = self.src.spec;
+        let (il, ml) = (spec.image_len(), spec.mask_len());
+        let b = idx.len();
+        if let Some(&bad) = idx.iter().find(|&&i| i >= self.src.set.len()) {
+            return Err(Error::runtime(format!(
+                "sample index {bad} outside the set of {}",
+                self.src.set.len()
+            )));
+        }
+        let (img, msk) = (self.src.shape(b, 3), self.src.shape(b, 1));
+        let [v0, v1, m0, m1] = filled_tensors([img, img, msk, msk], |[v0, v1, m0, m1]| {
+            self.src.pool.install(|| {
+                (
+                    v0.par_chunks_mut(il),
+                    v1.par_chunks_mut(il),
+                    m0.par_chunks_mut(ml),
+                    m1.par_chunks_mut(ml),
+                    idx.par_iter(),
+                )
+                    .into_par_iter()
+                    .enumerate()
+                    .try_for_each(|(j, (a, b, ma, mb, &i))| {
+                        let words = [
+                            self.seed,
+                            AUG_STREAM,
+                            epoch as u64,
+                            batch_no as u64,
+                            j as u64,
+                        ];
+                        let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(&words));
+                        self.src.with(i, |p| {
+                            let first = TrainParams::sample(&mut rng, &spec);
+                            apply_train(p, &first, &spec, a, ma);
+                            let second = TrainParams::sample(&mut rng, &spec);
+                            apply_train(p, &second, &spec, b, mb);
+                        })
+                    })
+            })
+        })?;
+        let items = &self.src.set.items;
+        let labels: Vec<i64> = idx
+            .iter()
+            .map(|&i| items[i].label.map_or(-1, |l| l as i64))
+            .collect();
+        let labelled: Vec<bool> = idx.iter().map(|&i| items[i].labelled).collect();
+        let scores: Vec<f32> = idx.iter().map(|&i| items[i].score).collect();
+        Ok(TrainBatch {
+            views: [v0, v1],
+            masks: [m0, m1],
+            labels: Tensor::from_slice(&labels),
+            labelled: Tensor::from_slice(&labelled),
+            scores: Tensor::from_slice(&scores),
+            index: idx.to_vec(),
+        })
+    }
+}
+
+/// One evaluation batch (test transform); tensors on the CPU.
+#[derive(Debug)]
+pub struct EvalBatch {
+    /// `[B, 3, S, S]` f32, ImageNet-normalised.
+    pub images: Tensor,
+    /// `[B, 1, S, S]` f32 in {0, 1}.
+    pub masks: Tensor,
+    /// Indices into `CropSet::items`, in the order given to [`EvalLoader::new`].
+    pub ids: Vec<usize>,
+}
+
+/// Chosen crops of a set with the test transform, in order, in batches.
+pub struct EvalLoader {
+    inner: Arc<EvalInner>,
+}
+
+struct EvalInner {
+    src: Source,
+    indices: Vec<usize>,
+    batch_size: usize,
+}
+
+impl EvalLoader {
+    /// Batches of `indices` (e.g. `set.novel_indices()`, the reference's test set).
+    pub fn new(
+        set: Arc<CropSet>,
+        indices: Vec<usize>,
+        spec: TransformSpec,
+        batch_size: usize,
+        num_workers: usize,
+        cache: Option<Arc<CropCache>>,
+    ) -> Result<Self> {
+        if batch_size == 0 {
+            return Err(Error::usage("the evaluation batch size must be at least 1"));
+        }
+        if let Some(&bad) = indices.iter().find(|&&i| i >= set.len()) {
+            return Err(Error::runtime(format!(
+                "sample index {bad} outside the set of {}",
+                set.len()
+            )));
+        }
+        let src = Source::new(set, cache, spec, num_workers)?;
+        Ok(Self {
+            inner: Arc::new(EvalInner {
+                src,
+                indices,
+                batch_size,
+            }),
+        })
+    }
+
+    /// Samples evaluated.
+    pub fn len(&self) -> usize {
+        self.inner.indices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.indices.is_empty()
+    }
+
+    pub fn num_batches(&self) -> usize {
+        self.inner.indices.len().div_ceil(self.inner.batch_size)
+    }
+
+    /// All batches in order, built on a background thread one step ahead.
+    pub fn iter(&self) -> Prefetch<EvalBatch> {
+        let inner = Arc::clone(&self.inner);
+        Prefetch::spawn(self.num_batches(), 1, move |k| inner.batch(k))
+    }
+}
+
+impl EvalInner {
+    fn batch(&self, k: usize) -> Result<EvalBatch> {
+        let spec = self.src.spec;
+        let (il, ml) = (spec.image_len(), spec.mask_len());
+        let end = ((k + 1) * self.batch_size).min(self.indices.len());
+        let ids = &self.indices[k * self.batch_size..end];
+        let shapes = [self.src.shape(ids.len(), 3), self.src.shape(ids.len(), 1)];
+        let [images, masks] = filled_tensors(shapes, |[v, m]| {
+            self.src.pool.install(|| {
+                (v.par_chunks_mut(il), m.par_chunks_mut(ml), ids.par_iter())
+                    .into_par_iter()
+                    .try_for_each(|(a, ma, &i)| self.src.with(i, |p| apply_test(p, &spec, a, ma)))
+            })
+        })?;
+        Ok(EvalBatch {
+            images,
+            masks,
+            ids: ids.to_vec(),
+        })
+    }
+}
+
+/// Items made on a background thread, `ahead` of the consumer; stops at the first error (which
+/// it yields) and when dropped (the thread finishes the item in hand and ends).
+pub struct Prefetch<T> {
+    rx: Option<Receiver<Result<T>>>,
+    handle: Option<JoinHandle<()>>,
+    remaining: usize,
+}
+
+impl<T: Send + 'static> Prefetch<T> {
+    /// Runs `make(0)`, …, `make(n − 1)` on a new thread.
+    pub fn spawn<F>(n: usize, ahead: usize, mut make: F) -> Self
+    where
+        F: FnMut(usize) -> Result<T> + Send + 'static,
+    {
+        // A rendezvous channel (capacity 0) already lets the thread finish one item ahead.
+        let (tx, rx) = sync_channel(ahead.max(1) - 1);
+        let handle = std::thread::Builder::new()
+            .name("anomalyncd-prefetch".into())
+            .spawn(move || {
+                for i in 0..n {
+                    let item = make(i);
+                    let failed = item.is_err();
+                    if tx.send(item).is_err() || failed {
+                        break;
+                    }
+                }
+            });
+        match handle {
+            Ok(h) => Self {
+                rx: Some(rx),
+                handle: Some(h),
+                remaining: n,
+            },
+            Err(e) => {
+                // No thread: yield the reason once.
+                let (tx, rx) = sync_channel(1);
+                let _ = tx.send(Err(Error::runtime(format!(
+                    "cannot start the prefetch thread: {e}"
+                ))));
+                Self {
+                    rx: Some(rx),
+                    handle: None,
+                    remaining: 1,
+                }
+            }
+        }
+    }
+}
+
+impl<T> Prefetch<T> {
+    fn stop(&mut self) -> bool {
+        self.rx = None;
+        self.remaining = 0;
+        self.handle.take().is_some_and(|h| h.join().is_err())
+    }
+}
+
+impl<T> Iterator for Prefetch<T> {
+    type Item = Result<T>;
+
+    fn next(&mut self) -> Option<Result<T>> {
+        let received = self.rx.as_ref()?.recv();
+        match received {
+            Ok(item) => {
+                self.remaining = self.remaining.saturating_sub(1);
+                if item.is_err() || self.remaining == 0 {
+                    self.stop();
+                }
+                Some(item)
+            }
+            Err(_) => {
+                let short = self.remaining > 0;
+                let panicked = self.stop();
+                (panicked || short).then(|| {
+                    Err(Error::runtime(
+                        "the data loading thread stopped early; this is a bug in anomalyncd",
+                    ))
+                })
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, Some(self.remaining))
+    }
+}
+
+impl<T> Drop for Prefetch<T> {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefetch_yields_in_order_and_stops_at_the_first_error() {
+        let got: Vec<_> = Prefetch::spawn(5, 2, Ok).map(|r| r.unwrap()).collect();
+        assert_eq!(got, [0, 1, 2, 3, 4]);
+        let mut it = Prefetch::spawn(5, 1, |i| {
+            if i == 2 {
+                Err(Error::runtime("boom"))
+            } else {
+                Ok(i)
+            }
+        });
+        assert_eq!(it.next().unwrap().unwrap(), 0);
+        assert_eq!(it.next().unwrap().unwrap(), 1);
+        assert!(it.next().unwrap().is_err());
+        assert!(it.next().is_none());
+    }
+
+    #[test]
+    fn dropping_a_prefetch_early_ends_its_thread() {
+        let mut it = Prefetch::spawn(1000, 1, |i| Ok(vec![i; 1000]));
+        assert_eq!(it.next().unwrap().unwrap()[0], 0);
+        drop(it); // joins; a hang here fails the test by timeout
+    }
+
+    #[test]
+    fn a_panicking_producer_is_reported() {
+        let mut it =
+            Prefetch::<usize>::spawn(3, 1, |i| if i == 1 { panic!("decoder bug") } else { Ok(i) });
+        assert_eq!(it.next().unwrap().unwrap(), 0);
+        assert!(it
+            .next()
+            .unwrap()
+            .unwrap_err()
+            .to_string()
+            .contains("stopped early"));
+        assert!(it.next().is_none());
+    }
+}
