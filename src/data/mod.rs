@@ -1,6 +1,7 @@
 //! The training data pipeline: crop sets on disk ([`dataset`]), the reference's augmentations with
 //! one random geometry shared by image and mask ([`transform`]), the sampler that balances base and
-//! novel crops ([`sampler`]) and parallel batch loading with prefetch ([`loader`]).
+//! novel crops ([`sampler`]) and parallel batch loading with prefetch ([`loader`]). The photometric
+//! steps follow Pillow's formulas (`enhance`).
 //!
 //! Everything random is seeded per (run seed, epoch, batch, position), so a batch's content does
 //! not depend on how many threads decode it or in which order they finish.
@@ -31,6 +32,7 @@
 //! ```
 
 pub mod dataset;
+mod enhance;
 pub mod loader;
 pub mod sampler;
 pub mod transform;
