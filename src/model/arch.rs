@@ -130,7 +130,10 @@ mod tests {
     #[test]
     fn paper_default_is_vit_b8() {
         let a = ArchSpec::by_name("dino_vitb8").unwrap();
-        assert_eq!((a.patch_size, a.embed_dim, a.depth, a.num_heads), (8, 768, 12, 12));
+        assert_eq!(
+            (a.patch_size, a.embed_dim, a.depth, a.num_heads),
+            (8, 768, 12, 12)
+        );
         assert!(ArchSpec::by_name("resnet50").is_none());
         assert_eq!(a.embed_dim % a.num_heads, 0);
     }
