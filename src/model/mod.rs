@@ -173,6 +173,27 @@ mod tests {
     }
 
     #[test]
+    fn gradients_reach_only_the_trainable_part_with_a_bf16_prefix() {
+        let mut cfg = Config::default();
+        cfg.models.pretrained_backbone = "vit_tiny".into();
+        cfg.models.mask_layers = 2;
+        cfg.models.grad_from_block = 2;
+        cfg.models.precision = crate::config::Precision::Bf16;
+        let m = Model::new(&cfg, 5, None, Device::Cpu).unwrap();
+        assert_eq!(m.backbone.frozen_kind(), tch::Kind::BFloat16);
+        let x = Tensor::randn([2, 3, 32, 32], tch::kind::FLOAT_CPU);
+        let mask = Tensor::ones([2, 1, 32, 32], tch::kind::FLOAT_CPU);
+        let (cls, proj, logits) = m.forward(&x, &mask).unwrap();
+        assert_eq!((cls.kind(), cls.size()), (tch::Kind::Float, vec![2, 48]));
+        (proj.sum(tch::Kind::Float) + logits[0].sum(tch::Kind::Float)).backward();
+        let vars = m.vs.variables();
+        let has_grad = |n: &str| vars[n].grad().defined();
+        assert!(has_grad("backbone.blocks.2.attn.qkv.weight"));
+        assert!(has_grad("projector.mlp.0.weight") && has_grad("projector.last_layer.0.weight_v"));
+        assert!(!has_grad("backbone.blocks.1.attn.qkv.weight") && !has_grad("backbone.pos_embed"));
+    }
+
+    #[test]
     fn weights_resolution_explains_what_to_do() {
         let mut m = Models::default();
         let e = resolve_backbone_weights(&m, None).unwrap_err().to_string();
