@@ -18,7 +18,10 @@ use tch::{nn::VarStore, Device, Kind, Tensor};
 const TOL: f64 = 1e-4;
 
 fn shared_model_dir() -> Option<PathBuf> {
-    let d = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/golden/model"));
+    let d = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/golden/model"
+    ));
     if d.is_dir() {
         Some(d.to_path_buf())
     } else {
@@ -69,14 +72,23 @@ fn tiny_mgvit(weights: &Path, mask_layers: usize) -> (VarStore, MgVit) {
 
 #[test]
 fn shared_golden_class_tokens_match_from_safetensors_and_pth() {
-    let Some(dir) = shared_model_dir() else { return };
+    let Some(dir) = shared_model_dir() else {
+        return;
+    };
     let g = golden(&dir);
     let cfg = &g["config"];
     assert_eq!(cfg["patch_size"], 8);
     assert_eq!(cfg["embed_dim"], 48);
-    let (x, mask, want) = (json_tensor(&g["input"]), json_tensor(&g["mask"]), json_tensor(&g["cls_token"]));
+    let (x, mask, want) = (
+        json_tensor(&g["input"]),
+        json_tensor(&g["mask"]),
+        json_tensor(&g["cls_token"]),
+    );
     for file in ["mgvit_tiny.safetensors", "mgvit_tiny.pth"] {
-        let (_vs, mut m) = tiny_mgvit(&dir.join(file), cfg["active_depth"].as_u64().unwrap() as usize);
+        let (_vs, mut m) = tiny_mgvit(
+            &dir.join(file),
+            cfg["active_depth"].as_u64().unwrap() as usize,
+        );
         for imp in [AttnImpl::Plain, AttnImpl::Fused] {
             m.set_attention(imp);
             let got = m.forward(&x, &mask).unwrap();
@@ -89,14 +101,18 @@ fn shared_golden_class_tokens_match_from_safetensors_and_pth() {
 
 #[test]
 fn shared_golden_batch_of_one_gives_the_same_rows() {
-    let Some(dir) = shared_model_dir() else { return };
+    let Some(dir) = shared_model_dir() else {
+        return;
+    };
     let g = golden(&dir);
     let (x, mask) = (json_tensor(&g["input"]), json_tensor(&g["mask"]));
     let (_vs, m) = tiny_mgvit(&dir.join("mgvit_tiny.safetensors"), 2);
     let batch = m.forward(&x, &mask).unwrap();
     // Row 3 has an empty mask: the class token sees only itself in the guided blocks.
     for i in 0..4 {
-        let one = m.forward(&x.narrow(0, i, 1), &mask.narrow(0, i, 1)).unwrap();
+        let one = m
+            .forward(&x.narrow(0, i, 1), &mask.narrow(0, i, 1))
+            .unwrap();
         let d = max_abs(&one, &batch.narrow(0, i, 1));
         assert!(d < 1e-5, "row {i}: {d}");
     }
@@ -104,7 +120,9 @@ fn shared_golden_batch_of_one_gives_the_same_rows() {
 
 #[test]
 fn shared_golden_projector_matches() {
-    let Some(dir) = shared_model_dir() else { return };
+    let Some(dir) = shared_model_dir() else {
+        return;
+    };
     let g = golden(&dir);
     let h = &g["multihead"];
     let n = |k: &str| h[k].as_u64().unwrap() as usize;
@@ -117,10 +135,19 @@ fn shared_golden_projector_matches() {
     };
     let vs = VarStore::new(Device::Cpu);
     let head = MultiHead::new(&vs.root(), cfg);
-    load_into(&vs, "", &dir.join("multihead_tiny.safetensors"), &[], "projector").unwrap();
+    load_into(
+        &vs,
+        "",
+        &dir.join("multihead_tiny.safetensors"),
+        &[],
+        "projector",
+    )
+    .unwrap();
     // End to end: our class tokens into our projector.
     let (_bvs, m) = tiny_mgvit(&dir.join("mgvit_tiny.safetensors"), 2);
-    let cls = m.forward(&json_tensor(&g["input"]), &json_tensor(&g["mask"])).unwrap();
+    let cls = m
+        .forward(&json_tensor(&g["input"]), &json_tensor(&g["mask"]))
+        .unwrap();
     let (proj, logits) = head.forward(&cls);
     let d = max_abs(&proj, &json_tensor(&g["proj"]));
     assert!(d < TOL, "projection: {d}");
@@ -135,13 +162,21 @@ fn shared_golden_projector_matches() {
 #[test]
 fn offline_dinov2_matches_onnxruntime() {
     let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/data/weights"));
-    let (w, check) = (dir.join("dinov2_vits14.safetensors"), dir.join("dinov2_vits14.check.safetensors"));
+    let (w, check) = (
+        dir.join("dinov2_vits14.safetensors"),
+        dir.join("dinov2_vits14.check.safetensors"),
+    );
     if !w.is_file() || !check.is_file() {
-        eprintln!("skipped: {} or its .check file is absent (run scripts/prepare_weights.sh)", w.display());
+        eprintln!(
+            "skipped: {} or its .check file is absent (run scripts/prepare_weights.sh)",
+            w.display()
+        );
         return;
     }
-    let expected: std::collections::HashMap<String, Tensor> =
-        Tensor::read_safetensors(&check).unwrap().into_iter().collect();
+    let expected: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&check)
+        .unwrap()
+        .into_iter()
+        .collect();
     let x = &expected["input"];
     let mask = Tensor::ones([2, 1, 224, 224], (Kind::Float, Device::Cpu));
     let vs = VarStore::new(Device::Cpu);
@@ -159,7 +194,13 @@ fn offline_dinov2_matches_onnxruntime() {
 /// A MultiHead of the fixtures' size (in 4, hidden 8, bottleneck 2, out 3, 2 heads).
 fn fixture_head() -> (VarStore, MultiHead) {
     let vs = VarStore::new(Device::Cpu);
-    let cfg = MultiHeadConfig { in_dim: 4, out_dim: 3, hidden_dim: 8, bottleneck_dim: 2, n_head: 2 };
+    let cfg = MultiHeadConfig {
+        in_dim: 4,
+        out_dim: 3,
+        hidden_dim: 8,
+        bottleneck_dim: 2,
+        n_head: 2,
+    };
     let h = MultiHead::new(&vs.root(), cfg);
     (vs, h)
 }
@@ -167,18 +208,28 @@ fn fixture_head() -> (VarStore, MultiHead) {
 #[test]
 fn pth_state_dicts_and_dino_checkpoints_load() {
     let exp: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap())
+            .unwrap();
     let e = &exp["multihead"];
     let x = json_tensor(&e["x"]).view([3, 4]);
     // An OrderedDict state_dict (with _metadata), and {'teacher': {'backbone.*', 'head.*'}, …}.
-    for file in ["multihead_state_dict.pth", "multihead_teacher_checkpoint.pth"] {
+    for file in [
+        "multihead_state_dict.pth",
+        "multihead_teacher_checkpoint.pth",
+    ] {
         let (vs, h) = fixture_head();
         let r = load_into(&vs, "", &fixtures().join(file), &[], "projector").unwrap();
         assert_eq!(r.loaded, 10, "{file}");
         let (proj, logits) = h.forward(&x);
-        assert!(max_abs(&proj, &json_tensor(&e["proj"]).view([3, 2])) < 1e-5, "{file}");
+        assert!(
+            max_abs(&proj, &json_tensor(&e["proj"]).view([3, 2])) < 1e-5,
+            "{file}"
+        );
         for (i, l) in logits.iter().enumerate() {
-            assert!(max_abs(l, &json_tensor(&e["logits"][i]).view([3, 3])) < 1e-5, "{file} head {i}");
+            assert!(
+                max_abs(l, &json_tensor(&e["logits"][i]).view([3, 3])) < 1e-5,
+                "{file} head {i}"
+            );
         }
     }
 }
@@ -203,17 +254,42 @@ fn loading_errors_name_the_tensor_and_the_file() {
         Tensor::write_safetensors(ts, &p).unwrap();
         p
     };
-    let missing = write("missing.safetensors", &named.iter().filter(|(n, _)| n != "mlp.2.bias").map(|(n, t)| (n.clone(), t.shallow_clone())).collect::<Vec<_>>());
+    let missing = write(
+        "missing.safetensors",
+        &named
+            .iter()
+            .filter(|(n, _)| n != "mlp.2.bias")
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect::<Vec<_>>(),
+    );
     assert!(err(&missing).contains("missing tensor `mlp.2.bias`"));
-    let mut extra: Vec<(String, Tensor)> = named.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
-    extra.push(("head.bias".into(), Tensor::zeros([3], (Kind::Float, Device::Cpu))));
+    let mut extra: Vec<(String, Tensor)> = named
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
+    extra.push((
+        "head.bias".into(),
+        Tensor::zeros([3], (Kind::Float, Device::Cpu)),
+    ));
     assert!(err(&write("extra.safetensors", &extra)).contains("unexpected tensor `head.bias`"));
     let shaped: Vec<(String, Tensor)> = named
         .iter()
-        .map(|(n, t)| (n.clone(), if n == "mlp.0.weight" { Tensor::zeros([8, 5], (Kind::Float, Device::Cpu)) } else { t.shallow_clone() }))
+        .map(|(n, t)| {
+            (
+                n.clone(),
+                if n == "mlp.0.weight" {
+                    Tensor::zeros([8, 5], (Kind::Float, Device::Cpu))
+                } else {
+                    t.shallow_clone()
+                },
+            )
+        })
         .collect();
     let s = err(&write("shape.safetensors", &shaped));
-    assert!(s.contains("`mlp.0.weight`") && s.contains("[8, 5]") && s.contains("[8, 4]"), "{s}");
+    assert!(
+        s.contains("`mlp.0.weight`") && s.contains("[8, 5]") && s.contains("[8, 4]"),
+        "{s}"
+    );
     let text = tmp.path().join("notes.pth");
     std::fs::write(&text, "these are not weights at all").unwrap();
     assert!(err(&text).contains("not a weights file"));
@@ -222,22 +298,42 @@ fn loading_errors_name_the_tensor_and_the_file() {
     if let Some(dir) = shared_model_dir() {
         let vs = VarStore::new(Device::Cpu);
         let _m = MgVit::new(&vs.root(), ArchSpec::by_name("dino_vits16").unwrap(), 9).unwrap();
-        let e = load_into(&vs, "", &dir.join("mgvit_tiny.pth"), IGNORED_TENSORS, "dino_vits16 backbone");
+        let e = load_into(
+            &vs,
+            "",
+            &dir.join("mgvit_tiny.pth"),
+            IGNORED_TENSORS,
+            "dino_vits16 backbone",
+        );
         let s = e.unwrap_err().to_string();
-        assert!(s.contains("mgvit_tiny.pth") && s.contains("missing tensor `blocks.10."), "{s}");
+        assert!(
+            s.contains("mgvit_tiny.pth") && s.contains("missing tensor `blocks.10."),
+            "{s}"
+        );
     }
 }
 
 /// A tiny MGViT whose 4×4 position grid is the fixture's, resized as `interp` says.
 fn pos_model(interp: PosInterp) -> (VarStore, MgVit) {
-    let spec = ArchSpec { embed_dim: 3, num_heads: 1, pos_interp: interp, ..*ArchSpec::by_name("vit_tiny").unwrap() };
+    let spec = ArchSpec {
+        embed_dim: 3,
+        num_heads: 1,
+        pos_interp: interp,
+        ..*ArchSpec::by_name("vit_tiny").unwrap()
+    };
     let vs = VarStore::new(Device::Cpu);
     let m = MgVit::new(&vs.root(), &spec, 0).unwrap();
     let exp: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap())
+            .unwrap();
     // Fixture grid [1, 3, 4, 4] → pos_embed [1, 1 + 16, 3] after a zero class position.
-    let grid = json_tensor(&exp["pos"]["grid"]).view([1, 3, 16]).transpose(1, 2);
-    let pos = Tensor::cat(&[Tensor::zeros([1, 1, 3], (Kind::Float, Device::Cpu)), grid], 1);
+    let grid = json_tensor(&exp["pos"]["grid"])
+        .view([1, 3, 16])
+        .transpose(1, 2);
+    let pos = Tensor::cat(
+        &[Tensor::zeros([1, 1, 3], (Kind::Float, Device::Cpu)), grid],
+        1,
+    );
     let mut var = vs.variables()["pos_embed"].shallow_clone();
     tch::no_grad(|| var.copy_(&pos));
     (vs, m)
@@ -246,18 +342,26 @@ fn pos_model(interp: PosInterp) -> (VarStore, MgVit) {
 #[test]
 fn position_grid_resizes_as_pytorch_does() {
     let exp: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap()).unwrap();
-    for (interp, n, key) in
-        [(PosInterp::ScaleOffset, 6, "offset6"), (PosInterp::ExactSize, 3, "size3"), (PosInterp::ExactSize, 6, "size6")]
-    {
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap())
+            .unwrap();
+    for (interp, n, key) in [
+        (PosInterp::ScaleOffset, 6, "offset6"),
+        (PosInterp::ExactSize, 3, "size3"),
+        (PosInterp::ExactSize, 6, "size6"),
+    ] {
         let (_vs, m) = pos_model(interp);
         let got = m.pos_embed_for(n, n);
         assert_eq!(got.size(), [1, 1 + n * n, 3]);
-        let want = json_tensor(&exp["pos"][key]).view([1, 3, n * n]).transpose(1, 2);
+        let want = json_tensor(&exp["pos"][key])
+            .view([1, 3, n * n])
+            .transpose(1, 2);
         let d = max_abs(&got.narrow(1, 1, n * n), &want);
         assert!(d < 1e-5, "{key}: {d}");
     }
     // 4×4 is the stored grid: returned unchanged.
     let (vs, m) = pos_model(PosInterp::ScaleOffset);
-    assert_eq!(max_abs(&m.pos_embed_for(4, 4), &vs.variables()["pos_embed"]), 0.0);
+    assert_eq!(
+        max_abs(&m.pos_embed_for(4, 4), &vs.variables()["pos_embed"]),
+        0.0
+    );
 }

@@ -15,6 +15,7 @@ use tch::{nn, Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::model::arch::{ArchSpec, PosInterp};
+use crate::model::block::{Block, LayerNorm, MaskGuide, TRUNC_NORMAL};
 
 pub const LN_EPS: f64 = 1e-6;
 pub const MLP_RATIO: usize = 4;
@@ -37,197 +38,6 @@ pub enum AttnImpl {
     Fused,
 }
 
-/// `torch.nn.init.trunc_normal_(std=0.02)` truncates at ±2 (absolute), i.e. ±100 σ: a plain
-/// normal draws the same distribution for every practical purpose.
-const TRUNC_NORMAL: nn::Init = nn::Init::Randn { mean: 0.0, stdev: 0.02 };
-
-struct Linear {
-    w: Tensor,
-    b: Option<Tensor>,
-}
-
-impl Linear {
-    fn new(vs: &nn::Path, in_dim: usize, out_dim: usize) -> Self {
-        let w = vs.var("weight", &[out_dim as i64, in_dim as i64], TRUNC_NORMAL);
-        let b = vs.set_group(NO_DECAY_GROUP).zeros("bias", &[out_dim as i64]);
-        Linear { w, b: Some(b) }
-    }
-
-    /// `[.., in] -> [.., out]`
-    fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.w, self.b.as_ref())
-    }
-
-    fn to_kind(&self, k: Kind) -> Self {
-        Linear { w: self.w.detach().to_kind(k), b: self.b.as_ref().map(|b| b.detach().to_kind(k)) }
-    }
-
-    fn params(&self) -> Vec<&Tensor> {
-        std::iter::once(&self.w).chain(self.b.as_ref()).collect()
-    }
-}
-
-struct LayerNorm {
-    w: Tensor,
-    b: Tensor,
-}
-
-impl LayerNorm {
-    fn new(vs: &nn::Path, dim: usize) -> Self {
-        let vs = vs.set_group(NO_DECAY_GROUP);
-        LayerNorm { w: vs.ones("weight", &[dim as i64]), b: vs.zeros("bias", &[dim as i64]) }
-    }
-
-    /// `[.., D] -> [.., D]`
-    fn forward(&self, x: &Tensor) -> Tensor {
-        x.layer_norm([self.w.size()[0]], Some(&self.w), Some(&self.b), LN_EPS, false)
-    }
-
-    fn to_kind(&self, k: Kind) -> Self {
-        LayerNorm { w: self.w.detach().to_kind(k), b: self.b.detach().to_kind(k) }
-    }
-}
-
-/// Which patches the class token must not see.
-pub struct MaskGuide {
-    /// `[B, 1+N]`, true for hidden tokens (never the class token).
-    hidden: Tensor,
-}
-
-impl MaskGuide {
-    /// `mask [B, 1, H, W]` (1 = anomaly) → patches whose mean over a `patch`×`patch` cell is < 0.5
-    /// are hidden.
-    fn new(mask: &Tensor, patch: i64) -> Self {
-        let pooled = mask.to_kind(Kind::Float).avg_pool2d([patch, patch], [patch, patch], [0, 0], false, true, None);
-        let b = pooled.size()[0];
-        let patches = pooled.flatten(1, -1).lt(0.5);
-        let cls = Tensor::zeros([b, 1], (Kind::Bool, mask.device()));
-        MaskGuide { hidden: Tensor::cat(&[cls, patches], 1) }
-    }
-
-    /// `[B, 1, 1, L]`: −1e9 where hidden, 0 elsewhere (for the class-token query row).
-    fn additive_row(&self, kind: Kind) -> Tensor {
-        let (b, l) = (self.hidden.size()[0], self.hidden.size()[1]);
-        (self.hidden.to_kind(Kind::Float) * HIDDEN_SCORE).view([b, 1, 1, l]).to_kind(kind)
-    }
-
-    /// `[B, 1, L, L]`: true where a score is replaced by −1e9 (row 0 only).
-    fn full_mask(&self) -> Tensor {
-        let (b, l) = (self.hidden.size()[0], self.hidden.size()[1]);
-        let row0 = Tensor::arange(l, (Kind::Int64, self.hidden.device())).eq(0).view([1, 1, l, 1]);
-        self.hidden.view([b, 1, 1, l]).logical_and(&row0)
-    }
-}
-
-struct Attention {
-    qkv: Linear,
-    proj: Linear,
-    num_heads: i64,
-}
-
-impl Attention {
-    /// `x [B, L, D]` → `[B, L, D]`; `guide` only in mask-guided blocks.
-    fn forward(&self, x: &Tensor, guide: Option<&MaskGuide>, imp: AttnImpl) -> Tensor {
-        let (b, l, d) = x.size3().expect("tokens are [B, L, D]");
-        let h = self.num_heads;
-        let qkv = self.qkv.forward(x).reshape([b, l, 3, h, d / h]).permute([2, 0, 3, 1, 4]);
-        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-        let out = match (imp, guide) {
-            (AttnImpl::Plain, _) => {
-                let mut scores = q.matmul(&k.transpose(-2, -1)) * ((d / h) as f64).powf(-0.5);
-                if let Some(g) = guide {
-                    scores = scores.masked_fill(&g.full_mask(), HIDDEN_SCORE);
-                }
-                scores.softmax(-1, scores.kind()).matmul(&v)
-            }
-            (AttnImpl::Fused, None) => sdpa(&q, &k, &v, None),
-            (AttnImpl::Fused, Some(g)) => {
-                let row = g.additive_row(q.kind());
-                let cls = sdpa(&q.narrow(2, 0, 1), &k, &v, Some(&row));
-                let rest = sdpa(&q.narrow(2, 1, l - 1), &k, &v, None);
-                Tensor::cat(&[cls, rest], 2)
-            }
-        };
-        self.proj.forward(&out.transpose(1, 2).reshape([b, l, d]))
-    }
-}
-
-fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Tensor {
-    Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, false, None, false)
-}
-
-struct Block {
-    norm1: LayerNorm,
-    attn: Attention,
-    ls1: Option<Tensor>,
-    norm2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-    ls2: Option<Tensor>,
-    mask_guided: bool,
-}
-
-impl Block {
-    fn new(vs: &nn::Path, spec: &ArchSpec, mask_guided: bool) -> Self {
-        let d = spec.embed_dim;
-        let gamma = |name: &str| {
-            spec.layer_scale.then(|| (vs / name).set_group(NO_DECAY_GROUP).ones("gamma", &[d as i64]))
-        };
-        let mlp = vs / "mlp";
-        Block {
-            norm1: LayerNorm::new(&(vs / "norm1"), d),
-            attn: Attention {
-                qkv: Linear::new(&(vs / "attn" / "qkv"), d, 3 * d),
-                proj: Linear::new(&(vs / "attn" / "proj"), d, d),
-                num_heads: spec.num_heads as i64,
-            },
-            ls1: gamma("ls1"),
-            norm2: LayerNorm::new(&(vs / "norm2"), d),
-            fc1: Linear::new(&(&mlp / "fc1"), d, MLP_RATIO * d),
-            fc2: Linear::new(&(&mlp / "fc2"), MLP_RATIO * d, d),
-            ls2: gamma("ls2"),
-            mask_guided,
-        }
-    }
-
-    /// `[B, L, D] -> [B, L, D]` (pre-norm residual attention and MLP).
-    fn forward(&self, x: &Tensor, guide: &MaskGuide, imp: AttnImpl) -> Tensor {
-        let g = self.mask_guided.then_some(guide);
-        let mut y = self.attn.forward(&self.norm1.forward(x), g, imp);
-        if let Some(ls) = &self.ls1 {
-            y = y * ls;
-        }
-        let x = x + y;
-        let mut y = self.fc2.forward(&self.fc1.forward(&self.norm2.forward(&x)).gelu("none"));
-        if let Some(ls) = &self.ls2 {
-            y = y * ls;
-        }
-        x + y
-    }
-
-    fn to_kind(&self, k: Kind) -> Self {
-        Block {
-            norm1: self.norm1.to_kind(k),
-            attn: Attention { qkv: self.attn.qkv.to_kind(k), proj: self.attn.proj.to_kind(k), num_heads: self.attn.num_heads },
-            ls1: self.ls1.as_ref().map(|t| t.detach().to_kind(k)),
-            norm2: self.norm2.to_kind(k),
-            fc1: self.fc1.to_kind(k),
-            fc2: self.fc2.to_kind(k),
-            ls2: self.ls2.as_ref().map(|t| t.detach().to_kind(k)),
-            mask_guided: self.mask_guided,
-        }
-    }
-
-    fn params(&self) -> Vec<&Tensor> {
-        let mut p = vec![&self.norm1.w, &self.norm1.b, &self.norm2.w, &self.norm2.b];
-        for l in [&self.attn.qkv, &self.attn.proj, &self.fc1, &self.fc2] {
-            p.extend(l.params());
-        }
-        p.extend(self.ls1.iter().chain(self.ls2.iter()));
-        p
-    }
-}
-
 /// Patch embedding, class token and position embedding.
 struct Embed {
     proj_w: Tensor,
@@ -242,13 +52,31 @@ struct Embed {
 
 impl Embed {
     fn new(vs: &nn::Path, spec: &ArchSpec) -> Self {
-        let (p, d, g) = (spec.patch_size as i64, spec.embed_dim as i64, spec.pos_grid as i64);
+        let (p, d, g) = (
+            spec.patch_size as i64,
+            spec.embed_dim as i64,
+            spec.pos_grid as i64,
+        );
         let pe = vs / "patch_embed" / "proj";
         // PyTorch's Conv2d default init: U(±1/sqrt(fan_in)) for weight and bias.
         let bound = 1.0 / ((3 * p * p) as f64).sqrt();
         Embed {
-            proj_w: pe.var("weight", &[d, 3, p, p], nn::Init::Uniform { lo: -bound, up: bound }),
-            proj_b: pe.set_group(NO_DECAY_GROUP).var("bias", &[d], nn::Init::Uniform { lo: -bound, up: bound }),
+            proj_w: pe.var(
+                "weight",
+                &[d, 3, p, p],
+                nn::Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+            ),
+            proj_b: pe.set_group(NO_DECAY_GROUP).var(
+                "bias",
+                &[d],
+                nn::Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+            ),
             cls_token: vs.var("cls_token", &[1, 1, d], TRUNC_NORMAL),
             pos_embed: vs.var("pos_embed", &[1, 1 + g * g, d], TRUNC_NORMAL),
             patch: p,
@@ -260,7 +88,14 @@ impl Embed {
     /// `[B, 3, H, W] -> [B, 1 + (H/p)(W/p), D]` in the kind of the patch weights.
     fn forward(&self, x: &Tensor) -> Tensor {
         let x = x.to_kind(self.proj_w.kind());
-        let t = x.conv2d(&self.proj_w, Some(&self.proj_b), [self.patch, self.patch], [0, 0], [1, 1], 1);
+        let t = x.conv2d(
+            &self.proj_w,
+            Some(&self.proj_b),
+            [self.patch, self.patch],
+            [0, 0],
+            [1, 1],
+            1,
+        );
         let (b, d, h, w) = t.size4().expect("conv output is 4-D");
         let t = t.flatten(2, -1).transpose(1, 2);
         let cls = self.cls_token.expand([b, 1, d], false);
@@ -275,7 +110,11 @@ impl Embed {
         let d = self.pos_embed.size()[2];
         let g = self.grid;
         let cls = self.pos_embed.narrow(1, 0, 1);
-        let grid = self.pos_embed.narrow(1, 1, g * g).reshape([1, g, g, d]).permute([0, 3, 1, 2]);
+        let grid = self
+            .pos_embed
+            .narrow(1, 1, g * g)
+            .reshape([1, g, g, d])
+            .permute([0, 3, 1, 2]);
         let resized = match self.interp {
             PosInterp::ScaleOffset => {
                 let (sh, sw) = ((h as f64 + 0.1) / g as f64, (w as f64 + 0.1) / g as f64);
@@ -380,7 +219,10 @@ impl MgVit {
             kind,
             upto,
             embed: self.embed.to_kind(kind),
-            blocks: self.blocks[..upto].iter().map(|b| b.to_kind(kind)).collect(),
+            blocks: self.blocks[..upto]
+                .iter()
+                .map(|b| b.to_kind(kind))
+                .collect(),
         });
     }
 
@@ -392,7 +234,12 @@ impl MgVit {
     /// Only blocks `>= grad_from_block` require gradients; the embeddings, earlier blocks and
     /// the final norm are frozen (as the reference, whose final `norm` has no `block` in its name).
     pub fn freeze(&self, grad_from_block: usize) {
-        for t in self.embed.params().into_iter().chain([&self.norm.w, &self.norm.b]) {
+        for t in self
+            .embed
+            .params()
+            .into_iter()
+            .chain([&self.norm.w, &self.norm.b])
+        {
             let _ = t.set_requires_grad(false);
         }
         for (i, b) in self.blocks.iter().enumerate() {
@@ -416,7 +263,9 @@ impl MgVit {
         self.check(x, mask)?;
         self.check_block(block_idx)?;
         let guide = MaskGuide::new(mask, self.embed.patch);
-        Ok(tch::no_grad(|| self.run(self.embed_tokens(x), &guide, 0..block_idx)))
+        Ok(tch::no_grad(|| {
+            self.run(self.embed_tokens(x), &guide, 0..block_idx)
+        }))
     }
 
     /// Continues [`Self::tokens_before`]: blocks `>= block_idx` and the final norm → class
@@ -425,7 +274,8 @@ impl MgVit {
         self.check_block(block_idx)?;
         let guide = MaskGuide::new(mask, self.embed.patch);
         let (ts, gs) = (tokens.size(), guide.hidden.size());
-        if ts.len() != 3 || ts[0] != gs[0] || ts[1] != gs[1] || ts[2] != self.spec.embed_dim as i64 {
+        if ts.len() != 3 || ts[0] != gs[0] || ts[1] != gs[1] || ts[2] != self.spec.embed_dim as i64
+        {
             return Err(Error::runtime(format!(
                 "MGViT tokens {ts:?} do not fit a mask of {:?} ([B, 1+N, {}] expected)",
                 mask.size(),
@@ -467,7 +317,10 @@ impl MgVit {
 
     fn check_block(&self, block_idx: usize) -> Result<()> {
         if block_idx > self.depth() {
-            return Err(Error::runtime(format!("block index {block_idx} is past the depth {}", self.depth())));
+            return Err(Error::runtime(format!(
+                "block index {block_idx} is past the depth {}",
+                self.depth()
+            )));
         }
         Ok(())
     }
@@ -505,27 +358,6 @@ mod tests {
     }
 
     #[test]
-    fn pooled_mask_hides_patches_below_one_half() {
-        // 16×16 mask, patch 8: cells (0,0) full, (0,1) half, (1,0) a quarter, (1,1) empty.
-        let mut m = vec![0f32; 256];
-        for y in 0..16 {
-            for x in 0..16 {
-                let on = (y < 8 && x < 8) || (y < 8 && x >= 8 && x < 12) || (y >= 8 && y < 12 && x < 4);
-                m[y * 16 + x] = on as i32 as f32;
-            }
-        }
-        let mask = Tensor::from_slice(&m).view([1, 1, 16, 16]);
-        let g = MaskGuide::new(&mask, 8);
-        let hidden: Vec<bool> = Vec::try_from(g.hidden.view([-1])).unwrap();
-        assert_eq!(hidden, [false, false, false, true, true]);
-        let full = g.full_mask();
-        assert_eq!(full.size(), [1, 1, 5, 5]);
-        // Only the class-token row is masked.
-        assert_eq!(full.sum(Kind::Int64).int64_value(&[]), 2);
-        assert!(full.get(0).get(0).get(1).any().int64_value(&[]) == 0);
-    }
-
-    #[test]
     fn plain_and_fused_attention_agree_and_mask_changes_the_class_token() {
         let (_vs, mut m) = tiny();
         let x = Tensor::randn([2, 3, 32, 32], tch::kind::FLOAT_CPU);
@@ -554,7 +386,9 @@ mod tests {
             assert!(whole.allclose(&split, 1e-6, 1e-6, false), "split at {k}");
         }
         assert!(m.forward(&x, &mask.narrow(2, 0, 32)).is_err());
-        assert!(m.forward(&x.narrow(2, 0, 36), &mask.narrow(2, 0, 36)).is_err());
+        assert!(m
+            .forward(&x.narrow(2, 0, 36), &mask.narrow(2, 0, 36))
+            .is_err());
         assert!(m.tokens_before(&x, &mask, 4).is_err());
     }
 
@@ -567,7 +401,10 @@ mod tests {
             let want = name.starts_with("blocks.2.");
             assert_eq!(t.requires_grad(), want, "{name}");
         }
-        assert!(vars.contains_key("blocks.0.attn.qkv.weight") && vars.contains_key("patch_embed.proj.bias"));
+        assert!(
+            vars.contains_key("blocks.0.attn.qkv.weight")
+                && vars.contains_key("patch_embed.proj.bias")
+        );
     }
 
     #[test]
@@ -577,13 +414,21 @@ mod tests {
         let mask = Tensor::ones([2, 1, 32, 32], tch::kind::FLOAT_CPU);
         let f32_out = m.forward(&x, &mask).unwrap();
         m.set_frozen_kind(Kind::BFloat16, 2);
-        assert_eq!(m.tokens_before(&x, &mask, 2).unwrap().kind(), Kind::BFloat16);
+        assert_eq!(
+            m.tokens_before(&x, &mask, 2).unwrap().kind(),
+            Kind::BFloat16
+        );
         let bf = m.forward(&x, &mask).unwrap();
         assert_eq!(bf.kind(), Kind::Float);
-        let cos = Tensor::cosine_similarity(&f32_out, &bf, 1, 1e-8).min().double_value(&[]);
+        let cos = Tensor::cosine_similarity(&f32_out, &bf, 1, 1e-8)
+            .min()
+            .double_value(&[]);
         assert!(cos > 0.99, "cosine {cos}");
         assert!(!f32_out.allclose(&bf, 1e-7, 1e-7, false));
         m.set_frozen_kind(Kind::Float, 2);
-        assert!(m.forward(&x, &mask).unwrap().allclose(&f32_out, 0.0, 0.0, false));
+        assert!(m
+            .forward(&x, &mask)
+            .unwrap()
+            .allclose(&f32_out, 0.0, 0.0, false));
     }
 }

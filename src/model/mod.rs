@@ -5,10 +5,12 @@
 //! before `models.grad_from_block` frozen, and the frozen prefix in the precision the config asks.
 
 pub mod arch;
+pub mod block;
 pub mod mgvit;
 pub mod multihead;
 pub mod pickle;
 pub mod precision;
+pub mod pth;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
@@ -34,7 +36,12 @@ pub struct Model {
 impl Model {
     /// Builds the model of `cfg` with `out_dim` classes on `device`; `weights` as resolved by
     /// [`resolve_backbone_weights`] (None: random init).
-    pub fn new(cfg: &Config, out_dim: usize, weights: Option<&Path>, device: Device) -> Result<Model> {
+    pub fn new(
+        cfg: &Config,
+        out_dim: usize,
+        weights: Option<&Path>,
+        device: Device,
+    ) -> Result<Model> {
         let spec = cfg.arch();
         let m = &cfg.models;
         let vs = VarStore::new(device);
@@ -49,8 +56,15 @@ impl Model {
             log::info!("loaded {} backbone tensors from {}", r.loaded, p.display());
         }
         backbone.freeze(m.grad_from_block);
-        backbone.set_frozen_kind(precision::frozen_kind(m.precision, device), m.grad_from_block);
-        Ok(Model { vs, backbone, projector })
+        backbone.set_frozen_kind(
+            precision::frozen_kind(m.precision, device),
+            m.grad_from_block,
+        );
+        Ok(Model {
+            vs,
+            backbone,
+            projector,
+        })
     }
 
     /// `x [B, 3, H, W]`, `mask [B, 1, H, W]` → (class token, projection, per-head logits).
@@ -70,9 +84,15 @@ pub struct ParamGroups {
 }
 
 pub fn param_groups(vs: &VarStore) -> ParamGroups {
-    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    let mut vars: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
-    let (no_decay, decay) = vars.into_iter().partition(|(n, t)| n.ends_with(".bias") || t.dim() == 1);
+    let (no_decay, decay) = vars
+        .into_iter()
+        .partition(|(n, t)| n.ends_with(".bias") || t.dim() == 1);
     ParamGroups { decay, no_decay }
 }
 
@@ -116,7 +136,11 @@ fn find_default_weights(spec: &ArchSpec) -> Option<PathBuf> {
         return Some(rel);
     }
     let exe = std::env::current_exe().ok()?;
-    exe.ancestors().skip(1).take(4).map(|d| d.join(&rel)).find(|p| p.is_file())
+    exe.ancestors()
+        .skip(1)
+        .take(4)
+        .map(|d| d.join(&rel))
+        .find(|p| p.is_file())
 }
 
 #[cfg(test)]
@@ -140,15 +164,43 @@ mod tests {
         assert!(no_decay.contains(&"projector.mlp.0.bias".to_string()));
         assert!(decay.contains(&"projector.last_layer.0.weight_v".to_string()));
         let all: Vec<&String> = decay.iter().chain(&no_decay).collect();
-        assert!(all.iter().all(|n| !n.starts_with("backbone.blocks.1.") && !n.contains("weight_g")));
-        assert!(!all.iter().any(|n| *n == "backbone.norm.weight" || *n == "backbone.pos_embed"));
+        assert!(all
+            .iter()
+            .all(|n| !n.starts_with("backbone.blocks.1.") && !n.contains("weight_g")));
+        assert!(!all
+            .iter()
+            .any(|n| *n == "backbone.norm.weight" || *n == "backbone.pos_embed"));
+    }
+
+    #[test]
+    fn gradients_reach_only_the_trainable_part_with_a_bf16_prefix() {
+        let mut cfg = Config::default();
+        cfg.models.pretrained_backbone = "vit_tiny".into();
+        cfg.models.mask_layers = 2;
+        cfg.models.grad_from_block = 2;
+        cfg.models.precision = crate::config::Precision::Bf16;
+        let m = Model::new(&cfg, 5, None, Device::Cpu).unwrap();
+        assert_eq!(m.backbone.frozen_kind(), tch::Kind::BFloat16);
+        let x = Tensor::randn([2, 3, 32, 32], tch::kind::FLOAT_CPU);
+        let mask = Tensor::ones([2, 1, 32, 32], tch::kind::FLOAT_CPU);
+        let (cls, proj, logits) = m.forward(&x, &mask).unwrap();
+        assert_eq!((cls.kind(), cls.size()), (tch::Kind::Float, vec![2, 48]));
+        (proj.sum(tch::Kind::Float) + logits[0].sum(tch::Kind::Float)).backward();
+        let vars = m.vs.variables();
+        let has_grad = |n: &str| vars[n].grad().defined();
+        assert!(has_grad("backbone.blocks.2.attn.qkv.weight"));
+        assert!(has_grad("projector.mlp.0.weight") && has_grad("projector.last_layer.0.weight_v"));
+        assert!(!has_grad("backbone.blocks.1.attn.qkv.weight") && !has_grad("backbone.pos_embed"));
     }
 
     #[test]
     fn weights_resolution_explains_what_to_do() {
         let mut m = Models::default();
         let e = resolve_backbone_weights(&m, None).unwrap_err().to_string();
-        assert!(e.contains("dino_vitb8") && e.contains("--backbone-weights"), "{e}");
+        assert!(
+            e.contains("dino_vitb8") && e.contains("--backbone-weights"),
+            "{e}"
+        );
         m.pretrained_backbone = "vit_tiny".into();
         assert_eq!(resolve_backbone_weights(&m, None).unwrap(), None);
         let e = resolve_backbone_weights(&m, Some(Path::new("/nonexistent/w.pth"))).unwrap_err();

@@ -22,7 +22,13 @@ pub struct MultiHeadConfig {
 impl MultiHeadConfig {
     /// The reference's sizes: hidden 2048, bottleneck 256.
     pub fn reference(in_dim: usize, out_dim: usize, n_head: usize) -> Self {
-        MultiHeadConfig { in_dim, out_dim, hidden_dim: 2048, bottleneck_dim: 256, n_head }
+        MultiHeadConfig {
+            in_dim,
+            out_dim,
+            hidden_dim: 2048,
+            bottleneck_dim: 256,
+            n_head,
+        }
     }
 }
 
@@ -34,8 +40,17 @@ struct Linear {
 impl Linear {
     /// trunc-normal(std 0.02) weight (a plain normal: the ±2 truncation is 100 σ away), zero bias.
     fn new(vs: &nn::Path, in_dim: usize, out_dim: usize) -> Self {
-        let w = vs.var("weight", &[out_dim as i64, in_dim as i64], nn::Init::Randn { mean: 0.0, stdev: 0.02 });
-        let b = vs.set_group(NO_DECAY_GROUP).zeros("bias", &[out_dim as i64]);
+        let w = vs.var(
+            "weight",
+            &[out_dim as i64, in_dim as i64],
+            nn::Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            },
+        );
+        let b = vs
+            .set_group(NO_DECAY_GROUP)
+            .zeros("bias", &[out_dim as i64]);
         Linear { w, b }
     }
 
@@ -55,7 +70,14 @@ impl WnHead {
         // nn.Linear's default init for v (the reference applies its trunc-normal init before
         // creating the heads); g is filled with 1 and frozen.
         let bound = 1.0 / (in_dim as f64).sqrt();
-        let v = vs.var("weight_v", &[out_dim as i64, in_dim as i64], nn::Init::Uniform { lo: -bound, up: bound });
+        let v = vs.var(
+            "weight_v",
+            &[out_dim as i64, in_dim as i64],
+            nn::Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        );
         let g = vs.ones_no_train("weight_g", &[out_dim as i64, 1]);
         WnHead { g, v }
     }
@@ -75,7 +97,9 @@ pub struct MultiHead {
 impl MultiHead {
     pub fn new(vs: &nn::Path, cfg: MultiHeadConfig) -> MultiHead {
         let mlp = vs / "mlp";
-        let heads = (0..cfg.n_head).map(|i| WnHead::new(&(vs / "last_layer" / i), cfg.in_dim, cfg.out_dim)).collect();
+        let heads = (0..cfg.n_head)
+            .map(|i| WnHead::new(&(vs / "last_layer" / i), cfg.in_dim, cfg.out_dim))
+            .collect();
         MultiHead {
             cfg,
             mlp: [
@@ -98,7 +122,11 @@ impl MultiHead {
         let proj = self.mlp[2].forward(&h);
         // F.normalize: x / max(‖x‖, 1e-12).
         let xn = x / x.norm_scalaropt_dim(2, [-1], true).clamp_min(1e-12);
-        let logits = self.heads.iter().map(|hd| xn.linear::<Tensor>(&hd.weight(), None)).collect();
+        let logits = self
+            .heads
+            .iter()
+            .map(|hd| xn.linear::<Tensor>(&hd.weight(), None))
+            .collect();
         (proj, logits)
     }
 }
@@ -110,7 +138,13 @@ mod tests {
     #[test]
     fn heads_are_cosine_classifiers_and_g_is_frozen() {
         let vs = nn::VarStore::new(tch::Device::Cpu);
-        let cfg = MultiHeadConfig { in_dim: 8, out_dim: 3, hidden_dim: 16, bottleneck_dim: 4, n_head: 2 };
+        let cfg = MultiHeadConfig {
+            in_dim: 8,
+            out_dim: 3,
+            hidden_dim: 16,
+            bottleneck_dim: 4,
+            n_head: 2,
+        };
         let m = MultiHead::new(&vs.root(), cfg);
         let x = Tensor::randn([5, 8], tch::kind::FLOAT_CPU);
         let (proj, logits) = m.forward(&x);

@@ -1,6 +1,6 @@
-//! Reads PyTorch `torch.save` checkpoints (`.pth`, the zip format of torch >= 1.6): runs the
-//! pickle program in `<archive>/data.pkl` far enough to rebuild dicts, lists and tensors, and
-//! reads tensor storages from `<archive>/data/<key>` on demand.
+//! A pickle virtual machine for PyTorch checkpoints: runs the program of a `torch.save`
+//! `data.pkl` far enough to rebuild dicts, lists and tensor references (storages are read by
+//! [`crate::model::pth`]).
 //!
 //! Hand-written because libtorch's loader (`tch::Tensor::loadz_multi`, i.e.
 //! `torch::jit::_load_parameters`) refuses the `OrderedDict` that `state_dict()` returns
@@ -11,14 +11,11 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::Read;
-use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use tch::{Kind, Tensor};
+use tch::Kind;
 
-use crate::error::{Error, Result};
+use crate::model::pth::storage_kind;
 
 /// A storage a tensor views: `('storage', torch.FloatStorage, '<key>', 'cpu', numel)`.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,7 +47,10 @@ pub enum Value {
     Tuple(Rc<Vec<Value>>),
     List(Rc<RefCell<Vec<Value>>>),
     Dict(Rc<RefCell<Vec<(Value, Value)>>>),
-    Global { module: String, name: String },
+    Global {
+        module: String,
+        name: String,
+    },
     Storage(StorageRef),
     Tensor(TensorRef),
     /// Anything else a REDUCE / NEWOBJ builds (namespaces, optimizer classes, …).
@@ -99,106 +99,12 @@ impl Value {
     }
 }
 
-/// An opened `.pth` file: its unpickled root object and access to its storages.
-pub struct PthFile {
-    path: PathBuf,
-    archive: zip::ZipArchive<File>,
-    /// Folder inside the zip that holds `data.pkl` (the name torch.save chose, e.g. `archive/`).
-    prefix: String,
-    pub root: Value,
-    storages: HashMap<String, Tensor>,
-}
-
-impl PthFile {
-    /// Opens a zip-format checkpoint and unpickles its `data.pkl`.
-    pub fn open(path: &Path) -> Result<PthFile> {
-        let bad = |m: String| Error::input(path, m);
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let mut archive = zip::ZipArchive::new(file).map_err(|e| {
-            bad(format!(
-                "not a zip-format PyTorch checkpoint ({e}); files saved by torch < 1.6 must be re-saved \
-                 with a newer torch or converted to .safetensors"
-            ))
-        })?;
-        let pkl_name = archive
-            .file_names()
-            .filter_map(|n| n.ok().map(|n| n.into_owned()))
-            .filter(|n| n.ends_with("data.pkl"))
-            .min_by_key(|n| n.len())
-            .ok_or_else(|| bad("zip has no data.pkl: not a torch.save checkpoint".into()))?;
-        let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
-        if let Ok(mut f) = archive.by_name(&format!("{prefix}byteorder")) {
-            let mut order = String::new();
-            let _ = f.read_to_string(&mut order);
-            if order.trim() == "big" {
-                return Err(bad("big-endian checkpoints are not supported".into()));
-            }
-        }
-        let mut bytes = Vec::new();
-        archive
-            .by_name(&pkl_name)
-            .and_then(|mut f| f.read_to_end(&mut bytes).map_err(Into::into))
-            .map_err(|e| bad(format!("cannot read {pkl_name}: {e}")))?;
-        let root = Unpickler::new(&bytes)
-            .run()
-            .map_err(|m| bad(format!("cannot unpickle {pkl_name}: {m}")))?;
-        Ok(PthFile { path: path.to_path_buf(), archive, prefix, root, storages: HashMap::new() })
-    }
-
-    /// Materialises a tensor (contiguous, on the CPU, in the file's dtype).
-    pub fn tensor(&mut self, t: &TensorRef) -> Result<Tensor> {
-        let key = &t.storage.key;
-        if !self.storages.contains_key(key) {
-            let name = format!("{}data/{key}", self.prefix);
-            let mut bytes = Vec::new();
-            self.archive
-                .by_name(&name)
-                .and_then(|mut f| f.read_to_end(&mut bytes).map_err(Into::into))
-                .map_err(|e| Error::input(&self.path, format!("cannot read storage {name}: {e}")))?;
-            let elt = t.storage.kind.elt_size_in_bytes() as i64;
-            if (bytes.len() as i64) < t.storage.numel * elt {
-                return Err(Error::input(
-                    &self.path,
-                    format!("storage {name} is truncated ({} bytes for {} elements)", bytes.len(), t.storage.numel),
-                ));
-            }
-            let n = bytes.len() as i64 / elt;
-            let storage = Tensor::f_from_data_size(&bytes[..(n * elt) as usize], &[n], t.storage.kind)?;
-            self.storages.insert(key.clone(), storage);
-        }
-        let storage = &self.storages[key];
-        let numel = storage.size()[0];
-        // The largest element the view touches must lie inside the storage.
-        let last = t.offset
-            + t.size.iter().zip(&t.stride).map(|(s, st)| (s - 1).max(0) * st).sum::<i64>();
-        let empty = t.size.contains(&0);
-        if t.offset < 0 || (!empty && last >= numel) || t.stride.iter().any(|s| *s < 0) {
-            return Err(Error::input(
-                &self.path,
-                format!("tensor view {:?} at offset {} lies outside its storage of {numel} elements", t.size, t.offset),
-            ));
-        }
-        Ok(storage.f_as_strided(&t.size, &t.stride, t.offset)?.contiguous())
-    }
-}
-
-fn storage_kind(name: &str) -> Option<Kind> {
-    Some(match name {
-        "FloatStorage" => Kind::Float,
-        "DoubleStorage" => Kind::Double,
-        "HalfStorage" => Kind::Half,
-        "BFloat16Storage" => Kind::BFloat16,
-        "LongStorage" => Kind::Int64,
-        "IntStorage" => Kind::Int,
-        "ShortStorage" => Kind::Int16,
-        "CharStorage" => Kind::Int8,
-        "ByteStorage" => Kind::Uint8,
-        "BoolStorage" => Kind::Bool,
-        _ => return None,
-    })
-}
-
 type PResult<T> = std::result::Result<T, String>;
+
+/// Runs a pickle program; the error says which opcode or byte failed.
+pub fn unpickle(data: &[u8]) -> PResult<Value> {
+    Unpickler::new(data).run()
+}
 
 /// The pickle virtual machine: a value stack, a stack of MARK positions and the memo.
 struct Unpickler<'a> {
@@ -211,7 +117,13 @@ struct Unpickler<'a> {
 
 impl<'a> Unpickler<'a> {
     fn new(data: &'a [u8]) -> Self {
-        Unpickler { data, pos: 0, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new() }
+        Unpickler {
+            data,
+            pos: 0,
+            stack: Vec::new(),
+            marks: Vec::new(),
+            memo: HashMap::new(),
+        }
     }
 
     fn take(&mut self, n: usize) -> PResult<&'a [u8]> {
@@ -227,16 +139,23 @@ impl<'a> Unpickler<'a> {
     }
 
     fn u32(&mut self) -> PResult<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
 
     fn u64(&mut self) -> PResult<u64> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
 
     fn line(&mut self) -> PResult<String> {
         let rest = &self.data[self.pos..];
-        let n = rest.iter().position(|b| *b == b'\n').ok_or("unterminated text line")?;
+        let n = rest
+            .iter()
+            .position(|b| *b == b'\n')
+            .ok_or("unterminated text line")?;
         let s = String::from_utf8_lossy(&rest[..n]).into_owned();
         self.pos += n + 1;
         Ok(s)
@@ -267,7 +186,10 @@ impl<'a> Unpickler<'a> {
     }
 
     fn memo_get(&self, i: u32) -> PResult<Value> {
-        self.memo.get(&i).cloned().ok_or_else(|| format!("memo entry {i} is missing"))
+        self.memo
+            .get(&i)
+            .cloned()
+            .ok_or_else(|| format!("memo entry {i} is missing"))
     }
 
     fn run(mut self) -> PResult<Value> {
@@ -283,9 +205,13 @@ impl<'a> Unpickler<'a> {
                 b'.' => return self.pop(),
                 b'(' => self.marks.push(self.stack.len()),
                 b'}' => self.stack.push(Value::dict()),
-                b']' => self.stack.push(Value::List(Rc::new(RefCell::new(Vec::new())))),
+                b']' => self
+                    .stack
+                    .push(Value::List(Rc::new(RefCell::new(Vec::new())))),
                 b')' => self.stack.push(Value::Tuple(Rc::new(Vec::new()))),
-                0x8f => self.stack.push(Value::List(Rc::new(RefCell::new(Vec::new())))), // EMPTY_SET
+                0x8f => self
+                    .stack
+                    .push(Value::List(Rc::new(RefCell::new(Vec::new())))), // EMPTY_SET
                 b'N' => self.stack.push(Value::None),
                 0x88 => self.stack.push(Value::Bool(true)),
                 0x89 => self.stack.push(Value::Bool(false)),
@@ -295,7 +221,8 @@ impl<'a> Unpickler<'a> {
                 }
                 b'M' => {
                     let b = self.take(2)?;
-                    self.stack.push(Value::Int(u16::from_le_bytes([b[0], b[1]]) as i64));
+                    self.stack
+                        .push(Value::Int(u16::from_le_bytes([b[0], b[1]]) as i64));
                 }
                 b'J' => {
                     let v = self.u32()? as i32 as i64;
@@ -308,7 +235,11 @@ impl<'a> Unpickler<'a> {
                     let v = if n == 0 {
                         0
                     } else if n <= 8 {
-                        let mut buf = if b[n - 1] & 0x80 != 0 { [0xff; 8] } else { [0; 8] };
+                        let mut buf = if b[n - 1] & 0x80 != 0 {
+                            [0xff; 8]
+                        } else {
+                            [0; 8]
+                        };
                         buf[..n].copy_from_slice(b);
                         i64::from_le_bytes(buf)
                     } else {
@@ -331,7 +262,9 @@ impl<'a> Unpickler<'a> {
                 }
                 b'F' => {
                     let l = self.line()?;
-                    self.stack.push(Value::Float(l.parse().map_err(|_| format!("bad FLOAT {l}"))?));
+                    self.stack.push(Value::Float(
+                        l.parse().map_err(|_| format!("bad FLOAT {l}"))?,
+                    ));
                 }
                 b'X' => {
                     let n = self.u32()? as usize;
@@ -507,14 +440,19 @@ impl<'a> Unpickler<'a> {
                     let items = self.pop_mark()?;
                     self.stack.push(Value::Tuple(Rc::new(items)));
                 }
-                other => return Err(format!("unsupported pickle opcode 0x{other:02x} at byte {}", self.pos - 1)),
+                other => {
+                    return Err(format!(
+                        "unsupported pickle opcode 0x{other:02x} at byte {}",
+                        self.pos - 1
+                    ))
+                }
             }
         }
     }
 }
 
 fn set_items(d: &Value, items: Vec<Value>) -> PResult<()> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return Err("odd number of items for a dict".into());
     }
     if let Value::Dict(d) = d {
@@ -553,9 +491,15 @@ fn reduce(callable: Value, args: Value) -> PResult<Value> {
             if size.len() != stride.len() {
                 return Err(bad());
             }
-            Value::Tensor(TensorRef { storage, offset, size, stride })
+            Value::Tensor(TensorRef {
+                storage,
+                offset,
+                size,
+                stride,
+            })
         }
-        ("torch._utils", "_rebuild_parameter") | ("torch._utils", "_rebuild_parameter_with_state") => {
+        ("torch._utils", "_rebuild_parameter")
+        | ("torch._utils", "_rebuild_parameter_with_state") => {
             args.into_iter().next().ok_or("parameter without data")?
         }
         _ => Value::Object(format!("{module}.{name}")),
@@ -564,15 +508,22 @@ fn reduce(callable: Value, args: Value) -> PResult<Value> {
 
 /// torch.save's persistent ids: `('storage', <storage type>, key, location, numel)`.
 fn persistent_load(pid: Value) -> PResult<Value> {
-    let Value::Tuple(t) = &pid else { return Err("persistent id is not a tuple".into()) };
+    let Value::Tuple(t) = &pid else {
+        return Err("persistent id is not a tuple".into());
+    };
     if t.first().and_then(Value::as_str) != Some("storage") || t.len() < 5 {
         return Err("persistent id is not a storage".into());
     }
     let kind = match &t[1] {
-        Value::Global { name, .. } => storage_kind(name).ok_or_else(|| format!("unsupported storage type {name}"))?,
+        Value::Global { name, .. } => {
+            storage_kind(name).ok_or_else(|| format!("unsupported storage type {name}"))?
+        }
         _ => return Err("storage type is not a global".into()),
     };
-    let key = t[2].as_str().ok_or("storage key is not a string")?.to_string();
+    let key = t[2]
+        .as_str()
+        .ok_or("storage key is not a string")?
+        .to_string();
     let numel = t[4].as_int().ok_or("storage size is not an integer")?;
     Ok(Value::Storage(StorageRef { key, kind, numel }))
 }
@@ -604,7 +555,10 @@ mod tests {
     #[test]
     fn truncated_or_unknown_programs_are_errors() {
         assert!(Unpickler::new(&[0x80, 2, b'X', 9, 0]).run().is_err());
-        assert!(Unpickler::new(&[0x80, 2, 0xff]).run().unwrap_err().contains("0xff"));
-        assert!(Unpickler::new(&[b'.']).run().is_err());
+        assert!(Unpickler::new(&[0x80, 2, 0xff])
+            .run()
+            .unwrap_err()
+            .contains("0xff"));
+        assert!(Unpickler::new(b".").run().is_err());
     }
 }

@@ -41,7 +41,10 @@ fn cpuinfo_has_fast_bf16(cpuinfo: &str) -> bool {
     cpuinfo
         .lines()
         .find(|l| l.starts_with("flags"))
-        .is_some_and(|l| l.split_whitespace().any(|f| f == "amx_bf16" || f == "avx512_bf16"))
+        .is_some_and(|l| {
+            l.split_whitespace()
+                .any(|f| f == "amx_bf16" || f == "avx512_bf16")
+        })
 }
 
 #[cfg(test)]
@@ -54,7 +57,9 @@ mod tests {
         assert_eq!(frozen_kind(Precision::Bf16, Device::Cpu), Kind::BFloat16);
         let auto = frozen_kind(Precision::Auto, Device::Cpu);
         assert_eq!(auto == Kind::BFloat16, cpu_has_fast_bf16());
-        assert!(cpuinfo_has_fast_bf16("processor: 0\nflags\t: fpu avx2 amx_bf16 amx_tile\n"));
+        assert!(cpuinfo_has_fast_bf16(
+            "processor: 0\nflags\t: fpu avx2 amx_bf16 amx_tile\n"
+        ));
         assert!(!cpuinfo_has_fast_bf16("flags\t: fpu avx2 fma\n"));
     }
 }

@@ -8,11 +8,15 @@ use std::path::Path;
 use tch::{nn::VarStore, Kind, Tensor};
 
 use crate::error::{Error, IoContext, Result};
-use crate::model::pickle::{PthFile, TensorRef, Value};
+use crate::model::pickle::{TensorRef, Value};
+use crate::model::pth::PthFile;
 
 /// Keys under which training checkpoints keep the weights, tried in this order (DINO's
 /// evaluation code reads `teacher`).
 const WRAPPER_KEYS: &[&str] = &["teacher", "state_dict", "model", "module", "student"];
+
+/// Named tensors in file order.
+pub type NamedTensors = Vec<(String, Tensor)>;
 
 /// What [`load_into`] did, for logs.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,8 +29,9 @@ pub struct LoadReport {
 
 /// Reads every tensor of a weights file, unwrapping the common checkpoint forms: `{'teacher':
 /// …}` / `{'state_dict': …}` / `{'model': …}`, and the `module.` and `backbone.` name prefixes of
-/// DINO's training wrappers (when `backbone.` names exist, only those are kept).
-pub fn read_tensors(path: &Path) -> Result<(Vec<(String, Tensor)>, Vec<String>)> {
+/// DINO's training wrappers (when `backbone.` names exist, only those are kept). Returns the
+/// tensors and the names dropped with the wrapper's other parts.
+pub fn read_tensors(path: &Path) -> Result<(NamedTensors, Vec<String>)> {
     let mut magic = [0u8; 9];
     {
         use std::io::Read;
@@ -56,7 +61,7 @@ pub fn read_tensors(path: &Path) -> Result<(Vec<(String, Tensor)>, Vec<String>)>
     Ok(strip_prefixes(raw))
 }
 
-fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
+fn read_safetensors(path: &Path) -> Result<NamedTensors> {
     let bytes = std::fs::read(path).at(path)?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::input(path, format!("bad safetensors file: {e}")))?;
@@ -73,7 +78,10 @@ fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
             D::U8 => Kind::Uint8,
             D::BOOL => Kind::Bool,
             other => {
-                return Err(Error::input(path, format!("tensor `{name}` has unsupported dtype {other:?}")))
+                return Err(Error::input(
+                    path,
+                    format!("tensor `{name}` has unsupported dtype {other:?}"),
+                ))
             }
         };
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
@@ -84,7 +92,7 @@ fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     Ok(out)
 }
 
-fn read_pth(path: &Path) -> Result<Vec<(String, Tensor)>> {
+fn read_pth(path: &Path) -> Result<NamedTensors> {
     let mut file = PthFile::open(path)?;
     let refs = find_state_dict(&file.root, 0).map_err(|m| Error::input(path, m))?;
     let mut out = Vec::with_capacity(refs.len());
@@ -95,8 +103,13 @@ fn read_pth(path: &Path) -> Result<Vec<(String, Tensor)>> {
 }
 
 /// The dict of tensors inside a checkpoint's root object.
-fn find_state_dict(v: &Value, depth: usize) -> std::result::Result<Vec<(String, TensorRef)>, String> {
-    let entries = v.dict_entries().ok_or("the checkpoint is not a dict of tensors")?;
+fn find_state_dict(
+    v: &Value,
+    depth: usize,
+) -> std::result::Result<Vec<(String, TensorRef)>, String> {
+    let entries = v
+        .dict_entries()
+        .ok_or("the checkpoint is not a dict of tensors")?;
     let tensors: Vec<(String, TensorRef)> = entries
         .iter()
         .filter_map(|(k, v)| match v {
@@ -121,16 +134,25 @@ fn find_state_dict(v: &Value, depth: usize) -> std::result::Result<Vec<(String, 
         "no state dict found: top-level keys are [{}]; expected a dict of tensors or a checkpoint \
          with a {} entry",
         keys.join(", "),
-        WRAPPER_KEYS.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join("/")
+        WRAPPER_KEYS
+            .iter()
+            .map(|k| format!("`{k}`"))
+            .collect::<Vec<_>>()
+            .join("/")
     ))
 }
 
 /// Drops DataParallel's `module.`; when `backbone.` names exist keeps only those (DINO's
 /// MultiCropWrapper holds `backbone` and `head`). Returns the tensors and the skipped names.
-fn strip_prefixes(raw: Vec<(String, Tensor)>) -> (Vec<(String, Tensor)>, Vec<String>) {
+fn strip_prefixes(raw: NamedTensors) -> (NamedTensors, Vec<String>) {
     let unmodule: Vec<(String, Tensor)> = raw
         .into_iter()
-        .map(|(k, t)| (k.strip_prefix("module.").map(str::to_string).unwrap_or(k), t))
+        .map(|(k, t)| {
+            (
+                k.strip_prefix("module.").map(str::to_string).unwrap_or(k),
+                t,
+            )
+        })
         .collect();
     if !unmodule.iter().any(|(k, _)| k.starts_with("backbone.")) {
         return (unmodule, Vec::new());
@@ -150,7 +172,13 @@ fn strip_prefixes(raw: Vec<(String, Tensor)>) -> (Vec<(String, Tensor)>, Vec<Str
 /// `"backbone"`). Strict: a variable with no tensor, a tensor with no variable (except the names
 /// in `ignore`) or a shape mismatch is an error naming the tensor and the file. Floating-point
 /// tensors are converted to the variables' kind. `what` names the model in messages.
-pub fn load_into(vs: &VarStore, prefix: &str, path: &Path, ignore: &[&str], what: &str) -> Result<LoadReport> {
+pub fn load_into(
+    vs: &VarStore,
+    prefix: &str,
+    path: &Path,
+    ignore: &[&str],
+    what: &str,
+) -> Result<LoadReport> {
     let (tensors, mut skipped) = read_tensors(path)?;
     let vars: BTreeMap<String, Tensor> = vs
         .variables()
@@ -176,7 +204,11 @@ pub fn load_into(vs: &VarStore, prefix: &str, path: &Path, ignore: &[&str], what
             shown.join(", ")
         }
     };
-    let missing: Vec<&str> = vars.keys().map(String::as_str).filter(|k| !file.contains_key(k)).collect();
+    let missing: Vec<&str> = vars
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !file.contains_key(k))
+        .collect();
     if !missing.is_empty() {
         return Err(Error::input(
             path,
@@ -220,19 +252,30 @@ pub fn load_into(vs: &VarStore, prefix: &str, path: &Path, ignore: &[&str], what
         if !src.is_floating_point() {
             return Err(Error::input(
                 path,
-                format!("tensor `{name}` has dtype {:?}; expected floating-point weights", src.kind()),
+                format!(
+                    "tensor `{name}` has dtype {:?}; expected floating-point weights",
+                    src.kind()
+                ),
             ));
         }
         let mut var = var.shallow_clone();
         tch::no_grad(|| var.f_copy_(&src.to_kind(var.kind())))?;
     }
     if !skipped.is_empty() {
-        log::info!("{}: ignored {} tensor(s) outside the {what}: {}", path.display(), skipped.len(), {
-            let s: Vec<&str> = skipped.iter().map(String::as_str).collect();
-            list(&s)
-        });
+        log::info!(
+            "{}: ignored {} tensor(s) outside the {what}: {}",
+            path.display(),
+            skipped.len(),
+            {
+                let s: Vec<&str> = skipped.iter().map(String::as_str).collect();
+                list(&s)
+            }
+        );
     }
-    Ok(LoadReport { loaded: vars.len(), skipped })
+    Ok(LoadReport {
+        loaded: vars.len(),
+        skipped,
+    })
 }
 
 #[cfg(test)]

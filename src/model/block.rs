@@ -1,0 +1,271 @@
+//! The layers of one ViT block: linear maps, LayerNorm, (mask-guided) attention and the pre-norm
+//! residual block with DINOv2's optional layer scales.
+
+use tch::{nn, Kind, Tensor};
+
+use crate::model::arch::ArchSpec;
+use crate::model::mgvit::{AttnImpl, HIDDEN_SCORE, LN_EPS, MLP_RATIO, NO_DECAY_GROUP};
+
+/// `torch.nn.init.trunc_normal_(std=0.02)` truncates at ±2 (absolute), i.e. ±100 σ: a plain
+/// normal draws the same distribution for every practical purpose.
+pub(crate) const TRUNC_NORMAL: nn::Init = nn::Init::Randn {
+    mean: 0.0,
+    stdev: 0.02,
+};
+
+pub(crate) struct Linear {
+    w: Tensor,
+    b: Option<Tensor>,
+}
+
+impl Linear {
+    pub(crate) fn new(vs: &nn::Path, in_dim: usize, out_dim: usize) -> Self {
+        let w = vs.var("weight", &[out_dim as i64, in_dim as i64], TRUNC_NORMAL);
+        let b = vs
+            .set_group(NO_DECAY_GROUP)
+            .zeros("bias", &[out_dim as i64]);
+        Linear { w, b: Some(b) }
+    }
+
+    /// `[.., in] -> [.., out]`
+    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.w, self.b.as_ref())
+    }
+
+    pub(crate) fn to_kind(&self, k: Kind) -> Self {
+        Linear {
+            w: self.w.detach().to_kind(k),
+            b: self.b.as_ref().map(|b| b.detach().to_kind(k)),
+        }
+    }
+
+    pub(crate) fn params(&self) -> Vec<&Tensor> {
+        std::iter::once(&self.w).chain(self.b.as_ref()).collect()
+    }
+}
+
+pub(crate) struct LayerNorm {
+    pub(crate) w: Tensor,
+    pub(crate) b: Tensor,
+}
+
+impl LayerNorm {
+    pub(crate) fn new(vs: &nn::Path, dim: usize) -> Self {
+        let vs = vs.set_group(NO_DECAY_GROUP);
+        LayerNorm {
+            w: vs.ones("weight", &[dim as i64]),
+            b: vs.zeros("bias", &[dim as i64]),
+        }
+    }
+
+    /// `[.., D] -> [.., D]`
+    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
+        x.layer_norm(
+            [self.w.size()[0]],
+            Some(&self.w),
+            Some(&self.b),
+            LN_EPS,
+            false,
+        )
+    }
+
+    pub(crate) fn to_kind(&self, k: Kind) -> Self {
+        LayerNorm {
+            w: self.w.detach().to_kind(k),
+            b: self.b.detach().to_kind(k),
+        }
+    }
+}
+
+/// Which patches the class token must not see.
+pub struct MaskGuide {
+    /// `[B, 1+N]`, true for hidden tokens (never the class token).
+    pub(crate) hidden: Tensor,
+}
+
+impl MaskGuide {
+    /// `mask [B, 1, H, W]` (1 = anomaly) → patches whose mean over a `patch`×`patch` cell is < 0.5
+    /// are hidden.
+    pub(crate) fn new(mask: &Tensor, patch: i64) -> Self {
+        let pooled = mask.to_kind(Kind::Float).avg_pool2d(
+            [patch, patch],
+            [patch, patch],
+            [0, 0],
+            false,
+            true,
+            None,
+        );
+        let b = pooled.size()[0];
+        let patches = pooled.flatten(1, -1).lt(0.5);
+        let cls = Tensor::zeros([b, 1], (Kind::Bool, mask.device()));
+        MaskGuide {
+            hidden: Tensor::cat(&[cls, patches], 1),
+        }
+    }
+
+    /// `[B, 1, 1, L]`: −1e9 where hidden, 0 elsewhere (for the class-token query row).
+    pub(crate) fn additive_row(&self, kind: Kind) -> Tensor {
+        let (b, l) = (self.hidden.size()[0], self.hidden.size()[1]);
+        (self.hidden.to_kind(Kind::Float) * HIDDEN_SCORE)
+            .view([b, 1, 1, l])
+            .to_kind(kind)
+    }
+
+    /// `[B, 1, L, L]`: true where a score is replaced by −1e9 (row 0 only).
+    pub(crate) fn full_mask(&self) -> Tensor {
+        let (b, l) = (self.hidden.size()[0], self.hidden.size()[1]);
+        let row0 = Tensor::arange(l, (Kind::Int64, self.hidden.device()))
+            .eq(0)
+            .view([1, 1, l, 1]);
+        self.hidden.view([b, 1, 1, l]).logical_and(&row0)
+    }
+}
+
+pub(crate) struct Attention {
+    qkv: Linear,
+    proj: Linear,
+    num_heads: i64,
+}
+
+impl Attention {
+    /// `x [B, L, D]` → `[B, L, D]`; `guide` only in mask-guided blocks.
+    pub(crate) fn forward(&self, x: &Tensor, guide: Option<&MaskGuide>, imp: AttnImpl) -> Tensor {
+        let (b, l, d) = x.size3().expect("tokens are [B, L, D]");
+        let h = self.num_heads;
+        let qkv = self
+            .qkv
+            .forward(x)
+            .reshape([b, l, 3, h, d / h])
+            .permute([2, 0, 3, 1, 4]);
+        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+        let out = match (imp, guide) {
+            (AttnImpl::Plain, _) => {
+                let mut scores = q.matmul(&k.transpose(-2, -1)) * ((d / h) as f64).powf(-0.5);
+                if let Some(g) = guide {
+                    scores = scores.masked_fill(&g.full_mask(), HIDDEN_SCORE);
+                }
+                scores.softmax(-1, scores.kind()).matmul(&v)
+            }
+            (AttnImpl::Fused, None) => sdpa(&q, &k, &v, None),
+            (AttnImpl::Fused, Some(g)) => {
+                let row = g.additive_row(q.kind());
+                let cls = sdpa(&q.narrow(2, 0, 1), &k, &v, Some(&row));
+                let rest = sdpa(&q.narrow(2, 1, l - 1), &k, &v, None);
+                Tensor::cat(&[cls, rest], 2)
+            }
+        };
+        self.proj.forward(&out.transpose(1, 2).reshape([b, l, d]))
+    }
+}
+
+fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Tensor {
+    Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, false, None, false)
+}
+
+pub(crate) struct Block {
+    norm1: LayerNorm,
+    attn: Attention,
+    ls1: Option<Tensor>,
+    norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    ls2: Option<Tensor>,
+    mask_guided: bool,
+}
+
+impl Block {
+    pub(crate) fn new(vs: &nn::Path, spec: &ArchSpec, mask_guided: bool) -> Self {
+        let d = spec.embed_dim;
+        let gamma = |name: &str| {
+            spec.layer_scale.then(|| {
+                (vs / name)
+                    .set_group(NO_DECAY_GROUP)
+                    .ones("gamma", &[d as i64])
+            })
+        };
+        let mlp = vs / "mlp";
+        Block {
+            norm1: LayerNorm::new(&(vs / "norm1"), d),
+            attn: Attention {
+                qkv: Linear::new(&(vs / "attn" / "qkv"), d, 3 * d),
+                proj: Linear::new(&(vs / "attn" / "proj"), d, d),
+                num_heads: spec.num_heads as i64,
+            },
+            ls1: gamma("ls1"),
+            norm2: LayerNorm::new(&(vs / "norm2"), d),
+            fc1: Linear::new(&(&mlp / "fc1"), d, MLP_RATIO * d),
+            fc2: Linear::new(&(&mlp / "fc2"), MLP_RATIO * d, d),
+            ls2: gamma("ls2"),
+            mask_guided,
+        }
+    }
+
+    /// `[B, L, D] -> [B, L, D]` (pre-norm residual attention and MLP).
+    pub(crate) fn forward(&self, x: &Tensor, guide: &MaskGuide, imp: AttnImpl) -> Tensor {
+        let g = self.mask_guided.then_some(guide);
+        let mut y = self.attn.forward(&self.norm1.forward(x), g, imp);
+        if let Some(ls) = &self.ls1 {
+            y *= ls;
+        }
+        let x = x + y;
+        let mut y = self
+            .fc2
+            .forward(&self.fc1.forward(&self.norm2.forward(&x)).gelu("none"));
+        if let Some(ls) = &self.ls2 {
+            y *= ls;
+        }
+        x + y
+    }
+
+    pub(crate) fn to_kind(&self, k: Kind) -> Self {
+        Block {
+            norm1: self.norm1.to_kind(k),
+            attn: Attention {
+                qkv: self.attn.qkv.to_kind(k),
+                proj: self.attn.proj.to_kind(k),
+                num_heads: self.attn.num_heads,
+            },
+            ls1: self.ls1.as_ref().map(|t| t.detach().to_kind(k)),
+            norm2: self.norm2.to_kind(k),
+            fc1: self.fc1.to_kind(k),
+            fc2: self.fc2.to_kind(k),
+            ls2: self.ls2.as_ref().map(|t| t.detach().to_kind(k)),
+            mask_guided: self.mask_guided,
+        }
+    }
+
+    pub(crate) fn params(&self) -> Vec<&Tensor> {
+        let mut p = vec![&self.norm1.w, &self.norm1.b, &self.norm2.w, &self.norm2.b];
+        for l in [&self.attn.qkv, &self.attn.proj, &self.fc1, &self.fc2] {
+            p.extend(l.params());
+        }
+        p.extend(self.ls1.iter().chain(self.ls2.iter()));
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pooled_mask_hides_patches_below_one_half() {
+        // 16×16 mask, patch 8: cells (0,0) full, (0,1) half, (1,0) a quarter, (1,1) empty.
+        let mut m = vec![0f32; 256];
+        for y in 0..16 {
+            for x in 0..16 {
+                let on = (y < 8 && x < 12) || ((8..12).contains(&y) && x < 4);
+                m[y * 16 + x] = on as i32 as f32;
+            }
+        }
+        let mask = Tensor::from_slice(&m).view([1, 1, 16, 16]);
+        let g = MaskGuide::new(&mask, 8);
+        let hidden: Vec<bool> = Vec::try_from(g.hidden.view([-1])).unwrap();
+        assert_eq!(hidden, [false, false, false, true, true]);
+        let full = g.full_mask();
+        assert_eq!(full.size(), [1, 1, 5, 5]);
+        // Only the class-token row is masked.
+        assert_eq!(full.sum(Kind::Int64).int64_value(&[]), 2);
+        assert!(full.get(0).get(0).get(1).any().int64_value(&[]) == 0);
+    }
+}
