@@ -1,16 +1,30 @@
 #!/usr/bin/env bash
-# The end-to-end demo on the synthetic dataset (no download): runs every pipeline stage this
-# version of anomalyncd has and prints where the outputs are. Run ./scripts/setup.sh first.
+# The end-to-end demo on the synthetic dataset (no download): synth -> prepare-base -> train
+# (MEBin binarization, mask-guided ViT on the offline DINOv2 ViT-S/14, evaluation) -> test.
+# Re-runnable: each run trains anew. Run ./scripts/setup.sh first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=target/release/anomalyncd
 [ -x "$BIN" ] || { echo "demo: $BIN is missing: run ./scripts/setup.sh first" >&2; exit 1; }
 DATA=data/synth
-OUT=outputs/demo
-mkdir -p "$OUT"
+BASE=data/synth_base_crop
+RUN=outputs/demo/synth
 
-echo "==> 1. synthetic dataset -> $DATA"
+echo "==> 1/4 synthetic dataset -> $DATA"
 "$BIN" synth --out "$DATA" --seed 0
 
+echo "==> 2/4 base set cropped by its masks -> $BASE"
+"$BIN" prepare-base --images "$DATA/base/images" --masks "$DATA/base/masks" --out "$BASE"
+
+echo "==> 3/4 train (binarize + crop the novel images, train, evaluate) -> $RUN"
+"$BIN" train --config configs/demo.yaml --dataset folder --category synth \
+  --dataset-path "$DATA/test" --anomaly-map-path "$DATA/anomaly_maps" \
+  --base-data-path "$BASE" --runner-name demo --overwrite
+
+echo "==> 4/4 test the saved checkpoint"
+"$BIN" test --checkpoint "$RUN/checkpoint.safetensors"
+
 echo "==> demo finished"
-echo "    dataset:        $DATA (train/good, test/<type>, ground_truth/<type>, anomaly_maps/<type>, base/)"
+echo "    dataset:      $DATA"
+echo "    run folder:   $RUN (checkpoint, log.txt, predictions.csv, metrics.json)"
+echo "    metrics:      outputs/demo/metrics.csv (category,NMI,ARI,F1)"

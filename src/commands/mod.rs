@@ -39,11 +39,3 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(c) => config::run(&c, &ctx),
     }
 }
-
-/// The answer of a command that a later version of the tool will provide.
-pub(crate) fn not_yet(command: &str, what: &str) -> anyhow::Result<()> {
-    Err(Error::usage(format!(
-        "`anomalyncd {command}` is not available in this version yet ({what}); see README.md for what works today"
-    ))
-    .into())
-}

@@ -78,6 +78,9 @@ pub struct TrainArgs {
     /// Train anew over an earlier run's checkpoint in the same run folder.
     #[arg(long)]
     pub overwrite: bool,
+    /// Stop after this many epochs (checkpoint written); finish later with --resume.
+    #[arg(long, value_name = "N")]
+    pub stop_after: Option<usize>,
 }
 
 pub fn run(a: &TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
@@ -196,15 +199,31 @@ pub fn run(a: &TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         merge_temperature,
         history: Vec::new(),
     };
-    let plan = TrainPlan { cfg: &cfg, device: ctx.device, checkpoint: ckpt_path.clone(), meta, resume };
+    let plan = TrainPlan { cfg: &cfg, device: ctx.device, checkpoint: ckpt_path.clone(), meta, resume, stop_after: a.stop_after };
     let outcome = trainer::train(&mut model, &loader, &criterion, plan)?;
+    if outcome.stopped {
+        println!(
+            "stopped after epoch {} of {}; continue with the same command and --resume ({})",
+            outcome.meta.epoch,
+            cfg.training.epochs,
+            ckpt_path.display()
+        );
+        return Ok(());
+    }
 
     // 4. Evaluation on the novel crops, as the reference does at the end of training.
     let eval = EvalLoader::new(set.clone(), set.novel_indices(), spec, cfg.training.batch_size, cfg.training.num_workers, Some(cache))?;
     let outputs = crop_logits(&model, &eval, ctx.device)?;
     let preds = predict(&set, &outputs, outcome.meta.chosen_head, merge_temperature)?;
     let table = cfg.experiment.exp_root.join(&a.runner_name).join("metrics.csv");
-    crate::infer::outputs::write_all(&run_dir, &table, &category, &set.novel_types, &preds, outcome.meta.chosen_head)?;
+    let res = crate::infer::outputs::write_all(&run_dir, &table, &category, &set.novel_types, &preds, outcome.meta.chosen_head)?;
+    match res {
+        Some((nmi, ari, f1)) => println!(
+            "{category}: NMI {nmi:.4}  ARI {ari:.4}  F1 {f1:.4}  (image level; run folder {})",
+            run_dir.display()
+        ),
+        None => println!("predictions in {}", run_dir.join("predictions.csv").display()),
+    }
     log::info!("checkpoint: {}", ckpt_path.display());
     Ok(())
 }

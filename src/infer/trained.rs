@@ -12,7 +12,7 @@ use crate::data::{CropSet, EvalLoader, NovelSource, TransformSpec};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::train::checkpoint::{self, CheckpointMeta};
-use crate::train::trainer::load_model_state;
+use crate::train::trainer::{load_model_state, refresh_frozen_copies};
 
 pub struct Trained {
     pub meta: CheckpointMeta,
@@ -31,6 +31,7 @@ pub fn load(path: &Path, device: Device) -> Result<Trained> {
     // All weights come from the checkpoint: build the architecture without pretrained weights.
     let mut model = Model::new(&meta.config, num_classes, None, device)?;
     load_model_state(&mut model, &ck.model, &file)?;
+    refresh_frozen_copies(&mut model, &meta.config, device);
     Ok(Trained { meta, model })
 }
 

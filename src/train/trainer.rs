@@ -26,11 +26,15 @@ pub struct TrainPlan<'a> {
     pub meta: CheckpointMeta,
     /// A checkpoint to continue from (`--resume`).
     pub resume: Option<Checkpoint>,
+    /// Stop (with a checkpoint) once this many epochs are complete, before `training.epochs`.
+    pub stop_after: Option<usize>,
 }
 
 /// The result of training: the history and the head chosen for prediction.
 pub struct TrainOutcome {
     pub meta: CheckpointMeta,
+    /// Training stopped early (`stop_after`); resume to finish.
+    pub stopped: bool,
 }
 
 /// The model's variables by name (what a checkpoint stores under `model.`).
@@ -63,6 +67,12 @@ pub fn load_model_state(model: &mut Model, state: &BTreeMap<String, Tensor>, ori
     Ok(())
 }
 
+/// Remakes the low-precision copies of the frozen prefix from the (just loaded) f32 weights.
+pub fn refresh_frozen_copies(model: &mut Model, cfg: &Config, device: Device) {
+    let kind = crate::model::precision::frozen_kind(cfg.models.precision, device);
+    model.backbone.set_frozen_kind(kind, cfg.models.grad_from_block);
+}
+
 fn optimiser(model: &Model, cfg: &Config) -> Sgd {
     let groups = param_groups(&model.vs);
     let params = groups
@@ -83,6 +93,7 @@ pub fn train(model: &mut Model, loader: &TrainLoader, criterion: &Criterion, mut
     let mut start = 0;
     if let Some(ck) = plan.resume.take() {
         load_model_state(model, &ck.model, &plan.checkpoint)?;
+        refresh_frozen_copies(model, cfg, plan.device);
         opt.load_state(ck.optim.into_iter().map(|(k, v)| (k, v.to_device(plan.device))).collect());
         start = ck.meta.epoch;
         plan.meta.history = ck.meta.history;
@@ -172,6 +183,9 @@ pub fn train(model: &mut Model, loader: &TrainLoader, criterion: &Criterion, mut
         let optim = opt.state().iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
         let ck = Checkpoint { meta: plan.meta.clone(), model: model_state(model), optim };
         checkpoint::save(&plan.checkpoint, &ck)?;
+        if plan.stop_after == Some(epoch + 1) && epoch + 1 < epochs {
+            return Ok(TrainOutcome { meta: plan.meta, stopped: true });
+        }
     }
-    Ok(TrainOutcome { meta: plan.meta })
+    Ok(TrainOutcome { meta: plan.meta, stopped: false })
 }
