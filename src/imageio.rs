@@ -54,8 +54,17 @@ pub struct GrayMap {
 impl GrayMap {
     /// A map from 8-bit levels (row-major, `width * height` of them).
     pub fn from_u8(width: usize, height: usize, levels: &[u8]) -> GrayMap {
-        assert_eq!(levels.len(), width * height, "GrayMap::from_u8: wrong pixel count");
-        GrayMap { width, height, depth: BitDepth::Eight, pixels: levels.iter().map(|&v| v as u16).collect() }
+        assert_eq!(
+            levels.len(),
+            width * height,
+            "GrayMap::from_u8: wrong pixel count"
+        );
+        GrayMap {
+            width,
+            height,
+            depth: BitDepth::Eight,
+            pixels: levels.iter().map(|&v| v as u16).collect(),
+        }
     }
 
     /// Largest level (0 for an empty map).
@@ -72,7 +81,10 @@ impl GrayMap {
 fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     let bytes = std::fs::read(path).at(path)?;
     if bytes.is_empty() {
-        return Err(Error::input(path, "empty file (0 bytes); replace it with a valid image"));
+        return Err(Error::input(
+            path,
+            "empty file (0 bytes); replace it with a valid image",
+        ));
     }
     Ok(bytes)
 }
@@ -91,7 +103,10 @@ pub fn decode(path: &Path) -> Result<DynamicImage> {
         ));
     }
     reader.decode().map_err(|e| {
-        Error::input(path, format!("corrupt or truncated image ({e}); re-export or remove the file"))
+        Error::input(
+            path,
+            format!("corrupt or truncated image ({e}); re-export or remove the file"),
+        )
     })
 }
 
@@ -113,27 +128,46 @@ pub fn gray_from_dynamic(img: DynamicImage) -> std::result::Result<GrayMap, Stri
         return Err("image has no pixels (width or height 0)".into());
     }
     let (depth, pixels): (BitDepth, Vec<u16>) = match img {
-        DynamicImage::ImageLuma8(b) => (BitDepth::Eight, b.into_raw().into_iter().map(u16::from).collect()),
+        DynamicImage::ImageLuma8(b) => (
+            BitDepth::Eight,
+            b.into_raw().into_iter().map(u16::from).collect(),
+        ),
         DynamicImage::ImageLuma16(b) => (BitDepth::Sixteen, b.into_raw()),
-        DynamicImage::ImageLumaA8(b) => {
-            (BitDepth::Eight, b.into_raw().chunks_exact(2).map(|p| p[0] as u16).collect())
-        }
-        DynamicImage::ImageLumaA16(b) => (BitDepth::Sixteen, b.into_raw().chunks_exact(2).map(|p| p[0]).collect()),
+        DynamicImage::ImageLumaA8(b) => (
+            BitDepth::Eight,
+            b.into_raw().chunks_exact(2).map(|p| p[0] as u16).collect(),
+        ),
+        DynamicImage::ImageLumaA16(b) => (
+            BitDepth::Sixteen,
+            b.into_raw().chunks_exact(2).map(|p| p[0]).collect(),
+        ),
         DynamicImage::ImageRgb8(b) => (
             BitDepth::Eight,
-            b.into_raw().chunks_exact(3).map(|p| luma(p[0] as u32, p[1] as u32, p[2] as u32) as u16).collect(),
+            b.into_raw()
+                .chunks_exact(3)
+                .map(|p| luma(p[0] as u32, p[1] as u32, p[2] as u32) as u16)
+                .collect(),
         ),
         DynamicImage::ImageRgba8(b) => (
             BitDepth::Eight,
-            b.into_raw().chunks_exact(4).map(|p| luma(p[0] as u32, p[1] as u32, p[2] as u32) as u16).collect(),
+            b.into_raw()
+                .chunks_exact(4)
+                .map(|p| luma(p[0] as u32, p[1] as u32, p[2] as u32) as u16)
+                .collect(),
         ),
         DynamicImage::ImageRgb16(b) => (
             BitDepth::Sixteen,
-            b.into_raw().chunks_exact(3).map(|p| luma(p[0] as u32, p[1] as u32, p[2] as u32) as u16).collect(),
+            b.into_raw()
+                .chunks_exact(3)
+                .map(|p| luma(p[0] as u32, p[1] as u32, p[2] as u32) as u16)
+                .collect(),
         ),
         DynamicImage::ImageRgba16(b) => (
             BitDepth::Sixteen,
-            b.into_raw().chunks_exact(4).map(|p| luma(p[0] as u32, p[1] as u32, p[2] as u32) as u16).collect(),
+            b.into_raw()
+                .chunks_exact(4)
+                .map(|p| luma(p[0] as u32, p[1] as u32, p[2] as u32) as u16)
+                .collect(),
         ),
         other => {
             return Err(format!(
@@ -142,7 +176,12 @@ pub fn gray_from_dynamic(img: DynamicImage) -> std::result::Result<GrayMap, Stri
             ))
         }
     };
-    Ok(GrayMap { width, height, depth, pixels })
+    Ok(GrayMap {
+        width,
+        height,
+        depth,
+        pixels,
+    })
 }
 
 /// Reads an original image as 8-bit RGB (gray images are replicated into three channels, alpha is
@@ -150,7 +189,10 @@ pub fn gray_from_dynamic(img: DynamicImage) -> std::result::Result<GrayMap, Stri
 pub fn read_rgb(path: &Path) -> Result<RgbImage> {
     let img = decode(path)?;
     if img.width() == 0 || img.height() == 0 {
-        return Err(Error::input(path, "image has no pixels (width or height 0)"));
+        return Err(Error::input(
+            path,
+            "image has no pixels (width or height 0)",
+        ));
     }
     Ok(img.into_rgb8())
 }
@@ -185,10 +227,16 @@ fn utf8_name(path: &Path) -> Result<String> {
 /// two files with the same stem in one type folder (e.g. `a.png` and `a.jpg`).
 pub fn list_typed_files(root: &Path, exts: &[&str]) -> Result<Vec<TypedFile>> {
     if !root.is_dir() {
-        return Err(Error::input(root, "not a folder (expected <folder>/<type>/<stem>.<ext>)"));
+        return Err(Error::input(
+            root,
+            "not a folder (expected <folder>/<type>/<stem>.<ext>)",
+        ));
     }
-    let mut entries: Vec<PathBuf> =
-        std::fs::read_dir(root).at(root)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>().at(root)?;
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(root)
+        .at(root)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .at(root)?;
     entries.sort();
     let mut out = Vec::new();
     let mut skipped: Vec<PathBuf> = Vec::new();
@@ -221,15 +269,26 @@ pub fn list_typed_files(root: &Path, exts: &[&str]) -> Result<Vec<TypedFile>> {
                 skipped.push(path);
                 continue;
             }
-            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+            let stem = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_string();
             if let Some(prev) = by_stem.insert(stem.clone(), path.clone()) {
                 return Err(Error::input(
                     &path,
-                    format!("same stem `{stem}` as {}; keep one file per stem", prev.display()),
+                    format!(
+                        "same stem `{stem}` as {}; keep one file per stem",
+                        prev.display()
+                    ),
                 ));
             }
         }
-        out.extend(by_stem.into_iter().map(|(stem, path)| TypedFile { type_name: type_name.clone(), stem, path }));
+        out.extend(by_stem.into_iter().map(|(stem, path)| TypedFile {
+            type_name: type_name.clone(),
+            stem,
+            path,
+        }));
     }
     if let Some(first) = skipped.first() {
         log::warn!(
@@ -256,8 +315,10 @@ pub struct Pairing {
 
 /// Pairs two listings by (type, stem), never by position.
 pub fn pair_by_stem(left: Vec<TypedFile>, right: Vec<TypedFile>) -> Pairing {
-    let mut right_map: BTreeMap<(String, String), TypedFile> =
-        right.into_iter().map(|f| ((f.type_name.clone(), f.stem.clone()), f)).collect();
+    let mut right_map: BTreeMap<(String, String), TypedFile> = right
+        .into_iter()
+        .map(|f| ((f.type_name.clone(), f.stem.clone()), f))
+        .collect();
     let mut p = Pairing::default();
     for l in left {
         match right_map.remove(&(l.type_name.clone(), l.stem.clone())) {
@@ -266,7 +327,8 @@ pub fn pair_by_stem(left: Vec<TypedFile>, right: Vec<TypedFile>) -> Pairing {
         }
     }
     p.right_only = right_map.into_values().collect();
-    p.pairs.sort_by(|a, b| (&a.0.type_name, &a.0.stem).cmp(&(&b.0.type_name, &b.0.stem)));
+    p.pairs
+        .sort_by(|a, b| (&a.0.type_name, &a.0.stem).cmp(&(&b.0.type_name, &b.0.stem)));
     p
 }
 
@@ -275,7 +337,13 @@ pub fn describe_files(files: &[TypedFile], root: &Path, first: usize) -> String 
     let shown: Vec<String> = files
         .iter()
         .take(first)
-        .map(|f| f.path.strip_prefix(root).unwrap_or(&f.path).display().to_string())
+        .map(|f| {
+            f.path
+                .strip_prefix(root)
+                .unwrap_or(&f.path)
+                .display()
+                .to_string()
+        })
         .collect();
     if files.len() > first {
         format!("{}, … ({} in all)", shown.join(", "), files.len())
@@ -298,28 +366,47 @@ mod tests {
     fn maps_of_every_depth_and_colour_read_as_documented() {
         let d = tempfile::tempdir().unwrap();
         let p8 = d.path().join("a8.png");
-        save(DynamicImage::ImageLuma8(ImageBuffer::from_raw(2, 1, vec![7u8, 200]).unwrap()), &p8);
+        save(
+            DynamicImage::ImageLuma8(ImageBuffer::from_raw(2, 1, vec![7u8, 200]).unwrap()),
+            &p8,
+        );
         let m = read_map(&p8).unwrap();
         assert_eq!((m.depth, m.pixels.clone()), (BitDepth::Eight, vec![7, 200]));
 
         let p16 = d.path().join("a16.png");
-        save(DynamicImage::ImageLuma16(ImageBuffer::from_raw(2, 1, vec![300u16, 65535]).unwrap()), &p16);
+        save(
+            DynamicImage::ImageLuma16(ImageBuffer::from_raw(2, 1, vec![300u16, 65535]).unwrap()),
+            &p16,
+        );
         let m = read_map(&p16).unwrap();
-        assert_eq!((m.depth, m.pixels.clone()), (BitDepth::Sixteen, vec![300, 65535]));
+        assert_eq!(
+            (m.depth, m.pixels.clone()),
+            (BitDepth::Sixteen, vec![300, 65535])
+        );
 
         // gray stored as RGB keeps its levels; a colour pixel uses OpenCV's luma
         let prgb = d.path().join("rgb.png");
-        let rgb: ImageBuffer<Rgb<u8>, _> = ImageBuffer::from_raw(2, 1, vec![90, 90, 90, 255, 0, 0]).unwrap();
+        let rgb: ImageBuffer<Rgb<u8>, _> =
+            ImageBuffer::from_raw(2, 1, vec![90, 90, 90, 255, 0, 0]).unwrap();
         save(DynamicImage::ImageRgb8(rgb), &prgb);
         assert_eq!(read_map(&prgb).unwrap().pixels, vec![90, 76]);
 
         let prgba = d.path().join("rgba.png");
-        let rgba: ImageBuffer<Rgba<u8>, _> = ImageBuffer::from_raw(1, 1, vec![10, 10, 10, 0]).unwrap();
+        let rgba: ImageBuffer<Rgba<u8>, _> =
+            ImageBuffer::from_raw(1, 1, vec![10, 10, 10, 0]).unwrap();
         save(DynamicImage::ImageRgba8(rgba), &prgba);
         assert_eq!(read_map(&prgba).unwrap().pixels, vec![10]);
     }
 
-    fn write_raw_png(path: &Path, w: u32, h: u32, color: png::ColorType, depth: png::BitDepth, palette: Option<&[u8]>, data: &[u8]) {
+    fn write_raw_png(
+        path: &Path,
+        w: u32,
+        h: u32,
+        color: png::ColorType,
+        depth: png::BitDepth,
+        palette: Option<&[u8]>,
+        data: &[u8],
+    ) {
         let f = std::fs::File::create(path).unwrap();
         let mut enc = png::Encoder::new(std::io::BufWriter::new(f), w, h);
         enc.set_color(color);
@@ -335,12 +422,31 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         // 1-bit gray, 8 pixels in one byte: 1 0 1 1 0 0 0 1 -> 255 0 255 255 0 0 0 255
         let p1 = d.path().join("one.png");
-        write_raw_png(&p1, 8, 1, png::ColorType::Grayscale, png::BitDepth::One, None, &[0b1011_0001]);
-        assert_eq!(read_map(&p1).unwrap().pixels, vec![255, 0, 255, 255, 0, 0, 0, 255]);
+        write_raw_png(
+            &p1,
+            8,
+            1,
+            png::ColorType::Grayscale,
+            png::BitDepth::One,
+            None,
+            &[0b1011_0001],
+        );
+        assert_eq!(
+            read_map(&p1).unwrap().pixels,
+            vec![255, 0, 255, 255, 0, 0, 0, 255]
+        );
         // palette: index 0 = gray 40, index 1 = pure red (luma 76)
         let pp = d.path().join("pal.png");
         let pal = [40, 40, 40, 255, 0, 0];
-        write_raw_png(&pp, 3, 1, png::ColorType::Indexed, png::BitDepth::Eight, Some(&pal), &[0, 1, 0]);
+        write_raw_png(
+            &pp,
+            3,
+            1,
+            png::ColorType::Indexed,
+            png::BitDepth::Eight,
+            Some(&pal),
+            &[0, 1, 0],
+        );
         let m = read_map(&pp).unwrap();
         assert_eq!((m.depth, m.pixels), (BitDepth::Eight, vec![40, 76, 40]));
     }
@@ -359,17 +465,24 @@ mod tests {
         assert!(e.contains("text.png") && e.contains("not an image"), "{e}");
 
         let good = d.path().join("good.png");
-        let img: ImageBuffer<Luma<u8>, _> = ImageBuffer::from_fn(64, 64, |x, y| Luma([((x * 7 + y * 13) % 256) as u8]));
+        let img: ImageBuffer<Luma<u8>, _> =
+            ImageBuffer::from_fn(64, 64, |x, y| Luma([((x * 7 + y * 13) % 256) as u8]));
         save(DynamicImage::ImageLuma8(img), &good);
         let bytes = std::fs::read(&good).unwrap();
         let cut = d.path().join("cut.png");
         std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
         let e = read_map(&cut).unwrap_err();
         assert_eq!(e.exit_code(), 2);
-        assert!(e.to_string().contains("cut.png") && e.to_string().contains("corrupt"), "{e}");
+        assert!(
+            e.to_string().contains("cut.png") && e.to_string().contains("corrupt"),
+            "{e}"
+        );
 
         let missing = d.path().join("missing.png");
-        assert!(read_map(&missing).unwrap_err().to_string().contains("missing.png"));
+        assert!(read_map(&missing)
+            .unwrap_err()
+            .to_string()
+            .contains("missing.png"));
     }
 
     #[test]
@@ -377,14 +490,23 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let px = || DynamicImage::ImageLuma8(ImageBuffer::from_raw(1, 1, vec![1u8]).unwrap());
         for (t, s) in [("b", "x"), ("a", "z"), ("a", "y")] {
-            save(px(), &d.path().join("maps").join(t).join(format!("{s}.png")));
+            save(
+                px(),
+                &d.path().join("maps").join(t).join(format!("{s}.png")),
+            );
         }
         for (t, s) in [("a", "y"), ("a", "z"), ("b", "w")] {
-            save(px(), &d.path().join("imgs").join(t).join(format!("{s}.bmp")));
+            save(
+                px(),
+                &d.path().join("imgs").join(t).join(format!("{s}.bmp")),
+            );
         }
         std::fs::write(d.path().join("maps/a/notes.txt"), b"skip me").unwrap();
         let maps = list_typed_files(&d.path().join("maps"), MAP_EXTENSIONS).unwrap();
-        let names: Vec<_> = maps.iter().map(|f| format!("{}/{}", f.type_name, f.stem)).collect();
+        let names: Vec<_> = maps
+            .iter()
+            .map(|f| format!("{}/{}", f.type_name, f.stem))
+            .collect();
         assert_eq!(names, ["a/y", "a/z", "b/x"]);
         let imgs = list_typed_files(&d.path().join("imgs"), IMAGE_EXTENSIONS).unwrap();
         let p = pair_by_stem(maps, imgs);
@@ -393,11 +515,15 @@ mod tests {
         assert_eq!(p.right_only[0].stem, "w");
 
         save(px(), &d.path().join("maps/a/y.tif"));
-        let e = list_typed_files(&d.path().join("maps"), MAP_EXTENSIONS).unwrap_err().to_string();
+        let e = list_typed_files(&d.path().join("maps"), MAP_EXTENSIONS)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("same stem"), "{e}");
 
         save(px(), &d.path().join("flat/one.png"));
-        let e = list_typed_files(&d.path().join("flat"), MAP_EXTENSIONS).unwrap_err().to_string();
+        let e = list_typed_files(&d.path().join("flat"), MAP_EXTENSIONS)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("one folder per type"), "{e}");
     }
 }

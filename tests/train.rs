@@ -7,12 +7,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn run(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_anomalyncd")).current_dir(dir).args(args).output().expect("binary runs")
+    Command::new(env!("CARGO_BIN_EXE_anomalyncd"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("binary runs")
 }
 
 fn ok(dir: &Path, args: &[&str]) -> String {
     let o = run(dir, args);
-    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(o.status.success(), "{args:?} failed: {text}");
     text
 }
@@ -22,23 +30,68 @@ const TINY: &str = "models:\n  pretrained_backbone: vit_tiny\n  grad_from_block:
 fn setup() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
-    ok(p, &["synth", "--out", "synth", "--per-type", "4", "--per-base-class", "4", "--normal", "1", "--size", "96", "-q"]);
-    ok(p, &["prepare-base", "--images", "synth/base/images", "--masks", "synth/base/masks", "--out", "base", "-q"]);
+    ok(
+        p,
+        &[
+            "synth",
+            "--out",
+            "synth",
+            "--per-type",
+            "4",
+            "--per-base-class",
+            "4",
+            "--normal",
+            "1",
+            "--size",
+            "96",
+            "-q",
+        ],
+    );
+    ok(
+        p,
+        &[
+            "prepare-base",
+            "--images",
+            "synth/base/images",
+            "--masks",
+            "synth/base/masks",
+            "--out",
+            "base",
+            "-q",
+        ],
+    );
     std::fs::write(p.join("tiny.yaml"), TINY).unwrap();
     d
 }
 
 fn train_args<'a>(runner: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut v = vec![
-        "train", "--config", "tiny.yaml", "--dataset", "folder", "--category", "synth", "--dataset-path", "synth/test",
-        "--anomaly-map-path", "synth/anomaly_maps", "--base-data-path", "base", "--runner-name", runner, "-q",
+        "train",
+        "--config",
+        "tiny.yaml",
+        "--dataset",
+        "folder",
+        "--category",
+        "synth",
+        "--dataset-path",
+        "synth/test",
+        "--anomaly-map-path",
+        "synth/anomaly_maps",
+        "--base-data-path",
+        "base",
+        "--runner-name",
+        runner,
+        "-q",
     ];
     v.extend_from_slice(extra);
     v
 }
 
 fn json(p: PathBuf) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+    serde_json::from_str(
+        &std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -51,7 +104,12 @@ fn train_resume_test_predict() {
     let hist = meta["history"].as_array().unwrap();
     assert_eq!(hist.len(), 3);
     let loss = |i: usize| hist[i]["mean_loss"].as_f64().unwrap();
-    assert!(loss(2) < loss(0), "loss did not fall: {} -> {}", loss(0), loss(2));
+    assert!(
+        loss(2) < loss(0),
+        "loss did not fall: {} -> {}",
+        loss(0),
+        loss(2)
+    );
     let metrics = json(run_dir.join("metrics.json"));
     let f1 = metrics["image_level"]["F1"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&f1));
@@ -61,19 +119,47 @@ fn train_resume_test_predict() {
     // An interrupted run resumed from its checkpoint ends exactly where the uninterrupted one did.
     let stopped = ok(p, &train_args("resumed", &["--stop-after", "1"]));
     assert!(stopped.contains("--resume"), "{stopped}");
-    assert_eq!(json(p.join("out/resumed/synth/checkpoint.json"))["epoch"], 1);
+    assert_eq!(
+        json(p.join("out/resumed/synth/checkpoint.json"))["epoch"],
+        1
+    );
     ok(p, &train_args("resumed", &["--resume"]));
     let meta2 = json(p.join("out/resumed/synth/checkpoint.json"));
-    assert_eq!(meta["history"].as_array().unwrap().iter().map(|h| &h["mean_loss"]).collect::<Vec<_>>(),
-               meta2["history"].as_array().unwrap().iter().map(|h| &h["mean_loss"]).collect::<Vec<_>>());
-    assert_eq!(metrics["image_level"], json(p.join("out/resumed/synth/metrics.json"))["image_level"]);
+    assert_eq!(
+        meta["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| &h["mean_loss"])
+            .collect::<Vec<_>>(),
+        meta2["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| &h["mean_loss"])
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        metrics["image_level"],
+        json(p.join("out/resumed/synth/metrics.json"))["image_level"]
+    );
 
     // A second run into the same folder must be asked for.
     let o = run(p, &train_args("full", &[]));
     assert_eq!(o.status.code(), Some(2));
 
     // `test` on the checkpoint reproduces the metrics written by `train`.
-    ok(p, &["test", "--checkpoint", "out/full/synth/checkpoint.safetensors", "--out", "tested", "-q"]);
+    ok(
+        p,
+        &[
+            "test",
+            "--checkpoint",
+            "out/full/synth/checkpoint.safetensors",
+            "--out",
+            "tested",
+            "-q",
+        ],
+    );
     let tested = json(p.join("tested/metrics.json"));
     assert_eq!(tested["image_level"]["F1"], metrics["image_level"]["F1"]);
     assert_eq!(tested["image_level"]["NMI"], metrics["image_level"]["NMI"]);
@@ -82,22 +168,54 @@ fn train_resume_test_predict() {
     // `predict` on one new image in flat folders.
     std::fs::create_dir_all(p.join("new/img")).unwrap();
     std::fs::create_dir_all(p.join("new/map")).unwrap();
-    std::fs::copy(p.join("synth/test/hole/001.png"), p.join("new/img/part.png")).unwrap();
-    std::fs::copy(p.join("synth/anomaly_maps/hole/001.png"), p.join("new/map/part.png")).unwrap();
-    ok(p, &["predict", "--checkpoint", "out/full/synth", "--images", "new/img", "--anomaly-maps", "new/map", "--out", "pred", "-q"]);
+    std::fs::copy(
+        p.join("synth/test/hole/001.png"),
+        p.join("new/img/part.png"),
+    )
+    .unwrap();
+    std::fs::copy(
+        p.join("synth/anomaly_maps/hole/001.png"),
+        p.join("new/map/part.png"),
+    )
+    .unwrap();
+    ok(
+        p,
+        &[
+            "predict",
+            "--checkpoint",
+            "out/full/synth",
+            "--images",
+            "new/img",
+            "--anomaly-maps",
+            "new/map",
+            "--out",
+            "pred",
+            "-q",
+        ],
+    );
     let csv = std::fs::read_to_string(p.join("pred/predictions.csv")).unwrap();
     assert_eq!(csv.lines().count(), 2, "{csv}");
-    assert!(csv.lines().nth(1).unwrap().starts_with("part.png,"), "{csv}");
+    assert!(
+        csv.lines().nth(1).unwrap().starts_with("part.png,"),
+        "{csv}"
+    );
 
     // Bad checkpoints: truncated, missing, another tool's file.
     let ck = std::fs::read(run_dir.join("checkpoint.safetensors")).unwrap();
     std::fs::write(p.join("trunc.safetensors"), &ck[..ck.len() / 2]).unwrap();
     std::fs::write(p.join("text.safetensors"), b"hello").unwrap();
-    for bad in ["trunc.safetensors", "text.safetensors", "missing.safetensors"] {
+    for bad in [
+        "trunc.safetensors",
+        "text.safetensors",
+        "missing.safetensors",
+    ] {
         let o = run(p, &["test", "--checkpoint", bad, "--out", "bad"]);
         let text = String::from_utf8_lossy(&o.stderr).to_string();
         assert_eq!(o.status.code(), Some(2), "{bad}: {text}");
-        assert!(text.contains(bad) && !text.contains("panicked"), "{bad}: {text}");
+        assert!(
+            text.contains(bad) && !text.contains("panicked"),
+            "{bad}: {text}"
+        );
     }
 }
 
@@ -105,7 +223,22 @@ fn train_resume_test_predict() {
 fn train_bad_inputs_are_clear_errors() {
     let d = setup();
     let p = d.path();
-    let o = run(p, &["train", "--config", "tiny.yaml", "--dataset", "folder", "--dataset-path", "synth/test", "--anomaly-map-path", "synth/anomaly_maps", "--base-data-path", "nowhere"]);
+    let o = run(
+        p,
+        &[
+            "train",
+            "--config",
+            "tiny.yaml",
+            "--dataset",
+            "folder",
+            "--dataset-path",
+            "synth/test",
+            "--anomaly-map-path",
+            "synth/anomaly_maps",
+            "--base-data-path",
+            "nowhere",
+        ],
+    );
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("nowhere"));
     let o = run(p, &train_args("x", &["--resume"]));

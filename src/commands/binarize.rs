@@ -46,7 +46,9 @@ pub fn run(a: &BinarizeArgs, _ctx: &Ctx) -> anyhow::Result<()> {
     let min_threshold = a.min_threshold.or(cfg.binarization.min_threshold);
     if let Some(v) = a.min_threshold {
         if !(v.is_finite() && v >= 0.0) {
-            return Err(Error::usage(format!("--min-threshold {v}: must be a finite number >= 0")).into());
+            return Err(
+                Error::usage(format!("--min-threshold {v}: must be a finite number >= 0")).into(),
+            );
         }
     }
     let items = paired_items(a)?;
@@ -72,9 +74,14 @@ pub fn run(a: &BinarizeArgs, _ctx: &Ctx) -> anyhow::Result<()> {
         out: &a.out,
         progress: true,
     };
-    let summary = mebin::run::run(&job).with_context(|| format!("binarizing {}", a.anomaly_maps.display()))?;
+    let summary = mebin::run::run(&job)
+        .with_context(|| format!("binarizing {}", a.anomaly_maps.display()))?;
     let crops: usize = summary.records.iter().map(|r| r.crop_boxes.len()).sum();
-    let empty = summary.records.iter().filter(|r| r.est_anomaly_num == 0).count();
+    let empty = summary
+        .records
+        .iter()
+        .filter(|r| r.est_anomaly_num == 0)
+        .count();
     log::info!(
         "{} maps binarized (search range [{}, {}]), {crops} crops, {empty} maps without a stable interval; \
          outputs in {} (binary/, crops/, scores.json, mebin.json)",
@@ -89,7 +96,8 @@ pub fn run(a: &BinarizeArgs, _ctx: &Ctx) -> anyhow::Result<()> {
 /// Lists maps and images and pairs them by (type, stem); unpaired files are an error listing the
 /// first offenders unless --skip-unpaired.
 fn paired_items(a: &BinarizeArgs) -> anyhow::Result<Vec<MapItem>> {
-    let maps = imageio::list_typed_files(&a.anomaly_maps, MAP_EXTENSIONS).context("listing --anomaly-maps")?;
+    let maps = imageio::list_typed_files(&a.anomaly_maps, MAP_EXTENSIONS)
+        .context("listing --anomaly-maps")?;
     if maps.is_empty() {
         return Err(Error::input(
             &a.anomaly_maps,
@@ -97,18 +105,29 @@ fn paired_items(a: &BinarizeArgs) -> anyhow::Result<Vec<MapItem>> {
         )
         .into());
     }
-    let images = imageio::list_typed_files(&a.images, IMAGE_EXTENSIONS).context("listing --images")?;
+    let images =
+        imageio::list_typed_files(&a.images, IMAGE_EXTENSIONS).context("listing --images")?;
     if images.is_empty() {
-        return Err(Error::input(&a.images, "no images found (expected IMAGES/<type>/<stem>.<png|jpg|bmp|tif>)").into());
+        return Err(Error::input(
+            &a.images,
+            "no images found (expected IMAGES/<type>/<stem>.<png|jpg|bmp|tif>)",
+        )
+        .into());
     }
     let p = imageio::pair_by_stem(maps, images);
     if !p.left_only.is_empty() || !p.right_only.is_empty() {
         let mut parts = Vec::new();
         if !p.left_only.is_empty() {
-            parts.push(format!("maps without an image: {}", describe_files(&p.left_only, &a.anomaly_maps, 5)));
+            parts.push(format!(
+                "maps without an image: {}",
+                describe_files(&p.left_only, &a.anomaly_maps, 5)
+            ));
         }
         if !p.right_only.is_empty() {
-            parts.push(format!("images without a map: {}", describe_files(&p.right_only, &a.images, 5)));
+            parts.push(format!(
+                "images without a map: {}",
+                describe_files(&p.right_only, &a.images, 5)
+            ));
         }
         let msg = parts.join("; ");
         if !a.skip_unpaired {
@@ -120,10 +139,18 @@ fn paired_items(a: &BinarizeArgs) -> anyhow::Result<Vec<MapItem>> {
         log::warn!("skipping unpaired files: {msg}");
     }
     if p.pairs.is_empty() {
-        return Err(Error::usage("no map has an image with the same <type>/<stem>; nothing to binarize").into());
+        return Err(Error::usage(
+            "no map has an image with the same <type>/<stem>; nothing to binarize",
+        )
+        .into());
     }
     Ok(p.pairs
         .into_iter()
-        .map(|(m, i)| MapItem { class_name: m.type_name, stem: m.stem, map: m.path, image: i.path })
+        .map(|(m, i)| MapItem {
+            class_name: m.type_name,
+            stem: m.stem,
+            map: m.path,
+            image: i.path,
+        })
         .collect())
 }

@@ -45,14 +45,33 @@ pub fn run(a: &PredictArgs, ctx: &Ctx) -> anyhow::Result<()> {
         &fingerprint,
         a.overwrite,
     )?;
-    crate::logging::add_log_file(&a.out.join("log.txt")).with_context(|| format!("opening {}/log.txt", a.out.display()))?;
+    crate::logging::add_log_file(&a.out.join("log.txt"))
+        .with_context(|| format!("opening {}/log.txt", a.out.display()))?;
     let bin = a.out.join("binarize");
-    let how = Pairing { skip_unpaired: a.skip_unpaired, only_map_types: false };
-    binarize_folders(&a.anomaly_maps, &a.images, &bin, &t.meta.config, RangeSource::Fixed(range), how, a.overwrite)?;
+    let how = Pairing {
+        skip_unpaired: a.skip_unpaired,
+        only_map_types: false,
+    };
+    binarize_folders(
+        &a.anomaly_maps,
+        &a.images,
+        &bin,
+        &t.meta.config,
+        RangeSource::Fixed(range),
+        how,
+        a.overwrite,
+    )?;
     let set = Arc::new(trained::novel_set(&t.meta, &bin)?);
     let preds = trained::run(&t, set.clone(), ctx.device)?;
     let table = a.out.join("metrics.csv");
-    outputs::write_all(&a.out, &table, &t.meta.category, &set.novel_types, &preds, t.meta.chosen_head)?;
+    outputs::write_all(
+        &a.out,
+        &table,
+        &t.meta.category,
+        &set.novel_types,
+        &preds,
+        t.meta.chosen_head,
+    )?;
     let mut sizes = vec![0usize; t.meta.num_novel_clusters];
     for r in &preds.images {
         sizes[r.cluster] += 1;

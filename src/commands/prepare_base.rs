@@ -35,9 +35,14 @@ pub fn run(a: &PrepareBaseArgs, _ctx: &Ctx) -> anyhow::Result<()> {
     if a.max_crops == 0 {
         return Err(Error::usage("--max-crops must be at least 1").into());
     }
-    let images = imageio::list_typed_files(&a.images, IMAGE_EXTENSIONS).context("listing --images")?;
+    let images =
+        imageio::list_typed_files(&a.images, IMAGE_EXTENSIONS).context("listing --images")?;
     if images.is_empty() {
-        return Err(Error::input(&a.images, "no images found (expected DIR/<class>/<stem>.<png|jpg|bmp|tif>)").into());
+        return Err(Error::input(
+            &a.images,
+            "no images found (expected DIR/<class>/<stem>.<png|jpg|bmp|tif>)",
+        )
+        .into());
     }
     let masks = imageio::list_typed_files(&a.masks, MAP_EXTENSIONS).context("listing --masks")?;
     let p = imageio::pair_by_stem(images, masks);
@@ -49,23 +54,41 @@ pub fn run(a: &PrepareBaseArgs, _ctx: &Ctx) -> anyhow::Result<()> {
         .into());
     }
     if !p.right_only.is_empty() {
-        log::warn!("masks without an image are ignored: {}", describe_files(&p.right_only, &a.masks, 5));
+        log::warn!(
+            "masks without an image are ignored: {}",
+            describe_files(&p.right_only, &a.masks, 5)
+        );
     }
     let items: Vec<BaseItem> = p
         .pairs
         .into_iter()
-        .map(|(i, m)| BaseItem { class_name: i.type_name, stem: i.stem, image: i.path, mask: m.path })
+        .map(|(i, m)| BaseItem {
+            class_name: i.type_name,
+            stem: i.stem,
+            image: i.path,
+            mask: m.path,
+        })
         .collect();
     let fingerprint = serde_json::json!({
         "images": crate::fsutil::absolute(&a.images),
         "masks": crate::fsutil::absolute(&a.masks),
         "max_crops": a.max_crops,
     });
-    prepare_output_dir(&a.out, &[("--images", &a.images), ("--masks", &a.masks)], "prepare-base", &fingerprint, a.overwrite)?;
+    prepare_output_dir(
+        &a.out,
+        &[("--images", &a.images), ("--masks", &a.masks)],
+        "prepare-base",
+        &fingerprint,
+        a.overwrite,
+    )?;
     let summary = prepare_base(&items, &a.out, a.max_crops, &CropRule::default(), true)
         .with_context(|| format!("cropping the base set {}", a.images.display()))?;
     let crops: usize = summary.records.iter().map(|r| r.crop_boxes.len()).sum();
-    let classes: std::collections::BTreeSet<&str> = summary.records.iter().map(|r| r.class_name.as_str()).collect();
+    let classes: std::collections::BTreeSet<&str> = summary
+        .records
+        .iter()
+        .map(|r| r.class_name.as_str())
+        .collect();
     log::info!(
         "{} images of {} classes cropped into {crops} crops; outputs in {} (images/, masks/, prepare_base.json)",
         summary.records.len(),

@@ -44,13 +44,22 @@ pub fn run(a: &TestArgs, ctx: &Ctx) -> anyhow::Result<()> {
     };
     let out = a.out.clone().unwrap_or_else(|| ckpt_dir.clone());
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    crate::logging::add_log_file(&out.join("log.txt")).with_context(|| format!("opening {}/log.txt", out.display()))?;
+    crate::logging::add_log_file(&out.join("log.txt"))
+        .with_context(|| format!("opening {}/log.txt", out.display()))?;
     let data = match (&a.anomaly_maps, &a.images, &a.data) {
         (Some(maps), Some(images), _) => {
             let dir = out.join("binarize");
             let range = stored_range(&t.meta)?;
             let cfg: &Config = &t.meta.config;
-            binarize_folders(maps, images, &dir, cfg, RangeSource::Fixed(range), Pairing::default(), a.overwrite)?;
+            binarize_folders(
+                maps,
+                images,
+                &dir,
+                cfg,
+                RangeSource::Fixed(range),
+                Pairing::default(),
+                a.overwrite,
+            )?;
             dir
         }
         (_, _, Some(d)) => d.clone(),
@@ -59,22 +68,45 @@ pub fn run(a: &TestArgs, ctx: &Ctx) -> anyhow::Result<()> {
             .anomaly_scores
             .as_ref()
             .and_then(|p| p.parent().map(PathBuf::from))
-            .ok_or_else(|| Error::usage("give --data (a binarize output) or --anomaly-maps and --images"))?,
+            .ok_or_else(|| {
+                Error::usage("give --data (a binarize output) or --anomaly-maps and --images")
+            })?,
     };
     let set = Arc::new(trained::novel_set(&t.meta, &data)?);
-    log::info!("evaluating {} crops of {} with head {}", set.len(), data.display(), t.meta.chosen_head);
+    log::info!(
+        "evaluating {} crops of {} with head {}",
+        set.len(),
+        data.display(),
+        t.meta.chosen_head
+    );
     let preds = trained::run(&t, set.clone(), ctx.device)?;
     let table = out.join("metrics.csv");
-    let res = outputs::write_all(&out, &table, &t.meta.category, &set.novel_types, &preds, t.meta.chosen_head)?;
+    let res = outputs::write_all(
+        &out,
+        &table,
+        &t.meta.category,
+        &set.novel_types,
+        &preds,
+        t.meta.chosen_head,
+    )?;
     if let Some((nmi, ari, f1)) = res {
-        println!("{}: NMI {nmi:.4}  ARI {ari:.4}  F1 {f1:.4}  (image level; {})", t.meta.category, out.display());
+        println!(
+            "{}: NMI {nmi:.4}  ARI {ari:.4}  F1 {f1:.4}  (image level; {})",
+            t.meta.category,
+            out.display()
+        );
     } else {
-        println!("predictions written to {}", out.join("predictions.csv").display());
+        println!(
+            "predictions written to {}",
+            out.join("predictions.csv").display()
+        );
     }
     Ok(())
 }
 
-pub(crate) fn stored_range(meta: &crate::train::checkpoint::CheckpointMeta) -> anyhow::Result<SearchRange> {
+pub(crate) fn stored_range(
+    meta: &crate::train::checkpoint::CheckpointMeta,
+) -> anyhow::Result<SearchRange> {
     let (lo, hi) = meta
         .search_range
         .ok_or_else(|| Error::usage("the checkpoint stores no MEBin search range (trained with --skip-binarize on old crops)"))?;

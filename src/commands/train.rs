@@ -9,7 +9,9 @@ use clap::{Args, ValueEnum};
 
 use super::Ctx;
 use crate::config::Config;
-use crate::data::{CropCache, CropSet, EvalLoader, LoaderOptions, NovelSource, TrainLoader, TransformSpec};
+use crate::data::{
+    CropCache, CropSet, EvalLoader, LoaderOptions, NovelSource, TrainLoader, TransformSpec,
+};
 use crate::error::Error;
 use crate::infer::merge::default_merge_temperature;
 use crate::infer::predict::{crop_logits, predict};
@@ -93,7 +95,10 @@ pub fn run(a: &TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let category = match (&a.category, a.dataset) {
         (Some(c), _) => c.clone(),
         (None, DatasetLayout::Mvtec) => {
-            return Err(Error::usage("--category is required with --dataset mvtec (the product folder)").into())
+            return Err(Error::usage(
+                "--category is required with --dataset mvtec (the product folder)",
+            )
+            .into())
         }
         (None, _) => dataset_path
             .file_name()
@@ -106,16 +111,28 @@ pub fn run(a: &TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     };
     let run_dir = cfg.experiment.exp_root.join(&a.runner_name).join(&category);
     let ckpt_path = run_dir.join(CHECKPOINT_FILE);
-    let binarize_out = a.crop_data_path.as_ref().map(|p| p.join(&category)).unwrap_or_else(|| run_dir.join("binarize"));
+    let binarize_out = a
+        .crop_data_path
+        .as_ref()
+        .map(|p| p.join(&category))
+        .unwrap_or_else(|| run_dir.join("binarize"));
     let base = a
         .base_data_path
         .as_deref()
         .ok_or_else(|| Error::usage("--base-data-path is required (labelled base crops: images/<class>/, masks/<class>/; see `anomalyncd prepare-base`)"))?;
     if !base.is_dir() {
-        return Err(Error::input(base, "--base-data-path: folder not found (expected images/<class>/ and masks/<class>/)").into());
+        return Err(Error::input(
+            base,
+            "--base-data-path: folder not found (expected images/<class>/ and masks/<class>/)",
+        )
+        .into());
     }
     if a.resume && !ckpt_path.is_file() {
-        return Err(Error::usage(format!("--resume: no checkpoint at {}; start without --resume", ckpt_path.display())).into());
+        return Err(Error::usage(format!(
+            "--resume: no checkpoint at {}; start without --resume",
+            ckpt_path.display()
+        ))
+        .into());
     }
     if !a.resume && ckpt_path.is_file() && !a.overwrite {
         return Err(Error::usage(format!(
@@ -124,14 +141,20 @@ pub fn run(a: &TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         ))
         .into());
     }
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating the run folder {}", run_dir.display()))?;
-    crate::logging::add_log_file(&run_dir.join("log.txt")).with_context(|| format!("opening {}/log.txt", run_dir.display()))?;
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("creating the run folder {}", run_dir.display()))?;
+    crate::logging::add_log_file(&run_dir.join("log.txt"))
+        .with_context(|| format!("opening {}/log.txt", run_dir.display()))?;
     log::info!("run folder {}", run_dir.display());
 
     // 1. MEBin binarization and cropping of the novel images.
     let summary = if a.skip_binarize {
-        let s = crate::mebin::folders::read_summary(&binarize_out)
-            .with_context(|| format!("--skip-binarize: reading the earlier binarization in {}", binarize_out.display()))?;
+        let s = crate::mebin::folders::read_summary(&binarize_out).with_context(|| {
+            format!(
+                "--skip-binarize: reading the earlier binarization in {}",
+                binarize_out.display()
+            )
+        })?;
         log::info!("reusing the crops in {}", binarize_out.display());
         s
     } else {
@@ -139,21 +162,34 @@ pub fn run(a: &TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
             .anomaly_map_path
             .as_deref()
             .ok_or_else(|| Error::usage("--anomaly-map-path is required unless --skip-binarize"))?;
-        let maps = if maps_root.join(&category).is_dir() { maps_root.join(&category) } else { maps_root.to_path_buf() };
+        let maps = if maps_root.join(&category).is_dir() {
+            maps_root.join(&category)
+        } else {
+            maps_root.to_path_buf()
+        };
         crate::mebin::folders::binarize_folders(
             &maps,
             &images,
             &binarize_out,
             &cfg,
-            crate::mebin::RangeSource::FromMaps { min_threshold: cfg.binarization.min_threshold },
-            crate::mebin::folders::Pairing { skip_unpaired: false, only_map_types: true },
+            crate::mebin::RangeSource::FromMaps {
+                min_threshold: cfg.binarization.min_threshold,
+            },
+            crate::mebin::folders::Pairing {
+                skip_unpaired: false,
+                only_map_types: true,
+            },
             a.overwrite,
         )
-            .with_context(|| format!("binarizing the novel maps in {}", maps.display()))?
+        .with_context(|| format!("binarizing the novel maps in {}", maps.display()))?
     };
 
     // 2. Data.
-    let set = Arc::new(CropSet::load(base, &NovelSource::from_binarize_out(&binarize_out), num_classes)?);
+    let set = Arc::new(CropSet::load(
+        base,
+        &NovelSource::from_binarize_out(&binarize_out),
+        num_classes,
+    )?);
     log::info!(
         "{} base crops in {} classes, {} novel crops -> {} novel clusters",
         set.base_indices().len(),
@@ -163,17 +199,32 @@ pub fn run(a: &TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     );
     let spec = TransformSpec::new(cfg.models.image_size as u32);
     let cache = Arc::new(CropCache::build(&set, &spec, cfg.training.num_workers)?);
-    let loader = TrainLoader::new(set.clone(), spec, LoaderOptions::from_config(&cfg), Some(cache.clone()))?;
+    let loader = TrainLoader::new(
+        set.clone(),
+        spec,
+        LoaderOptions::from_config(&cfg),
+        Some(cache.clone()),
+    )?;
 
     // 3. Model, loss and training.
     let weights = resolve_backbone_weights(&cfg.models, a.backbone_weights.as_deref())?;
     if let Some(w) = &weights {
         cfg.models.backbone_weights = Some(w.clone());
     }
+    // Seed libtorch too: the projector (and a backbone without weights) is randomly initialised.
+    tch::manual_seed(cfg.experiment.seed as i64);
     let mut model = Model::new(&cfg, set.num_classes(), weights.as_deref(), ctx.device)?;
-    let criterion = Criterion::new(&cfg.loss, set.num_base_classes(), set.num_classes(), cfg.training.epochs)?;
+    let criterion = Criterion::new(
+        &cfg.loss,
+        set.num_base_classes(),
+        set.num_classes(),
+        cfg.training.epochs,
+    )?;
     let mvtec_style = a.dataset == DatasetLayout::Mvtec;
-    let merge_temperature = cfg.inference.merge_temperature.unwrap_or(default_merge_temperature(mvtec_style));
+    let merge_temperature = cfg
+        .inference
+        .merge_temperature
+        .unwrap_or(default_merge_temperature(mvtec_style));
     let resume = if a.resume {
         let ck = checkpoint::load(&ckpt_path)?;
         check_resumable(&ck.meta, &cfg, &set, &ckpt_path)?;
@@ -194,12 +245,21 @@ pub fn run(a: &TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         chosen_head: 0,
         backbone: cfg.models.pretrained_backbone.clone(),
         mask_layers: cfg.models.mask_layers,
-        anomaly_scores: Some(crate::fsutil::absolute(&binarize_out.join(crate::mebin::run::SCORES_FILE))),
+        anomaly_scores: Some(crate::fsutil::absolute(
+            &binarize_out.join(crate::mebin::run::SCORES_FILE),
+        )),
         search_range: Some((summary.min_th, summary.max_th)),
         merge_temperature,
         history: Vec::new(),
     };
-    let plan = TrainPlan { cfg: &cfg, device: ctx.device, checkpoint: ckpt_path.clone(), meta, resume, stop_after: a.stop_after };
+    let plan = TrainPlan {
+        cfg: &cfg,
+        device: ctx.device,
+        checkpoint: ckpt_path.clone(),
+        meta,
+        resume,
+        stop_after: a.stop_after,
+    };
     let outcome = trainer::train(&mut model, &loader, &criterion, plan)?;
     if outcome.stopped {
         println!(
@@ -212,17 +272,38 @@ pub fn run(a: &TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     }
 
     // 4. Evaluation on the novel crops, as the reference does at the end of training.
-    let eval = EvalLoader::new(set.clone(), set.novel_indices(), spec, cfg.training.batch_size, cfg.training.num_workers, Some(cache))?;
+    let eval = EvalLoader::new(
+        set.clone(),
+        set.novel_indices(),
+        spec,
+        cfg.training.batch_size,
+        cfg.training.num_workers,
+        Some(cache),
+    )?;
     let outputs = crop_logits(&model, &eval, ctx.device)?;
     let preds = predict(&set, &outputs, outcome.meta.chosen_head, merge_temperature)?;
-    let table = cfg.experiment.exp_root.join(&a.runner_name).join("metrics.csv");
-    let res = crate::infer::outputs::write_all(&run_dir, &table, &category, &set.novel_types, &preds, outcome.meta.chosen_head)?;
+    let table = cfg
+        .experiment
+        .exp_root
+        .join(&a.runner_name)
+        .join("metrics.csv");
+    let res = crate::infer::outputs::write_all(
+        &run_dir,
+        &table,
+        &category,
+        &set.novel_types,
+        &preds,
+        outcome.meta.chosen_head,
+    )?;
     match res {
         Some((nmi, ari, f1)) => println!(
             "{category}: NMI {nmi:.4}  ARI {ari:.4}  F1 {f1:.4}  (image level; run folder {})",
             run_dir.display()
         ),
-        None => println!("predictions in {}", run_dir.join("predictions.csv").display()),
+        None => println!(
+            "predictions in {}",
+            run_dir.join("predictions.csv").display()
+        ),
     }
     log::info!("checkpoint: {}", ckpt_path.display());
     Ok(())
@@ -242,7 +323,12 @@ fn parse_num_classes(v: Option<&str>) -> anyhow::Result<Option<usize>> {
     }
 }
 
-fn check_resumable(meta: &CheckpointMeta, cfg: &Config, set: &CropSet, path: &std::path::Path) -> anyhow::Result<()> {
+fn check_resumable(
+    meta: &CheckpointMeta,
+    cfg: &Config,
+    set: &CropSet,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
     let same = meta.backbone == cfg.models.pretrained_backbone
         && meta.base_classes == set.base_classes
         && meta.num_novel_clusters == set.num_novel_clusters

@@ -19,11 +19,13 @@ fn csv_bytes(header: &[&str], rows: Vec<Vec<String>>) -> Result<Vec<u8>> {
     for r in rows {
         w.write_record(&r).map_err(err)?;
     }
-    w.into_inner().map_err(|e| Error::runtime(format!("writing CSV: {e}")))
+    w.into_inner()
+        .map_err(|e| Error::runtime(format!("writing CSV: {e}")))
 }
 
 fn name_of(names: &[String], idx: Option<usize>) -> String {
-    idx.map(|i| names.get(i).cloned().unwrap_or_else(|| i.to_string())).unwrap_or_default()
+    idx.map(|i| names.get(i).cloned().unwrap_or_else(|| i.to_string()))
+        .unwrap_or_default()
 }
 
 fn eval_json(e: &Evaluation, names: &[String]) -> serde_json::Value {
@@ -53,7 +55,12 @@ pub fn write_all(
 ) -> Result<Option<(f64, f64, f64)>> {
     let scores = score(preds)?;
     let matched = |e: Option<&Evaluation>, cluster: usize| -> String {
-        e.and_then(|e| e.cluster_to_class.get(cluster).map(|&c| name_of(novel_names, Some(c)))).unwrap_or_default()
+        e.and_then(|e| {
+            e.cluster_to_class
+                .get(cluster)
+                .map(|&c| name_of(novel_names, Some(c)))
+        })
+        .unwrap_or_default()
     };
     let img_eval = scores.as_ref().map(|s| &s.image);
     let rows = preds
@@ -70,7 +77,14 @@ pub fn write_all(
             ]
         })
         .collect();
-    let header = ["image", "predicted_cluster", "confidence", "true_class", "matched_class", "crops"];
+    let header = [
+        "image",
+        "predicted_cluster",
+        "confidence",
+        "true_class",
+        "matched_class",
+        "crops",
+    ];
     atomic_write(&run_dir.join("predictions.csv"), &csv_bytes(&header, rows)?)?;
 
     let sub_eval = scores.as_ref().map(|s| &s.sub_image);
@@ -88,8 +102,18 @@ pub fn write_all(
             ]
         })
         .collect();
-    let header = ["crop", "image", "predicted_cluster", "confidence", "true_class", "matched_class"];
-    atomic_write(&run_dir.join("crop_predictions.csv"), &csv_bytes(&header, rows)?)?;
+    let header = [
+        "crop",
+        "image",
+        "predicted_cluster",
+        "confidence",
+        "true_class",
+        "matched_class",
+    ];
+    atomic_write(
+        &run_dir.join("crop_predictions.csv"),
+        &csv_bytes(&header, rows)?,
+    )?;
 
     let mut doc = json!({
         "category": category,
@@ -108,12 +132,23 @@ pub fn write_all(
             s.sub_image.ari,
             s.sub_image.f1
         );
-        log::info!("image (region merged): NMI {:.4} | ARI {:.4} | F1 {:.4}", s.image.nmi, s.image.ari, s.image.f1);
+        log::info!(
+            "image (region merged): NMI {:.4} | ARI {:.4} | F1 {:.4}",
+            s.image.nmi,
+            s.image.ari,
+            s.image.f1
+        );
     }
-    atomic_write(&run_dir.join("metrics.json"), &serde_json::to_vec_pretty(&doc).expect("json"))?;
+    atomic_write(
+        &run_dir.join("metrics.json"),
+        &serde_json::to_vec_pretty(&doc).expect("json"),
+    )?;
 
     let Some(s) = scores else {
-        log::info!("no true types (flat folder): metrics skipped; predictions in {}", run_dir.display());
+        log::info!(
+            "no true types (flat folder): metrics skipped; predictions in {}",
+            run_dir.display()
+        );
         return Ok(None);
     };
     append_table(table, category, s.image.nmi, s.image.ari, s.image.f1)?;
@@ -130,7 +165,15 @@ pub fn append_table(table: &Path, category: &str, nmi: f64, ari: f64, f1: f64) -
     if !text.ends_with(b"\n") && !text.is_empty() {
         text.push(b'\n');
     }
-    let row = csv_bytes(&["category", "NMI", "ARI", "F1"], vec![vec![category.to_string(), nmi.to_string(), ari.to_string(), f1.to_string()]])?;
+    let row = csv_bytes(
+        &["category", "NMI", "ARI", "F1"],
+        vec![vec![
+            category.to_string(),
+            nmi.to_string(),
+            ari.to_string(),
+            f1.to_string(),
+        ]],
+    )?;
     let row_only = row.splitn(2, |&b| b == b'\n').nth(1).unwrap_or_default();
     text.extend_from_slice(row_only);
     atomic_write(table, &text)

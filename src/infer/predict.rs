@@ -4,7 +4,9 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::merge::{image_key, mask_pixel_count, merge_by_image, novel_probs, CropPrediction, MERGE_LOGIT_TEMP};
+use super::merge::{
+    image_key, mask_pixel_count, merge_by_image, novel_probs, CropPrediction, MERGE_LOGIT_TEMP,
+};
 use crate::data::{CropSet, EvalLoader};
 use crate::error::{Error, Result};
 use crate::metrics::{evaluate, Evaluation};
@@ -26,8 +28,14 @@ pub fn crop_logits(model: &Model, loader: &EvalLoader, device: Device) -> Result
     for batch in loader.iter() {
         let batch = batch?;
         let logits = tch::no_grad(|| -> Result<Tensor> {
-            let (_, _, logits) = model.forward(&batch.images.to_device(device), &batch.masks.to_device(device))?;
-            Ok(Tensor::stack(&logits, 1).to_device(Device::Cpu).to_kind(Kind::Float).contiguous())
+            let (_, _, logits) = model.forward(
+                &batch.images.to_device(device),
+                &batch.masks.to_device(device),
+            )?;
+            Ok(Tensor::stack(&logits, 1)
+                .to_device(Device::Cpu)
+                .to_kind(Kind::Float)
+                .contiguous())
         })?;
         let (b, h, c) = match logits.size()[..] {
             [b, h, c] => (b as usize, h as usize, c as usize),
@@ -35,7 +43,9 @@ pub fn crop_logits(model: &Model, loader: &EvalLoader, device: Device) -> Result
         };
         let flat: Vec<f32> = Vec::<f32>::try_from(logits.view(-1))?;
         for (k, &item) in batch.ids.iter().enumerate().take(b) {
-            let rows = (0..h).map(|j| flat[(k * h + j) * c..(k * h + j + 1) * c].to_vec()).collect();
+            let rows = (0..h)
+                .map(|j| flat[(k * h + j) * c..(k * h + j + 1) * c].to_vec())
+                .collect();
             out.push(CropOutput { item, logits: rows });
         }
         pb.inc(b as u64);
@@ -79,16 +89,25 @@ pub struct Predictions {
 
 /// Sub-image predictions of head `head` and region merging at area temperature `temperature`.
 /// Mask pixel counts are read from the crops' mask files, as the reference does.
-pub fn predict(set: &CropSet, outputs: &[CropOutput], head: usize, temperature: f64) -> Result<Predictions> {
+pub fn predict(
+    set: &CropSet,
+    outputs: &[CropOutput],
+    head: usize,
+    temperature: f64,
+) -> Result<Predictions> {
     let nb = set.num_base_classes();
     let mut rows = Vec::with_capacity(outputs.len());
     let mut merge_in = Vec::with_capacity(outputs.len());
     for o in outputs {
         let item = &set.items[o.item];
-        let logits = o.logits.get(head).ok_or_else(|| Error::runtime(format!("head {head} missing")))?;
+        let logits = o
+            .logits
+            .get(head)
+            .ok_or_else(|| Error::runtime(format!("head {head} missing")))?;
         let p1 = novel_probs(logits, nb, 1.0)?;
         let (cls, conf) = max_entry(&p1);
-        let image = image_key(&item.image);
+        // The id is `<type>/<file>` (or `<file>` for a flat folder): key images the same way.
+        let image = image_key(std::path::Path::new(&item.id));
         rows.push(CropRow {
             item: o.item,
             id: item.id.clone(),
@@ -120,7 +139,12 @@ pub fn predict(set: &CropSet, outputs: &[CropOutput], head: usize, temperature: 
             }
         })
         .collect();
-    Ok(Predictions { crops: rows, images, num_base: nb, num_clusters: set.num_novel_clusters })
+    Ok(Predictions {
+        crops: rows,
+        images,
+        num_base: nb,
+        num_clusters: set.num_novel_clusters,
+    })
 }
 
 fn max_entry(p: &[f64]) -> (usize, f64) {
@@ -157,5 +181,8 @@ pub fn score(p: &Predictions) -> Result<Option<Scores>> {
         p.images.iter().map(|c| c.truth.unwrap_or(0)).collect(),
         p.images.iter().map(|c| c.cluster).collect(),
     )?;
-    Ok(Some(Scores { sub_image: sub, image: img }))
+    Ok(Some(Scores {
+        sub_image: sub,
+        image: img,
+    }))
 }

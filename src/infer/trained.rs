@@ -21,9 +21,16 @@ pub struct Trained {
 
 /// Loads `checkpoint.safetensors` (or the folder holding it) onto `device`.
 pub fn load(path: &Path, device: Device) -> Result<Trained> {
-    let file = if path.is_dir() { path.join("checkpoint.safetensors") } else { path.to_path_buf() };
+    let file = if path.is_dir() {
+        path.join("checkpoint.safetensors")
+    } else {
+        path.to_path_buf()
+    };
     if !file.is_file() {
-        return Err(Error::input(&file, "checkpoint not found; give the checkpoint.safetensors written by `anomalyncd train`"));
+        return Err(Error::input(
+            &file,
+            "checkpoint not found; give the checkpoint.safetensors written by `anomalyncd train`",
+        ));
     }
     let ck = checkpoint::load(&file)?;
     let meta = ck.meta;
@@ -40,7 +47,12 @@ pub fn load(path: &Path, device: Device) -> Result<Trained> {
 pub fn novel_set(meta: &CheckpointMeta, binarize_out: &Path) -> Result<CropSet> {
     let nb = meta.base_classes.len();
     let (novel_types, items) = load_novel(&NovelSource::from_binarize_out(binarize_out), nb)?;
-    Ok(CropSet { items, base_classes: meta.base_classes.clone(), novel_types, num_novel_clusters: meta.num_novel_clusters })
+    Ok(CropSet {
+        items,
+        base_classes: meta.base_classes.clone(),
+        novel_types,
+        num_novel_clusters: meta.num_novel_clusters,
+    })
 }
 
 /// Runs the chosen head over every crop of `set` and merges per image.
@@ -48,7 +60,14 @@ pub fn run(t: &Trained, set: Arc<CropSet>, device: Device) -> Result<Predictions
     let cfg = &t.meta.config;
     let spec = TransformSpec::new(cfg.models.image_size as u32);
     let idx: Vec<usize> = (0..set.len()).collect();
-    let eval = EvalLoader::new(set.clone(), idx, spec, cfg.training.batch_size, cfg.training.num_workers, None)?;
+    let eval = EvalLoader::new(
+        set.clone(),
+        idx,
+        spec,
+        cfg.training.batch_size,
+        cfg.training.num_workers,
+        None,
+    )?;
     let outputs = crop_logits(&t.model, &eval, device)?;
     predict(&set, &outputs, t.meta.chosen_head, t.meta.merge_temperature)
 }

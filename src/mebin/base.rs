@@ -3,12 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
-use image::{DynamicImage, GrayImage};
+use image::{ExtendedColorType, GenericImageView, GrayImage};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::crop::{CropBox, CropRule};
-use super::run::{crop_by_mask, mask_at_image_size, progress_bar, remove_stale, write_png, Picture};
+use super::run::{
+    crop_by_mask, mask_at_image_size, progress_bar, remove_stale, write_png, Picture,
+};
 use crate::error::{Error, Result};
 use crate::imageio::{self, BitDepth};
 
@@ -65,13 +67,24 @@ fn mask_for_image(path: &Path, size: (u32, u32)) -> Result<GrayImage> {
         BitDepth::Eight => m.pixels.iter().map(|&v| v as u8).collect(),
         BitDepth::Sixteen => m.pixels.iter().map(|&v| (v >> 8) as u8).collect(),
     };
-    let g = GrayImage::from_raw(m.width as u32, m.height as u32, levels).expect("one byte per pixel");
-    Ok(if g.dimensions() == size { g } else { mask_at_image_size(&g, size) })
+    let g =
+        GrayImage::from_raw(m.width as u32, m.height as u32, levels).expect("one byte per pixel");
+    Ok(if g.dimensions() == size {
+        g
+    } else {
+        mask_at_image_size(&g, size)
+    })
 }
 
 /// Crops every image by its mask, keeping at most `max_crops` boxes, and writes
 /// `out/images/<class>/<stem>_crop<k>.png`, `out/masks/<class>/…` and `prepare_base.json`.
-pub fn prepare_base(items: &[BaseItem], out: &Path, max_crops: usize, rule: &CropRule, progress: bool) -> Result<BaseSummary> {
+pub fn prepare_base(
+    items: &[BaseItem],
+    out: &Path,
+    max_crops: usize,
+    rule: &CropRule,
+    progress: bool,
+) -> Result<BaseSummary> {
     if max_crops == 0 {
         return Err(Error::usage("--max-crops must be at least 1"));
     }
@@ -93,8 +106,19 @@ pub fn prepare_base(items: &[BaseItem], out: &Path, max_crops: usize, rule: &Cro
             let crops = crop_by_mask(&picture, &mask, max_crops - 1, rule);
             for (k, (img, m)) in crops.images.into_iter().zip(crops.masks).enumerate() {
                 let name = format!("{}_crop{k}.png", it.stem);
-                write_png(&out.join("images").join(&it.class_name).join(&name), &DynamicImage::ImageRgb8(img))?;
-                write_png(&out.join("masks").join(&it.class_name).join(&name), &DynamicImage::ImageLuma8(m))?;
+                let dir = out.join("images").join(&it.class_name);
+                write_png(
+                    &dir.join(&name),
+                    img.as_bytes(),
+                    img.dimensions(),
+                    img.color().into(),
+                )?;
+                write_png(
+                    &out.join("masks").join(&it.class_name).join(&name),
+                    m.as_raw(),
+                    m.dimensions(),
+                    ExtendedColorType::L8,
+                )?;
             }
             pb.inc(1);
             Ok(BaseRecord {

@@ -20,7 +20,11 @@ pub struct CropRule {
 
 impl Default for CropRule {
     fn default() -> Self {
-        CropRule { padding: 0.1, max_merge_dist: 0.01, min_crop_size: 0.1 }
+        CropRule {
+            padding: 0.1,
+            max_merge_dist: 0.01,
+            min_crop_size: 0.1,
+        }
     }
 }
 
@@ -37,7 +41,12 @@ pub struct CropBox {
 
 impl From<[f64; 4]> for CropBox {
     fn from(a: [f64; 4]) -> Self {
-        CropBox { left: a[0], up: a[1], right: a[2], bottom: a[3] }
+        CropBox {
+            left: a[0],
+            up: a[1],
+            right: a[2],
+            bottom: a[3],
+        }
     }
 }
 
@@ -76,13 +85,68 @@ impl CropBox {
 /// Bounding rectangles `(x, y, w, h)` of `cv2.findContours(mask, RETR_EXTERNAL)`: one per
 /// 8-connected foreground component (non-zero pixels) that does not sit inside a hole of another
 /// component. A component is inside a hole exactly when it does not touch the 4-connected
-/// background that reaches the image frame; that flood is only run when some component's box
-/// lies strictly inside another's (the only way to be in a hole).
-pub fn external_rects(mask: &[u8], width: usize, height: usize) -> Vec<(usize, usize, usize, usize)> {
-    assert_eq!(mask.len(), width * height, "external_rects: wrong pixel count");
+/// background that reaches the image frame. Only a component whose box lies strictly inside
+/// another's can be in a hole; when there is none (the usual case) the boxes of all components
+/// are the answer, else the labelled check runs.
+pub fn external_rects(
+    mask: &[u8],
+    width: usize,
+    height: usize,
+) -> Vec<(usize, usize, usize, usize)> {
+    assert_eq!(
+        mask.len(),
+        width * height,
+        "external_rects: wrong pixel count"
+    );
+    // Flood fill over a scratch copy: 1 = foreground not yet visited.
+    let mut work: Vec<u8> = mask.iter().map(|&v| u8::from(v != 0)).collect();
+    let mut boxes: Vec<[usize; 4]> = Vec::new(); // x0, y0, x1, y1 inclusive
+    let mut stack = Vec::new();
+    let mut from = 0;
+    while let Some(off) = work[from..].iter().position(|&v| v != 0) {
+        let start = from + off;
+        from = start + 1;
+        let (sx, sy) = (start % width, start / width);
+        let mut b = [sx, sy, sx, sy];
+        work[start] = 0;
+        stack.push(start);
+        while let Some(i) = stack.pop() {
+            let (x, y) = (i % width, i / width);
+            b = [b[0].min(x), b[1].min(y), b[2].max(x), b[3].max(y)];
+            for yy in y.saturating_sub(1)..=(y + 1).min(height - 1) {
+                for xx in x.saturating_sub(1)..=(x + 1).min(width - 1) {
+                    let j = yy * width + xx;
+                    if work[j] != 0 {
+                        work[j] = 0;
+                        stack.push(j);
+                    }
+                }
+            }
+        }
+        boxes.push(b);
+    }
+    let strictly_inside =
+        |a: &[usize; 4], o: &[usize; 4]| o[0] < a[0] && o[1] < a[1] && a[2] < o[2] && a[3] < o[3];
+    let any_inside = boxes
+        .iter()
+        .any(|a| boxes.iter().any(|o| strictly_inside(a, o)));
+    let boxes = if any_inside {
+        external_boxes_labelled(mask, width, height)
+    } else {
+        boxes
+    };
+    boxes
+        .iter()
+        .map(|b| (b[0], b[1], b[2] - b[0] + 1, b[3] - b[1] + 1))
+        .collect()
+}
+
+/// The boxes of the external components only, with a label per pixel (the case where some
+/// component may sit inside another's hole).
+fn external_boxes_labelled(mask: &[u8], width: usize, height: usize) -> Vec<[usize; 4]> {
     const NONE: u32 = u32::MAX;
     let mut label = vec![NONE; mask.len()];
-    let mut boxes: Vec<[usize; 4]> = Vec::new(); // x0, y0, x1, y1 inclusive
+    let mut boxes: Vec<[usize; 4]> = Vec::new();
     let mut stack = Vec::new();
     for start in 0..mask.len() {
         if mask[start] == 0 || label[start] != NONE {
@@ -108,38 +172,28 @@ pub fn external_rects(mask: &[u8], width: usize, height: usize) -> Vec<(usize, u
         }
         boxes.push(b);
     }
-    let strictly_inside = |a: &[usize; 4], o: &[usize; 4]| o[0] < a[0] && o[1] < a[1] && a[2] < o[2] && a[3] < o[3];
-    let maybe_in_hole: Vec<bool> =
-        boxes.iter().map(|a| boxes.iter().any(|o| strictly_inside(a, o))).collect();
-    let mut external = vec![true; boxes.len()];
-    if maybe_in_hole.iter().any(|&m| m) {
-        let outer = outer_background(mask, width, height);
-        for (id, ext) in external.iter_mut().enumerate() {
-            if !maybe_in_hole[id] {
-                continue;
-            }
-            let [x0, y0, x1, y1] = boxes[id];
-            *ext = (y0..=y1).any(|y| {
-                (x0..=x1).any(|x| {
-                    let i = y * width + x;
-                    label[i] == id as u32
-                        && [(0, -1), (0, 1), (-1, 0), (1, 0)].iter().any(|&(dx, dy)| {
-                            let (xx, yy) = (x as isize + dx, y as isize + dy);
-                            xx < 0
-                                || yy < 0
-                                || xx >= width as isize
-                                || yy >= height as isize
-                                || outer[yy as usize * width + xx as usize]
-                        })
-                })
-            });
-        }
-    }
+    let outer = outer_background(mask, width, height);
+    let touches_outer = |x: usize, y: usize| {
+        [(0isize, -1isize), (0, 1), (-1, 0), (1, 0)]
+            .iter()
+            .any(|&(dx, dy)| {
+                let (xx, yy) = (x as isize + dx, y as isize + dy);
+                xx < 0
+                    || yy < 0
+                    || xx >= width as isize
+                    || yy >= height as isize
+                    || outer[yy as usize * width + xx as usize]
+            })
+    };
     boxes
         .iter()
-        .zip(&external)
-        .filter(|(_, &e)| e)
-        .map(|(b, _)| (b[0], b[1], b[2] - b[0] + 1, b[3] - b[1] + 1))
+        .enumerate()
+        .filter(|(id, b)| {
+            (b[1]..=b[3]).any(|y| {
+                (b[0]..=b[2]).any(|x| label[y * width + x] == *id as u32 && touches_outer(x, y))
+            })
+        })
+        .map(|(_, b)| *b)
         .collect()
 }
 
@@ -232,7 +286,11 @@ pub fn merge_boxes(mut list: Vec<CropBox>, side: usize, max_merge_dist: f64) -> 
     }
     let mut merge_list: Vec<Vec<CropBox>> = Vec::new();
     for k in &keys {
-        let mut group: Vec<CropBox> = list.iter().filter(|b| min_distance(k, b) < threshold).copied().collect();
+        let mut group: Vec<CropBox> = list
+            .iter()
+            .filter(|b| min_distance(k, b) < threshold)
+            .copied()
+            .collect();
         group.sort_by(|a, b| a.tuple_cmp(b));
         if !group.is_empty() && !merge_list.contains(&group) {
             merge_list.push(group);
@@ -268,16 +326,28 @@ pub fn merge_boxes(mut list: Vec<CropBox>, side: usize, max_merge_dist: f64) -> 
             let (w, h) = (m.right - m.left, m.bottom - m.up);
             if w > h {
                 let d = (w - h) / 2.0;
-                m = CropBox { up: m.up - d, bottom: m.bottom + d, ..m };
+                m = CropBox {
+                    up: m.up - d,
+                    bottom: m.bottom + d,
+                    ..m
+                };
             } else if w < h {
                 let d = (h - w) / 2.0;
-                m = CropBox { left: m.left - d, right: m.right + d, ..m };
+                m = CropBox {
+                    left: m.left - d,
+                    right: m.right + d,
+                    ..m
+                };
             }
         }
         list.push(m);
     }
     // Python's sorted(.., reverse=True) keeps equal areas in their order
-    list.sort_by(|a, b| b.area().partial_cmp(&a.area()).unwrap_or(std::cmp::Ordering::Equal));
+    list.sort_by(|a, b| {
+        b.area()
+            .partial_cmp(&a.area())
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
     list
 }
 
@@ -290,11 +360,19 @@ pub fn crop_boxes(mask: &GrayImage, est_anomaly_num: usize, rule: &CropRule) -> 
     let side = w.max(h).max(3);
     let mut rects = external_rects(mask.as_raw(), w, h);
     let boxes: Vec<CropBox> = if rects.is_empty() {
-        vec![CropBox { left: 0.0, up: 0.0, right: w as f64, bottom: h as f64 }]
+        vec![CropBox {
+            left: 0.0,
+            up: 0.0,
+            right: w as f64,
+            bottom: h as f64,
+        }]
     } else {
         // sorted(zip(area, [x, y, w, h])): by area, then by the rectangle
         rects.sort_by_key(|&(x, y, rw, rh)| (rw * rh, x, y, rw, rh));
-        rects.iter().map(|&r| square_box(r, w as i64, h as i64, side as i64, rule)).collect()
+        rects
+            .iter()
+            .map(|&r| square_box(r, w as i64, h as i64, side as i64, rule))
+            .collect()
     };
     let mut merged = merge_boxes(boxes, side, rule.max_merge_dist);
     if merged.len() > est_anomaly_num {
@@ -305,14 +383,21 @@ pub fn crop_boxes(mask: &GrayImage, est_anomaly_num: usize, rule: &CropRule) -> 
 
 /// A component's padded square, at least `min_crop_size * side`, at most `side / 2` in radius,
 /// shifted inside the image on the side it crosses (integer arithmetic as Python's `int()`).
-fn square_box(r: (usize, usize, usize, usize), w: i64, h: i64, side: i64, rule: &CropRule) -> CropBox {
+fn square_box(
+    r: (usize, usize, usize, usize),
+    w: i64,
+    h: i64,
+    side: i64,
+    rule: &CropRule,
+) -> CropBox {
     let (x, y, rw, rh) = (r.0 as i64, r.1 as i64, r.2 as i64, r.3 as i64);
     let cy = ((y + y + rh) as f64 * 0.5) as i64;
     let cx = ((x + x + rw) as f64 * 0.5) as i64;
     let padded = (rh.max(rw) as f64 * (1.0 + rule.padding) * 0.5) as i64;
     let mut radius = padded.max((side as f64 * rule.min_crop_size) as i64);
     radius = radius.min((side as f64 * 0.5) as i64);
-    let (mut left, mut up, mut right, mut bottom) = (cx - radius, cy - radius, cx + radius, cy + radius);
+    let (mut left, mut up, mut right, mut bottom) =
+        (cx - radius, cy - radius, cx + radius, cy + radius);
     if left < 0 {
         (left, right) = (0, 2 * radius);
     } else if right > w {
@@ -323,7 +408,12 @@ fn square_box(r: (usize, usize, usize, usize), w: i64, h: i64, side: i64, rule: 
     } else if bottom > h {
         (up, bottom) = (h - 2 * radius, h);
     }
-    CropBox { left: left as f64, up: up as f64, right: right as f64, bottom: bottom as f64 }
+    CropBox {
+        left: left as f64,
+        up: up as f64,
+        right: right as f64,
+        bottom: bottom as f64,
+    }
 }
 
 /// Pillow's `crop` of an RGB image: the rounded box, black outside the image.
@@ -336,14 +426,6 @@ pub fn crop_rgb(img: &RgbImage, b: &CropBox) -> RgbImage {
 pub fn crop_gray(img: &GrayImage, b: &CropBox) -> GrayImage {
     let (data, w, h) = crop_raw(img.as_raw(), img.width(), img.height(), 1, b);
     GrayImage::from_raw(w, h, data).expect("crop buffer matches its size")
-}
-
-/// A gray crop as RGB (R = G = B), as Pillow's `convert("RGB")` of a gray image then `crop`.
-pub fn crop_gray_as_rgb(img: &GrayImage, b: &CropBox) -> RgbImage {
-    let g = crop_gray(img, b);
-    let (w, h) = g.dimensions();
-    let data: Vec<u8> = g.as_raw().iter().flat_map(|&v| [v, v, v]).collect();
-    RgbImage::from_raw(w, h, data).expect("three bytes per pixel")
 }
 
 /// Crop of a row-major image with `ch` bytes per pixel: row slices copied into a zero-filled
@@ -399,20 +481,47 @@ mod tests {
     #[test]
     fn diagonal_gap_does_not_open_a_hole() {
         // a diamond ring closed only diagonally: 8-connected foreground, so the centre stays a hole
-        let on = [(2, 0), (1, 1), (3, 1), (0, 2), (4, 2), (1, 3), (3, 3), (2, 4), (2, 2)];
+        let on = [
+            (2, 0),
+            (1, 1),
+            (3, 1),
+            (0, 2),
+            (4, 2),
+            (1, 3),
+            (3, 3),
+            (2, 4),
+            (2, 2),
+        ];
         let r = external_rects(&mask(5, 5, &on[..8]), 5, 5);
         assert_eq!(r, vec![(0, 0, 5, 5)]);
         let r = external_rects(&mask(5, 5, &on), 5, 5);
-        assert_eq!(r, vec![(0, 0, 5, 5)], "the centre pixel joins the ring 8-connectedly");
+        assert_eq!(
+            r,
+            vec![(0, 0, 5, 5)],
+            "the centre pixel joins the ring 8-connectedly"
+        );
     }
 
     #[test]
     fn pillow_crop_rounds_half_to_even_and_fills_outside() {
-        let b = CropBox { left: 179.0, up: -37.5, right: 338.0, bottom: 121.5 };
+        let b = CropBox {
+            left: 179.0,
+            up: -37.5,
+            right: 338.0,
+            bottom: 121.5,
+        };
         assert_eq!(b.pixel_box(), (179, -38, 338, 122));
         assert_eq!(b.pixel_size(), (159, 160));
         let img = RgbImage::from_pixel(4, 4, image::Rgb([9, 9, 9]));
-        let c = crop_rgb(&img, &CropBox { left: -1.0, up: 2.0, right: 2.0, bottom: 6.0 });
+        let c = crop_rgb(
+            &img,
+            &CropBox {
+                left: -1.0,
+                up: 2.0,
+                right: 2.0,
+                bottom: 6.0,
+            },
+        );
         assert_eq!(c.dimensions(), (3, 4));
         assert_eq!(c.get_pixel(0, 0).0, [0, 0, 0]);
         assert_eq!(c.get_pixel(1, 0).0, [9, 9, 9]);
@@ -423,7 +532,15 @@ mod tests {
     fn empty_mask_crops_the_whole_image() {
         let m = GrayImage::new(30, 20);
         let b = crop_boxes(&m, 0, &CropRule::default());
-        assert_eq!(b, vec![CropBox { left: 0.0, up: 0.0, right: 30.0, bottom: 20.0 }]);
+        assert_eq!(
+            b,
+            vec![CropBox {
+                left: 0.0,
+                up: 0.0,
+                right: 30.0,
+                bottom: 20.0
+            }]
+        );
     }
 
     #[test]

@@ -8,7 +8,41 @@
 //! step: pixels added minus successful unions. That replaces 64 × (erode + label) with one
 //! O(N α(N)) pass. Hand-written because no crate offers incremental connected-component counts.
 
+use std::cell::RefCell;
+
 use super::SearchRange;
+
+/// Per-thread buffers reused from map to map: fresh large allocations each map cost more in page
+/// faults (the allocator hands them back to the OS) than the work itself.
+#[derive(Default)]
+struct Scratch {
+    rows: Vec<i16>,
+    cols: Vec<i16>,
+    parent: Vec<u32>,
+    order: Vec<u32>,
+    steps: Vec<u8>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// u16 levels as i16 with the same order (sign bit flipped): baseline x86-64 (SSE2) has a
+/// vectorised min for i16 but not for u16.
+fn to_ordered_i16(v: u16) -> i16 {
+    (v ^ 0x8000) as i16
+}
+
+fn from_ordered_i16(v: i16) -> u16 {
+    (v as u16) ^ 0x8000
+}
+
+/// `dst[i] = min(dst[i], src[i])`, written so that it vectorises.
+fn min_into(dst: &mut [i16], src: &[i16]) {
+    for (o, &v) in dst.iter_mut().zip(src) {
+        *o = (*o).min(v);
+    }
+}
 
 /// OpenCV's `erode` with a `k`×`k` rectangle of ones and default arguments: anchor at the kernel
 /// centre (`k / 2`, so offsets `-(k/2) ..= k - 1 - k/2`; −3..=2 for k = 6) and a border that never
@@ -16,37 +50,42 @@ use super::SearchRange;
 pub fn min_filter(src: &[u16], width: usize, height: usize, k: usize) -> Vec<u16> {
     assert_eq!(src.len(), width * height, "min_filter: wrong pixel count");
     let lo = (k / 2) as isize;
-    let offsets: Vec<isize> = (-lo..(k as isize - lo)).collect();
-    let mut rows = src.to_vec();
-    for (dst, row) in rows.chunks_exact_mut(width).zip(src.chunks_exact(width)) {
-        for &d in &offsets {
-            // dst[x] = min(dst[x], row[x + d]) where x + d is inside the row; slices so that the
-            // compiler vectorises the loop.
-            let (a, b) = if d < 0 { ((-d) as usize, width) } else { (0, width.saturating_sub(d as usize)) };
-            if a >= b {
-                continue;
-            }
-            let shifted = &row[(a as isize + d) as usize..(b as isize + d) as usize];
-            for (o, &v) in dst[a..b].iter_mut().zip(shifted) {
-                *o = (*o).min(v);
-            }
-        }
-    }
-    let mut out = rows.clone();
-    for y in 0..height {
-        for &d in &offsets {
-            let yy = y as isize + d;
-            if yy < 0 || yy >= height as isize || d == 0 {
-                continue;
-            }
-            let dst = &mut out[y * width..(y + 1) * width];
-            let srow = &rows[yy as usize * width..(yy as usize + 1) * width];
-            for (o, &v) in dst.iter_mut().zip(srow) {
-                *o = (*o).min(v);
+    let offsets: Vec<isize> = (-lo..(k as isize - lo)).filter(|&d| d != 0).collect();
+    SCRATCH.with_borrow_mut(|s| {
+        let Scratch { rows, cols, .. } = s;
+        rows.clear();
+        rows.extend(src.iter().map(|&v| to_ordered_i16(v)));
+        cols.clear();
+        cols.extend_from_slice(rows);
+        // Horizontal: cols[x] = min over row[x + d] inside the row.
+        for (dst, row) in cols.chunks_exact_mut(width).zip(rows.chunks_exact(width)) {
+            for &d in &offsets {
+                let (a, b) = if d < 0 {
+                    ((-d) as usize, width)
+                } else {
+                    (0, width.saturating_sub(d as usize))
+                };
+                if a < b {
+                    min_into(
+                        &mut dst[a..b],
+                        &row[(a as isize + d) as usize..(b as isize + d) as usize],
+                    );
+                }
             }
         }
-    }
-    out
+        // Vertical: rows[y] = min over cols[y + d] inside the image.
+        for y in 0..height {
+            let dst = &mut rows[y * width..(y + 1) * width];
+            dst.copy_from_slice(&cols[y * width..(y + 1) * width]);
+            for &d in &offsets {
+                let yy = y as isize + d;
+                if yy >= 0 && yy < height as isize {
+                    min_into(dst, &cols[yy as usize * width..(yy as usize + 1) * width]);
+                }
+            }
+        }
+        rows.iter().map(|&v| from_ordered_i16(v)).collect()
+    })
 }
 
 /// Marker for "never switches on" in [`first_steps`].
@@ -55,7 +94,10 @@ pub const NEVER: u8 = u8::MAX;
 /// For each pixel level, the first step `k` (index into `scores`, high to low) at which
 /// `normalise(level) > scores[k]`, or [`NEVER`]. Computed once per distinct level.
 pub fn first_steps(levels: &[u16], range: &SearchRange, scores: &[u32]) -> Vec<u8> {
-    assert!(scores.len() <= NEVER as usize, "at most 255 threshold steps");
+    assert!(
+        scores.len() <= NEVER as usize,
+        "at most 255 threshold steps"
+    );
     let top = levels.iter().copied().max().unwrap_or(0) as usize;
     let table: Vec<u8> = (0..=top)
         .map(|v| {
@@ -72,92 +114,116 @@ pub fn first_steps(levels: &[u16], range: &SearchRange, scores: &[u32]) -> Vec<u
     levels.iter().map(|&v| table[v as usize]).collect()
 }
 
-/// Union-find over a padded grid (one empty pixel around the image, so neighbours need no bounds
-/// checks). `parent == EMPTY` marks pixels not added yet.
-struct Forest {
-    parent: Vec<u32>,
-    size: Vec<u32>,
-}
-
 const EMPTY: u32 = u32::MAX;
 
-impl Forest {
-    fn find(&mut self, mut i: u32) -> u32 {
-        // path halving
-        while self.parent[i as usize] != i {
-            let p = self.parent[i as usize];
-            self.parent[i as usize] = self.parent[p as usize];
-            i = self.parent[i as usize];
-        }
-        i
+/// Root of `i` with path halving.
+fn find(parent: &mut [u32], mut i: u32) -> u32 {
+    while parent[i as usize] != i {
+        let p = parent[i as usize];
+        parent[i as usize] = parent[p as usize];
+        i = parent[i as usize];
     }
-
-    /// Joins the sets of `a` and `b`; true when they were different.
-    fn union(&mut self, a: u32, b: u32) -> bool {
-        let (ra, rb) = (self.find(a), self.find(b));
-        if ra == rb {
-            return false;
-        }
-        let (big, small) = if self.size[ra as usize] >= self.size[rb as usize] { (ra, rb) } else { (rb, ra) };
-        self.parent[small as usize] = big;
-        self.size[big as usize] += self.size[small as usize];
-        true
-    }
+    i
 }
 
 /// 8-connected component count after each step, given each pixel's first step (from
 /// [`first_steps`]): the count at step `k` is over the pixels whose first step is <= k.
+///
+/// Union-find over a padded grid (one empty pixel around the image, so neighbours need no bounds
+/// checks); `EMPTY` marks pixels not added yet. Roots link toward the smaller index, with path
+/// halving: on these grids that keeps trees shallow without a rank array.
 pub fn component_counts(first: &[u8], width: usize, height: usize, n_steps: usize) -> Vec<u32> {
-    assert_eq!(first.len(), width * height, "component_counts: wrong pixel count");
-    // Counting sort of the padded pixel indices by first step.
-    let mut bucket_len = vec![0usize; n_steps + 1];
-    for &s in first {
-        if (s as usize) < n_steps {
-            bucket_len[s as usize + 1] += 1;
-        }
-    }
-    for k in 1..=n_steps {
-        bucket_len[k] += bucket_len[k - 1];
-    }
+    assert_eq!(
+        first.len(),
+        width * height,
+        "component_counts: wrong pixel count"
+    );
     let pw = width + 2;
-    let mut order = vec![0u32; bucket_len[n_steps]];
-    let mut fill = bucket_len.clone();
-    for y in 0..height {
-        for x in 0..width {
-            let s = first[y * width + x] as usize;
-            if s < n_steps {
-                order[fill[s]] = ((y + 1) * pw + x + 1) as u32;
-                fill[s] += 1;
+    SCRATCH.with_borrow_mut(|s| {
+        let Scratch {
+            parent,
+            order,
+            steps,
+            ..
+        } = s;
+        // The pixels that ever switch on (usually few), as padded indices, skipping 8 "never"
+        // bytes at a time.
+        order.clear();
+        steps.clear();
+        const ALL_NEVER: u64 = u64::from_ne_bytes([NEVER; 8]);
+        for y in 0..height {
+            let row = &first[y * width..(y + 1) * width];
+            let mut x = 0;
+            while x < width {
+                if x + 8 <= width
+                    && u64::from_ne_bytes(row[x..x + 8].try_into().expect("8 bytes")) == ALL_NEVER
+                {
+                    x += 8;
+                    continue;
+                }
+                if (row[x] as usize) < n_steps {
+                    order.push(((y + 1) * pw + x + 1) as u32);
+                    steps.push(row[x]);
+                }
+                x += 1;
             }
         }
-    }
-    let mut forest = Forest { parent: vec![EMPTY; pw * (height + 2)], size: vec![1; pw * (height + 2)] };
-    let neighbours = [
-        -(pw as isize) - 1,
-        -(pw as isize),
-        -(pw as isize) + 1,
-        -1,
-        1,
-        pw as isize - 1,
-        pw as isize,
-        pw as isize + 1,
-    ];
-    let mut counts = Vec::with_capacity(n_steps);
-    let mut components: i64 = 0;
-    for k in 0..n_steps {
-        for &p in &order[bucket_len[k]..bucket_len[k + 1]] {
-            forest.parent[p as usize] = p;
-            components += 1;
-            for &d in &neighbours {
-                let q = (p as isize + d) as u32;
-                if forest.parent[q as usize] != EMPTY && forest.union(p, q) {
-                    components -= 1;
+        // Counting sort of those pixels by first step.
+        let mut bucket = vec![0usize; n_steps + 1];
+        for &st in steps.iter() {
+            bucket[st as usize + 1] += 1;
+        }
+        for k in 1..=n_steps {
+            bucket[k] += bucket[k - 1];
+        }
+        let mut sorted = vec![0u32; order.len()];
+        let mut fill = bucket.clone();
+        for (&p, &st) in order.iter().zip(steps.iter()) {
+            sorted[fill[st as usize]] = p;
+            fill[st as usize] += 1;
+        }
+        let order = sorted;
+        let cells = pw * (height + 2);
+        if parent.len() < cells {
+            parent.resize(cells, EMPTY);
+        }
+        let neighbours = [
+            -(pw as isize) - 1,
+            -(pw as isize),
+            -(pw as isize) + 1,
+            -1,
+            1,
+            pw as isize - 1,
+            pw as isize,
+            pw as isize + 1,
+        ];
+        let mut counts = Vec::with_capacity(n_steps);
+        let mut components: i64 = 0;
+        for k in 0..n_steps {
+            for &p in &order[bucket[k]..bucket[k + 1]] {
+                parent[p as usize] = p;
+                components += 1;
+                for &d in &neighbours {
+                    let q = (p as isize + d) as u32;
+                    if parent[q as usize] == EMPTY {
+                        continue;
+                    }
+                    let (rp, rq) = (find(parent, p), find(parent, q));
+                    if rp != rq {
+                        let (lo, hi) = if rp < rq { (rp, rq) } else { (rq, rp) };
+                        parent[hi as usize] = lo;
+                        components -= 1;
+                    }
                 }
             }
+            counts.push(components as u32);
         }
-        counts.push(components as u32);
-    }
-    counts
+        // Leave the buffer all EMPTY for the next map: only the added pixels were touched.
+        for &p in order.iter() {
+            parent[p as usize] = EMPTY;
+        }
+        counts
+    })
 }
 
 #[cfg(test)]
@@ -194,8 +260,10 @@ mod tests {
         let mut src = vec![9u16; 12 * 12];
         src[5 * 12 + 5] = 0;
         let out = min_filter(&src, 12, 12, 6);
-        let low: Vec<(usize, usize)> =
-            (0..144).filter(|&i| out[i] == 0).map(|i| (i % 12, i / 12)).collect();
+        let low: Vec<(usize, usize)> = (0..144)
+            .filter(|&i| out[i] == 0)
+            .map(|i| (i % 12, i / 12))
+            .collect();
         assert_eq!(low.first(), Some(&(3, 3)));
         assert_eq!(low.last(), Some(&(8, 8)));
         assert_eq!(low.len(), 36);

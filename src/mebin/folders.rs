@@ -26,23 +26,35 @@ pub struct Pairing {
 pub fn pair_folders(maps: &Path, images: &Path, how: Pairing) -> Result<Vec<MapItem>> {
     let map_files = list_files(maps, MAP_EXTENSIONS)?;
     if map_files.is_empty() {
-        return Err(Error::input(maps, "no anomaly maps found (expected MAPS/<type>/<stem>.png)"));
+        return Err(Error::input(
+            maps,
+            "no anomaly maps found (expected MAPS/<type>/<stem>.png)",
+        ));
     }
     let mut image_files = list_files(images, IMAGE_EXTENSIONS)?;
     if how.only_map_types {
         image_files.retain(|f| map_files.iter().any(|m| m.type_name == f.type_name));
     }
     if image_files.is_empty() {
-        return Err(Error::input(images, "no images found (expected IMAGES/<type>/<stem>.<png|jpg|bmp|tif>)"));
+        return Err(Error::input(
+            images,
+            "no images found (expected IMAGES/<type>/<stem>.<png|jpg|bmp|tif>)",
+        ));
     }
     let p = imageio::pair_by_stem(map_files, image_files);
     if !p.left_only.is_empty() || !p.right_only.is_empty() {
         let mut parts = Vec::new();
         if !p.left_only.is_empty() {
-            parts.push(format!("maps without an image: {}", describe_files(&p.left_only, maps, 5)));
+            parts.push(format!(
+                "maps without an image: {}",
+                describe_files(&p.left_only, maps, 5)
+            ));
         }
         if !p.right_only.is_empty() {
-            parts.push(format!("images without a map: {}", describe_files(&p.right_only, images, 5)));
+            parts.push(format!(
+                "images without a map: {}",
+                describe_files(&p.right_only, images, 5)
+            ));
         }
         let msg = parts.join("; ");
         if !how.skip_unpaired {
@@ -53,11 +65,18 @@ pub fn pair_folders(maps: &Path, images: &Path, how: Pairing) -> Result<Vec<MapI
         log::warn!("skipping unpaired files: {msg}");
     }
     if p.pairs.is_empty() {
-        return Err(Error::usage("no map has an image with the same <type>/<stem>; nothing to binarize"));
+        return Err(Error::usage(
+            "no map has an image with the same <type>/<stem>; nothing to binarize",
+        ));
     }
     Ok(p.pairs
         .into_iter()
-        .map(|(m, i)| MapItem { class_name: m.type_name, stem: m.stem, map: m.path, image: i.path })
+        .map(|(m, i)| MapItem {
+            class_name: m.type_name,
+            stem: m.stem,
+            map: m.path,
+            image: i.path,
+        })
         .collect())
 }
 
@@ -80,7 +99,13 @@ pub fn binarize_folders(
         "range": format!("{range:?}"),
         "skip_unpaired": how.skip_unpaired,
     });
-    prepare_output_dir(out, &[("--anomaly-maps", maps), ("--images", images)], "binarize", &fingerprint, overwrite)?;
+    prepare_output_dir(
+        out,
+        &[("--anomaly-maps", maps), ("--images", images)],
+        "binarize",
+        &fingerprint,
+        overwrite,
+    )?;
     let job = BinarizeJob {
         items: &items,
         params: Params::from(&cfg.binarization),
@@ -95,9 +120,14 @@ pub fn binarize_folders(
 /// Reads the `mebin.json` of an earlier binarization in `out`.
 pub fn read_summary(out: &Path) -> Result<BinarizeSummary> {
     let path = out.join(SUMMARY_FILE);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| Error::input(&path, format!("cannot read ({e}); run `anomalyncd binarize` first or drop --skip-binarize")))?;
-    serde_json::from_str(&text).map_err(|e| Error::input(&path, format!("not a binarize summary: {e}")))
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        Error::input(
+            &path,
+            format!("cannot read ({e}); run `anomalyncd binarize` first or drop --skip-binarize"),
+        )
+    })?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::input(&path, format!("not a binarize summary: {e}")))
 }
 
 /// `root/<type>/<stem>.<ext>`, or a flat `root/<stem>.<ext>` (type "") when `root` holds files
@@ -111,10 +141,17 @@ pub fn list_files(root: &Path, exts: &[&str]) -> Result<Vec<imageio::TypedFile>>
     let mut flat: Vec<imageio::TypedFile> = entries
         .iter()
         .filter(|p| p.is_file() && !hidden(p))
-        .filter(|p| p.extension().and_then(|e| e.to_str()).is_some_and(|e| exts.iter().any(|x| x.eq_ignore_ascii_case(e))))
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| exts.iter().any(|x| x.eq_ignore_ascii_case(e)))
+        })
         .map(|p| imageio::TypedFile {
             type_name: String::new(),
-            stem: p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+            stem: p
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             path: p.clone(),
         })
         .collect();
@@ -126,5 +163,7 @@ pub fn list_files(root: &Path, exts: &[&str]) -> Result<Vec<imageio::TypedFile>>
 }
 
 fn hidden(p: &Path) -> bool {
-    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'))
 }

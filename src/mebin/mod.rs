@@ -58,7 +58,11 @@ impl Default for Params {
 
 impl From<&Binarization> for Params {
     fn from(b: &Binarization) -> Self {
-        Params { sample_rate: b.sample_rate, min_interval_len: b.min_interval_len, erode: b.erode }
+        Params {
+            sample_rate: b.sample_rate,
+            min_interval_len: b.min_interval_len,
+            erode: b.erode,
+        }
     }
 }
 
@@ -67,7 +71,11 @@ impl Params {
     /// `range(255, 0, -s)`).
     pub fn scores(&self) -> Vec<u32> {
         let s = self.sample_rate.clamp(1, 255);
-        (0..).map(|k| 255i64 - k * s as i64).take_while(|&t| t > 0).map(|t| t as u32).collect()
+        (0..)
+            .map(|k| 255i64 - k * s as i64)
+            .take_while(|&t| t > 0)
+            .map(|t| t as u32)
+            .collect()
     }
 }
 
@@ -100,7 +108,9 @@ impl SearchRange {
     /// replacing the min (for sets with no normal images).
     pub fn from_maxima(maxima: &[u16], min_override: Option<f64>) -> Result<SearchRange> {
         let (Some(&lo), Some(&hi)) = (maxima.iter().min(), maxima.iter().max()) else {
-            return Err(Error::usage("no anomaly maps to take a threshold search range from"));
+            return Err(Error::usage(
+                "no anomaly maps to take a threshold search range from",
+            ));
         };
         SearchRange::new(min_override.unwrap_or(lo as f64), hi as f64)
     }
@@ -178,7 +188,12 @@ pub fn stable_interval(counts: &[u32], min_interval_len: usize) -> Option<(usize
 
 /// Threshold and count from a component-count sequence (the reference's `get_threshold`), on the
 /// raw scale of a map of `depth`.
-pub fn threshold_from_counts(counts: &[u32], range: &SearchRange, params: &Params, depth: BitDepth) -> (u32, usize) {
+pub fn threshold_from_counts(
+    counts: &[u32],
+    range: &SearchRange,
+    params: &Params,
+    depth: BitDepth,
+) -> (u32, usize) {
     match stable_interval(counts, params.min_interval_len) {
         Some((index, count)) => {
             let score = 255 - index as u32 * params.sample_rate;
@@ -202,11 +217,20 @@ pub fn binarize_map(map: &GrayMap, range: &SearchRange, params: &Params) -> MapR
         let steps = fast::first_steps(&eroded, range, &scores);
         fast::component_counts(&steps, map.width, map.height, scores.len())
     };
-    let (threshold, est_anomaly_num) = threshold_from_counts(&component_counts, range, params, map.depth);
-    let binary: Vec<u8> = eroded.iter().map(|&v| if v as u32 > threshold { 255 } else { 0 }).collect();
+    let (threshold, est_anomaly_num) =
+        threshold_from_counts(&component_counts, range, params, map.depth);
+    let binary: Vec<u8> = eroded
+        .iter()
+        .map(|&v| if v as u32 > threshold { 255 } else { 0 })
+        .collect();
     let binary = GrayImage::from_raw(map.width as u32, map.height as u32, binary)
         .expect("binary has one byte per map pixel");
-    MapResult { threshold, est_anomaly_num, component_counts, binary }
+    MapResult {
+        threshold,
+        est_anomaly_num,
+        component_counts,
+        binary,
+    }
 }
 
 #[cfg(test)]
@@ -219,9 +243,15 @@ mod tests {
         let s = p.scores();
         assert_eq!(s.len(), 64);
         assert_eq!((s[0], s[1], s[63]), (255, 251, 3));
-        let p1 = Params { sample_rate: 255, ..p };
+        let p1 = Params {
+            sample_rate: 255,
+            ..p
+        };
         assert_eq!(p1.scores(), vec![255]);
-        let p2 = Params { sample_rate: 1, ..p };
+        let p2 = Params {
+            sample_rate: 1,
+            ..p
+        };
         assert_eq!(p2.scores().len(), 255);
     }
 
@@ -244,9 +274,15 @@ mod tests {
         // two counts with equally long intervals: the count seen first wins
         assert_eq!(stable_interval(&[2, 2, 2, 2, 1, 1, 1, 1], 4), Some((3, 2)));
         // one count with two equally long intervals: the later one
-        assert_eq!(stable_interval(&[1, 1, 1, 1, 3, 1, 1, 1, 1], 4), Some((8, 1)));
+        assert_eq!(
+            stable_interval(&[1, 1, 1, 1, 3, 1, 1, 1, 1], 4),
+            Some((8, 1))
+        );
         // a longer interval beats first-seen
-        assert_eq!(stable_interval(&[2, 2, 2, 2, 1, 1, 1, 1, 1], 4), Some((8, 1)));
+        assert_eq!(
+            stable_interval(&[2, 2, 2, 2, 1, 1, 1, 1, 1], 4),
+            Some((8, 1))
+        );
     }
 
     #[test]

@@ -19,7 +19,10 @@ pub fn erode(bin: &[bool], width: usize, height: usize, k: usize) -> Vec<bool> {
             'window: for dy in -lo..=hi {
                 for dx in -lo..=hi {
                     let (yy, xx) = (y + dy, x + dx);
-                    if yy >= 0 && xx >= 0 && yy < height as isize && xx < width as isize
+                    if yy >= 0
+                        && xx >= 0
+                        && yy < height as isize
+                        && xx < width as isize
                         && !bin[(yy * width as isize + xx) as usize]
                     {
                         on = false;
@@ -92,8 +95,10 @@ pub fn get_threshold(seq: &[u32], min_interval_len: usize) -> Option<(usize, u32
     if interval_result.is_empty() {
         return None;
     }
-    let count_result: Vec<(u32, usize)> =
-        interval_result.iter().map(|(c, v)| (*c, v.iter().map(|x| x.1 - x.0).max().unwrap_or(0))).collect();
+    let count_result: Vec<(u32, usize)> = interval_result
+        .iter()
+        .map(|(c, v)| (*c, v.iter().map(|x| x.1 - x.0).max().unwrap_or(0)))
+        .collect();
     // Python's max returns the first maximal item.
     let mut est = count_result[0];
     for &c in &count_result[1..] {
@@ -101,7 +106,10 @@ pub fn get_threshold(seq: &[u32], min_interval_len: usize) -> Option<(usize, u32
             est = c;
         }
     }
-    let mut intervals = interval_result.iter().find(|(c, _)| *c == est.0).map(|(_, v)| v.clone())?;
+    let mut intervals = interval_result
+        .iter()
+        .find(|(c, _)| *c == est.0)
+        .map(|(_, v)| v.clone())?;
     intervals.sort_by_key(|x| x.1 - x.0); // stable, like Python's sorted
     let longest = *intervals.last()?;
     Some((longest.1, est.0))
@@ -110,11 +118,19 @@ pub fn get_threshold(seq: &[u32], min_interval_len: usize) -> Option<(usize, u32
 /// MEBin on one map the reference's way (slow). Same result as [`super::binarize_map`].
 pub fn binarize_map(map: &GrayMap, range: &SearchRange, params: &Params) -> MapResult {
     let (w, h) = (map.width, map.height);
-    let norm: Vec<f64> = map.pixels.iter().map(|&v| range.normalise(v as f64)).collect();
+    let norm: Vec<f64> = map
+        .pixels
+        .iter()
+        .map(|&v| range.normalise(v as f64))
+        .collect();
     let mut counts = Vec::new();
     for score in params.scores() {
         let bin: Vec<bool> = norm.iter().map(|&n| n > score as f64).collect();
-        let bin = if params.erode { erode(&bin, w, h, ERODE_KERNEL) } else { bin };
+        let bin = if params.erode {
+            erode(&bin, w, h, ERODE_KERNEL)
+        } else {
+            bin
+        };
         counts.push(count_components(&bin, w, h));
     }
     let (threshold, est) = match get_threshold(&counts, params.min_interval_len) {
@@ -125,10 +141,23 @@ pub fn binarize_map(map: &GrayMap, range: &SearchRange, params: &Params) -> MapR
         None => (no_anomaly_threshold(map.depth), 0),
     };
     let bin: Vec<bool> = map.pixels.iter().map(|&v| v as u32 > threshold).collect();
-    let bin = if params.erode { erode(&bin, w, h, ERODE_KERNEL) } else { bin };
-    let binary = GrayImage::from_raw(w as u32, h as u32, bin.iter().map(|&b| if b { 255 } else { 0 }).collect())
-        .expect("one byte per pixel");
-    MapResult { threshold, est_anomaly_num: est, component_counts: counts, binary }
+    let bin = if params.erode {
+        erode(&bin, w, h, ERODE_KERNEL)
+    } else {
+        bin
+    };
+    let binary = GrayImage::from_raw(
+        w as u32,
+        h as u32,
+        bin.iter().map(|&b| if b { 255 } else { 0 }).collect(),
+    )
+    .expect("one byte per pixel");
+    MapResult {
+        threshold,
+        est_anomaly_num: est,
+        component_counts: counts,
+        binary,
+    }
 }
 
 fn no_anomaly_threshold(depth: BitDepth) -> u32 {

@@ -8,7 +8,9 @@
 pub fn nearest_index(src: usize, dst: usize) -> Vec<usize> {
     let fx = dst as f64 / src as f64;
     let ifx = 1.0 / fx;
-    (0..dst).map(|x| ((x as f64 * ifx).floor() as usize).min(src - 1)).collect()
+    (0..dst)
+        .map(|x| ((x as f64 * ifx).floor() as usize).min(src - 1))
+        .collect()
 }
 
 /// OpenCV `resize(src, (dw, dh), interpolation=INTER_NEAREST)` of a one-byte-per-pixel image.
@@ -38,10 +40,13 @@ fn bicubic(x: f64) -> f64 {
 }
 
 /// Pillow's `precompute_coeffs` for one axis (`Resample.c`): per output index the first input
-/// index and the normalised weights. The support widens with the scale when downsampling.
+/// index and the normalised weights (`ksize` slots each, unused ones 0). The support widens with
+/// the scale when downsampling.
 pub struct Coeffs {
     pub start: Vec<usize>,
-    pub weights: Vec<Vec<f64>>,
+    pub len: Vec<usize>,
+    pub ksize: usize,
+    pub weights: Vec<f64>,
 }
 
 impl Coeffs {
@@ -49,24 +54,37 @@ impl Coeffs {
         let scale = in_size as f64 / out_size as f64;
         let filterscale = scale.max(1.0);
         let support = 2.0 * filterscale;
-        let mut start = Vec::with_capacity(out_size);
-        let mut weights = Vec::with_capacity(out_size);
+        let ksize = support.ceil() as usize * 2 + 1;
+        let mut c = Coeffs {
+            start: Vec::with_capacity(out_size),
+            len: Vec::with_capacity(out_size),
+            ksize,
+            weights: vec![0.0; out_size * ksize],
+        };
         for xx in 0..out_size {
             let center = (xx as f64 + 0.5) * scale;
             let ss = 1.0 / filterscale;
             // C's (int) cast truncates toward zero
             let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-            let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-            let mut k: Vec<f64> =
-                (xmin..xmax.max(xmin)).map(|x| bicubic((x as f64 - center + 0.5) * ss)).collect();
+            let xmax = (((center + support + 0.5) as i64).min(in_size as i64) as usize)
+                .clamp(xmin, xmin + ksize);
+            let k = &mut c.weights[xx * ksize..xx * ksize + (xmax - xmin)];
+            for (x, w) in (xmin..xmax).zip(k.iter_mut()) {
+                *w = bicubic((x as f64 - center + 0.5) * ss);
+            }
             let ww: f64 = k.iter().sum();
             if ww != 0.0 {
                 k.iter_mut().for_each(|w| *w /= ww);
             }
-            start.push(xmin);
-            weights.push(k);
+            c.start.push(xmin);
+            c.len.push(xmax - xmin);
         }
-        Coeffs { start, weights }
+        c
+    }
+
+    /// The weights of output index `i`.
+    pub fn of(&self, i: usize) -> &[f64] {
+        &self.weights[i * self.ksize..i * self.ksize + self.len[i]]
     }
 }
 
@@ -85,13 +103,22 @@ impl<'a> BicubicView<'a> {
     /// `src` is the row-major `sw`×`sh` image Pillow holds in mode "F".
     pub fn new(src: &'a [f32], sw: usize, sh: usize, dw: usize, dh: usize) -> Self {
         assert_eq!(src.len(), sw * sh, "BicubicView: wrong pixel count");
-        BicubicView { src, sw, sh, dw, dh, cx: Coeffs::bicubic(sw, dw), cy: Coeffs::bicubic(sh, dh) }
+        BicubicView {
+            src,
+            sw,
+            sh,
+            dw,
+            dh,
+            cx: Coeffs::bicubic(sw, dw),
+            cy: Coeffs::bicubic(sh, dh),
+        }
     }
 
     /// Maximum of `resize((dw, dh), BICUBIC)` over `[x0, x1) × [y0, y1)` (clipped to the image),
     /// or None when that is empty. Pillow resamples horizontally first, storing float32, then
-    /// vertically; a size that does not change is not resampled. Computing only the needed
-    /// columns and rows gives the same numbers at a fraction of the cost.
+    /// vertically, each output a float64 sum over its taps in order; a size that does not change
+    /// is not resampled. Computing only the needed columns and rows gives the same numbers at a
+    /// fraction of the cost (the vertical pass runs row-wise, keeping each pixel's sum order).
     pub fn max_in(&self, x0: i64, y0: i64, x1: i64, y1: i64) -> Option<f32> {
         let (x0, x1) = (x0.max(0) as usize, x1.min(self.dw as i64).max(0) as usize);
         let (y0, y1) = (y0.max(0) as usize, y1.min(self.dh as i64).max(0) as usize);
@@ -105,7 +132,10 @@ impl<'a> BicubicView<'a> {
             (y0, y1)
         } else {
             let first = (y0..y1).map(|y| self.cy.start[y]).min().unwrap_or(0);
-            let last = (y0..y1).map(|y| self.cy.start[y] + self.cy.weights[y].len()).max().unwrap_or(0);
+            let last = (y0..y1)
+                .map(|y| self.cy.start[y] + self.cy.len[y])
+                .max()
+                .unwrap_or(0);
             (first, last)
         };
         let cols = x1 - x0;
@@ -113,35 +143,34 @@ impl<'a> BicubicView<'a> {
         let mut tmp = vec![0f32; (r1 - r0) * cols];
         for (r, trow) in (r0..r1).zip(tmp.chunks_exact_mut(cols)) {
             let srow = &self.src[r * self.sw..(r + 1) * self.sw];
+            if same_w {
+                trow.copy_from_slice(&srow[x0..x1]);
+                continue;
+            }
             for (x, t) in (x0..x1).zip(trow.iter_mut()) {
-                *t = if same_w {
-                    srow[x]
-                } else {
-                    let s = self.cx.start[x];
-                    let mut acc = 0.0f64;
-                    for (w, &v) in self.cx.weights[x].iter().zip(&srow[s..]) {
-                        acc += v as f64 * w;
-                    }
-                    acc as f32
-                };
+                let s = self.cx.start[x];
+                let mut acc = 0.0f64;
+                for (w, &v) in self.cx.of(x).iter().zip(&srow[s..]) {
+                    acc += v as f64 * w;
+                }
+                *t = acc as f32;
             }
         }
         let mut best = f32::NEG_INFINITY;
+        if same_h {
+            return Some(tmp.iter().fold(best, |m, &v| m.max(v)));
+        }
+        let mut acc = vec![0f64; cols];
         for y in y0..y1 {
-            if same_h {
-                let trow = &tmp[(y - r0) * cols..(y - r0 + 1) * cols];
-                best = trow.iter().fold(best, |m, &v| m.max(v));
-                continue;
-            }
+            acc.iter_mut().for_each(|a| *a = 0.0);
             let s = self.cy.start[y];
-            let ws = &self.cy.weights[y];
-            for c in 0..cols {
-                let mut acc = 0.0f64;
-                for (i, w) in ws.iter().enumerate() {
-                    acc += tmp[(s + i - r0) * cols + c] as f64 * w;
+            for (i, &w) in self.cy.of(y).iter().enumerate() {
+                let trow = &tmp[(s + i - r0) * cols..(s + i - r0 + 1) * cols];
+                for (a, &v) in acc.iter_mut().zip(trow) {
+                    *a += v as f64 * w;
                 }
-                best = best.max(acc as f32);
             }
+            best = acc.iter().fold(best, |m, &a| m.max(a as f32));
         }
         Some(best)
     }
@@ -169,8 +198,8 @@ mod tests {
     fn bicubic_weights_sum_to_one_and_identity_is_exact() {
         for (i, o) in [(256, 278), (256, 100), (10, 3), (3, 10)] {
             let c = Coeffs::bicubic(i, o);
-            for w in &c.weights {
-                assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+            for k in 0..o {
+                assert!((c.of(k).iter().sum::<f64>() - 1.0).abs() < 1e-12);
             }
         }
         let src: Vec<f32> = (0..12).map(|v| v as f32).collect();

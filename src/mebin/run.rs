@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use image::{DynamicImage, GrayImage, RgbImage};
+use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+use image::{DynamicImage, ExtendedColorType, GenericImageView, GrayImage, ImageEncoder, RgbImage};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -79,7 +80,9 @@ pub struct MapRecord {
 impl MapRecord {
     /// `<stem>_crop<k>.png` for each crop, the reference's naming.
     pub fn crop_names(&self) -> Vec<String> {
-        (0..self.crop_boxes.len()).map(|k| format!("{}_crop{k}.png", self.stem)).collect()
+        (0..self.crop_boxes.len())
+            .map(|k| format!("{}_crop{k}.png", self.stem))
+            .collect()
     }
 }
 
@@ -98,7 +101,10 @@ pub struct BinarizeSummary {
 
 impl BinarizeSummary {
     pub fn range(&self) -> SearchRange {
-        SearchRange { min_th: self.min_th, max_th: self.max_th }
+        SearchRange {
+            min_th: self.min_th,
+            max_th: self.max_th,
+        }
     }
 
     /// The reference's scores JSON: `{type: {"<stem>_crop<k>.png": score}}`.
@@ -131,11 +137,14 @@ pub const SCORES_FILE: &str = "scores.json";
 pub const SUMMARY_FILE: &str = "mebin.json";
 
 fn binary_path(r: &MapRecord) -> PathBuf {
-    Path::new("binary").join(&r.class_name).join(format!("{}.png", r.stem))
+    Path::new("binary")
+        .join(&r.class_name)
+        .join(format!("{}.png", r.stem))
 }
 
-/// An original image kept in its own channel layout, so gray images are only expanded to RGB
-/// inside the crops.
+/// An original image in its own channel layout: gray images stay gray (and so do their crops,
+/// which equal the reference's RGB crops after RGB conversion, at a third of the size and cost);
+/// every other layout becomes 8-bit RGB.
 pub enum Picture {
     Gray(GrayImage),
     Rgb(RgbImage),
@@ -156,35 +165,53 @@ impl Picture {
         }
     }
 
-    /// Pillow-style crop converted to RGB (black outside the image).
-    pub fn crop_rgb(&self, b: &CropBox) -> RgbImage {
+    /// Pillow-style crop (black outside the image), gray or RGB as the picture.
+    pub fn crop(&self, b: &CropBox) -> DynamicImage {
         match self {
-            Picture::Gray(g) => crop::crop_gray_as_rgb(g, b),
-            Picture::Rgb(c) => crop::crop_rgb(c, b),
+            Picture::Gray(g) => DynamicImage::ImageLuma8(crop::crop_gray(g, b)),
+            Picture::Rgb(c) => DynamicImage::ImageRgb8(crop::crop_rgb(c, b)),
         }
     }
 }
 
-/// Crops of one image: the boxes, RGB image crops and mask crops (0/255).
+/// Crops of one image: the boxes, image crops and mask crops.
 pub struct Crops {
     pub boxes: Vec<CropBox>,
-    pub images: Vec<RgbImage>,
+    pub images: Vec<DynamicImage>,
     pub masks: Vec<GrayImage>,
 }
 
 /// Crops an image by a mask at image size with the reference's rule, keeping at most
 /// `est_anomaly_num + 1` boxes.
-pub fn crop_by_mask(picture: &Picture, mask: &GrayImage, est_anomaly_num: usize, rule: &CropRule) -> Crops {
+pub fn crop_by_mask(
+    picture: &Picture,
+    mask: &GrayImage,
+    est_anomaly_num: usize,
+    rule: &CropRule,
+) -> Crops {
     let boxes = crop::crop_boxes(mask, est_anomaly_num, rule);
-    let images = boxes.iter().map(|b| picture.crop_rgb(b)).collect();
+    let images = boxes.iter().map(|b| picture.crop(b)).collect();
     let masks = boxes.iter().map(|b| crop::crop_gray(mask, b)).collect();
-    Crops { boxes, images, masks }
+    Crops {
+        boxes,
+        images,
+        masks,
+    }
 }
 
 /// Crop scores: the max of the normalised map resized (Pillow bicubic, float32) to the image
 /// inside each box, / 255; parts of a box outside the image count as 0, as Pillow's crop fills.
-pub fn crop_scores(map: &GrayMap, range: &SearchRange, image_size: (u32, u32), boxes: &[CropBox]) -> Vec<f64> {
-    let norm: Vec<f32> = map.pixels.iter().map(|&v| range.normalise(v as f64) as f32).collect();
+pub fn crop_scores(
+    map: &GrayMap,
+    range: &SearchRange,
+    image_size: (u32, u32),
+    boxes: &[CropBox],
+) -> Vec<f64> {
+    let norm: Vec<f32> = map
+        .pixels
+        .iter()
+        .map(|&v| range.normalise(v as f64) as f32)
+        .collect();
     let (iw, ih) = (image_size.0 as usize, image_size.1 as usize);
     let view = BicubicView::new(&norm, map.width, map.height, iw, ih);
     boxes
@@ -206,7 +233,13 @@ pub fn crop_scores(map: &GrayMap, range: &SearchRange, image_size: (u32, u32), b
 /// The mask at image size: OpenCV nearest resize of MEBin's binary map.
 pub fn mask_at_image_size(binary: &GrayImage, image_size: (u32, u32)) -> GrayImage {
     let (w, h) = image_size;
-    let data = nearest(binary.as_raw(), binary.width() as usize, binary.height() as usize, w as usize, h as usize);
+    let data = nearest(
+        binary.as_raw(),
+        binary.width() as usize,
+        binary.height() as usize,
+        w as usize,
+        h as usize,
+    );
     GrayImage::from_raw(w, h, data).expect("one byte per pixel")
 }
 
@@ -225,7 +258,12 @@ pub fn process_map(
     params: &Params,
     rule: &CropRule,
 ) -> Result<MapOutput> {
-    let MapResult { threshold, est_anomaly_num, component_counts, binary } = binarize_map(map, range, params);
+    let MapResult {
+        threshold,
+        est_anomaly_num,
+        component_counts,
+        binary,
+    } = binarize_map(map, range, params);
     let picture = Picture::read(&item.image)?;
     let size = picture.dimensions();
     let mask = mask_at_image_size(&binary, size);
@@ -243,20 +281,50 @@ pub fn process_map(
         component_counts,
         binary_foreground_pixels: binary.as_raw().iter().filter(|&&v| v != 0).count(),
         crop_sizes: crops.boxes.iter().map(|b| b.pixel_size().into()).collect(),
-        crop_mask_foreground: crops.masks.iter().map(|m| m.as_raw().iter().filter(|&&v| v != 0).count()).collect(),
+        crop_mask_foreground: crops
+            .masks
+            .iter()
+            .map(|m| m.as_raw().iter().filter(|&&v| v != 0).count())
+            .collect(),
         crop_boxes: crops.boxes.clone(),
         crop_scores,
     };
-    Ok(MapOutput { record, mask, crops })
+    Ok(MapOutput {
+        record,
+        mask,
+        crops,
+    })
 }
 
 /// Writes one map's mask and crops under `out`.
 pub fn write_map_output(out: &Path, o: &MapOutput) -> Result<()> {
     let r = &o.record;
-    write_png(&out.join(binary_path(r)), &DynamicImage::ImageLuma8(o.mask.clone()))?;
-    for ((name, img), m) in r.crop_names().iter().zip(&o.crops.images).zip(&o.crops.masks) {
-        write_png(&out.join("crops/images").join(&r.class_name).join(name), &DynamicImage::ImageRgb8(img.clone()))?;
-        write_png(&out.join("crops/masks").join(&r.class_name).join(name), &DynamicImage::ImageLuma8(m.clone()))?;
+    write_png(
+        &out.join(binary_path(r)),
+        o.mask.as_raw(),
+        o.mask.dimensions(),
+        ExtendedColorType::L8,
+    )?;
+    for ((name, img), m) in r
+        .crop_names()
+        .iter()
+        .zip(&o.crops.images)
+        .zip(&o.crops.masks)
+    {
+        let dir = out.join("crops/images").join(&r.class_name);
+        write_png(
+            &dir.join(name),
+            img.as_bytes(),
+            img.dimensions(),
+            img.color().into(),
+        )?;
+        let dir = out.join("crops/masks").join(&r.class_name);
+        write_png(
+            &dir.join(name),
+            m.as_raw(),
+            m.dimensions(),
+            ExtendedColorType::L8,
+        )?;
     }
     Ok(())
 }
@@ -266,17 +334,30 @@ pub fn write_map_output(out: &Path, o: &MapOutput) -> Result<()> {
 /// Unlike `fsutil::atomic_write` it does not fsync each file: a run writes thousands of small
 /// crops, an fsync each made the command several times slower, and a crash mid-run is handled by
 /// rerunning (every file is rewritten). The summaries, written last, are synced.
-pub fn write_png(path: &Path, img: &DynamicImage) -> Result<()> {
-    let mut buf = Vec::with_capacity(img.as_bytes().len() / 2 + 1024);
-    let enc = image::codecs::png::PngEncoder::new_with_quality(
-        &mut buf,
-        image::codecs::png::CompressionType::Fast,
-        image::codecs::png::FilterType::Adaptive,
-    );
-    img.write_with_encoder(enc).map_err(|e| Error::runtime(format!("{}: cannot encode PNG: {e}", path.display())))?;
+///
+/// Fast deflate; the "Up" filter for gray or colour pictures and none for one-byte masks (the
+/// fastest choices at about the adaptive filter's size on these images).
+pub fn write_png(
+    path: &Path,
+    data: &[u8],
+    (w, h): (u32, u32),
+    color: ExtendedColorType,
+) -> Result<()> {
+    let mut buf = Vec::with_capacity(data.len() / 2 + 1024);
+    let filter = if color == ExtendedColorType::L8 && data.iter().all(|&v| v == 0 || v == 255) {
+        FilterType::NoFilter
+    } else {
+        FilterType::Up
+    };
+    PngEncoder::new_with_quality(&mut buf, CompressionType::Fast, filter)
+        .write_image(data, w, h, color)
+        .map_err(|e| Error::runtime(format!("{}: cannot encode PNG: {e}", path.display())))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).at(dir)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     if let Err(e) = std::fs::write(&tmp, &buf) {
         let _ = std::fs::remove_file(&tmp);
@@ -334,8 +415,13 @@ pub fn run(job: &BinarizeJob) -> Result<BinarizeSummary> {
     };
     if range.is_degenerate() {
         let why = match job.range {
-            RangeSource::FromMaps { min_threshold: None } => format!("every map has the same maximum ({})", range.max_th),
-            _ => format!("the lower end of the search range equals its upper end ({})", range.max_th),
+            RangeSource::FromMaps {
+                min_threshold: None,
+            } => format!("every map has the same maximum ({})", range.max_th),
+            _ => format!(
+                "the lower end of the search range equals its upper end ({})",
+                range.max_th
+            ),
         };
         log::warn!(
             "{why}: the threshold search range is empty, so every map is treated as having no anomaly \
@@ -343,7 +429,12 @@ pub fn run(job: &BinarizeJob) -> Result<BinarizeSummary> {
             range.max_th
         );
     }
-    log::info!("MEBin over {} maps, search range [{}, {}]", job.items.len(), range.min_th, range.max_th);
+    log::info!(
+        "MEBin over {} maps, search range [{}, {}]",
+        job.items.len(),
+        range.min_th,
+        range.max_th
+    );
     let previous = read_previous_summary(job.out);
     let pb = progress_bar(job.items.len(), "binarize", job.progress);
     let records: Vec<MapRecord> = job
@@ -408,7 +499,11 @@ pub fn remove_stale(out: &Path, previous: &[PathBuf], current: &[PathBuf]) {
     let keep: std::collections::HashSet<&PathBuf> = current.iter().collect();
     let mut removed = 0;
     for rel in previous {
-        if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
             continue;
         }
         if !keep.contains(rel) && std::fs::remove_file(out.join(rel)).is_ok() {

@@ -58,7 +58,10 @@ pub struct Checkpoint {
 }
 
 fn tensor_bytes(t: &Tensor) -> Result<(Vec<u8>, Vec<usize>)> {
-    let t = t.to_device(tch::Device::Cpu).to_kind(Kind::Float).contiguous();
+    let t = t
+        .to_device(tch::Device::Cpu)
+        .to_kind(Kind::Float)
+        .contiguous();
     let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
     let n = t.numel();
     let mut v = vec![0f32; n];
@@ -85,8 +88,12 @@ pub fn save(path: &Path, ckpt: &Checkpoint) -> Result<()> {
         .collect::<Result<_>>()?;
     let meta_json = serde_json::to_string(&ckpt.meta).expect("meta serialises");
     let md: HashMap<String, String> = [(META_KEY.to_string(), meta_json)].into();
-    let bytes = safetensors::serialize(views, &Some(md))
-        .map_err(|e| Error::runtime(format!("{}: cannot serialise checkpoint: {e}", path.display())))?;
+    let bytes = safetensors::serialize(views, &Some(md)).map_err(|e| {
+        Error::runtime(format!(
+            "{}: cannot serialise checkpoint: {e}",
+            path.display()
+        ))
+    })?;
     atomic_write(path, &bytes)?;
     let pretty = serde_json::to_vec_pretty(&ckpt.meta).expect("meta serialises");
     atomic_write(&path.with_extension("json"), &pretty)
@@ -103,7 +110,9 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         .metadata()
         .as_ref()
         .and_then(|m| m.get(META_KEY))
-        .ok_or_else(|| bad("no anomalyncd metadata: not a checkpoint written by `anomalyncd train`".into()))?;
+        .ok_or_else(|| {
+            bad("no anomalyncd metadata: not a checkpoint written by `anomalyncd train`".into())
+        })?;
     let meta: CheckpointMeta = serde_json::from_str(meta_json)
         .map_err(|e| bad(format!("unreadable checkpoint metadata: {e}")))?;
     if meta.format_version != FORMAT_VERSION {
@@ -118,7 +127,10 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     let mut optim = BTreeMap::new();
     for (name, view) in st.tensors() {
         if view.dtype() != safetensors::Dtype::F32 {
-            return Err(bad(format!("tensor {name} has dtype {:?}, expected F32", view.dtype())));
+            return Err(bad(format!(
+                "tensor {name} has dtype {:?}, expected F32",
+                view.dtype()
+            )));
         }
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         let t = Tensor::f_from_data_size(view.data(), &shape, Kind::Float)?;

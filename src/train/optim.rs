@@ -23,7 +23,12 @@ pub struct Sgd {
 
 impl Sgd {
     pub fn new(params: Vec<Param>, momentum: f64, weight_decay: f64) -> Self {
-        Self { params, momentum, weight_decay, buffers: BTreeMap::new() }
+        Self {
+            params,
+            momentum,
+            weight_decay,
+            buffers: BTreeMap::new(),
+        }
     }
 
     pub fn zero_grad(&mut self) {
@@ -83,7 +88,8 @@ impl Sgd {
 /// counted from 0), as `CosineAnnealingLR(T_max=epochs, eta_min=lr*1e-3)` stepped once per epoch.
 pub fn cosine_lr(lr: f64, epoch: usize, epochs: usize) -> f64 {
     let eta_min = lr * 1e-3;
-    eta_min + (lr - eta_min) * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs as f64).cos()) / 2.0
+    eta_min
+        + (lr - eta_min) * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs as f64).cos()) / 2.0
 }
 
 #[cfg(test)]
@@ -94,7 +100,15 @@ mod tests {
     #[test]
     fn sgd_matches_the_pytorch_update_rule() {
         let p = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
-        let mut opt = Sgd::new(vec![Param { name: "w".into(), tensor: p.shallow_clone(), decay: true }], 0.9, 0.1);
+        let mut opt = Sgd::new(
+            vec![Param {
+                name: "w".into(),
+                tensor: p.shallow_clone(),
+                decay: true,
+            }],
+            0.9,
+            0.1,
+        );
         // loss = sum(p^2) -> grad 2p
         for _ in 0..2 {
             opt.zero_grad();

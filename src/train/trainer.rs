@@ -43,7 +43,11 @@ pub fn model_state(model: &Model) -> BTreeMap<String, Tensor> {
 }
 
 /// Copies checkpoint tensors into the model; every variable must be present with its shape.
-pub fn load_model_state(model: &mut Model, state: &BTreeMap<String, Tensor>, origin: &std::path::Path) -> Result<()> {
+pub fn load_model_state(
+    model: &mut Model,
+    state: &BTreeMap<String, Tensor>,
+    origin: &std::path::Path,
+) -> Result<()> {
     let vars = model.vs.variables();
     for (name, var) in &vars {
         let src = state.get(name).ok_or_else(|| {
@@ -62,7 +66,12 @@ pub fn load_model_state(model: &mut Model, state: &BTreeMap<String, Tensor>, ori
         tch::no_grad(|| var.shallow_clone().copy_(&src.to_device(var.device())));
     }
     if let Some(extra) = state.keys().find(|k| !vars.contains_key(*k)) {
-        return Err(Error::input(origin, format!("checkpoint has tensor {extra} that this model does not: another configuration")));
+        return Err(Error::input(
+            origin,
+            format!(
+                "checkpoint has tensor {extra} that this model does not: another configuration"
+            ),
+        ));
     }
     Ok(())
 }
@@ -70,7 +79,9 @@ pub fn load_model_state(model: &mut Model, state: &BTreeMap<String, Tensor>, ori
 /// Remakes the low-precision copies of the frozen prefix from the (just loaded) f32 weights.
 pub fn refresh_frozen_copies(model: &mut Model, cfg: &Config, device: Device) {
     let kind = crate::model::precision::frozen_kind(cfg.models.precision, device);
-    model.backbone.set_frozen_kind(kind, cfg.models.grad_from_block);
+    model
+        .backbone
+        .set_frozen_kind(kind, cfg.models.grad_from_block);
 }
 
 fn optimiser(model: &Model, cfg: &Config) -> Sgd {
@@ -78,14 +89,27 @@ fn optimiser(model: &Model, cfg: &Config) -> Sgd {
     let params = groups
         .decay
         .into_iter()
-        .map(|(name, tensor)| Param { name, tensor, decay: true })
-        .chain(groups.no_decay.into_iter().map(|(name, tensor)| Param { name, tensor, decay: false }))
+        .map(|(name, tensor)| Param {
+            name,
+            tensor,
+            decay: true,
+        })
+        .chain(groups.no_decay.into_iter().map(|(name, tensor)| Param {
+            name,
+            tensor,
+            decay: false,
+        }))
         .collect();
     Sgd::new(params, cfg.training.momentum, cfg.training.weight_decay)
 }
 
 /// Trains from the plan's start epoch to `training.epochs`, writing a checkpoint after each.
-pub fn train(model: &mut Model, loader: &TrainLoader, criterion: &Criterion, mut plan: TrainPlan) -> Result<TrainOutcome> {
+pub fn train(
+    model: &mut Model,
+    loader: &TrainLoader,
+    criterion: &Criterion,
+    mut plan: TrainPlan,
+) -> Result<TrainOutcome> {
     let cfg = plan.cfg;
     let epochs = cfg.training.epochs;
     let n_head = cfg.models.n_head;
@@ -94,17 +118,28 @@ pub fn train(model: &mut Model, loader: &TrainLoader, criterion: &Criterion, mut
     if let Some(ck) = plan.resume.take() {
         load_model_state(model, &ck.model, &plan.checkpoint)?;
         refresh_frozen_copies(model, cfg, plan.device);
-        opt.load_state(ck.optim.into_iter().map(|(k, v)| (k, v.to_device(plan.device))).collect());
+        opt.load_state(
+            ck.optim
+                .into_iter()
+                .map(|(k, v)| (k, v.to_device(plan.device)))
+                .collect(),
+        );
         start = ck.meta.epoch;
         plan.meta.history = ck.meta.history;
         plan.meta.chosen_head = ck.meta.chosen_head;
-        log::info!("resuming after epoch {start} of {epochs} from {}", plan.checkpoint.display());
+        log::info!(
+            "resuming after epoch {start} of {epochs} from {}",
+            plan.checkpoint.display()
+        );
     }
     let dev = plan.device;
     for epoch in start..epochs {
         let lr = cosine_lr(cfg.training.lr, epoch, epochs);
         let t0 = Instant::now();
-        let pb = crate::logging::progress(loader.num_batches() as u64, &format!("epoch {}/{epochs}", epoch + 1));
+        let pb = crate::logging::progress(
+            loader.num_batches() as u64,
+            &format!("epoch {}/{epochs}", epoch + 1),
+        );
         let mut head_sums = vec![0.0f64; n_head];
         let (mut loss_sum, mut samples, mut steps) = (0.0f64, 0usize, 0usize);
         for (b, batch) in loader.epoch(epoch).enumerate() {
@@ -121,7 +156,13 @@ pub fn train(model: &mut Model, loader: &TrainLoader, criterion: &Criterion, mut
             let labelled = batch.labelled.to_device(dev);
             let scores = batch.scores.to_device(dev);
             let losses = criterion.compute(
-                &LossBatch { logits: &logits, proj: &proj, labels: &labels, labelled: &labelled, crop_scores: &scores },
+                &LossBatch {
+                    logits: &logits,
+                    proj: &proj,
+                    labels: &labels,
+                    labelled: &labelled,
+                    crop_scores: &scores,
+                },
                 epoch,
             )?;
             let v = losses.values();
@@ -174,18 +215,36 @@ pub fn train(model: &mut Model, loader: &TrainLoader, criterion: &Criterion, mut
             "epoch {}/{epochs}: loss {:.4}, head cluster losses [{}], {:.1} samples/s",
             epoch + 1,
             rec.mean_loss,
-            head_means.iter().map(|v| format!("{v:.4}")).collect::<Vec<_>>().join(", "),
+            head_means
+                .iter()
+                .map(|v| format!("{v:.4}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             samples as f64 / rec.seconds
         );
         plan.meta.history.push(rec);
         plan.meta.epoch = epoch + 1;
         plan.meta.chosen_head = crate::infer::best_head(&head_means).unwrap_or(0);
-        let optim = opt.state().iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
-        let ck = Checkpoint { meta: plan.meta.clone(), model: model_state(model), optim };
+        let optim = opt
+            .state()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.shallow_clone()))
+            .collect();
+        let ck = Checkpoint {
+            meta: plan.meta.clone(),
+            model: model_state(model),
+            optim,
+        };
         checkpoint::save(&plan.checkpoint, &ck)?;
         if plan.stop_after == Some(epoch + 1) && epoch + 1 < epochs {
-            return Ok(TrainOutcome { meta: plan.meta, stopped: true });
+            return Ok(TrainOutcome {
+                meta: plan.meta,
+                stopped: true,
+            });
         }
     }
-    Ok(TrainOutcome { meta: plan.meta, stopped: false })
+    Ok(TrainOutcome {
+        meta: plan.meta,
+        stopped: false,
+    })
 }
