@@ -10,7 +10,9 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod fsutil;
+pub mod imageio;
 pub mod logging;
+pub mod mebin;
 pub mod model;
 pub mod synth;
 

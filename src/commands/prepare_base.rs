@@ -2,9 +2,15 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::Args;
 
 use super::Ctx;
+use crate::error::Error;
+use crate::fsutil::prepare_output_dir;
+use crate::imageio::{self, describe_files, IMAGE_EXTENSIONS, MAP_EXTENSIONS};
+use crate::mebin::base::{prepare_base, BaseItem};
+use crate::mebin::crop::CropRule;
 
 #[derive(Debug, Args)]
 pub struct PrepareBaseArgs {
@@ -25,6 +31,69 @@ pub struct PrepareBaseArgs {
     pub overwrite: bool,
 }
 
-pub fn run(_args: &PrepareBaseArgs, _ctx: &Ctx) -> anyhow::Result<()> {
-    super::not_yet("prepare-base", "MEBin cropping, issue #3")
+pub fn run(a: &PrepareBaseArgs, _ctx: &Ctx) -> anyhow::Result<()> {
+    if a.max_crops == 0 {
+        return Err(Error::usage("--max-crops must be at least 1").into());
+    }
+    let images =
+        imageio::list_typed_files(&a.images, IMAGE_EXTENSIONS).context("listing --images")?;
+    if images.is_empty() {
+        return Err(Error::input(
+            &a.images,
+            "no images found (expected DIR/<class>/<stem>.<png|jpg|bmp|tif>)",
+        )
+        .into());
+    }
+    let masks = imageio::list_typed_files(&a.masks, MAP_EXTENSIONS).context("listing --masks")?;
+    let p = imageio::pair_by_stem(images, masks);
+    if !p.left_only.is_empty() {
+        return Err(Error::usage(format!(
+            "images without a mask (same <class>/<stem> under --masks): {}",
+            describe_files(&p.left_only, &a.images, 5)
+        ))
+        .into());
+    }
+    if !p.right_only.is_empty() {
+        log::warn!(
+            "masks without an image are ignored: {}",
+            describe_files(&p.right_only, &a.masks, 5)
+        );
+    }
+    let items: Vec<BaseItem> = p
+        .pairs
+        .into_iter()
+        .map(|(i, m)| BaseItem {
+            class_name: i.type_name,
+            stem: i.stem,
+            image: i.path,
+            mask: m.path,
+        })
+        .collect();
+    let fingerprint = serde_json::json!({
+        "images": crate::fsutil::absolute(&a.images),
+        "masks": crate::fsutil::absolute(&a.masks),
+        "max_crops": a.max_crops,
+    });
+    prepare_output_dir(
+        &a.out,
+        &[("--images", &a.images), ("--masks", &a.masks)],
+        "prepare-base",
+        &fingerprint,
+        a.overwrite,
+    )?;
+    let summary = prepare_base(&items, &a.out, a.max_crops, &CropRule::default(), true)
+        .with_context(|| format!("cropping the base set {}", a.images.display()))?;
+    let crops: usize = summary.records.iter().map(|r| r.crop_boxes.len()).sum();
+    let classes: std::collections::BTreeSet<&str> = summary
+        .records
+        .iter()
+        .map(|r| r.class_name.as_str())
+        .collect();
+    log::info!(
+        "{} images of {} classes cropped into {crops} crops; outputs in {} (images/, masks/, prepare_base.json)",
+        summary.records.len(),
+        classes.len(),
+        a.out.display()
+    );
+    Ok(())
 }

@@ -1,0 +1,529 @@
+//! Reading the images and maps the pipeline consumes: anomaly maps as grayscale levels, original
+//! images as RGB, and `<dir>/<type>/<stem>.<ext>` listings paired by stem. Every failure is an
+//! [`Error::input`] naming the file and what to do about it.
+//!
+//! Map conversion (what [`read_map`] does with each kind of file):
+//! - 8-bit gray: levels 0..=255 as they are; 16-bit gray: levels 0..=65535 as they are (the
+//!   reference's `cv2.imread(.., IMREAD_GRAYSCALE)` would drop the low byte; we keep it, so the
+//!   threshold search works on the full 16-bit scale);
+//! - gray + alpha: the alpha channel is ignored;
+//! - RGB / RGBA / palette (8 or 16 bit): OpenCV's luma `Y = 0.299 R + 0.587 G + 0.114 B`
+//!   (its fixed-point form, rounded), alpha ignored; a gray map saved as RGB (R = G = B) keeps its
+//!   levels exactly;
+//! - 1/2/4-bit gray PNGs: expanded to 8 bits by the PNG decoder (1-bit: 0 and 255);
+//! - floating-point images: refused (write 8- or 16-bit PNGs).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use image::{DynamicImage, RgbImage};
+
+use crate::error::{Error, IoContext, Result};
+
+/// File extensions accepted for original images (compared case-insensitively).
+pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
+/// File extensions accepted for anomaly maps and masks.
+pub const MAP_EXTENSIONS: &[&str] = &["png", "tif", "tiff", "bmp"];
+
+/// Bit depth of a map's levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum BitDepth {
+    Eight,
+    Sixteen,
+}
+
+impl BitDepth {
+    /// Largest level of this depth (255 or 65535).
+    pub fn max_level(self) -> u16 {
+        match self {
+            BitDepth::Eight => u8::MAX as u16,
+            BitDepth::Sixteen => u16::MAX,
+        }
+    }
+}
+
+/// A single-channel map (anomaly map or mask): row-major levels in 0..=depth.max_level().
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrayMap {
+    pub width: usize,
+    pub height: usize,
+    pub depth: BitDepth,
+    pub pixels: Vec<u16>,
+}
+
+impl GrayMap {
+    /// A map from 8-bit levels (row-major, `width * height` of them).
+    pub fn from_u8(width: usize, height: usize, levels: &[u8]) -> GrayMap {
+        assert_eq!(
+            levels.len(),
+            width * height,
+            "GrayMap::from_u8: wrong pixel count"
+        );
+        GrayMap {
+            width,
+            height,
+            depth: BitDepth::Eight,
+            pixels: levels.iter().map(|&v| v as u16).collect(),
+        }
+    }
+
+    /// Largest level (0 for an empty map).
+    pub fn max(&self) -> u16 {
+        self.pixels.iter().copied().max().unwrap_or(0)
+    }
+
+    pub fn get(&self, x: usize, y: usize) -> u16 {
+        self.pixels[y * self.width + x]
+    }
+}
+
+/// Reads the file fully, refusing missing and zero-byte files with a message naming the file.
+fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).at(path)?;
+    if bytes.is_empty() {
+        return Err(Error::input(
+            path,
+            "empty file (0 bytes); replace it with a valid image",
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Decodes any supported image format, with errors that say whether the file is not an image at
+/// all or a damaged one.
+pub fn decode(path: &Path) -> Result<DynamicImage> {
+    let bytes = read_bytes(path)?;
+    let reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::input(path, format!("cannot read: {e}")))?;
+    if reader.format().is_none() {
+        return Err(Error::input(
+            path,
+            "not an image (unrecognised format; expected PNG, JPEG, BMP or TIFF)",
+        ));
+    }
+    reader.decode().map_err(|e| {
+        Error::input(
+            path,
+            format!("corrupt or truncated image ({e}); re-export or remove the file"),
+        )
+    })
+}
+
+/// OpenCV's fixed-point BT.601 luma (`cvtColor(RGB2GRAY)`): weights 4899, 9617, 1868 out of 2^14.
+fn luma(r: u32, g: u32, b: u32) -> u32 {
+    (r * 4899 + g * 9617 + b * 1868 + (1 << 13)) >> 14
+}
+
+/// Reads an anomaly map (or mask) as grayscale levels; see the module doc for each conversion.
+pub fn read_map(path: &Path) -> Result<GrayMap> {
+    let img = decode(path)?;
+    gray_from_dynamic(img).map_err(|msg| Error::input(path, msg))
+}
+
+/// Converts a decoded image to gray levels (module doc), or says why it cannot.
+pub fn gray_from_dynamic(img: DynamicImage) -> std::result::Result<GrayMap, String> {
+    let (width, height) = (img.width() as usize, img.height() as usize);
+    if width == 0 || height == 0 {
+        return Err("image has no pixels (width or height 0)".into());
+    }
+    let (depth, pixels): (BitDepth, Vec<u16>) = match img {
+        DynamicImage::ImageLuma8(b) => (
+            BitDepth::Eight,
+            b.into_raw().into_iter().map(u16::from).collect(),
+        ),
+        DynamicImage::ImageLuma16(b) => (BitDepth::Sixteen, b.into_raw()),
+        DynamicImage::ImageLumaA8(b) => (
+            BitDepth::Eight,
+            b.into_raw().chunks_exact(2).map(|p| p[0] as u16).collect(),
+        ),
+        DynamicImage::ImageLumaA16(b) => (
+            BitDepth::Sixteen,
+            b.into_raw().chunks_exact(2).map(|p| p[0]).collect(),
+        ),
+        DynamicImage::ImageRgb8(b) => (
+            BitDepth::Eight,
+            b.into_raw()
+                .chunks_exact(3)
+                .map(|p| luma(p[0] as u32, p[1] as u32, p[2] as u32) as u16)
+                .collect(),
+        ),
+        DynamicImage::ImageRgba8(b) => (
+            BitDepth::Eight,
+            b.into_raw()
+                .chunks_exact(4)
+                .map(|p| luma(p[0] as u32, p[1] as u32, p[2] as u32) as u16)
+                .collect(),
+        ),
+        DynamicImage::ImageRgb16(b) => (
+            BitDepth::Sixteen,
+            b.into_raw()
+                .chunks_exact(3)
+                .map(|p| luma(p[0] as u32, p[1] as u32, p[2] as u32) as u16)
+                .collect(),
+        ),
+        DynamicImage::ImageRgba16(b) => (
+            BitDepth::Sixteen,
+            b.into_raw()
+                .chunks_exact(4)
+                .map(|p| luma(p[0] as u32, p[1] as u32, p[2] as u32) as u16)
+                .collect(),
+        ),
+        other => {
+            return Err(format!(
+                "unsupported pixel format {:?} for a map; write 8- or 16-bit grayscale PNGs",
+                other.color()
+            ))
+        }
+    };
+    Ok(GrayMap {
+        width,
+        height,
+        depth,
+        pixels,
+    })
+}
+
+/// Reads an original image as 8-bit RGB (gray images are replicated into three channels, alpha is
+/// dropped, 16-bit channels are scaled to 8 bits).
+pub fn read_rgb(path: &Path) -> Result<RgbImage> {
+    let img = decode(path)?;
+    if img.width() == 0 || img.height() == 0 {
+        return Err(Error::input(
+            path,
+            "image has no pixels (width or height 0)",
+        ));
+    }
+    Ok(img.into_rgb8())
+}
+
+/// One file of a `<dir>/<type>/<stem>.<ext>` tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypedFile {
+    /// The folder directly under the root (a defect type or class).
+    pub type_name: String,
+    /// File name without its last extension.
+    pub stem: String,
+    pub path: PathBuf,
+}
+
+fn has_extension(path: &Path, exts: &[&str]) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .map(|e| exts.iter().any(|x| x.eq_ignore_ascii_case(e)))
+        .unwrap_or(false)
+}
+
+fn utf8_name(path: &Path) -> Result<String> {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_string)
+        .ok_or_else(|| Error::input(path, "file name is not valid UTF-8; rename it"))
+}
+
+/// Lists `root/<type>/<stem>.<ext>` for the given extensions, sorted by (type, stem). Hidden
+/// entries (starting with '.') are skipped; so are files with other extensions (they are logged).
+/// Errors: `root` missing or not a folder, image files directly in `root` (no type folders), and
+/// two files with the same stem in one type folder (e.g. `a.png` and `a.jpg`).
+pub fn list_typed_files(root: &Path, exts: &[&str]) -> Result<Vec<TypedFile>> {
+    if !root.is_dir() {
+        return Err(Error::input(
+            root,
+            "not a folder (expected <folder>/<type>/<stem>.<ext>)",
+        ));
+    }
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(root)
+        .at(root)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .at(root)?;
+    entries.sort();
+    let mut out = Vec::new();
+    let mut skipped: Vec<PathBuf> = Vec::new();
+    for type_dir in entries {
+        let type_name = utf8_name(&type_dir)?;
+        if type_name.starts_with('.') {
+            continue;
+        }
+        if !type_dir.is_dir() {
+            if has_extension(&type_dir, exts) {
+                return Err(Error::input(
+                    &type_dir,
+                    format!(
+                        "image file directly in {}; files must sit in one folder per type: {}/<type>/<stem>.<ext>",
+                        root.display(),
+                        root.display()
+                    ),
+                ));
+            }
+            continue;
+        }
+        let mut by_stem: BTreeMap<String, PathBuf> = BTreeMap::new();
+        for entry in std::fs::read_dir(&type_dir).at(&type_dir)? {
+            let path = entry.at(&type_dir)?.path();
+            let name = utf8_name(&path)?;
+            if name.starts_with('.') || path.is_dir() {
+                continue;
+            }
+            if !has_extension(&path, exts) {
+                skipped.push(path);
+                continue;
+            }
+            let stem = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_string();
+            if let Some(prev) = by_stem.insert(stem.clone(), path.clone()) {
+                return Err(Error::input(
+                    &path,
+                    format!(
+                        "same stem `{stem}` as {}; keep one file per stem",
+                        prev.display()
+                    ),
+                ));
+            }
+        }
+        out.extend(by_stem.into_iter().map(|(stem, path)| TypedFile {
+            type_name: type_name.clone(),
+            stem,
+            path,
+        }));
+    }
+    if let Some(first) = skipped.first() {
+        log::warn!(
+            "{}: skipped {} files whose extension is not one of {} (e.g. {})",
+            root.display(),
+            skipped.len(),
+            exts.join(", "),
+            first.strip_prefix(root).unwrap_or(first).display()
+        );
+    }
+    Ok(out)
+}
+
+/// Two listings matched by (type, stem).
+#[derive(Debug, Clone, Default)]
+pub struct Pairing {
+    /// (left, right) with the same type and stem, sorted by (type, stem).
+    pub pairs: Vec<(TypedFile, TypedFile)>,
+    /// Left files without a right partner.
+    pub left_only: Vec<TypedFile>,
+    /// Right files without a left partner.
+    pub right_only: Vec<TypedFile>,
+}
+
+/// Pairs two listings by (type, stem), never by position.
+pub fn pair_by_stem(left: Vec<TypedFile>, right: Vec<TypedFile>) -> Pairing {
+    let mut right_map: BTreeMap<(String, String), TypedFile> = right
+        .into_iter()
+        .map(|f| ((f.type_name.clone(), f.stem.clone()), f))
+        .collect();
+    let mut p = Pairing::default();
+    for l in left {
+        match right_map.remove(&(l.type_name.clone(), l.stem.clone())) {
+            Some(r) => p.pairs.push((l, r)),
+            None => p.left_only.push(l),
+        }
+    }
+    p.right_only = right_map.into_values().collect();
+    p.pairs
+        .sort_by(|a, b| (&a.0.type_name, &a.0.stem).cmp(&(&b.0.type_name, &b.0.stem)));
+    p
+}
+
+/// "a/b.png, c/d.png, … (12 in all)": the first few offenders of a list, for error messages.
+pub fn describe_files(files: &[TypedFile], root: &Path, first: usize) -> String {
+    let shown: Vec<String> = files
+        .iter()
+        .take(first)
+        .map(|f| {
+            f.path
+                .strip_prefix(root)
+                .unwrap_or(&f.path)
+                .display()
+                .to_string()
+        })
+        .collect();
+    if files.len() > first {
+        format!("{}, … ({} in all)", shown.join(", "), files.len())
+    } else {
+        shown.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{ImageBuffer, Luma, Rgb, Rgba};
+
+    fn save(img: DynamicImage, path: &Path) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        img.save(path).unwrap();
+    }
+
+    #[test]
+    fn maps_of_every_depth_and_colour_read_as_documented() {
+        let d = tempfile::tempdir().unwrap();
+        let p8 = d.path().join("a8.png");
+        save(
+            DynamicImage::ImageLuma8(ImageBuffer::from_raw(2, 1, vec![7u8, 200]).unwrap()),
+            &p8,
+        );
+        let m = read_map(&p8).unwrap();
+        assert_eq!((m.depth, m.pixels.clone()), (BitDepth::Eight, vec![7, 200]));
+
+        let p16 = d.path().join("a16.png");
+        save(
+            DynamicImage::ImageLuma16(ImageBuffer::from_raw(2, 1, vec![300u16, 65535]).unwrap()),
+            &p16,
+        );
+        let m = read_map(&p16).unwrap();
+        assert_eq!(
+            (m.depth, m.pixels.clone()),
+            (BitDepth::Sixteen, vec![300, 65535])
+        );
+
+        // gray stored as RGB keeps its levels; a colour pixel uses OpenCV's luma
+        let prgb = d.path().join("rgb.png");
+        let rgb: ImageBuffer<Rgb<u8>, _> =
+            ImageBuffer::from_raw(2, 1, vec![90, 90, 90, 255, 0, 0]).unwrap();
+        save(DynamicImage::ImageRgb8(rgb), &prgb);
+        assert_eq!(read_map(&prgb).unwrap().pixels, vec![90, 76]);
+
+        let prgba = d.path().join("rgba.png");
+        let rgba: ImageBuffer<Rgba<u8>, _> =
+            ImageBuffer::from_raw(1, 1, vec![10, 10, 10, 0]).unwrap();
+        save(DynamicImage::ImageRgba8(rgba), &prgba);
+        assert_eq!(read_map(&prgba).unwrap().pixels, vec![10]);
+    }
+
+    fn write_raw_png(
+        path: &Path,
+        w: u32,
+        h: u32,
+        color: png::ColorType,
+        depth: png::BitDepth,
+        palette: Option<&[u8]>,
+        data: &[u8],
+    ) {
+        let f = std::fs::File::create(path).unwrap();
+        let mut enc = png::Encoder::new(std::io::BufWriter::new(f), w, h);
+        enc.set_color(color);
+        enc.set_depth(depth);
+        if let Some(p) = palette {
+            enc.set_palette(p.to_vec());
+        }
+        enc.write_header().unwrap().write_image_data(data).unwrap();
+    }
+
+    #[test]
+    fn one_bit_and_palette_maps_are_expanded() {
+        let d = tempfile::tempdir().unwrap();
+        // 1-bit gray, 8 pixels in one byte: 1 0 1 1 0 0 0 1 -> 255 0 255 255 0 0 0 255
+        let p1 = d.path().join("one.png");
+        write_raw_png(
+            &p1,
+            8,
+            1,
+            png::ColorType::Grayscale,
+            png::BitDepth::One,
+            None,
+            &[0b1011_0001],
+        );
+        assert_eq!(
+            read_map(&p1).unwrap().pixels,
+            vec![255, 0, 255, 255, 0, 0, 0, 255]
+        );
+        // palette: index 0 = gray 40, index 1 = pure red (luma 76)
+        let pp = d.path().join("pal.png");
+        let pal = [40, 40, 40, 255, 0, 0];
+        write_raw_png(
+            &pp,
+            3,
+            1,
+            png::ColorType::Indexed,
+            png::BitDepth::Eight,
+            Some(&pal),
+            &[0, 1, 0],
+        );
+        let m = read_map(&pp).unwrap();
+        assert_eq!((m.depth, m.pixels), (BitDepth::Eight, vec![40, 76, 40]));
+    }
+
+    #[test]
+    fn bad_files_name_the_file_and_the_problem() {
+        let d = tempfile::tempdir().unwrap();
+        let empty = d.path().join("empty.png");
+        std::fs::write(&empty, b"").unwrap();
+        let e = read_map(&empty).unwrap_err().to_string();
+        assert!(e.contains("empty.png") && e.contains("0 bytes"), "{e}");
+
+        let text = d.path().join("text.png");
+        std::fs::write(&text, b"hello, this is not an image at all").unwrap();
+        let e = read_map(&text).unwrap_err().to_string();
+        assert!(e.contains("text.png") && e.contains("not an image"), "{e}");
+
+        let good = d.path().join("good.png");
+        let img: ImageBuffer<Luma<u8>, _> =
+            ImageBuffer::from_fn(64, 64, |x, y| Luma([((x * 7 + y * 13) % 256) as u8]));
+        save(DynamicImage::ImageLuma8(img), &good);
+        let bytes = std::fs::read(&good).unwrap();
+        let cut = d.path().join("cut.png");
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        let e = read_map(&cut).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(
+            e.to_string().contains("cut.png") && e.to_string().contains("corrupt"),
+            "{e}"
+        );
+
+        let missing = d.path().join("missing.png");
+        assert!(read_map(&missing)
+            .unwrap_err()
+            .to_string()
+            .contains("missing.png"));
+    }
+
+    #[test]
+    fn listing_and_pairing_by_stem() {
+        let d = tempfile::tempdir().unwrap();
+        let px = || DynamicImage::ImageLuma8(ImageBuffer::from_raw(1, 1, vec![1u8]).unwrap());
+        for (t, s) in [("b", "x"), ("a", "z"), ("a", "y")] {
+            save(
+                px(),
+                &d.path().join("maps").join(t).join(format!("{s}.png")),
+            );
+        }
+        for (t, s) in [("a", "y"), ("a", "z"), ("b", "w")] {
+            save(
+                px(),
+                &d.path().join("imgs").join(t).join(format!("{s}.bmp")),
+            );
+        }
+        std::fs::write(d.path().join("maps/a/notes.txt"), b"skip me").unwrap();
+        let maps = list_typed_files(&d.path().join("maps"), MAP_EXTENSIONS).unwrap();
+        let names: Vec<_> = maps
+            .iter()
+            .map(|f| format!("{}/{}", f.type_name, f.stem))
+            .collect();
+        assert_eq!(names, ["a/y", "a/z", "b/x"]);
+        let imgs = list_typed_files(&d.path().join("imgs"), IMAGE_EXTENSIONS).unwrap();
+        let p = pair_by_stem(maps, imgs);
+        assert_eq!(p.pairs.len(), 2);
+        assert_eq!(p.left_only[0].stem, "x");
+        assert_eq!(p.right_only[0].stem, "w");
+
+        save(px(), &d.path().join("maps/a/y.tif"));
+        let e = list_typed_files(&d.path().join("maps"), MAP_EXTENSIONS)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("same stem"), "{e}");
+
+        save(px(), &d.path().join("flat/one.png"));
+        let e = list_typed_files(&d.path().join("flat"), MAP_EXTENSIONS)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("one folder per type"), "{e}");
+    }
+}

@@ -1,0 +1,310 @@
+//! MEBin (Main Element Binarization, after the reference's `models/modules/_MEBin.py`): an
+//! adaptive threshold per anomaly map, then anomaly-centred crops.
+//!
+//! For each map, normalise it over the set's search range, binarize it at the normalised
+//! thresholds 255, 255 − s, … > 0, erode each binary map with a 6×6 kernel and count its
+//! 8-connected components. The longest run of equal, non-zero counts (at least
+//! `min_interval_len` long) is the stable interval; its end is the threshold and its count the
+//! estimated number of anomalies. The final mask is `erode(map > threshold)` on the raw map.
+//!
+//! [`binarize_map`] does this with one min-filter and one union-find sweep (module [`fast`]);
+//! [`oracle`] keeps the straightforward algorithm the reference runs, for the property tests.
+//! [`crop`] turns a mask into crop boxes, [`resize`] holds the OpenCV / Pillow resampling the
+//! reference relies on, [`run`] binarizes and crops a whole set and writes the outputs, and
+//! [`base`] crops a labelled base set by its ground-truth masks.
+//!
+//! Deliberate differences from the reference (each where the reference is wrong or undefined):
+//! maps pair with images by (type, stem), not by sorted position; `max_th == min_th` (its division
+//! by zero) means "no anomaly in any map" instead of NaN; 16-bit maps keep their 16-bit levels and
+//! "no stable interval" then means threshold 65535; the mask is used as computed, whereas the
+//! reference's `plt.imsave` round trip turns an all-foreground mask black; JPEG images are decoded
+//! by the `image` crate, which may differ from libjpeg by ±1 in a few pixels (crop pixels only).
+
+pub mod base;
+pub mod crop;
+pub mod fast;
+pub mod oracle;
+pub mod resize;
+pub mod run;
+
+use image::GrayImage;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Binarization;
+use crate::error::{Error, Result};
+pub use crate::imageio::{BitDepth, GrayMap};
+pub use run::{BinarizeJob, BinarizeSummary, MapItem, MapRecord, RangeSource};
+
+/// Side of the square erosion kernel (the reference's `kernel_size = 6`).
+pub const ERODE_KERNEL: usize = 6;
+
+/// MEBin settings (the `binarization` config section without the search-range override).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Params {
+    /// Step between tried thresholds on the normalised 0..255 scale (1..=255).
+    pub sample_rate: u32,
+    /// Shortest run of equal component counts that counts as stable (>= 1).
+    pub min_interval_len: usize,
+    /// Erode each binary map with a 6×6 kernel before counting components.
+    pub erode: bool,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params::from(&Binarization::default())
+    }
+}
+
+impl From<&Binarization> for Params {
+    fn from(b: &Binarization) -> Self {
+        Params {
+            sample_rate: b.sample_rate,
+            min_interval_len: b.min_interval_len,
+            erode: b.erode,
+        }
+    }
+}
+
+impl Params {
+    /// The normalised thresholds tried, high to low: 255, 255 − s, … while > 0 (Python's
+    /// `range(255, 0, -s)`).
+    pub fn scores(&self) -> Vec<u32> {
+        let s = self.sample_rate.clamp(1, 255);
+        (0..)
+            .map(|k| 255i64 - k * s as i64)
+            .take_while(|&t| t > 0)
+            .map(|t| t as u32)
+            .collect()
+    }
+}
+
+/// The raw-scale range the maps are normalised over: `min_th` = smallest per-map maximum (or a
+/// given floor), `max_th` = largest per-map maximum.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SearchRange {
+    pub min_th: f64,
+    pub max_th: f64,
+}
+
+impl SearchRange {
+    /// A stored or given range; refuses non-finite values and `min_th > max_th`.
+    pub fn new(min_th: f64, max_th: f64) -> Result<SearchRange> {
+        if !(min_th.is_finite() && max_th.is_finite() && min_th >= 0.0) {
+            return Err(Error::usage(format!(
+                "threshold search range [{min_th}, {max_th}] must be finite and >= 0"
+            )));
+        }
+        if min_th > max_th {
+            return Err(Error::usage(format!(
+                "threshold search range: the lower end {min_th} is above the largest map maximum {max_th}; \
+                 pass a --min-threshold below {max_th}"
+            )));
+        }
+        Ok(SearchRange { min_th, max_th })
+    }
+
+    /// The reference's range over a set: max and min of the per-map maxima, `min_override`
+    /// replacing the min (for sets with no normal images).
+    pub fn from_maxima(maxima: &[u16], min_override: Option<f64>) -> Result<SearchRange> {
+        let (Some(&lo), Some(&hi)) = (maxima.iter().min(), maxima.iter().max()) else {
+            return Err(Error::usage(
+                "no anomaly maps to take a threshold search range from",
+            ));
+        };
+        SearchRange::new(min_override.unwrap_or(lo as f64), hi as f64)
+    }
+
+    /// True when `max_th == min_th`: the reference divides by zero here. We treat every map as
+    /// having no anomaly (normalised map all 0, no component at any threshold).
+    pub fn is_degenerate(&self) -> bool {
+        self.max_th <= self.min_th
+    }
+
+    /// The reference's `np.where(m < min_th, 0, (m - min_th) / (max_th - min_th) * 255)`, in
+    /// the same float64 operations and order so that comparisons with the thresholds agree bit
+    /// for bit. 0 for a degenerate range.
+    pub fn normalise(&self, level: f64) -> f64 {
+        if self.is_degenerate() || level < self.min_th {
+            0.0
+        } else {
+            (level - self.min_th) / (self.max_th - self.min_th) * 255.0
+        }
+    }
+
+    /// Maps a normalised threshold back to the raw scale as the reference does under numpy 1.24:
+    /// `int(t * (max_th - min_th) / 255 + min_th)` (the product in int64, then float64,
+    /// truncated).
+    pub fn raw_threshold(&self, score: u32) -> u32 {
+        let v = (score as f64 * (self.max_th - self.min_th)) / 255.0 + self.min_th;
+        v.trunc().max(0.0) as u32
+    }
+}
+
+/// What MEBin found for one map.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MapResult {
+    /// Raw-scale threshold; the map's largest level (255 for 8-bit) when no stable interval exists.
+    pub threshold: u32,
+    /// Component count of the stable interval; 0 when there is none.
+    pub est_anomaly_num: usize,
+    /// 8-connected components after erosion at each of [`Params::scores`].
+    pub component_counts: Vec<u32>,
+    /// `erode(map > threshold)` at map size, 0/255.
+    pub binary: GrayImage,
+}
+
+/// The reference's `get_threshold` on a count sequence: `Some((index, count))` of the end of the
+/// longest stable interval, or `None` when no run of equal non-zero counts is long enough.
+///
+/// Ties are broken as the reference's Python does: among counts whose longest interval is
+/// equally long, the one whose first qualifying interval came first (dict order + `max`); among
+/// that count's equally long intervals, the last one (stable `sorted(..)[-1]`).
+pub fn stable_interval(counts: &[u32], min_interval_len: usize) -> Option<(usize, u32)> {
+    // (count, longest end - start, end index of the last interval that long), in first-seen order.
+    let mut best: Vec<(u32, usize, usize)> = Vec::new();
+    let mut start = 0;
+    while start < counts.len() {
+        let mut end = start;
+        while end + 1 < counts.len() && counts[end + 1] == counts[start] {
+            end += 1;
+        }
+        if counts[start] != 0 && end - start + 1 >= min_interval_len {
+            let len = end - start;
+            match best.iter_mut().find(|b| b.0 == counts[start]) {
+                Some(b) if len >= b.1 => {
+                    b.1 = len;
+                    b.2 = end;
+                }
+                Some(_) => {}
+                None => best.push((counts[start], len, end)),
+            }
+        }
+        start = end + 1;
+    }
+    let longest = best.iter().map(|b| b.1).max()?;
+    best.iter().find(|b| b.1 == longest).map(|b| (b.2, b.0))
+}
+
+/// Threshold and count from a component-count sequence (the reference's `get_threshold`), on the
+/// raw scale of a map of `depth`.
+pub fn threshold_from_counts(
+    counts: &[u32],
+    range: &SearchRange,
+    params: &Params,
+    depth: BitDepth,
+) -> (u32, usize) {
+    match stable_interval(counts, params.min_interval_len) {
+        Some((index, count)) => {
+            let score = 255 - index as u32 * params.sample_rate;
+            (range.raw_threshold(score), count as usize)
+        }
+        None => (depth.max_level() as u32, 0),
+    }
+}
+
+/// MEBin on one map with a given search range (fast path: min-filter + union-find sweep).
+pub fn binarize_map(map: &GrayMap, range: &SearchRange, params: &Params) -> MapResult {
+    let eroded = if params.erode {
+        fast::min_filter(&map.pixels, map.width, map.height, ERODE_KERNEL)
+    } else {
+        map.pixels.clone()
+    };
+    let scores = params.scores();
+    let component_counts = if range.is_degenerate() {
+        vec![0; scores.len()]
+    } else {
+        let top = eroded.iter().copied().max().unwrap_or(0);
+        let table = fast::step_table(range, &scores, top);
+        fast::component_counts(&eroded, map.width, map.height, &table, scores.len())
+    };
+    let (threshold, est_anomaly_num) =
+        threshold_from_counts(&component_counts, range, params, map.depth);
+    let binary: Vec<u8> = eroded
+        .iter()
+        .map(|&v| if v as u32 > threshold { 255 } else { 0 })
+        .collect();
+    let binary = GrayImage::from_raw(map.width as u32, map.height as u32, binary)
+        .expect("binary has one byte per map pixel");
+    MapResult {
+        threshold,
+        est_anomaly_num,
+        component_counts,
+        binary,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_follow_python_range() {
+        let p = Params::default();
+        let s = p.scores();
+        assert_eq!(s.len(), 64);
+        assert_eq!((s[0], s[1], s[63]), (255, 251, 3));
+        let p1 = Params {
+            sample_rate: 255,
+            ..p
+        };
+        assert_eq!(p1.scores(), vec![255]);
+        let p2 = Params {
+            sample_rate: 1,
+            ..p
+        };
+        assert_eq!(p2.scores().len(), 255);
+    }
+
+    #[test]
+    fn raw_threshold_matches_reference_numbers() {
+        // golden mtd_open: min_th 20, max_th 223; index 63 -> score 3 -> int(3*203/255 + 20) = 22
+        let r = SearchRange::new(20.0, 223.0).unwrap();
+        assert_eq!(r.raw_threshold(3), 22);
+        assert_eq!(r.raw_threshold(255), 223);
+        assert_eq!(r.raw_threshold(71), 76);
+    }
+
+    #[test]
+    fn stable_interval_tie_breaks_like_python() {
+        // no interval
+        assert_eq!(stable_interval(&[0, 0, 0, 0, 0], 4), None);
+        assert_eq!(stable_interval(&[1, 1, 1, 2, 2, 2], 4), None);
+        // zeros never count
+        assert_eq!(stable_interval(&[0, 0, 0, 0, 1, 1, 1, 1], 4), Some((7, 1)));
+        // two counts with equally long intervals: the count seen first wins
+        assert_eq!(stable_interval(&[2, 2, 2, 2, 1, 1, 1, 1], 4), Some((3, 2)));
+        // one count with two equally long intervals: the later one
+        assert_eq!(
+            stable_interval(&[1, 1, 1, 1, 3, 1, 1, 1, 1], 4),
+            Some((8, 1))
+        );
+        // a longer interval beats first-seen
+        assert_eq!(
+            stable_interval(&[2, 2, 2, 2, 1, 1, 1, 1, 1], 4),
+            Some((8, 1))
+        );
+    }
+
+    #[test]
+    fn degenerate_range_means_no_anomaly_never_nan() {
+        let map = GrayMap::from_u8(8, 8, &[200; 64]);
+        let r = SearchRange::from_maxima(&[200, 200], None).unwrap();
+        assert!(r.is_degenerate());
+        let res = binarize_map(&map, &r, &Params::default());
+        assert_eq!(res.threshold, 255);
+        assert_eq!(res.est_anomaly_num, 0);
+        assert!(res.component_counts.iter().all(|&c| c == 0));
+        assert!(res.binary.pixels().all(|p| p.0[0] == 0));
+        assert_eq!(r.normalise(200.0), 0.0);
+    }
+
+    #[test]
+    fn range_from_maxima_and_override() {
+        let r = SearchRange::from_maxima(&[30, 200, 90], None).unwrap();
+        assert_eq!((r.min_th, r.max_th), (30.0, 200.0));
+        let r = SearchRange::from_maxima(&[30, 200, 90], Some(5.0)).unwrap();
+        assert_eq!(r.min_th, 5.0);
+        assert!(SearchRange::from_maxima(&[30, 200], Some(250.0)).is_err());
+        assert!(SearchRange::from_maxima(&[], None).is_err());
+    }
+}
