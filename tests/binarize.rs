@@ -732,3 +732,125 @@ fn external_contours_match_opencv() {
         "the fixture exercises components inside holes ({nested} cases)"
     );
 }
+
+/// Boxes of the external 8-connected components, the slow way: label every component by flood
+/// fill, flood the 4-connected background from the frame, keep components touching it.
+fn naive_external_rects(mask: &[bool], w: usize, h: usize) -> Vec<[usize; 4]> {
+    let mut label = vec![usize::MAX; w * h];
+    let mut boxes: Vec<[usize; 4]> = Vec::new();
+    for s in 0..w * h {
+        if !mask[s] || label[s] != usize::MAX {
+            continue;
+        }
+        let id = boxes.len();
+        let mut b = [s % w, s / w, s % w, s / w];
+        let mut stack = vec![s];
+        label[s] = id;
+        while let Some(i) = stack.pop() {
+            let (x, y) = (i % w, i / w);
+            b = [b[0].min(x), b[1].min(y), b[2].max(x), b[3].max(y)];
+            for yy in y.saturating_sub(1)..(y + 2).min(h) {
+                for xx in x.saturating_sub(1)..(x + 2).min(w) {
+                    if mask[yy * w + xx] && label[yy * w + xx] == usize::MAX {
+                        label[yy * w + xx] = id;
+                        stack.push(yy * w + xx);
+                    }
+                }
+            }
+        }
+        boxes.push(b);
+    }
+    let mut outer = vec![false; w * h];
+    let mut stack: Vec<usize> = (0..w * h)
+        .filter(|&i| !mask[i] && (i % w == 0 || i % w == w - 1 || i / w == 0 || i / w == h - 1))
+        .collect();
+    stack.iter().for_each(|&i| outer[i] = true);
+    while let Some(i) = stack.pop() {
+        let (x, y) = (i % w, i / w);
+        let mut next = Vec::new();
+        if x > 0 {
+            next.push(i - 1)
+        }
+        if x + 1 < w {
+            next.push(i + 1)
+        }
+        if y > 0 {
+            next.push(i - w)
+        }
+        if y + 1 < h {
+            next.push(i + w)
+        }
+        for j in next {
+            if !mask[j] && !outer[j] {
+                outer[j] = true;
+                stack.push(j);
+            }
+        }
+    }
+    let mut external = vec![false; boxes.len()];
+    for i in 0..w * h {
+        if !mask[i] {
+            continue;
+        }
+        let (x, y) = (i % w, i / w);
+        let on_frame = x == 0 || y == 0 || x == w - 1 || y == h - 1;
+        let by_outer = (x > 0 && outer[i - 1])
+            || (x + 1 < w && outer[i + 1])
+            || (y > 0 && outer[i - w])
+            || (y + 1 < h && outer[i + w]);
+        if on_frame || by_outer {
+            external[label[i]] = true;
+        }
+    }
+    let mut r: Vec<[usize; 4]> = boxes
+        .iter()
+        .zip(&external)
+        .filter(|(_, &e)| e)
+        .map(|(b, _)| [b[0], b[1], b[2] - b[0] + 1, b[3] - b[1] + 1])
+        .collect();
+    r.sort();
+    r
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Run-based component boxes (and the hole check) equal a plain flood fill on random masks,
+    /// including rows wider than the 8-byte steps and rings around other components.
+    #[test]
+    fn external_rects_equal_a_flood_fill(
+        w in 1usize..70,
+        h in 1usize..30,
+        density in 0.05f64..0.9,
+        rings in 0usize..3,
+        seed in any::<u64>(),
+    ) {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut mask: Vec<bool> = (0..w * h).map(|_| rng.gen_bool(density * 0.5)).collect();
+        for _ in 0..rings {
+            if w < 5 || h < 5 {
+                break;
+            }
+            let (x0, y0) = (rng.gen_range(0..w - 4), rng.gen_range(0..h - 4));
+            let (x1, y1) = (rng.gen_range(x0 + 4..w), rng.gen_range(y0 + 4..h));
+            for x in x0..=x1 {
+                mask[y0 * w + x] = true;
+                mask[y1 * w + x] = true;
+            }
+            for y in y0..=y1 {
+                mask[y * w + x0] = true;
+                mask[y * w + x1] = true;
+            }
+            for y in y0 + 1..y1 {
+                for x in x0 + 1..x1 {
+                    mask[y * w + x] = (x + y) % 3 == 0 && x > x0 + 1 && x + 1 < x1 && y > y0 + 1 && y + 1 < y1;
+                }
+            }
+        }
+        let bytes: Vec<u8> = mask.iter().map(|&b| if b { 255 } else { 0 }).collect();
+        let mut got: Vec<[usize; 4]> =
+            mebin::crop::external_rects(&bytes, w, h).into_iter().map(|(x, y, rw, rh)| [x, y, rw, rh]).collect();
+        got.sort();
+        prop_assert_eq!(got, naive_external_rects(&mask, w, h));
+    }
+}

@@ -8,10 +8,8 @@ use clap::Args;
 use super::Ctx;
 use crate::config::Config;
 use crate::error::Error;
-use crate::fsutil::prepare_output_dir;
-use crate::imageio::{self, describe_files, IMAGE_EXTENSIONS, MAP_EXTENSIONS};
-use crate::mebin::crop::CropRule;
-use crate::mebin::{self, BinarizeJob, MapItem, Params, RangeSource};
+use crate::mebin::folders::{binarize_folders, Pairing};
+use crate::mebin::RangeSource;
 
 #[derive(Debug, Args)]
 pub struct BinarizeArgs {
@@ -51,31 +49,20 @@ pub fn run(a: &BinarizeArgs, _ctx: &Ctx) -> anyhow::Result<()> {
             );
         }
     }
-    let items = paired_items(a)?;
-    let fingerprint = serde_json::json!({
-        "anomaly_maps": crate::fsutil::absolute(&a.anomaly_maps),
-        "images": crate::fsutil::absolute(&a.images),
-        "binarization": cfg.binarization,
-        "min_threshold": min_threshold,
-        "skip_unpaired": a.skip_unpaired,
-    });
-    prepare_output_dir(
-        &a.out,
-        &[("--anomaly-maps", &a.anomaly_maps), ("--images", &a.images)],
-        "binarize",
-        &fingerprint,
-        a.overwrite,
-    )?;
-    let job = BinarizeJob {
-        items: &items,
-        params: Params::from(&cfg.binarization),
-        range: RangeSource::FromMaps { min_threshold },
-        rule: CropRule::default(),
-        out: &a.out,
-        progress: true,
+    let how = Pairing {
+        skip_unpaired: a.skip_unpaired,
+        only_map_types: false,
     };
-    let summary = mebin::run::run(&job)
-        .with_context(|| format!("binarizing {}", a.anomaly_maps.display()))?;
+    let summary = binarize_folders(
+        &a.anomaly_maps,
+        &a.images,
+        &a.out,
+        &cfg,
+        RangeSource::FromMaps { min_threshold },
+        how,
+        a.overwrite,
+    )
+    .with_context(|| format!("binarizing {}", a.anomaly_maps.display()))?;
     let crops: usize = summary.records.iter().map(|r| r.crop_boxes.len()).sum();
     let empty = summary
         .records
@@ -91,66 +78,4 @@ pub fn run(a: &BinarizeArgs, _ctx: &Ctx) -> anyhow::Result<()> {
         a.out.display()
     );
     Ok(())
-}
-
-/// Lists maps and images and pairs them by (type, stem); unpaired files are an error listing the
-/// first offenders unless --skip-unpaired.
-fn paired_items(a: &BinarizeArgs) -> anyhow::Result<Vec<MapItem>> {
-    let maps = imageio::list_typed_files(&a.anomaly_maps, MAP_EXTENSIONS)
-        .context("listing --anomaly-maps")?;
-    if maps.is_empty() {
-        return Err(Error::input(
-            &a.anomaly_maps,
-            "no anomaly maps found (expected MAPS/<type>/<stem>.png)",
-        )
-        .into());
-    }
-    let images =
-        imageio::list_typed_files(&a.images, IMAGE_EXTENSIONS).context("listing --images")?;
-    if images.is_empty() {
-        return Err(Error::input(
-            &a.images,
-            "no images found (expected IMAGES/<type>/<stem>.<png|jpg|bmp|tif>)",
-        )
-        .into());
-    }
-    let p = imageio::pair_by_stem(maps, images);
-    if !p.left_only.is_empty() || !p.right_only.is_empty() {
-        let mut parts = Vec::new();
-        if !p.left_only.is_empty() {
-            parts.push(format!(
-                "maps without an image: {}",
-                describe_files(&p.left_only, &a.anomaly_maps, 5)
-            ));
-        }
-        if !p.right_only.is_empty() {
-            parts.push(format!(
-                "images without a map: {}",
-                describe_files(&p.right_only, &a.images, 5)
-            ));
-        }
-        let msg = parts.join("; ");
-        if !a.skip_unpaired {
-            return Err(Error::usage(format!(
-                "maps and images do not pair up by <type>/<stem>: {msg}; fix the names or pass --skip-unpaired"
-            ))
-            .into());
-        }
-        log::warn!("skipping unpaired files: {msg}");
-    }
-    if p.pairs.is_empty() {
-        return Err(Error::usage(
-            "no map has an image with the same <type>/<stem>; nothing to binarize",
-        )
-        .into());
-    }
-    Ok(p.pairs
-        .into_iter()
-        .map(|(m, i)| MapItem {
-            class_name: m.type_name,
-            stem: m.stem,
-            map: m.path,
-            image: i.path,
-        })
-        .collect())
 }

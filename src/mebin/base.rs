@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::crop::{CropBox, CropRule};
 use super::run::{
-    crop_by_mask, mask_at_image_size, progress_bar, remove_stale, write_png, Picture,
+    crop_by_mask, mask_at_image_size, progress_bar, remove_stale, write_png, Picture, PngKind,
 };
 use crate::error::{Error, Result};
 use crate::imageio::{self, BitDepth};
@@ -112,12 +112,15 @@ pub fn prepare_base(
                     img.as_bytes(),
                     img.dimensions(),
                     img.color().into(),
+                    PngKind::Picture,
                 )?;
+                let dir = out.join("masks").join(&it.class_name);
                 write_png(
-                    &out.join("masks").join(&it.class_name).join(&name),
+                    &dir.join(&name),
                     m.as_raw(),
                     m.dimensions(),
                     ExtendedColorType::L8,
+                    PngKind::Mask,
                 )?;
             }
             pb.inc(1);

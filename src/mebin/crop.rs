@@ -98,33 +98,7 @@ pub fn external_rects(
         width * height,
         "external_rects: wrong pixel count"
     );
-    // Flood fill over a scratch copy: 1 = foreground not yet visited.
-    let mut work: Vec<u8> = mask.iter().map(|&v| u8::from(v != 0)).collect();
-    let mut boxes: Vec<[usize; 4]> = Vec::new(); // x0, y0, x1, y1 inclusive
-    let mut stack = Vec::new();
-    let mut from = 0;
-    while let Some(off) = work[from..].iter().position(|&v| v != 0) {
-        let start = from + off;
-        from = start + 1;
-        let (sx, sy) = (start % width, start / width);
-        let mut b = [sx, sy, sx, sy];
-        work[start] = 0;
-        stack.push(start);
-        while let Some(i) = stack.pop() {
-            let (x, y) = (i % width, i / width);
-            b = [b[0].min(x), b[1].min(y), b[2].max(x), b[3].max(y)];
-            for yy in y.saturating_sub(1)..=(y + 1).min(height - 1) {
-                for xx in x.saturating_sub(1)..=(x + 1).min(width - 1) {
-                    let j = yy * width + xx;
-                    if work[j] != 0 {
-                        work[j] = 0;
-                        stack.push(j);
-                    }
-                }
-            }
-        }
-        boxes.push(b);
-    }
+    let boxes = component_boxes(mask, width, height);
     let strictly_inside =
         |a: &[usize; 4], o: &[usize; 4]| o[0] < a[0] && o[1] < a[1] && a[2] < o[2] && a[3] < o[3];
     let any_inside = boxes
@@ -139,6 +113,108 @@ pub fn external_rects(
         .iter()
         .map(|b| (b[0], b[1], b[2] - b[0] + 1, b[3] - b[1] + 1))
         .collect()
+}
+
+/// True when some byte of `v` is zero.
+fn has_zero_byte(v: u64) -> bool {
+    (v.wrapping_sub(0x0101_0101_0101_0101) & !v & 0x8080_8080_8080_8080) != 0
+}
+
+fn word(row: &[u8], x: usize) -> u64 {
+    u64::from_ne_bytes(row[x..x + 8].try_into().expect("8 bytes"))
+}
+
+/// Appends the runs `[start, end)` of non-zero bytes of `row`, stepping 8 bytes at a time through
+/// long runs of zeros or non-zeros.
+fn row_runs(row: &[u8], out: &mut Vec<(u32, u32)>) {
+    let n = row.len();
+    let mut x = 0;
+    while x < n {
+        while x + 8 <= n && word(row, x) == 0 {
+            x += 8;
+        }
+        while x < n && row[x] == 0 {
+            x += 1;
+        }
+        if x >= n {
+            break;
+        }
+        let start = x;
+        while x + 8 <= n && !has_zero_byte(word(row, x)) {
+            x += 8;
+        }
+        while x < n && row[x] != 0 {
+            x += 1;
+        }
+        out.push((start as u32, x as u32));
+    }
+}
+
+fn find_root(parent: &mut [u32], mut i: u32) -> u32 {
+    while parent[i as usize] != i {
+        let p = parent[i as usize];
+        parent[i as usize] = parent[p as usize];
+        i = parent[i as usize];
+    }
+    i
+}
+
+/// Bounding boxes `[x0, y0, x1, y1]` (inclusive) of the 8-connected components of non-zero
+/// pixels, in raster order of their first pixel. Run-based labelling: runs of a row join the runs
+/// of the row above that they touch (diagonals included), with a union-find over runs.
+fn component_boxes(mask: &[u8], width: usize, height: usize) -> Vec<[usize; 4]> {
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    let mut run_y: Vec<u32> = Vec::new();
+    let mut parent: Vec<u32> = Vec::new();
+    let mut prev = 0..0;
+    for y in 0..height {
+        let first = runs.len();
+        row_runs(&mask[y * width..(y + 1) * width], &mut runs);
+        let cur = first..runs.len();
+        for r in cur.clone() {
+            parent.push(r as u32);
+            run_y.push(y as u32);
+        }
+        // Two pointers over the touching runs of the row above.
+        let (mut i, mut j) = (prev.start, cur.start);
+        while i < prev.end && j < cur.end {
+            let (a0, a1) = runs[i];
+            let (b0, b1) = runs[j];
+            if a0 <= b1 && b0 <= a1 {
+                let (ra, rb) = (
+                    find_root(&mut parent, i as u32),
+                    find_root(&mut parent, j as u32),
+                );
+                if ra != rb {
+                    parent[ra.max(rb) as usize] = ra.min(rb);
+                }
+            }
+            if a1 < b1 {
+                i += 1;
+            } else {
+                j += 1;
+            }
+        }
+        prev = cur;
+    }
+    let mut slot: Vec<u32> = vec![u32::MAX; runs.len()];
+    let mut boxes: Vec<[usize; 4]> = Vec::new();
+    for r in 0..runs.len() {
+        let root = find_root(&mut parent, r as u32) as usize;
+        let (x0, x1, y) = (
+            runs[r].0 as usize,
+            runs[r].1 as usize - 1,
+            run_y[r] as usize,
+        );
+        if slot[root] == u32::MAX {
+            slot[root] = boxes.len() as u32;
+            boxes.push([x0, y, x1, y]);
+        } else {
+            let b = &mut boxes[slot[root] as usize];
+            *b = [b[0].min(x0), b[1].min(y), b[2].max(x1), b[3].max(y)];
+        }
+    }
+    boxes
 }
 
 /// The boxes of the external components only, with a label per pixel (the case where some

@@ -91,15 +91,14 @@ pub fn min_filter(src: &[u16], width: usize, height: usize, k: usize) -> Vec<u16
 /// Marker for "never switches on" in [`first_steps`].
 pub const NEVER: u8 = u8::MAX;
 
-/// For each pixel level, the first step `k` (index into `scores`, high to low) at which
-/// `normalise(level) > scores[k]`, or [`NEVER`]. Computed once per distinct level.
-pub fn first_steps(levels: &[u16], range: &SearchRange, scores: &[u32]) -> Vec<u8> {
+/// For each level `0..=top`, the first step `k` (index into `scores`, high to low) at which
+/// `normalise(level) > scores[k]`, or [`NEVER`]. Non-increasing in the level.
+pub fn step_table(range: &SearchRange, scores: &[u32], top: u16) -> Vec<u8> {
     assert!(
         scores.len() <= NEVER as usize,
         "at most 255 threshold steps"
     );
-    let top = levels.iter().copied().max().unwrap_or(0) as usize;
-    let table: Vec<u8> = (0..=top)
+    (0..=top as usize)
         .map(|v| {
             let n = range.normalise(v as f64);
             // scores decrease, so "not yet above" holds for a prefix
@@ -110,8 +109,7 @@ pub fn first_steps(levels: &[u16], range: &SearchRange, scores: &[u32]) -> Vec<u
                 k as u8
             }
         })
-        .collect();
-    levels.iter().map(|&v| table[v as usize]).collect()
+        .collect()
 }
 
 const EMPTY: u32 = u32::MAX;
@@ -126,18 +124,30 @@ fn find(parent: &mut [u32], mut i: u32) -> u32 {
     i
 }
 
-/// 8-connected component count after each step, given each pixel's first step (from
-/// [`first_steps`]): the count at step `k` is over the pixels whose first step is <= k.
+/// 8-connected component count after each step: a pixel of level `v` joins at step `table[v]`
+/// (from [`step_table`]; [`NEVER`] or >= `n_steps` = never), and the count at step `k` is over
+/// the pixels joined at steps <= k.
 ///
 /// Union-find over a padded grid (one empty pixel around the image, so neighbours need no bounds
 /// checks); `EMPTY` marks pixels not added yet. Roots link toward the smaller index, with path
 /// halving: on these grids that keeps trees shallow without a rank array.
-pub fn component_counts(first: &[u8], width: usize, height: usize, n_steps: usize) -> Vec<u32> {
+pub fn component_counts(
+    levels: &[u16],
+    width: usize,
+    height: usize,
+    table: &[u8],
+    n_steps: usize,
+) -> Vec<u32> {
     assert_eq!(
-        first.len(),
+        levels.len(),
         width * height,
         "component_counts: wrong pixel count"
     );
+    // Levels below `lowest` never switch on (the table is non-increasing).
+    let lowest = table
+        .iter()
+        .position(|&s| (s as usize) < n_steps)
+        .unwrap_or(table.len()) as u16;
     let pw = width + 2;
     SCRATCH.with_borrow_mut(|s| {
         let Scratch {
@@ -146,26 +156,17 @@ pub fn component_counts(first: &[u8], width: usize, height: usize, n_steps: usiz
             steps,
             ..
         } = s;
-        // The pixels that ever switch on (usually few), as padded indices, skipping 8 "never"
-        // bytes at a time.
+        // The pixels that ever switch on (usually few), as padded indices.
         order.clear();
         steps.clear();
-        const ALL_NEVER: u64 = u64::from_ne_bytes([NEVER; 8]);
-        for y in 0..height {
-            let row = &first[y * width..(y + 1) * width];
-            let mut x = 0;
-            while x < width {
-                if x + 8 <= width
-                    && u64::from_ne_bytes(row[x..x + 8].try_into().expect("8 bytes")) == ALL_NEVER
-                {
-                    x += 8;
-                    continue;
+        if (lowest as usize) < table.len() {
+            for y in 0..height {
+                for (x, &v) in levels[y * width..(y + 1) * width].iter().enumerate() {
+                    if v >= lowest && (table[v as usize] as usize) < n_steps {
+                        order.push(((y + 1) * pw + x + 1) as u32);
+                        steps.push(table[v as usize]);
+                    }
                 }
-                if (row[x] as usize) < n_steps {
-                    order.push(((y + 1) * pw + x + 1) as u32);
-                    steps.push(row[x]);
-                }
-                x += 1;
             }
         }
         // Counting sort of those pixels by first step.
@@ -271,14 +272,16 @@ mod tests {
 
     #[test]
     fn sweep_counts_components_per_step() {
-        // two blobs that join at step 2 through a diagonal bridge
+        // two blobs that join at step 2 through a diagonal bridge; levels are the steps (9: never)
         #[rustfmt::skip]
-        let first: Vec<u8> = vec![
+        let first: Vec<u16> = vec![
             0, 0, 9, 9, 1,
             0, 0, 9, 2, 9,
             9, 9, 2, 9, 9,
         ];
-        let counts = component_counts(&first, 5, 3, 3);
+        // level v joins at step v; levels 3.. never
+        let table: Vec<u8> = (0..=9u8).map(|v| if v < 3 { v } else { NEVER }).collect();
+        let counts = component_counts(&first, 5, 3, &table, 3);
         assert_eq!(counts, vec![1, 2, 1]);
     }
 }

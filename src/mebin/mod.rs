@@ -214,8 +214,9 @@ pub fn binarize_map(map: &GrayMap, range: &SearchRange, params: &Params) -> MapR
     let component_counts = if range.is_degenerate() {
         vec![0; scores.len()]
     } else {
-        let steps = fast::first_steps(&eroded, range, &scores);
-        fast::component_counts(&steps, map.width, map.height, scores.len())
+        let top = eroded.iter().copied().max().unwrap_or(0);
+        let table = fast::step_table(range, &scores, top);
+        fast::component_counts(&eroded, map.width, map.height, &table, scores.len())
     };
     let (threshold, est_anomaly_num) =
         threshold_from_counts(&component_counts, range, params, map.depth);

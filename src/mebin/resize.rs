@@ -18,10 +18,17 @@ pub fn nearest(src: &[u8], sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<u8
     assert_eq!(src.len(), sw * sh, "nearest: wrong pixel count");
     let xs = nearest_index(sw, dw);
     let ys = nearest_index(sh, dh);
-    let mut out = Vec::with_capacity(dw * dh);
-    for &sy in &ys {
+    let mut out = vec![0u8; dw * dh];
+    for (dy, &sy) in ys.iter().enumerate() {
+        // upsampling repeats source rows: copy the previous output row instead of gathering
+        if dy > 0 && ys[dy - 1] == sy {
+            out.copy_within((dy - 1) * dw..dy * dw, dy * dw);
+            continue;
+        }
         let row = &src[sy * sw..(sy + 1) * sw];
-        out.extend(xs.iter().map(|&sx| row[sx]));
+        for (o, &sx) in out[dy * dw..(dy + 1) * dw].iter_mut().zip(&xs) {
+            *o = row[sx];
+        }
     }
     out
 }
@@ -47,6 +54,8 @@ pub struct Coeffs {
     pub len: Vec<usize>,
     pub ksize: usize,
     pub weights: Vec<f64>,
+    /// Sum of |weight| per output index (bounds the output by the inputs' largest magnitude).
+    pub abs_sum: Vec<f64>,
 }
 
 impl Coeffs {
@@ -60,6 +69,7 @@ impl Coeffs {
             len: Vec::with_capacity(out_size),
             ksize,
             weights: vec![0.0; out_size * ksize],
+            abs_sum: Vec::with_capacity(out_size),
         };
         for xx in 0..out_size {
             let center = (xx as f64 + 0.5) * scale;
@@ -76,6 +86,7 @@ impl Coeffs {
             if ww != 0.0 {
                 k.iter_mut().for_each(|w| *w /= ww);
             }
+            c.abs_sum.push(k.iter().map(|w| w.abs()).sum());
             c.start.push(xmin);
             c.len.push(xmax - xmin);
         }
@@ -115,29 +126,86 @@ impl<'a> BicubicView<'a> {
     }
 
     /// Maximum of `resize((dw, dh), BICUBIC)` over `[x0, x1) × [y0, y1)` (clipped to the image),
-    /// or None when that is empty. Pillow resamples horizontally first, storing float32, then
-    /// vertically, each output a float64 sum over its taps in order; a size that does not change
-    /// is not resampled. Computing only the needed columns and rows gives the same numbers at a
-    /// fraction of the cost (the vertical pass runs row-wise, keeping each pixel's sum order).
+    /// or None when that is empty.
+    ///
+    /// The box is cut into tiles; a tile's values are bounded by the largest input magnitude
+    /// under its taps times its largest |weight| sums, so tiles are evaluated in decreasing bound
+    /// order until no remaining bound can beat the best value found. The result is the exact max;
+    /// usually only the tiles around the peak are computed.
     pub fn max_in(&self, x0: i64, y0: i64, x1: i64, y1: i64) -> Option<f32> {
         let (x0, x1) = (x0.max(0) as usize, x1.min(self.dw as i64).max(0) as usize);
         let (y0, y1) = (y0.max(0) as usize, y1.min(self.dh as i64).max(0) as usize);
         if x0 >= x1 || y0 >= y1 {
             return None;
         }
+        const TILE: usize = 16;
+        // Slack for the float32 roundings of the two passes (relative 2^-24 each).
+        const SLACK: f64 = 1.0 + 1e-5;
+        let mut tiles: Vec<(f64, usize, usize, usize, usize)> = Vec::new();
+        for ty in (y0..y1).step_by(TILE) {
+            let ty1 = (ty + TILE).min(y1);
+            let (r0, r1) = self.source_span(&self.cy, self.sh == self.dh, ty, ty1);
+            let ky = (ty..ty1)
+                .map(|y| {
+                    if self.sh == self.dh {
+                        1.0
+                    } else {
+                        self.cy.abs_sum[y]
+                    }
+                })
+                .fold(0.0, f64::max);
+            for tx in (x0..x1).step_by(TILE) {
+                let tx1 = (tx + TILE).min(x1);
+                let (c0, c1) = self.source_span(&self.cx, self.sw == self.dw, tx, tx1);
+                let kx = (tx..tx1)
+                    .map(|x| {
+                        if self.sw == self.dw {
+                            1.0
+                        } else {
+                            self.cx.abs_sum[x]
+                        }
+                    })
+                    .fold(0.0, f64::max);
+                let m = (r0..r1)
+                    .map(|r| {
+                        self.src[r * self.sw + c0..r * self.sw + c1]
+                            .iter()
+                            .fold(0f32, |a, &v| a.max(v.abs()))
+                    })
+                    .fold(0f32, f32::max);
+                tiles.push((m as f64 * kx * ky * SLACK, tx, ty, tx1, ty1));
+            }
+        }
+        tiles.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mut best = f32::NEG_INFINITY;
+        for (bound, tx, ty, tx1, ty1) in tiles {
+            if bound <= best as f64 {
+                break;
+            }
+            best = best.max(self.exact_max(tx, ty, tx1, ty1));
+        }
+        Some(best)
+    }
+
+    /// Input indices `[first, last)` the outputs `[o0, o1)` of one axis read.
+    fn source_span(&self, c: &Coeffs, same: bool, o0: usize, o1: usize) -> (usize, usize) {
+        if same {
+            (o0, o1)
+        } else {
+            let first = (o0..o1).map(|o| c.start[o]).min().unwrap_or(0);
+            let last = (o0..o1).map(|o| c.start[o] + c.len[o]).max().unwrap_or(0);
+            (first, last)
+        }
+    }
+
+    /// The resized values over `[x0, x1) × [y0, y1)` (inside the image), computed as Pillow
+    /// does: horizontally first, storing float32, then vertically, each output a float64 sum over
+    /// its taps in order; a size that does not change is not resampled. Only the needed columns
+    /// and rows are computed (the vertical pass runs row-wise, keeping each pixel's sum order).
+    fn exact_max(&self, x0: usize, y0: usize, x1: usize, y1: usize) -> f32 {
         let same_w = self.sw == self.dw;
         let same_h = self.sh == self.dh;
-        // Source rows the vertical pass needs.
-        let (r0, r1) = if same_h {
-            (y0, y1)
-        } else {
-            let first = (y0..y1).map(|y| self.cy.start[y]).min().unwrap_or(0);
-            let last = (y0..y1)
-                .map(|y| self.cy.start[y] + self.cy.len[y])
-                .max()
-                .unwrap_or(0);
-            (first, last)
-        };
+        let (r0, r1) = self.source_span(&self.cy, same_h, y0, y1);
         let cols = x1 - x0;
         // Horizontal pass over rows r0..r1 for output columns x0..x1 (float32 intermediate).
         let mut tmp = vec![0f32; (r1 - r0) * cols];
@@ -158,7 +226,7 @@ impl<'a> BicubicView<'a> {
         }
         let mut best = f32::NEG_INFINITY;
         if same_h {
-            return Some(tmp.iter().fold(best, |m, &v| m.max(v)));
+            return tmp.iter().fold(best, |m, &v| m.max(v));
         }
         let mut acc = vec![0f64; cols];
         for y in y0..y1 {
@@ -172,7 +240,7 @@ impl<'a> BicubicView<'a> {
             }
             best = acc.iter().fold(best, |m, &a| m.max(a as f32));
         }
-        Some(best)
+        best
     }
 }
 
@@ -207,6 +275,50 @@ mod tests {
         assert_eq!(v.max_in(0, 0, 4, 3), Some(11.0));
         assert_eq!(v.max_in(0, 0, 2, 2), Some(5.0));
         assert_eq!(v.max_in(5, 0, 9, 3), None);
+    }
+
+    #[test]
+    fn pruned_max_equals_the_full_evaluation() {
+        let mut seed = 12345u64;
+        let mut rnd = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize
+        };
+        for case in 0..60 {
+            let (sw, sh) = (1 + rnd() % 40, 1 + rnd() % 40);
+            let (dw, dh) = (1 + rnd() % 90, 1 + rnd() % 90);
+            // peaks on a low background; some cases with negative values
+            let src: Vec<f32> = (0..sw * sh)
+                .map(|_| {
+                    let v = if rnd() % 17 == 0 {
+                        (rnd() % 255) as f32
+                    } else {
+                        (rnd() % 7) as f32 * 0.3
+                    };
+                    if case % 5 == 0 && rnd() % 3 == 0 {
+                        -v
+                    } else {
+                        v
+                    }
+                })
+                .collect();
+            let view = BicubicView::new(&src, sw, sh, dw, dh);
+            for _ in 0..5 {
+                let (x0, y0) = (rnd() % dw, rnd() % dh);
+                let (x1, y1) = (x0 + 1 + rnd() % (dw - x0), y0 + 1 + rnd() % (dh - y0));
+                let full = view.exact_max(x0, y0, x1, y1);
+                let pruned = view
+                    .max_in(x0 as i64, y0 as i64, x1 as i64, y1 as i64)
+                    .unwrap();
+                assert_eq!(
+                    pruned.to_bits(),
+                    full.to_bits(),
+                    "case {case}: {sw}x{sh} -> {dw}x{dh}"
+                );
+            }
+        }
     }
 
     #[test]

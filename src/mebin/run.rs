@@ -304,6 +304,7 @@ pub fn write_map_output(out: &Path, o: &MapOutput) -> Result<()> {
         o.mask.as_raw(),
         o.mask.dimensions(),
         ExtendedColorType::L8,
+        PngKind::Mask,
     )?;
     for ((name, img), m) in r
         .crop_names()
@@ -317,6 +318,7 @@ pub fn write_map_output(out: &Path, o: &MapOutput) -> Result<()> {
             img.as_bytes(),
             img.dimensions(),
             img.color().into(),
+            PngKind::Picture,
         )?;
         let dir = out.join("crops/masks").join(&r.class_name);
         write_png(
@@ -324,42 +326,55 @@ pub fn write_map_output(out: &Path, o: &MapOutput) -> Result<()> {
             m.as_raw(),
             m.dimensions(),
             ExtendedColorType::L8,
+            PngKind::Mask,
         )?;
     }
     Ok(())
+}
+
+/// What a PNG holds, which decides its row filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PngKind {
+    /// A mask (mostly long runs of equal bytes): no filter.
+    Mask,
+    /// An image: the "Up" filter.
+    Picture,
 }
 
 /// Writes a PNG through a temporary file and a rename, so readers never see half a file.
 ///
 /// Unlike `fsutil::atomic_write` it does not fsync each file: a run writes thousands of small
 /// crops, an fsync each made the command several times slower, and a crash mid-run is handled by
-/// rerunning (every file is rewritten). The summaries, written last, are synced.
-///
-/// Fast deflate; the "Up" filter for gray or colour pictures and none for one-byte masks (the
-/// fastest choices at about the adaptive filter's size on these images).
+/// rerunning (every file is rewritten). The summaries, written last, are synced. Fast deflate,
+/// with the filter that was fastest at about the adaptive filter's size on these images.
 pub fn write_png(
     path: &Path,
     data: &[u8],
     (w, h): (u32, u32),
     color: ExtendedColorType,
+    kind: PngKind,
 ) -> Result<()> {
     let mut buf = Vec::with_capacity(data.len() / 2 + 1024);
-    let filter = if color == ExtendedColorType::L8 && data.iter().all(|&v| v == 0 || v == 255) {
-        FilterType::NoFilter
-    } else {
-        FilterType::Up
+    let filter = match kind {
+        PngKind::Mask => FilterType::NoFilter,
+        PngKind::Picture => FilterType::Up,
     };
     PngEncoder::new_with_quality(&mut buf, CompressionType::Fast, filter)
         .write_image(data, w, h, color)
         .map_err(|e| Error::runtime(format!("{}: cannot encode PNG: {e}", path.display())))?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).at(dir)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    if let Err(e) = std::fs::write(&tmp, &buf) {
+    // The folder usually exists: create it only when the first write says it is missing.
+    let mut written = std::fs::write(&tmp, &buf);
+    if matches!(&written, Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
+        std::fs::create_dir_all(dir).at(dir)?;
+        written = std::fs::write(&tmp, &buf);
+    }
+    if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io(path, e));
     }
