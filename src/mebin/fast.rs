@@ -169,62 +169,103 @@ pub fn component_counts(
                 }
             }
         }
-        // Counting sort of those pixels by first step.
-        let mut bucket = vec![0usize; n_steps + 1];
-        for &st in steps.iter() {
-            bucket[st as usize + 1] += 1;
-        }
-        for k in 1..=n_steps {
-            bucket[k] += bucket[k - 1];
-        }
-        let mut sorted = vec![0u32; order.len()];
-        let mut fill = bucket.clone();
-        for (&p, &st) in order.iter().zip(steps.iter()) {
-            sorted[fill[st as usize]] = p;
-            fill[st as usize] += 1;
-        }
-        let order = sorted;
-        let cells = pw * (height + 2);
-        if parent.len() < cells {
-            parent.resize(cells, EMPTY);
-        }
-        let neighbours = [
-            -(pw as isize) - 1,
-            -(pw as isize),
-            -(pw as isize) + 1,
-            -1,
-            1,
-            pw as isize - 1,
-            pw as isize,
-            pw as isize + 1,
-        ];
-        let mut counts = Vec::with_capacity(n_steps);
-        let mut components: i64 = 0;
-        for k in 0..n_steps {
-            for &p in &order[bucket[k]..bucket[k + 1]] {
-                parent[p as usize] = p;
-                components += 1;
-                for &d in &neighbours {
-                    let q = (p as isize + d) as u32;
-                    if parent[q as usize] == EMPTY {
-                        continue;
-                    }
-                    let (rp, rq) = (find(parent, p), find(parent, q));
-                    if rp != rq {
-                        let (lo, hi) = if rp < rq { (rp, rq) } else { (rq, rp) };
-                        parent[hi as usize] = lo;
-                        components -= 1;
-                    }
+        sweep(parent, order, steps, pw, height, n_steps)
+    })
+}
+
+/// The same counts from a list of the pixels that ever switch on, as padded indices
+/// (`(y + 1) * (width + 2) + x + 1`) with their first steps, in any order.
+pub fn counts_from_on_pixels(
+    order: &[u32],
+    steps: &[u8],
+    width: usize,
+    height: usize,
+    n_steps: usize,
+) -> Vec<u32> {
+    SCRATCH.with_borrow_mut(|s| sweep(&mut s.parent, order, steps, width + 2, height, n_steps))
+}
+
+/// Counting sort of the on-pixels by step, then the union-find sweep; leaves `parent` all EMPTY.
+fn sweep(
+    parent: &mut Vec<u32>,
+    order: &[u32],
+    steps: &[u8],
+    pw: usize,
+    height: usize,
+    n_steps: usize,
+) -> Vec<u32> {
+    let mut bucket = vec![0usize; n_steps + 1];
+    for &st in steps {
+        bucket[st as usize + 1] += 1;
+    }
+    for k in 1..=n_steps {
+        bucket[k] += bucket[k - 1];
+    }
+    let mut sorted = vec![0u32; order.len()];
+    let mut fill = bucket.clone();
+    for (&p, &st) in order.iter().zip(steps) {
+        sorted[fill[st as usize]] = p;
+        fill[st as usize] += 1;
+    }
+    let cells = pw * (height + 2);
+    if parent.len() < cells {
+        parent.resize(cells, EMPTY);
+    }
+    let neighbours = [
+        -(pw as isize) - 1,
+        -(pw as isize),
+        -(pw as isize) + 1,
+        -1,
+        1,
+        pw as isize - 1,
+        pw as isize,
+        pw as isize + 1,
+    ];
+    let mut counts = Vec::with_capacity(n_steps);
+    let mut components: i64 = 0;
+    for k in 0..n_steps {
+        for &p in &sorted[bucket[k]..bucket[k + 1]] {
+            // `root` stays the root of p's set: a new pixel, then linked sets keep the smaller root
+            let mut root = p;
+            parent[p as usize] = p;
+            components += 1;
+            for &d in &neighbours {
+                let q = (p as isize + d) as u32;
+                let pq = parent[q as usize];
+                if pq == EMPTY || pq == root {
+                    continue;
+                }
+                let rq = find(parent, q);
+                if rq != root {
+                    let (lo, hi) = if root < rq { (root, rq) } else { (rq, root) };
+                    parent[hi as usize] = lo;
+                    root = lo;
+                    components -= 1;
                 }
             }
-            counts.push(components as u32);
         }
-        // Leave the buffer all EMPTY for the next map: only the added pixels were touched.
-        for &p in order.iter() {
-            parent[p as usize] = EMPTY;
-        }
-        counts
-    })
+        counts.push(components as u32);
+    }
+    // Leave the buffer all EMPTY for the next map: only the added pixels were touched.
+    for &p in &sorted {
+        parent[p as usize] = EMPTY;
+    }
+    counts
+}
+
+/// Min over the erosion window of pixel (x, y) (offsets −k/2 ..= k−1−k/2, clipped to the image):
+/// the min-filter at one pixel, for maps where few pixels need it.
+pub fn window_min(src: &[u16], width: usize, height: usize, k: usize, x: usize, y: usize) -> u16 {
+    let lo = k / 2;
+    let (x0, x1) = (x.saturating_sub(lo), (x + k - lo).min(width));
+    let (y0, y1) = (y.saturating_sub(lo), (y + k - lo).min(height));
+    let mut m = u16::MAX;
+    for yy in y0..y1 {
+        m = src[yy * width + x0..yy * width + x1]
+            .iter()
+            .fold(m, |a, &v| a.min(v));
+    }
+    m
 }
 
 #[cfg(test)]

@@ -204,28 +204,93 @@ pub fn threshold_from_counts(
 }
 
 /// MEBin on one map with a given search range (fast path: min-filter + union-find sweep).
+///
+/// Only pixels whose raw level reaches the lowest level that ever switches on can be on at any
+/// threshold (erosion only lowers levels). When those are at most 1/16 of the map, the
+/// erosion is taken at them alone (and, for the mask, at the pixels above the threshold);
+/// otherwise the whole map is min-filtered. Both give the same result.
 pub fn binarize_map(map: &GrayMap, range: &SearchRange, params: &Params) -> MapResult {
-    let eroded = if params.erode {
-        fast::min_filter(&map.pixels, map.width, map.height, ERODE_KERNEL)
-    } else {
-        map.pixels.clone()
-    };
+    let (w, h) = (map.width, map.height);
     let scores = params.scores();
-    let component_counts = if range.is_degenerate() {
-        vec![0; scores.len()]
+    let n = scores.len();
+    let table = if range.is_degenerate() {
+        Vec::new()
     } else {
-        let top = eroded.iter().copied().max().unwrap_or(0);
-        let table = fast::step_table(range, &scores, top);
-        fast::component_counts(&eroded, map.width, map.height, &table, scores.len())
+        fast::step_table(range, &scores, map.max())
+    };
+    let lowest = table
+        .iter()
+        .position(|&s| (s as usize) < n)
+        .unwrap_or(usize::MAX);
+    let candidates = if lowest == usize::MAX {
+        0
+    } else {
+        map.pixels.iter().filter(|&&v| v as usize >= lowest).count()
+    };
+    let sparse = params.erode && candidates * 16 <= map.pixels.len();
+    let (component_counts, eroded) = if table.is_empty() {
+        (vec![0; n], None)
+    } else if sparse {
+        let (mut order, mut steps) = (
+            Vec::with_capacity(candidates),
+            Vec::with_capacity(candidates),
+        );
+        if candidates > 0 {
+            for (i, &v) in map.pixels.iter().enumerate() {
+                if (v as usize) < lowest {
+                    continue;
+                }
+                let (x, y) = (i % w, i / w);
+                let st = table[fast::window_min(&map.pixels, w, h, ERODE_KERNEL, x, y) as usize];
+                if (st as usize) < n {
+                    order.push(((y + 1) * (w + 2) + x + 1) as u32);
+                    steps.push(st);
+                }
+            }
+        }
+        (fast::counts_from_on_pixels(&order, &steps, w, h, n), None)
+    } else {
+        let eroded = if params.erode {
+            fast::min_filter(&map.pixels, w, h, ERODE_KERNEL)
+        } else {
+            map.pixels.clone()
+        };
+        (
+            fast::component_counts(&eroded, w, h, &table, n),
+            Some(eroded),
+        )
     };
     let (threshold, est_anomaly_num) =
         threshold_from_counts(&component_counts, range, params, map.depth);
-    let binary: Vec<u8> = eroded
-        .iter()
-        .map(|&v| if v as u32 > threshold { 255 } else { 0 })
-        .collect();
-    let binary = GrayImage::from_raw(map.width as u32, map.height as u32, binary)
-        .expect("binary has one byte per map pixel");
+    let binary: Vec<u8> = match &eroded {
+        Some(e) => e
+            .iter()
+            .map(|&v| if v as u32 > threshold { 255 } else { 0 })
+            .collect(),
+        // eroded <= raw: only pixels above the threshold need their window min
+        None if params.erode => map
+            .pixels
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let on = v as u32 > threshold
+                    && fast::window_min(&map.pixels, w, h, ERODE_KERNEL, i % w, i / w) as u32
+                        > threshold;
+                if on {
+                    255
+                } else {
+                    0
+                }
+            })
+            .collect(),
+        None => map
+            .pixels
+            .iter()
+            .map(|&v| if v as u32 > threshold { 255 } else { 0 })
+            .collect(),
+    };
+    let binary =
+        GrayImage::from_raw(w as u32, h as u32, binary).expect("binary has one byte per map pixel");
     MapResult {
         threshold,
         est_anomaly_num,
