@@ -30,7 +30,7 @@ pub struct TestArgs {
     /// Folder for metrics.csv, predictions.csv, metrics.json (default: the checkpoint's folder).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Replace the files of a different earlier binarization in OUT/binarize.
+    /// Replace the files of a different earlier run in OUT (and OUT/binarize).
     #[arg(long)]
     pub overwrite: bool,
 }
@@ -42,8 +42,20 @@ pub fn run(a: &TestArgs, ctx: &Ctx) -> anyhow::Result<()> {
     } else {
         a.checkpoint.parent().map(PathBuf::from).unwrap_or_default()
     };
-    let out = a.out.clone().unwrap_or_else(|| ckpt_dir.clone());
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let out = match &a.out {
+        // A folder of the user's: only a new, empty or earlier `test` folder of ours is written.
+        Some(o) => {
+            let fingerprint =
+                serde_json::json!({"checkpoint": crate::fsutil::absolute(&a.checkpoint)});
+            let mut inputs: Vec<(&str, &std::path::Path)> = Vec::new();
+            if let Some(d) = &a.data {
+                inputs.push(("--data", d));
+            }
+            crate::fsutil::prepare_output_dir(o, &inputs, "test", &fingerprint, a.overwrite)?;
+            o.clone()
+        }
+        None => ckpt_dir.clone(),
+    };
     crate::logging::add_log_file(&out.join("log.txt"))
         .with_context(|| format!("opening {}/log.txt", out.display()))?;
     let data = match (&a.anomaly_maps, &a.images, &a.data) {
