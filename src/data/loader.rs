@@ -24,6 +24,8 @@ use crate::error::{Error, Result};
 
 /// Stream tag of the augmentations in [`mix_seed`].
 const AUG_STREAM: u64 = 0x4155_4755;
+/// Stream tag of the fixed bank of views of the frozen-prefix cache.
+const BANK_STREAM: u64 = 0x4241_4e4b;
 
 fn make_pool(num_workers: usize) -> Result<Arc<rayon::ThreadPool>> {
     rayon::ThreadPoolBuilder::new()
@@ -221,6 +223,7 @@ impl TrainBatch {
 }
 
 /// Balanced, augmented training batches, epoch by epoch.
+#[derive(Clone)]
 pub struct TrainLoader {
     inner: Arc<TrainInner>,
 }
@@ -280,7 +283,59 @@ impl TrainLoader {
     }
 }
 
+impl TrainLoader {
+    /// The bank views `(item, slot)` of the frozen-prefix cache: `views [B, 3, S, S]`,
+    /// `masks [B, 1, S, S]`. A slot's random transform depends only on (seed, item, slot), so a
+    /// resumed run rebuilds the same bank.
+    pub fn bank_views(&self, pairs: &[(usize, usize)]) -> Result<(Tensor, Tensor)> {
+        let src = &self.inner.src;
+        let spec = src.spec;
+        let (il, ml) = (spec.image_len(), spec.mask_len());
+        if let Some(&(bad, _)) = pairs.iter().find(|&&(i, _)| i >= src.set.len()) {
+            return Err(Error::runtime(format!(
+                "sample index {bad} outside the set of {}",
+                src.set.len()
+            )));
+        }
+        let b = pairs.len();
+        let [v, m] = filled_tensors([src.shape(b, 3), src.shape(b, 1)], |[v, m]| {
+            src.pool.install(|| {
+                (v.par_chunks_mut(il), m.par_chunks_mut(ml), pairs.par_iter())
+                    .into_par_iter()
+                    .try_for_each(|(v, m, &(i, slot))| {
+                        let words = [self.inner.seed, BANK_STREAM, i as u64, slot as u64];
+                        let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(&words));
+                        src.with(i, |p| {
+                            apply_train(p, &TrainParams::sample(&mut rng, &spec), &spec, v, m)
+                        })
+                    })
+            })
+        })?;
+        Ok((v, m))
+    }
+
+    /// `labels`, `labelled` and `scores` of the crops `idx`, as in [`TrainBatch`].
+    pub fn targets(&self, idx: &[usize]) -> (Tensor, Tensor, Tensor) {
+        self.inner.targets(idx)
+    }
+}
+
 impl TrainInner {
+    fn targets(&self, idx: &[usize]) -> (Tensor, Tensor, Tensor) {
+        let items = &self.src.set.items;
+        let labels: Vec<i64> = idx
+            .iter()
+            .map(|&i| items[i].label.map_or(-1, |l| l as i64))
+            .collect();
+        let labelled: Vec<bool> = idx.iter().map(|&i| items[i].labelled).collect();
+        let scores: Vec<f32> = idx.iter().map(|&i| items[i].score).collect();
+        (
+            Tensor::from_slice(&labels),
+            Tensor::from_slice(&labelled),
+            Tensor::from_slice(&scores),
+        )
+    }
+
     fn batch(&self, epoch: usize, batch_no: usize, idx: &[usize]) -> Result<TrainBatch> {
         let spec = self.src.spec;
         let (il, ml) = (spec.image_len(), spec.mask_len());
@@ -321,19 +376,13 @@ impl TrainInner {
                     })
             })
         })?;
-        let items = &self.src.set.items;
-        let labels: Vec<i64> = idx
-            .iter()
-            .map(|&i| items[i].label.map_or(-1, |l| l as i64))
-            .collect();
-        let labelled: Vec<bool> = idx.iter().map(|&i| items[i].labelled).collect();
-        let scores: Vec<f32> = idx.iter().map(|&i| items[i].score).collect();
+        let (labels, labelled, scores) = self.targets(idx);
         Ok(TrainBatch {
             views: [v0, v1],
             masks: [m0, m1],
-            labels: Tensor::from_slice(&labels),
-            labelled: Tensor::from_slice(&labelled),
-            scores: Tensor::from_slice(&scores),
+            labels,
+            labelled,
+            scores,
             index: idx.to_vec(),
         })
     }

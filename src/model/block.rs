@@ -32,6 +32,12 @@ impl Linear {
         x.linear(&self.w, self.b.as_ref())
     }
 
+    /// Output features `start..start + len` only: `[.., in] -> [.., len]`.
+    pub(crate) fn forward_rows(&self, x: &Tensor, start: i64, len: i64) -> Tensor {
+        let b = self.b.as_ref().map(|b| b.narrow(0, start, len));
+        x.linear(&self.w.narrow(0, start, len), b.as_ref())
+    }
+
     pub(crate) fn to_kind(&self, k: Kind) -> Self {
         Linear {
             w: self.w.detach().to_kind(k),
@@ -158,6 +164,44 @@ impl Attention {
     }
 }
 
+impl Attention {
+    /// The class token's output only: `x [B, L, D]` → `[B, 1, D]`. Equal to row 0 of
+    /// [`Attention::forward`] up to float rounding, at a fraction of its cost: instead of the
+    /// keys and values of all `L` tokens (`2·L·D²` multiply-adds) the query is folded into the
+    /// key weights, `q·(x·Wkᵀ + bk)ᵀ = (q·Wk)·xᵀ + const`, and the values into the output,
+    /// `a·(x·Wvᵀ + bv) = (a·x)·Wvᵀ + bv` (the attention weights sum to 1), per head: about
+    /// `4·L·D + 3·D²`. The constant `q·bk` is dropped: softmax ignores a shift of its row.
+    /// This is what makes a training step on cached tokens cheap.
+    pub(crate) fn forward_cls(&self, x: &Tensor, guide: Option<&MaskGuide>) -> Tensor {
+        let (b, l, d) = x.size3().expect("tokens are [B, L, D]");
+        let h = self.num_heads;
+        let dh = d / h;
+        let (w, bias) = (&self.qkv.w, self.qkv.b.as_ref());
+        // [B, h, dh]
+        let q = self
+            .qkv
+            .forward_rows(&x.select(1, 0), 0, d)
+            .reshape([b, h, dh]);
+        let wk = w.narrow(0, d, d).reshape([h, dh, d]);
+        let wv = w.narrow(0, 2 * d, d).reshape([h, dh, d]);
+        // Per head q_h · Wk_h: [B, h, dh] → [B, h, D].
+        let qk = Tensor::einsum("bhe,hed->bhd", &[&q, &wk], None::<&[i64]>);
+        // [B, h, D] · [B, D, L] → [B, h, L]: plain batched matmuls, no broadcast copies of x.
+        let mut scores = qk.bmm(&x.transpose(1, 2)) * (dh as f64).powf(-0.5);
+        if let Some(g) = guide {
+            scores = scores.masked_fill(&g.hidden.view([b, 1, l]), HIDDEN_SCORE);
+        }
+        let attn = scores.softmax(-1, scores.kind());
+        // [B, h, L] · [B, L, D] → [B, h, D]; then per head · Wv_hᵀ → [B, h, dh]
+        let z = attn.bmm(x);
+        let mut out = Tensor::einsum("bhd,hed->bhe", &[&z, &wv], None::<&[i64]>);
+        if let Some(bias) = bias {
+            out += bias.narrow(0, 2 * d, d).reshape([1, h, dh]);
+        }
+        self.proj.forward(&out.reshape([b, 1, d]))
+    }
+}
+
 fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Tensor {
     Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, false, None, false)
 }
@@ -217,6 +261,25 @@ impl Block {
         x + y
     }
 
+    /// The class token after this block, `[B, L, D] -> [B, 1, D]`: what the last block needs,
+    /// since only the class token leaves the backbone (the patch tokens' attention rows and MLP
+    /// are most of a block's cost and would be thrown away).
+    pub(crate) fn forward_cls(&self, x: &Tensor, guide: &MaskGuide) -> Tensor {
+        let g = self.mask_guided.then_some(guide);
+        let mut y = self.attn.forward_cls(&self.norm1.forward(x), g);
+        if let Some(ls) = &self.ls1 {
+            y *= ls;
+        }
+        let x = x.narrow(1, 0, 1) + y;
+        let mut y = self
+            .fc2
+            .forward(&self.fc1.forward(&self.norm2.forward(&x)).gelu("none"));
+        if let Some(ls) = &self.ls2 {
+            y *= ls;
+        }
+        x + y
+    }
+
     pub(crate) fn to_kind(&self, k: Kind) -> Self {
         Block {
             norm1: self.norm1.to_kind(k),
@@ -267,5 +330,40 @@ mod tests {
         // Only the class-token row is masked.
         assert_eq!(full.sum(Kind::Int64).int64_value(&[]), 2);
         assert!(full.get(0).get(0).get(1).any().int64_value(&[]) == 0);
+    }
+
+    #[test]
+    fn class_token_only_block_equals_row_zero_of_the_full_block() {
+        tch::manual_seed(3);
+        for (name, guided) in [
+            ("vit_tiny", true),
+            ("vit_tiny", false),
+            ("dinov2_vits14", true),
+        ] {
+            let spec = ArchSpec::by_name(name).unwrap();
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let blk = Block::new(&vs.root(), spec, guided);
+            // Random biases and layer scales, so that the folded bias terms are exercised.
+            tch::no_grad(|| {
+                for (_, t) in vs.variables() {
+                    let _ = t.shallow_clone().copy_(&(t.randn_like() * 0.3 + &t));
+                }
+            });
+            let d = spec.embed_dim as i64;
+            let x = Tensor::randn([3, 17, d], tch::kind::FLOAT_CPU);
+            let mut hidden = Tensor::rand([3, 17], tch::kind::FLOAT_CPU).lt(0.6);
+            let _ = hidden.narrow(1, 0, 1).fill_(0);
+            let g = MaskGuide { hidden };
+            for imp in [AttnImpl::Plain, AttnImpl::Fused] {
+                let full = blk.forward(&x, &g, imp).narrow(1, 0, 1);
+                let cls = blk.forward_cls(&x, &g);
+                let scale = full.abs().max().double_value(&[]).max(1.0);
+                let diff = (&full - &cls).abs().max().double_value(&[]) / scale;
+                assert!(
+                    diff < 1e-5,
+                    "{name} guided {guided} {imp:?}: relative {diff}"
+                );
+            }
+        }
     }
 }

@@ -254,7 +254,7 @@ impl MgVit {
         self.check(x, mask)?;
         let guide = MaskGuide::new(mask, self.embed.patch);
         let t = self.embed_tokens(x);
-        Ok(self.finish(self.run(t, &guide, 0..self.depth())))
+        Ok(self.finish(self.run(t, &guide, 0..self.depth(), true)))
     }
 
     /// The tokens entering block `block_idx`, `[B, 1+N, D]`, without gradients, in the frozen
@@ -264,25 +264,48 @@ impl MgVit {
         self.check_block(block_idx)?;
         let guide = MaskGuide::new(mask, self.embed.patch);
         Ok(tch::no_grad(|| {
-            self.run(self.embed_tokens(x), &guide, 0..block_idx)
+            self.run(self.embed_tokens(x), &guide, 0..block_idx, false)
         }))
     }
 
     /// Continues [`Self::tokens_before`]: blocks `>= block_idx` and the final norm → class
     /// token `[B, D]` (f32). `mask [B, 1, H, W]` as in `forward`.
     pub fn forward_from(&self, tokens: &Tensor, mask: &Tensor, block_idx: usize) -> Result<Tensor> {
+        self.forward_from_hidden(tokens, &self.token_mask(mask), block_idx)
+    }
+
+    /// Which tokens the class token may not see in the mask-guided blocks: `mask [B, 1, H, W]`
+    /// → `[B, 1+N]` bool (true = hidden; the class token never is). Small enough to keep beside
+    /// cached tokens instead of the full-resolution mask.
+    pub fn token_mask(&self, mask: &Tensor) -> Tensor {
+        MaskGuide::new(mask, self.embed.patch).hidden
+    }
+
+    /// [`Self::forward_from`] with the mask already reduced by [`Self::token_mask`].
+    pub fn forward_from_hidden(
+        &self,
+        tokens: &Tensor,
+        hidden: &Tensor,
+        block_idx: usize,
+    ) -> Result<Tensor> {
         self.check_block(block_idx)?;
-        let guide = MaskGuide::new(mask, self.embed.patch);
-        let (ts, gs) = (tokens.size(), guide.hidden.size());
-        if ts.len() != 3 || ts[0] != gs[0] || ts[1] != gs[1] || ts[2] != self.spec.embed_dim as i64
+        let (ts, gs) = (tokens.size(), hidden.size());
+        if ts.len() != 3
+            || gs.len() != 2
+            || ts[0] != gs[0]
+            || ts[1] != gs[1]
+            || ts[2] != self.spec.embed_dim as i64
         {
             return Err(Error::runtime(format!(
-                "MGViT tokens {ts:?} do not fit a mask of {:?} ([B, 1+N, {}] expected)",
-                mask.size(),
+                "MGViT tokens {ts:?} do not fit a token mask of {gs:?} ([B, 1+N, {}] expected)",
                 self.spec.embed_dim
             )));
         }
-        Ok(self.finish(self.run(tokens.shallow_clone(), &guide, block_idx..self.depth())))
+        let guide = MaskGuide {
+            hidden: hidden.to_kind(Kind::Bool),
+        };
+        let t = tokens.shallow_clone();
+        Ok(self.finish(self.run(t, &guide, block_idx..self.depth(), true)))
     }
 
     /// The position embedding for an `h`×`w` patch grid, `[1, 1 + h·w, D]` (f32).
@@ -297,7 +320,10 @@ impl MgVit {
         }
     }
 
-    fn run(&self, mut x: Tensor, guide: &MaskGuide, range: Range<usize>) -> Tensor {
+    /// Blocks `range` on tokens `x`. With `cls_only`, the model's last block computes the class
+    /// token alone (`[B, 1, D]` out), which is all [`Self::finish`] reads.
+    fn run(&self, mut x: Tensor, guide: &MaskGuide, range: Range<usize>, cls_only: bool) -> Tensor {
+        let last = self.depth().checked_sub(1);
         for i in range {
             let (blk, kind) = match &self.low {
                 Some(l) if i < l.upto => (&l.blocks[i], l.kind),
@@ -306,7 +332,11 @@ impl MgVit {
             if x.kind() != kind {
                 x = x.to_kind(kind);
             }
-            x = blk.forward(&x, guide, self.attn);
+            x = if cls_only && Some(i) == last {
+                blk.forward_cls(&x, guide)
+            } else {
+                blk.forward(&x, guide, self.attn)
+            };
         }
         x
     }

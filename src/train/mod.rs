@@ -1,6 +1,7 @@
 //! Training of the mask-guided ViT and projector (mask-guided representation learning, the
 //! reference's `MGRL` step). [`losses`] holds every loss term of one batch.
 
+pub mod cache;
 pub mod checkpoint;
 pub mod losses;
 pub mod optim;

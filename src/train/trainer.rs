@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use tch::{Device, Tensor};
 
+use super::cache::{BankOptions, TokenBank};
 use super::checkpoint::{self, Checkpoint, CheckpointMeta, EpochRecord};
 use super::losses::{has_base_and_novel, Criterion, LossBatch};
 use super::optim::{cosine_lr, Param, Sgd};
@@ -84,7 +85,8 @@ pub fn refresh_frozen_copies(model: &mut Model, cfg: &Config, device: Device) {
         .set_frozen_kind(kind, cfg.models.grad_from_block);
 }
 
-fn optimiser(model: &Model, cfg: &Config) -> Sgd {
+/// SGD over the model's trainable parameters, in the reference's decay / no-decay groups.
+pub fn optimiser(model: &Model, cfg: &Config) -> Sgd {
     let groups = param_groups(&model.vs);
     let params = groups
         .decay
@@ -103,6 +105,198 @@ fn optimiser(model: &Model, cfg: &Config) -> Sgd {
     Sgd::new(params, cfg.training.momentum, cfg.training.weight_decay)
 }
 
+/// What one step trains on: fresh augmented views, or rows of the frozen-prefix cache.
+enum StepInput {
+    /// Both views stacked: `[2B, 3, S, S]` and `[2B, 1, S, S]`.
+    Views { images: Tensor, masks: Tensor },
+    /// Both views' cached tokens `[2B, L, D]` and token masks `[2B, L]`, entering `block`.
+    Tokens {
+        tokens: Tensor,
+        hidden: Tensor,
+        block: usize,
+    },
+}
+
+/// One training step's data and targets (tensors on the CPU until [`Step::forward`]).
+struct Step {
+    input: StepInput,
+    labels: Tensor,
+    labelled: Tensor,
+    scores: Tensor,
+    len: usize,
+}
+
+impl Step {
+    /// (projection, per-head logits) of both views.
+    fn forward(&self, model: &Model, dev: Device) -> Result<(Tensor, Vec<Tensor>)> {
+        let cls = match &self.input {
+            StepInput::Views { images, masks } => model
+                .backbone
+                .forward(&images.to_device(dev), &masks.to_device(dev))?,
+            StepInput::Tokens {
+                tokens,
+                hidden,
+                block,
+            } => model.backbone.forward_from_hidden(
+                &tokens.to_device(dev),
+                &hidden.to_device(dev),
+                *block,
+            )?,
+        };
+        Ok(model.projector.forward(&cls))
+    }
+}
+
+/// The steps of `epoch`: the loader's augmented batches, or, with a bank, the same samples with
+/// two of their cached views each.
+fn steps_of<'a>(
+    loader: &'a TrainLoader,
+    bank: Option<&'a TokenBank>,
+    epoch: usize,
+    seed: u64,
+) -> Box<dyn Iterator<Item = Result<Step>> + 'a> {
+    match bank {
+        None => Box::new(loader.epoch(epoch).map(|b| {
+            b.map(|b| Step {
+                len: b.len(),
+                input: StepInput::Views {
+                    images: Tensor::cat(&b.views, 0),
+                    masks: Tensor::cat(&b.masks, 0),
+                },
+                labels: b.labels,
+                labelled: b.labelled,
+                scores: b.scores,
+            })
+        })),
+        Some(bank) => Box::new(loader.sampler().epoch(epoch).into_iter().enumerate().map(
+            move |(b, idx)| {
+                let (first, second) = bank.pick(seed, epoch, b, &idx);
+                let rows: Vec<i64> = first.into_iter().chain(second).collect();
+                let (tokens, hidden) = bank.gather(&rows, Device::Cpu)?;
+                let (labels, labelled, scores) = loader.targets(&idx);
+                Ok(Step {
+                    len: idx.len(),
+                    input: StepInput::Tokens {
+                        tokens,
+                        hidden,
+                        block: bank.block(),
+                    },
+                    labels,
+                    labelled,
+                    scores,
+                })
+            },
+        )),
+    }
+}
+
+/// Everything an epoch's steps read besides the model and the optimiser.
+pub struct EpochData<'a> {
+    pub cfg: &'a Config,
+    pub loader: &'a TrainLoader,
+    pub criterion: &'a Criterion,
+    /// The frozen-prefix cache, when training on it.
+    pub bank: Option<&'a TokenBank>,
+    pub device: Device,
+    /// The checkpoint a NaN loss message points to.
+    pub last_good: &'a std::path::Path,
+}
+
+/// Sums over the steps of one epoch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochSums {
+    /// Per head, the sum over steps of its cluster loss.
+    pub head_cluster: Vec<f64>,
+    /// Sum over samples of the step's total loss.
+    pub loss: f64,
+    pub samples: usize,
+    pub steps: usize,
+}
+
+/// Runs the steps of `epoch` at learning rate `lr`: at most `limit` batches (benchmarks),
+/// advancing `pb` by one per batch.
+pub fn run_epoch(
+    model: &Model,
+    opt: &mut Sgd,
+    data: &EpochData,
+    epoch: usize,
+    lr: f64,
+    limit: Option<usize>,
+    pb: &indicatif::ProgressBar,
+) -> Result<EpochSums> {
+    let (cfg, loader, criterion, dev) = (data.cfg, data.loader, data.criterion, data.device);
+    let epochs = cfg.training.epochs;
+    let n_head = cfg.models.n_head;
+    let t0 = Instant::now();
+    let steps_iter =
+        steps_of(loader, data.bank, epoch, cfg.experiment.seed).take(limit.unwrap_or(usize::MAX));
+    let mut head_sums = vec![0.0f64; n_head];
+    let (mut loss_sum, mut samples, mut steps) = (0.0f64, 0usize, 0usize);
+    for (b, batch) in steps_iter.enumerate() {
+        let batch = batch?;
+        pb.inc(1);
+        if !has_base_and_novel(&batch.labelled) {
+            log::debug!("epoch {epoch} batch {b}: only base or only novel crops, skipped (as the reference)");
+            continue;
+        }
+        let (proj, logits) = batch.forward(model, dev)?;
+        let labels = batch.labels.to_device(dev);
+        let labelled = batch.labelled.to_device(dev);
+        let scores = batch.scores.to_device(dev);
+        let losses = criterion.compute(
+            &LossBatch {
+                logits: &logits,
+                proj: &proj,
+                labels: &labels,
+                labelled: &labelled,
+                crop_scores: &scores,
+            },
+            epoch,
+        )?;
+        let v = losses.values();
+        if !v.total.is_finite() {
+            return Err(Error::runtime(format!(
+                "the loss became {} at epoch {} batch {b} (lr {lr:.2e}); training stopped, the last good checkpoint is {} — lower training.lr or check the data",
+                v.total,
+                epoch + 1,
+                data.last_good.display()
+            )));
+        }
+        opt.zero_grad();
+        losses.total.backward();
+        opt.step(lr);
+        for (s, h) in head_sums.iter_mut().zip(&v.head_cluster) {
+            *s += h;
+        }
+        loss_sum += v.total * batch.len as f64;
+        samples += batch.len;
+        steps += 1;
+        pb.set_message(format!(
+            "loss {:.4}, {:.1} samples/s",
+            v.total,
+            samples as f64 / t0.elapsed().as_secs_f64()
+        ));
+        if b % cfg.experiment.print_freq == 0 {
+            log::debug!(
+                "epoch {}/{epochs} batch {b}/{}: loss {:.5} cls_loss {:.4} cluster_loss {:.4} sup_con_loss {:.4} contrastive_loss {:.4}",
+                epoch + 1,
+                loader.num_batches(),
+                v.total,
+                v.cls,
+                v.cluster,
+                v.sup_con,
+                v.contrastive
+            );
+        }
+    }
+    Ok(EpochSums {
+        head_cluster: head_sums,
+        loss: loss_sum,
+        samples,
+        steps,
+    })
+}
+
 /// Trains from the plan's start epoch to `training.epochs`, writing a checkpoint after each.
 pub fn train(
     model: &mut Model,
@@ -112,7 +306,6 @@ pub fn train(
 ) -> Result<TrainOutcome> {
     let cfg = plan.cfg;
     let epochs = cfg.training.epochs;
-    let n_head = cfg.models.n_head;
     let mut opt = optimiser(model, cfg);
     let mut start = 0;
     if let Some(ck) = plan.resume.take() {
@@ -133,6 +326,21 @@ pub fn train(
         );
     }
     let dev = plan.device;
+    let bank = if cfg.training.cache_frozen && start < epochs {
+        let spill = plan
+            .checkpoint
+            .parent()
+            .unwrap_or(std::path::Path::new("."));
+        let opts = BankOptions {
+            views: cfg.training.cache_views,
+            block: cfg.models.grad_from_block,
+            spill_dir: spill.to_path_buf(),
+            ram_budget: None,
+        };
+        Some(TokenBank::build(model, loader, &opts, dev)?)
+    } else {
+        None
+    };
     for epoch in start..epochs {
         let lr = cosine_lr(cfg.training.lr, epoch, epochs);
         let t0 = Instant::now();
@@ -140,63 +348,20 @@ pub fn train(
             loader.num_batches() as u64,
             &format!("epoch {}/{epochs}", epoch + 1),
         );
-        let mut head_sums = vec![0.0f64; n_head];
-        let (mut loss_sum, mut samples, mut steps) = (0.0f64, 0usize, 0usize);
-        for (b, batch) in loader.epoch(epoch).enumerate() {
-            let batch = batch?;
-            pb.inc(1);
-            if !has_base_and_novel(&batch.labelled) {
-                log::debug!("epoch {epoch} batch {b}: only base or only novel crops, skipped (as the reference)");
-                continue;
-            }
-            let images = Tensor::cat(&batch.views, 0).to_device(dev);
-            let masks = Tensor::cat(&batch.masks, 0).to_device(dev);
-            let (_, proj, logits) = model.forward(&images, &masks)?;
-            let labels = batch.labels.to_device(dev);
-            let labelled = batch.labelled.to_device(dev);
-            let scores = batch.scores.to_device(dev);
-            let losses = criterion.compute(
-                &LossBatch {
-                    logits: &logits,
-                    proj: &proj,
-                    labels: &labels,
-                    labelled: &labelled,
-                    crop_scores: &scores,
-                },
-                epoch,
-            )?;
-            let v = losses.values();
-            if !v.total.is_finite() {
-                return Err(Error::runtime(format!(
-                    "the loss became {} at epoch {} batch {b} (lr {lr:.2e}); training stopped, the last good checkpoint is {} — lower training.lr or check the data",
-                    v.total,
-                    epoch + 1,
-                    plan.checkpoint.display()
-                )));
-            }
-            opt.zero_grad();
-            losses.total.backward();
-            opt.step(lr);
-            for (s, h) in head_sums.iter_mut().zip(&v.head_cluster) {
-                *s += h;
-            }
-            loss_sum += v.total * batch.len() as f64;
-            samples += batch.len();
-            steps += 1;
-            pb.set_message(format!("loss {:.4}", v.total));
-            if b % cfg.experiment.print_freq == 0 {
-                log::debug!(
-                    "epoch {}/{epochs} batch {b}/{}: loss {:.5} cls_loss {:.4} cluster_loss {:.4} sup_con_loss {:.4} contrastive_loss {:.4}",
-                    epoch + 1,
-                    loader.num_batches(),
-                    v.total,
-                    v.cls,
-                    v.cluster,
-                    v.sup_con,
-                    v.contrastive
-                );
-            }
-        }
+        let data = EpochData {
+            cfg,
+            loader,
+            criterion,
+            bank: bank.as_ref(),
+            device: dev,
+            last_good: &plan.checkpoint,
+        };
+        let EpochSums {
+            head_cluster: head_sums,
+            loss: loss_sum,
+            samples,
+            steps,
+        } = run_epoch(model, &mut opt, &data, epoch, lr, None, &pb)?;
         pb.finish_and_clear();
         if steps == 0 {
             return Err(Error::usage(

@@ -1,0 +1,216 @@
+//! Training-step throughput on the CPU with the ViT-S/14 shape at 224 (batch 32 × 2 views,
+//! data loading included): samples per second uncached (fp32, and bf16 frozen prefix) and on
+//! the frozen-prefix cache, with the cost of building that cache and the peak memory of each,
+//! printed side by side in one run. The reference Python implementation trains at 3.17
+//! samples/s on this machine (MTD + SD-900 crops, fp32, 2 threads, 2 loader workers).
+//!
+//!     cargo bench --bench train
+//!     BENCH_STEPS=5 BENCH_CACHED_STEPS=40 BENCH_VIEWS=4 BENCH_BF16=skip cargo bench --bench train
+//!
+//! The crops are synthetic (~200 px, what binarize cuts from MTD tiles): a step's cost does not
+//! depend on their content. Weights are random unless `data/weights/dinov2_vits14.safetensors`
+//! exists (the speed is the same either way).
+
+#[path = "../tests/data_fixture/mod.rs"]
+mod data_fixture;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anomalyncd::config::{Config, Precision};
+use anomalyncd::data::*;
+use anomalyncd::model::precision::cpu_has_fast_bf16;
+use anomalyncd::model::Model;
+use anomalyncd::train::cache::{BankOptions, TokenBank};
+use anomalyncd::train::losses::Criterion;
+use anomalyncd::train::trainer::{optimiser, run_epoch, EpochData};
+use tch::Device;
+
+/// The Python reference's measured training speed here (samples/s).
+const REFERENCE: f64 = 3.17;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Peak resident memory since the last reset, in MiB (Linux; 0 elsewhere).
+fn peak_rss_mib() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+struct Case {
+    name: String,
+    samples_per_s: f64,
+    peak_mib: f64,
+}
+
+fn config(precision: Precision) -> Config {
+    let mut cfg = Config::default();
+    cfg.models.pretrained_backbone = "dinov2_vits14".into();
+    cfg.models.precision = precision;
+    cfg.training.batch_size = 32;
+    cfg.training.num_workers = 2;
+    cfg
+}
+
+/// Times `steps` training steps after one warm-up step; returns samples/s.
+fn time_steps(
+    cfg: &Config,
+    loader: &TrainLoader,
+    set: &CropSet,
+    bank: Option<&TokenBank>,
+    steps: usize,
+    weights: Option<&std::path::Path>,
+) -> (f64, f64) {
+    tch::manual_seed(0);
+    let model = Model::new(cfg, set.num_classes(), weights, Device::Cpu).expect("model");
+    let criterion = Criterion::new(
+        &cfg.loss,
+        set.num_base_classes(),
+        set.num_classes(),
+        cfg.training.epochs,
+    )
+    .expect("criterion");
+    let mut opt = optimiser(&model, cfg);
+    let last_good = std::path::Path::new("none");
+    let data = EpochData {
+        cfg,
+        loader,
+        criterion: &criterion,
+        bank,
+        device: Device::Cpu,
+        last_good,
+    };
+    let pb = indicatif::ProgressBar::hidden();
+    run_epoch(&model, &mut opt, &data, 0, 0.01, Some(1), &pb).expect("warm-up step");
+    reset_peak();
+    let t = Instant::now();
+    let mut samples = 0;
+    let mut epoch = 1;
+    while samples < steps * cfg.training.batch_size {
+        let left = steps - samples / cfg.training.batch_size;
+        let s = run_epoch(&model, &mut opt, &data, epoch, 0.01, Some(left), &pb).expect("steps");
+        samples += s.samples;
+        epoch += 1;
+    }
+    (samples as f64 / t.elapsed().as_secs_f64(), peak_rss_mib())
+}
+
+fn main() {
+    let steps = env_usize("BENCH_STEPS", 3);
+    let cached_steps = env_usize("BENCH_CACHED_STEPS", 30);
+    let views = env_usize("BENCH_VIEWS", 4);
+    let bf16 = std::env::var("BENCH_BF16").unwrap_or_default();
+    let dir = tempfile::tempdir().expect("temp dir");
+    data_fixture::write_base(&dir.path().join("base"), &[("a", 16), ("b", 16)], 200);
+    data_fixture::write_novel(&dir.path().join("out"), &[("x", 16), ("y", 16)], 200, false);
+    let set = Arc::new(
+        CropSet::load(
+            &dir.path().join("base"),
+            &NovelSource::from_binarize_out(&dir.path().join("out")),
+            None,
+        )
+        .expect("fixture loads"),
+    );
+    let weights = std::path::Path::new("data/weights/dinov2_vits14.safetensors");
+    let weights = weights.is_file().then_some(weights);
+    let cfg = config(Precision::Fp32);
+    let spec = TransformSpec::new(224);
+    let cache = Arc::new(CropCache::build(&set, &spec, 2).expect("crop cache"));
+    let loader = TrainLoader::new(
+        set.clone(),
+        spec,
+        LoaderOptions::from_config(&cfg),
+        Some(cache),
+    )
+    .expect("loader");
+    println!(
+        "training step, ViT-S/14 at 224, batch 32 x 2 views, grad_from_block {}, {} crops, {} threads, native bf16: {}, weights: {}",
+        cfg.models.grad_from_block,
+        set.len(),
+        tch::get_num_threads(),
+        cpu_has_fast_bf16(),
+        if weights.is_some() { "dinov2_vits14" } else { "random" }
+    );
+    let mut cases = Vec::new();
+    let (rate, peak) = time_steps(&cfg, &loader, &set, None, steps, weights);
+    cases.push(Case {
+        name: "uncached, fp32".into(),
+        samples_per_s: rate,
+        peak_mib: peak,
+    });
+    let uncached = rate;
+    if bf16 != "skip" {
+        // Without native bf16 units libtorch's bf16 matmul is several times slower: one step.
+        let n = if cpu_has_fast_bf16() || bf16 == "full" {
+            steps
+        } else {
+            1
+        };
+        let (rate, peak) = time_steps(&config(Precision::Bf16), &loader, &set, None, n, weights);
+        cases.push(Case {
+            name: format!("uncached, bf16 frozen prefix ({n} step)"),
+            samples_per_s: rate,
+            peak_mib: peak,
+        });
+    }
+
+    // The cache: built once (timed apart), then steps on it.
+    tch::manual_seed(0);
+    let model = Model::new(&cfg, set.num_classes(), weights, Device::Cpu).expect("model");
+    reset_peak();
+    let t = Instant::now();
+    let opts = BankOptions {
+        views,
+        block: cfg.models.grad_from_block,
+        spill_dir: dir.path().to_path_buf(),
+        ram_budget: None,
+    };
+    let bank = TokenBank::build(&model, &loader, &opts, Device::Cpu).expect("bank");
+    let build_s = t.elapsed().as_secs_f64();
+    let build_peak = peak_rss_mib();
+    drop(model);
+    let (rate, peak) = time_steps(&cfg, &loader, &set, Some(&bank), cached_steps, weights);
+    cases.push(Case {
+        name: format!("frozen-prefix cache, fp32 ({views} views/crop)"),
+        samples_per_s: rate,
+        peak_mib: peak.max(build_peak),
+    });
+
+    println!(
+        "{:<44} {:>10} {:>12} {:>14} {:>10}",
+        "case", "samples/s", "vs uncached", "vs reference", "peak MiB"
+    );
+    for c in &cases {
+        println!(
+            "{:<44} {:>10.2} {:>11.2}x {:>13.2}x {:>10.0}",
+            c.name,
+            c.samples_per_s,
+            c.samples_per_s / uncached,
+            c.samples_per_s / REFERENCE,
+            c.peak_mib
+        );
+    }
+    let bank_views = set.len() * views;
+    println!(
+        "cache build: {bank_views} views in {build_s:.1} s ({:.2} views/s, {:.1} MB of tokens); \
+         it costs as much as {:.1} uncached samples, i.e. {:.2} uncached epochs of this set",
+        bank_views as f64 / build_s,
+        bank.bytes() as f64 / 1e6,
+        build_s * uncached,
+        build_s * uncached / set.len() as f64
+    );
+    println!("reference (Python, measured on this machine): {REFERENCE} samples/s");
+}
