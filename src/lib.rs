@@ -2,7 +2,7 @@
 //!
 //! One module per pipeline stage: [`mebin`] (adaptive binarization and anomaly-centred crops),
 //! [`model`] (mask-guided ViT and projector), [`train`] (losses), [`infer`] (region merging),
-//! [`metrics`] (NMI / ARI / Hungarian F1); [`synth`]
+//! [`metrics`] (NMI / ARI / Hungarian F1), [`report`] (HTML report and contact sheets); [`synth`]
 //! makes a synthetic dataset; [`commands`] is the command edge used by the binary.
 
 pub mod cli;
@@ -18,6 +18,7 @@ pub mod logging;
 pub mod mebin;
 pub mod metrics;
 pub mod model;
+pub mod report;
 pub mod synth;
 pub mod train;
 

@@ -1,7 +1,7 @@
 //! `train`, `test` and `predict` end to end on a small synthetic set with the tiny ViT: the loss
 //! falls, a checkpoint is written and loads, resuming after an early stop equals an uninterrupted
 //! run, `test` reproduces the metrics of `train`, `predict` works on one new image, and bad
-//! checkpoints are clear errors.
+//! checkpoints are clear errors. Each of them writes a report (report.html and its pictures).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -87,6 +87,38 @@ fn train_args<'a>(runner: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     v
 }
 
+/// The report of a run folder: the page names every cluster and every picture it shows decodes;
+/// the confusion picture exists exactly when labels are known.
+fn check_report(dir: &Path, clusters: usize, labelled: bool) {
+    let html = std::fs::read_to_string(dir.join("report.html"))
+        .unwrap_or_else(|e| panic!("{}/report.html: {e}", dir.display()));
+    let csv = std::fs::read_to_string(dir.join("predictions.csv")).unwrap();
+    let predicted: Vec<&str> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap())
+        .collect();
+    for k in 0..clusters {
+        assert!(html.contains(&format!("id=\"cluster-{k}\"")), "cluster {k}");
+        let sheet = dir.join(format!("report/cluster_{k}.png"));
+        let img = image::open(&sheet).unwrap_or_else(|e| panic!("{}: {e}", sheet.display()));
+        // A cluster with images shows 128-pixel thumbnails; an empty one only its header.
+        let size = predicted.iter().filter(|c| **c == k.to_string()).count();
+        assert_eq!(
+            img.height() > 128,
+            size > 0,
+            "{} ({size} images)",
+            sheet.display()
+        );
+    }
+    let conf = dir.join("report/confusion.png");
+    assert_eq!(conf.is_file(), labelled, "{}", conf.display());
+    if labelled {
+        image::open(&conf).unwrap();
+        assert!(html.contains("report/confusion.png") && html.contains("NMI"));
+    }
+}
+
 fn json(p: PathBuf) -> serde_json::Value {
     serde_json::from_str(
         &std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
@@ -113,6 +145,8 @@ fn train_resume_test_predict() {
     let metrics = json(run_dir.join("metrics.json"));
     let f1 = metrics["image_level"]["F1"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&f1));
+    let clusters = metrics["num_clusters"].as_u64().unwrap() as usize;
+    check_report(&run_dir, clusters, true);
     let table = std::fs::read_to_string(p.join("out/full/metrics.csv")).unwrap();
     assert!(table.starts_with("category,NMI,ARI,F1\nsynth,"), "{table}");
 
@@ -164,6 +198,7 @@ fn train_resume_test_predict() {
     assert_eq!(tested["image_level"]["F1"], metrics["image_level"]["F1"]);
     assert_eq!(tested["image_level"]["NMI"], metrics["image_level"]["NMI"]);
     assert!(p.join("tested/metrics.csv").is_file() && p.join("tested/predictions.csv").is_file());
+    check_report(&p.join("tested"), clusters, true);
 
     // `predict` on one new image in flat folders.
     std::fs::create_dir_all(p.join("new/img")).unwrap();
@@ -199,6 +234,7 @@ fn train_resume_test_predict() {
         csv.lines().nth(1).unwrap().starts_with("part.png,"),
         "{csv}"
     );
+    check_report(&p.join("pred"), clusters, false);
 
     // Bad checkpoints: truncated, missing, another tool's file.
     let ck = std::fs::read(run_dir.join("checkpoint.safetensors")).unwrap();

@@ -39,3 +39,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(c) => config::run(&c, &ctx),
     }
 }
+
+/// Writes `report.html` and its pictures into `out` (what `train`, `test` and `predict` share).
+fn write_report(
+    out: &std::path::Path,
+    category: &str,
+    set: &crate::data::CropSet,
+    preds: &crate::infer::predict::Predictions,
+    binarize_out: &std::path::Path,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let input = crate::report::ReportInput {
+        category,
+        class_names: &set.novel_types,
+        preds,
+        set,
+        binarize_out,
+    };
+    crate::report::write_report(out, &input)
+        .with_context(|| format!("writing the report into {}", out.display()))?;
+    Ok(())
+}

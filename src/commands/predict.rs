@@ -23,7 +23,7 @@ pub struct PredictArgs {
     /// Their anomaly maps, same layout and stems.
     #[arg(long, value_name = "DIR")]
     pub anomaly_maps: PathBuf,
-    /// Output folder: predictions.csv, crop_predictions.csv, binarize/.
+    /// Output folder: predictions.csv, crop_predictions.csv, report.html, binarize/.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Skip maps without an image (and images without a map) with a warning.
@@ -72,6 +72,7 @@ pub fn run(a: &PredictArgs, ctx: &Ctx) -> anyhow::Result<()> {
         &preds,
         t.meta.chosen_head,
     )?;
+    super::write_report(&a.out, &t.meta.category, &set, &preds, &bin)?;
     let mut sizes = vec![0usize; t.meta.num_novel_clusters];
     for r in &preds.images {
         sizes[r.cluster] += 1;

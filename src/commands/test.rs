@@ -27,7 +27,8 @@ pub struct TestArgs {
     /// Images paired with --anomaly-maps.
     #[arg(long, value_name = "DIR", requires = "anomaly_maps")]
     pub images: Option<PathBuf>,
-    /// Folder for metrics.csv, predictions.csv, metrics.json (default: the checkpoint's folder).
+    /// Folder for metrics.csv, predictions.csv, metrics.json, report.html (default: the checkpoint's
+    /// folder).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Replace the files of a different earlier run in OUT (and OUT/binarize).
@@ -101,6 +102,7 @@ pub fn run(a: &TestArgs, ctx: &Ctx) -> anyhow::Result<()> {
         &preds,
         t.meta.chosen_head,
     )?;
+    super::write_report(&out, &t.meta.category, &set, &preds, &data)?;
     if let Some((nmi, ari, f1)) = res {
         println!(
             "{}: NMI {nmi:.4}  ARI {ari:.4}  F1 {f1:.4}  (image level; {})",

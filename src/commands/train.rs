@@ -295,6 +295,7 @@ pub fn run(a: &TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         &preds,
         outcome.meta.chosen_head,
     )?;
+    super::write_report(&run_dir, &category, &set, &preds, &binarize_out)?;
     match res {
         Some((nmi, ari, f1)) => println!(
             "{category}: NMI {nmi:.4}  ARI {ari:.4}  F1 {f1:.4}  (image level; run folder {})",

@@ -136,7 +136,8 @@ impl BinarizeSummary {
 pub const SCORES_FILE: &str = "scores.json";
 pub const SUMMARY_FILE: &str = "mebin.json";
 
-fn binary_path(r: &MapRecord) -> PathBuf {
+/// `binary/<type>/<stem>.png`: where a record's mask at image size is written, relative to the output.
+pub fn binary_path(r: &MapRecord) -> PathBuf {
     Path::new("binary")
         .join(&r.class_name)
         .join(format!("{}.png", r.stem))
