@@ -26,14 +26,45 @@ pub struct PrepareBaseArgs {
     /// At most this many crops per image (the reference's aebad_preprocess uses 2).
     #[arg(long, default_value_t = 2)]
     pub max_crops: usize,
+    /// Use at most this many images per class, spread evenly over each class's sorted stems
+    /// (a smaller base set trains faster; the paper uses all).
+    #[arg(long, value_name = "N")]
+    pub max_per_class: Option<usize>,
     /// Replace the files of a different earlier run in OUT.
     #[arg(long)]
     pub overwrite: bool,
 }
 
+/// Every class's items thinned to at most `n`, evenly spaced over its order (deterministic).
+fn thin_per_class(items: Vec<BaseItem>, n: usize) -> Vec<BaseItem> {
+    let mut by_class: std::collections::BTreeMap<String, Vec<BaseItem>> = Default::default();
+    for it in items {
+        by_class.entry(it.class_name.clone()).or_default().push(it);
+    }
+    by_class
+        .into_values()
+        .flat_map(|mut v| {
+            v.sort_by(|a, b| a.stem.cmp(&b.stem));
+            let len = v.len();
+            let keep: std::collections::BTreeSet<usize> = if len <= n {
+                (0..len).collect()
+            } else {
+                (0..n).map(|k| k * len / n).collect()
+            };
+            v.into_iter()
+                .enumerate()
+                .filter(move |(i, _)| keep.contains(i))
+                .map(|(_, it)| it)
+        })
+        .collect()
+}
+
 pub fn run(a: &PrepareBaseArgs, _ctx: &Ctx) -> anyhow::Result<()> {
     if a.max_crops == 0 {
         return Err(Error::usage("--max-crops must be at least 1").into());
+    }
+    if a.max_per_class == Some(0) {
+        return Err(Error::usage("--max-per-class must be at least 1").into());
     }
     let images =
         imageio::list_typed_files(&a.images, IMAGE_EXTENSIONS).context("listing --images")?;
@@ -69,10 +100,15 @@ pub fn run(a: &PrepareBaseArgs, _ctx: &Ctx) -> anyhow::Result<()> {
             mask: m.path,
         })
         .collect();
+    let items = match a.max_per_class {
+        Some(n) => thin_per_class(items, n),
+        None => items,
+    };
     let fingerprint = serde_json::json!({
         "images": crate::fsutil::absolute(&a.images),
         "masks": crate::fsutil::absolute(&a.masks),
         "max_crops": a.max_crops,
+        "max_per_class": a.max_per_class,
     });
     prepare_output_dir(
         &a.out,
@@ -96,4 +132,42 @@ pub fn run(a: &PrepareBaseArgs, _ctx: &Ctx) -> anyhow::Result<()> {
         a.out.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thinning_keeps_an_even_spread_per_class() {
+        let item = |c: &str, s: usize| BaseItem {
+            class_name: c.into(),
+            stem: format!("{s:03}"),
+            image: PathBuf::new(),
+            mask: PathBuf::new(),
+        };
+        let items: Vec<BaseItem> = (0..10)
+            .map(|s| item("a", s))
+            .chain((0..2).map(|s| item("b", s)))
+            .collect();
+        let kept = thin_per_class(items, 4);
+        let stems: Vec<(String, String)> = kept
+            .iter()
+            .map(|i| (i.class_name.clone(), i.stem.clone()))
+            .collect();
+        let want = [
+            ("a", "000"),
+            ("a", "002"),
+            ("a", "005"),
+            ("a", "007"),
+            ("b", "000"),
+            ("b", "001"),
+        ];
+        assert_eq!(
+            stems,
+            want.iter()
+                .map(|(c, s)| (c.to_string(), s.to_string()))
+                .collect::<Vec<_>>()
+        );
+    }
 }
