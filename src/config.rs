@@ -52,6 +52,10 @@ pub struct Models {
     pub image_size: usize,
     /// Ours: `auto` (bf16 for the frozen blocks where the hardware has fast bf16), `fp32`, `bf16`.
     pub precision: Precision,
+    /// Ours: when no patch of a crop is at least half covered by its mask (defects thinner than
+    /// half a patch: cracks, scratches), let the class token see every patch the mask touches
+    /// instead of none. Off (the reference's behaviour) unless set.
+    pub thin_mask_fallback: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,6 +135,7 @@ impl Default for Models {
             backbone_weights: None,
             image_size: 224,
             precision: Precision::Auto,
+            thin_mask_fallback: false,
         }
     }
 }

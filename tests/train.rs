@@ -295,7 +295,11 @@ fn cached_training_trains_and_resumes_exactly() {
         "--set",
         "training.cache_views=3",
     ];
-    ok(p, &train_args("cached", &cached));
+    let mut with_binary = cached.to_vec();
+    with_binary.extend(["--binary-data-path", "binmasks"]);
+    ok(p, &train_args("cached", &with_binary));
+    // The reference's --binary-data-path gets MEBin's masks as <category>/<type>/<stem>.png.
+    assert!(p.join("binmasks/synth/hole/001.png").is_file());
     let meta = json(p.join("out/cached/synth/checkpoint.json"));
     let losses: Vec<f64> = meta["history"]
         .as_array()

@@ -183,6 +183,10 @@ pub fn run(a: &TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         )
         .with_context(|| format!("binarizing the novel maps in {}", maps.display()))?
     };
+    if let Some(dir) = &a.binary_data_path {
+        copy_binary_masks(&binarize_out, &dir.join(&category), &images, a.overwrite)
+            .with_context(|| format!("--binary-data-path {}", dir.display()))?;
+    }
 
     // 2. Data.
     let set = Arc::new(CropSet::load(
@@ -342,5 +346,39 @@ fn check_resumable(
         )
         .into());
     }
+    Ok(())
+}
+
+/// The reference writes MEBin's binary masks to `--binary-data-path/<category>/<type>/<stem>.png`;
+/// ours live in the crop folder (`binary/`), copied there when the flag is given.
+fn copy_binary_masks(
+    binarize_out: &std::path::Path,
+    dest: &std::path::Path,
+    images: &std::path::Path,
+    overwrite: bool,
+) -> crate::error::Result<()> {
+    let src = binarize_out.join("binary");
+    let fingerprint = serde_json::json!({ "binary_masks_of": crate::fsutil::absolute(&src) });
+    crate::fsutil::prepare_output_dir(
+        dest,
+        &[
+            ("--dataset-path", images),
+            ("the crop folder", binarize_out),
+        ],
+        "train --binary-data-path",
+        &fingerprint,
+        overwrite,
+    )?;
+    let files = crate::mebin::folders::list_files(&src, &["png"])?;
+    for f in &files {
+        let rel = f.path.strip_prefix(&src).unwrap_or(&f.path);
+        let bytes = std::fs::read(&f.path).map_err(|e| Error::io(&f.path, e))?;
+        let to = dest.join(rel);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        crate::fsutil::atomic_write(&to, &bytes)?;
+    }
+    log::info!("{} binary masks copied to {}", files.len(), dest.display());
     Ok(())
 }

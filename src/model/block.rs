@@ -92,7 +92,9 @@ pub struct MaskGuide {
 impl MaskGuide {
     /// `mask [B, 1, H, W]` (1 = anomaly) → patches whose mean over a `patch`×`patch` cell is < 0.5
     /// are hidden.
-    pub(crate) fn new(mask: &Tensor, patch: i64) -> Self {
+    /// With `thin_fallback`, a crop none of whose patches reaches one half shows every patch
+    /// its mask touches instead (the reference would hide them all).
+    pub(crate) fn new(mask: &Tensor, patch: i64, thin_fallback: bool) -> Self {
         let pooled = mask.to_kind(Kind::Float).avg_pool2d(
             [patch, patch],
             [patch, patch],
@@ -102,7 +104,12 @@ impl MaskGuide {
             None,
         );
         let b = pooled.size()[0];
-        let patches = pooled.flatten(1, -1).lt(0.5);
+        let pooled = pooled.flatten(1, -1);
+        let mut patches = pooled.lt(0.5);
+        if thin_fallback {
+            let none_shown = patches.all_dim(1, true);
+            patches = patches.where_self(&none_shown.logical_not(), &pooled.le(0.0));
+        }
         let cls = Tensor::zeros([b, 1], (Kind::Bool, mask.device()));
         MaskGuide {
             hidden: Tensor::cat(&[cls, patches], 1),
@@ -322,7 +329,7 @@ mod tests {
             }
         }
         let mask = Tensor::from_slice(&m).view([1, 1, 16, 16]);
-        let g = MaskGuide::new(&mask, 8);
+        let g = MaskGuide::new(&mask, 8, false);
         let hidden: Vec<bool> = Vec::try_from(g.hidden.view([-1])).unwrap();
         assert_eq!(hidden, [false, false, false, true, true]);
         let full = g.full_mask();
@@ -365,5 +372,30 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn thin_masks_fall_back_to_the_touched_patches() {
+        // 16×16, patch 8: a 2-pixel line in cell (0,1) covers 1/4 of it; nothing reaches 1/2.
+        let mut m = vec![0f32; 256];
+        for y in 0..8 {
+            m[y * 16 + 10] = 1.0;
+            m[y * 16 + 11] = 1.0;
+        }
+        let thin = Tensor::from_slice(&m).view([1, 1, 16, 16]);
+        let hidden = |mask: &Tensor, fb| -> Vec<bool> {
+            Vec::try_from(MaskGuide::new(mask, 8, fb).hidden.view([-1])).unwrap()
+        };
+        assert_eq!(hidden(&thin, false), [false, true, true, true, true]);
+        assert_eq!(hidden(&thin, true), [false, true, false, true, true]);
+        // A mask with a half-covered patch and an empty mask are as without the fallback.
+        let mut thick = m.clone();
+        for v in thick.iter_mut().take(8 * 16) {
+            *v = 1.0;
+        }
+        let thick = Tensor::from_slice(&thick).view([1, 1, 16, 16]);
+        assert_eq!(hidden(&thick, true), hidden(&thick, false));
+        let empty = Tensor::zeros([1, 1, 16, 16], tch::kind::FLOAT_CPU);
+        assert_eq!(hidden(&empty, true), [false, true, true, true, true]);
     }
 }

@@ -160,6 +160,7 @@ pub struct MgVit {
     norm: LayerNorm,
     low: Option<LowPrecision>,
     attn: AttnImpl,
+    thin_fallback: bool,
 }
 
 impl MgVit {
@@ -183,6 +184,7 @@ impl MgVit {
             norm: LayerNorm::new(&(vs / "norm"), spec.embed_dim),
             low: None,
             attn: AttnImpl::Fused,
+            thin_fallback: false,
         })
     }
 
@@ -204,6 +206,12 @@ impl MgVit {
 
     pub fn attention(&self) -> AttnImpl {
         self.attn
+    }
+
+    /// See `models.thin_mask_fallback`: masks with no half-covered patch show the patches they
+    /// touch to the class token.
+    pub fn set_thin_mask_fallback(&mut self, on: bool) {
+        self.thin_fallback = on;
     }
 
     pub fn set_attention(&mut self, imp: AttnImpl) {
@@ -252,7 +260,7 @@ impl MgVit {
     /// `x [B, 3, H, W]`, `mask [B, 1, H, W]` (1 = anomaly) → class token `[B, D]` (f32).
     pub fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
         self.check(x, mask)?;
-        let guide = MaskGuide::new(mask, self.embed.patch);
+        let guide = MaskGuide::new(mask, self.embed.patch, self.thin_fallback);
         let t = self.embed_tokens(x);
         Ok(self.finish(self.run(t, &guide, 0..self.depth(), true)))
     }
@@ -262,7 +270,7 @@ impl MgVit {
     pub fn tokens_before(&self, x: &Tensor, mask: &Tensor, block_idx: usize) -> Result<Tensor> {
         self.check(x, mask)?;
         self.check_block(block_idx)?;
-        let guide = MaskGuide::new(mask, self.embed.patch);
+        let guide = MaskGuide::new(mask, self.embed.patch, self.thin_fallback);
         Ok(tch::no_grad(|| {
             self.run(self.embed_tokens(x), &guide, 0..block_idx, false)
         }))
@@ -278,7 +286,7 @@ impl MgVit {
     /// → `[B, 1+N]` bool (true = hidden; the class token never is). Small enough to keep beside
     /// cached tokens instead of the full-resolution mask.
     pub fn token_mask(&self, mask: &Tensor) -> Tensor {
-        MaskGuide::new(mask, self.embed.patch).hidden
+        MaskGuide::new(mask, self.embed.patch, self.thin_fallback).hidden
     }
 
     /// [`Self::forward_from`] with the mask already reduced by [`Self::token_mask`].

@@ -55,6 +55,7 @@ impl Model {
             let r = weights::load_into(&vs, "backbone", p, mgvit::IGNORED_TENSORS, &what)?;
             log::info!("loaded {} backbone tensors from {}", r.loaded, p.display());
         }
+        backbone.set_thin_mask_fallback(m.thin_mask_fallback);
         backbone.freeze(m.grad_from_block);
         backbone.set_frozen_kind(
             precision::frozen_kind(m.precision, device),
