@@ -26,6 +26,9 @@ pub enum Error {
     Runtime(String),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// The user stopped the run (Ctrl-C); the message says how to continue.
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -56,9 +59,11 @@ impl Error {
         Error::Runtime(msg.into())
     }
 
-    /// 2 for what the user must fix (usage, config, inputs), 1 for run-time failures.
+    /// 2 for what the user must fix (usage, config, inputs), 1 for run-time failures, 130 when
+    /// interrupted (the shell's code for SIGINT).
     pub fn exit_code(&self) -> i32 {
         match self {
+            Error::Interrupted(_) => 130,
             Error::Usage(_) | Error::Config { .. } | Error::Input { .. } => 2,
             Error::Io { .. } | Error::Runtime(_) | Error::Torch(_) => 1,
         }

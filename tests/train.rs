@@ -334,3 +334,59 @@ fn cached_training_trains_and_resumes_exactly() {
         .collect();
     assert_eq!(losses, losses2);
 }
+
+/// Crash safety: a run stopped by Ctrl-C (SIGINT, after the current batch) or killed (SIGKILL)
+/// after a checkpoint continues with `--resume` and ends exactly as an uninterrupted run.
+#[test]
+fn interrupted_and_killed_runs_resume_to_the_same_result() {
+    let d = setup();
+    let p = d.path();
+    let epochs = ["--set", "training.epochs=8"];
+    ok(p, &train_args("whole", &epochs));
+    let history = |runner: &str| -> Vec<serde_json::Value> {
+        json(p.join(format!("out/{runner}/synth/checkpoint.json")))["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["mean_loss"].clone())
+            .collect()
+    };
+    let want = history("whole");
+    for (runner, signal) in [("sigint", "INT"), ("sigkill", "KILL")] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_anomalyncd"))
+            .args(train_args(runner, &epochs))
+            .current_dir(p)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let ck = p.join(format!("out/{runner}/synth/checkpoint.json"));
+        let t0 = std::time::Instant::now();
+        while !ck.is_file() && t0.elapsed().as_secs() < 300 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = std::process::Command::new("kill")
+            .args([format!("-{signal}"), child.id().to_string()])
+            .status();
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        if status.success() {
+            // It finished before the signal arrived: nothing to resume, same result anyway.
+            assert_eq!(history(runner), want);
+            continue;
+        }
+        assert!(!err.contains("panicked"), "{err}");
+        if signal == "INT" {
+            assert_eq!(status.code(), Some(130), "{err}");
+            assert!(err.contains("--resume"), "{err}");
+        }
+        let done = history(runner).len();
+        assert!(
+            (1..8).contains(&done),
+            "a complete checkpoint survives: {done}"
+        );
+        ok(p, &train_args(runner, &[epochs[0], epochs[1], "--resume"]));
+        assert_eq!(history(runner), want, "{runner}");
+    }
+}

@@ -264,6 +264,7 @@ pub fn run(a: &TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         resume,
         stop_after: a.stop_after,
     };
+    crate::train::interrupt::install();
     let outcome = trainer::train(&mut model, &loader, &criterion, plan)?;
     if outcome.stopped {
         println!(

@@ -90,14 +90,36 @@ fn centres(n: usize, size: f32, rng: &mut ChaCha8Rng) -> Vec<(f32, f32)> {
     out
 }
 
+/// Square max filter of radius `r` (separable). Written here: it is a dozen lines on our `Plane`.
+fn dilate(p: &Plane, w: usize, h: usize, r: usize) -> Plane {
+    let mut rows = vec![0f32; w * h];
+    for y in 0..h {
+        for x in 0..w {
+            let (a, b) = (x.saturating_sub(r), (x + r + 1).min(w));
+            rows[y * w + x] = p[y * w + a..y * w + b].iter().cloned().fold(0.0, f32::max);
+        }
+    }
+    let mut out = vec![0f32; w * h];
+    for y in 0..h {
+        let (a, b) = (y.saturating_sub(r), (y + r + 1).min(h));
+        for x in 0..w {
+            out[y * w + x] = (a..b).map(|yy| rows[yy * w + x]).fold(0.0, f32::max);
+        }
+    }
+    out
+}
+
 /// An imitation detector output on one global scale: the blurred mask scaled by a per-image
 /// strength, smooth noise and a few weak false positives, resampled to MAP_SIZE.
 fn anomaly_map(mask: &Plane, w: usize, h: usize, rng: &mut ChaCha8Rng) -> GrayImage {
     let sigma = w as f32 / 60.0;
     let strength = rng.gen_range(0.6..1.0f32);
-    // Thin defects (cracks, scratches) blur to low values: rescale so the defect peaks at its
+    // A detector answers at the resolution of its feature patches (8–16 px), so even a 1-pixel
+    // crack lights up a band several pixels wide: widen the mask by about a patch first. Thin
+    // defects (cracks, scratches) then blur to low values: rescale so the defect peaks at its
     // strength, as a detector's response does.
-    let blurred = gaussian_blur(mask, w, h, sigma);
+    let widened = dilate(mask, w, h, (w / 32).max(1));
+    let blurred = gaussian_blur(&widened, w, h, sigma);
     let peak = blurred.iter().cloned().fold(1e-6f32, f32::max);
     let mut m: Plane = blurred
         .iter()

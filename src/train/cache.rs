@@ -95,6 +95,11 @@ impl TokenBank {
         let mut hidden = Vec::with_capacity(chunks.len());
         let mut start = 0i64;
         for views_masks in crate::data::loader::Prefetch::spawn(chunks.len(), 1, make) {
+            if super::interrupt::requested() {
+                return Err(Error::Interrupted(
+                    "interrupted while building the frozen-prefix cache; run the same command again (add --resume if a checkpoint exists)".into(),
+                ));
+            }
             let (v, m) = views_masks?;
             let (v, m) = (v.to_device(device), m.to_device(device));
             let tokens = model.backbone.tokens_before(&v, &m, block)?;

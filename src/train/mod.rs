@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod checkpoint;
+pub mod interrupt;
 pub mod losses;
 pub mod optim;
 pub mod trainer;

@@ -265,6 +265,21 @@ pub fn run_epoch(
         opt.zero_grad();
         losses.total.backward();
         opt.step(lr);
+        if super::interrupt::requested() {
+            let how = if epoch == 0 {
+                "no epoch is complete yet: run the same command again".to_string()
+            } else {
+                format!(
+                    "{} holds epoch {epoch}: continue with the same command and --resume",
+                    data.last_good.display()
+                )
+            };
+            return Err(Error::Interrupted(format!(
+                "interrupted in epoch {} after batch {}; {how}",
+                epoch + 1,
+                b + 1
+            )));
+        }
         for (s, h) in head_sums.iter_mut().zip(&v.head_cluster) {
             *s += h;
         }
