@@ -14,7 +14,7 @@ echo "==> 1/4 synthetic dataset -> $DATA"
 "$BIN" synth --out "$DATA" --seed 0
 
 echo "==> 2/4 base set cropped by its masks -> $BASE"
-"$BIN" prepare-base --images "$DATA/base/images" --masks "$DATA/base/masks" --out "$BASE"
+"$BIN" prepare-base --images "$DATA/base/images" --masks "$DATA/base/masks" --out "$BASE" --overwrite
 
 echo "==> 3/4 train (binarize + crop the novel images, train, evaluate) -> $RUN"
 "$BIN" train --config configs/demo.yaml --dataset folder --category synth \
