@@ -2,13 +2,15 @@
 //!
 //! One module per pipeline stage: [`mebin`] (adaptive binarization and anomaly-centred crops),
 //! [`model`] (mask-guided ViT and projector), [`train`] (losses), [`infer`] (region merging),
-//! [`metrics`] (NMI / ARI / Hungarian F1); [`synth`]
+//! [`metrics`] (NMI / ARI / Hungarian F1); [`detect`] (a built-in PatchCore-style detector);
+//! [`mtd`] (Magnetic-Tile-Defect to MVTec layout); [`synth`]
 //! makes a synthetic dataset; [`commands`] is the command edge used by the binary.
 
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod data;
+pub mod detect;
 pub mod device;
 pub mod error;
 pub mod fsutil;
@@ -18,6 +20,7 @@ pub mod logging;
 pub mod mebin;
 pub mod metrics;
 pub mod model;
+pub mod mtd;
 pub mod synth;
 pub mod train;
 
