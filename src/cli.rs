@@ -43,6 +43,10 @@ pub enum Command {
     Test(commands::test::TestArgs),
     /// Assign new images to the discovered defect types with a trained checkpoint.
     Predict(commands::predict::PredictArgs),
+    /// Built-in PatchCore-style detector: anomaly maps of test images from normal training images.
+    Detect(commands::detect::DetectArgs),
+    /// Convert the original Magnetic-Tile-Defect dataset to the MVTec AD layout.
+    PrepareMtd(commands::prepare_mtd::PrepareMtdArgs),
     /// Write a deterministic synthetic industrial dataset (demo and tests; no download).
     Synth(commands::synth::SynthArgs),
     /// Check a config file or show the defaults.

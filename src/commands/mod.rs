@@ -3,8 +3,10 @@
 
 pub mod binarize;
 pub mod config;
+pub mod detect;
 pub mod predict;
 pub mod prepare_base;
+pub mod prepare_mtd;
 pub mod synth;
 pub mod test;
 pub mod train;
@@ -35,6 +37,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(a) => train::run(&a, &ctx),
         Command::Test(a) => test::run(&a, &ctx),
         Command::Predict(a) => predict::run(&a, &ctx),
+        Command::Detect(a) => detect::run(&a, &ctx),
+        Command::PrepareMtd(a) => prepare_mtd::run(&a, &ctx),
         Command::Synth(a) => synth::run(&a, &ctx),
         Command::Config(c) => config::run(&c, &ctx),
     }

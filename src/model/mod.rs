@@ -6,6 +6,7 @@
 
 pub mod arch;
 pub mod block;
+pub mod efficientnet;
 pub mod mgvit;
 pub mod multihead;
 pub mod pickle;
@@ -132,7 +133,13 @@ pub fn resolve_backbone_weights(models: &Models, flag: Option<&Path>) -> Result<
 /// `data/weights/<arch>.safetensors` under the working directory, else under the folders above
 /// the executable (so `target/release/anomalyncd` finds the checkout's file from anywhere).
 fn find_default_weights(spec: &ArchSpec) -> Option<PathBuf> {
-    let rel = Path::new(DEFAULT_WEIGHTS_DIR).join(format!("{}.safetensors", spec.name));
+    find_in_weights_dir(&format!("{}.safetensors", spec.name))
+}
+
+/// `data/weights/<file>` under the working directory, else under the folders above the
+/// executable.
+pub fn find_in_weights_dir(file: &str) -> Option<PathBuf> {
+    let rel = Path::new(DEFAULT_WEIGHTS_DIR).join(file);
     if rel.is_file() {
         return Some(rel);
     }

@@ -1,0 +1,129 @@
+//! Patch scores to anomaly maps: bilinear upsampling to the input size, a Gaussian blur (sigma 4,
+//! as PatchCore, with scipy's defaults: radius 4 sigma, "reflect" borders), and 8-bit maps on one
+//! global scale over the whole test set, as the reference's `generate_anomaly_maps` writes them.
+
+use tch::{Kind, Tensor};
+
+/// PatchCore's smoothing of the upsampled map.
+pub const SIGMA: f64 = 4.0;
+
+/// Normalised 1-D Gaussian of `sigma` with radius `round(4 sigma)` (scipy's `truncate=4.0`).
+fn gaussian_kernel(sigma: f64) -> Vec<f32> {
+    let r = (4.0 * sigma + 0.5).floor() as i64;
+    let w: Vec<f64> = (-r..=r)
+        .map(|i| (-0.5 * (i as f64 / sigma).powi(2)).exp())
+        .collect();
+    let sum: f64 = w.iter().sum();
+    w.iter().map(|v| (v / sum) as f32).collect()
+}
+
+/// Indices that extend `0..n` by `r` on both sides with scipy's "reflect" (half-sample
+/// symmetric: `d c b a | a b c d | d c b a`), repeated when `r > n`.
+fn reflect_indices(n: i64, r: i64) -> Vec<i64> {
+    (-r..n + r)
+        .map(|i| {
+            let period = 2 * n;
+            let m = i.rem_euclid(period);
+            if m < n {
+                m
+            } else {
+                period - 1 - m
+            }
+        })
+        .collect()
+}
+
+/// Separable Gaussian blur of `x [B, 1, H, W]` with reflect borders.
+pub fn gaussian_blur(x: &Tensor, sigma: f64) -> Tensor {
+    let k = gaussian_kernel(sigma);
+    let r = (k.len() / 2) as i64;
+    let dev = x.device();
+    let kt = Tensor::from_slice(&k).to_device(dev).to_kind(x.kind());
+    let size = x.size();
+    let (h, w) = (size[2], size[3]);
+    let rows = Tensor::from_slice(&reflect_indices(h, r)).to_device(dev);
+    let cols = Tensor::from_slice(&reflect_indices(w, r)).to_device(dev);
+    let len = k.len() as i64;
+    let y = x.index_select(2, &rows).conv2d(
+        &kt.view([1, 1, len, 1]),
+        None::<Tensor>,
+        [1, 1],
+        [0, 0],
+        [1, 1],
+        1,
+    );
+    y.index_select(3, &cols).conv2d(
+        &kt.view([1, 1, 1, len]),
+        None::<Tensor>,
+        [1, 1],
+        [0, 0],
+        [1, 1],
+        1,
+    )
+}
+
+/// Patch scores `[B, G, G]` -> smoothed maps `[B, size, size]` (float, on the CPU).
+pub fn patch_scores_to_maps(scores: &Tensor, size: i64) -> Tensor {
+    let up = scores
+        .unsqueeze(1)
+        .to_kind(Kind::Float)
+        .upsample_bilinear2d([size, size], false, None, None);
+    gaussian_blur(&up, SIGMA)
+        .squeeze_dim(1)
+        .to_device(tch::Device::Cpu)
+}
+
+/// One map as 8-bit levels on the global scale `[lo, hi]`: `floor(255 (v - lo) / (hi - lo))`,
+/// as the reference's `(norm * 255).astype(np.uint8)`; all zeros when `hi <= lo`.
+pub fn to_u8(map: &[f32], lo: f32, hi: f32) -> Vec<u8> {
+    let span = hi - lo;
+    if !(span > 0.0) {
+        return vec![0; map.len()];
+    }
+    map.iter()
+        .map(|&v| ((v - lo) / span * 255.0).floor().clamp(0.0, 255.0) as u8)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    #[test]
+    fn reflect_is_half_sample_symmetric() {
+        assert_eq!(reflect_indices(4, 2), [1, 0, 0, 1, 2, 3, 3, 2]);
+        assert_eq!(reflect_indices(2, 3), [1, 1, 0, 0, 1, 1, 0, 0]);
+    }
+
+    #[test]
+    fn blur_keeps_mass_and_constants() {
+        let k = gaussian_kernel(SIGMA);
+        assert_eq!(k.len(), 33);
+        assert!((k.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        let c = Tensor::full([1, 1, 20, 30], 3.0, (Kind::Float, Device::Cpu));
+        let b = gaussian_blur(&c, SIGMA);
+        assert_eq!(b.size(), [1, 1, 20, 30]);
+        assert!((b - 3.0).abs().max().double_value(&[]) < 1e-5);
+        // A centred impulse spreads symmetrically and keeps its mass away from the borders.
+        let x = Tensor::zeros([1, 1, 41, 41], (Kind::Float, Device::Cpu));
+        let _ = x.get(0).get(0).get(20).get(20).fill_(1.0);
+        let y = gaussian_blur(&x, SIGMA);
+        assert!((y.sum(Kind::Float).double_value(&[]) - 1.0).abs() < 1e-5);
+        let a = y.double_value(&[0, 0, 20, 24]);
+        let b = y.double_value(&[0, 0, 16, 20]);
+        assert!((a - b).abs() < 1e-7 && a < y.double_value(&[0, 0, 20, 20]));
+    }
+
+    #[test]
+    fn maps_are_upsampled_and_quantised_on_one_scale() {
+        let s = Tensor::from_slice(&[0.0f32, 1.0, 2.0, 3.0]).view([1, 2, 2]);
+        let m = patch_scores_to_maps(&s, 16);
+        assert_eq!(m.size(), [1, 16, 16]);
+        let v: Vec<f32> = Vec::try_from(m.flatten(0, -1)).unwrap();
+        let q = to_u8(&v, 0.0, 3.0);
+        assert!(q.iter().all(|&l| l < 255));
+        assert_eq!(to_u8(&[1.0, 2.0, 3.0, 9.0], 1.0, 3.0), [0, 127, 255, 255]);
+        assert_eq!(to_u8(&[5.0, 5.0], 5.0, 5.0), [0, 0]);
+    }
+}

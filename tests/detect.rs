@@ -1,0 +1,281 @@
+//! `anomalyncd detect` on a tiny generated set (textured surfaces; defects are dark spots with
+//! masks): the output layout and map format, the global scale, metrics, and bad inputs. With the
+//! real EfficientNet-Lite0 weights (data/weights/efficientnet_lite0.pth from
+//! scripts/prepare_weights.sh; skipped with a message when absent) the spots must be found.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use image::{GrayImage, Luma};
+use serde_json::Value;
+
+const SIZE: u32 = 64;
+
+fn cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_anomalyncd"))
+        .args(["-q", "--device", "cpu"])
+        .args(args)
+        .output()
+        .expect("run anomalyncd")
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A deterministic textured tile (xorshift noise on stripes), with a dark disc when `spot` is
+/// given (centre x, y, radius), and the disc's mask.
+fn tile(seed: u32, spot: Option<(i32, i32, i32)>) -> (GrayImage, GrayImage) {
+    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
+    let mut noise = move || {
+        s ^= s << 13;
+        s ^= s >> 17;
+        s ^= s << 5;
+        (s % 17) as f32 - 8.0
+    };
+    let mut img = GrayImage::new(SIZE, SIZE);
+    let mut mask = GrayImage::new(SIZE, SIZE);
+    for y in 0..SIZE {
+        for x in 0..SIZE {
+            let mut v = 150.0 + 25.0 * ((x as f32) * 0.7).sin() + noise();
+            if let Some((cx, cy, r)) = spot {
+                let (dx, dy) = (x as i32 - cx, y as i32 - cy);
+                if dx * dx + dy * dy <= r * r {
+                    v = 30.0 + noise();
+                    mask.put_pixel(x, y, Luma([255]));
+                }
+            }
+            img.put_pixel(x, y, Luma([v.clamp(0.0, 255.0) as u8]));
+        }
+    }
+    (img, mask)
+}
+
+/// train/good (8), test/good (2), test/spot (3) with ground_truth/spot masks.
+fn make_set(root: &Path) {
+    let save = |img: &GrayImage, rel: String| {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        img.save(p).unwrap();
+    };
+    for i in 0..8 {
+        save(&tile(i, None).0, format!("train/good/{i:03}.png"));
+    }
+    for i in 0..2 {
+        save(&tile(100 + i, None).0, format!("test/good/{i:03}.png"));
+    }
+    for (i, spot) in [(20, 20, 6), (44, 30, 7), (30, 48, 5)]
+        .into_iter()
+        .enumerate()
+    {
+        let (img, mask) = tile(200 + i as u32, Some(spot));
+        save(&img, format!("test/spot/{i:03}.png"));
+        save(&mask, format!("ground_truth/spot/{i:03}.png"));
+    }
+}
+
+fn detect(root: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let p = |s: &str| root.join(s).to_str().unwrap().to_string();
+    let (train, test, masks) = (p("train"), p("test"), p("ground_truth"));
+    let mut args = vec![
+        "detect",
+        "--train",
+        &train,
+        "--test",
+        &test,
+        "--masks",
+        &masks,
+        "--out",
+        out.to_str().unwrap(),
+        "--image-size",
+        "64",
+        "--batch-size",
+        "4",
+        "--coreset",
+        "0.5",
+    ];
+    args.extend(extra);
+    cli(&args)
+}
+
+fn report(out: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join("detect.json")).unwrap()).unwrap()
+}
+
+fn read_l8(p: &Path) -> GrayImage {
+    match image::open(p).unwrap() {
+        image::DynamicImage::ImageLuma8(g) => g,
+        other => panic!("{}: not 8-bit gray: {:?}", p.display(), other.color()),
+    }
+}
+
+#[test]
+fn maps_layout_scale_and_metrics_with_random_weights() {
+    let d = tempfile::tempdir().unwrap();
+    make_set(d.path());
+    let out = d.path().join("maps");
+    let o = detect(d.path(), &out, &["--random-weights"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("image AUROC") && stdout.contains("pixel AUROC"),
+        "{stdout}"
+    );
+    // Maps for the defective images only, 8-bit at the input size.
+    let spot: Vec<PathBuf> = (0..3)
+        .map(|i| out.join(format!("spot/{i:03}.png")))
+        .collect();
+    for p in &spot {
+        assert_eq!(read_l8(p).dimensions(), (SIZE, SIZE));
+    }
+    assert!(!out.join("good").exists());
+    let r = report(&out);
+    let m = &r["metrics"];
+    for k in ["image_auroc", "pixel_auroc", "aupro"] {
+        let v = m[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {m}"));
+        assert!((0.0..=1.0).contains(&v), "{k} {v}");
+    }
+    assert_eq!(
+        (
+            m["normal_test_images"].as_u64(),
+            m["defect_test_images"].as_u64()
+        ),
+        (Some(2), Some(3))
+    );
+    // 8 images x 8x8 patches, coreset 0.5.
+    assert_eq!(
+        (r["pool_patches"].as_u64(), r["memory_bank"].as_u64()),
+        (Some(512), Some(256))
+    );
+    assert_eq!(r["images"].as_array().unwrap().len(), 5);
+
+    // With the normal maps written too, the maps share one scale: 0 and 255 both occur, and an
+    // image's score order matches its map's maximum order.
+    let all = d.path().join("all");
+    let o = detect(d.path(), &all, &["--random-weights", "--write-good-maps"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut levels = (255u8, 0u8);
+    for rel in [
+        "good/000.png",
+        "good/001.png",
+        "spot/000.png",
+        "spot/001.png",
+        "spot/002.png",
+    ] {
+        let g = read_l8(&all.join(rel));
+        for p in g.pixels() {
+            levels = (levels.0.min(p[0]), levels.1.max(p[0]));
+        }
+    }
+    assert_eq!(levels, (0, 255));
+    // Same inputs, same seed: identical maps.
+    for p in &spot {
+        let rel = p.strip_prefix(&out).unwrap();
+        assert_eq!(
+            std::fs::read(p).unwrap(),
+            std::fs::read(all.join(rel)).unwrap()
+        );
+    }
+
+    // A flat test folder gives flat maps.
+    let flat = d.path().join("flat");
+    std::fs::create_dir_all(&flat).unwrap();
+    for i in 0..2 {
+        std::fs::copy(
+            d.path().join(format!("test/spot/{i:03}.png")),
+            flat.join(format!("f{i}.png")),
+        )
+        .unwrap();
+    }
+    let fo = d.path().join("flat_maps");
+    let o = cli(&[
+        "detect",
+        "--train",
+        d.path().join("train").to_str().unwrap(),
+        "--test",
+        flat.to_str().unwrap(),
+        "--out",
+        fo.to_str().unwrap(),
+        "--image-size",
+        "64",
+        "--random-weights",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(fo.join("f0.png").is_file() && fo.join("f1.png").is_file());
+    assert!(report(&fo)["metrics"]["image_auroc"].is_null());
+}
+
+#[test]
+fn bad_inputs_exit_2_with_the_fix() {
+    let d = tempfile::tempdir().unwrap();
+    make_set(d.path());
+    let out = d.path().join("out");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--random-weights", "--coreset", "0"], "--coreset"),
+        (vec!["--random-weights", "--stages", "4,2"], "--stages"),
+        (
+            vec!["--random-weights", "--image-size", "8"],
+            "--image-size",
+        ),
+        (
+            vec!["--weights", "/nonexistent/w.pth"],
+            "/nonexistent/w.pth",
+        ),
+    ];
+    for (extra, want) in cases {
+        let o = detect(d.path(), &out, &extra);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{extra:?}: {}", stderr(&o));
+    }
+    // Weights of another model.
+    let other = d.path().join("other.safetensors");
+    tch::Tensor::write_safetensors(&[("x", tch::Tensor::from_slice(&[1.0f32]))], &other).unwrap();
+    let o = detect(d.path(), &out, &["--weights", other.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("missing tensor"), "{}", stderr(&o));
+    // A defective image without a mask.
+    std::fs::remove_file(d.path().join("ground_truth/spot/001.png")).unwrap();
+    let o = detect(d.path(), &out, &["--random-weights"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("spot/001"), "{}", stderr(&o));
+    // Output inside an input.
+    let inside = d.path().join("test/maps");
+    let o = cli(&[
+        "detect",
+        "--train",
+        d.path().join("train").to_str().unwrap(),
+        "--test",
+        d.path().join("test").to_str().unwrap(),
+        "--out",
+        inside.to_str().unwrap(),
+        "--random-weights",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("must not be inside"), "{}", stderr(&o));
+    assert!(!out.join("detect.json").exists());
+}
+
+/// Needs data/weights/efficientnet_lite0.pth (scripts/prepare_weights.sh); skipped without it.
+#[test]
+fn pretrained_features_find_the_spots() {
+    let w = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/data/weights/efficientnet_lite0.pth"
+    ));
+    if !w.is_file() {
+        eprintln!(
+            "skipped: {} is absent (run scripts/prepare_weights.sh)",
+            w.display()
+        );
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    make_set(d.path());
+    let out = d.path().join("maps");
+    let o = detect(d.path(), &out, &["--weights", w.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = report(&out)["metrics"].clone();
+    assert_eq!(m["image_auroc"].as_f64(), Some(1.0), "{m}");
+    assert!(m["pixel_auroc"].as_f64().unwrap() > 0.95, "{m}");
+    assert!(m["aupro"].as_f64().unwrap() > 0.7, "{m}");
+}
