@@ -358,7 +358,7 @@ mod tests {
             });
             let d = spec.embed_dim as i64;
             let x = Tensor::randn([3, 17, d], tch::kind::FLOAT_CPU);
-            let mut hidden = Tensor::rand([3, 17], tch::kind::FLOAT_CPU).lt(0.6);
+            let hidden = Tensor::rand([3, 17], tch::kind::FLOAT_CPU).lt(0.6);
             let _ = hidden.narrow(1, 0, 1).fill_(0);
             let g = MaskGuide { hidden };
             for imp in [AttnImpl::Plain, AttnImpl::Fused] {
