@@ -2,7 +2,8 @@
 # The built-in detector on the real Magnetic-Tile-Defect data (../shared/data/mtd, MVTec layout,
 # all 952 normal tiles in train/MT_Free): rebuilds the original MTD layout from it with symlinks,
 # converts it back with `prepare-mtd` (a seeded 80/20 split: 762 normal tiles to train on, 190 held
-# out as test/good for the image AUROC only), then runs `detect` under /usr/bin/time -v.
+# out as test/good for the evaluation only: image AUROC, normal pixels of the pixel metrics), then
+# runs `detect` under /usr/bin/time -v.
 # Usage: scripts/detect_mtd.sh [WORK_DIR] [extra detect flags…]   (WORK_DIR default outputs/mtd_detect)
 set -euo pipefail
 cd "$(dirname "$0")/.."

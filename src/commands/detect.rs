@@ -44,9 +44,10 @@ pub struct DetectArgs {
     /// Fraction of the pooled normal patches kept in the memory bank (greedy k-center coreset).
     #[arg(long, default_value_t = 0.1, value_name = "FRACTION")]
     pub coreset: f64,
-    /// At most this many normal patches enter the coreset search (random per-image subsets above
-    /// it); bounds fitting memory at N x feature dim x 4 bytes.
-    #[arg(long, default_value_t = 200_000, value_name = "N")]
+    /// At most this many normal patches enter the coreset search (each image then keeps its
+    /// N / images most spread-out patches); bounds fitting memory at N x feature dim x 4 bytes,
+    /// and the search time grows with N squared.
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
     pub max_patches: usize,
     /// Images per forward pass.
     #[arg(long, default_value_t = 16)]

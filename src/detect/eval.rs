@@ -36,7 +36,7 @@ pub struct PixelSet {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PixelMetrics {
     pub auroc: f64,
-    /// None when no pixel is anomalous or none is normal.
+    /// Mean per-region overlap integrated over FPR 0..0.3, divided by 0.3.
     pub aupro: f64,
 }
 

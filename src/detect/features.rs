@@ -100,30 +100,22 @@ impl FeatureExtractor {
     }
 }
 
-/// Decodes `paths` in parallel and resizes each to `size`×`size` RGB (bilinear), as a batch
-/// `[B, 3, size, size]` of 0..=255 floats on the CPU. Also returns each original (width, height).
-pub fn load_batch(paths: &[&Path], size: u32) -> Result<(Tensor, Vec<(u32, u32)>)> {
-    let decoded: Vec<(Vec<u8>, (u32, u32))> = paths
+/// Decodes `paths` in parallel and resizes each to `size`×`size` RGB (bilinear; the aspect
+/// ratio is not kept), as a batch `[B, 3, size, size]` of 0..=255 floats on the CPU.
+pub fn load_batch(paths: &[&Path], size: u32) -> Result<Tensor> {
+    let decoded: Vec<Vec<u8>> = paths
         .par_iter()
         .map(|p| {
             let img = crate::imageio::read_rgb(p)?;
-            let dims = img.dimensions();
-            let resized = image::imageops::resize(&img, size, size, FilterType::Triangle);
-            Ok((resized.into_raw(), dims))
+            Ok(image::imageops::resize(&img, size, size, FilterType::Triangle).into_raw())
         })
         .collect::<Result<_>>()?;
     let s = size as i64;
-    let mut flat = Vec::with_capacity(decoded.len() * (3 * s * s) as usize);
-    let mut dims = Vec::with_capacity(decoded.len());
-    for (px, d) in decoded {
-        flat.extend_from_slice(&px);
-        dims.push(d);
-    }
-    let t = Tensor::from_slice(&flat)
+    let flat: Vec<u8> = decoded.concat();
+    Ok(Tensor::from_slice(&flat)
         .view([paths.len() as i64, s, s, 3])
         .permute([0, 3, 1, 2])
-        .to_kind(Kind::Float);
-    Ok((t, dims))
+        .to_kind(Kind::Float))
 }
 
 #[cfg(test)]

@@ -77,7 +77,8 @@ pub fn patch_scores_to_maps(scores: &Tensor, size: i64) -> Tensor {
 /// as the reference's `(norm * 255).astype(np.uint8)`; all zeros when `hi <= lo`.
 pub fn to_u8(map: &[f32], lo: f32, hi: f32) -> Vec<u8> {
     let span = hi - lo;
-    if !(span > 0.0) {
+    // Also catches a NaN span.
+    if span.is_nan() || span <= 0.0 {
         return vec![0; map.len()];
     }
     map.iter()

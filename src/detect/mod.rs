@@ -1,9 +1,10 @@
 //! A PatchCore-style anomaly detector (Roth et al., "Towards total recall in industrial anomaly
 //! detection", CVPR 2022), so the pipeline runs without an outside detector:
 //!
-//! 1. fit: patch features ([`features`]) of the normal training images, streamed in batches; at
-//!    most `max_patches` are kept (each image contributes `max_patches / n_train` random patches
-//!    when the total would exceed it), so the pool takes at most `max_patches x D x 4` bytes;
+//! 1. fit: patch features ([`features`]) of the normal training images, streamed in batches.
+//!    When all patches would exceed `max_patches`, each image contributes its
+//!    `max_patches / n_train` most spread-out patches (a greedy k-center within the image), so
+//!    the pool takes at most `max_patches x D x 4` bytes (61 MB at the default 100 000 x 152);
 //! 2. memory bank: a greedy k-center coreset of the pool ([`coreset`]);
 //! 3. score: each test patch's distance to its nearest bank entry; image score = max patch score;
 //!    map = patch scores upsampled to the input size and smoothed ([`maps`]);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use image::{imageops::FilterType, GrayImage};
-use rand::{seq::index::sample, SeedableRng};
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -164,27 +164,27 @@ fn pair_masks(masks: &Path, test: &[TypedFile]) -> Result<Vec<Option<PathBuf>>> 
     Ok(out)
 }
 
-/// Which patches of each training image enter the pool: all, or a seeded random subset so the
-/// pool stays within `max_patches`.
-fn pool_indices(
-    n_images: usize,
-    per_image: usize,
-    max_patches: usize,
-    seed: u64,
-    img: usize,
-) -> Option<Vec<i64>> {
-    let keep = (max_patches / n_images.max(1)).max(1);
-    if keep >= per_image {
-        return None;
+/// Patches each training image contributes to the pool: all of its `per_image`, or
+/// `max_patches / n_images` (at least 1) when the pool would exceed `max_patches`.
+fn per_image_keep(n_images: usize, per_image: usize, max_patches: usize) -> usize {
+    (max_patches / n_images.max(1)).clamp(1, per_image)
+}
+
+/// One image's share of the pool: its `rows [P, dim]` (row-major) reduced to `keep` rows by
+/// greedy k-center from a seeded random patch, so rare normal patterns survive (a random subset
+/// would drop them).
+fn image_share(rows: &[f32], dim: usize, keep: usize, seed: u64, img: usize) -> Vec<f32> {
+    let p = rows.len() / dim;
+    if keep >= p {
+        return rows.to_vec();
     }
     let mut rng =
         ChaCha8Rng::seed_from_u64(seed ^ (img as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let mut idx: Vec<i64> = sample(&mut rng, per_image, keep)
+    let start = rng.gen_range(0..p);
+    coreset::greedy_k_center(rows, dim, keep, start, || {})
         .into_iter()
-        .map(|i| i as i64)
-        .collect();
-    idx.sort_unstable();
-    Some(idx)
+        .flat_map(|i| rows[i * dim..(i + 1) * dim].iter().copied())
+        .collect()
 }
 
 /// `[B, D, G, G] -> [B, G*G, D]`
@@ -195,26 +195,29 @@ fn patches(f: &Tensor) -> Tensor {
 
 fn fit(spec: &DetectSpec, fx: &FeatureExtractor, train: &[TypedFile]) -> Result<Tensor> {
     let pb = crate::logging::progress(train.len() as u64, "features");
+    let dim = fx.dim() as usize;
     let per_image = (fx.grid(spec.image_size as i64).pow(2)) as usize;
-    let mut pool = Vec::new();
+    let keep = per_image_keep(train.len(), per_image, spec.max_patches);
+    let mut pool: Vec<f32> = Vec::with_capacity(keep * train.len() * dim);
     for (b, chunk) in train.chunks(spec.batch_size).enumerate() {
         let paths: Vec<&Path> = chunk.iter().map(|f| f.path.as_path()).collect();
-        let (x, _) = load_batch(&paths, spec.image_size)?;
-        let p = patches(&fx.forward(&x));
-        for i in 0..chunk.len() {
-            let img = b * spec.batch_size + i;
-            let rows = p.get(i as i64);
-            let rows = match pool_indices(train.len(), per_image, spec.max_patches, spec.seed, img)
-            {
-                Some(idx) => rows.index_select(0, &Tensor::from_slice(&idx).to_device(fx.device)),
-                None => rows,
-            };
-            pool.push(rows.contiguous());
-        }
+        let x = load_batch(&paths, spec.image_size)?;
+        let p = patches(&fx.forward(&x)).contiguous().to_device(Device::Cpu);
+        let flat: Vec<f32> = Vec::try_from(p.flatten(0, -1))
+            .map_err(|e| Error::runtime(format!("reading patch features: {e}")))?;
+        let shares: Vec<Vec<f32>> = flat
+            .par_chunks(per_image * dim)
+            .enumerate()
+            .map(|(i, rows)| image_share(rows, dim, keep, spec.seed, b * spec.batch_size + i))
+            .collect();
+        shares.iter().for_each(|s| pool.extend_from_slice(s));
         pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();
-    Ok(Tensor::cat(&pool, 0))
+    let n = (pool.len() / dim) as i64;
+    Ok(Tensor::from_slice(&pool)
+        .view([n, dim as i64])
+        .to_device(fx.device))
 }
 
 /// Patch-score maps `[size*size]` and image scores of the test images.
@@ -233,7 +236,7 @@ fn score(
     );
     for chunk in test.chunks(spec.batch_size) {
         let paths: Vec<&Path> = chunk.iter().map(|f| f.path.as_path()).collect();
-        let (x, _) = load_batch(&paths, spec.image_size)?;
+        let x = load_batch(&paths, spec.image_size)?;
         let f = tch::no_grad(|| fx.forward(&x));
         let g = f.size()[2];
         let p = patches(&f).flatten(0, 1);
@@ -475,16 +478,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pool_keeps_a_seeded_subset_per_image() {
-        // 10 images of 100 patches, at most 250 patches: 25 per image, the same for the same seed.
-        let a = pool_indices(10, 100, 250, 1, 3).unwrap();
-        assert_eq!(a.len(), 25);
-        assert!(a.windows(2).all(|w| w[0] < w[1]) && a[24] < 100);
-        assert_eq!(pool_indices(10, 100, 250, 1, 3).unwrap(), a);
-        assert_ne!(pool_indices(10, 100, 250, 1, 4).unwrap(), a);
-        // Enough room: every patch.
-        assert_eq!(pool_indices(10, 100, 1000, 1, 3), None);
-        // Far too little room still keeps one patch per image.
-        assert_eq!(pool_indices(10, 100, 3, 1, 0).unwrap().len(), 1);
+    fn each_image_keeps_its_share_of_the_pool() {
+        // 10 images of 100 patches, at most 250 patches: 25 per image.
+        assert_eq!(per_image_keep(10, 100, 250), 25);
+        assert_eq!(per_image_keep(10, 100, 5000), 100);
+        assert_eq!(per_image_keep(10, 100, 3), 1);
+        // 6 patches in 2-d, 3 kept: the far corners survive whatever the random start.
+        let rows = [0.0, 0.0, 0.1, 0.0, 0.0, 0.1, 9.0, 0.0, 0.0, 9.0, 0.1, 0.1];
+        for img in 0..5 {
+            let share = image_share(&rows, 2, 3, 1, img);
+            assert_eq!(share.len(), 6);
+            let has = |x: f32, y: f32| share.chunks(2).any(|r| r == [x, y]);
+            assert!(has(9.0, 0.0) && has(0.0, 9.0), "{share:?}");
+        }
+        assert_eq!(image_share(&rows, 2, 6, 1, 0), rows);
     }
 }
