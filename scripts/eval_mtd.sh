@@ -24,32 +24,36 @@ for d in "$SHARED/mtd/test" "$SHARED/mtd/train/MT_Free" "$SHARED/sd900/images"; 
 done
 mkdir -p "$WORK"
 stamp() { date +%s; }
+# Runs a stage, printing its wall time and peak memory (GNU time, when the machine has it).
+timed() { # label, command...
+  local label=$1; shift
+  if [ -x /usr/bin/time ]; then
+    /usr/bin/time -f "    $label: %e s wall, peak memory %M KiB" "$@"
+  else
+    local t; t=$(stamp); "$@"; echo "    $label: $(( $(stamp) - t )) s wall"
+  fi
+}
 
 t0=$(stamp)
 echo "==> base set: SD-900 cropped by its masks ($BASE_PER_CLASS images per class) -> $WORK/sd900_base"
-"$BIN" prepare-base --images "$SHARED/sd900/images" --masks "$SHARED/sd900/masks" \
+timed prepare-base "$BIN" prepare-base --images "$SHARED/sd900/images" --masks "$SHARED/sd900/masks" \
   --out "$WORK/sd900_base" --max-per-class "$BASE_PER_CLASS" --overwrite -q
-echo "    prepare-base: $(( $(stamp) - t0 )) s"
 
 run_source() { # name, maps folder
-  local name=$1 maps=$2 t
-  t=$(stamp)
+  local name=$1 maps=$2
   echo "==> train + evaluate on $name maps ($maps)"
-  "$BIN" train --config "$CONFIG" --dataset mtd --category "mtd_$name" \
+  timed "train + evaluate ($name)" "$BIN" train --config "$CONFIG" --dataset mtd --category "mtd_$name" \
     --dataset-path "$SHARED/mtd/test" --anomaly-map-path "$maps" \
     --base-data-path "$WORK/sd900_base" --runner-name "$RUNNER" --overwrite
-  echo "    train + evaluate ($name): $(( $(stamp) - t )) s"
 }
 
 if [ "$MAPS" = both ] || [ "$MAPS" = oracle ]; then
   run_source oracle "$SHARED/mtd_oracle_maps"
 fi
 if [ "$MAPS" = both ] || [ "$MAPS" = detector ]; then
-  t=$(stamp)
   echo "==> anomaly maps from the built-in detector fitted on MT_Free -> $WORK/detector_maps"
-  "$BIN" detect --train "$SHARED/mtd/train/MT_Free" --test "$SHARED/mtd/test" \
+  timed detect "$BIN" detect --train "$SHARED/mtd/train/MT_Free" --test "$SHARED/mtd/test" \
     --masks "$SHARED/mtd/ground_truth" --out "$WORK/detector_maps" --overwrite
-  echo "    detect: $(( $(stamp) - t )) s"
   run_source detector "$WORK/detector_maps"
 fi
 
