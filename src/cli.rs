@@ -43,6 +43,8 @@ pub enum Command {
     Test(commands::test::TestArgs),
     /// Assign new images to the discovered defect types with a trained checkpoint.
     Predict(commands::predict::PredictArgs),
+    /// Cluster the pretrained class tokens of the crops with k-means (no training): a baseline.
+    Baseline(commands::baseline::BaselineArgs),
     /// Built-in PatchCore-style detector: anomaly maps of test images from normal training images.
     Detect(commands::detect::DetectArgs),
     /// Convert the original Magnetic-Tile-Defect dataset to the MVTec AD layout.

@@ -8,6 +8,7 @@
 //! makes a synthetic dataset; [`commands`] is the command edge used by the binary.
 
 pub mod cli;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod data;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
-use super::Ctx;
+use super::{estimate_num_classes, parse_num_classes, Ctx, NumClasses};
 use crate::config::Config;
 use crate::data::{
     CropCache, CropSet, EvalLoader, LoaderOptions, NovelSource, TrainLoader, TransformSpec,
@@ -68,9 +68,13 @@ pub struct TrainArgs {
     /// Reuse existing crops in --crop-data-path instead of binarizing again.
     #[arg(long)]
     pub skip_binarize: bool,
-    /// Number of novel clusters (default: number of novel type folders).
-    #[arg(long)]
+    /// Number of novel clusters: N, or `auto` to estimate it from the pretrained class tokens
+    /// before training (default: the number of novel type folders; needed for a flat folder).
+    #[arg(long, value_name = "N|auto")]
     pub num_classes: Option<String>,
+    /// Largest K that --num-classes auto considers.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub max_classes: usize,
     /// Continue from the run folder's last checkpoint.
     #[arg(long)]
     pub resume: bool,
@@ -188,12 +192,36 @@ pub fn run(a: &TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
             .with_context(|| format!("--binary-data-path {}", dir.display()))?;
     }
 
-    // 2. Data.
-    let set = Arc::new(CropSet::load(
-        base,
-        &NovelSource::from_binarize_out(&binarize_out),
-        num_classes,
-    )?);
+    // 2. Data, and the number of novel clusters.
+    let resume = if a.resume {
+        Some(checkpoint::load(&ckpt_path)?)
+    } else {
+        None
+    };
+    let fixed = match num_classes {
+        NumClasses::FromFolders => None,
+        NumClasses::Fixed(k) => Some(k),
+        // A resumed run keeps the K it estimated; a new one estimates it below.
+        NumClasses::Auto => Some(resume.as_ref().map_or(1, |ck| ck.meta.num_novel_clusters)),
+    };
+    let mut set = CropSet::load(base, &NovelSource::from_binarize_out(&binarize_out), fixed)?;
+    let weights = resolve_backbone_weights(&cfg.models, a.backbone_weights.as_deref())?;
+    if let Some(w) = &weights {
+        cfg.models.backbone_weights = Some(w.clone());
+    }
+    let k_estimate = match (num_classes, &resume) {
+        (NumClasses::Auto, Some(ck)) => ck.meta.num_classes_estimate.clone(),
+        (NumClasses::Auto, None) => {
+            let probe = Arc::new(set.clone());
+            tch::manual_seed(cfg.experiment.seed as i64);
+            let m = Model::new(&cfg, probe.num_classes(), weights.as_deref(), ctx.device)?;
+            let (est, _) = estimate_num_classes(&m, &probe, &cfg, a.max_classes, ctx.device)?;
+            set.num_novel_clusters = est.chosen;
+            Some(est)
+        }
+        _ => None,
+    };
+    let set = Arc::new(set);
     log::info!(
         "{} base crops in {} classes, {} novel crops -> {} novel clusters",
         set.base_indices().len(),
@@ -211,10 +239,6 @@ pub fn run(a: &TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     )?;
 
     // 3. Model, loss and training.
-    let weights = resolve_backbone_weights(&cfg.models, a.backbone_weights.as_deref())?;
-    if let Some(w) = &weights {
-        cfg.models.backbone_weights = Some(w.clone());
-    }
     // Seed libtorch too: the projector (and a backbone without weights) is randomly initialised.
     tch::manual_seed(cfg.experiment.seed as i64);
     let mut model = Model::new(&cfg, set.num_classes(), weights.as_deref(), ctx.device)?;
@@ -229,13 +253,9 @@ pub fn run(a: &TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         .inference
         .merge_temperature
         .unwrap_or(default_merge_temperature(mvtec_style));
-    let resume = if a.resume {
-        let ck = checkpoint::load(&ckpt_path)?;
+    if let Some(ck) = &resume {
         check_resumable(&ck.meta, &cfg, &set, &ckpt_path)?;
-        Some(ck)
-    } else {
-        None
-    };
+    }
     let meta = CheckpointMeta {
         format_version: checkpoint::FORMAT_VERSION,
         anomalyncd_version: env!("CARGO_PKG_VERSION").into(),
@@ -255,6 +275,7 @@ pub fn run(a: &TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         search_range: Some((summary.min_th, summary.max_th)),
         merge_temperature,
         history: Vec::new(),
+        num_classes_estimate: k_estimate,
     };
     let plan = TrainPlan {
         cfg: &cfg,
@@ -313,20 +334,6 @@ pub fn run(a: &TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     }
     log::info!("checkpoint: {}", ckpt_path.display());
     Ok(())
-}
-
-fn parse_num_classes(v: Option<&str>) -> anyhow::Result<Option<usize>> {
-    match v {
-        None => Ok(None),
-        Some("auto") => Err(Error::usage(
-            "--num-classes auto: estimating the number of defect types is not available in this version yet; give a number",
-        )
-        .into()),
-        Some(s) => match s.parse::<usize>() {
-            Ok(k) if k >= 1 => Ok(Some(k)),
-            _ => Err(Error::usage(format!("--num-classes {s}: expected a positive whole number")).into()),
-        },
-    }
 }
 
 fn check_resumable(

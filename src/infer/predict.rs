@@ -147,6 +147,70 @@ pub fn predict(
     })
 }
 
+/// Predictions from hard cluster assignments (e.g. k-means, no trained head): each crop's
+/// cluster as a one-hot probability, merged per image with the same area weights as
+/// [`predict`], so an image takes the cluster of its crops' area-weighted vote.
+pub fn predict_assigned(
+    set: &CropSet,
+    items: &[usize],
+    clusters: &[usize],
+    num_clusters: usize,
+    temperature: f64,
+) -> Result<Predictions> {
+    if items.len() != clusters.len() || clusters.iter().any(|&c| c >= num_clusters) {
+        return Err(Error::runtime(
+            "one cluster below num_clusters per crop expected",
+        ));
+    }
+    let nb = set.num_base_classes();
+    let mut rows = Vec::with_capacity(items.len());
+    let mut merge_in = Vec::with_capacity(items.len());
+    for (&i, &c) in items.iter().zip(clusters) {
+        let item = set
+            .items
+            .get(i)
+            .ok_or_else(|| Error::runtime(format!("crop index {i} outside the set")))?;
+        let image = image_key(std::path::Path::new(&item.id));
+        rows.push(CropRow {
+            item: i,
+            id: item.id.clone(),
+            image: image.clone(),
+            cluster: c,
+            confidence: 1.0,
+            truth: item.label.map(|l| l - nb),
+        });
+        let mask = image::open(&item.mask)
+            .map_err(|e| Error::input(&item.mask, format!("cannot read crop mask: {e}")))?
+            .to_luma8();
+        let mut probs = vec![0.0; nb + num_clusters];
+        probs[nb + c] = 1.0;
+        merge_in.push(CropPrediction {
+            image,
+            probs,
+            mask_pixels: mask_pixel_count(&mask),
+        });
+    }
+    let images = merge_by_image(&merge_in, temperature)?
+        .into_iter()
+        .map(|m| {
+            let (_, conf) = max_entry(&m.probs);
+            ImageRow {
+                truth: rows[m.crops[0]].truth,
+                image: m.image,
+                cluster: m.class - nb,
+                confidence: conf,
+                crops: m.crops,
+            }
+        })
+        .collect();
+    Ok(Predictions {
+        crops: rows,
+        images,
+        num_base: nb,
+        num_clusters,
+    })
+}
+
 fn max_entry(p: &[f64]) -> (usize, f64) {
     let mut best = 0;
     for (i, v) in p.iter().enumerate() {

@@ -261,8 +261,9 @@ pub fn load_into(
         let mut var = var.shallow_clone();
         tch::no_grad(|| var.f_copy_(&src.to_kind(var.kind())))?;
     }
+    // The caller named these as expected extras (BatchNorm counters, DINOv2's mask token).
     if !skipped.is_empty() {
-        log::info!(
+        log::debug!(
             "{}: ignored {} tensor(s) outside the {what}: {}",
             path.display(),
             skipped.len(),

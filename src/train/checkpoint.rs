@@ -49,6 +49,9 @@ pub struct CheckpointMeta {
     /// Region-merging temperature used at image level.
     pub merge_temperature: f64,
     pub history: Vec<EpochRecord>,
+    /// How `--num-classes auto` chose `num_novel_clusters` (absent when it was given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_classes_estimate: Option<crate::cluster::KEstimate>,
 }
 
 pub struct Checkpoint {

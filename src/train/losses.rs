@@ -423,7 +423,15 @@ impl Criterion {
                 return bad(format!("{name} is {:?}, expected [{b}]", t.size()));
             }
         }
-        let labels = batch.labels.to_kind(Kind::Int64);
+        // Only the labelled samples' labels are read; unlabelled ones may hold anything (-1 for
+        // a flat folder, a type index beyond K when fewer clusters than types are asked for).
+        let labels = batch
+            .labels
+            .to_kind(Kind::Int64)
+            .masked_select(&batch.labelled.to_kind(Kind::Bool));
+        if labels.numel() == 0 {
+            return Ok((b, first.device()));
+        }
         let (lo, hi) = (labels.min().int64_value(&[]), labels.max().int64_value(&[]));
         if lo < 0 || hi >= self.num_classes as i64 {
             return bad(format!(

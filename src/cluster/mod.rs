@@ -1,0 +1,66 @@
+//! Clustering without training: k-means over the pretrained backbone's mask-guided class
+//! tokens, used to estimate the number of novel defect types (`--num-classes auto`) and as the
+//! k-means baseline (`anomalyncd baseline --method kmeans`) that shows what training adds.
+
+pub mod estimate;
+pub mod features;
+pub mod kmeans;
+
+pub use estimate::{estimate, KEstimate, KScore};
+pub use kmeans::{fit, KMeansFit, KMeansOptions};
+
+use std::sync::Arc;
+
+use tch::Device;
+
+use crate::config::Config;
+use crate::data::CropSet;
+use crate::error::Result;
+use crate::model::Model;
+
+/// Base crops per class used by the estimate's base check: enough to tell classes apart, few
+/// enough that the extra backbone passes stay short on a CPU.
+pub const BASE_PER_CLASS: usize = 50;
+
+/// Class tokens of a set's novel crops (in `set.novel_indices()` order) and, when `with_base`,
+/// of up to [`BASE_PER_CLASS`] base crops per class with their class index.
+pub struct SetTokens {
+    pub novel_items: Vec<usize>,
+    pub novel: Vec<Vec<f32>>,
+    pub base: Vec<(Vec<f32>, usize)>,
+}
+
+pub fn set_tokens(
+    model: &Model,
+    set: &Arc<CropSet>,
+    cfg: &Config,
+    device: Device,
+    with_base: bool,
+) -> Result<SetTokens> {
+    let novel_items = set.novel_indices();
+    let mut base_items = Vec::new();
+    if with_base {
+        let mut per_class = vec![0usize; set.num_base_classes()];
+        for i in set.base_indices() {
+            if let Some(c) = set.items[i].label {
+                if per_class[c] < BASE_PER_CLASS {
+                    per_class[c] += 1;
+                    base_items.push(i);
+                }
+            }
+        }
+    }
+    let all: Vec<usize> = novel_items.iter().chain(&base_items).copied().collect();
+    let mut tokens = features::class_tokens(model, set.clone(), all, cfg, device)?;
+    let base_tokens = tokens.split_off(novel_items.len());
+    let base = base_tokens
+        .into_iter()
+        .zip(&base_items)
+        .map(|(t, &i)| (t, set.items[i].label.unwrap_or(0)))
+        .collect();
+    Ok(SetTokens {
+        novel_items,
+        novel: tokens,
+        base,
+    })
+}

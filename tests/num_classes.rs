@@ -1,0 +1,280 @@
+//! Unknown number of defect types: a flat folder of images and maps (no type sub-folders),
+//! `--num-classes auto` (estimated before training and stored in the checkpoint) and the k-means
+//! baseline, on a small synthetic set with the tiny ViT.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_anomalyncd"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let o = run(dir, args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{args:?} failed: {text}");
+    text
+}
+
+const TINY: &str = "models:\n  pretrained_backbone: vit_tiny\n  grad_from_block: 2\n  mask_layers: 2\n  image_size: 32\n  precision: fp32\ntraining:\n  batch_size: 8\n  num_workers: 2\n  epochs: 2\nloss:\n  warmup_teacher_temp_epochs: 1\n  repeat_times: 1\nexperiment:\n  exp_root: out\n";
+
+/// Synthetic set (4 types × 4 images), its base crops, and flat copies of the defective images
+/// and their maps named `<type>_<stem>.png`.
+fn setup() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    ok(
+        p,
+        &[
+            "synth",
+            "--out",
+            "synth",
+            "--per-type",
+            "4",
+            "--per-base-class",
+            "4",
+            "--normal",
+            "1",
+            "--size",
+            "96",
+            "-q",
+        ],
+    );
+    ok(
+        p,
+        &[
+            "prepare-base",
+            "--images",
+            "synth/base/images",
+            "--masks",
+            "synth/base/masks",
+            "--out",
+            "base",
+            "-q",
+        ],
+    );
+    std::fs::write(p.join("tiny.yaml"), TINY).unwrap();
+    for (from, to) in [
+        ("synth/test", "flat/images"),
+        ("synth/anomaly_maps", "flat/maps"),
+    ] {
+        std::fs::create_dir_all(p.join(to)).unwrap();
+        for t in std::fs::read_dir(p.join(from)).unwrap() {
+            let t = t.unwrap().path();
+            let ty = t.file_name().unwrap().to_string_lossy().into_owned();
+            if ty == "good" {
+                continue;
+            }
+            for f in std::fs::read_dir(&t).unwrap() {
+                let f = f.unwrap().path();
+                let name = format!("{ty}_{}", f.file_name().unwrap().to_string_lossy());
+                std::fs::copy(&f, p.join(to).join(name)).unwrap();
+            }
+        }
+    }
+    d
+}
+
+fn train_flat<'a>(runner: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "train",
+        "--config",
+        "tiny.yaml",
+        "--dataset",
+        "folder",
+        "--category",
+        "flat",
+        "--dataset-path",
+        "flat/images",
+        "--anomaly-map-path",
+        "flat/maps",
+        "--base-data-path",
+        "base",
+        "--runner-name",
+        runner,
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+fn json(p: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn flat_folders_train_test_and_predict_without_labels() {
+    let d = setup();
+    let p = d.path();
+    // Without type folders the number of clusters must be given (or estimated).
+    let o = run(p, &train_flat("r0", &["-q"]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("--num-classes"), "{err}");
+
+    let text = ok(p, &train_flat("r1", &["--num-classes", "3", "-q"]));
+    assert!(text.contains("predictions in"), "{text}");
+    let run_dir = p.join("out/r1/flat");
+    let csv = std::fs::read_to_string(run_dir.join("predictions.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 16, "{csv}");
+    // No labels: no scores anywhere, but the report is written.
+    assert!(!p.join("out/r1/metrics.csv").exists());
+    assert!(run_dir.join("report.html").is_file());
+    assert!(!run_dir.join("report/confusion.png").exists());
+    assert_eq!(
+        json(&run_dir.join("checkpoint.json"))["num_novel_clusters"],
+        3
+    );
+
+    let text = ok(
+        p,
+        &[
+            "predict",
+            "--checkpoint",
+            "out/r1/flat",
+            "--images",
+            "flat/images",
+            "--anomaly-maps",
+            "flat/maps",
+            "--out",
+            "pred",
+            "-q",
+        ],
+    );
+    assert!(text.contains("16 images assigned to 3 clusters"), "{text}");
+    let text = ok(
+        p,
+        &["test", "--checkpoint", "out/r1/flat", "--out", "t", "-q"],
+    );
+    assert!(text.contains("predictions written"), "{text}");
+}
+
+#[test]
+fn auto_estimates_k_stores_it_and_resumes_with_it() {
+    let d = setup();
+    let p = d.path();
+    let text = ok(
+        p,
+        &train_flat(
+            "auto",
+            &[
+                "--num-classes",
+                "auto",
+                "--max-classes",
+                "5",
+                "--stop-after",
+                "1",
+            ],
+        ),
+    );
+    assert!(
+        text.contains("--num-classes auto:") && text.contains("<- chosen"),
+        "{text}"
+    );
+    let meta = json(&p.join("out/auto/flat/checkpoint.json"));
+    let est = &meta["num_classes_estimate"];
+    let k = est["chosen"].as_u64().unwrap();
+    assert!((2..=5).contains(&k), "{est}");
+    assert_eq!(meta["num_novel_clusters"].as_u64(), Some(k));
+    let scores = est["scores"].as_array().unwrap();
+    assert_eq!(scores.len(), 4);
+    assert!(scores.iter().all(|s| s["base_accuracy"].is_number()));
+    // The resumed run keeps the estimate instead of redoing it.
+    let text = ok(
+        p,
+        &train_flat(
+            "auto",
+            &["--num-classes", "auto", "--max-classes", "5", "--resume"],
+        ),
+    );
+    assert!(!text.contains("<- chosen"), "{text}");
+    let meta2 = json(&p.join("out/auto/flat/checkpoint.json"));
+    assert_eq!(meta2["num_classes_estimate"], *est);
+    assert_eq!(meta2["epoch"], 2);
+
+    let o = run(
+        p,
+        &train_flat("bad", &["--num-classes", "auto", "--max-classes", "1"]),
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--max-classes"));
+}
+
+#[test]
+fn kmeans_baseline_scores_labelled_crops_and_clusters_flat_ones() {
+    let d = setup();
+    let p = d.path();
+    let text = ok(
+        p,
+        &[
+            "baseline",
+            "--method",
+            "kmeans",
+            "--config",
+            "tiny.yaml",
+            "--anomaly-maps",
+            "synth/anomaly_maps",
+            "--images",
+            "synth/test",
+            "--out",
+            "b1",
+        ],
+    );
+    assert!(
+        text.contains("k-means baseline, K = 4") && text.contains("F1"),
+        "{text}"
+    );
+    let m = json(&p.join("b1/metrics.json"));
+    let f1 = m["image_level"]["F1"].as_f64().unwrap();
+    assert!((0.25..=1.0).contains(&f1), "{m}");
+    assert!(p.join("b1/report.html").is_file() && p.join("b1/report/confusion.png").is_file());
+
+    // Reusing the crops, with the number of clusters estimated against the base set.
+    let text = ok(
+        p,
+        &[
+            "baseline",
+            "--config",
+            "tiny.yaml",
+            "--data",
+            "b1/binarize",
+            "--num-classes",
+            "auto",
+            "--max-classes",
+            "4",
+            "--base-data-path",
+            "base",
+            "--out",
+            "b2",
+        ],
+    );
+    let est = json(&p.join("b2/k_estimate.json"));
+    let k = est["chosen"].as_u64().unwrap();
+    assert!(text.contains(&format!("K = {k} estimated")), "{text}");
+
+    // A flat folder needs a number of clusters.
+    let flat = [
+        "baseline",
+        "--config",
+        "tiny.yaml",
+        "--anomaly-maps",
+        "flat/maps",
+        "--images",
+        "flat/images",
+        "--out",
+    ];
+    let o = run(p, &[&flat[..], &["b3"]].concat());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--num-classes"));
+    let text = ok(p, &[&flat[..], &["b4", "--num-classes", "2"]].concat());
+    assert!(text.contains("16 images in 2 clusters"), "{text}");
+    assert_eq!(json(&p.join("b4/metrics.json"))["labels_known"], false);
+}
