@@ -6,6 +6,10 @@
 #
 #   ./scripts/eval_mtd.sh                 # both map sources
 #   MAPS=oracle ./scripts/eval_mtd.sh     # only the oracle maps (MAPS=detector: only the detector)
+#   AUTO_TRAIN=1 ./scripts/eval_mtd.sh    # also train with --num-classes auto (when it picks K != 5)
+#
+# After each training run, the k-means baseline clusters the same crops with the pretrained
+# backbone (K = 5, and K estimated by --num-classes auto), to show what training adds.
 #
 # Settings: configs/mtd.yaml (paper defaults, 50 epochs, on the frozen-prefix cache with 4 views
 # per crop); BASE_PER_CLASS SD-900 images per class (default 100 of 300) to fit 2 CPU cores.
@@ -45,6 +49,18 @@ run_source() { # name, maps folder
   timed "train + evaluate ($name)" "$BIN" train --config "$CONFIG" --dataset mtd --category "mtd_$name" \
     --dataset-path "$SHARED/mtd/test" --anomaly-map-path "$maps" \
     --base-data-path "$WORK/sd900_base" --runner-name "$RUNNER" --overwrite
+  local crops="outputs/$RUNNER/mtd_$name/binarize"
+  echo "==> k-means baseline on the same crops (K = 5 and K estimated)"
+  timed "baseline K=5 ($name)" "$BIN" baseline --method kmeans --config "$CONFIG" --data "$crops" \
+    --num-classes 5 --category "mtd_${name}_kmeans_k5" --out "outputs/$RUNNER/baseline_${name}_k5" --overwrite
+  timed "baseline auto K ($name)" "$BIN" baseline --method kmeans --config "$CONFIG" --data "$crops" \
+    --num-classes auto --base-data-path "$WORK/sd900_base" --category "mtd_${name}_kmeans_auto" \
+    --out "outputs/$RUNNER/baseline_${name}_auto" --overwrite
+  if [ "${AUTO_TRAIN:-0}" = 1 ]; then
+    timed "train auto K ($name)" "$BIN" train --config "$CONFIG" --dataset mtd --category "mtd_${name}_autok" \
+      --dataset-path "$SHARED/mtd/test" --anomaly-map-path "$maps" --num-classes auto \
+      --base-data-path "$WORK/sd900_base" --runner-name "$RUNNER" --overwrite
+  fi
 }
 
 if [ "$MAPS" = both ] || [ "$MAPS" = oracle ]; then
@@ -59,4 +75,5 @@ fi
 
 echo "==> image-level results (outputs/$RUNNER/metrics.csv; paper, MTD: PatchCore+AnomalyNCD 0.380/0.390/0.617, MuSc+AnomalyNCD 0.268/0.228/0.509)"
 cat "outputs/$RUNNER/metrics.csv"
+for f in outputs/$RUNNER/baseline_*/metrics.csv; do [ -f "$f" ] && tail -n +2 "$f"; done
 echo "    total: $(( $(stamp) - t0 )) s"

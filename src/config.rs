@@ -296,7 +296,7 @@ impl Config {
                     ),
                 );
                 need(
-                    m.image_size >= a.patch_size && m.image_size % a.patch_size == 0,
+                    m.image_size >= a.patch_size && m.image_size.is_multiple_of(a.patch_size),
                     format!(
                         "models.image_size ({}) must be a positive multiple of the patch size of {} ({})",
                         m.image_size, a.name, a.patch_size

@@ -181,15 +181,8 @@ pub fn run(a: &BaselineArgs, ctx: &Ctx) -> anyhow::Result<()> {
         let text = serde_json::to_string_pretty(est).context("serialising the K estimate")?;
         crate::fsutil::atomic_write(&a.out.join("k_estimate.json"), text.as_bytes())?;
     }
-    let res = crate::infer::outputs::write_all(
-        &a.out,
-        &a.out.join("metrics.csv"),
-        &category,
-        &set.novel_types,
-        &preds,
-        0,
-    )?;
-    super::write_report(&a.out, &category, &set, &preds, &data)?;
+    let table = a.out.join("metrics.csv");
+    let res = super::write_outputs(&a.out, &table, &category, &set, &preds, 0, &data)?;
     let how = match &estimate {
         Some(e) => format!("K = {} estimated", e.chosen),
         None => format!("K = {k}"),

@@ -46,15 +46,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Writes `report.html` and its pictures into `out` (what `train`, `test` and `predict` share).
-fn write_report(
+/// What `train`, `test`, `predict` and `baseline` write after predicting: the prediction files
+/// and metrics into `out` (one row appended to `table` when labels exist, see
+/// [`crate::infer::outputs::write_all`]), then `report.html` and its pictures. Returns the
+/// image-level (NMI, ARI, F1) when labels exist.
+fn write_outputs(
     out: &std::path::Path,
+    table: &std::path::Path,
     category: &str,
     set: &crate::data::CropSet,
     preds: &crate::infer::predict::Predictions,
+    head: usize,
     binarize_out: &std::path::Path,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<(f64, f64, f64)>> {
     use anyhow::Context;
+    let res =
+        crate::infer::outputs::write_all(out, table, category, &set.novel_types, preds, head)?;
     let input = crate::report::ReportInput {
         category,
         class_names: &set.novel_types,
@@ -64,7 +71,7 @@ fn write_report(
     };
     crate::report::write_report(out, &input)
         .with_context(|| format!("writing the report into {}", out.display()))?;
-    Ok(())
+    Ok(res)
 }
 
 /// `--num-classes`: how many novel clusters to form.

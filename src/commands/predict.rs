@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::Ctx;
-use crate::infer::{outputs, trained};
+use crate::infer::trained;
 use crate::mebin::folders::{binarize_folders, Pairing};
 use crate::mebin::RangeSource;
 
@@ -64,15 +64,8 @@ pub fn run(a: &PredictArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let set = Arc::new(trained::novel_set(&t.meta, &bin)?);
     let preds = trained::run(&t, set.clone(), ctx.device)?;
     let table = a.out.join("metrics.csv");
-    outputs::write_all(
-        &a.out,
-        &table,
-        &t.meta.category,
-        &set.novel_types,
-        &preds,
-        t.meta.chosen_head,
-    )?;
-    super::write_report(&a.out, &t.meta.category, &set, &preds, &bin)?;
+    let head = t.meta.chosen_head;
+    super::write_outputs(&a.out, &table, &t.meta.category, &set, &preds, head, &bin)?;
     let mut sizes = vec![0usize; t.meta.num_novel_clusters];
     for r in &preds.images {
         sizes[r.cluster] += 1;

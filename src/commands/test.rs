@@ -9,7 +9,7 @@ use clap::Args;
 use super::Ctx;
 use crate::config::Config;
 use crate::error::Error;
-use crate::infer::{outputs, trained};
+use crate::infer::trained;
 use crate::mebin::folders::{binarize_folders, Pairing};
 use crate::mebin::{RangeSource, SearchRange};
 
@@ -94,15 +94,8 @@ pub fn run(a: &TestArgs, ctx: &Ctx) -> anyhow::Result<()> {
     );
     let preds = trained::run(&t, set.clone(), ctx.device)?;
     let table = out.join("metrics.csv");
-    let res = outputs::write_all(
-        &out,
-        &table,
-        &t.meta.category,
-        &set.novel_types,
-        &preds,
-        t.meta.chosen_head,
-    )?;
-    super::write_report(&out, &t.meta.category, &set, &preds, &data)?;
+    let head = t.meta.chosen_head;
+    let res = super::write_outputs(&out, &table, &t.meta.category, &set, &preds, head, &data)?;
     if let Some((nmi, ari, f1)) = res {
         println!(
             "{}: NMI {nmi:.4}  ARI {ari:.4}  F1 {f1:.4}  (image level; {})",

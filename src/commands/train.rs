@@ -313,15 +313,16 @@ pub fn run(a: &TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         .exp_root
         .join(&a.runner_name)
         .join("metrics.csv");
-    let res = crate::infer::outputs::write_all(
+    let head = outcome.meta.chosen_head;
+    let res = super::write_outputs(
         &run_dir,
         &table,
         &category,
-        &set.novel_types,
+        &set,
         &preds,
-        outcome.meta.chosen_head,
+        head,
+        &binarize_out,
     )?;
-    super::write_report(&run_dir, &category, &set, &preds, &binarize_out)?;
     match res {
         Some((nmi, ari, f1)) => println!(
             "{category}: NMI {nmi:.4}  ARI {ari:.4}  F1 {f1:.4}  (image level; run folder {})",
