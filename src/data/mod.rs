@@ -34,6 +34,7 @@
 pub mod dataset;
 mod enhance;
 pub mod loader;
+pub mod prefetch;
 pub mod sampler;
 pub mod transform;
 
