@@ -176,6 +176,25 @@ pub fn render(p: &Page) -> String {
         );
     }
 
+    let empty: Vec<String> = p
+        .clusters
+        .iter()
+        .filter(|c| c.members.is_empty())
+        .map(|c| c.cluster.to_string())
+        .collect();
+    if !empty.is_empty() {
+        // Kept, not merged away: cluster ids stay those of the checkpoint and predictions.csv.
+        let _ = writeln!(
+            h,
+            "<p class=warn>{} of {} clusters received no image (cluster {}): the images hold fewer \
+             distinct defect types than clusters were asked for; a smaller --num-classes (or \
+             <code>auto</code>) gives the same grouping with fewer empty clusters.</p>",
+            empty.len(),
+            p.clusters.len(),
+            empty.join(", ")
+        );
+    }
+
     h.push_str(
         "<h2>Clusters</h2>\n<table><tr><th class=l>cluster</th><th>images</th>\
                 <th>crops</th><th>mean confidence</th>",

@@ -214,6 +214,7 @@ fn report_files_cover_every_cluster_and_survive_bad_images() {
         assert!(sheet.width() >= sheets::cell_size().0);
     }
     assert!(html.contains("No image was assigned"));
+    assert!(html.contains("1 of 3 clusters received no image (cluster 2)"));
     assert!(html.contains("a&amp;b") && html.contains("&lt;hole&gt;"));
     assert!(!html.contains("<hole>") && !html.contains("cat<1>"));
     assert!(html.contains("report/confusion.png") && html.contains("NMI"));
