@@ -21,6 +21,7 @@
 //! by the `image` crate, which may differ from libjpeg by ±1 in a few pixels (crop pixels only).
 
 pub mod base;
+pub mod contours;
 pub mod crop;
 pub mod fast;
 pub mod folders;
