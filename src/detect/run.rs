@@ -367,8 +367,8 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
         inputs.push(("--masks", m.as_path()));
     }
     let fingerprint = serde_json::json!({
-        "train": crate::fsutil::absolute(&spec.train), "test": crate::fsutil::absolute(&spec.test),
-        "masks": spec.masks.as_deref().map(crate::fsutil::absolute), "weights": weights_name(spec),
+        "train": crate::fsutil::absolute_value(&spec.train), "test": crate::fsutil::absolute_value(&spec.test),
+        "masks": spec.masks.as_deref().map(crate::fsutil::absolute_value), "weights": weights_name(spec),
         "image_size": spec.image_size, "stages": spec.stages, "coreset": spec.coreset,
         "max_patches": spec.max_patches, "seed": spec.seed, "write_good_maps": spec.write_good_maps,
     });

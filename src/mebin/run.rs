@@ -54,7 +54,9 @@ pub struct BinarizeJob<'a> {
 pub struct MapRecord {
     pub class_name: String,
     pub stem: String,
+    #[serde(with = "crate::fsutil::serde_path")]
     pub map: PathBuf,
+    #[serde(with = "crate::fsutil::serde_path")]
     pub image: PathBuf,
     /// (width, height) of the original image.
     pub image_size: [u32; 2],
