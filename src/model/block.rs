@@ -353,7 +353,7 @@ mod tests {
             // Random biases and layer scales, so that the folded bias terms are exercised.
             tch::no_grad(|| {
                 for (_, t) in vs.variables() {
-                    let _ = t.shallow_clone().copy_(&(t.randn_like() * 0.3 + &t));
+                    t.shallow_clone().copy_(&(t.randn_like() * 0.3 + &t));
                 }
             });
             let d = spec.embed_dim as i64;

@@ -106,8 +106,8 @@ fn blend(c: &mut Canvas, cov: &Plane, target: impl Fn(usize, [f32; 3]) -> [f32; 
     for (i, &a) in cov.iter().enumerate() {
         if a > 0.0 {
             let t = target(i, c.px[i]);
-            for k in 0..3 {
-                c.px[i][k] = c.px[i][k] * (1.0 - a) + t[k] * a;
+            for (p, tk) in c.px[i].iter_mut().zip(t) {
+                *p = *p * (1.0 - a) + tk * a;
             }
         }
     }
