@@ -47,6 +47,7 @@ pub struct Models {
     pub n_head: usize,
     /// Ours: backbone weights (.pth state dict or .safetensors). Default: the offline file for
     /// dinov2_vits14, none (an error) for the DINO v1 models, random init for vit_tiny.
+    #[serde(with = "crate::fsutil::serde_opt_path")]
     pub backbone_weights: Option<PathBuf>,
     /// Ours: input side in pixels.
     pub image_size: usize,
@@ -182,6 +183,17 @@ impl Default for Experiment {
     }
 }
 
+/// Largest `models.n_head` (the reference uses 4).
+pub const MAX_HEADS: usize = 64;
+/// Largest `models.image_size` (the reference uses 224).
+pub const MAX_IMAGE_SIZE: usize = 2048;
+/// Largest `training.epochs` and `loss.warmup_teacher_temp_epochs`.
+pub const MAX_EPOCHS: usize = 100_000;
+/// Largest `training.num_workers`.
+pub const MAX_WORKERS: usize = 1024;
+/// Largest `training.cache_views`.
+pub const MAX_CACHE_VIEWS: usize = 1024;
+
 impl Config {
     /// Reads a YAML file, applies `overrides` (`section.key=value`, value in YAML syntax) and
     /// validates the result.
@@ -189,7 +201,7 @@ impl Config {
         let (origin, text) = match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|e| {
-                    Error::config(p.display().to_string(), format!("cannot read: {e}"))
+                    config_error(p.display().to_string(), format!("cannot read: {e}"))
                 })?;
                 (p.display().to_string(), text)
             }
@@ -199,21 +211,32 @@ impl Config {
         let from_file: Config = if text.trim().is_empty() {
             Config::default()
         } else {
-            serde_yaml::from_str(&text).map_err(|e| Error::config(&origin, e.to_string()))?
+            serde_yaml::from_str(&text).map_err(|e| config_error(&origin, e.to_string()))?
         };
         if overrides.is_empty() {
-            from_file
-                .validate()
-                .map_err(|m| Error::config(&origin, m))?;
+            from_file.validate().map_err(|m| config_error(&origin, m))?;
             return Ok(from_file);
         }
-        let mut value = serde_yaml::to_value(&from_file).expect("a Config always serialises");
+        let base = serde_yaml::to_value(&from_file).expect("a Config always serialises");
+        let mut value = base.clone();
         for ov in overrides {
             apply_override(&mut value, ov)?;
         }
         let origin = format!("{origin} with --set");
-        let cfg = Self::from_value(value, &origin)?;
-        cfg.validate().map_err(|m| Error::config(origin, m))?;
+        // serde_yaml names the key of an error only when it parses text: name the --set instead.
+        let cfg = Self::from_value(value, &origin).map_err(|e| {
+            let culprit = overrides.iter().find(|ov| {
+                let mut one = base.clone();
+                apply_override(&mut one, ov).is_ok() && Self::from_value(one, &origin).is_err()
+            });
+            match (culprit, e) {
+                (Some(ov), Error::Config { origin, msg }) => {
+                    config_error(origin, format!("--set {}: {msg}", one_line(ov)))
+                }
+                (_, e) => e,
+            }
+        })?;
+        cfg.validate().map_err(|m| config_error(origin, m))?;
         Ok(cfg)
     }
 
@@ -221,14 +244,14 @@ impl Config {
         if value.is_null() {
             return Ok(Config::default());
         }
-        serde_yaml::from_value(value).map_err(|e| Error::config(origin, e.to_string()))
+        serde_yaml::from_value(value).map_err(|e| config_error(origin, e.to_string()))
     }
 
     /// Parses YAML text (used by tests and `config check` on stdin-like input).
     pub fn from_yaml_str(text: &str, origin: &str) -> Result<Config> {
         let cfg: Config =
-            serde_yaml::from_str(text).map_err(|e| Error::config(origin, e.to_string()))?;
-        cfg.validate().map_err(|m| Error::config(origin, m))?;
+            serde_yaml::from_str(text).map_err(|e| config_error(origin, e.to_string()))?;
+        cfg.validate().map_err(|m| config_error(origin, m))?;
         Ok(cfg)
     }
 
@@ -304,7 +327,22 @@ impl Config {
                 );
             }
         }
-        need(m.n_head >= 1, "models.n_head must be at least 1".into());
+        // Upper bounds on values that size allocations: beyond them a typo (an extra digit or
+        // four) would abort the process on an allocation instead of saying which key is wrong.
+        need(
+            (1..=MAX_HEADS).contains(&m.n_head),
+            format!(
+                "models.n_head must be in 1..={MAX_HEADS} (got {})",
+                m.n_head
+            ),
+        );
+        need(
+            m.image_size <= MAX_IMAGE_SIZE,
+            format!(
+                "models.image_size must be at most {MAX_IMAGE_SIZE} (got {})",
+                m.image_size
+            ),
+        );
         need(
             m.n_views == 2,
             format!(
@@ -319,7 +357,27 @@ impl Config {
                 t.batch_size
             ),
         );
-        need(t.epochs >= 1, "training.epochs must be at least 1".into());
+        need(
+            (1..=MAX_EPOCHS).contains(&t.epochs),
+            format!(
+                "training.epochs must be in 1..={MAX_EPOCHS} (got {})",
+                t.epochs
+            ),
+        );
+        need(
+            l.warmup_teacher_temp_epochs <= MAX_EPOCHS,
+            format!(
+                "loss.warmup_teacher_temp_epochs must be at most {MAX_EPOCHS} (got {})",
+                l.warmup_teacher_temp_epochs
+            ),
+        );
+        need(
+            t.num_workers <= MAX_WORKERS,
+            format!(
+                "training.num_workers must be at most {MAX_WORKERS} (got {})",
+                t.num_workers
+            ),
+        );
         need(
             t.lr.is_finite() && t.lr > 0.0,
             format!("training.lr must be > 0 (got {})", t.lr),
@@ -340,8 +398,11 @@ impl Config {
             ),
         );
         need(
-            t.cache_views >= 1,
-            "training.cache_views must be at least 1".into(),
+            (1..=MAX_CACHE_VIEWS).contains(&t.cache_views),
+            format!(
+                "training.cache_views must be in 1..={MAX_CACHE_VIEWS} (got {})",
+                t.cache_views
+            ),
         );
         need(
             (0.0..=1.0).contains(&l.sup_weight),
@@ -393,11 +454,32 @@ impl Config {
     }
 }
 
+/// A config error whose message stays on one line (it may quote values from the file).
+fn config_error(origin: impl Into<String>, msg: impl AsRef<str>) -> Error {
+    Error::config(origin, one_line(msg.as_ref()))
+}
+
+/// `text` with its control characters (a newline in a `--set` value) escaped, so that an error
+/// quoting it stays on one line.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// `section.key=value` → sets that key in the YAML tree; the value is parsed as YAML.
 fn apply_override(root: &mut serde_yaml::Value, ov: &str) -> Result<()> {
     let bad = |m: &str| {
         Error::usage(format!(
-            "--set {ov}: {m} (expected section.key=value, e.g. training.epochs=5)"
+            "--set {}: {} (expected section.key=value, e.g. training.epochs=5)",
+            one_line(ov),
+            one_line(m)
         ))
     };
     let (key, val) = ov.split_once('=').ok_or_else(|| bad("no `=`"))?;
@@ -455,12 +537,33 @@ mod tests {
             ("mask_layers: 9", "mask_layers: 13", "mask_layers"),
             ("epochs: 50", "epochs: -5", "epochs"),
             ("epochs: 50", "epochs: many", "epochs"),
+            ("n_head: 4", "n_head: 4294967296", "models.n_head"),
+            ("epochs: 50", "epochs: 100000000000", "training.epochs"),
+            (
+                "num_workers: 8",
+                "num_workers: 1000000",
+                "training.num_workers",
+            ),
         ] {
             let text = REFERENCE_YAML.replace(from, to);
             let err = Config::from_yaml_str(&text, "x.yaml")
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(key), "{to}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_ill_typed_override_is_named() {
+        for (ov, want) in [
+            ("training.epochs=-1", "--set training.epochs=-1"),
+            ("training.epochz=3", "--set training.epochz=3"),
+            ("models.n_head=four", "--set models.n_head=four"),
+        ] {
+            let sets = ["training.lr=0.01".to_string(), ov.to_string()];
+            let e = Config::load(None, &sets).unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            assert!(e.to_string().contains(want), "{ov}: {e}");
         }
     }
 

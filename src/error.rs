@@ -14,13 +14,10 @@ pub enum Error {
     /// An input file or folder that is missing, unreadable or malformed.
     #[error("{}: {msg}", path.display())]
     Input { path: PathBuf, msg: String },
-    /// A file-system failure while writing or reading what the tool manages.
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// A file-system failure while writing or reading what the tool manages. The io error is
+    /// part of the message and deliberately not a `source`: `{:#}` would print it twice.
+    #[error("{}: {err}", path.display())]
+    Io { path: PathBuf, err: std::io::Error },
     /// A failure during computation (NaN loss, libtorch error, …).
     #[error("{0}")]
     Runtime(String),
@@ -52,7 +49,7 @@ impl Error {
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.as_ref().to_path_buf(),
-            source,
+            err: source,
         }
     }
     pub fn runtime(msg: impl Into<String>) -> Self {
@@ -102,5 +99,9 @@ mod tests {
         let e = anyhow::Error::new(Error::input("a.png", "bad")).context("reading maps");
         assert_eq!(exit_code_of(&e), 2);
         assert_eq!(exit_code_of(&anyhow::anyhow!("plain")), 1);
+        // the io error appears once in the one-line message
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied");
+        let e = anyhow::Error::new(Error::io("/out/x", io)).context("writing");
+        assert_eq!(format!("{e:#}"), "writing: /out/x: denied");
     }
 }

@@ -80,6 +80,121 @@ pub fn absolute(path: &Path) -> PathBuf {
     out
 }
 
+/// A path as JSON for fingerprints and summaries: its text when it is valid UTF-8 (the usual
+/// case, so such files read as before), else its raw bytes as an array of numbers. serde's own
+/// `Path` serialisation fails on non-UTF-8 paths, and a lossy string could not be read back.
+pub fn path_value(path: &Path) -> serde_json::Value {
+    serde_json::to_value(PathRepr::of(path)).expect("a string or a byte list serialises")
+}
+
+/// [`path_value`] of the [`absolute`] form of a path: how fingerprints name their inputs.
+pub fn absolute_value(path: &Path) -> serde_json::Value {
+    path_value(&absolute(path))
+}
+
+/// How [`serde_path`] writes a path: text, or raw bytes when it is not UTF-8.
+enum PathRepr {
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+impl PathRepr {
+    fn of(path: &Path) -> PathRepr {
+        match path.to_str() {
+            Some(s) => PathRepr::Text(s.to_string()),
+            None => PathRepr::Bytes(path.as_os_str().as_encoded_bytes().to_vec()),
+        }
+    }
+
+    fn into_path(self) -> PathBuf {
+        match self {
+            PathRepr::Text(s) => PathBuf::from(s),
+            #[cfg(unix)]
+            PathRepr::Bytes(b) => {
+                use std::os::unix::ffi::OsStringExt;
+                PathBuf::from(std::ffi::OsString::from_vec(b))
+            }
+            #[cfg(not(unix))]
+            PathRepr::Bytes(b) => PathBuf::from(String::from_utf8_lossy(&b).into_owned()),
+        }
+    }
+}
+
+impl serde::Serialize for PathRepr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            PathRepr::Text(t) => s.serialize_str(t),
+            PathRepr::Bytes(b) => s.collect_seq(b),
+        }
+    }
+}
+
+/// A visitor rather than `#[serde(untagged)]`, so that a wrong value in a config file says
+/// "expected a path" instead of naming this enum.
+impl<'de> serde::Deserialize<'de> for PathRepr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = PathRepr;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a path")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<PathRepr, E> {
+                Ok(PathRepr::Text(v.to_string()))
+            }
+            // A YAML file name of digits alone (`2024`) reads as a number.
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<PathRepr, E> {
+                Ok(PathRepr::Text(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<PathRepr, E> {
+                Ok(PathRepr::Text(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<PathRepr, A::Error> {
+                let mut bytes = Vec::new();
+                while let Some(b) = seq.next_element::<u8>()? {
+                    bytes.push(b);
+                }
+                Ok(PathRepr::Bytes(bytes))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `#[serde(with = "crate::fsutil::serde_path")]` for `PathBuf` fields of files the tool writes:
+/// non-UTF-8 paths round-trip (see [`path_value`]) instead of failing to serialise.
+pub mod serde_path {
+    use super::PathRepr;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::path::{Path, PathBuf};
+
+    pub fn serialize<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+        PathRepr::of(path).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+        Ok(PathRepr::deserialize(d)?.into_path())
+    }
+}
+
+/// [`serde_path`] for `Option<PathBuf>` fields.
+pub mod serde_opt_path {
+    use super::PathRepr;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::path::PathBuf;
+
+    pub fn serialize<S: Serializer>(path: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+        path.as_deref().map(PathRepr::of).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+        Ok(Option::<PathRepr>::deserialize(d)?.map(PathRepr::into_path))
+    }
+}
+
 /// Prepares an output folder for `command`:
 /// - refuses one that is inside (or equal to) any input folder, or that contains an input;
 /// - creates it when missing and writes the marker;
@@ -184,5 +299,37 @@ mod tests {
         let e = prepare_output_dir(&foreign, &[], "binarize", &fp, true).unwrap_err();
         assert!(e.to_string().contains("not created by anomalyncd"));
         assert_eq!(std::fs::read(foreign.join("mine.txt")).unwrap(), b"user");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn non_utf8_paths_round_trip_through_json() {
+        use std::os::unix::ffi::OsStrExt;
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct R {
+            #[serde(with = "serde_path")]
+            p: PathBuf,
+            #[serde(with = "serde_opt_path")]
+            q: Option<PathBuf>,
+        }
+        let odd = PathBuf::from(std::ffi::OsStr::from_bytes(b"/tmp/in\xff dir/a.png"));
+        for r in [
+            R {
+                p: odd.clone(),
+                q: Some(odd.clone()),
+            },
+            R {
+                p: "/tmp/plain é.png".into(),
+                q: None,
+            },
+        ] {
+            let text = serde_json::to_string(&r).unwrap();
+            assert_eq!(serde_json::from_str::<R>(&text).unwrap(), r);
+        }
+        assert_eq!(
+            path_value(Path::new("a/b.png")),
+            serde_json::json!("a/b.png")
+        );
+        assert!(path_value(&odd).is_array());
     }
 }

@@ -102,11 +102,16 @@ pub fn decode(path: &Path) -> Result<DynamicImage> {
             "not an image (unrecognised format; expected PNG, JPEG, BMP or TIFF)",
         ));
     }
-    reader.decode().map_err(|e| {
-        Error::input(
+    reader.decode().map_err(|e| match e {
+        // The decoder's allocation limit (512 MiB): a huge image, or a header that claims one.
+        image::ImageError::Limits(_) => Error::input(
+            path,
+            format!("image too large to decode ({e}); downscale it or split it into tiles"),
+        ),
+        _ => Error::input(
             path,
             format!("corrupt or truncated image ({e}); re-export or remove the file"),
-        )
+        ),
     })
 }
 

@@ -289,8 +289,8 @@ pub fn prepare(spec: &MtdSpec) -> Result<MtdSummary> {
         inputs.push(("--train-list", l.as_path()));
     }
     let fingerprint = serde_json::json!({
-        "raw": crate::fsutil::absolute(&spec.raw),
-        "train_list": spec.train_list.as_deref().map(crate::fsutil::absolute),
+        "raw": crate::fsutil::absolute_value(&spec.raw),
+        "train_list": spec.train_list.as_deref().map(crate::fsutil::absolute_value),
         "seed": spec.seed,
     });
     prepare_output_dir(

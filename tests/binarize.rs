@@ -1,7 +1,9 @@
 //! `anomalyncd binarize` and the MEBin library: parity with the reference's golden run (reads
 //! ../shared), fast path == reference-algorithm oracle (property test), and bad inputs.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 
 use anomalyncd::imageio::GrayMap;
@@ -11,22 +13,7 @@ use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-fn shared() -> Option<PathBuf> {
-    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared"));
-    p.is_dir().then_some(p)
-}
-
-fn cli(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_anomalyncd"))
-        .arg("-q")
-        .args(args)
-        .output()
-        .expect("run anomalyncd")
-}
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{cli, shared, stderr};
 
 fn read_json(p: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()

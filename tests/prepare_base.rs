@@ -1,28 +1,14 @@
 //! `anomalyncd prepare-base`: crops of a labelled base set by its masks, with parity against the
 //! reference's crops of SD-saliency-900 (reads ../shared) and checks of bad inputs.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+
+use std::path::Path;
 
 use image::{DynamicImage, GrayImage, Luma, Rgb, RgbImage};
 use serde_json::Value;
 
-fn shared() -> Option<PathBuf> {
-    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared"));
-    p.is_dir().then_some(p)
-}
-
-fn cli(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_anomalyncd"))
-        .arg("-q")
-        .args(args)
-        .output()
-        .expect("run anomalyncd")
-}
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{cli, shared, stderr};
 
 fn prepare(images: &Path, masks: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
     let mut args = vec![

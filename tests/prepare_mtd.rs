@@ -1,23 +1,14 @@
 //! `anomalyncd prepare-mtd`: a tiny original-layout Magnetic-Tile-Defect tree (generated here)
 //! converted to the MVTec layout; the split, byte-identical copies, determinism and bad inputs.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use image::{GrayImage, Luma};
 use serde_json::Value;
 
-fn cli(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_anomalyncd"))
-        .arg("-q")
-        .args(args)
-        .output()
-        .expect("run anomalyncd")
-}
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{cli, stderr};
 
 /// RAW/MT_Free with `free` tiles (and their empty masks, as the original has), MT_Blowhole with 3
 /// and MT_Crack with 2 defective tiles and masks; every file different.

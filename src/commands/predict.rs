@@ -37,7 +37,8 @@ pub struct PredictArgs {
 pub fn run(a: &PredictArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let t = trained::load(&a.checkpoint, ctx.device)?;
     let range = super::test::stored_range(&t.meta)?;
-    let fingerprint = serde_json::json!({"checkpoint": crate::fsutil::absolute(&a.checkpoint)});
+    let fingerprint =
+        serde_json::json!({"checkpoint": crate::fsutil::absolute_value(&a.checkpoint)});
     crate::fsutil::prepare_output_dir(
         &a.out,
         &[("--images", &a.images), ("--anomaly-maps", &a.anomaly_maps)],

@@ -105,8 +105,8 @@ pub fn run(a: &PrepareBaseArgs, _ctx: &Ctx) -> anyhow::Result<()> {
         None => items,
     };
     let fingerprint = serde_json::json!({
-        "images": crate::fsutil::absolute(&a.images),
-        "masks": crate::fsutil::absolute(&a.masks),
+        "images": crate::fsutil::absolute_value(&a.images),
+        "masks": crate::fsutil::absolute_value(&a.masks),
         "max_crops": a.max_crops,
         "max_per_class": a.max_per_class,
     });

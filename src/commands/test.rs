@@ -47,7 +47,7 @@ pub fn run(a: &TestArgs, ctx: &Ctx) -> anyhow::Result<()> {
         // A folder of the user's: only a new, empty or earlier `test` folder of ours is written.
         Some(o) => {
             let fingerprint =
-                serde_json::json!({"checkpoint": crate::fsutil::absolute(&a.checkpoint)});
+                serde_json::json!({"checkpoint": crate::fsutil::absolute_value(&a.checkpoint)});
             let mut inputs: Vec<(&str, &std::path::Path)> = Vec::new();
             if let Some(d) = &a.data {
                 inputs.push(("--data", d));

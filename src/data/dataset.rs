@@ -81,6 +81,14 @@ impl CropSet {
         let (novel_types, novel_items) = load_novel(novel, base_classes.len())?;
         let num_novel_clusters = match num_novel_clusters {
             Some(0) => return Err(Error::usage("the number of novel clusters must be at least 1")),
+            // More clusters than crops cannot be filled, and a huge count would size the model.
+            Some(n) if n > novel_items.len() => {
+                return Err(Error::usage(format!(
+                    "--num-classes {n}: more novel clusters than novel crops ({}); give at most {}",
+                    novel_items.len(),
+                    novel_items.len()
+                )))
+            }
             Some(n) => n,
             None if novel_types.is_empty() => {
                 return Err(Error::usage(format!(

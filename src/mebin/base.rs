@@ -27,7 +27,9 @@ pub struct BaseItem {
 pub struct BaseRecord {
     pub class_name: String,
     pub stem: String,
+    #[serde(with = "crate::fsutil::serde_path")]
     pub image: PathBuf,
+    #[serde(with = "crate::fsutil::serde_path")]
     pub mask: PathBuf,
     pub image_size: [u32; 2],
     /// The mask had no foreground: the whole image is the crop (as the reference does).

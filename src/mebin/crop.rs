@@ -240,7 +240,9 @@ fn square_box(
     let cx = ((x + x + rw) as f64 * 0.5) as i64;
     let padded = (rh.max(rw) as f64 * (1.0 + rule.padding) * 0.5) as i64;
     let mut radius = padded.max((side as f64 * rule.min_crop_size) as i64);
-    radius = radius.min((side as f64 * 0.5) as i64);
+    // At least 1: in an image under 10 pixels a side a one-pixel component gives radius 0 by
+    // the reference's rule, an empty crop that no image format can hold (found by fuzzing).
+    radius = radius.max(1).min((side as f64 * 0.5) as i64);
     let (mut left, mut up, mut right, mut bottom) =
         (cx - radius, cy - radius, cx + radius, cy + radius);
     if left < 0 {
@@ -386,6 +388,18 @@ mod tests {
                 bottom: 20.0
             }]
         );
+    }
+
+    #[test]
+    fn a_pixel_in_a_tiny_image_still_gets_a_crop() {
+        for (w, h) in [(1u32, 1u32), (3, 2), (9, 9)] {
+            let mut m = GrayImage::new(w, h);
+            m.put_pixel(w / 2, h / 2, image::Luma([255]));
+            for b in crop_boxes(&m, 1, &CropRule::default()) {
+                let (bw, bh) = b.pixel_size();
+                assert!(bw > 0 && bh > 0, "{w}x{h}: {b:?}");
+            }
+        }
     }
 
     #[test]

@@ -93,8 +93,8 @@ pub fn binarize_folders(
 ) -> Result<BinarizeSummary> {
     let items = pair_folders(maps, images, how)?;
     let fingerprint = serde_json::json!({
-        "anomaly_maps": crate::fsutil::absolute(maps),
-        "images": crate::fsutil::absolute(images),
+        "anomaly_maps": crate::fsutil::absolute_value(maps),
+        "images": crate::fsutil::absolute_value(images),
         "binarization": cfg.binarization,
         "range": format!("{range:?}"),
         "skip_unpaired": how.skip_unpaired,

@@ -258,6 +258,13 @@ pub fn load_into(
                 ),
             ));
         }
+        // A NaN or Inf weight poisons every output; training would only fail epochs later.
+        if src.f_isfinite()?.f_all()?.f_int64_value(&[])? == 0 {
+            return Err(Error::input(
+                path,
+                format!("tensor `{name}` holds NaN or Inf values; the weights file is damaged: download or export it again"),
+            ));
+        }
         let mut var = var.shallow_clone();
         tch::no_grad(|| var.f_copy_(&src.to_kind(var.kind())))?;
     }
@@ -285,6 +292,28 @@ mod tests {
 
     fn t(v: f32) -> Tensor {
         Tensor::from_slice(&[v])
+    }
+
+    #[test]
+    fn nan_or_inf_weights_are_refused_naming_the_tensor_and_file() {
+        let d = tempfile::tempdir().unwrap();
+        let vs = VarStore::new(tch::Device::Cpu);
+        let _w = vs.root().zeros("w", &[3]);
+        for bad in [f32::NAN, f32::INFINITY] {
+            let p = d.path().join("w.safetensors");
+            let bytes: Vec<u8> = [1.0f32, bad, 2.0]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![3], &bytes)
+                    .unwrap();
+            std::fs::write(&p, safetensors::serialize([("w", view)], &None).unwrap()).unwrap();
+            let e = load_into(&vs, "", &p, &[], "test model").unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            let msg = e.to_string();
+            assert!(msg.contains("w.safetensors") && msg.contains("`w`") && msg.contains("NaN"));
+        }
     }
 
     #[test]

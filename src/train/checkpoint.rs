@@ -14,6 +14,9 @@ use crate::error::{Error, Result};
 use crate::fsutil::atomic_write;
 
 pub const FORMAT_VERSION: u32 = 1;
+/// Most classes (base + novel clusters) a checkpoint may declare: the model is built from that
+/// number before any tensor is compared, so an edited file must not make it allocate without end.
+pub const MAX_CLASSES: usize = 10_000;
 const META_KEY: &str = "anomalyncd";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -43,6 +46,7 @@ pub struct CheckpointMeta {
     pub backbone: String,
     pub mask_layers: usize,
     /// Where the crop anomaly scores came from (the binarize output's scores.json).
+    #[serde(with = "crate::fsutil::serde_opt_path")]
     pub anomaly_scores: Option<PathBuf>,
     /// MEBin threshold search range of the training set (raw map scale), for `predict`.
     pub search_range: Option<(f64, f64)>,
@@ -122,6 +126,25 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         return Err(bad(format!(
             "checkpoint format {} is not supported by this version (expects {FORMAT_VERSION})",
             meta.format_version
+        )));
+    }
+    // The model is rebuilt from this metadata: refuse values that would build a wrong one.
+    meta.config
+        .validate()
+        .map_err(|m| bad(format!("checkpoint metadata holds an invalid config: {m}")))?;
+    if meta.num_novel_clusters == 0
+        || meta.base_classes.len() + meta.num_novel_clusters > MAX_CLASSES
+        || meta.chosen_head >= meta.config.models.n_head
+        || !(meta.merge_temperature.is_finite() && meta.merge_temperature > 0.0)
+    {
+        return Err(bad(format!(
+            "inconsistent checkpoint metadata ({} base classes, {} novel clusters, head {} of {}, \
+             merge temperature {}); was the file edited?",
+            meta.base_classes.len(),
+            meta.num_novel_clusters,
+            meta.chosen_head,
+            meta.config.models.n_head,
+            meta.merge_temperature
         )));
     }
     let st = safetensors::SafeTensors::deserialize(&bytes)

@@ -1,0 +1,212 @@
+//! Helpers the command tests share: running the binary, checking a failure's exit code and
+//! message, hashing an input tree before and after a run, and tiny image fixtures.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use image::{GrayImage, Luma, Rgb, RgbImage};
+
+/// `../shared` (read-only real data and golden outputs), when present.
+pub fn shared() -> Option<PathBuf> {
+    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared"));
+    p.is_dir().then_some(p)
+}
+
+/// The binary under test.
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_anomalyncd"))
+}
+
+/// `anomalyncd -q ARGS` in the current folder.
+pub fn cli<S: AsRef<OsStr>>(args: &[S]) -> Output {
+    bin().arg("-q").args(args).output().expect("run anomalyncd")
+}
+
+/// `anomalyncd -q ARGS` in `dir`.
+pub fn cli_in<S: AsRef<OsStr>>(dir: &Path, args: &[S]) -> Output {
+    bin()
+        .current_dir(dir)
+        .arg("-q")
+        .args(args)
+        .output()
+        .expect("run anomalyncd")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// stdout and stderr together, for assertion messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Asserts that nothing in the output reads like a crash: no panic, no "internal error", no
+/// backtrace.
+pub fn assert_no_crash(o: &Output, what: &str) {
+    let t = text(o);
+    for bad in [
+        "panicked",
+        "internal error",
+        "stack backtrace",
+        "RUST_BACKTRACE",
+    ] {
+        assert!(!t.contains(bad), "{what}: output holds `{bad}`:\n{t}");
+    }
+}
+
+/// Asserts a clean success.
+pub fn assert_ok(o: &Output, what: &str) {
+    assert_no_crash(o, what);
+    assert!(o.status.success(), "{what}: expected success:\n{}", text(o));
+}
+
+/// Asserts a clean failure: exit `code`, a stderr naming every string of `culprits` (a file, a
+/// folder or a flag), no crash, and an error that fits on one line.
+pub fn assert_fails(o: &Output, code: i32, culprits: &[&str], what: &str) {
+    assert_no_crash(o, what);
+    let e = stderr(o);
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "{what}: exit code; stderr:\n{e}"
+    );
+    for c in culprits {
+        assert!(e.contains(c), "{what}: stderr does not name `{c}`:\n{e}");
+    }
+    let errors: Vec<&str> = e.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "{what}: one error line expected:\n{e}");
+}
+
+/// Hash of every file under `root` (relative path -> hash of its bytes and permissions), so a
+/// test can check that a run changed, added or removed nothing there.
+pub fn hash_tree(root: &Path) -> BTreeMap<PathBuf, u64> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd {
+            let p = e.unwrap().path();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().to_path_buf();
+            if meta.is_dir() {
+                stack.push(p);
+                out.insert(rel, 0);
+            } else {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                std::fs::read(&p).unwrap_or_default().hash(&mut h);
+                meta.permissions().readonly().hash(&mut h);
+                out.insert(rel, h.finish());
+            }
+        }
+    }
+    out
+}
+
+/// Snapshots of input trees, checked unchanged after a run.
+pub struct Untouched(Vec<(PathBuf, BTreeMap<PathBuf, u64>)>);
+
+impl Untouched {
+    pub fn new<P: AsRef<Path>>(roots: &[P]) -> Untouched {
+        Untouched(
+            roots
+                .iter()
+                .map(|r| (r.as_ref().to_path_buf(), hash_tree(r.as_ref())))
+                .collect(),
+        )
+    }
+
+    pub fn check(&self, what: &str) {
+        for (root, before) in &self.0 {
+            let after = hash_tree(root);
+            assert!(
+                &after == before,
+                "{what}: the input tree {} changed",
+                root.display()
+            );
+        }
+    }
+}
+
+/// Saves any image, creating its folder.
+pub fn save(img: impl Into<image::DynamicImage>, path: &Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    img.into().save(path).unwrap();
+}
+
+/// A `w`×`h` 8-bit anomaly map: a low background and a bright disc of `peak` centred at
+/// (`cx`, `cy`) (fractions of the size).
+pub fn blob_map(w: u32, h: u32, cx: f32, cy: f32, peak: u8) -> GrayImage {
+    let (x0, y0) = (cx * w as f32, cy * h as f32);
+    let r = (w.min(h) as f32 / 5.0).max(2.0);
+    GrayImage::from_fn(w, h, |x, y| {
+        let d2 = ((x as f32 - x0).powi(2) + (y as f32 - y0).powi(2)) / (r * r);
+        Luma([(12.0 + (peak as f32 - 12.0) * (-d2).exp()).round() as u8])
+    })
+}
+
+/// A `w`×`h` textured RGB image.
+pub fn picture(w: u32, h: u32, seed: u32) -> RgbImage {
+    RgbImage::from_fn(w, h, |x, y| {
+        let v = ((x * 7 + y * 13 + seed * 31) % 200) as u8 + 20;
+        Rgb([v, v / 2 + 30, 255 - v])
+    })
+}
+
+/// `root/maps/<type>/<stem>.png` (48×48) and `root/images/<type>/<stem>.png` (64×48) for each
+/// type, `n` per type, with maps of different maxima so the threshold search has a range.
+pub fn map_set(root: &Path, types: &[&str], n: usize) {
+    for (ti, t) in types.iter().enumerate() {
+        for i in 0..n {
+            let k = ti * n + i;
+            let peak = 120 + ((k * 37) % 130) as u8;
+            let cx = 0.25 + 0.5 * ((k % 3) as f32 / 2.0);
+            save(
+                blob_map(48, 48, cx, 0.5, peak),
+                &root.join("maps").join(t).join(format!("s{i}.png")),
+            );
+            save(
+                picture(64, 48, k as u32),
+                &root.join("images").join(t).join(format!("s{i}.png")),
+            );
+        }
+    }
+}
+
+/// Writes a PNG with the `png` crate, for layouts the `image` crate cannot encode (1-bit,
+/// palette).
+pub fn write_raw_png(
+    path: &Path,
+    (w, h): (u32, u32),
+    color: png::ColorType,
+    depth: png::BitDepth,
+    palette: Option<&[u8]>,
+    data: &[u8],
+) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let f = std::fs::File::create(path).unwrap();
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(f), w, h);
+    enc.set_color(color);
+    enc.set_depth(depth);
+    if let Some(p) = palette {
+        enc.set_palette(p.to_vec());
+    }
+    enc.write_header().unwrap().write_image_data(data).unwrap();
+}
+
+/// `mebin.json` of a binarize output.
+pub fn read_json(p: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&text).unwrap()
+}
