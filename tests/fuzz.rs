@@ -454,6 +454,7 @@ fn valid_checkpoint() -> &'static (Vec<u8>, usize) {
             search_range: Some((3.0, 200.0)),
             merge_temperature: 50.0,
             history: vec![],
+            num_classes_estimate: None,
         };
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("c.safetensors");
