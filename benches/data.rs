@@ -81,7 +81,9 @@ fn main() {
         for k in 0..n {
             let params = TrainParams::sample(&mut rng, &spec);
             apply_train(
-                cache.get(k % cache.len()),
+                cache
+                    .get(k % cache.len())
+                    .expect("the bench set fits the cache"),
                 &params,
                 &spec,
                 &mut img,

@@ -64,11 +64,16 @@ fn load_prepared(item: &CropItem, spec: &TransformSpec) -> Result<Prepared> {
     Ok(prepare(&image, &mask, spec))
 }
 
+/// Bytes of prepared crops a [`CropCache`] keeps (about 8000 crops at 224); crops beyond it are
+/// decoded again each time they are used, so memory does not grow with the size of the set.
+pub const CROP_CACHE_BYTES: usize = 2 << 30;
+
 /// Every crop of a set decoded and resized once (the resize is the same for all views and
-/// epochs); about 260 KB per crop at 224, so thousands of crops fit in memory.
+/// epochs); about 260 KB per crop at 224, kept up to [`CROP_CACHE_BYTES`].
 #[derive(Debug)]
 pub struct CropCache {
-    prepared: Vec<Prepared>,
+    /// None for the crops past the byte budget.
+    prepared: Vec<Option<Prepared>>,
     spec: TransformSpec,
 }
 
@@ -79,13 +84,19 @@ impl CropCache {
         spec.check()?;
         let pool = make_pool(num_workers)?;
         let pb = crate::logging::progress(set.len() as u64, "decode");
+        // Every crop is decoded (the first unreadable one is the error, before training), but
+        // only the first CROP_CACHE_BYTES are kept. Which ones does not change any result: a
+        // crop decodes to the same pixels each time.
+        let used = std::sync::atomic::AtomicUsize::new(0);
         let prepared = pool.install(|| {
             set.items
                 .par_iter()
                 .map(|item| {
-                    let r = load_prepared(item, spec);
+                    let p = load_prepared(item, spec)?;
+                    let b = p.bytes();
+                    let total = used.fetch_add(b, std::sync::atomic::Ordering::Relaxed) + b;
                     pb.inc(1);
-                    r
+                    Ok((total <= CROP_CACHE_BYTES).then_some(p))
                 })
                 .collect::<Result<Vec<_>>>()
         })?;
@@ -95,7 +106,8 @@ impl CropCache {
             spec: *spec,
         };
         log::debug!(
-            "cached {} crops ({:.1} MB)",
+            "cached {} of {} crops ({:.1} MB)",
+            cache.prepared.iter().flatten().count(),
             cache.len(),
             cache.bytes() as f64 / 1e6
         );
@@ -110,17 +122,18 @@ impl CropCache {
         self.prepared.is_empty()
     }
 
-    /// The prepared crop of `set.items[i]`.
-    pub fn get(&self, i: usize) -> &Prepared {
-        &self.prepared[i]
+    /// The prepared crop of `set.items[i]`, when it is kept.
+    pub fn get(&self, i: usize) -> Option<&Prepared> {
+        self.prepared[i].as_ref()
     }
 
     pub fn spec(&self) -> &TransformSpec {
         &self.spec
     }
 
+    /// Bytes of the kept crops.
     pub fn bytes(&self) -> usize {
-        self.prepared.iter().map(Prepared::bytes).sum()
+        self.prepared.iter().flatten().map(Prepared::bytes).sum()
     }
 }
 
@@ -182,8 +195,8 @@ impl Source {
     }
 
     fn with<T>(&self, i: usize, f: impl FnOnce(&Prepared) -> T) -> Result<T> {
-        match &self.cache {
-            Some(c) => Ok(f(c.get(i))),
+        match self.cache.as_ref().and_then(|c| c.get(i)) {
+            Some(p) => Ok(f(p)),
             None => Ok(f(&load_prepared(&self.set.items[i], &self.spec)?)),
         }
     }

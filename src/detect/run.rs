@@ -220,20 +220,95 @@ fn fit(spec: &DetectSpec, fx: &FeatureExtractor, train: &[TypedFile]) -> Result<
         .to_device(fx.device))
 }
 
-/// Patch-score maps `[size*size]` and image scores of the test images.
+/// The float maps of the test images, spilled to a hidden file in OUT as they are scored: the
+/// 8-bit maps need the scale over all of them, and holding them in memory would cost
+/// 4 × size² bytes per test image (262 KB at 256) with no bound. Removed when dropped.
+struct MapSpill {
+    path: PathBuf,
+    file: std::sync::Mutex<std::fs::File>,
+    /// Floats per map.
+    len: usize,
+    count: usize,
+    lo: f32,
+    hi: f32,
+}
+
+impl MapSpill {
+    const FILE: &'static str = ".anomalyncd-detect-maps.f32";
+
+    fn create(dir: &Path, len: usize) -> Result<MapSpill> {
+        let path = dir.join(Self::FILE);
+        let file = std::fs::File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(MapSpill {
+            path,
+            file: std::sync::Mutex::new(file),
+            len,
+            count: 0,
+            lo: f32::INFINITY,
+            hi: f32::NEG_INFINITY,
+        })
+    }
+
+    fn push(&mut self, map: &[f32]) -> Result<()> {
+        use std::io::Write;
+        debug_assert_eq!(map.len(), self.len);
+        for &v in map {
+            self.lo = self.lo.min(v);
+            self.hi = self.hi.max(v);
+        }
+        let bytes: Vec<u8> = map.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        f.write_all(&bytes).map_err(|e| Error::io(&self.path, e))?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Map `i` in push order.
+    fn read(&self, i: usize) -> Result<Vec<f32>> {
+        use std::io::{Read, Seek, SeekFrom};
+        if i >= self.count {
+            return Err(Error::runtime(format!(
+                "map {i} of {} requested from {}",
+                self.count,
+                self.path.display()
+            )));
+        }
+        let mut bytes = vec![0u8; self.len * 4];
+        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        f.seek(SeekFrom::Start((i * self.len * 4) as u64))
+            .and_then(|_| f.read_exact(&mut bytes))
+            .map_err(|e| Error::io(&self.path, e))?;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    }
+}
+
+impl Drop for MapSpill {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Patch-score maps `[size*size]` (spilled into `out`) and image scores of the test images.
 fn score(
     spec: &DetectSpec,
     fx: &FeatureExtractor,
     bank: &Tensor,
     test: &[TypedFile],
-) -> Result<(Vec<Vec<f32>>, Vec<f32>)> {
+) -> Result<(MapSpill, Vec<f32>)> {
     let bank_sq = (bank * bank).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
     let size = spec.image_size as i64;
     let pb = crate::logging::progress(test.len() as u64, "scoring");
-    let (mut all_maps, mut scores) = (
-        Vec::with_capacity(test.len()),
-        Vec::with_capacity(test.len()),
-    );
+    let mut spill = MapSpill::create(&spec.out, (size * size) as usize)?;
+    let mut scores = Vec::with_capacity(test.len());
     for chunk in test.chunks(spec.batch_size) {
         let paths: Vec<&Path> = chunk.iter().map(|f| f.path.as_path()).collect();
         let x = load_batch(&paths, spec.image_size)?;
@@ -249,13 +324,13 @@ fn score(
         for i in 0..chunk.len() as i64 {
             let v: Vec<f32> = Vec::try_from(m.get(i).flatten(0, -1))
                 .map_err(|e| Error::runtime(format!("reading a map: {e}")))?;
-            all_maps.push(v);
+            spill.push(&v)?;
         }
         scores.extend(img_scores);
         pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();
-    Ok((all_maps, scores))
+    Ok((spill, scores))
 }
 
 fn map_path(f: &TypedFile) -> PathBuf {
@@ -293,7 +368,7 @@ fn evaluate(
     spec: &DetectSpec,
     test: &[TypedFile],
     scores: &[f32],
-    all_maps: &[Vec<f32>],
+    maps: &MapSpill,
     masks: Option<&[Option<PathBuf>]>,
 ) -> Result<Metrics> {
     let normal: Vec<bool> = test.iter().map(is_normal).collect();
@@ -322,8 +397,8 @@ fn evaluate(
             .collect::<Result<_>>()?;
         pb.finish_and_clear();
         let mut set = PixelSet::default();
-        for (map, mask) in all_maps.iter().zip(&resized) {
-            set.add(map, mask);
+        for (i, mask) in resized.iter().enumerate() {
+            set.add(&maps.read(i)?, mask);
         }
         match set.metrics() {
             Some(pm) => {
@@ -402,16 +477,11 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
     );
 
     let t = Instant::now();
-    let (all_maps, scores) = score(spec, &fx, &bank, &test)?;
+    let (maps_spill, scores) = score(spec, &fx, &bank, &test)?;
     seconds.insert("scoring".to_string(), t.elapsed().as_secs_f64());
 
     let t = Instant::now();
-    let (lo, hi) = all_maps
-        .iter()
-        .flatten()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
-            (lo.min(v), hi.max(v))
-        });
+    let (lo, hi) = (maps_spill.lo, maps_spill.hi);
     let size = spec.image_size;
     let mut images = Vec::with_capacity(test.len());
     for (f, &s) in test.iter().zip(&scores) {
@@ -426,10 +496,10 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
     let pb = crate::logging::progress(test.len() as u64, "writing maps");
     images
         .par_iter()
-        .zip(all_maps.par_iter())
-        .try_for_each(|(im, map)| -> Result<()> {
+        .enumerate()
+        .try_for_each(|(i, im)| -> Result<()> {
             if let Some(rel) = &im.map {
-                let levels = maps::to_u8(map, lo, hi);
+                let levels = maps::to_u8(&maps_spill.read(i)?, lo, hi);
                 let img =
                     GrayImage::from_raw(size, size, levels).expect("map has size*size levels");
                 save_image_atomic(&image::DynamicImage::ImageLuma8(img), &spec.out.join(rel))?;
@@ -441,7 +511,8 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
     seconds.insert("writing".to_string(), t.elapsed().as_secs_f64());
 
     let t = Instant::now();
-    let metrics = evaluate(spec, &test, &scores, &all_maps, masks.as_deref())?;
+    let metrics = evaluate(spec, &test, &scores, &maps_spill, masks.as_deref())?;
+    drop(maps_spill);
     seconds.insert("evaluation".to_string(), t.elapsed().as_secs_f64());
 
     let mut output_files: Vec<PathBuf> = images.iter().filter_map(|i| i.map.clone()).collect();

@@ -20,11 +20,34 @@ struct Scratch {
     cols: Vec<i16>,
     parent: Vec<u32>,
     order: Vec<u32>,
-    steps: Vec<u8>,
 }
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Scratch buffers are kept between maps up to this many elements each (a 2048×2048 map):
+/// larger ones are freed by [`trim_scratch`].
+const KEEP_SCRATCH: usize = 1 << 22;
+
+/// Frees this thread's scratch buffers when a huge map grew them past [`KEEP_SCRATCH`], so that
+/// one 10000×10000 map does not keep about 10 bytes per pixel on each thread for the rest of the
+/// run (and through its own cropping step). Maps of the usual sizes keep their buffers.
+pub fn trim_scratch() {
+    SCRATCH.with_borrow_mut(|s| {
+        let largest = [
+            s.rows.capacity(),
+            s.cols.capacity(),
+            s.parent.capacity(),
+            s.order.capacity(),
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+        if largest > KEEP_SCRATCH {
+            *s = Scratch::default();
+        }
+    });
 }
 
 /// u16 levels as i16 with the same order (sign bit flipped): baseline x86-64 (SSE2) has a
@@ -84,7 +107,12 @@ pub fn min_filter(src: &[u16], width: usize, height: usize, k: usize) -> Vec<u16
                 }
             }
         }
-        rows.iter().map(|&v| from_ordered_i16(v)).collect()
+        let out = rows.iter().map(|&v| from_ordered_i16(v)).collect();
+        // A huge map's buffers would stay alive through the component count: free them now.
+        if rows.capacity() > KEEP_SCRATCH {
+            (*rows, *cols) = (Vec::new(), Vec::new());
+        }
+        out
     })
 }
 
@@ -150,26 +178,37 @@ pub fn component_counts(
         .unwrap_or(table.len()) as u16;
     let pw = width + 2;
     SCRATCH.with_borrow_mut(|s| {
-        let Scratch {
-            parent,
-            order,
-            steps,
-            ..
-        } = s;
-        // The pixels that ever switch on (usually few), as padded indices.
+        let Scratch { parent, order, .. } = s;
+        // The pixels that ever switch on, as padded indices, counting-sorted by their step
+        // straight from the levels (two passes): no list of (pixel, step) pairs to sort, which
+        // would cost 5 more bytes per pixel where most pixels switch on.
+        let on = |v: u16| v >= lowest && (table[v as usize] as usize) < n_steps;
+        let mut bucket = vec![0usize; n_steps + 1];
+        if (lowest as usize) < table.len() {
+            for &v in levels {
+                if on(v) {
+                    bucket[table[v as usize] as usize + 1] += 1;
+                }
+            }
+        }
+        for k in 1..=n_steps {
+            bucket[k] += bucket[k - 1];
+        }
         order.clear();
-        steps.clear();
+        order.resize(bucket[n_steps], 0);
+        let mut fill = bucket.clone();
         if (lowest as usize) < table.len() {
             for y in 0..height {
                 for (x, &v) in levels[y * width..(y + 1) * width].iter().enumerate() {
-                    if v >= lowest && (table[v as usize] as usize) < n_steps {
-                        order.push(((y + 1) * pw + x + 1) as u32);
-                        steps.push(table[v as usize]);
+                    if on(v) {
+                        let st = table[v as usize] as usize;
+                        order[fill[st]] = ((y + 1) * pw + x + 1) as u32;
+                        fill[st] += 1;
                     }
                 }
             }
         }
-        sweep(parent, order, steps, pw, height, n_steps)
+        sweep_sorted(parent, order, &bucket, pw, height)
     })
 }
 
@@ -207,6 +246,19 @@ fn sweep(
         sorted[fill[st as usize]] = p;
         fill[st as usize] += 1;
     }
+    sweep_sorted(parent, &sorted, &bucket, pw, height)
+}
+
+/// The union-find sweep over padded pixel indices sorted by step (`sorted[bucket[k]..bucket[k +
+/// 1]]` join at step k); the component count after each step. Leaves `parent` all EMPTY.
+fn sweep_sorted(
+    parent: &mut Vec<u32>,
+    sorted: &[u32],
+    bucket: &[usize],
+    pw: usize,
+    height: usize,
+) -> Vec<u32> {
+    let n_steps = bucket.len() - 1;
     let cells = pw * (height + 2);
     if parent.len() < cells {
         parent.resize(cells, EMPTY);
@@ -247,7 +299,7 @@ fn sweep(
         counts.push(components as u32);
     }
     // Leave the buffer all EMPTY for the next map: only the added pixels were touched.
-    for &p in &sorted {
+    for &p in sorted {
         parent[p as usize] = EMPTY;
     }
     counts

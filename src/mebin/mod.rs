@@ -291,6 +291,8 @@ pub fn binarize_map(map: &GrayMap, range: &SearchRange, params: &Params) -> MapR
     };
     let binary =
         GrayImage::from_raw(w as u32, h as u32, binary).expect("binary has one byte per map pixel");
+    drop(eroded);
+    fast::trim_scratch();
     MapResult {
         threshold,
         est_anomaly_num,

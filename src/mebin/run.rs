@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::crop::{self, CropBox, CropRule};
-use super::resize::{nearest, BicubicView};
+use super::resize::{nearest, BicubicView, Leveled};
 use super::{binarize_map, BitDepth, GrayMap, MapResult, Params, SearchRange};
 use crate::error::{Error, IoContext, Result};
 use crate::imageio;
@@ -210,13 +210,16 @@ pub fn crop_scores(
     image_size: (u32, u32),
     boxes: &[CropBox],
 ) -> Vec<f64> {
-    let norm: Vec<f32> = map
-        .pixels
-        .iter()
-        .map(|&v| range.normalise(v as f64) as f32)
+    // The normalised value of each level, read through the levels (not a float copy of the map).
+    let table: Vec<f32> = (0..=map.max())
+        .map(|v| range.normalise(v as f64) as f32)
         .collect();
+    let norm = Leveled {
+        levels: &map.pixels,
+        table: &table,
+    };
     let (iw, ih) = (image_size.0 as usize, image_size.1 as usize);
-    let view = BicubicView::new(&norm, map.width, map.height, iw, ih);
+    let view = BicubicView::over(&norm, map.width, map.height, iw, ih);
     boxes
         .iter()
         .map(|b| {
@@ -388,8 +391,9 @@ pub fn write_png(
 }
 
 /// Maps are kept in memory between the range pass and the binarize pass up to this many bytes;
-/// beyond it they are read again (large sets of large maps).
-const MAP_CACHE_BYTES: usize = 1 << 30;
+/// beyond it they are read again, so memory does not grow with the number of maps (about 2000
+/// maps of 256×256 fit; docs/fuzzing.md has the measurements).
+const MAP_CACHE_BYTES: usize = 256 << 20;
 
 /// Binarizes and crops every item, writes all outputs under `job.out`, and returns the summary.
 /// Files of an earlier run in `job.out` that this run does not produce again are removed (only
