@@ -156,6 +156,11 @@ fn detect_bad_folders_flags_and_images() {
     detect_set(d.path());
     std::fs::create_dir_all(d.path().join("empty")).unwrap();
     let g = Untouched::new(&[d.path().join("train"), d.path().join("test")]);
+    // a good run writes its maps and leaves no spill file of the float maps behind
+    let good = d.path().join("good");
+    assert_ok(&detect(d.path(), &good, &[]), "detect");
+    assert!(good.join("spot/0.png").is_file() && good.join("spot/1.png").is_file());
+    assert!(!good.join(".anomalyncd-detect-maps.f32").exists());
     let o = cli(&[
         "detect",
         "--train",
