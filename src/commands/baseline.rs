@@ -95,7 +95,7 @@ pub fn run(a: &BaselineArgs, ctx: &Ctx) -> anyhow::Result<()> {
     }
     let fingerprint = serde_json::json!({
         "baseline": format!("{:?}", a.method),
-        "inputs": inputs.iter().map(|(_, p)| crate::fsutil::absolute(p)).collect::<Vec<_>>(),
+        "inputs": inputs.iter().map(|(_, p)| crate::fsutil::absolute_value(p)).collect::<Vec<_>>(),
     });
     crate::fsutil::prepare_output_dir(&a.out, &inputs, "baseline", &fingerprint, a.overwrite)?;
     crate::logging::add_log_file(&a.out.join("log.txt"))

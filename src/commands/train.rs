@@ -367,7 +367,7 @@ fn copy_binary_masks(
     overwrite: bool,
 ) -> crate::error::Result<()> {
     let src = binarize_out.join("binary");
-    let fingerprint = serde_json::json!({ "binary_masks_of": crate::fsutil::absolute(&src) });
+    let fingerprint = serde_json::json!({ "binary_masks_of": crate::fsutil::absolute_value(&src) });
     crate::fsutil::prepare_output_dir(
         dest,
         &[
