@@ -3,65 +3,31 @@
 //! baseline, on a small synthetic set with the tiny ViT.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
+mod common;
+use common::{read_json as json, synth_with_base, tiny_config};
+
+/// Without `-q`: some tests read the log (the K estimate's table).
 fn run(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_anomalyncd"))
+    common::bin()
         .current_dir(dir)
         .args(args)
         .output()
-        .expect("binary runs")
+        .expect("run anomalyncd")
 }
 
 fn ok(dir: &Path, args: &[&str]) -> String {
     let o = run(dir, args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "{args:?} failed: {text}");
-    text
+    common::assert_ok(&o, &format!("{args:?}"));
+    common::text(&o)
 }
-
-const TINY: &str = "models:\n  pretrained_backbone: vit_tiny\n  grad_from_block: 2\n  mask_layers: 2\n  image_size: 32\n  precision: fp32\ntraining:\n  batch_size: 8\n  num_workers: 2\n  epochs: 2\nloss:\n  warmup_teacher_temp_epochs: 1\n  repeat_times: 1\nexperiment:\n  exp_root: out\n";
 
 /// Synthetic set (4 types × 4 images), its base crops, and flat copies of the defective images
 /// and their maps named `<type>_<stem>.png`.
 fn setup() -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
+    let d = synth_with_base(4, &tiny_config(2, 1));
     let p = d.path();
-    ok(
-        p,
-        &[
-            "synth",
-            "--out",
-            "synth",
-            "--per-type",
-            "4",
-            "--per-base-class",
-            "4",
-            "--normal",
-            "1",
-            "--size",
-            "96",
-            "-q",
-        ],
-    );
-    ok(
-        p,
-        &[
-            "prepare-base",
-            "--images",
-            "synth/base/images",
-            "--masks",
-            "synth/base/masks",
-            "--out",
-            "base",
-            "-q",
-        ],
-    );
-    std::fs::write(p.join("tiny.yaml"), TINY).unwrap();
     for (from, to) in [
         ("synth/test", "flat/images"),
         ("synth/anomaly_maps", "flat/maps"),
@@ -103,11 +69,6 @@ fn train_flat<'a>(runner: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     ];
     v.extend_from_slice(extra);
     v
-}
-
-fn json(p: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    serde_json::from_str(&text).unwrap()
 }
 
 #[test]

@@ -25,43 +25,11 @@ fn ok(dir: &Path, args: &[&str]) -> String {
     text
 }
 
-const TINY: &str = "models:\n  pretrained_backbone: vit_tiny\n  grad_from_block: 2\n  mask_layers: 2\n  image_size: 32\n  precision: fp32\ntraining:\n  batch_size: 8\n  num_workers: 2\n  epochs: 3\nloss:\n  warmup_teacher_temp_epochs: 2\n  repeat_times: 1\nexperiment:\n  exp_root: out\n";
+mod common;
 
+/// A synthetic set (`synth/`), its base crops (`base/`) and the tiny config (`tiny.yaml`).
 fn setup() -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
-    let p = d.path();
-    ok(
-        p,
-        &[
-            "synth",
-            "--out",
-            "synth",
-            "--per-type",
-            "4",
-            "--per-base-class",
-            "4",
-            "--normal",
-            "1",
-            "--size",
-            "96",
-            "-q",
-        ],
-    );
-    ok(
-        p,
-        &[
-            "prepare-base",
-            "--images",
-            "synth/base/images",
-            "--masks",
-            "synth/base/masks",
-            "--out",
-            "base",
-            "-q",
-        ],
-    );
-    std::fs::write(p.join("tiny.yaml"), TINY).unwrap();
-    d
+    common::synth_with_base(4, &common::tiny_config(3, 2))
 }
 
 fn train_args<'a>(runner: &'a str, extra: &[&'a str]) -> Vec<&'a str> {

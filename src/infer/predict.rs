@@ -125,26 +125,7 @@ pub fn predict(
             mask_pixels: mask_pixel_count(&mask),
         });
     }
-    let merged = merge_by_image(&merge_in, temperature)?;
-    let images = merged
-        .into_iter()
-        .map(|m| {
-            let (_, conf) = max_entry(&m.probs);
-            ImageRow {
-                truth: rows[m.crops[0]].truth,
-                image: m.image,
-                cluster: m.class - nb,
-                confidence: conf,
-                crops: m.crops,
-            }
-        })
-        .collect();
-    Ok(Predictions {
-        crops: rows,
-        images,
-        num_base: nb,
-        num_clusters: set.num_novel_clusters,
-    })
+    merged_predictions(rows, &merge_in, nb, set.num_novel_clusters, temperature)
 }
 
 /// Predictions from hard cluster assignments (e.g. k-means, no trained head): each crop's
@@ -190,7 +171,19 @@ pub fn predict_assigned(
             mask_pixels: mask_pixel_count(&mask),
         });
     }
-    let images = merge_by_image(&merge_in, temperature)?
+    merged_predictions(rows, &merge_in, nb, num_clusters, temperature)
+}
+
+/// Region merging of the crops' probabilities into one row per image (the image takes its first
+/// crop's true type), with the crop rows.
+fn merged_predictions(
+    rows: Vec<CropRow>,
+    merge_in: &[CropPrediction],
+    nb: usize,
+    num_clusters: usize,
+    temperature: f64,
+) -> Result<Predictions> {
+    let images = merge_by_image(merge_in, temperature)?
         .into_iter()
         .map(|m| {
             let (_, conf) = max_entry(&m.probs);

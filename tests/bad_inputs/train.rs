@@ -6,44 +6,9 @@ use std::path::{Path, PathBuf};
 
 use crate::common::*;
 
-const TINY: &str = "models:\n  pretrained_backbone: vit_tiny\n  grad_from_block: 2\n  mask_layers: 2\n  image_size: 32\n  precision: fp32\ntraining:\n  batch_size: 8\n  num_workers: 2\n  epochs: 1\nloss:\n  warmup_teacher_temp_epochs: 1\n  repeat_times: 1\nexperiment:\n  exp_root: out\n";
-
 /// A synthetic set (`synth/`), its base crops (`base/`) and the tiny config (`tiny.yaml`).
 fn train_fixture() -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
-    let p = d.path();
-    let o = cli_in(
-        p,
-        &[
-            "synth",
-            "--out",
-            "synth",
-            "--per-type",
-            "3",
-            "--per-base-class",
-            "3",
-            "--normal",
-            "1",
-            "--size",
-            "96",
-        ],
-    );
-    assert_ok(&o, "synth");
-    let o = cli_in(
-        p,
-        &[
-            "prepare-base",
-            "--images",
-            "synth/base/images",
-            "--masks",
-            "synth/base/masks",
-            "--out",
-            "base",
-        ],
-    );
-    assert_ok(&o, "prepare-base");
-    std::fs::write(p.join("tiny.yaml"), TINY).unwrap();
-    d
+    synth_with_base(3, &tiny_config(1, 1))
 }
 
 fn train_args(runner: &str, extra: &[&str]) -> Vec<OsString> {

@@ -210,3 +210,52 @@ pub fn read_json(p: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     serde_json::from_str(&text).unwrap()
 }
+
+/// A tiny `vit_tiny` config for the training tests; `{epochs}` and `{warmup}` vary by test.
+pub fn tiny_config(epochs: usize, warmup: usize) -> String {
+    format!(
+        "models:\n  pretrained_backbone: vit_tiny\n  grad_from_block: 2\n  mask_layers: 2\n  image_size: 32\n  precision: fp32\ntraining:\n  batch_size: 8\n  num_workers: 2\n  epochs: {epochs}\nloss:\n  warmup_teacher_temp_epochs: {warmup}\n  repeat_times: 1\nexperiment:\n  exp_root: out\n"
+    )
+}
+
+/// A temporary folder holding a synthetic set (`synth/`, `per_type` images per defect type and
+/// per base class, 96 px), its base crops (`base/`) and `config` as `tiny.yaml`.
+pub fn synth_with_base(per_type: usize, config: &str) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let n = per_type.to_string();
+    let o = cli_in(
+        p,
+        &[
+            "synth",
+            "--out",
+            "synth",
+            "--per-type",
+            &n,
+            "--per-base-class",
+            &n,
+            "--normal",
+            "1",
+            "--size",
+            "96",
+            "-q",
+        ],
+    );
+    assert_ok(&o, "synth");
+    let o = cli_in(
+        p,
+        &[
+            "prepare-base",
+            "--images",
+            "synth/base/images",
+            "--masks",
+            "synth/base/masks",
+            "--out",
+            "base",
+            "-q",
+        ],
+    );
+    assert_ok(&o, "prepare-base");
+    std::fs::write(p.join("tiny.yaml"), config).unwrap();
+    d
+}
