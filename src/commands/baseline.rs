@@ -8,14 +8,14 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
-use super::{estimate_num_classes, parse_num_classes, Ctx, NumClasses};
+use super::{estimate_num_classes, parse_num_classes, CropSource, Ctx, NumClasses};
 use crate::cluster::{fit, KMeansOptions};
 use crate::config::Config;
 use crate::data::{dataset::load_novel, CropSet, NovelSource};
 use crate::error::Error;
 use crate::infer::merge::default_merge_temperature;
 use crate::infer::predict::predict_assigned;
-use crate::mebin::folders::{binarize_folders, Pairing};
+use crate::mebin::folders::Pairing;
 use crate::mebin::RangeSource;
 use crate::model::{resolve_backbone_weights, Model};
 
@@ -36,15 +36,8 @@ pub struct BaselineArgs {
     /// Override a config key, e.g. --set models.pretrained_backbone=vit_tiny (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     pub set: Vec<String>,
-    /// Crops written by `binarize` (crops/, scores.json); or give --anomaly-maps and --images.
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["anomaly_maps", "images"])]
-    pub data: Option<PathBuf>,
-    /// Anomaly maps (<type>/<stem>.png or a flat folder), binarized into OUT/binarize first.
-    #[arg(long, value_name = "DIR", requires = "images")]
-    pub anomaly_maps: Option<PathBuf>,
-    /// Images paired with --anomaly-maps by stem.
-    #[arg(long, value_name = "DIR", requires = "anomaly_maps")]
-    pub images: Option<PathBuf>,
+    #[command(flatten)]
+    pub crops: CropSource,
     /// Labelled base crops (images/<class>/, masks/<class>/): only used by --num-classes auto,
     /// for its base check.
     #[arg(long, value_name = "DIR")]
@@ -73,7 +66,8 @@ pub struct BaselineArgs {
 pub fn run(a: &BaselineArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let cfg = Config::load(a.config.as_deref(), &a.set)?;
     let num_classes = parse_num_classes(a.num_classes.as_deref())?;
-    let source = a.data.as_ref().or(a.images.as_ref()).ok_or_else(|| {
+    let c = &a.crops;
+    let source = c.data.as_ref().or(c.images.as_ref()).ok_or_else(|| {
         Error::usage("give --data (a binarize output) or --anomaly-maps and --images")
     })?;
     let category = a.category.clone().unwrap_or_else(|| {
@@ -82,16 +76,9 @@ pub fn run(a: &BaselineArgs, ctx: &Ctx) -> anyhow::Result<()> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "baseline".into())
     });
-    let mut inputs: Vec<(&str, &std::path::Path)> = vec![];
-    for (flag, p) in [
-        ("--data", &a.data),
-        ("--anomaly-maps", &a.anomaly_maps),
-        ("--images", &a.images),
-        ("--base-data-path", &a.base_data_path),
-    ] {
-        if let Some(p) = p {
-            inputs.push((flag, p.as_path()));
-        }
+    let mut inputs = c.inputs();
+    if let Some(p) = &a.base_data_path {
+        inputs.push(("--base-data-path", p.as_path()));
     }
     let fingerprint = serde_json::json!({
         "baseline": format!("{:?}", a.method),
@@ -101,23 +88,20 @@ pub fn run(a: &BaselineArgs, ctx: &Ctx) -> anyhow::Result<()> {
     crate::logging::add_log_file(&a.out.join("log.txt"))
         .with_context(|| format!("opening {}/log.txt", a.out.display()))?;
 
-    let data = match (&a.anomaly_maps, &a.images, &a.data) {
-        (Some(maps), Some(images), _) => {
-            let dir = a.out.join("binarize");
-            let how = Pairing {
-                skip_unpaired: false,
-                only_map_types: true,
-            };
-            let range = RangeSource::FromMaps {
-                min_threshold: cfg.binarization.min_threshold,
-            };
-            binarize_folders(maps, images, &dir, &cfg, range, how, a.overwrite)
-                .with_context(|| format!("binarizing the maps in {}", maps.display()))?;
-            dir
-        }
-        (_, _, Some(d)) => d.clone(),
-        _ => return Err(Error::usage("--anomaly-maps needs --images").into()),
+    let how = Pairing {
+        skip_unpaired: false,
+        only_map_types: true,
     };
+    let range = || {
+        Ok(RangeSource::FromMaps {
+            min_threshold: cfg.binarization.min_threshold,
+        })
+    };
+    let data = c
+        .resolve(&a.out, &cfg, range, how, a.overwrite)?
+        .ok_or_else(|| {
+            Error::usage("give --data (a binarize output) or --anomaly-maps and --images")
+        })?;
     let novel = NovelSource::from_binarize_out(&data);
     let placeholder = Some(1);
     let mut set = match &a.base_data_path {

@@ -12,8 +12,16 @@ pub mod synth;
 pub mod test;
 pub mod train;
 
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+
 use crate::cli::{Cli, Command};
+use crate::config::Config;
 use crate::error::Error;
+use crate::mebin::folders::{binarize_folders, Pairing};
+use crate::mebin::RangeSource;
 
 /// What every command gets besides its own flags.
 #[derive(Debug, Clone)]
@@ -46,20 +54,71 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Where `test` and `baseline` read their crops: a `binarize` output, or anomaly maps and images
+/// that are binarized into `OUT/binarize` first.
+#[derive(Debug, Args)]
+pub struct CropSource {
+    /// Crop folder written by `binarize` (crops/, scores.json); or give --anomaly-maps and
+    /// --images.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["anomaly_maps", "images"])]
+    pub data: Option<PathBuf>,
+    /// Anomaly maps (<type>/<stem>.png or a flat folder), binarized into OUT/binarize first.
+    #[arg(long, value_name = "DIR", requires = "images")]
+    pub anomaly_maps: Option<PathBuf>,
+    /// Images paired with --anomaly-maps by stem.
+    #[arg(long, value_name = "DIR", requires = "anomaly_maps")]
+    pub images: Option<PathBuf>,
+}
+
+impl CropSource {
+    /// The given input folders with their flags, for the output-folder checks.
+    pub fn inputs(&self) -> Vec<(&'static str, &Path)> {
+        [
+            ("--data", &self.data),
+            ("--anomaly-maps", &self.anomaly_maps),
+            ("--images", &self.images),
+        ]
+        .into_iter()
+        .filter_map(|(flag, p)| p.as_deref().map(|p| (flag, p)))
+        .collect()
+    }
+
+    /// The crop folder: `--data`, or `out/binarize` after binarizing the maps with the range
+    /// `range()` gives (asked only then). None when neither was given.
+    pub fn resolve(
+        &self,
+        out: &Path,
+        cfg: &Config,
+        range: impl FnOnce() -> anyhow::Result<RangeSource>,
+        how: Pairing,
+        overwrite: bool,
+    ) -> anyhow::Result<Option<PathBuf>> {
+        match (&self.anomaly_maps, &self.images, &self.data) {
+            (Some(maps), Some(images), _) => {
+                let dir = out.join("binarize");
+                binarize_folders(maps, images, &dir, cfg, range()?, how, overwrite)
+                    .with_context(|| format!("binarizing the maps in {}", maps.display()))?;
+                Ok(Some(dir))
+            }
+            (None, None, d) => Ok(d.clone()),
+            _ => Err(Error::usage("--anomaly-maps and --images go together: give both").into()),
+        }
+    }
+}
+
 /// What `train`, `test`, `predict` and `baseline` write after predicting: the prediction files
 /// and metrics into `out` (one row appended to `table` when labels exist, see
 /// [`crate::infer::outputs::write_all`]), then `report.html` and its pictures. Returns the
 /// image-level (NMI, ARI, F1) when labels exist.
 fn write_outputs(
-    out: &std::path::Path,
-    table: &std::path::Path,
+    out: &Path,
+    table: &Path,
     category: &str,
     set: &crate::data::CropSet,
     preds: &crate::infer::predict::Predictions,
     head: usize,
-    binarize_out: &std::path::Path,
+    binarize_out: &Path,
 ) -> anyhow::Result<Option<(f64, f64, f64)>> {
-    use anyhow::Context;
     let res =
         crate::infer::outputs::write_all(out, table, category, &set.novel_types, preds, head)?;
     let input = crate::report::ReportInput {

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 
-use super::Ctx;
+use super::{CropSource, Ctx};
 use crate::config::Config;
 use crate::error::Error;
 use crate::infer::trained;
-use crate::mebin::folders::{binarize_folders, Pairing};
+use crate::mebin::folders::Pairing;
 use crate::mebin::{RangeSource, SearchRange};
 
 #[derive(Debug, Args)]
@@ -18,15 +18,9 @@ pub struct TestArgs {
     /// Checkpoint written by `train` (checkpoint.safetensors, or its run folder).
     #[arg(long, value_name = "CKPT")]
     pub checkpoint: PathBuf,
-    /// Crop folder written by `binarize` (crops/, scores.json); default: the training run's.
-    #[arg(long, value_name = "DIR")]
-    pub data: Option<PathBuf>,
-    /// Anomaly maps, to binarize first (with the training set's threshold range) instead of --data.
-    #[arg(long, value_name = "DIR", requires = "images")]
-    pub anomaly_maps: Option<PathBuf>,
-    /// Images paired with --anomaly-maps.
-    #[arg(long, value_name = "DIR", requires = "anomaly_maps")]
-    pub images: Option<PathBuf>,
+    /// Crops (default: the training run's binarize output).
+    #[command(flatten)]
+    pub crops: CropSource,
     /// Folder for metrics.csv, predictions.csv, metrics.json, report.html (default: the checkpoint's
     /// folder).
     #[arg(long, value_name = "DIR")]
@@ -48,10 +42,7 @@ pub fn run(a: &TestArgs, ctx: &Ctx) -> anyhow::Result<()> {
         Some(o) => {
             let fingerprint =
                 serde_json::json!({"checkpoint": crate::fsutil::absolute_value(&a.checkpoint)});
-            let mut inputs: Vec<(&str, &std::path::Path)> = Vec::new();
-            if let Some(d) = &a.data {
-                inputs.push(("--data", d));
-            }
+            let inputs = a.crops.inputs();
             crate::fsutil::prepare_output_dir(o, &inputs, "test", &fingerprint, a.overwrite)?;
             o.clone()
         }
@@ -59,24 +50,14 @@ pub fn run(a: &TestArgs, ctx: &Ctx) -> anyhow::Result<()> {
     };
     crate::logging::add_log_file(&out.join("log.txt"))
         .with_context(|| format!("opening {}/log.txt", out.display()))?;
-    let data = match (&a.anomaly_maps, &a.images, &a.data) {
-        (Some(maps), Some(images), _) => {
-            let dir = out.join("binarize");
-            let range = stored_range(&t.meta)?;
-            let cfg: &Config = &t.meta.config;
-            binarize_folders(
-                maps,
-                images,
-                &dir,
-                cfg,
-                RangeSource::Fixed(range),
-                Pairing::default(),
-                a.overwrite,
-            )?;
-            dir
-        }
-        (_, _, Some(d)) => d.clone(),
-        _ => t
+    let range = || Ok(RangeSource::Fixed(stored_range(&t.meta)?));
+    let cfg: &Config = &t.meta.config;
+    let data = match a
+        .crops
+        .resolve(&out, cfg, range, Pairing::default(), a.overwrite)?
+    {
+        Some(d) => d,
+        None => t
             .meta
             .anomaly_scores
             .as_ref()
