@@ -15,10 +15,10 @@ use crate::mebin::{RangeSource, SearchRange};
 
 #[derive(Debug, Args)]
 pub struct TestArgs {
-    /// Checkpoint written by `train` (checkpoint.safetensors, or its run folder).
+    /// Checkpoint written by `train` (checkpoint.safetensors, or its run folder). Without --data
+    /// or --anomaly-maps, the crops of its training run are evaluated.
     #[arg(long, value_name = "CKPT")]
     pub checkpoint: PathBuf,
-    /// Crops (default: the training run's binarize output).
     #[command(flatten)]
     pub crops: CropSource,
     /// Folder for metrics.csv, predictions.csv, metrics.json, report.html (default: the checkpoint's
