@@ -9,7 +9,7 @@ mod common;
 use common::{read_json as json, synth_with_base, tiny_config};
 
 /// Without `-q`: some tests read the log (the K estimate's table).
-fn run(dir: &Path, args: &[&str]) -> Output {
+fn run<S: AsRef<std::ffi::OsStr>>(dir: &Path, args: &[S]) -> Output {
     common::bin()
         .current_dir(dir)
         .args(args)
@@ -17,7 +17,7 @@ fn run(dir: &Path, args: &[&str]) -> Output {
         .expect("run anomalyncd")
 }
 
-fn ok(dir: &Path, args: &[&str]) -> String {
+fn ok<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(dir: &Path, args: &[S]) -> String {
     let o = run(dir, args);
     common::assert_ok(&o, &format!("{args:?}"));
     common::text(&o)
@@ -49,26 +49,8 @@ fn setup() -> tempfile::TempDir {
     d
 }
 
-fn train_flat<'a>(runner: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec![
-        "train",
-        "--config",
-        "tiny.yaml",
-        "--dataset",
-        "folder",
-        "--category",
-        "flat",
-        "--dataset-path",
-        "flat/images",
-        "--anomaly-map-path",
-        "flat/maps",
-        "--base-data-path",
-        "base",
-        "--runner-name",
-        runner,
-    ];
-    v.extend_from_slice(extra);
-    v
+fn train_flat(runner: &str, extra: &[&str]) -> Vec<std::ffi::OsString> {
+    common::train_args_on("flat", "flat/images", "flat/maps", runner, extra)
 }
 
 #[test]

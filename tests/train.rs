@@ -3,26 +3,22 @@
 //! run, `test` reproduces the metrics of `train`, `predict` works on one new image, and bad
 //! checkpoints are clear errors. Each of them writes a report (report.html and its pictures).
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn run(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_anomalyncd"))
+fn run<S: AsRef<OsStr> + std::fmt::Debug>(dir: &Path, args: &[S]) -> Output {
+    common::bin()
         .current_dir(dir)
         .args(args)
         .output()
         .expect("binary runs")
 }
 
-fn ok(dir: &Path, args: &[&str]) -> String {
+fn ok<S: AsRef<OsStr> + std::fmt::Debug>(dir: &Path, args: &[S]) -> String {
     let o = run(dir, args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "{args:?} failed: {text}");
-    text
+    common::assert_ok(&o, &format!("{args:?}"));
+    common::text(&o)
 }
 
 mod common;
@@ -32,26 +28,10 @@ fn setup() -> tempfile::TempDir {
     common::synth_with_base(4, &common::tiny_config(3, 2))
 }
 
-fn train_args<'a>(runner: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec![
-        "train",
-        "--config",
-        "tiny.yaml",
-        "--dataset",
-        "folder",
-        "--category",
-        "synth",
-        "--dataset-path",
-        "synth/test",
-        "--anomaly-map-path",
-        "synth/anomaly_maps",
-        "--base-data-path",
-        "base",
-        "--runner-name",
-        runner,
-        "-q",
-    ];
-    v.extend_from_slice(extra);
+/// [`common::train_args`], quiet.
+fn train_args(runner: &str, extra: &[&str]) -> Vec<std::ffi::OsString> {
+    let mut v = common::train_args(runner, extra);
+    v.push("-q".into());
     v
 }
 

@@ -1,7 +1,6 @@
 //! `train`, `test` and `predict`: weights, devices, tiny sets, odd paths and checkpoints from
 //! elsewhere, on the tiny `vit_tiny` backbone.
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use crate::common::*;
@@ -9,31 +8,6 @@ use crate::common::*;
 /// A synthetic set (`synth/`), its base crops (`base/`) and the tiny config (`tiny.yaml`).
 fn train_fixture() -> tempfile::TempDir {
     synth_with_base(3, &tiny_config(1, 1))
-}
-
-fn train_args(runner: &str, extra: &[&str]) -> Vec<OsString> {
-    let mut v: Vec<OsString> = [
-        "train",
-        "--config",
-        "tiny.yaml",
-        "--dataset",
-        "folder",
-        "--category",
-        "synth",
-        "--dataset-path",
-        "synth/test",
-        "--anomaly-map-path",
-        "synth/anomaly_maps",
-        "--base-data-path",
-        "base",
-        "--runner-name",
-        runner,
-    ]
-    .iter()
-    .map(OsString::from)
-    .collect();
-    v.extend(extra.iter().map(OsString::from));
-    v
 }
 
 /// The tiny model's backbone as a .safetensors file (random init), with one NaN when `nan`.

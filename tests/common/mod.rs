@@ -4,12 +4,13 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use image::{GrayImage, Luma, Rgb, RgbImage};
+use rand::{Rng, SeedableRng};
 
 /// `../shared` (read-only real data and golden outputs), when present.
 pub fn shared() -> Option<PathBuf> {
@@ -258,4 +259,109 @@ pub fn synth_with_base(per_type: usize, config: &str) -> tempfile::TempDir {
     assert_ok(&o, "prepare-base");
     std::fs::write(p.join("tiny.yaml"), config).unwrap();
     d
+}
+
+/// `train` on a folder dataset in a [`synth_with_base`] folder (`tiny.yaml`, base crops in
+/// `base/`), category `category`, images and maps from the given folders, then `extra`.
+pub fn train_args_on(
+    category: &str,
+    images: &str,
+    maps: &str,
+    runner: &str,
+    extra: &[&str],
+) -> Vec<OsString> {
+    let fixed = [
+        "train",
+        "--config",
+        "tiny.yaml",
+        "--dataset",
+        "folder",
+        "--category",
+        category,
+        "--dataset-path",
+        images,
+        "--anomaly-map-path",
+        maps,
+        "--base-data-path",
+        "base",
+        "--runner-name",
+        runner,
+    ];
+    fixed.iter().chain(extra).map(OsString::from).collect()
+}
+
+/// [`train_args_on`] the synthetic set (`synth/test`, `synth/anomaly_maps`, category `synth`).
+pub fn train_args(runner: &str, extra: &[&str]) -> Vec<OsString> {
+    train_args_on("synth", "synth/test", "synth/anomaly_maps", runner, extra)
+}
+
+/// Maps of the shapes that stress the sweep: noise, blobs, constant, a single pixel, blobs on the
+/// border, all at the maximum, stripes.
+pub fn make_map(
+    kind: u8,
+    w: usize,
+    h: usize,
+    seed: u64,
+    depth: anomalyncd::mebin::BitDepth,
+) -> anomalyncd::imageio::GrayMap {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let top = depth.max_level() as f64;
+    let mut px = vec![0f64; w * h];
+    match kind {
+        0 => px.iter_mut().for_each(|v| *v = rng.gen_range(0.0..=top)),
+        1 | 4 => {
+            let base = rng.gen_range(0.0..top * 0.3);
+            px.iter_mut()
+                .for_each(|v| *v = base + rng.gen_range(0.0..top * 0.05));
+            for _ in 0..rng.gen_range(1..5) {
+                let (cx, cy) = if kind == 4 {
+                    // on the border
+                    if rng.gen_bool(0.5) {
+                        (0.0, rng.gen_range(0.0..h as f64))
+                    } else {
+                        (rng.gen_range(0.0..w as f64), h as f64 - 1.0)
+                    }
+                } else {
+                    (rng.gen_range(0.0..w as f64), rng.gen_range(0.0..h as f64))
+                };
+                let r = rng.gen_range(1.0..(w.max(h) as f64 / 2.0).max(1.5));
+                let peak = rng.gen_range(top * 0.3..=top);
+                for y in 0..h {
+                    for x in 0..w {
+                        let d2 = ((x as f64 - cx).powi(2) + (y as f64 - cy).powi(2)) / (r * r);
+                        px[y * w + x] += peak * (-d2).exp();
+                    }
+                }
+            }
+        }
+        2 => {
+            let c = rng.gen_range(0.0..=top);
+            px.iter_mut().for_each(|v| *v = c);
+        }
+        3 => {
+            let i = rng.gen_range(0..w * h);
+            px[i] = rng.gen_range(1.0..=top);
+        }
+        5 => px.iter_mut().for_each(|v| *v = top),
+        _ => {
+            for y in 0..h {
+                for x in 0..w {
+                    px[y * w + x] = if (x / 3 + y / 5) % 2 == 0 {
+                        top * 0.8
+                    } else {
+                        top * 0.1
+                    };
+                }
+            }
+        }
+    }
+    anomalyncd::imageio::GrayMap {
+        width: w,
+        height: h,
+        depth,
+        pixels: px
+            .iter()
+            .map(|v| v.round().clamp(0.0, top) as u16)
+            .collect(),
+    }
 }
