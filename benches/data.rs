@@ -22,21 +22,12 @@ fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let dir = tempfile::tempdir().expect("temp dir");
     // Crops of about the size binarize cuts from 200–600 px industrial images.
-    data_fixture::write_base(&dir.path().join("base"), &[("a", 32), ("b", 32)], 200);
-    data_fixture::write_novel(
-        &dir.path().join("out"),
+    let set = Arc::new(data_fixture::crop_set(
+        dir.path(),
+        &[("a", 32), ("b", 32)],
         &[("x", 32), ("y", 32), ("z", 32), ("w", 32)],
         200,
-        false,
-    );
-    let set = Arc::new(
-        CropSet::load(
-            &dir.path().join("base"),
-            &NovelSource::from_binarize_out(&dir.path().join("out")),
-            None,
-        )
-        .expect("fixture loads"),
-    );
+    ));
     let spec = TransformSpec::new(224);
 
     let t = Instant::now();

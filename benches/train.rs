@@ -104,16 +104,12 @@ fn main() {
     let views = env_usize("BENCH_VIEWS", 4);
     let bf16 = std::env::var("BENCH_BF16").unwrap_or_default();
     let dir = tempfile::tempdir().expect("temp dir");
-    data_fixture::write_base(&dir.path().join("base"), &[("a", 16), ("b", 16)], 200);
-    data_fixture::write_novel(&dir.path().join("out"), &[("x", 16), ("y", 16)], 200, false);
-    let set = Arc::new(
-        CropSet::load(
-            &dir.path().join("base"),
-            &NovelSource::from_binarize_out(&dir.path().join("out")),
-            None,
-        )
-        .expect("fixture loads"),
-    );
+    let set = Arc::new(data_fixture::crop_set(
+        dir.path(),
+        &[("a", 16), ("b", 16)],
+        &[("x", 16), ("y", 16)],
+        200,
+    ));
     let weights = std::path::Path::new("data/weights/dinov2_vits14.safetensors");
     let weights = weights.is_file().then_some(weights);
     let cfg = config(Precision::Fp32);

@@ -27,16 +27,12 @@ fn tiny_config() -> Config {
 #[test]
 fn bank_rows_are_the_frozen_tokens_in_memory_and_on_disk() {
     let dir = tempfile::tempdir().unwrap();
-    data_fixture::write_base(&dir.path().join("base"), &[("a", 3), ("b", 3)], 40);
-    data_fixture::write_novel(&dir.path().join("out"), &[("x", 3), ("y", 2)], 40, false);
-    let set = Arc::new(
-        CropSet::load(
-            &dir.path().join("base"),
-            &NovelSource::from_binarize_out(&dir.path().join("out")),
-            None,
-        )
-        .unwrap(),
-    );
+    let set = Arc::new(data_fixture::crop_set(
+        dir.path(),
+        &[("a", 3), ("b", 3)],
+        &[("x", 3), ("y", 2)],
+        40,
+    ));
     let cfg = tiny_config();
     let spec = TransformSpec::new(32);
     let loader =

@@ -254,18 +254,8 @@ impl Block {
     /// `[B, L, D] -> [B, L, D]` (pre-norm residual attention and MLP).
     pub(crate) fn forward(&self, x: &Tensor, guide: &MaskGuide, imp: AttnImpl) -> Tensor {
         let g = self.mask_guided.then_some(guide);
-        let mut y = self.attn.forward(&self.norm1.forward(x), g, imp);
-        if let Some(ls) = &self.ls1 {
-            y *= ls;
-        }
-        let x = x + y;
-        let mut y = self
-            .fc2
-            .forward(&self.fc1.forward(&self.norm2.forward(&x)).gelu("none"));
-        if let Some(ls) = &self.ls2 {
-            y *= ls;
-        }
-        x + y
+        let y = self.attn.forward(&self.norm1.forward(x), g, imp);
+        self.mlp_residual(x + self.scale1(y))
     }
 
     /// The class token after this block, `[B, L, D] -> [B, 1, D]`: what the last block needs,
@@ -273,11 +263,20 @@ impl Block {
     /// are most of a block's cost and would be thrown away).
     pub(crate) fn forward_cls(&self, x: &Tensor, guide: &MaskGuide) -> Tensor {
         let g = self.mask_guided.then_some(guide);
-        let mut y = self.attn.forward_cls(&self.norm1.forward(x), g);
-        if let Some(ls) = &self.ls1 {
-            y *= ls;
+        let y = self.attn.forward_cls(&self.norm1.forward(x), g);
+        self.mlp_residual(x.narrow(1, 0, 1) + self.scale1(y))
+    }
+
+    /// The attention branch times the first layer scale (DINOv2), `[B, L, D]`.
+    fn scale1(&self, y: Tensor) -> Tensor {
+        match &self.ls1 {
+            Some(ls) => y * ls,
+            None => y,
         }
-        let x = x.narrow(1, 0, 1) + y;
+    }
+
+    /// `x + ls2 · MLP(norm2(x))`: the second half of a block, `[B, L, D] -> [B, L, D]`.
+    fn mlp_residual(&self, x: Tensor) -> Tensor {
         let mut y = self
             .fc2
             .forward(&self.fc1.forward(&self.norm2.forward(&x)).gelu("none"));

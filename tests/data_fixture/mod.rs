@@ -98,3 +98,17 @@ fn save(img: impl Into<image::DynamicImage>, path: &Path) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     img.into().save(path).unwrap();
 }
+
+/// Base crops under `root/base` and novel crops (typed) under `root/out`, loaded as the
+/// training set: the fixture the benchmarks and the frozen-cache tests start from.
+pub fn crop_set(
+    root: &Path,
+    base: &[(&str, usize)],
+    novel: &[(&str, usize)],
+    side: u32,
+) -> anomalyncd::data::CropSet {
+    write_base(&root.join("base"), base, side);
+    write_novel(&root.join("out"), novel, side, false);
+    let novel = anomalyncd::data::NovelSource::from_binarize_out(&root.join("out"));
+    anomalyncd::data::CropSet::load(&root.join("base"), &novel, None).expect("fixture loads")
+}
