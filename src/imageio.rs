@@ -120,6 +120,13 @@ fn luma(r: u32, g: u32, b: u32) -> u32 {
     (r * 4899 + g * 9617 + b * 1868 + (1 << 13)) >> 14
 }
 
+/// The luma of interleaved RGB or RGBA samples (`channels` 3 or 4), alpha ignored.
+fn luma_levels<T: Copy + Into<u32>>(raw: &[T], channels: usize) -> Vec<u16> {
+    raw.chunks_exact(channels)
+        .map(|p| luma(p[0].into(), p[1].into(), p[2].into()) as u16)
+        .collect()
+}
+
 /// Reads an anomaly map (or mask) as grayscale levels; see the module doc for each conversion.
 pub fn read_map(path: &Path) -> Result<GrayMap> {
     let img = decode(path)?;
@@ -146,34 +153,10 @@ pub fn gray_from_dynamic(img: DynamicImage) -> std::result::Result<GrayMap, Stri
             BitDepth::Sixteen,
             b.into_raw().chunks_exact(2).map(|p| p[0]).collect(),
         ),
-        DynamicImage::ImageRgb8(b) => (
-            BitDepth::Eight,
-            b.into_raw()
-                .chunks_exact(3)
-                .map(|p| luma(p[0] as u32, p[1] as u32, p[2] as u32) as u16)
-                .collect(),
-        ),
-        DynamicImage::ImageRgba8(b) => (
-            BitDepth::Eight,
-            b.into_raw()
-                .chunks_exact(4)
-                .map(|p| luma(p[0] as u32, p[1] as u32, p[2] as u32) as u16)
-                .collect(),
-        ),
-        DynamicImage::ImageRgb16(b) => (
-            BitDepth::Sixteen,
-            b.into_raw()
-                .chunks_exact(3)
-                .map(|p| luma(p[0] as u32, p[1] as u32, p[2] as u32) as u16)
-                .collect(),
-        ),
-        DynamicImage::ImageRgba16(b) => (
-            BitDepth::Sixteen,
-            b.into_raw()
-                .chunks_exact(4)
-                .map(|p| luma(p[0] as u32, p[1] as u32, p[2] as u32) as u16)
-                .collect(),
-        ),
+        DynamicImage::ImageRgb8(b) => (BitDepth::Eight, luma_levels(&b.into_raw(), 3)),
+        DynamicImage::ImageRgba8(b) => (BitDepth::Eight, luma_levels(&b.into_raw(), 4)),
+        DynamicImage::ImageRgb16(b) => (BitDepth::Sixteen, luma_levels(&b.into_raw(), 3)),
+        DynamicImage::ImageRgba16(b) => (BitDepth::Sixteen, luma_levels(&b.into_raw(), 4)),
         other => {
             return Err(format!(
                 "unsupported pixel format {:?} for a map; write 8- or 16-bit grayscale PNGs",
