@@ -176,11 +176,12 @@ pub fn eigengaps(dist: &[Vec<f32>], top: usize) -> Result<Vec<f64>> {
     let deg: Vec<f64> = (0..n)
         .map(|i| adj[i * n..(i + 1) * n].iter().sum())
         .collect();
-    let mut lap = vec![0f64; n * n];
+    // The Laplacian in place of the adjacency: one n×n buffer instead of two.
+    let mut lap = adj;
     for i in 0..n {
         for j in 0..n {
             let a = if deg[i] > 0.0 && deg[j] > 0.0 {
-                adj[i * n + j] / (deg[i] * deg[j]).sqrt()
+                lap[i * n + j] / (deg[i] * deg[j]).sqrt()
             } else {
                 0.0
             };

@@ -16,24 +16,14 @@ mod config;
 mod others;
 mod train;
 
-use std::ffi::OsString;
 use std::path::Path;
 
 use common::*;
 
 /// `binarize --anomaly-maps ROOT/maps --images ROOT/images --out OUT EXTRA…`.
 fn binarize(root: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args: Vec<OsString> = vec![
-        "binarize".into(),
-        "--anomaly-maps".into(),
-        root.join("maps").into(),
-        "--images".into(),
-        root.join("images").into(),
-        "--out".into(),
-        out.into(),
-    ];
-    args.extend(extra.iter().map(OsString::from));
-    cli(&args)
+    let folders = [("--anomaly-maps", "maps"), ("--images", "images")];
+    cli_on_folders("binarize", root, &folders, out, extra)
 }
 
 /// A map set under a fresh temporary folder, with a guard over its inputs.

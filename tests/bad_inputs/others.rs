@@ -1,6 +1,5 @@
 //! `prepare-base`, `detect`, `prepare-mtd`, `synth` and `--device`.
 
-use std::ffi::OsString;
 use std::path::Path;
 
 use image::{DynamicImage, GrayImage, ImageBuffer, Luma, Rgb};
@@ -28,17 +27,8 @@ fn base_set(root: &Path, classes: &[(&str, usize)]) {
 }
 
 fn prepare_base(root: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args: Vec<OsString> = vec![
-        "prepare-base".into(),
-        "--images".into(),
-        root.join("images").into(),
-        "--masks".into(),
-        root.join("masks").into(),
-        "--out".into(),
-        out.into(),
-    ];
-    args.extend(extra.iter().map(OsString::from));
-    cli(&args)
+    let folders = [("--images", "images"), ("--masks", "masks")];
+    cli_on_folders("prepare-base", root, &folders, out, extra)
 }
 
 #[test]
@@ -130,20 +120,10 @@ fn detect_set(root: &Path) {
 }
 
 fn detect(root: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args: Vec<OsString> = vec![
-        "detect".into(),
-        "--train".into(),
-        root.join("train").into(),
-        "--test".into(),
-        root.join("test").into(),
-        "--out".into(),
-        out.into(),
-        "--random-weights".into(),
-        "--image-size".into(),
-        "64".into(),
-    ];
-    args.extend(extra.iter().map(OsString::from));
-    cli(&args)
+    let folders = [("--train", "train"), ("--test", "test")];
+    let mut all = vec!["--random-weights", "--image-size", "64"];
+    all.extend_from_slice(extra);
+    cli_on_folders("detect", root, &folders, out, &all)
 }
 
 #[test]

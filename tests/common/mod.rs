@@ -365,3 +365,23 @@ pub fn make_map(
             .collect(),
     }
 }
+
+/// `anomalyncd COMMAND --flag ROOT/sub … --out OUT EXTRA…` (quiet): a command over sub-folders of
+/// one fixture root, e.g. `("--images", "images")`.
+pub fn cli_on_folders(
+    command: &str,
+    root: &Path,
+    folders: &[(&str, &str)],
+    out: &Path,
+    extra: &[&str],
+) -> Output {
+    let mut args: Vec<OsString> = vec![command.into()];
+    for (flag, sub) in folders {
+        args.push(flag.into());
+        args.push(root.join(sub).into());
+    }
+    args.push("--out".into());
+    args.push(out.into());
+    args.extend(extra.iter().map(OsString::from));
+    cli(&args)
+}
