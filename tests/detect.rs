@@ -94,6 +94,10 @@ fn detect(root: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
         "--coreset",
         "0.5",
     ];
+    // The EfficientNet cases pin the backbone; the ViT's own cases say so.
+    if !extra.contains(&"--backbone") {
+        args.extend(["--backbone", "efficientnet-lite0"]);
+    }
     args.extend(extra);
     cli(&args)
 }
@@ -190,6 +194,8 @@ fn maps_layout_scale_and_metrics_with_random_weights() {
     let fo = d.path().join("flat_maps");
     let o = cli(&[
         "detect",
+        "--backbone",
+        "efficientnet-lite0",
         "--train",
         d.path().join("train").to_str().unwrap(),
         "--test",
@@ -242,6 +248,8 @@ fn bad_inputs_exit_2_with_the_fix() {
     let inside = d.path().join("test/maps");
     let o = cli(&[
         "detect",
+        "--backbone",
+        "efficientnet-lite0",
         "--train",
         d.path().join("train").to_str().unwrap(),
         "--test",
@@ -278,4 +286,193 @@ fn pretrained_features_find_the_spots() {
     assert_eq!(m["image_auroc"].as_f64(), Some(1.0), "{m}");
     assert!(m["pixel_auroc"].as_f64().unwrap() > 0.95, "{m}");
     assert!(m["aupro"].as_f64().unwrap() > 0.7, "{m}");
+}
+
+#[test]
+fn vit_maps_keep_the_aspect_ratio_and_zero_shot_needs_two_images() {
+    let d = tempfile::tempdir().unwrap();
+    make_set(d.path());
+    // A wide defective tile: 64×32 goes in as 70×28 (multiples of the 14-pixel patch).
+    let (img, mask) = tile(300, Some((40, 16, 5)));
+    let crop = |g: &GrayImage| image::imageops::crop_imm(g, 0, 16, 64, 32).to_image();
+    crop(&img)
+        .save(d.path().join("test/spot/wide.png"))
+        .unwrap();
+    crop(&mask)
+        .save(d.path().join("ground_truth/spot/wide.png"))
+        .unwrap();
+    let vit = ["--backbone", "dinov2-vits14", "--random-weights"];
+    let out = d.path().join("vit");
+    let o = detect(d.path(), &out, &vit);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(read_l8(&out.join("spot/000.png")).dimensions(), (70, 70));
+    assert_eq!(read_l8(&out.join("spot/wide.png")).dimensions(), (70, 28));
+    let r = report(&out);
+    assert_eq!(r["resize"], "aspect");
+    assert_eq!(r["blocks"], serde_json::json!([6, 9, 12]));
+    assert_eq!(r["feature_dim"], 384);
+
+    // Zero-shot: no --train; every test image is scored against the others.
+    let zs = d.path().join("zs");
+    let p = |s: &str| d.path().join(s).to_str().unwrap().to_string();
+    let zs_args = |test: &str, out: &Path| {
+        vec![
+            "detect".to_string(),
+            "--zero-shot".into(),
+            "--test".into(),
+            p(test),
+            "--out".into(),
+            out.to_str().unwrap().into(),
+            "--image-size".into(),
+            "64".into(),
+            "--random-weights".into(),
+        ]
+    };
+    let o = cli(&zs_args("test", &zs)
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = report(&zs);
+    assert_eq!(r["zero_shot"], true);
+    // 6 test images, all of them references (each skips itself).
+    assert_eq!(r["zero_shot_refs"], 6);
+    assert!(zs.join("spot/wide.png").is_file());
+    // One test image: nothing to compare with.
+    let one = d.path().join("one");
+    std::fs::create_dir_all(&one).unwrap();
+    std::fs::copy(d.path().join("test/spot/000.png"), one.join("a.png")).unwrap();
+    let o = cli(&zs_args("one", &d.path().join("zs1"))
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--zero-shot") && stderr(&o).contains("at least 2"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!d.path().join("zs1").exists());
+    // --train and --zero-shot exclude each other; without either, clap names --train.
+    let mut both = zs_args("test", &d.path().join("zs2"));
+    both.extend(["--train".into(), p("train")]);
+    let o = cli(&both.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = cli(&[
+        "detect",
+        "--test",
+        &p("test"),
+        "--out",
+        &p("zs3"),
+        "--random-weights",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--train"), "{}", stderr(&o));
+    let o = detect(
+        d.path(),
+        &out,
+        &[
+            "--backbone",
+            "dinov2-vits14",
+            "--random-weights",
+            "--blocks",
+            "0,3",
+            "--overwrite",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--blocks"), "{}", stderr(&o));
+}
+
+/// The share of the defective test images whose map maximum lies inside the mask dilated by
+/// 2 % of the image's larger side (the maps may have another size than the masks).
+fn argmax_in_defect(maps: &Path, masks: &Path) -> f64 {
+    let (mut hits, mut n) = (0, 0);
+    for t in std::fs::read_dir(masks).unwrap() {
+        let t = t.unwrap().path();
+        for m in std::fs::read_dir(&t).unwrap() {
+            let m = m.unwrap().path();
+            let mask = read_l8(&m);
+            let map = read_l8(
+                &maps
+                    .join(t.file_name().unwrap())
+                    .join(m.file_name().unwrap()),
+            );
+            let (mut best, mut at) = (0u8, (0, 0));
+            for (x, y, p) in map.enumerate_pixels() {
+                if p[0] > best {
+                    (best, at) = (p[0], (x, y));
+                }
+            }
+            let (w, h) = mask.dimensions();
+            let cx = (at.0 as f64 + 0.5) * w as f64 / map.width() as f64;
+            let cy = (at.1 as f64 + 0.5) * h as f64 / map.height() as f64;
+            let r = (0.02 * w.max(h) as f64).round().max(1.0);
+            let inside = mask.enumerate_pixels().any(|(x, y, p)| {
+                p[0] > 127 && (x as f64 - cx).abs() <= r + 0.5 && (y as f64 - cy).abs() <= r + 0.5
+            });
+            hits += inside as usize;
+            n += 1;
+        }
+    }
+    hits as f64 / n as f64
+}
+
+/// Needs data/weights/dinov2_vits14.safetensors (scripts/prepare_weights.sh); skipped without
+/// it. On the synthetic set, with normal images and zero-shot, the maxima fall in the defects.
+#[test]
+fn pretrained_vit_finds_the_synthetic_defects_with_and_without_normals() {
+    let w = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/data/weights/dinov2_vits14.safetensors"
+    ));
+    if !w.is_file() {
+        eprintln!(
+            "skipped: {} is absent (run scripts/prepare_weights.sh)",
+            w.display()
+        );
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let set = d.path().join("synth");
+    let o = cli(&[
+        "synth",
+        "--out",
+        set.to_str().unwrap(),
+        "--per-type",
+        "5",
+        "--normal",
+        "8",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let p = |s: &str| set.join(s).to_str().unwrap().to_string();
+    let w = w.to_str().unwrap();
+    let (train, test, masks) = (p("train"), p("test"), p("ground_truth"));
+    let modes: [(&str, Vec<&str>); 2] = [
+        ("fit", vec!["--train", &train]),
+        ("zero-shot", vec!["--zero-shot"]),
+    ];
+    for (name, mode) in modes {
+        let out = d.path().join(name);
+        let mut args = vec![
+            "detect",
+            "--test",
+            &test,
+            "--out",
+            out.to_str().unwrap(),
+            "--weights",
+            w,
+            "--image-size",
+            "224",
+        ];
+        args.extend(["--masks", &masks]);
+        args.extend(mode);
+        let o = cli(&args);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let rate = argmax_in_defect(&out, &set.join("ground_truth"));
+        assert!(
+            rate >= 0.8,
+            "{name}: argmax in defect for {rate:.2} of the images"
+        );
+    }
 }

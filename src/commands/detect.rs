@@ -1,4 +1,4 @@
-//! `anomalyncd detect --train DIR --test DIR --out DIR`: the built-in PatchCore-style detector
+//! `anomalyncd detect --train DIR | --zero-shot --test DIR --out DIR`: the built-in detector
 //! (see [`crate::detect`]); writes anomaly maps for `binarize` / `train`.
 
 use std::path::PathBuf;
@@ -7,40 +7,63 @@ use anyhow::Context;
 use clap::Args;
 
 use super::Ctx;
-use crate::detect::features::{BACKBONES, DEFAULT_WEIGHTS_FILE};
+use crate::config::Precision;
+use crate::detect::features::{default_weights_file, Resize, BACKBONES};
 use crate::detect::{self, DetectSpec, REPORT_FILE};
 use crate::error::Error;
 
 #[derive(Debug, Args)]
 pub struct DetectArgs {
     /// Normal training images: TRAIN/<stem>.<ext> or TRAIN/<type>/<stem>.<ext> (e.g. MVTec's train/).
-    #[arg(long, value_name = "DIR")]
-    pub train: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "zero_shot")]
+    pub train: Option<PathBuf>,
     /// Test images: TEST/<type>/<stem>.<ext> (a `good` folder holds normal ones) or a flat folder.
     #[arg(long, value_name = "DIR")]
     pub test: PathBuf,
     /// Output folder: <type>/<stem>.png 8-bit maps on one scale, detect.json.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
-    /// Ground-truth masks MASKS/<type>/<stem>.png (0/255) for pixel AUROC and AUPRO.
+    /// Ground-truth masks MASKS/<type>/<stem>.png (0/255): localisation, pixel AUROC and AUPRO.
     #[arg(long, value_name = "DIR")]
     pub masks: Option<PathBuf>,
+    /// No normal images: score each test image against other test images (MuSc-style).
+    #[arg(long, conflicts_with = "train")]
+    pub zero_shot: bool,
+    /// Zero-shot: at most this many test images (seeded random) are the references.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub zero_shot_refs: usize,
+    /// Zero-shot: a patch's score is the mean of this fraction of its lowest per-reference
+    /// distances.
+    #[arg(long, default_value_t = 0.3, value_name = "FRACTION")]
+    pub zero_shot_fraction: f64,
     /// Feature backbone.
-    #[arg(long, default_value = "efficientnet-lite0", value_parser = clap::builder::PossibleValuesParser::new(BACKBONES))]
+    #[arg(long, default_value = BACKBONES[0], value_parser = clap::builder::PossibleValuesParser::new(BACKBONES))]
     pub backbone: String,
-    /// Backbone weights (.pth state dict or .safetensors); default data/weights/efficientnet_lite0.pth
-    /// (made by scripts/prepare_weights.sh).
+    /// Backbone weights (.pth state dict or .safetensors); default data/weights/dinov2_vits14.safetensors
+    /// or data/weights/efficientnet_lite0.pth (made by scripts/prepare_weights.sh).
     #[arg(long, value_name = "FILE")]
     pub weights: Option<PathBuf>,
     /// Random backbone weights (tests only: the maps are meaningless).
     #[arg(long, hide = true, conflicts_with = "weights")]
     pub random_weights: bool,
-    /// Images are resized to SIZE x SIZE; the maps have this size.
-    #[arg(long, default_value_t = 256, value_name = "SIZE")]
-    pub image_size: u32,
-    /// Backbone stages whose outputs form the patch features (0-based; 2 = stride 8, 4 = stride 16).
+    /// The backbone input's longer side (both sides with --resize square); the maps have the
+    /// input's size. Default 448 for dinov2-vits14 (a 32-patch side), 256 for efficientnet-lite0.
+    #[arg(long, value_name = "SIZE")]
+    pub image_size: Option<u32>,
+    /// aspect: keep the aspect ratio; square: squash to SIZE x SIZE (PatchCore). Default aspect
+    /// for dinov2-vits14, square for efficientnet-lite0.
+    #[arg(long, value_parser = ["aspect", "square"])]
+    pub resize: Option<String>,
+    /// ViT blocks (1-based) whose patch tokens, each through the final norm, are averaged.
+    #[arg(long, value_delimiter = ',', default_values_t = [6usize, 9, 12])]
+    pub blocks: Vec<usize>,
+    /// EfficientNet stages whose outputs form the patch features (0-based; 2 = stride 8, 4 = stride 16).
     #[arg(long, value_delimiter = ',', default_values_t = [2usize, 4])]
     pub stages: Vec<usize>,
+    /// The ViT's precision: auto (bf16 on CUDA or a CPU with AMX/AVX512-BF16), fp32, bf16. The
+    /// similarities are fp32 always.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "fp32", "bf16"])]
+    pub precision: String,
     /// Fraction of the pooled normal patches kept in the memory bank (greedy k-center coreset).
     #[arg(long, default_value_t = 0.1, value_name = "FRACTION")]
     pub coreset: f64,
@@ -49,10 +72,11 @@ pub struct DetectArgs {
     /// and the search time grows with N squared.
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     pub max_patches: usize,
-    /// Images per forward pass.
+    /// Images per forward pass (images of equal input size are batched).
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
-    /// Seed of the patch subsets, the coreset start and its random projection.
+    /// Seed of the patch subsets, the coreset start and its random projection, and the
+    /// zero-shot references.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Also write maps of the normal test images (TEST/good); off so that OUT holds only what
@@ -68,11 +92,12 @@ pub fn run(a: &DetectArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let weights = if a.random_weights {
         None
     } else {
+        let file = default_weights_file(&a.backbone);
         let p = match &a.weights {
             Some(p) => p.clone(),
-            None => crate::model::find_in_weights_dir(DEFAULT_WEIGHTS_FILE).ok_or_else(|| {
+            None => crate::model::find_in_weights_dir(file).ok_or_else(|| {
                 Error::usage(format!(
-                    "--backbone {}: no weights at {}/{DEFAULT_WEIGHTS_FILE}; run scripts/prepare_weights.sh \
+                    "--backbone {}: no weights at {}/{file}; run scripts/prepare_weights.sh \
                      (scripts/setup.sh does) or pass --weights FILE",
                     a.backbone,
                     crate::model::DEFAULT_WEIGHTS_DIR
@@ -84,6 +109,17 @@ pub fn run(a: &DetectArgs, ctx: &Ctx) -> anyhow::Result<()> {
         }
         Some(p)
     };
+    let vit = a.backbone != "efficientnet-lite0";
+    let resize = match a.resize.as_deref() {
+        Some(r) => Resize::parse(r).expect("clap checked the value"),
+        None if vit => Resize::Aspect,
+        None => Resize::Square,
+    };
+    let precision = match a.precision.as_str() {
+        "fp32" => Precision::Fp32,
+        "bf16" => Precision::Bf16,
+        _ => Precision::Auto,
+    };
     let spec = DetectSpec {
         train: a.train.clone(),
         test: a.test.clone(),
@@ -91,10 +127,16 @@ pub fn run(a: &DetectArgs, ctx: &Ctx) -> anyhow::Result<()> {
         masks: a.masks.clone(),
         backbone: a.backbone.clone(),
         weights,
-        image_size: a.image_size,
+        image_size: a.image_size.unwrap_or(if vit { 448 } else { 256 }),
+        resize,
         stages: a.stages.clone(),
+        blocks: a.blocks.clone(),
+        precision,
         coreset: a.coreset,
         max_patches: a.max_patches,
+        zero_shot: a.zero_shot,
+        zero_shot_refs: a.zero_shot_refs,
+        zero_shot_fraction: a.zero_shot_fraction,
         batch_size: a.batch_size,
         seed: a.seed,
         write_good_maps: a.write_good_maps,
@@ -105,15 +147,21 @@ pub fn run(a: &DetectArgs, ctx: &Ctx) -> anyhow::Result<()> {
         .with_context(|| format!("detecting anomalies in {}", a.test.display()))?;
     let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.4}"));
     let m = &r.metrics;
+    let reference = if r.zero_shot {
+        format!("zero-shot against {} test images", r.zero_shot_refs)
+    } else {
+        format!(
+            "memory bank {} of {} patches",
+            r.memory_bank, r.pool_patches
+        )
+    };
     println!(
-        "image AUROC {}  pixel AUROC {}  AUPRO {}  ({} defective, {} normal test images; memory bank {} of {} patches)",
+        "image AUROC {}  pixel AUROC {}  AUPRO {}  ({} defective, {} normal test images; {reference})",
         fmt(m.image_auroc),
         fmt(m.pixel_auroc),
         fmt(m.aupro),
         m.defect_test_images,
         m.normal_test_images,
-        r.memory_bank,
-        r.pool_patches
     );
     log::info!("maps and {REPORT_FILE} in {}", a.out.display());
     Ok(())

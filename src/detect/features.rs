@@ -1,39 +1,99 @@
-//! Patch features for the detector: EfficientNet-Lite0 block outputs at two (or more) stages,
-//! each averaged over its 3×3 neighbourhood (PatchCore's local aggregation), the deeper ones
-//! upsampled to the grid of the shallowest and concatenated along channels.
+//! Patch features for the detector, from one of two frozen backbones:
+//!
+//! - `dinov2-vits14` (the default): the offline DINOv2 ViT-S/14 ([`crate::model::MgVit`] without
+//!   mask guidance). The patch tokens after several blocks, each through the final LayerNorm,
+//!   are averaged, averaged again over each 3×3 patch neighbourhood and L2-normalised, so that
+//!   nearest neighbours are taken by cosine similarity. Mid-level blocks localise far better than
+//!   the last one alone (see `docs/detect.md`).
+//! - `efficientnet-lite0`: ImageNet EfficientNet-Lite0 block outputs at two (or more) stages,
+//!   each averaged over its 3×3 neighbourhood (PatchCore's local aggregation), the deeper ones
+//!   upsampled to the grid of the shallowest and concatenated; Euclidean distances.
+//!
+//! Images are resized with their aspect ratio kept (the longer side to the input size, both sides
+//! to multiples of the patch), or squashed to a square as PatchCore does (`Resize::Square`):
+//! squashing MTD's tall tiles stretches their texture, which the normal patches never show.
 
 use std::path::Path;
 
 use image::imageops::FilterType;
-use rayon::prelude::*;
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::model::efficientnet::{
     ignored_tensor_names, EfficientNetConfig, EfficientNetLite, INPUT_MEAN, INPUT_STD,
 };
+use crate::model::{ArchSpec, MgVit};
 
-/// Backbones `detect` knows (only one so far).
-pub const BACKBONES: &[&str] = &["efficientnet-lite0"];
-/// The weights file `scripts/prepare_weights.sh` puts in `data/weights/`.
-pub const DEFAULT_WEIGHTS_FILE: &str = "efficientnet_lite0.pth";
+/// Backbones `detect` knows; the first is the default.
+pub const BACKBONES: &[&str] = &["dinov2-vits14", "efficientnet-lite0"];
 
-/// A frozen backbone and which stages feed the patch features.
+/// The weights file `scripts/prepare_weights.sh` puts in `data/weights/` for `backbone`.
+pub fn default_weights_file(backbone: &str) -> &'static str {
+    match backbone {
+        "efficientnet-lite0" => "efficientnet_lite0.pth",
+        _ => "dinov2_vits14.safetensors",
+    }
+}
+
+/// How test and training images are brought to the backbone's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Resize {
+    /// The longer side to the input size, the aspect ratio kept.
+    Aspect,
+    /// Both sides to the input size (PatchCore's squash).
+    Square,
+}
+
+impl Resize {
+    pub fn parse(s: &str) -> Option<Resize> {
+        match s {
+            "aspect" => Some(Resize::Aspect),
+            "square" => Some(Resize::Square),
+            _ => None,
+        }
+    }
+}
+
+/// The metric between patch features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// Euclidean distance (PatchCore).
+    Euclidean,
+    /// 1 − cosine similarity; the features are unit vectors.
+    Cosine,
+}
+
+enum Net {
+    EfficientNet {
+        net: EfficientNetLite,
+        taps: Vec<usize>,
+        channels: Vec<i64>,
+    },
+    Vit {
+        vit: MgVit,
+        blocks: Vec<usize>,
+        dim: i64,
+    },
+}
+
+/// A frozen backbone and which of its layers feed the patch features.
 pub struct FeatureExtractor {
     _vs: nn::VarStore,
-    net: EfficientNetLite,
-    taps: Vec<usize>,
-    /// Channels of each tapped stage.
-    pub channels: Vec<i64>,
-    /// Input pixels per cell of the patch grid (the shallowest stage's stride).
+    net: Net,
+    /// Input pixels per cell of the patch grid.
     pub stride: i64,
+    pub metric: Metric,
     pub device: Device,
 }
+
+/// Side of the local neighbourhood each patch feature is averaged over.
+pub const AGGREGATE: i64 = 3;
 
 impl FeatureExtractor {
     /// EfficientNet-Lite0 tapped at the ends of `stages` (0-based stage indices, ascending);
     /// `weights`: a `.pth` / `.safetensors` state dict, or None for random weights (tests only).
-    pub fn new(stages: &[usize], weights: Option<&Path>, device: Device) -> Result<Self> {
+    pub fn efficientnet(stages: &[usize], weights: Option<&Path>, device: Device) -> Result<Self> {
         let cfg = EfficientNetConfig::lite0();
         let n = cfg.stages.len();
         if stages.is_empty()
@@ -58,63 +118,226 @@ impl FeatureExtractor {
         let strides = cfg.stage_strides();
         Ok(FeatureExtractor {
             _vs: vs,
-            net,
-            taps: stages.iter().map(|&s| ends[s]).collect(),
-            channels: stages.iter().map(|&s| cfg.stages[s].out_ch).collect(),
+            net: Net::EfficientNet {
+                net,
+                taps: stages.iter().map(|&s| ends[s]).collect(),
+                channels: stages.iter().map(|&s| cfg.stages[s].out_ch).collect(),
+            },
             stride: strides[stages[0]],
+            metric: Metric::Euclidean,
+            device,
+        })
+    }
+
+    /// A DINOv2-style ViT of shape `arch` whose patch tokens after `blocks` (block numbers in
+    /// `1..=depth`, ascending) are averaged; `weights` as for [`Self::efficientnet`]; the blocks
+    /// run in `kind` (bf16 where the CPU has fast bf16; the similarities are always f32).
+    pub fn vit(
+        arch: &ArchSpec,
+        blocks: &[usize],
+        weights: Option<&Path>,
+        kind: Kind,
+        device: Device,
+    ) -> Result<Self> {
+        let mut vs = nn::VarStore::new(device);
+        let mut vit = MgVit::new(&vs.root(), arch, 0)?;
+        if let Some(path) = weights {
+            let what = format!("{} backbone", arch.name);
+            let r = crate::model::weights::load_into(
+                &vs,
+                "",
+                path,
+                crate::model::mgvit::IGNORED_TENSORS,
+                &what,
+            )?;
+            log::debug!("loaded {} tensors from {}", r.loaded, path.display());
+        }
+        vs.freeze();
+        vit.set_frozen_kind(kind, arch.depth);
+        // Validates the block list before any image is read.
+        let p = arch.patch_size as i64;
+        vit.patch_tokens(&Tensor::zeros([1, 3, p, p], (Kind::Float, device)), blocks)
+            .map_err(|e| Error::usage(format!("--blocks: {e}")))?;
+        Ok(FeatureExtractor {
+            _vs: vs,
+            net: Net::Vit {
+                vit,
+                blocks: blocks.to_vec(),
+                dim: arch.embed_dim as i64,
+            },
+            stride: p,
+            metric: Metric::Cosine,
             device,
         })
     }
 
     /// Feature dimension of one patch.
     pub fn dim(&self) -> i64 {
-        self.channels.iter().sum()
+        match &self.net {
+            Net::EfficientNet { channels, .. } => channels.iter().sum(),
+            Net::Vit { dim, .. } => *dim,
+        }
     }
 
-    /// Side of the patch grid for a square input of `size` pixels (TF SAME: ceil at each stride).
-    pub fn grid(&self, size: i64) -> i64 {
-        (size + self.stride - 1) / self.stride
+    /// The precision the backbone runs in.
+    pub fn kind(&self) -> Kind {
+        match &self.net {
+            Net::EfficientNet { .. } => Kind::Float,
+            Net::Vit { vit, .. } => vit.frozen_kind(),
+        }
     }
 
-    /// `x [B, 3, S, S]` in 0..=255 -> patch features `[B, D, G, G]` (G = [`Self::grid`]).
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        tch::no_grad(|| {
-            let x = (x.to_device(self.device) - INPUT_MEAN) / INPUT_STD;
-            let feats = self.net.block_features(&x, &self.taps);
-            let size = feats[0].size();
-            let (gh, gw) = (size[2], size[3]);
-            let parts: Vec<Tensor> = feats
-                .iter()
-                .map(|f| {
-                    // Local 3×3 mean (zero padding not counted), PatchCore's neighbourhood aggregation.
-                    let f = f.avg_pool2d([3, 3], [1, 1], [1, 1], false, false, None::<i64>);
-                    if f.size()[2] == gh && f.size()[3] == gw {
-                        f
-                    } else {
-                        f.upsample_bilinear2d([gh, gw], false, None, None)
-                    }
-                })
-                .collect();
-            Tensor::cat(&parts, 1)
+    /// Pixels the input sides must be multiples of (the ViT's patch; 1 for the CNN).
+    pub fn multiple(&self) -> u32 {
+        match &self.net {
+            Net::EfficientNet { .. } => 1,
+            Net::Vit { .. } => self.stride as u32,
+        }
+    }
+
+    /// The patch grid `(rows, cols)` of an `h`×`w` input (TF SAME for the CNN: ceil at each
+    /// stride).
+    pub fn grid(&self, h: i64, w: i64) -> (i64, i64) {
+        match &self.net {
+            Net::EfficientNet { .. } => (
+                (h + self.stride - 1) / self.stride,
+                (w + self.stride - 1) / self.stride,
+            ),
+            Net::Vit { .. } => (h / self.stride, w / self.stride),
+        }
+    }
+
+    /// `x [B, 3, H, W]` in 0..=255 -> patch features `[B, D, G_h, G_w]` (f32; unit vectors for
+    /// the cosine metric).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.to_device(self.device);
+        let local_mean = |f: Tensor| {
+            // Zero padding not counted, so border patches average their real neighbours only.
+            let k = AGGREGATE;
+            f.avg_pool2d([k, k], [1, 1], [k / 2, k / 2], false, false, None::<i64>)
+        };
+        tch::no_grad(|| match &self.net {
+            Net::EfficientNet { net, taps, .. } => {
+                let x = (x - INPUT_MEAN) / INPUT_STD;
+                let feats = net.block_features(&x, taps);
+                let size = feats[0].size();
+                let (gh, gw) = (size[2], size[3]);
+                let parts: Vec<Tensor> = feats
+                    .into_iter()
+                    .map(|f| {
+                        let f = local_mean(f);
+                        if f.size()[2] == gh && f.size()[3] == gw {
+                            f
+                        } else {
+                            f.upsample_bilinear2d([gh, gw], false, None, None)
+                        }
+                    })
+                    .collect();
+                Ok(Tensor::cat(&parts, 1))
+            }
+            Net::Vit { vit, blocks, dim } => {
+                let (b, h, w) = (x.size()[0], x.size()[2], x.size()[3]);
+                let (gh, gw) = self.grid(h, w);
+                let x = imagenet_normalise(&x);
+                let taps = vit.patch_tokens(&x, blocks)?;
+                let n = taps.len() as f64;
+                let mean = taps
+                    .into_iter()
+                    .reduce(|a, t| a + t)
+                    .expect("one tap at least")
+                    / n;
+                let f = mean.view([b, gh, gw, *dim]).permute([0, 3, 1, 2]);
+                let f = local_mean(f.contiguous());
+                Ok(f.divide(
+                    &f.norm_scalaropt_dim(2.0, [1i64].as_slice(), true)
+                        .clamp_min(1e-12),
+                ))
+            }
         })
     }
 }
 
-/// Decodes `paths` in parallel and resizes each to `size`×`size` RGB (bilinear; the aspect
-/// ratio is not kept), as a batch `[B, 3, size, size]` of 0..=255 floats on the CPU.
-pub fn load_batch(paths: &[&Path], size: u32) -> Result<Tensor> {
-    let decoded: Vec<Vec<u8>> = paths
-        .par_iter()
-        .map(|p| {
-            let img = crate::imageio::read_rgb(p)?;
-            Ok(image::imageops::resize(&img, size, size, FilterType::Triangle).into_raw())
-        })
-        .collect::<Result<_>>()?;
-    let s = size as i64;
-    let flat: Vec<u8> = decoded.concat();
-    Ok(Tensor::from_slice(&flat)
-        .view([paths.len() as i64, s, s, 3])
-        .permute([0, 3, 1, 2])
+/// The patch features of one image.
+pub struct ImageFeatures {
+    /// `[P, D]` (P = rows × cols of `grid`), on the extractor's device.
+    pub patches: Tensor,
+    /// The patch grid `(rows, cols)`.
+    pub grid: (i64, i64),
+    /// The backbone input `(width, height)`; the anomaly map has this size.
+    pub input: (u32, u32),
+}
+
+impl FeatureExtractor {
+    /// Decodes `paths` in parallel, resizes each (see [`input_size`]) and runs the backbone,
+    /// batching consecutive images of equal input size.
+    pub fn images(&self, paths: &[&Path], size: u32, resize: Resize) -> Result<Vec<ImageFeatures>> {
+        use rayon::prelude::*;
+        let m = self.multiple();
+        let loaded: Vec<Tensor> = paths
+            .par_iter()
+            .map(|p| load_image(p, size, resize, m))
+            .collect::<Result<_>>()?;
+        let mut out = Vec::with_capacity(paths.len());
+        let mut start = 0;
+        while start < loaded.len() {
+            let dims = loaded[start].size();
+            let mut end = start + 1;
+            while end < loaded.len() && loaded[end].size() == dims {
+                end += 1;
+            }
+            let f = self.forward(&Tensor::stack(&loaded[start..end], 0))?;
+            let (d, gh, gw) = (f.size()[1], f.size()[2], f.size()[3]);
+            for i in 0..(end - start) as i64 {
+                out.push(ImageFeatures {
+                    patches: f.get(i).view([d, gh * gw]).tr().contiguous(),
+                    grid: (gh, gw),
+                    input: (dims[2] as u32, dims[1] as u32),
+                });
+            }
+            start = end;
+        }
+        Ok(out)
+    }
+}
+
+/// `x [B, 3, H, W]` in 0..=255 -> ImageNet-normalised (the statistics DINO was trained with).
+fn imagenet_normalise(x: &Tensor) -> Tensor {
+    use crate::data::{IMAGENET_MEAN, IMAGENET_STD};
+    let dev = x.device();
+    let mean = Tensor::from_slice(&IMAGENET_MEAN)
+        .to_device(dev)
+        .view([1, 3, 1, 1])
+        * 255.0;
+    let std = Tensor::from_slice(&IMAGENET_STD)
+        .to_device(dev)
+        .view([1, 3, 1, 1])
+        * 255.0;
+    (x.to_kind(Kind::Float) - mean) / std
+}
+
+/// The backbone input size `(width, height)` of a `w`×`h` image: the longer side (or both, for
+/// `Square`) to `size`, each side rounded to a multiple of `multiple` (at least one).
+pub fn input_size(w: u32, h: u32, size: u32, resize: Resize, multiple: u32) -> (u32, u32) {
+    let m = multiple.max(1) as f64;
+    let round = |v: f64| ((v / m).round().max(1.0) * m) as u32;
+    match resize {
+        Resize::Square => (round(size as f64), round(size as f64)),
+        Resize::Aspect => {
+            let s = size as f64 / w.max(h).max(1) as f64;
+            (round(w as f64 * s), round(h as f64 * s))
+        }
+    }
+}
+
+/// One decoded image resized (bilinear) to its [`input_size`], `[3, H, W]` 0..=255 floats on
+/// the CPU.
+pub fn load_image(path: &Path, size: u32, resize: Resize, multiple: u32) -> Result<Tensor> {
+    let img = crate::imageio::read_rgb(path)?;
+    let (w, h) = input_size(img.width(), img.height(), size, resize, multiple);
+    let r = image::imageops::resize(&img, w, h, FilterType::Triangle);
+    Ok(Tensor::from_slice(r.as_raw())
+        .view([h as i64, w as i64, 3])
+        .permute([2, 0, 1])
         .to_kind(Kind::Float))
 }
 
@@ -124,19 +347,56 @@ mod tests {
 
     #[test]
     fn patch_features_are_on_the_shallow_grid() {
-        let fx = FeatureExtractor::new(&[2, 4], None, Device::Cpu).unwrap();
+        let fx = FeatureExtractor::efficientnet(&[2, 4], None, Device::Cpu).unwrap();
         assert_eq!(fx.dim(), 40 + 112);
         assert_eq!(fx.stride, 8);
-        assert_eq!(fx.grid(64), 8);
+        assert_eq!(fx.grid(64, 64), (8, 8));
         let x = Tensor::rand([2, 3, 64, 64], (Kind::Float, Device::Cpu)) * 255.0;
-        let f = fx.forward(&x);
+        let f = fx.forward(&x).unwrap();
         assert_eq!(f.size(), [2, 152, 8, 8]);
         assert!(!f.requires_grad());
         for bad in [vec![], vec![4, 2], vec![2, 7], vec![3, 3]] {
-            let e = FeatureExtractor::new(&bad, None, Device::Cpu)
+            let e = FeatureExtractor::efficientnet(&bad, None, Device::Cpu)
                 .err()
                 .unwrap();
             assert_eq!(e.exit_code(), 2, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn vit_features_are_unit_vectors_on_the_patch_grid() {
+        tch::manual_seed(0);
+        let arch = ArchSpec::by_name("vit_tiny").unwrap();
+        let fx = FeatureExtractor::vit(arch, &[2, 3], None, Kind::Float, Device::Cpu).unwrap();
+        assert_eq!((fx.dim(), fx.stride, fx.multiple()), (48, 8, 8));
+        // Non-square: 5×3 patches.
+        let x = Tensor::rand([2, 3, 40, 24], (Kind::Float, Device::Cpu)) * 255.0;
+        let f = fx.forward(&x).unwrap();
+        assert_eq!(f.size(), [2, 48, 5, 3]);
+        let norms = f.norm_scalaropt_dim(2.0, [1i64].as_slice(), false);
+        assert!((norms - 1.0).abs().max().double_value(&[]) < 1e-5);
+        // Blocks 2 and 3 averaged differ from block 3 alone (same seed, same weights).
+        tch::manual_seed(0);
+        let last = FeatureExtractor::vit(arch, &[3], None, Kind::Float, Device::Cpu).unwrap();
+        let g = last.forward(&x).unwrap();
+        assert!((&f - &g).abs().max().double_value(&[]) > 1e-3);
+        for bad in [vec![], vec![0], vec![4], vec![3, 2]] {
+            let e = FeatureExtractor::vit(arch, &bad, None, Kind::Float, Device::Cpu)
+                .err()
+                .unwrap();
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn input_sizes_keep_the_aspect_and_the_patch_multiple() {
+        // A tall MTD-like tile: 200×500 to long side 448, multiples of 14.
+        assert_eq!(input_size(200, 500, 448, Resize::Aspect, 14), (182, 448));
+        assert_eq!(input_size(500, 200, 448, Resize::Aspect, 14), (448, 182));
+        assert_eq!(input_size(200, 500, 448, Resize::Square, 14), (448, 448));
+        assert_eq!(input_size(200, 500, 256, Resize::Square, 1), (256, 256));
+        // Never below one patch.
+        assert_eq!(input_size(2, 900, 448, Resize::Aspect, 14), (14, 448));
+        assert_eq!(input_size(300, 300, 450, Resize::Aspect, 14), (448, 448));
     }
 }

@@ -4,7 +4,7 @@
 
 use tch::{Kind, Tensor};
 
-/// PatchCore's smoothing of the upsampled map.
+/// PatchCore's smoothing of the upsampled map (at a map side of 256).
 pub const SIGMA: f64 = 4.0;
 
 /// Normalised 1-D Gaussian of `sigma` with radius `round(4 sigma)` (scipy's `truncate=4.0`).
@@ -62,13 +62,15 @@ pub fn gaussian_blur(x: &Tensor, sigma: f64) -> Tensor {
     )
 }
 
-/// Patch scores `[B, G, G]` -> smoothed maps `[B, size, size]` (float, on the CPU).
-pub fn patch_scores_to_maps(scores: &Tensor, size: i64) -> Tensor {
+/// Patch scores `[B, G_h, G_w]` -> smoothed maps `[B, h, w]` (float, on the CPU). The blur is
+/// sigma 4 at a longer side of 256 (PatchCore's setting) and scales with the map, so it covers
+/// the same share of the image at any size.
+pub fn patch_scores_to_maps(scores: &Tensor, h: i64, w: i64) -> Tensor {
     let up = scores
         .unsqueeze(1)
         .to_kind(Kind::Float)
-        .upsample_bilinear2d([size, size], false, None, None);
-    gaussian_blur(&up, SIGMA)
+        .upsample_bilinear2d([h, w], false, None, None);
+    gaussian_blur(&up, SIGMA * h.max(w) as f64 / 256.0)
         .squeeze_dim(1)
         .to_device(tch::Device::Cpu)
 }
@@ -119,8 +121,9 @@ mod tests {
     #[test]
     fn maps_are_upsampled_and_quantised_on_one_scale() {
         let s = Tensor::from_slice(&[0.0f32, 1.0, 2.0, 3.0]).view([1, 2, 2]);
-        let m = patch_scores_to_maps(&s, 16);
-        assert_eq!(m.size(), [1, 16, 16]);
+        // At a side of 256 the blur is PatchCore's sigma 4, which lowers the peak.
+        let m = patch_scores_to_maps(&s, 256, 256);
+        assert_eq!(m.size(), [1, 256, 256]);
         let v: Vec<f32> = Vec::try_from(m.flatten(0, -1)).unwrap();
         let q = to_u8(&v, 0.0, 3.0);
         assert!(q.iter().all(|&l| l < 255));

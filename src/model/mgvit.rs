@@ -316,6 +316,40 @@ impl MgVit {
         Ok(self.finish(self.run(t, &guide, block_idx..self.depth(), true)))
     }
 
+    /// The patch tokens after each block count in `taps` (ascending, in `1..=depth`), each
+    /// through the final norm, for the detector's patch features: `x [B, 3, H, W]` (H, W
+    /// multiples of the patch) → one `[B, (H/p)·(W/p), D]` f32 per tap. No mask guidance (the
+    /// mask-guided blocks see every patch), no gradients, and no block past the last tap runs.
+    pub fn patch_tokens(&self, x: &Tensor, taps: &[usize]) -> Result<Vec<Tensor>> {
+        let (b, h, w) = (x.size()[0], x.size()[2], x.size()[3]);
+        self.check(x, &Tensor::zeros([b, 1, h, w], (Kind::Float, x.device())))?;
+        if taps.is_empty()
+            || taps[0] == 0
+            || taps[taps.len() - 1] > self.depth()
+            || !taps.windows(2).all(|t| t[0] < t[1])
+        {
+            return Err(Error::usage(format!(
+                "ViT blocks {taps:?}: give distinct block numbers in 1..={} in ascending order (e.g. 6,9,12)",
+                self.depth()
+            )));
+        }
+        let n = (h / self.embed.patch) * (w / self.embed.patch);
+        let guide = MaskGuide {
+            hidden: Tensor::zeros([b, 1 + n], (Kind::Bool, x.device())),
+        };
+        Ok(tch::no_grad(|| {
+            let mut t = self.embed_tokens(x);
+            let mut out = Vec::with_capacity(taps.len());
+            let mut done = 0;
+            for &k in taps {
+                t = self.run(t, &guide, done..k, false);
+                done = k;
+                out.push(self.norm.forward(&t.narrow(1, 1, n).to_kind(Kind::Float)));
+            }
+            out
+        }))
+    }
+
     /// The position embedding for an `h`×`w` patch grid, `[1, 1 + h·w, D]` (f32).
     pub fn pos_embed_for(&self, h: i64, w: i64) -> Tensor {
         self.embed.pos_for(h, w)
@@ -428,6 +462,28 @@ mod tests {
             .forward(&x.narrow(2, 0, 36), &mask.narrow(2, 0, 36))
             .is_err());
         assert!(m.tokens_before(&x, &mask, 4).is_err());
+    }
+
+    #[test]
+    fn patch_token_taps_agree_with_the_split_forward() {
+        let (_vs, m) = tiny();
+        // A non-square input: 5×3 patches, the 4×4 position grid interpolated.
+        let x = Tensor::randn([2, 3, 40, 24], tch::kind::FLOAT_CPU);
+        let mask = Tensor::ones([2, 1, 40, 24], tch::kind::FLOAT_CPU);
+        let taps = m.patch_tokens(&x, &[1, 3]).unwrap();
+        assert_eq!(taps.len(), 2);
+        for (t, k) in taps.iter().zip([1usize, 3]) {
+            assert_eq!(t.size(), [2, 15, 48]);
+            // The mask-guided blocks must not matter: the mask is full here.
+            let want = m
+                .norm
+                .forward(&m.tokens_before(&x, &mask, k).unwrap().narrow(1, 1, 15));
+            assert!(t.allclose(&want, 1e-5, 1e-5, false), "tap {k}");
+        }
+        for bad in [vec![], vec![0], vec![4], vec![2, 2], vec![3, 1]] {
+            assert!(m.patch_tokens(&x, &bad).is_err(), "{bad:?}");
+        }
+        assert!(m.patch_tokens(&x.narrow(2, 0, 36), &[1]).is_err());
     }
 
     #[test]
