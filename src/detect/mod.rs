@@ -1,18 +1,27 @@
-//! A PatchCore-style anomaly detector (Roth et al., "Towards total recall in industrial anomaly
-//! detection", CVPR 2022), so the pipeline runs without an outside detector:
+//! The built-in anomaly detector, so the pipeline runs without an outside one. What it must get
+//! right is per-image localisation (is the map's maximum in the defect?), not pixel AUROC: the
+//! maps only steer MEBin's crops, and a crop of background teaches the model nothing.
 //!
-//! 1. fit: patch features ([`features`]) of the normal training images, streamed in batches.
-//!    When all patches would exceed `max_patches`, each image contributes its
-//!    `max_patches / n_train` most spread-out patches (a greedy k-center within the image), so
-//!    the pool takes at most `max_patches x D x 4` bytes (61 MB at the default 100 000 x 152);
-//! 2. memory bank: a greedy k-center coreset of the pool ([`coreset`]);
-//! 3. score: each test patch's distance to its nearest bank entry; image score = max patch score;
-//!    map = patch scores upsampled to the input size and smoothed ([`maps`]);
-//! 4. write 8-bit maps on one scale over the whole test set (`OUT/<type>/<stem>.png`, the layout
-//!    `binarize` and `train` read) and evaluate ([`eval`]) when normals / masks are given.
+//! 1. features ([`features`]): the offline DINOv2 ViT-S/14 by default (patch tokens of several
+//!    blocks averaged, 3×3 local mean, unit length; images resized with their aspect ratio
+//!    kept), or EfficientNet-Lite0 (PatchCore's CNN recipe);
+//! 2. reference ([`reference`]), either
+//!    - fitted on normal images: their patches are pooled (when all of them would exceed
+//!      `max_patches`, each image contributes its `max_patches / n_train` most spread-out
+//!      patches, a greedy k-center within the image, so the pool takes at most
+//!      `max_patches x D x 4` bytes: 154 MB at 100 000 x 384), then reduced to a greedy
+//!      k-center coreset ([`coreset`]), the memory bank; a test patch scores its distance to the
+//!      nearest bank entry (cosine for the ViT, Euclidean for the CNN);
+//!    - or zero-shot: a test patch is compared with the patches of a bounded random subset of the
+//!      other test images (MuSc's mutual scoring);
+//! 3. maps ([`maps`]): patch scores upsampled to the input size and smoothed; image score = max
+//!    patch score;
+//! 4. 8-bit maps on one scale over the whole test set (`OUT/<type>/<stem>.png`, the layout
+//!    `binarize` and `train` read), and the metrics ([`eval`]) when normals / masks are given.
 //!
-//! Memory: the pool (above), the bank, and every test map as floats until the global scale is
-//! known: `n_test x size^2 x 4` bytes (and `x 8` more while pixel metrics are computed).
+//! Memory: the pool (above), the bank, the zero-shot references (`refs x patches x D x 4`
+//! bytes: 64 x 1024 x 384 x 4 = 100 MB), and one test map at a time: the float maps wait in a
+//! spill file in OUT until the global scale is known.
 
 pub mod coreset;
 pub mod eval;
