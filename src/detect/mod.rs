@@ -17,6 +17,7 @@
 pub mod coreset;
 pub mod eval;
 pub mod features;
+pub mod localize;
 pub mod maps;
 mod run;
 
