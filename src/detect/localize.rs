@@ -6,7 +6,7 @@
 //! - **argmax-in-defect**: the map's maximum (the first in row-major order on ties) lies in the
 //!   mask dilated by `r = max(1, round(0.02 max(H, W)))` pixels (a (2r+1)² square);
 //! - **best IoU**: the largest IoU of `map >= t` with the mask over thresholds `t` (each distinct
-//!   level of an 8- or 16-bit map, [`FLOAT_THRESHOLDS`] quantiles of a float map);
+//!   level of an 8- or 16-bit map, [`FLOAT_THRESHOLDS`] even steps over a float map's range);
 //! - with MEBin run over the set ([`mebin_touch`]): how many crops touch a defect pixel, whether
 //!   one of the image's crops does, and whether the map had no stable interval (one
 //!   whole-image crop, which always touches: read "crops touching" together with that count).
@@ -37,7 +37,7 @@ pub use table::render_table;
 /// few pixels off a thin scratch still puts MEBin's crop on it.
 pub const DILATION_FRACTION: f64 = 0.02;
 
-/// Thresholds tried for the best IoU of a float map (its quantiles).
+/// Thresholds tried for the best IoU of a float map, evenly spaced from its minimum to its maximum.
 pub const FLOAT_THRESHOLDS: usize = 64;
 
 /// Localisation of one map with a non-empty mask.
@@ -70,24 +70,26 @@ pub fn dilation_radius(w: usize, h: usize) -> usize {
 /// Localisation of a float map (`w`×`h`, row-major) against `mask` (> 127 = defect, any size:
 /// the map is resized to it). None when the mask has no defect pixel.
 ///
-/// Float maps are thresholded at [`FLOAT_THRESHOLDS`] quantiles, which resolve a defect no
-/// finer than 1/64 of the map's pixels: on small defects the best IoU reads lower than on the
-/// same map's 8-bit levels ([`localize_levels`]).
+/// Float maps are thresholded at [`FLOAT_THRESHOLDS`] levels evenly spaced over the map's range,
+/// as an 8-bit quantisation would place them. Not at quantiles: a small defect covers less of
+/// the map than one quantile step (on the MTD oracle maps, 64 quantiles gave a mean best IoU
+/// of 0.50 against 0.74 at the maps' own 8-bit levels; 64 even steps gave 0.74).
 pub fn localize(map: &[f32], w: usize, h: usize, mask: &GrayImage) -> Option<MapLoc> {
     assert_eq!(map.len(), w * h, "localize: the map has not w*h values");
     if !mask.pixels().any(|p| p[0] > 127) {
         return None;
     }
-    let mut sorted: Vec<f32> = map.iter().copied().filter(|v| v.is_finite()).collect();
-    sorted.sort_unstable_by(f32::total_cmp);
-    let mut thresholds: Vec<f32> = if sorted.is_empty() {
-        Vec::new()
-    } else {
-        let last = (sorted.len() - 1) as f64;
-        let steps = (FLOAT_THRESHOLDS - 1) as f64;
+    let finite = map.iter().copied().filter(|v| v.is_finite());
+    let (lo, hi) = finite.fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+    let mut thresholds: Vec<f32> = if lo <= hi {
+        let steps = (FLOAT_THRESHOLDS - 1) as f32;
         (0..FLOAT_THRESHOLDS)
-            .map(|i| sorted[(i as f64 * last / steps).round() as usize])
+            .map(|i| lo + (hi - lo) * (i as f32 / steps))
             .collect()
+    } else {
+        Vec::new()
     };
     thresholds.dedup();
     let values = resize_bilinear(map, w, h, mask.width() as usize, mask.height() as usize);

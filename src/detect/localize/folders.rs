@@ -182,24 +182,26 @@ fn measure_item(it: &Item, mebin: Option<(&SearchRange, &Params)>) -> Result<Mea
     let map: GrayMap = read_map(&it.map)?;
     let (w, h) = (map.width as u32, map.height as u32);
     let mask = it.mask.as_deref().map(read_mask).transpose()?;
+    if let (Some(mask), Some(image), Some(_)) = (&mask, &it.image, mebin) {
+        let size = image_size(image)?;
+        if size != mask.dimensions() {
+            return Err(Error::input(
+                it.mask.as_deref().unwrap_or(&it.map),
+                format!(
+                    "is {}x{} but its image {} is {}x{}; masks must have their image's size",
+                    mask.width(),
+                    mask.height(),
+                    image.display(),
+                    size.0,
+                    size.1
+                ),
+            ));
+        }
+    }
     let mut loc = None;
     if let (Some(mask), false) = (&mask, is_normal(&it.type_name)) {
         loc = localize_levels(&map, mask);
-        if let (Some(l), Some(image), Some((range, params))) = (&mut loc, &it.image, mebin) {
-            let size = image_size(image)?;
-            if size != mask.dimensions() {
-                return Err(Error::input(
-                    it.mask.as_deref().unwrap_or(&it.map),
-                    format!(
-                        "is {}x{} but its image {} is {}x{}; masks must have their image's size",
-                        mask.width(),
-                        mask.height(),
-                        image.display(),
-                        size.0,
-                        size.1
-                    ),
-                ));
-            }
+        if let (Some(l), Some(_), Some((range, params))) = (&mut loc, &it.image, mebin) {
             l.crops = Some(mebin_touch(&map, range, params, mask));
         }
     }

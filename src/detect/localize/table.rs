@@ -3,9 +3,10 @@
 
 use super::{LocReport, TypeLoc};
 
-const HEADER: [&str; 9] = [
+const HEADER: [&str; 10] = [
     "type",
     "maps",
+    "with defect",
     "argmax in defect",
     "best IoU",
     "crops touching",
@@ -15,6 +16,16 @@ const HEADER: [&str; 9] = [
     "AUPRO",
 ];
 
+const LEGEND: &str = "\
+with defect: maps with a defect in their mask, the only ones the next five columns measure
+  (normal maps count only in the pixel metrics);
+argmax in defect: the map's maximum lies within the mask dilated by 2% of the image side;
+best IoU: mean over maps of the IoU at each map's best threshold;
+crops touching: MEBin's crops (default settings) that hold a defect pixel;
+images touching: maps with at least one such crop;
+no interval: maps without a stable MEBin interval, cropped whole (such a crop always touches).
+";
+
 fn percent(v: Option<f64>) -> String {
     v.map_or("n/a".into(), |v| format!("{:.1}%", 100.0 * v))
 }
@@ -23,11 +34,12 @@ fn decimal(v: Option<f64>) -> String {
     v.map_or("n/a".into(), |v| format!("{v:.3}"))
 }
 
-fn cells(r: &TypeLoc) -> [String; 9] {
+fn cells(r: &TypeLoc) -> [String; 10] {
     let m = r.mebin.as_ref();
     [
         r.type_name.clone(),
         r.maps.to_string(),
+        r.localized_maps.to_string(),
         percent(r.argmax_in_defect_rate),
         decimal(r.mean_best_iou),
         m.map_or("n/a".into(), |m| {
@@ -48,7 +60,7 @@ fn cells(r: &TypeLoc) -> [String; 9] {
 /// The table, with a legend line; "n/a" where a value is undefined (no defective map, no MEBin
 /// run without images, no defect or no normal pixel).
 pub fn render_table(report: &LocReport) -> String {
-    let mut rows: Vec<[String; 9]> = vec![HEADER.map(String::from)];
+    let mut rows: Vec<[String; 10]> = vec![HEADER.map(String::from)];
     rows.extend(report.types.iter().map(cells));
     rows.push(cells(&report.overall));
     let widths: Vec<usize> = (0..HEADER.len())
@@ -77,11 +89,6 @@ pub fn render_table(report: &LocReport) -> String {
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
-    out.push_str(
-        "argmax in defect: the map's maximum within the mask dilated by 2% of the image side; \
-         best IoU: mean over maps of the best threshold's IoU; crops touching: MEBin crops holding \
-         a defect pixel; images touching: maps with at least one such crop; no interval: maps \
-         MEBin cropped whole (no stable interval). Normal maps count only in the pixel metrics.\n",
-    );
+    out.push_str(LEGEND);
     out
 }

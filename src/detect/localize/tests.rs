@@ -86,9 +86,28 @@ fn a_map_equal_to_its_mask_has_iou_one() {
     assert_eq!(loc.best_iou, 1.0);
     assert_eq!(loc.best_threshold, 255.0);
     assert!(loc.argmax_in_defect);
-    // The same map as floats on another scale (quantile thresholds).
+    // The same map as floats on another scale.
     let float: Vec<f32> = mask.as_raw().iter().map(|&v| v as f32 * 0.01).collect();
     assert_eq!(localize(&float, 100, 100, &mask).unwrap().best_iou, 1.0);
+}
+
+#[test]
+fn a_float_map_scores_as_its_8_bit_levels_on_a_small_defect() {
+    // A 3×3 defect (0.09 % of the map) under a smooth blob: float and 8-bit thresholds agree.
+    let mask = rect_mask(100, 100, (49, 49, 52, 52));
+    let float: Vec<f32> = (0..100 * 100)
+        .map(|i| {
+            let (dx, dy) = ((i % 100) as f32 - 50.0, (i / 100) as f32 - 50.0);
+            7.5 * (-(dx * dx + dy * dy) / 8.0).exp()
+        })
+        .collect();
+    let levels: Vec<u8> = float.iter().map(|v| (v / 7.5 * 255.0) as u8).collect();
+    let f = localize(&float, 100, 100, &mask).unwrap().best_iou;
+    let q = localize_levels(&GrayMap::from_u8(100, 100, &levels), &mask).unwrap();
+    assert!(
+        q.best_iou > 0.5 && (f - q.best_iou).abs() < 0.05,
+        "{f} {q:?}"
+    );
 }
 
 #[test]
