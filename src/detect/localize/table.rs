@@ -37,7 +37,12 @@ fn decimal(v: Option<f64>) -> String {
 fn cells(r: &TypeLoc) -> [String; 10] {
     let m = r.mebin.as_ref();
     [
-        r.type_name.clone(),
+        // A flat folder of maps has no type folder.
+        if r.type_name.is_empty() {
+            "(flat)".to_string()
+        } else {
+            r.type_name.clone()
+        },
         r.maps.to_string(),
         r.localized_maps.to_string(),
         percent(r.argmax_in_defect_rate),
