@@ -220,11 +220,12 @@ fn aggregation_per_type_and_overall() {
     assert_eq!(o.mebin.unwrap().crops_touching_rate, Some(0.5));
     assert_eq!(o.pixel_auroc, Some(1.0));
     // Without MEBin the crop columns are absent, and the table says n/a.
-    let plain = aggregate([("x".to_string(), loc(true, 0.5, None))]);
+    let plain = aggregate([("".to_string(), loc(true, 0.5, None))]);
     assert_eq!(plain.overall.mebin, None);
     let text = render_table(&plain);
     assert!(text.lines().any(|l| l.starts_with("overall")), "{text}");
     assert!(text.contains("100.0%") && text.contains("n/a"), "{text}");
+    assert!(text.lines().nth(1).unwrap().starts_with("(flat)"), "{text}");
 
     let table = render_table(&r);
     let rows: Vec<&str> = table.lines().collect();
