@@ -47,6 +47,8 @@ pub enum Command {
     Baseline(commands::baseline::BaselineArgs),
     /// Built-in PatchCore-style detector: anomaly maps of test images from normal training images.
     Detect(commands::detect::DetectArgs),
+    /// Score anomaly maps against masks: per-image localisation, MEBin's crops, pixel AUROC.
+    MapsEval(commands::maps_eval::MapsEvalArgs),
     /// Convert the original Magnetic-Tile-Defect dataset to the MVTec AD layout.
     PrepareMtd(commands::prepare_mtd::PrepareMtdArgs),
     /// Write a deterministic synthetic industrial dataset (demo and tests; no download).

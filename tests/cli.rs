@@ -38,6 +38,7 @@ fn every_subcommand_answers_help() {
         "predict",
         "synth",
         "config",
+        "maps-eval",
     ] {
         let o = run(&[sub, "--help"]);
         assert!(o.status.success(), "{sub} --help: {}", text(&o));

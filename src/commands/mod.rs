@@ -5,6 +5,7 @@ pub mod baseline;
 pub mod binarize;
 pub mod config;
 pub mod detect;
+pub mod maps_eval;
 pub mod predict;
 pub mod prepare_base;
 pub mod prepare_mtd;
@@ -48,6 +49,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Test(a) => test::run(&a, &ctx),
         Command::Predict(a) => predict::run(&a, &ctx),
         Command::Detect(a) => detect::run(&a, &ctx),
+        Command::MapsEval(a) => maps_eval::run(&a, &ctx),
         Command::PrepareMtd(a) => prepare_mtd::run(&a, &ctx),
         Command::Synth(a) => synth::run(&a, &ctx),
         Command::Config(c) => config::run(&c, &ctx),

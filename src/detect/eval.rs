@@ -62,6 +62,14 @@ impl PixelSet {
         }));
     }
 
+    /// Moves `other`'s pixels into this set: per-type sets become the overall one without
+    /// holding the pixels twice.
+    pub fn append(&mut self, mut other: PixelSet) {
+        self.scores.append(&mut other.scores);
+        self.inv_region.append(&mut other.inv_region);
+        self.regions += other.regions;
+    }
+
     pub fn len(&self) -> usize {
         self.scores.len()
     }

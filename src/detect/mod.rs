@@ -26,6 +26,7 @@
 pub mod coreset;
 pub mod eval;
 pub mod features;
+pub mod localize;
 pub mod maps;
 pub mod reference;
 mod run;
