@@ -477,6 +477,7 @@ fn pretrained_vit_finds_the_synthetic_defects_with_and_without_normals() {
             "{name}: argmax in defect for {rate:.2} of the images"
         );
     }
+}
 
 /// `maps-eval` fixture: `maps/spot/{0,1}.png` (32×32) with masks and images at 64×48, map 0
 /// peaking on its defect and map 1 beside it, and a normal `maps/good/0.png` without a mask.
