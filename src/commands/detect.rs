@@ -57,6 +57,10 @@ pub struct DetectArgs {
     /// ViT blocks (1-based) whose patch tokens, each through the final norm, are averaged.
     #[arg(long, value_delimiter = ',', default_values_t = [6usize, 9, 12])]
     pub blocks: Vec<usize>,
+    /// Average each patch feature over its K x K neighbourhood (odd; 1: none). Default 1 for
+    /// dinov2-vits14, 3 (PatchCore's) for efficientnet-lite0.
+    #[arg(long, value_name = "K")]
+    pub aggregate: Option<i64>,
     /// EfficientNet stages whose outputs form the patch features (0-based; 2 = stride 8, 4 = stride 16).
     #[arg(long, value_delimiter = ',', default_values_t = [2usize, 4])]
     pub stages: Vec<usize>,
@@ -131,6 +135,7 @@ pub fn run(a: &DetectArgs, ctx: &Ctx) -> anyhow::Result<()> {
         resize,
         stages: a.stages.clone(),
         blocks: a.blocks.clone(),
+        aggregate: a.aggregate,
         precision,
         coreset: a.coreset,
         max_patches: a.max_patches,
@@ -163,6 +168,9 @@ pub fn run(a: &DetectArgs, ctx: &Ctx) -> anyhow::Result<()> {
         m.defect_test_images,
         m.normal_test_images,
     );
+    if let Some(loc) = &m.localization {
+        print!("{}", crate::detect::localize::render_table(loc));
+    }
     log::info!("maps and {REPORT_FILE} in {}", a.out.display());
     Ok(())
 }

@@ -12,6 +12,7 @@ use tch::Device;
 
 use super::eval::{auroc, PixelSet};
 use super::features::{FeatureExtractor, Resize};
+use super::localize::{LocReport, MapsEvalSpec};
 use super::reference::{self, Inputs, Reference};
 use super::spill::MapSpill;
 use super::{maps, NORMAL_TYPE};
@@ -44,6 +45,9 @@ pub struct DetectSpec {
     pub stages: Vec<usize>,
     /// ViT blocks (1-based) whose patch tokens are averaged.
     pub blocks: Vec<usize>,
+    /// Side of the neighbourhood each patch feature is averaged over; None: the backbone's
+    /// default (1 for the ViT, 3 for the CNN).
+    pub aggregate: Option<i64>,
     /// The ViT blocks' precision (the similarities are f32 regardless).
     pub precision: Precision,
     pub coreset: f64,
@@ -80,6 +84,9 @@ pub struct Metrics {
     pub aupro: Option<f64>,
     pub normal_test_images: usize,
     pub defect_test_images: usize,
+    /// With masks: per-image localisation of the written maps per type (argmax in defect,
+    /// best IoU, MEBin's crops on the defect; see [`super::localize`]).
+    pub localization: Option<LocReport>,
 }
 
 /// `detect.json`.
@@ -91,6 +98,7 @@ pub struct DetectReport {
     pub resize: Resize,
     pub stages: Vec<usize>,
     pub blocks: Vec<usize>,
+    pub aggregate: Option<i64>,
     /// The ViT blocks' precision as run (`float` or `bfloat16`).
     pub precision: String,
     pub feature_dim: i64,
@@ -283,7 +291,7 @@ fn weights_name(spec: &DetectSpec) -> String {
 
 /// The extractor the spec names, its weights loaded.
 fn extractor(spec: &DetectSpec) -> Result<FeatureExtractor> {
-    match spec.backbone.as_str() {
+    let fx = match spec.backbone.as_str() {
         "efficientnet-lite0" => {
             FeatureExtractor::efficientnet(&spec.stages, spec.weights.as_deref(), spec.device)
         }
@@ -298,6 +306,10 @@ fn extractor(spec: &DetectSpec) -> Result<FeatureExtractor> {
                 spec.device,
             )
         }
+    }?;
+    match spec.aggregate {
+        Some(k) => fx.with_aggregate(k),
+        None => Ok(fx),
     }
 }
 
@@ -371,7 +383,7 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
         "train": abs(&spec.train), "test": crate::fsutil::absolute_value(&spec.test),
         "masks": abs(&spec.masks), "weights": weights_name(spec), "backbone": spec.backbone,
         "image_size": spec.image_size, "resize": spec.resize, "stages": spec.stages,
-        "blocks": spec.blocks, "coreset": spec.coreset, "max_patches": spec.max_patches,
+        "blocks": spec.blocks, "aggregate": spec.aggregate, "coreset": spec.coreset, "max_patches": spec.max_patches,
         "zero_shot": spec.zero_shot, "zero_shot_refs": spec.zero_shot_refs,
         "zero_shot_fraction": spec.zero_shot_fraction, "seed": spec.seed,
         "write_good_maps": spec.write_good_maps,
@@ -457,8 +469,19 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
     seconds.insert("writing".to_string(), t.elapsed().as_secs_f64());
 
     let t = Instant::now();
-    let metrics = evaluate(&test, &scores, &maps_spill, masks.as_deref())?;
+    let mut metrics = evaluate(&test, &scores, &maps_spill, masks.as_deref())?;
     drop(maps_spill);
+    if let (Some(m), true) = (&spec.masks, images.iter().any(|i| i.map.is_some())) {
+        // What reaches MEBin: the written 8-bit maps, their crops on the test images.
+        let loc = super::localize::evaluate_folders(&MapsEvalSpec {
+            anomaly_maps: spec.out.clone(),
+            masks: m.clone(),
+            images: Some(spec.test.clone()),
+            skip_unpaired: true,
+            progress: true,
+        })?;
+        metrics.localization = Some(loc.report);
+    }
     seconds.insert("evaluation".to_string(), t.elapsed().as_secs_f64());
 
     let mut output_files: Vec<PathBuf> = images.iter().filter_map(|i| i.map.clone()).collect();
@@ -470,6 +493,7 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
         resize: spec.resize,
         stages: spec.stages.clone(),
         blocks: spec.blocks.clone(),
+        aggregate: spec.aggregate,
         precision: format!("{:?}", fx.kind()).to_lowercase(),
         feature_dim: fx.dim(),
         coreset_fraction: spec.coreset,
