@@ -134,6 +134,7 @@ fn main() {
             stem: m.stem.clone(),
             map: m.path.clone(),
             image: im.path.clone(),
+            normal: false,
         };
         let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
         let t = Instant::now();

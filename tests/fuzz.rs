@@ -392,7 +392,7 @@ proptest! {
             std::fs::create_dir_all(image.parent().unwrap()).unwrap();
             odd_png(&map, *ms, *mk, *md, mdata);
             odd_png(&image, *is, *ik, *id, idata);
-            list.push(MapItem { class_name: "t".into(), stem: k.to_string(), map, image });
+            list.push(MapItem { class_name: "t".into(), stem: k.to_string(), map, image, normal: false });
         }
         if let Some((which, e)) = &damage {
             let it = &list[which % list.len()];
@@ -452,6 +452,7 @@ fn valid_checkpoint() -> &'static (Vec<u8>, usize) {
             mask_layers: 2,
             anomaly_scores: None,
             search_range: Some((3.0, 200.0)),
+            float_scale: None,
             merge_temperature: 50.0,
             history: vec![],
             num_classes_estimate: None,

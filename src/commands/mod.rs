@@ -54,6 +54,27 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// `--normal-type NAME`: shared by every command that binarizes maps.
+#[derive(Debug, Clone, Default, Args)]
+pub struct NormalTypes {
+    /// A type folder of normal images besides `good` (always normal), e.g. MT_Free: its maps
+    /// enter MEBin's search range; it is never cropped, clustered, scored or counted as a type
+    /// (repeatable).
+    #[arg(long = "normal-type", value_name = "NAME")]
+    pub normal_type: Vec<String>,
+}
+
+impl NormalTypes {
+    /// The pairing rules with these normal types.
+    pub fn pairing(&self, skip_unpaired: bool, only_map_types: bool) -> Pairing {
+        Pairing {
+            skip_unpaired,
+            only_map_types,
+            normal_types: self.normal_type.clone(),
+        }
+    }
+}
+
 /// Where `test` and `baseline` read their crops: a `binarize` output, or anomaly maps and images
 /// that are binarized into `OUT/binarize` first.
 #[derive(Debug, Args)]
@@ -68,6 +89,8 @@ pub struct CropSource {
     /// Images paired with --anomaly-maps by stem.
     #[arg(long, value_name = "DIR", requires = "anomaly_maps")]
     pub images: Option<PathBuf>,
+    #[command(flatten)]
+    pub normal: NormalTypes,
 }
 
 impl CropSource {
@@ -90,13 +113,14 @@ impl CropSource {
         out: &Path,
         cfg: &Config,
         range: impl FnOnce() -> anyhow::Result<RangeSource>,
-        how: Pairing,
+        only_map_types: bool,
         overwrite: bool,
     ) -> anyhow::Result<Option<PathBuf>> {
         match (&self.anomaly_maps, &self.images, &self.data) {
             (Some(maps), Some(images), _) => {
                 let dir = out.join("binarize");
-                binarize_folders(maps, images, &dir, cfg, range()?, how, overwrite)
+                let how = self.normal.pairing(false, only_map_types);
+                binarize_folders(maps, images, &dir, cfg, range()?, &how, overwrite)
                     .with_context(|| format!("binarizing the maps in {}", maps.display()))?;
                 Ok(Some(dir))
             }

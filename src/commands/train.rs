@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
-use super::{estimate_num_classes, parse_num_classes, Ctx, NumClasses};
+use super::{estimate_num_classes, parse_num_classes, Ctx, NormalTypes, NumClasses};
 use crate::config::Config;
 use crate::data::{
     CropCache, CropSet, EvalLoader, LoaderOptions, NovelSource, TrainLoader, TransformSpec,
@@ -87,6 +87,8 @@ pub struct TrainArgs {
     /// Stop after this many epochs (checkpoint written); finish later with --resume.
     #[arg(long, value_name = "N")]
     pub stop_after: Option<usize>,
+    #[command(flatten)]
+    pub normal: NormalTypes,
 }
 
 pub fn run(a: &TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
@@ -179,10 +181,7 @@ pub fn run(a: &TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
             crate::mebin::RangeSource::FromMaps {
                 min_threshold: cfg.binarization.min_threshold,
             },
-            crate::mebin::folders::Pairing {
-                skip_unpaired: false,
-                only_map_types: true,
-            },
+            &a.normal.pairing(false, true),
             a.overwrite,
         )
         .with_context(|| format!("binarizing the novel maps in {}", maps.display()))?
@@ -273,6 +272,7 @@ pub fn run(a: &TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
             &binarize_out.join(crate::mebin::run::SCORES_FILE),
         )),
         search_range: Some((summary.min_th, summary.max_th)),
+        float_scale: summary.float_scale,
         merge_temperature,
         history: Vec::new(),
         num_classes_estimate: k_estimate,

@@ -26,6 +26,8 @@ pub mod crop;
 pub mod fast;
 pub mod folders;
 pub mod oracle;
+pub mod peak;
+pub mod read;
 pub mod resize;
 pub mod run;
 

@@ -50,6 +50,9 @@ pub struct CheckpointMeta {
     pub anomaly_scores: Option<PathBuf>,
     /// MEBin threshold search range of the training set (raw map scale), for `predict`.
     pub search_range: Option<(f64, f64)>,
+    /// The float range the training maps were normalised over, when they were float maps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub float_scale: Option<crate::imageio::FloatScale>,
     /// Region-merging temperature used at image level.
     pub merge_temperature: f64,
     pub history: Vec<EpochRecord>,
