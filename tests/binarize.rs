@@ -3,6 +3,7 @@
 //! inputs and edge cases of the command and the library run. (Exactness properties of MEBin are in
 //! `tests/mebin_props.rs`.)
 
+mod binarize_maps;
 mod common;
 
 use std::path::Path;
