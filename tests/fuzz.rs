@@ -456,6 +456,7 @@ fn valid_checkpoint() -> &'static (Vec<u8>, usize) {
             merge_temperature: 50.0,
             history: vec![],
             num_classes_estimate: None,
+            cluster_classes: vec![],
         };
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("c.safetensors");

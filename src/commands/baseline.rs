@@ -161,7 +161,7 @@ pub fn run(a: &BaselineArgs, ctx: &Ctx) -> anyhow::Result<()> {
         crate::fsutil::atomic_write(&a.out.join("k_estimate.json"), text.as_bytes())?;
     }
     let table = a.out.join("metrics.csv");
-    let res = super::write_outputs(&a.out, &table, &category, &set, &preds, 0, &data)?;
+    let res = super::write_outputs(&a.out, &table, &category, &set, &preds, 0, &data, &[])?;
     let how = match &estimate {
         Some(e) => format!("K = {} estimated", e.chosen),
         None => format!("K = {k}"),

@@ -133,7 +133,9 @@ impl CropSource {
 /// What `train`, `test`, `predict` and `baseline` write after predicting: the prediction files
 /// and metrics into `out` (one row appended to `table` when labels exist, see
 /// [`crate::infer::outputs::write_all`]), then `report.html` and its pictures. Returns the
-/// image-level (NMI, ARI, F1) when labels exist.
+/// image-level (NMI, ARI, F1) when labels exist. `trained_names`: the class each cluster matched
+/// in training (`predict`), or empty.
+#[allow(clippy::too_many_arguments)] // each is a distinct input of the outputs; a struct would only rename them
 fn write_outputs(
     out: &Path,
     table: &Path,
@@ -142,15 +144,18 @@ fn write_outputs(
     preds: &crate::infer::predict::Predictions,
     head: usize,
     binarize_out: &Path,
+    trained_names: &[String],
 ) -> anyhow::Result<Option<(f64, f64, f64)>> {
+    let novel = &set.novel_types;
     let res =
-        crate::infer::outputs::write_all(out, table, category, &set.novel_types, preds, head)?;
+        crate::infer::outputs::write_all(out, table, category, novel, preds, head, trained_names)?;
     let input = crate::report::ReportInput {
         category,
         class_names: &set.novel_types,
         preds,
         set,
         binarize_out,
+        trained_names,
     };
     crate::report::write_report(out, &input)
         .with_context(|| format!("writing the report into {}", out.display()))?;

@@ -65,7 +65,17 @@ pub fn run(a: &PredictArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let preds = trained::run(&t, set.clone(), ctx.device)?;
     let table = a.out.join("metrics.csv");
     let head = t.meta.chosen_head;
-    super::write_outputs(&a.out, &table, &t.meta.category, &set, &preds, head, &bin)?;
+    let names = &t.meta.cluster_classes;
+    super::write_outputs(
+        &a.out,
+        &table,
+        &t.meta.category,
+        &set,
+        &preds,
+        head,
+        &bin,
+        names,
+    )?;
     let mut sizes = vec![0usize; t.meta.num_novel_clusters];
     for r in &preds.images {
         sizes[r.cluster] += 1;

@@ -77,7 +77,16 @@ pub fn run(a: &TestArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let preds = trained::run(&t, set.clone(), ctx.device)?;
     let table = out.join("metrics.csv");
     let head = t.meta.chosen_head;
-    let res = super::write_outputs(&out, &table, &t.meta.category, &set, &preds, head, &data)?;
+    let res = super::write_outputs(
+        &out,
+        &table,
+        &t.meta.category,
+        &set,
+        &preds,
+        head,
+        &data,
+        &[],
+    )?;
     if let Some((nmi, ari, f1)) = res {
         println!(
             "{}: NMI {nmi:.4}  ARI {ari:.4}  F1 {f1:.4}  (image level; {})",

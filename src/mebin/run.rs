@@ -464,8 +464,9 @@ pub fn run(job: &BinarizeJob) -> Result<BinarizeSummary> {
             ),
         };
         log::warn!(
-            "{why}: the threshold search range is empty, so every map is treated as having no anomaly \
-             (whole-image crops, score 0); pass a --min-threshold below {} to search",
+            "{why}: the threshold search range is empty, so no map has a stable interval (each is \
+             cropped around its peak, or whole under no_interval: whole_image; score 0); pass a \
+             --min-threshold below {} to search",
             range.max_th
         );
     }

@@ -202,6 +202,7 @@ fn report_files_cover_every_cluster_and_survive_bad_images() {
         preds: &pr,
         set: &set,
         binarize_out: &bin,
+        trained_names: &[],
     };
     let page = write_report(&out, &input).unwrap();
     let html = std::fs::read_to_string(&page).unwrap();
@@ -255,4 +256,22 @@ fn report_files_cover_every_cluster_and_survive_bad_images() {
     assert!(html.contains("No true classes") && !html.contains("confusion.png"));
     assert!(!out2.join("report/confusion.png").exists());
     assert!(out2.join("report/cluster_2.png").is_file());
+}
+
+#[test]
+fn a_jpeg_named_png_is_drawn_not_grey() {
+    let d = tempfile::tempdir().unwrap();
+    let img = RgbImage::from_pixel(40, 30, Rgb([200, 30, 30]));
+    let path = d.path().join("photo.png");
+    image::DynamicImage::ImageRgb8(img)
+        .save_with_format(&path, image::ImageFormat::Jpeg)
+        .unwrap();
+    let mask = d.path().join("mask.png");
+    GrayImage::from_pixel(40, 30, Luma([0]))
+        .save(&mask)
+        .unwrap();
+    let (thumb, warning) = sheets::thumbnail(&sheets::TileSource::Crop { image: path, mask });
+    assert_eq!(warning, None);
+    let centre = thumb.get_pixel(sheets::THUMB / 2, sheets::THUMB / 2);
+    assert!(centre[0] > 150 && centre[1] < 80, "{centre:?}");
 }

@@ -59,6 +59,10 @@ pub struct CheckpointMeta {
     /// How `--num-classes auto` chose `num_novel_clusters` (absent when it was given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_classes_estimate: Option<crate::cluster::KEstimate>,
+    /// The novel class each cluster matched in the training run's evaluation (image level; ""
+    /// for an unmatched cluster); empty when the training images had no labels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cluster_classes: Vec<String>,
 }
 
 pub struct Checkpoint {
