@@ -230,8 +230,10 @@ mod tests {
         assert!(e.contains("truncated .npy header"), "{e}");
         let e = parse(&full[..full.len() - 4]).unwrap_err();
         assert!(e.contains("truncated .npy data"), "{e}");
-        let int = String::from_utf8_lossy(&full).replace("<f4", "<i4");
-        let e = parse(int.as_bytes()).unwrap_err();
+        let mut int = full.clone();
+        let at = int.windows(3).position(|w| w == b"<f4").unwrap();
+        int[at + 1] = b'i';
+        let e = parse(&int).unwrap_err();
         assert!(e.contains("unsupported .npy dtype `<i4`"), "{e}");
     }
 }

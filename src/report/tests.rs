@@ -136,6 +136,7 @@ fn record(kind: &str, stem: &str, image: &Path) -> MapRecord {
         crop_sizes: vec![[70, 40]],
         crop_scores: vec![1.0],
         crop_mask_foreground: vec![1],
+        peak_fallback: false,
     }
 }
 
@@ -155,6 +156,8 @@ fn report_files_cover_every_cluster_and_survive_bad_images() {
         min_interval_len: 1,
         erode: true,
         bit_depth: 8,
+        normal_maps: 0,
+        float_scale: None,
         records: vec![record("a&b", "img0", &orig)],
     };
     std::fs::write(
