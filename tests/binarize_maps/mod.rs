@@ -100,11 +100,13 @@ fn a_map_without_a_stable_interval_is_cropped_around_its_peak() {
     assert_eq!(r["crop_mask_foreground"], serde_json::json!([0]));
 }
 
-/// Two defect maps (maxima 200 and 180) and normal maps (maxima 30 and 60).
+/// Four defect maps of two types (maxima 200 … 170) and normal maps (maxima 30 and 60).
 fn normal_set(root: &Path, normal: &str, with_images: bool) {
     for (t, s, peak) in [
         ("a", "x", 200u8),
         ("a", "y", 180),
+        ("b", "z", 190),
+        ("b", "w", 170),
         (normal, "n0", 30),
         (normal, "n1", 60),
     ] {
@@ -141,17 +143,42 @@ fn good_maps_set_the_range_and_are_never_cropped() {
         .iter()
         .map(|r| r["class_name"].as_str().unwrap())
         .collect();
-    assert_eq!(types, ["a", "a"]);
+    assert_eq!(types, ["a", "a", "b", "b"]);
     assert!(!p.join("out/crops/images/good").exists());
     assert!(!p.join("out/binary/good").exists());
     let scores = std::fs::read_to_string(p.join("out/scores.json")).unwrap();
     assert!(!scores.contains("good"), "{scores}");
 
+    // nor clustered or scored: the k-means baseline over the same folders sees two types
+    std::fs::write(p.join("tiny.yaml"), crate::common::tiny_config(1, 0)).unwrap();
+    let o = cli(&[
+        "-q",
+        "baseline",
+        "--method",
+        "kmeans",
+        "--config",
+        p.join("tiny.yaml").to_str().unwrap(),
+        "--anomaly-maps",
+        p.join("maps").to_str().unwrap(),
+        "--images",
+        p.join("images").to_str().unwrap(),
+        "--out",
+        p.join("base").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = read_json(&p.join("base/metrics.json"));
+    assert_eq!(m["num_clusters"], 2, "{m}");
+    assert_eq!(m["images"], 4, "{m}");
+    for f in ["metrics.json", "predictions.csv", "crop_predictions.csv"] {
+        let text = std::fs::read_to_string(p.join("base").join(f)).unwrap();
+        assert!(!text.contains("good"), "{f}: {text}");
+    }
+
     // without the normal maps the range starts at the defect maps' smallest maximum
     std::fs::remove_dir_all(p.join("maps/good")).unwrap();
     let o = run(p, "maps", "alone", &[]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(read_json(&p.join("alone/mebin.json"))["min_th"], 180.0);
+    assert_eq!(read_json(&p.join("alone/mebin.json"))["min_th"], 170.0);
 }
 
 #[test]
@@ -166,7 +193,7 @@ fn normal_type_names_another_folder_and_needs_no_images() {
         (s["min_th"].as_f64(), s["normal_maps"].as_u64()),
         (Some(30.0), Some(2))
     );
-    assert_eq!(s["records"].as_array().unwrap().len(), 2);
+    assert_eq!(s["records"].as_array().unwrap().len(), 4);
     // without the flag MT_Free is a defect type whose maps have no images
     let o = run(p, "maps", "plain", &[]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
