@@ -214,6 +214,8 @@ fn normal_type_names_another_folder_and_needs_no_images() {
         "MT_Free",
         "--normal-type",
         "a",
+        "--normal-type",
+        "b",
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
