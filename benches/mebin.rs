@@ -95,6 +95,7 @@ fn main() {
                 set: Vec::new(),
                 min_threshold: None,
                 skip_unpaired: false,
+                normal: Default::default(),
                 overwrite: false,
             };
             let (t, cpu) = (Instant::now(), cpu_seconds());

@@ -124,7 +124,10 @@ pub(crate) fn decode_bytes(path: &Path, bytes: &[u8]) -> Result<DynamicImage> {
         // A valid file whose pixel type the decoder does not handle: not damage.
         image::ImageError::Unsupported(_) => Error::input(
             path,
-            format!("unsupported pixel type ({e}); supported: {SUPPORTED_MAPS}"),
+            format!(
+                "unsupported pixel type ({e}); supported: 8- or 16-bit gray/RGB/RGBA PNG, JPEG, BMP \
+                 or TIFF (anomaly maps also 32/64-bit float TIFF and float .npy)"
+            ),
         ),
         _ => Error::input(
             path,
