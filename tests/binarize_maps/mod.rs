@@ -325,6 +325,23 @@ fn npy_and_float_tiff_sets_match_their_8_bit_export() {
             }
         }
     }
+    // a stored range and float scale (what `predict` gets from a checkpoint) reproduce one map
+    let how = anomalyncd::mebin::folders::Pairing::default();
+    let items =
+        anomalyncd::mebin::folders::pair_folders(&p.join("npy"), &p.join("images"), &how).unwrap();
+    let set = anomalyncd::mebin::folders::read_summary(&p.join("out_npy")).unwrap();
+    let job = anomalyncd::mebin::BinarizeJob {
+        items: &items[2..3],
+        params: Default::default(),
+        range: anomalyncd::mebin::RangeSource::Fixed(set.range(), set.float_scale),
+        rule: Default::default(),
+        out: &p.join("one"),
+        progress: false,
+    };
+    let one = anomalyncd::mebin::run::run(&job).unwrap();
+    assert_eq!(one.float_scale, set.float_scale);
+    assert_eq!(one.records[0].threshold, set.records[2].threshold);
+    assert_eq!(one.records[0].crop_boxes, set.records[2].crop_boxes);
     assert!(summaries[0]["records"]
         .as_array()
         .unwrap()
