@@ -54,8 +54,9 @@ pub fn parse(bytes: &[u8]) -> Result<NpyArray, String> {
         ">f8" => (8, false),
         other => {
             return Err(format!(
-                "unsupported .npy dtype `{other}`; anomaly maps must be float32 or float64 \
-                 (or 8/16-bit PNG/TIFF); convert with arr.astype(numpy.float32)"
+                "unsupported .npy dtype `{}`; anomaly maps must be float32 or float64 \
+                 (or 8/16-bit PNG/TIFF); convert with arr.astype(numpy.float32)",
+                other.escape_debug()
             ))
         }
     };
@@ -65,6 +66,8 @@ pub fn parse(bytes: &[u8]) -> Result<NpyArray, String> {
         _ => return Err(truncated()),
     };
     let dims = parse_shape(shape).ok_or_else(truncated)?;
+    // Header text in messages stays on one line whatever the file holds.
+    let shape = shape.escape_debug().to_string();
     let (height, width) = match dims.as_slice() {
         [h, w] => (*h, *w),
         [1, h, w] => (*h, *w),
