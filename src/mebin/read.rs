@@ -18,7 +18,7 @@ const MAP_CACHE_BYTES: usize = 256 << 20;
 
 /// What the first pass found.
 pub struct ReadSet {
-    /// Each item's map as levels, when it stayed in memory.
+    /// Each item's map as levels, when it stayed in memory (never for normal maps).
     pub maps: Vec<Option<GrayMap>>,
     /// Each item's largest level (on the set's scale for float maps).
     pub maxima: Vec<u16>,
@@ -64,7 +64,9 @@ pub fn read_set(
                 ),
                 RawMap::Float(f) => (Kind::Float, f.min_max(), f.values.len() * 8),
             };
-            let keep = cached.fetch_add(bytes, Ordering::Relaxed) + bytes <= MAP_CACHE_BYTES;
+            // Normal maps are not binarized: only their maximum is needed.
+            let keep =
+                !it.normal && cached.fetch_add(bytes, Ordering::Relaxed) + bytes <= MAP_CACHE_BYTES;
             pb.inc(1);
             Ok((kind, stats, keep.then_some(raw)))
         })
