@@ -22,6 +22,7 @@ def main(out: Path, gt_dir: Path) -> None:
     summary = json.loads((out / "mebin.json").read_text())
     ious, empty, crops, touching = [], 0, 0, 0
     fb = {"maps": 0, "gt": 0, "crops": 0, "touch": 0, "mask_touch": 0, "iou": [], "area": [], "score": []}
+    per_type = {}  # type -> [maps without an interval, crops touching, masks touching]
     for r in summary["records"]:
         gt_file = gt_dir / r["class_name"] / f"{r['stem']}.png"
         gt = np.array(Image.open(gt_file).convert("L")) > 127
@@ -37,6 +38,14 @@ def main(out: Path, gt_dir: Path) -> None:
             fb["maps"] += 1
             fb["gt"] += int(gt.any())
             fb["mask_touch"] += int((gt & mask).any())
+            amap = np.array(Image.open(r["map"]).convert("F")) if not r["map"].endswith(".npy") else np.load(r["map"]).squeeze()
+            my, mx = np.unravel_index(np.argmax(amap), amap.shape)
+            gy, gx = int(my * gt.shape[0] / amap.shape[0]), int(mx * gt.shape[1] / amap.shape[1])
+            fb.setdefault("max_in", 0)
+            fb["max_in"] += int(gt[max(gy - 1, 0):gy + 2, max(gx - 1, 0):gx + 2].any())
+            t = per_type.setdefault(r["class_name"], [0, 0, 0])
+            t[0] += 1
+            t[2] += int((gt & mask).any())
             if gt.any():
                 fb["iou"].append(ious[-1])
             fb["score"].extend(r["crop_scores"])
@@ -47,6 +56,7 @@ def main(out: Path, gt_dir: Path) -> None:
             if no_interval:
                 fb["crops"] += 1
                 fb["touch"] += int(box.any())
+                per_type[r["class_name"]][1] += int(box.any())
                 fb["area"].append(box.size / gt.size)
     print(
         f"{out}: {len(ious)} maps; IoU(binary mask, ground truth) mean {np.mean(ious):.3f}, "
@@ -58,8 +68,11 @@ def main(out: Path, gt_dir: Path) -> None:
             f"  maps without a stable interval: {fb['maps']} ({fb['gt']} with a non-empty ground truth); "
             f"their crops touching a defect {fb['touch']} of {fb['crops']}; masks touching it "
             f"{fb['mask_touch']}; mask IoU mean (non-empty ground truth) {np.mean(fb['iou']):.3f}; crop area {np.mean(fb['area']):.1%} "
-            f"of the image on average; crop score mean {np.mean(fb['score']):.3f}"
+            f"of the image on average; crop score mean {np.mean(fb['score']):.3f}; map maximum in (±1 px of) "
+            f"the defect {fb.get('max_in', 0)}"
         )
+        print("  per type (maps, crops touching, masks touching): " + ", ".join(
+            f"{t} {n}/{c}/{m}" for t, (n, c, m) in sorted(per_type.items())))
 
 
 if __name__ == "__main__":
