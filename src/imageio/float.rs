@@ -121,12 +121,14 @@ pub fn read_anomaly_map(path: &Path) -> Result<RawMap> {
     match img {
         image::DynamicImage::ImageRgb32F(b) => {
             let (w, h) = (b.width() as usize, b.height() as usize);
-            let v = luma_f(b.as_raw().iter().map(|&x| x as f64), 3);
+            let v: Vec<f64> = b.as_raw().iter().map(|&x| x as f64).collect();
+            let v = luma_f(&v, 3);
             finite(path, w, h, v).map(RawMap::Float)
         }
         image::DynamicImage::ImageRgba32F(b) => {
             let (w, h) = (b.width() as usize, b.height() as usize);
-            let v = luma_f(b.as_raw().iter().map(|&x| x as f64), 4);
+            let v: Vec<f64> = b.as_raw().iter().map(|&x| x as f64).collect();
+            let v = luma_f(&v, 4);
             finite(path, w, h, v).map(RawMap::Float)
         }
         other => gray_from_dynamic(other)
@@ -175,14 +177,13 @@ fn float_tiff(path: &Path, bytes: &[u8]) -> Result<Option<FloatMap>> {
     let values = match channels {
         1 => values,
         2 => values.chunks_exact(2).map(|p| p[0]).collect(),
-        c => luma_f(values.into_iter(), c),
+        c => luma_f(&values, c),
     };
     finite(path, w as usize, h as usize, values).map(Some)
 }
 
 /// OpenCV's BT.601 luma of interleaved float samples, alpha ignored.
-fn luma_f(v: impl Iterator<Item = f64>, channels: usize) -> Vec<f64> {
-    let v: Vec<f64> = v.collect();
+fn luma_f(v: &[f64], channels: usize) -> Vec<f64> {
     v.chunks_exact(channels)
         .map(|p| 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2])
         .collect()
@@ -250,6 +251,18 @@ mod tests {
         };
         assert_eq!((t.width, t.height), (3, 2));
         assert_eq!(t.values[5], 4.0);
+        // an RGB float TIFF with equal channels reads as the same gray values
+        let rgb_path = d.path().join("rgb.tif");
+        let rgb: Vec<f32> = vals.iter().flat_map(|&v| [v, v, v]).collect();
+        image::DynamicImage::ImageRgb32F(image::Rgb32FImage::from_raw(3, 2, rgb).unwrap())
+            .save(&rgb_path)
+            .unwrap();
+        let RawMap::Float(c) = read_anomaly_map(&rgb_path).unwrap() else {
+            panic!("RGB float TIFF not read as floats")
+        };
+        for (a, b) in c.values.iter().zip(&t.values) {
+            assert!((a - b).abs() < 1e-6, "{a} {b}");
+        }
         let np = d.path().join("m.npy");
         std::fs::write(&np, npy::encode_f32(&[2, 3], &vals, false)).unwrap();
         assert_eq!(read_anomaly_map(&np).unwrap(), RawMap::Float(t));
