@@ -13,7 +13,8 @@ use crate::mebin::RangeSource;
 
 #[derive(Debug, Args)]
 pub struct BinarizeArgs {
-    /// Anomaly maps: MAPS/<type>/<stem>.png (8- or 16-bit grayscale, any size).
+    /// Anomaly maps: MAPS/<type>/<stem>.<png|tif|npy> (8- or 16-bit images, float TIFF or float
+    /// .npy; any size; a `good` folder holds normal images' maps).
     #[arg(long, value_name = "MAPS")]
     pub anomaly_maps: PathBuf,
     /// Original images: IMAGES/<type>/<stem>.<png|jpg|bmp|tif>, paired with maps by stem.

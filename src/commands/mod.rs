@@ -83,7 +83,8 @@ pub struct CropSource {
     /// --images.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["anomaly_maps", "images"])]
     pub data: Option<PathBuf>,
-    /// Anomaly maps (<type>/<stem>.png or a flat folder), binarized into OUT/binarize first.
+    /// Anomaly maps (<type>/<stem>.<png|tif|npy> or a flat folder), binarized into OUT/binarize
+    /// first.
     #[arg(long, value_name = "DIR", requires = "images")]
     pub anomaly_maps: Option<PathBuf>,
     /// Images paired with --anomaly-maps by stem.
