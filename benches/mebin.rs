@@ -95,6 +95,7 @@ fn main() {
                 set: Vec::new(),
                 min_threshold: None,
                 skip_unpaired: false,
+                normal: Default::default(),
                 overwrite: false,
             };
             let (t, cpu) = (Instant::now(), cpu_seconds());
@@ -134,6 +135,7 @@ fn main() {
             stem: m.stem.clone(),
             map: m.path.clone(),
             image: im.path.clone(),
+            normal: false,
         };
         let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
         let t = Instant::now();

@@ -32,6 +32,20 @@ pub struct Binarization {
     /// Ours: lower end of the threshold search range (raw map scale) instead of the smallest
     /// per-map maximum; for sets without normal images (the reference's issue #8).
     pub min_threshold: Option<f64>,
+    /// Ours: what a map with no stable interval is cropped to. `peak` (default): the region
+    /// around the map's maximum; `whole_image`: the reference's whole image with an empty mask.
+    pub no_interval: NoInterval,
+}
+
+/// `binarization.no_interval`: the crop of a map whose component counts have no stable interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NoInterval {
+    /// The connected region around the map's maximum (see `mebin::peak`).
+    #[default]
+    Peak,
+    /// The reference's behaviour: threshold at the top level, whole-image crop, empty mask.
+    WholeImage,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,6 +135,7 @@ impl Default for Binarization {
             min_interval_len: 4,
             erode: true,
             min_threshold: None,
+            no_interval: NoInterval::Peak,
         }
     }
 }

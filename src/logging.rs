@@ -99,11 +99,44 @@ pub fn progress(len: u64, what: &str) -> ProgressBar {
     let pb = bars().add(ProgressBar::new(len));
     pb.set_style(
         ProgressStyle::with_template(
-            "{prefix:>12} [{bar:30}] {pos}/{len} {msg} ({per_sec}, eta {eta})",
+            "{prefix:>12} [{bar:30}] {pos}/{len} {msg} ({rate}, eta {eta})",
         )
         .expect("static template")
+        .with_key(
+            "rate",
+            |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = w.write_str(&rate_text(st.per_sec()));
+            },
+        )
         .progress_chars("=> "),
     );
     pb.set_prefix(what.to_string());
     pb
+}
+
+/// A rate with at most one decimal (indicatif's `{per_sec}` prints four): `12/s`, `3.4/s`, and
+/// below one item a second the seconds per item, `2.5 s/it`.
+pub fn rate_text(per_sec: f64) -> String {
+    if !per_sec.is_finite() || per_sec <= 0.0 {
+        "-/s".to_string()
+    } else if per_sec >= 10.0 {
+        format!("{per_sec:.0}/s")
+    } else if per_sec >= 1.0 {
+        format!("{per_sec:.1}/s")
+    } else {
+        format!("{:.1} s/it", 1.0 / per_sec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rates_have_at_most_one_decimal() {
+        use super::rate_text;
+        assert_eq!(rate_text(1234.5678), "1235/s");
+        assert_eq!(rate_text(3.4567), "3.5/s");
+        assert_eq!(rate_text(0.4), "2.5 s/it");
+        assert_eq!(rate_text(0.0), "-/s");
+        assert_eq!(rate_text(f64::NAN), "-/s");
+    }
 }

@@ -1,7 +1,9 @@
-//! `anomalyncd binarize`: parity with the reference's golden run (reads ../shared), and bad
+//! `anomalyncd binarize`: parity with the reference's golden run (reads ../shared; under
+//! `binarization.no_interval: whole_image`), and bad
 //! inputs and edge cases of the command and the library run. (Exactness properties of MEBin are in
 //! `tests/mebin_props.rs`.)
 
+mod binarize_maps;
 mod common;
 
 use std::path::Path;
@@ -36,6 +38,9 @@ fn golden_parity_with_reference_reads_shared() {
         g.join("images").to_str().unwrap(),
         "--out",
         out.path().join("run").to_str().unwrap(),
+        // the reference's crop for maps without a stable interval
+        "--set",
+        "binarization.no_interval=whole_image",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let got = read_json(&out.path().join("run/mebin.json"));
@@ -493,6 +498,7 @@ fn library_run_with_a_fixed_range_reproduces_the_set_run() {
             stem: m.stem,
             map: m.path,
             image: i.path,
+            normal: false,
         })
         .collect();
     fn job<'a>(
@@ -519,7 +525,12 @@ fn library_run_with_a_fixed_range_reproduces_the_set_run() {
     ))
     .unwrap();
     let o2 = d.path().join("o2");
-    let s2 = mebin::run::run(&job(&items, &o2, mebin::RangeSource::Fixed(s1.range()))).unwrap();
+    let s2 = mebin::run::run(&job(
+        &items,
+        &o2,
+        mebin::RangeSource::Fixed(s1.range(), None),
+    ))
+    .unwrap();
     assert_eq!(
         s1.records.iter().map(|r| &r.crop_boxes).collect::<Vec<_>>(),
         s2.records.iter().map(|r| &r.crop_boxes).collect::<Vec<_>>()
@@ -528,7 +539,7 @@ fn library_run_with_a_fixed_range_reproduces_the_set_run() {
     let o3 = d.path().join("o3");
     let one = mebin::BinarizeJob {
         items: &items[..1],
-        ..job(&items, &o3, mebin::RangeSource::Fixed(s1.range()))
+        ..job(&items, &o3, mebin::RangeSource::Fixed(s1.range(), None))
     };
     let s3 = mebin::run::run(&one).unwrap();
     assert_eq!(s3.records[0].threshold, s1.records[0].threshold);

@@ -336,6 +336,30 @@ proptest! {
         }
     }
 
+    /// Mutated `.npy` files as anomaly maps: a finite float map of the stated size or an input
+    /// error, never a panic; a map it gives goes through the peak fallback.
+    #[test]
+    fn npy_map_bytes(byte_edits in edits(8), fortran in any::<bool>(), h in 1usize..6, w in 1usize..6) {
+        let v: Vec<f32> = (0..w * h).map(|i| i as f32 * 0.5 - 1.0).collect();
+        let valid = anomalyncd::imageio::npy::encode_f32(&[h, w], &v, fortran);
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("m.npy");
+        std::fs::write(&p, mutate(valid, &byte_edits, Some(64))).unwrap();
+        match anomalyncd::imageio::read_anomaly_map(&p) {
+            Ok(anomalyncd::imageio::RawMap::Float(f)) => {
+                prop_assert_eq!(f.values.len(), f.width * f.height);
+                prop_assert!(f.values.iter().all(|v| v.is_finite()));
+                let (lo, hi) = f.min_max();
+                let map = f.to_levels(&anomalyncd::imageio::FloatScale { min: lo, max: hi });
+                if let Some(r) = anomalyncd::mebin::peak::peak_region(&map) {
+                    prop_assert!(r.mask.as_raw().iter().any(|&b| b != 0));
+                }
+            }
+            Ok(other) => prop_assert!(false, "a .npy read as {:?}", other),
+            Err(e) => input_error(&e, "npy bytes")?,
+        }
+    }
+
     /// MEBin and cropping on random maps, ranges and settings: masks of the map's size, at most
     /// est + 1 boxes, every box with a positive area.
     #[test]
@@ -392,7 +416,7 @@ proptest! {
             std::fs::create_dir_all(image.parent().unwrap()).unwrap();
             odd_png(&map, *ms, *mk, *md, mdata);
             odd_png(&image, *is, *ik, *id, idata);
-            list.push(MapItem { class_name: "t".into(), stem: k.to_string(), map, image });
+            list.push(MapItem { class_name: "t".into(), stem: k.to_string(), map, image, normal: false });
         }
         if let Some((which, e)) = &damage {
             let it = &list[which % list.len()];
@@ -452,9 +476,11 @@ fn valid_checkpoint() -> &'static (Vec<u8>, usize) {
             mask_layers: 2,
             anomaly_scores: None,
             search_range: Some((3.0, 200.0)),
+            float_scale: None,
             merge_temperature: 50.0,
             history: vec![],
             num_classes_estimate: None,
+            cluster_classes: vec![],
         };
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("c.safetensors");

@@ -183,6 +183,14 @@ fn train_resume_test_predict() {
         "{csv}"
     );
     check_report(&p.join("pred"), clusters, false);
+    // the cluster is named by the class it matched in training (the checkpoint keeps them)
+    let names = json(run_dir.join("checkpoint.json"))["cluster_classes"].clone();
+    assert_eq!(names.as_array().map(Vec::len), Some(clusters), "{names}");
+    let row: Vec<&str> = csv.lines().nth(1).unwrap().split(',').collect();
+    let cluster: usize = row[1].parse().unwrap();
+    assert_eq!(row[4], names[cluster].as_str().unwrap(), "{csv}");
+    let html = std::fs::read_to_string(p.join("pred/report.html")).unwrap();
+    assert!(html.contains("matched class in training"), "{html}");
 
     // Bad checkpoints: truncated, missing, another tool's file.
     let ck = std::fs::read(run_dir.join("checkpoint.safetensors")).unwrap();

@@ -15,7 +15,6 @@ use crate::data::{dataset::load_novel, CropSet, NovelSource};
 use crate::error::Error;
 use crate::infer::merge::default_merge_temperature;
 use crate::infer::predict::predict_assigned;
-use crate::mebin::folders::Pairing;
 use crate::mebin::RangeSource;
 use crate::model::{resolve_backbone_weights, Model};
 
@@ -88,17 +87,13 @@ pub fn run(a: &BaselineArgs, ctx: &Ctx) -> anyhow::Result<()> {
     crate::logging::add_log_file(&a.out.join("log.txt"))
         .with_context(|| format!("opening {}/log.txt", a.out.display()))?;
 
-    let how = Pairing {
-        skip_unpaired: false,
-        only_map_types: true,
-    };
     let range = || {
         Ok(RangeSource::FromMaps {
             min_threshold: cfg.binarization.min_threshold,
         })
     };
     let data = c
-        .resolve(&a.out, &cfg, range, how, a.overwrite)?
+        .resolve(&a.out, &cfg, range, true, a.overwrite)?
         .ok_or_else(|| {
             Error::usage("give --data (a binarize output) or --anomaly-maps and --images")
         })?;
@@ -166,7 +161,7 @@ pub fn run(a: &BaselineArgs, ctx: &Ctx) -> anyhow::Result<()> {
         crate::fsutil::atomic_write(&a.out.join("k_estimate.json"), text.as_bytes())?;
     }
     let table = a.out.join("metrics.csv");
-    let res = super::write_outputs(&a.out, &table, &category, &set, &preds, 0, &data)?;
+    let res = super::write_outputs(&a.out, &table, &category, &set, &preds, 0, &data, &[])?;
     let how = match &estimate {
         Some(e) => format!("K = {} estimated", e.chosen),
         None => format!("K = {k}"),

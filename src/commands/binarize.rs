@@ -5,15 +5,16 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
-use super::Ctx;
+use super::{Ctx, NormalTypes};
 use crate::config::Config;
 use crate::error::Error;
-use crate::mebin::folders::{binarize_folders, Pairing};
+use crate::mebin::folders::binarize_folders;
 use crate::mebin::RangeSource;
 
 #[derive(Debug, Args)]
 pub struct BinarizeArgs {
-    /// Anomaly maps: MAPS/<type>/<stem>.png (8- or 16-bit grayscale, any size).
+    /// Anomaly maps: MAPS/<type>/<stem>.<png|tif|npy> (8- or 16-bit images, float TIFF or float
+    /// .npy; any size; a `good` folder holds normal images' maps).
     #[arg(long, value_name = "MAPS")]
     pub anomaly_maps: PathBuf,
     /// Original images: IMAGES/<type>/<stem>.<png|jpg|bmp|tif>, paired with maps by stem.
@@ -34,6 +35,8 @@ pub struct BinarizeArgs {
     /// Skip maps without an image (and images without a map) with a warning instead of failing.
     #[arg(long)]
     pub skip_unpaired: bool,
+    #[command(flatten)]
+    pub normal: NormalTypes,
     /// Replace the files of a different earlier run in OUT.
     #[arg(long)]
     pub overwrite: bool,
@@ -49,17 +52,14 @@ pub fn run(a: &BinarizeArgs, _ctx: &Ctx) -> anyhow::Result<()> {
             );
         }
     }
-    let how = Pairing {
-        skip_unpaired: a.skip_unpaired,
-        only_map_types: false,
-    };
+    let how = a.normal.pairing(a.skip_unpaired, false);
     let summary = binarize_folders(
         &a.anomaly_maps,
         &a.images,
         &a.out,
         &cfg,
         RangeSource::FromMaps { min_threshold },
-        how,
+        &how,
         a.overwrite,
     )
     .with_context(|| format!("binarizing {}", a.anomaly_maps.display()))?;
@@ -69,9 +69,14 @@ pub fn run(a: &BinarizeArgs, _ctx: &Ctx) -> anyhow::Result<()> {
         .iter()
         .filter(|r| r.est_anomaly_num == 0)
         .count();
+    let peaks = summary.records.iter().filter(|r| r.peak_fallback).count();
+    let normal = match summary.normal_maps {
+        0 => String::new(),
+        n => format!(" with {n} normal-image maps"),
+    };
     log::info!(
-        "{} maps binarized (search range [{}, {}]), {crops} crops, {empty} maps without a stable interval; \
-         outputs in {} (binary/, crops/, scores.json, mebin.json)",
+        "{} maps binarized (search range [{}, {}]{normal}), {crops} crops, {empty} maps without a stable \
+         interval ({peaks} cropped around their peak); outputs in {} (binary/, crops/, scores.json, mebin.json)",
         summary.records.len(),
         summary.min_th,
         summary.max_th,

@@ -56,6 +56,27 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// `--normal-type NAME`: shared by every command that binarizes maps.
+#[derive(Debug, Clone, Default, Args)]
+pub struct NormalTypes {
+    /// A type folder of normal images besides `good` (always normal), e.g. MT_Free: its maps
+    /// enter MEBin's search range; it is never cropped, clustered, scored or counted as a type
+    /// (repeatable).
+    #[arg(long = "normal-type", value_name = "NAME")]
+    pub normal_type: Vec<String>,
+}
+
+impl NormalTypes {
+    /// The pairing rules with these normal types.
+    pub fn pairing(&self, skip_unpaired: bool, only_map_types: bool) -> Pairing {
+        Pairing {
+            skip_unpaired,
+            only_map_types,
+            normal_types: self.normal_type.clone(),
+        }
+    }
+}
+
 /// Where `test` and `baseline` read their crops: a `binarize` output, or anomaly maps and images
 /// that are binarized into `OUT/binarize` first.
 #[derive(Debug, Args)]
@@ -64,12 +85,15 @@ pub struct CropSource {
     /// --images.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["anomaly_maps", "images"])]
     pub data: Option<PathBuf>,
-    /// Anomaly maps (<type>/<stem>.png or a flat folder), binarized into OUT/binarize first.
+    /// Anomaly maps (<type>/<stem>.<png|tif|npy> or a flat folder), binarized into OUT/binarize
+    /// first.
     #[arg(long, value_name = "DIR", requires = "images")]
     pub anomaly_maps: Option<PathBuf>,
     /// Images paired with --anomaly-maps by stem.
     #[arg(long, value_name = "DIR", requires = "anomaly_maps")]
     pub images: Option<PathBuf>,
+    #[command(flatten)]
+    pub normal: NormalTypes,
 }
 
 impl CropSource {
@@ -92,13 +116,14 @@ impl CropSource {
         out: &Path,
         cfg: &Config,
         range: impl FnOnce() -> anyhow::Result<RangeSource>,
-        how: Pairing,
+        only_map_types: bool,
         overwrite: bool,
     ) -> anyhow::Result<Option<PathBuf>> {
         match (&self.anomaly_maps, &self.images, &self.data) {
             (Some(maps), Some(images), _) => {
                 let dir = out.join("binarize");
-                binarize_folders(maps, images, &dir, cfg, range()?, how, overwrite)
+                let how = self.normal.pairing(false, only_map_types);
+                binarize_folders(maps, images, &dir, cfg, range()?, &how, overwrite)
                     .with_context(|| format!("binarizing the maps in {}", maps.display()))?;
                 Ok(Some(dir))
             }
@@ -111,7 +136,9 @@ impl CropSource {
 /// What `train`, `test`, `predict` and `baseline` write after predicting: the prediction files
 /// and metrics into `out` (one row appended to `table` when labels exist, see
 /// [`crate::infer::outputs::write_all`]), then `report.html` and its pictures. Returns the
-/// image-level (NMI, ARI, F1) when labels exist.
+/// image-level (NMI, ARI, F1) when labels exist. `trained_names`: the class each cluster matched
+/// in training (`predict`), or empty.
+#[allow(clippy::too_many_arguments)] // each is a distinct input of the outputs; a struct would only rename them
 fn write_outputs(
     out: &Path,
     table: &Path,
@@ -120,15 +147,18 @@ fn write_outputs(
     preds: &crate::infer::predict::Predictions,
     head: usize,
     binarize_out: &Path,
+    trained_names: &[String],
 ) -> anyhow::Result<Option<(f64, f64, f64)>> {
+    let novel = &set.novel_types;
     let res =
-        crate::infer::outputs::write_all(out, table, category, &set.novel_types, preds, head)?;
+        crate::infer::outputs::write_all(out, table, category, novel, preds, head, trained_names)?;
     let input = crate::report::ReportInput {
         category,
         class_names: &set.novel_types,
         preds,
         set,
         binarize_out,
+        trained_names,
     };
     crate::report::write_report(out, &input)
         .with_context(|| format!("writing the report into {}", out.display()))?;

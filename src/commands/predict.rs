@@ -7,9 +7,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 
-use super::Ctx;
+use super::{Ctx, NormalTypes};
 use crate::infer::trained;
-use crate::mebin::folders::{binarize_folders, Pairing};
+use crate::mebin::folders::binarize_folders;
 use crate::mebin::RangeSource;
 
 #[derive(Debug, Args)]
@@ -29,6 +29,8 @@ pub struct PredictArgs {
     /// Skip maps without an image (and images without a map) with a warning.
     #[arg(long)]
     pub skip_unpaired: bool,
+    #[command(flatten)]
+    pub normal: NormalTypes,
     /// Replace the files of a different earlier run in OUT.
     #[arg(long)]
     pub overwrite: bool,
@@ -49,24 +51,31 @@ pub fn run(a: &PredictArgs, ctx: &Ctx) -> anyhow::Result<()> {
     crate::logging::add_log_file(&a.out.join("log.txt"))
         .with_context(|| format!("opening {}/log.txt", a.out.display()))?;
     let bin = a.out.join("binarize");
-    let how = Pairing {
-        skip_unpaired: a.skip_unpaired,
-        only_map_types: false,
-    };
+    let how = a.normal.pairing(a.skip_unpaired, false);
     binarize_folders(
         &a.anomaly_maps,
         &a.images,
         &bin,
         &t.meta.config,
-        RangeSource::Fixed(range),
-        how,
+        RangeSource::Fixed(range, t.meta.float_scale),
+        &how,
         a.overwrite,
     )?;
     let set = Arc::new(trained::novel_set(&t.meta, &bin)?);
     let preds = trained::run(&t, set.clone(), ctx.device)?;
     let table = a.out.join("metrics.csv");
     let head = t.meta.chosen_head;
-    super::write_outputs(&a.out, &table, &t.meta.category, &set, &preds, head, &bin)?;
+    let names = &t.meta.cluster_classes;
+    super::write_outputs(
+        &a.out,
+        &table,
+        &t.meta.category,
+        &set,
+        &preds,
+        head,
+        &bin,
+        names,
+    )?;
     let mut sizes = vec![0usize; t.meta.num_novel_clusters];
     for r in &preds.images {
         sizes[r.cluster] += 1;

@@ -10,7 +10,6 @@ use super::{CropSource, Ctx};
 use crate::config::Config;
 use crate::error::Error;
 use crate::infer::trained;
-use crate::mebin::folders::Pairing;
 use crate::mebin::{RangeSource, SearchRange};
 
 #[derive(Debug, Args)]
@@ -50,12 +49,14 @@ pub fn run(a: &TestArgs, ctx: &Ctx) -> anyhow::Result<()> {
     };
     crate::logging::add_log_file(&out.join("log.txt"))
         .with_context(|| format!("opening {}/log.txt", out.display()))?;
-    let range = || Ok(RangeSource::Fixed(stored_range(&t.meta)?));
+    let range = || {
+        Ok(RangeSource::Fixed(
+            stored_range(&t.meta)?,
+            t.meta.float_scale,
+        ))
+    };
     let cfg: &Config = &t.meta.config;
-    let data = match a
-        .crops
-        .resolve(&out, cfg, range, Pairing::default(), a.overwrite)?
-    {
+    let data = match a.crops.resolve(&out, cfg, range, false, a.overwrite)? {
         Some(d) => d,
         None => t
             .meta
@@ -76,7 +77,16 @@ pub fn run(a: &TestArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let preds = trained::run(&t, set.clone(), ctx.device)?;
     let table = out.join("metrics.csv");
     let head = t.meta.chosen_head;
-    let res = super::write_outputs(&out, &table, &t.meta.category, &set, &preds, head, &data)?;
+    let res = super::write_outputs(
+        &out,
+        &table,
+        &t.meta.category,
+        &set,
+        &preds,
+        head,
+        &data,
+        &[],
+    )?;
     if let Some((nmi, ari, f1)) = res {
         println!(
             "{}: NMI {nmi:.4}  ARI {ari:.4}  F1 {f1:.4}  (image level; {})",

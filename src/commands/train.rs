@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
-use super::{estimate_num_classes, parse_num_classes, Ctx, NumClasses};
+use super::{estimate_num_classes, parse_num_classes, Ctx, NormalTypes, NumClasses};
 use crate::config::Config;
 use crate::data::{
     CropCache, CropSet, EvalLoader, LoaderOptions, NovelSource, TrainLoader, TransformSpec,
@@ -87,6 +87,8 @@ pub struct TrainArgs {
     /// Stop after this many epochs (checkpoint written); finish later with --resume.
     #[arg(long, value_name = "N")]
     pub stop_after: Option<usize>,
+    #[command(flatten)]
+    pub normal: NormalTypes,
 }
 
 pub fn run(a: &TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
@@ -179,10 +181,7 @@ pub fn run(a: &TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
             crate::mebin::RangeSource::FromMaps {
                 min_threshold: cfg.binarization.min_threshold,
             },
-            crate::mebin::folders::Pairing {
-                skip_unpaired: false,
-                only_map_types: true,
-            },
+            &a.normal.pairing(false, true),
             a.overwrite,
         )
         .with_context(|| format!("binarizing the novel maps in {}", maps.display()))?
@@ -273,9 +272,11 @@ pub fn run(a: &TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
             &binarize_out.join(crate::mebin::run::SCORES_FILE),
         )),
         search_range: Some((summary.min_th, summary.max_th)),
+        float_scale: summary.float_scale,
         merge_temperature,
         history: Vec::new(),
         num_classes_estimate: k_estimate,
+        cluster_classes: Vec::new(),
     };
     let plan = TrainPlan {
         cfg: &cfg,
@@ -322,7 +323,11 @@ pub fn run(a: &TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         &preds,
         head,
         &binarize_out,
+        &[],
     )?;
+    if res.is_some() {
+        remember_cluster_classes(&ckpt_path, &set.novel_types, &preds)?;
+    }
     match res {
         Some((nmi, ari, f1)) => println!(
             "{category}: NMI {nmi:.4}  ARI {ari:.4}  F1 {f1:.4}  (image level; run folder {})",
@@ -334,6 +339,33 @@ pub fn run(a: &TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         ),
     }
     log::info!("checkpoint: {}", ckpt_path.display());
+    Ok(())
+}
+
+/// Stores in the checkpoint the class each cluster matched in this evaluation, so that
+/// `predict` can name its clusters.
+fn remember_cluster_classes(
+    ckpt_path: &std::path::Path,
+    novel: &[String],
+    preds: &crate::infer::predict::Predictions,
+) -> anyhow::Result<()> {
+    let Some(scores) = crate::infer::predict::score(preds)? else {
+        return Ok(());
+    };
+    let names: Vec<String> = (0..preds.num_clusters)
+        .map(|k| {
+            scores
+                .image
+                .cluster_to_class
+                .get(k)
+                .and_then(|&c| novel.get(c).cloned())
+                .unwrap_or_default()
+        })
+        .collect();
+    let mut ck = checkpoint::load(ckpt_path)?;
+    ck.meta.cluster_classes = names;
+    checkpoint::save(ckpt_path, &ck)
+        .with_context(|| format!("storing the matched classes in {}", ckpt_path.display()))?;
     Ok(())
 }
 

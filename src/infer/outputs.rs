@@ -52,9 +52,15 @@ pub fn write_all(
     novel_names: &[String],
     preds: &Predictions,
     head: usize,
+    trained_names: &[String],
 ) -> Result<Option<(f64, f64, f64)>> {
     let scores = score(preds)?;
+    // The class a cluster matched in training names it when known (`predict`); else this
+    // run's own matching when it has labels.
     let matched = |e: Option<&Evaluation>, cluster: usize| -> String {
+        if let Some(n) = trained_names.get(cluster) {
+            return n.clone();
+        }
         e.and_then(|e| {
             e.cluster_to_class
                 .get(cluster)

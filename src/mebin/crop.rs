@@ -7,6 +7,8 @@
 use image::{GrayImage, RgbImage};
 use serde::{Deserialize, Serialize};
 
+pub use crate::config::NoInterval;
+
 pub use super::contours::external_rects;
 
 /// The reference's cropping constants.
@@ -18,6 +20,8 @@ pub struct CropRule {
     pub max_merge_dist: f64,
     /// Smallest crop side as a fraction of the larger image side.
     pub min_crop_size: f64,
+    /// Ours: the crop of a map without a stable interval (`binarization.no_interval`).
+    pub no_interval: NoInterval,
 }
 
 impl Default for CropRule {
@@ -26,6 +30,7 @@ impl Default for CropRule {
             padding: 0.1,
             max_merge_dist: 0.01,
             min_crop_size: 0.1,
+            no_interval: NoInterval::default(),
         }
     }
 }

@@ -9,31 +9,62 @@ use super::Params;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::fsutil::prepare_output_dir;
-use crate::imageio::{self, describe_files, IMAGE_EXTENSIONS, MAP_EXTENSIONS};
+use crate::imageio::{self, describe_files, ANOMALY_MAP_EXTENSIONS, IMAGE_EXTENSIONS};
+
+/// The type folder that always holds normal images' maps (MVTec's name).
+pub const NORMAL_TYPE: &str = "good";
 
 /// How to pair maps with images.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Pairing {
     /// Skip unpaired files with a warning instead of failing.
     pub skip_unpaired: bool,
     /// Ignore image type folders that have no map folder at all (MVTec's `test/good`, as the
     /// reference takes its types from the maps).
     pub only_map_types: bool,
+    /// Type folders of normal images besides `good` (`--normal-type`): their maps set the
+    /// search range only, and need no image.
+    pub normal_types: Vec<String>,
+}
+
+impl Pairing {
+    /// Whether `type_name` holds normal images.
+    pub fn is_normal(&self, type_name: &str) -> bool {
+        type_name == NORMAL_TYPE || self.normal_types.iter().any(|t| t == type_name)
+    }
 }
 
 /// Pairs every map with its image by `<type>/<stem>`; unpaired files are an error listing the
 /// first few, unless `skip_unpaired`.
-pub fn pair_folders(maps: &Path, images: &Path, how: Pairing) -> Result<Vec<MapItem>> {
-    let map_files = list_files(maps, MAP_EXTENSIONS)?;
+pub fn pair_folders(maps: &Path, images: &Path, how: &Pairing) -> Result<Vec<MapItem>> {
+    let map_files = list_files(maps, ANOMALY_MAP_EXTENSIONS)?;
     if map_files.is_empty() {
         return Err(Error::input(
             maps,
-            "no anomaly maps found (expected MAPS/<type>/<stem>.png)",
+            "no anomaly maps found (expected MAPS/<type>/<stem>.<png|tif|npy>)",
         ));
     }
     let mut image_files = list_files(images, IMAGE_EXTENSIONS)?;
     if how.only_map_types {
         image_files.retain(|f| map_files.iter().any(|m| m.type_name == f.type_name));
+    }
+    // Normal images are not cropped: their maps need no image, their images no map.
+    image_files.retain(|f| !how.is_normal(&f.type_name));
+    let (normal_maps, map_files): (Vec<_>, Vec<_>) = map_files
+        .into_iter()
+        .partition(|m| how.is_normal(&m.type_name));
+    if map_files.is_empty() {
+        let mut types: Vec<&str> = normal_maps.iter().map(|m| m.type_name.as_str()).collect();
+        types.dedup();
+        return Err(Error::input(
+            maps,
+            format!(
+                "only normal-image maps ({} in type folders {}): nothing to crop; add the defective \
+                 images' maps (MAPS/<type>/), or do not name a defect type with --normal-type",
+                normal_maps.len(),
+                types.join(", ")
+            ),
+        ));
     }
     if image_files.is_empty() {
         return Err(Error::input(
@@ -69,15 +100,27 @@ pub fn pair_folders(maps: &Path, images: &Path, how: Pairing) -> Result<Vec<MapI
             "no map has an image with the same <type>/<stem>; nothing to binarize",
         ));
     }
-    Ok(p.pairs
+    let normal = normal_maps.into_iter().map(|m| MapItem {
+        class_name: m.type_name,
+        stem: m.stem,
+        map: m.path,
+        image: std::path::PathBuf::new(),
+        normal: true,
+    });
+    let mut items: Vec<MapItem> = p
+        .pairs
         .into_iter()
         .map(|(m, i)| MapItem {
             class_name: m.type_name,
             stem: m.stem,
             map: m.path,
             image: i.path,
+            normal: false,
         })
-        .collect())
+        .chain(normal)
+        .collect();
+    items.sort_by(|a, b| (&a.class_name, &a.stem).cmp(&(&b.class_name, &b.stem)));
+    Ok(items)
 }
 
 /// Pairs the folders, prepares `out` (never inside the inputs; see
@@ -88,17 +131,20 @@ pub fn binarize_folders(
     out: &Path,
     cfg: &Config,
     range: RangeSource,
-    how: Pairing,
+    how: &Pairing,
     overwrite: bool,
 ) -> Result<BinarizeSummary> {
     let items = pair_folders(maps, images, how)?;
-    let fingerprint = serde_json::json!({
+    let mut fingerprint = serde_json::json!({
         "anomaly_maps": crate::fsutil::absolute_value(maps),
         "images": crate::fsutil::absolute_value(images),
         "binarization": cfg.binarization,
         "range": format!("{range:?}"),
         "skip_unpaired": how.skip_unpaired,
     });
+    if !how.normal_types.is_empty() {
+        fingerprint["normal_types"] = serde_json::json!(how.normal_types);
+    }
     prepare_output_dir(
         out,
         &[("--anomaly-maps", maps), ("--images", images)],
@@ -110,7 +156,10 @@ pub fn binarize_folders(
         items: &items,
         params: Params::from(&cfg.binarization),
         range,
-        rule: CropRule::default(),
+        rule: CropRule {
+            no_interval: cfg.binarization.no_interval,
+            ..CropRule::default()
+        },
         out,
         progress: true,
     };

@@ -10,8 +10,16 @@
 //! [`binarize_map`] does this with one min-filter and one union-find sweep (module [`fast`]);
 //! [`oracle`] keeps the straightforward algorithm the reference runs, for the property tests.
 //! [`crop`] turns a mask into crop boxes, [`resize`] holds the OpenCV / Pillow resampling the
-//! reference relies on, [`run`] binarizes and crops a whole set and writes the outputs, and
-//! [`base`] crops a labelled base set by its ground-truth masks.
+//! reference relies on, [`read`] reads a set's maps (8/16-bit or float, normal ones included) for
+//! the search range, [`run`] binarizes and crops a whole set and writes the outputs, [`peak`] is
+//! the fallback for maps without a stable interval, and [`base`] crops a labelled base set by its
+//! ground-truth masks.
+//!
+//! Additions of ours, each off or neutral where the reference's behaviour is asked for: maps of
+//! normal images (type `good` or `--normal-type`) set the search range and are never cropped;
+//! raw float maps are normalised over the set as the reference's `generate_anomaly_maps` does;
+//! `binarization.no_interval: peak` (the default) crops a map without a stable interval around
+//! its peak, `whole_image` keeps the reference's whole image with an empty mask.
 //!
 //! Deliberate differences from the reference (each where the reference is wrong or undefined):
 //! maps pair with images by (type, stem), not by sorted position; `max_th == min_th` (its division
@@ -26,6 +34,8 @@ pub mod crop;
 pub mod fast;
 pub mod folders;
 pub mod oracle;
+pub mod peak;
+pub mod read;
 pub mod resize;
 pub mod run;
 

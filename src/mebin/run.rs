@@ -4,18 +4,17 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::{DynamicImage, ExtendedColorType, GenericImageView, GrayImage, ImageEncoder, RgbImage};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::crop::{self, CropBox, CropRule};
+use super::crop::{self, CropBox, CropRule, NoInterval};
 use super::resize::{nearest, BicubicView, Leveled};
-use super::{binarize_map, BitDepth, GrayMap, MapResult, Params, SearchRange};
+use super::{binarize_map, peak, read, BitDepth, GrayMap, MapResult, Params, SearchRange};
 use crate::error::{Error, IoContext, Result};
-use crate::imageio;
+use crate::imageio::{self, FloatScale};
 
 /// One map to binarize and the original image it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +24,9 @@ pub struct MapItem {
     pub stem: String,
     pub map: PathBuf,
     pub image: PathBuf,
+    /// A normal image's map (type folder `good` or `--normal-type`): it enters the search range
+    /// and is never cropped. Its image may be missing.
+    pub normal: bool,
 }
 
 /// Where the threshold search range comes from.
@@ -32,8 +34,9 @@ pub struct MapItem {
 pub enum RangeSource {
     /// The reference's rule over this set of maps; `min_threshold` replaces the smallest maximum.
     FromMaps { min_threshold: Option<f64> },
-    /// A stored range (e.g. from training), for binarizing new maps the same way.
-    Fixed(SearchRange),
+    /// A stored range (e.g. from training), for binarizing new maps the same way, with the float
+    /// scale of the training maps when they were float maps.
+    Fixed(SearchRange, Option<FloatScale>),
 }
 
 /// A whole-set MEBin run.
@@ -77,6 +80,10 @@ pub struct MapRecord {
     pub crop_scores: Vec<f64>,
     /// Foreground pixels of each mask crop.
     pub crop_mask_foreground: Vec<usize>,
+    /// Ours: no stable interval, and the mask is the region around the map's peak
+    /// (`binarization.no_interval: peak`; `threshold` is then that region's level).
+    #[serde(default)]
+    pub peak_fallback: bool,
 }
 
 impl MapRecord {
@@ -96,8 +103,14 @@ pub struct BinarizeSummary {
     pub sample_rate: u32,
     pub min_interval_len: usize,
     pub erode: bool,
-    /// 8 or 16: the maps' bit depth.
+    /// 8 or 16: the maps' bit depth (8 for float maps, after normalisation).
     pub bit_depth: u8,
+    /// Ours: normal images' maps that entered the search range (never cropped).
+    #[serde(default)]
+    pub normal_maps: usize,
+    /// Ours: for float maps, the `[min, max]` over the set they were normalised over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub float_scale: Option<FloatScale>,
     pub records: Vec<MapRecord>,
 }
 
@@ -265,11 +278,17 @@ pub fn process_map(
     rule: &CropRule,
 ) -> Result<MapOutput> {
     let MapResult {
-        threshold,
+        mut threshold,
         est_anomaly_num,
         component_counts,
-        binary,
+        mut binary,
     } = binarize_map(map, range, params);
+    let mut peak_fallback = false;
+    if est_anomaly_num == 0 && rule.no_interval == NoInterval::Peak {
+        if let Some(p) = peak::peak_region(map) {
+            (threshold, binary, peak_fallback) = (p.threshold, p.mask, true);
+        }
+    }
     let picture = Picture::read(&item.image)?;
     let size = picture.dimensions();
     let mask = mask_at_image_size(&binary, size);
@@ -294,6 +313,7 @@ pub fn process_map(
             .collect(),
         crop_boxes: crops.boxes.clone(),
         crop_scores,
+        peak_fallback,
     };
     Ok(MapOutput {
         record,
@@ -390,49 +410,47 @@ pub fn write_png(
     })
 }
 
-/// Maps are kept in memory between the range pass and the binarize pass up to this many bytes;
-/// beyond it they are read again, so memory does not grow with the number of maps (about 2000
-/// maps of 256×256 fit; docs/fuzzing.md has the measurements).
-const MAP_CACHE_BYTES: usize = 256 << 20;
-
-/// Binarizes and crops every item, writes all outputs under `job.out`, and returns the summary.
-/// Files of an earlier run in `job.out` that this run does not produce again are removed (only
-/// those its `mebin.json` lists).
+/// Binarizes and crops every item but the normal ones, writes all outputs under `job.out`, and
+/// returns the summary. Files of an earlier run in `job.out` that this run does not produce again
+/// are removed (only those its `mebin.json` lists).
 pub fn run(job: &BinarizeJob) -> Result<BinarizeSummary> {
     if job.items.is_empty() {
         return Err(Error::usage("no anomaly maps to binarize"));
     }
-    let cached = AtomicUsize::new(0);
-    let pb = progress_bar(job.items.len(), "read maps", job.progress);
-    let read: Vec<(u16, BitDepth, Option<GrayMap>)> = job
+    // With a stored range the normal maps have nothing to set: leave them unread.
+    let fixed = matches!(job.range, RangeSource::Fixed(..));
+    let items: Vec<&MapItem> = job
         .items
-        .par_iter()
-        .map(|it| {
-            let m = imageio::read_map(&it.map)?;
-            let bytes = m.pixels.len() * 2;
-            let keep = cached.fetch_add(bytes, Ordering::Relaxed) + bytes <= MAP_CACHE_BYTES;
-            pb.inc(1);
-            Ok((m.max(), m.depth, keep.then_some(m)))
-        })
-        .collect::<Result<_>>()?;
-    pb.finish_and_clear();
-    let depth = read[0].1;
-    if let Some(i) = read.iter().position(|r| r.1 != depth) {
-        return Err(Error::input(
-            &job.items[i].map,
-            format!(
-                "is {}-bit but {} is {}-bit; write all maps of a set at one bit depth",
-                bits(read[i].1),
-                job.items[0].map.display(),
-                bits(depth)
-            ),
-        ));
+        .iter()
+        .filter(|it| !(fixed && it.normal))
+        .collect();
+    if job.items.iter().all(|it| it.normal) {
+        let mut types: Vec<&str> = job.items.iter().map(|it| it.class_name.as_str()).collect();
+        types.dedup();
+        return Err(Error::usage(format!(
+            "all {} maps are normal-image maps (type folders {}): nothing to crop; add the \
+             defective images' maps, or do not name a defect type with --normal-type",
+            job.items.len(),
+            types.join(", ")
+        )));
     }
+    let stored_scale = match job.range {
+        RangeSource::Fixed(_, s) => s,
+        RangeSource::FromMaps { .. } => None,
+    };
+    let set = read::read_set(&items, stored_scale, job.progress)?;
+    if fixed && stored_scale.is_none() && set.float_scale.is_some() {
+        log::warn!(
+            "float maps, but the stored range comes from 8/16-bit maps: these maps are normalised \
+             over their own set (min-max); export them as the training maps were for the same scale"
+        );
+    }
+    let depth = set.depth;
+    let normal_maps = items.iter().filter(|it| it.normal).count();
     let range = match job.range {
-        RangeSource::Fixed(r) => r,
+        RangeSource::Fixed(r, _) => r,
         RangeSource::FromMaps { min_threshold } => {
-            let maxima: Vec<u16> = read.iter().map(|r| r.0).collect();
-            SearchRange::from_maxima(&maxima, min_threshold)?
+            SearchRange::from_maxima(&set.maxima, min_threshold)?
         }
     };
     if range.is_degenerate() {
@@ -446,27 +464,34 @@ pub fn run(job: &BinarizeJob) -> Result<BinarizeSummary> {
             ),
         };
         log::warn!(
-            "{why}: the threshold search range is empty, so every map is treated as having no anomaly \
-             (whole-image crops, score 0); pass a --min-threshold below {} to search",
+            "{why}: the threshold search range is empty, so no map has a stable interval (each is \
+             cropped around its peak, or whole under no_interval: whole_image; score 0); pass a \
+             --min-threshold below {} to search",
             range.max_th
         );
     }
     log::info!(
-        "MEBin over {} maps, search range [{}, {}]",
-        job.items.len(),
+        "MEBin over {} maps, search range [{}, {}]{}",
+        items.len() - normal_maps,
         range.min_th,
-        range.max_th
+        range.max_th,
+        if normal_maps > 0 {
+            format!(" (set with {normal_maps} normal-image maps, which are not cropped)")
+        } else {
+            String::new()
+        }
     );
     let previous = read_previous_summary(job.out);
-    let pb = progress_bar(job.items.len(), "binarize", job.progress);
-    let records: Vec<MapRecord> = job
-        .items
+    let pb = progress_bar(items.len() - normal_maps, "binarize", job.progress);
+    let scale = set.float_scale;
+    let records: Vec<MapRecord> = items
         .par_iter()
-        .zip(read.into_par_iter())
-        .map(|(item, (_, _, map))| {
+        .zip(set.maps.into_par_iter())
+        .filter(|(item, _)| !item.normal)
+        .map(|(item, map)| {
             let map = match map {
                 Some(m) => m,
-                None => imageio::read_map(&item.map)?,
+                None => read::reread(item, scale.as_ref())?,
             };
             let o = process_map(item, &map, &range, &job.params, &job.rule)?;
             write_map_output(job.out, &o)?;
@@ -482,6 +507,8 @@ pub fn run(job: &BinarizeJob) -> Result<BinarizeSummary> {
         min_interval_len: job.params.min_interval_len,
         erode: job.params.erode,
         bit_depth: bits(depth),
+        normal_maps,
+        float_scale: scale,
         records,
     };
     let scores = serde_json::to_vec_pretty(&summary.scores()).expect("scores serialise");

@@ -25,6 +25,8 @@ pub struct Page<'a> {
     pub source_note: &'a str,
     /// Files that could not be read.
     pub warnings: usize,
+    /// The class each cluster matched in training; empty when unknown.
+    pub trained_names: &'a [String],
 }
 
 /// `text` safe inside HTML text and attribute values.
@@ -122,8 +124,32 @@ fn mean_confidence(c: &ClusterSummary) -> String {
     }
 }
 
+/// The class cluster `k` matched in training, escaped; "none" for an unmatched one.
+fn trained_name(p: &Page, k: usize) -> String {
+    match p.trained_names.get(k).map(String::as_str) {
+        Some("") | None => "<i>none</i>".into(),
+        Some(n) => escape(n),
+    }
+}
+
 fn cluster_line(c: &ClusterSummary, p: &Page) -> String {
     let labelled = p.scores.is_some();
+    let line = cluster_match_line(c, p, labelled);
+    if p.trained_names.is_empty() {
+        return line;
+    }
+    let trained = format!(
+        "matched class in training <b>{}</b>",
+        trained_name(p, c.cluster)
+    );
+    if line.is_empty() {
+        trained
+    } else {
+        format!("{trained}; {line}")
+    }
+}
+
+fn cluster_match_line(c: &ClusterSummary, p: &Page, labelled: bool) -> String {
     match (labelled, c.matched, c.purity, c.majority) {
         (false, ..) => String::new(),
         (true, _, None, _) => String::new(),
@@ -199,6 +225,10 @@ pub fn render(p: &Page) -> String {
         "<h2>Clusters</h2>\n<table><tr><th class=l>cluster</th><th>images</th>\
                 <th>crops</th><th>mean confidence</th>",
     );
+    let trained = !p.trained_names.is_empty();
+    if trained {
+        h.push_str("<th class=l>matched class in training</th>");
+    }
     if p.scores.is_some() {
         h.push_str("<th class=l>matched class</th><th>purity</th>");
     }
@@ -213,6 +243,9 @@ pub fn render(p: &Page) -> String {
             mean_confidence(c),
             k = c.cluster
         );
+        if trained {
+            let _ = write!(h, "<td class=l>{}</td>", trained_name(p, c.cluster));
+        }
         if p.scores.is_some() {
             let m = c
                 .matched

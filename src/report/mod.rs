@@ -50,6 +50,9 @@ pub struct ReportInput<'a> {
     pub set: &'a CropSet,
     /// The binarize output the crops come from (`mebin.json`, `binary/`).
     pub binarize_out: &'a Path,
+    /// The class each cluster matched in training (from the checkpoint, for `predict`); empty
+    /// when unknown.
+    pub trained_names: &'a [String],
 }
 
 /// One discovered cluster.
@@ -416,6 +419,7 @@ pub fn write_report(out_dir: &Path, input: &ReportInput) -> Result<PathBuf> {
         confusion: confusion_rel.as_deref(),
         source_note,
         warnings,
+        trained_names: input.trained_names,
     };
     let path = out_dir.join(REPORT_FILE);
     atomic_write(&path, html::render(&page).as_bytes())?;

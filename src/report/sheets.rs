@@ -194,22 +194,18 @@ fn resize_rgb(img: &RgbImage, tw: u32, th: u32) -> RgbImage {
     }
 }
 
+// Through the pipeline's reader, which goes by the file's content: a JPEG named .png (some
+// datasets ship them so) is trained on, so it must be drawn too (`image::open` goes by extension).
 fn read_rgb(path: &std::path::Path) -> Result<RgbImage, String> {
-    image::open(path).map(|i| i.to_rgb8()).map_err(|e| {
-        format!(
-            "{}: cannot read ({e}); drawn as a grey tile",
-            path.display()
-        )
-    })
+    crate::imageio::decode(path)
+        .map(|i| i.to_rgb8())
+        .map_err(|e| format!("{e}; drawn as a grey tile"))
 }
 
 fn read_mask(path: &std::path::Path) -> Result<GrayImage, String> {
-    image::open(path).map(|i| i.to_luma8()).map_err(|e| {
-        format!(
-            "{}: cannot read the mask ({e}); drawn without its outline",
-            path.display()
-        )
-    })
+    crate::imageio::decode(path)
+        .map(|i| i.to_luma8())
+        .map_err(|e| format!("{e} (the mask); drawn without its outline"))
 }
 
 /// The `THUMB`×`THUMB` picture of a tile, letterboxed on the background, and a warning when

@@ -136,6 +136,7 @@ fn record(kind: &str, stem: &str, image: &Path) -> MapRecord {
         crop_sizes: vec![[70, 40]],
         crop_scores: vec![1.0],
         crop_mask_foreground: vec![1],
+        peak_fallback: false,
     }
 }
 
@@ -155,6 +156,8 @@ fn report_files_cover_every_cluster_and_survive_bad_images() {
         min_interval_len: 1,
         erode: true,
         bit_depth: 8,
+        normal_maps: 0,
+        float_scale: None,
         records: vec![record("a&b", "img0", &orig)],
     };
     std::fs::write(
@@ -202,6 +205,7 @@ fn report_files_cover_every_cluster_and_survive_bad_images() {
         preds: &pr,
         set: &set,
         binarize_out: &bin,
+        trained_names: &[],
     };
     let page = write_report(&out, &input).unwrap();
     let html = std::fs::read_to_string(&page).unwrap();
@@ -255,4 +259,22 @@ fn report_files_cover_every_cluster_and_survive_bad_images() {
     assert!(html.contains("No true classes") && !html.contains("confusion.png"));
     assert!(!out2.join("report/confusion.png").exists());
     assert!(out2.join("report/cluster_2.png").is_file());
+}
+
+#[test]
+fn a_jpeg_named_png_is_drawn_not_grey() {
+    let d = tempfile::tempdir().unwrap();
+    let img = RgbImage::from_pixel(40, 30, Rgb([200, 30, 30]));
+    let path = d.path().join("photo.png");
+    image::DynamicImage::ImageRgb8(img)
+        .save_with_format(&path, image::ImageFormat::Jpeg)
+        .unwrap();
+    let mask = d.path().join("mask.png");
+    GrayImage::from_pixel(40, 30, Luma([0]))
+        .save(&mask)
+        .unwrap();
+    let (thumb, warning) = sheets::thumbnail(&sheets::TileSource::Crop { image: path, mask });
+    assert_eq!(warning, None);
+    let centre = thumb.get_pixel(sheets::THUMB / 2, sheets::THUMB / 2);
+    assert!(centre[0] > 150 && centre[1] < 80, "{centre:?}");
 }

@@ -50,12 +50,19 @@ pub struct CheckpointMeta {
     pub anomaly_scores: Option<PathBuf>,
     /// MEBin threshold search range of the training set (raw map scale), for `predict`.
     pub search_range: Option<(f64, f64)>,
+    /// The float range the training maps were normalised over, when they were float maps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub float_scale: Option<crate::imageio::FloatScale>,
     /// Region-merging temperature used at image level.
     pub merge_temperature: f64,
     pub history: Vec<EpochRecord>,
     /// How `--num-classes auto` chose `num_novel_clusters` (absent when it was given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_classes_estimate: Option<crate::cluster::KEstimate>,
+    /// The novel class each cluster matched in the training run's evaluation (image level; ""
+    /// for an unmatched cluster); empty when the training images had no labels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cluster_classes: Vec<String>,
 }
 
 pub struct Checkpoint {

@@ -330,11 +330,14 @@ fn binarize_constant_zero_and_same_maximum_maps() {
         );
         for r in records(&out) {
             assert_eq!(r["est_anomaly_num"], 0, "{what}");
-            assert_eq!(
-                r["crop_boxes"],
-                serde_json::json!([[0.0, 0.0, 64.0, 48.0]]),
-                "{what}"
-            );
+            let whole = serde_json::json!([[0.0, 0.0, 64.0, 48.0]]);
+            // a flat map has no peak: the whole image; a blob is still cropped around its peak
+            if what == "same maximum" {
+                assert_eq!(r["peak_fallback"], true, "{what}");
+                assert_ne!(r["crop_boxes"], whole, "{what}");
+            } else {
+                assert_eq!(r["crop_boxes"], whole, "{what}");
+            }
             assert_eq!(r["crop_scores"], serde_json::json!([0.0]), "{what}");
         }
         let text = std::fs::read_to_string(out.join("scores.json")).unwrap();
@@ -457,4 +460,90 @@ fn binarize_a_non_utf8_file_name_is_refused_by_name() {
     let o = binarize(d.path(), &d.path().join("out"), &[]);
     assert_fails(&o, 2, &["not valid UTF-8", "rename"], "non-UTF-8 file name");
     g.check("non-UTF-8 file name");
+}
+
+/// Float maps that cannot be used: NaN, Inf, 3-D, empty, a truncated `.npy` header, a float map
+/// in a set of 8-bit ones, and a TIFF of 32-bit integers (a pixel type no reader handles). Each
+/// is a clear error naming the file (exit 2), and nothing but the output marker is written.
+#[test]
+fn binarize_bad_float_maps_are_refused_by_name() {
+    use anomalyncd::imageio::npy::encode_f32;
+    type Make = fn(&Path);
+    let cases: [(&str, &str, Make, &str); 7] = [
+        (
+            "maps/a/s0.npy",
+            "NaN in a .npy map",
+            |p| {
+                let mut v: Vec<f32> = (0..48 * 48).map(|i| i as f32).collect();
+                v[100] = f32::NAN;
+                std::fs::write(p, encode_f32(&[48, 48], &v, false)).unwrap()
+            },
+            "NaN or infinite",
+        ),
+        (
+            "maps/a/s0.npy",
+            "Inf in a .npy map",
+            |p| {
+                let mut v: Vec<f32> = (0..48 * 48).map(|i| i as f32).collect();
+                v[7] = f32::INFINITY;
+                std::fs::write(p, encode_f32(&[48, 48], &v, false)).unwrap()
+            },
+            "row 0, column 7",
+        ),
+        (
+            "maps/a/s0.npy",
+            "3-D .npy map",
+            |p| std::fs::write(p, encode_f32(&[2, 48, 48], &[0.5; 2 * 48 * 48], false)).unwrap(),
+            "must be 2-D",
+        ),
+        (
+            "maps/a/s0.npy",
+            "empty .npy map",
+            |p| std::fs::write(p, encode_f32(&[0, 48], &[], false)).unwrap(),
+            "empty array",
+        ),
+        (
+            "maps/a/s0.npy",
+            "truncated .npy header",
+            |p| std::fs::write(p, &encode_f32(&[48, 48], &[0.5; 48 * 48], false)[..40]).unwrap(),
+            "truncated .npy header",
+        ),
+        (
+            "maps/a/s1.npy",
+            "a float map among 8-bit maps",
+            |p| std::fs::write(p, encode_f32(&[48, 48], &[0.5; 48 * 48], false)).unwrap(),
+            "all float maps",
+        ),
+        (
+            "maps/a/s0.tif",
+            "32-bit integer TIFF",
+            |p| {
+                let f = std::fs::File::create(p).unwrap();
+                let mut enc = tiff::encoder::TiffEncoder::new(f).unwrap();
+                let v: Vec<u32> = (0..48 * 48).collect();
+                enc.write_image::<tiff::encoder::colortype::Gray32>(48, 48, &v)
+                    .unwrap()
+            },
+            "unsupported pixel type",
+        ),
+    ];
+    for (file, what, make, says) in cases {
+        let d = tempfile::tempdir().unwrap();
+        map_set(d.path(), &["a"], 3);
+        let stem = Path::new(file).file_stem().unwrap().to_str().unwrap();
+        std::fs::remove_file(d.path().join(format!("maps/a/{stem}.png"))).unwrap();
+        make(&d.path().join(file));
+        let g = Untouched::new(&[d.path().join("maps"), d.path().join("images")]);
+        let out = d.path().join("out");
+        let o = binarize(d.path(), &out, &[]);
+        assert_fails(&o, 2, &[file, says], what);
+        g.check(what);
+        let written: Vec<_> = std::fs::read_dir(&out)
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            written.iter().all(|n| n == anomalyncd::fsutil::MARKER),
+            "{what}: wrote {written:?}"
+        );
+    }
 }

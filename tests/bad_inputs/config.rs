@@ -51,6 +51,11 @@ fn config_unknown_misspelt_ill_typed_negative_and_zero_values() {
             "inference.merge_temperature",
         ),
         (
+            "unknown no_interval choice",
+            "binarization:\n  no_interval: biggest\n",
+            "binarization.no_interval",
+        ),
+        (
             "a list, not a mapping",
             "- training\n- models\n",
             "expected struct Config",

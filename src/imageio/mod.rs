@@ -11,7 +11,8 @@
 //!   (its fixed-point form, rounded), alpha ignored; a gray map saved as RGB (R = G = B) keeps its
 //!   levels exactly;
 //! - 1/2/4-bit gray PNGs: expanded to 8 bits by the PNG decoder (1-bit: 0 and 255);
-//! - floating-point images: refused (write 8- or 16-bit PNGs).
+//! - raw float maps (`.npy`, float TIFF): read by [`float::read_anomaly_map`] for anomaly maps
+//!   and normalised over the whole set there; [`read_map`] (masks) refuses them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,10 +21,17 @@ use image::{DynamicImage, RgbImage};
 
 use crate::error::{Error, IoContext, Result};
 
+pub mod float;
+pub mod npy;
+
+pub use float::{read_anomaly_map, FloatMap, FloatScale, RawMap, SUPPORTED_MAPS};
+
 /// File extensions accepted for original images (compared case-insensitively).
 pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
-/// File extensions accepted for anomaly maps and masks.
+/// File extensions accepted for masks (and anomaly maps, which also take [`ANOMALY_MAP_EXTENSIONS`]).
 pub const MAP_EXTENSIONS: &[&str] = &["png", "tif", "tiff", "bmp"];
+/// File extensions accepted for anomaly maps: images and raw float `.npy` arrays.
+pub const ANOMALY_MAP_EXTENSIONS: &[&str] = &["png", "tif", "tiff", "bmp", "npy"];
 
 /// Bit depth of a map's levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -78,7 +86,7 @@ impl GrayMap {
 }
 
 /// Reads the file fully, refusing missing and zero-byte files with a message naming the file.
-fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     let bytes = std::fs::read(path).at(path)?;
     if bytes.is_empty() {
         return Err(Error::input(
@@ -93,7 +101,12 @@ fn read_bytes(path: &Path) -> Result<Vec<u8>> {
 /// all or a damaged one.
 pub fn decode(path: &Path) -> Result<DynamicImage> {
     let bytes = read_bytes(path)?;
-    let reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
+    decode_bytes(path, &bytes)
+}
+
+/// [`decode`] of bytes already read from `path`.
+pub(crate) fn decode_bytes(path: &Path, bytes: &[u8]) -> Result<DynamicImage> {
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::input(path, format!("cannot read: {e}")))?;
     if reader.format().is_none() {
@@ -107,6 +120,14 @@ pub fn decode(path: &Path) -> Result<DynamicImage> {
         image::ImageError::Limits(_) => Error::input(
             path,
             format!("image too large to decode ({e}); downscale it or split it into tiles"),
+        ),
+        // A valid file whose pixel type the decoder does not handle: not damage.
+        image::ImageError::Unsupported(_) => Error::input(
+            path,
+            format!(
+                "unsupported pixel type ({e}); supported: 8- or 16-bit gray/RGB/RGBA PNG, JPEG, BMP \
+                 or TIFF (anomaly maps also 32/64-bit float TIFF and float .npy)"
+            ),
         ),
         _ => Error::input(
             path,
@@ -159,7 +180,7 @@ pub fn gray_from_dynamic(img: DynamicImage) -> std::result::Result<GrayMap, Stri
         DynamicImage::ImageRgba16(b) => (BitDepth::Sixteen, luma_levels(&b.into_raw(), 4)),
         other => {
             return Err(format!(
-                "unsupported pixel format {:?} for a map; write 8- or 16-bit grayscale PNGs",
+                "unsupported pixel type {:?} here; supported: 8- or 16-bit gray/RGB/RGBA PNG, TIFF or BMP",
                 other.color()
             ))
         }
