@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The MTD evaluation: novel = MTD's 5 defect types, base = SD-900 cropped by its masks,
 # backbone = the offline DINOv2 ViT-S/14, anomaly maps from (a) ../shared/data/mtd_oracle_maps and
-# (b) the built-in PatchCore-style detector fitted on MTD's normal tiles. Prints and saves the
+# (b) the built-in detector (DINOv2 ViT-S/14) fitted on MTD's normal tiles, or (c) zero-shot. Prints and saves the
 # image-level NMI / ARI / F1 of each (outputs/eval_mtd/metrics.csv) and the time of each stage.
 #
 #   ./scripts/eval_mtd.sh                 # both map sources
-#   MAPS=oracle ./scripts/eval_mtd.sh     # only the oracle maps (MAPS=detector: only the detector)
+#   MAPS=oracle ./scripts/eval_mtd.sh     # only the oracle maps (MAPS=detector: only the detector;
+#                                         # MAPS=zero-shot: the detector without normal images)
+#   DETECTOR_MAPS=DIR / ZERO_SHOT_MAPS=DIR  # reuse maps an earlier `detect` wrote
 #   AUTO_TRAIN=1 ./scripts/eval_mtd.sh    # also train with --num-classes auto (when it picks K != 5)
 #
 # After each training run, the k-means baseline clusters the same crops with the pretrained
@@ -67,10 +69,26 @@ if [ "$MAPS" = both ] || [ "$MAPS" = oracle ]; then
   run_source oracle "$SHARED/mtd_oracle_maps"
 fi
 if [ "$MAPS" = both ] || [ "$MAPS" = detector ]; then
-  echo "==> anomaly maps from the built-in detector fitted on MT_Free -> $WORK/detector_maps"
-  timed detect "$BIN" detect --train "$SHARED/mtd/train/MT_Free" --test "$SHARED/mtd/test" \
-    --masks "$SHARED/mtd/ground_truth" --out "$WORK/detector_maps" --overwrite
-  run_source detector "$WORK/detector_maps"
+  if [ -n "${DETECTOR_MAPS:-}" ]; then
+    echo "==> anomaly maps from the built-in detector: reusing $DETECTOR_MAPS"
+  else
+    DETECTOR_MAPS="$WORK/detector_maps"
+    echo "==> anomaly maps from the built-in detector fitted on MT_Free -> $DETECTOR_MAPS"
+    timed detect "$BIN" detect --train "$SHARED/mtd/train/MT_Free" --test "$SHARED/mtd/test" \
+      --masks "$SHARED/mtd/ground_truth" --out "$DETECTOR_MAPS" --overwrite
+  fi
+  run_source detector "$DETECTOR_MAPS"
+fi
+if [ "$MAPS" = zero-shot ]; then
+  if [ -n "${ZERO_SHOT_MAPS:-}" ]; then
+    echo "==> zero-shot anomaly maps: reusing $ZERO_SHOT_MAPS"
+  else
+    ZERO_SHOT_MAPS="$WORK/zero_shot_maps"
+    echo "==> zero-shot anomaly maps of the built-in detector (no normal images) -> $ZERO_SHOT_MAPS"
+    timed detect "$BIN" detect --zero-shot --test "$SHARED/mtd/test" \
+      --masks "$SHARED/mtd/ground_truth" --out "$ZERO_SHOT_MAPS" --overwrite
+  fi
+  run_source zero_shot "$ZERO_SHOT_MAPS"
 fi
 
 echo "==> image-level results (outputs/$RUNNER/metrics.csv; paper, MTD: PatchCore+AnomalyNCD 0.380/0.390/0.617, MuSc+AnomalyNCD 0.268/0.228/0.509)"

@@ -64,7 +64,7 @@ pub struct DetectArgs {
     /// EfficientNet stages whose outputs form the patch features (0-based; 2 = stride 8, 4 = stride 16).
     #[arg(long, value_delimiter = ',', default_values_t = [2usize, 4])]
     pub stages: Vec<usize>,
-    /// The ViT's precision: auto (bf16 on CUDA or a CPU with AMX/AVX512-BF16), fp32, bf16. The
+    /// The ViT's precision: auto (bf16 on CUDA or a CPU with AMX-BF16), fp32, bf16. The
     /// similarities are fp32 always.
     #[arg(long, default_value = "auto", value_parser = ["auto", "fp32", "bf16"])]
     pub precision: String,

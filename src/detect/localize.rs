@@ -8,8 +8,8 @@
 //! - **best IoU**: the largest IoU of `map >= t` with the mask over thresholds `t` (each distinct
 //!   level of an 8- or 16-bit map, [`FLOAT_THRESHOLDS`] even steps over a float map's range);
 //! - with MEBin run over the set ([`mebin_touch`]): how many crops touch a defect pixel, whether
-//!   one of the image's crops does, and whether the map had no stable interval (one
-//!   whole-image crop, which always touches: read "crops touching" together with that count).
+//!   one of the image's crops does, and whether the map had no stable interval (then cropped
+//!   around its peak, as `binarize` does by default).
 //!
 //! Maps with an empty mask (normal images) are not measured ([`localize`] gives None); they count
 //! in pixel AUROC and AUPRO (from [`super::eval`], at the map's own size), which the
@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use super::eval::PixelSet;
 use crate::imageio::GrayMap;
-use crate::mebin::crop::{self, CropBox, CropRule};
+use crate::mebin::crop::{self, CropBox, CropRule, NoInterval};
 use crate::mebin::run::mask_at_image_size;
 use crate::mebin::{binarize_map, Params, SearchRange};
 
@@ -231,8 +231,16 @@ pub fn mebin_touch(
     mask: &GrayImage,
 ) -> CropTouch {
     let res = binarize_map(map, range, params);
-    let at_image = mask_at_image_size(&res.binary, mask.dimensions());
-    let boxes = crop::crop_boxes(&at_image, res.est_anomaly_num, &CropRule::default());
+    let rule = CropRule::default();
+    let mut binary = res.binary;
+    // As `binarize` does by default: a map without a stable interval is cropped around its peak.
+    if res.est_anomaly_num == 0 && rule.no_interval == NoInterval::Peak {
+        if let Some(p) = crate::mebin::peak::peak_region(map) {
+            binary = p.mask;
+        }
+    }
+    let at_image = mask_at_image_size(&binary, mask.dimensions());
+    let boxes = crop::crop_boxes(&at_image, res.est_anomaly_num, &rule);
     CropTouch {
         crops: boxes.len(),
         touching: boxes.iter().filter(|b| crop_touches(mask, b)).count(),

@@ -120,8 +120,10 @@ mod tests {
 
     #[test]
     fn maps_are_upsampled_and_quantised_on_one_scale() {
-        let s = Tensor::from_slice(&[0.0f32, 1.0, 2.0, 3.0]).view([1, 2, 2]);
-        // At a side of 256 the blur is PatchCore's sigma 4, which lowers the peak.
+        // One peaked patch of 8×8: upsampled to a cone, which the blur (PatchCore's sigma 4 at
+        // a side of 256) lowers.
+        let s = Tensor::zeros([1, 8, 8], (Kind::Float, Device::Cpu));
+        let _ = s.get(0).get(4).get(4).fill_(3.0);
         let m = patch_scores_to_maps(&s, 256, 256);
         assert_eq!(m.size(), [1, 256, 256]);
         let v: Vec<f32> = Vec::try_from(m.flatten(0, -1)).unwrap();

@@ -232,9 +232,10 @@ pub fn evaluate_folders(spec: &MapsEvalSpec) -> Result<MapsEvalReport> {
             let how = Pairing {
                 skip_unpaired: spec.skip_unpaired,
                 only_map_types: true,
+                normal_types: Vec::new(),
             };
             let with_image: HashMap<PathBuf, PathBuf> =
-                pair_folders(&spec.anomaly_maps, images, how)?
+                pair_folders(&spec.anomaly_maps, images, &how)?
                     .into_iter()
                     .map(|m| (m.map, m.image))
                     .collect();

@@ -23,7 +23,7 @@ argmax in defect: the map's maximum lies within the mask dilated by 2% of the im
 best IoU: mean over maps of the IoU at each map's best threshold;
 crops touching: MEBin's crops (default settings) that hold a defect pixel;
 images touching: maps with at least one such crop;
-no interval: maps without a stable MEBin interval, cropped whole (such a crop always touches).
+no interval: maps without a stable MEBin interval, cropped around their peak (binarize's default).
 ";
 
 fn percent(v: Option<f64>) -> String {

@@ -176,7 +176,7 @@ fn mebin_crops_are_counted_against_the_mask() {
     let range = SearchRange::new(10.0, 137.0).unwrap();
     let t = mebin_touch(&map, &range, &Params::default(), &mask);
     assert_eq!((t.crops, t.touching, t.no_interval), (1, 1, false), "{t:?}");
-    // An empty search range: no stable interval, one whole-image crop.
+    // An empty search range: no stable interval, one crop around the peak, on the defect.
     let flat = SearchRange::new(137.0, 137.0).unwrap();
     let t = mebin_touch(&map, &flat, &Params::default(), &mask);
     assert_eq!((t.crops, t.touching, t.no_interval), (1, 1, true), "{t:?}");
