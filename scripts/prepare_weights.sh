@@ -41,7 +41,7 @@ dinov2() {
     "$py" "$root/scripts/convert_dinov2.py" --out "$out" || die "conversion failed (see above)"
     say "checking it against onnxruntime"
     "$py" "$root/scripts/check_dinov2.py" --weights "$out" --out "$check" || die "check failed (see above); $out may be wrong"
-    say "done: models.pretrained_backbone dinov2_vits14 now works offline"
+    say "done: models.pretrained_backbone dinov2_vits14 and anomalyncd detect now work offline"
 }
 
 # Installs PyPI package $1 at version $2 without its dependencies, unless it is there already.

@@ -65,13 +65,14 @@ pub enum Metric {
 }
 
 enum Net {
+    // Both networks boxed: their layer structs are hundreds of bytes.
     EfficientNet {
-        net: EfficientNetLite,
+        net: Box<EfficientNetLite>,
         taps: Vec<usize>,
         channels: Vec<i64>,
     },
     Vit {
-        vit: MgVit,
+        vit: Box<MgVit>,
         blocks: Vec<usize>,
         dim: i64,
     },
@@ -121,7 +122,7 @@ impl FeatureExtractor {
         Ok(FeatureExtractor {
             _vs: vs,
             net: Net::EfficientNet {
-                net,
+                net: Box::new(net),
                 taps: stages.iter().map(|&s| ends[s]).collect(),
                 channels: stages.iter().map(|&s| cfg.stages[s].out_ch).collect(),
             },
@@ -164,7 +165,7 @@ impl FeatureExtractor {
         Ok(FeatureExtractor {
             _vs: vs,
             net: Net::Vit {
-                vit,
+                vit: Box::new(vit),
                 blocks: blocks.to_vec(),
                 dim: arch.embed_dim as i64,
             },
