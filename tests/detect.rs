@@ -267,20 +267,28 @@ fn bad_inputs_exit_2_with_the_fix() {
     assert!(!out.join("detect.json").exists());
 }
 
-/// Needs data/weights/efficientnet_lite0.pth (scripts/prepare_weights.sh); skipped without it.
-#[test]
-fn pretrained_features_find_the_spots() {
-    let w = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/data/weights/efficientnet_lite0.pth"
-    ));
-    if !w.is_file() {
+/// `data/weights/<file>` (made by scripts/prepare_weights.sh), or None with a printed reason.
+fn offline_weights(file: &str) -> Option<PathBuf> {
+    let w = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data/weights")
+        .join(file);
+    if w.is_file() {
+        Some(w)
+    } else {
         eprintln!(
             "skipped: {} is absent (run scripts/prepare_weights.sh)",
             w.display()
         );
-        return;
+        None
     }
+}
+
+/// Needs data/weights/efficientnet_lite0.pth (scripts/prepare_weights.sh); skipped without it.
+#[test]
+fn pretrained_features_find_the_spots() {
+    let Some(w) = offline_weights("efficientnet_lite0.pth") else {
+        return;
+    };
     let d = tempfile::tempdir().unwrap();
     make_set(d.path());
     let out = d.path().join("maps");
@@ -426,17 +434,9 @@ fn argmax_in_defect(maps: &Path, masks: &Path) -> f64 {
 /// it. On the synthetic set, with normal images and zero-shot, the maxima fall in the defects.
 #[test]
 fn pretrained_vit_finds_the_synthetic_defects_with_and_without_normals() {
-    let w = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/data/weights/dinov2_vits14.safetensors"
-    ));
-    if !w.is_file() {
-        eprintln!(
-            "skipped: {} is absent (run scripts/prepare_weights.sh)",
-            w.display()
-        );
+    let Some(w) = offline_weights("dinov2_vits14.safetensors") else {
         return;
-    }
+    };
     let d = tempfile::tempdir().unwrap();
     let set = d.path().join("synth");
     let o = cli(&[

@@ -115,7 +115,7 @@ pub(crate) fn fit_bank(
 }
 
 /// Zero-shot references: the features of up to `count` test images drawn with the seed
-/// (`paths` are all test images); needs at least two test images.
+/// (`paths` are all test images; the caller has checked there are at least two).
 pub(crate) fn mutual(
     fx: &FeatureExtractor,
     paths: &[&Path],
@@ -123,13 +123,6 @@ pub(crate) fn mutual(
     count: usize,
     fraction: f64,
 ) -> Result<Reference> {
-    if paths.len() < 2 {
-        return Err(Error::usage(format!(
-            "--zero-shot scores each test image against the other test images, and --test has {} image; \
-             give at least 2 (more is better: up to --zero-shot-refs are compared), or give --train with normal images",
-            paths.len()
-        )));
-    }
     let mut idx: Vec<usize> = (0..paths.len()).collect();
     idx.shuffle(&mut ChaCha8Rng::seed_from_u64(inp.seed));
     idx.truncate(count.max(2));
