@@ -81,25 +81,20 @@ fn main() {
     } else {
         None
     };
-    let ctx = anomalyncd::commands::Ctx {
-        device: tch::Device::Cpu,
-    };
+    let binarization = anomalyncd::config::Config::default().binarization;
     let whole = |root: &Path| -> (f64, f64) {
         let (mut wall, mut cpu_ms) = (f64::INFINITY, f64::INFINITY);
         for rep in 0..3 {
-            let args = anomalyncd::commands::binarize::BinarizeArgs {
-                anomaly_maps: maps_dir.clone(),
-                images: images_dir.clone(),
-                out: root.join(format!("run{rep}")),
-                config: None,
-                set: Vec::new(),
-                min_threshold: None,
-                skip_unpaired: false,
-                normal: Default::default(),
-                overwrite: false,
-            };
+            let spec = anomalyncd::mebin::BinarizeSpec::from_maps(
+                &maps_dir,
+                &images_dir,
+                &root.join(format!("run{rep}")),
+                &binarization,
+                Default::default(),
+                false,
+            );
             let (t, cpu) = (Instant::now(), cpu_seconds());
-            pool.install(|| anomalyncd::commands::binarize::run(&args, &ctx))
+            pool.install(|| anomalyncd::mebin::run(&spec))
                 .expect("binarize");
             wall = wall.min(t.elapsed().as_secs_f64() * 1e3 / n as f64);
             if let (Some(a), Some(b)) = (cpu, cpu_seconds()) {

@@ -4,7 +4,7 @@
 # Re-runnable: each run trains anew. Run ./scripts/setup.sh first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=target/release/anomalyncd
+BIN=${BIN:-target/release/anomalyncd}
 [ -x "$BIN" ] || { echo "demo: $BIN is missing: run ./scripts/setup.sh first" >&2; exit 1; }
 DATA=data/synth
 BASE=data/synth_base_crop

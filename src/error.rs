@@ -26,6 +26,14 @@ pub enum Error {
     /// The user stopped the run (Ctrl-C); the message says how to continue.
     #[error("{0}")]
     Interrupted(String),
+    /// What the library was doing when `source` happened ("binarizing the maps in …"); shown
+    /// as `msg: source`, with the exit code of `source`.
+    #[error("{msg}")]
+    Context {
+        msg: String,
+        #[source]
+        source: Box<Error>,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -60,6 +68,7 @@ impl Error {
     /// interrupted (the shell's code for SIGINT).
     pub fn exit_code(&self) -> i32 {
         match self {
+            Error::Context { source, .. } => source.exit_code(),
             Error::Interrupted(_) => 130,
             Error::Usage(_) | Error::Config { .. } | Error::Input { .. } => 2,
             Error::Io { .. } | Error::Runtime(_) | Error::Torch(_) => 1,
@@ -76,6 +85,21 @@ pub fn exit_code_of(err: &anyhow::Error) -> i32 {
 }
 
 /// Adds the path to a raw io::Error.
+/// `with_context` for the library's own errors: the typed error stays the source, so exit codes
+/// and messages read as with `anyhow::Context` at the command edge.
+pub trait ResultExt<T> {
+    fn with_context<M: Into<String>>(self, msg: impl FnOnce() -> M) -> Result<T>;
+}
+
+impl<T, E: Into<Error>> ResultExt<T> for std::result::Result<T, E> {
+    fn with_context<M: Into<String>>(self, msg: impl FnOnce() -> M) -> Result<T> {
+        self.map_err(|e| Error::Context {
+            msg: msg().into(),
+            source: Box::new(e.into()),
+        })
+    }
+}
+
 pub trait IoContext<T> {
     fn at(self, path: impl AsRef<Path>) -> Result<T>;
 }
@@ -103,5 +127,17 @@ mod tests {
         let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied");
         let e = anyhow::Error::new(Error::io("/out/x", io)).context("writing");
         assert_eq!(format!("{e:#}"), "writing: /out/x: denied");
+    }
+
+    #[test]
+    fn library_context_reads_and_exits_as_anyhow_context() {
+        let r: Result<()> = Err(Error::input("a.png", "bad"));
+        let e = anyhow::Error::new(r.with_context(|| "reading maps").unwrap_err());
+        assert_eq!(format!("{e:#}"), "reading maps: a.png: bad");
+        assert_eq!(exit_code_of(&e), 2);
+        let r: Result<()> = Err(Error::runtime("boom"));
+        let e = anyhow::Error::new(r.with_context(|| "outer").unwrap_err()).context("cmd");
+        assert_eq!(format!("{e:#}"), "cmd: outer: boom");
+        assert_eq!(exit_code_of(&e), 1);
     }
 }

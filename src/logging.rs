@@ -94,6 +94,15 @@ pub fn flush() {
     }
 }
 
+/// A progress bar, hidden when `show` is false.
+pub(crate) fn progress_bar(len: usize, what: &str, show: bool) -> indicatif::ProgressBar {
+    let pb = progress(len as u64, what);
+    if !show {
+        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    pb
+}
+
 /// A progress bar over `len` items, hidden when stderr is not a terminal or with -q.
 pub fn progress(len: u64, what: &str) -> ProgressBar {
     let pb = bars().add(ProgressBar::new(len));

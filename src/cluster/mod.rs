@@ -15,8 +15,61 @@ use tch::Device;
 
 use crate::config::Config;
 use crate::data::CropSet;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::Model;
+
+/// How many novel clusters to form (`--num-classes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NumClasses {
+    /// One per novel type folder (the reference's rule).
+    FromFolders,
+    Fixed(usize),
+    /// Estimated from the pretrained class tokens ([`estimate_k`]).
+    Auto,
+}
+
+impl NumClasses {
+    /// `--num-classes`: absent, `auto`, or a positive whole number.
+    pub fn parse(v: Option<&str>) -> Result<Self> {
+        match v {
+            None => Ok(Self::FromFolders),
+            Some(s) if s.eq_ignore_ascii_case("auto") => Ok(Self::Auto),
+            Some(s) => match s.parse::<usize>() {
+                Ok(k) if k >= 1 => Ok(Self::Fixed(k)),
+                _ => Err(Error::usage(format!(
+                    "--num-classes {s}: expected a positive whole number or `auto`"
+                ))),
+            },
+        }
+    }
+}
+
+/// Estimates the number of novel types of `set` from the pretrained backbone's class tokens
+/// (base crops included for the base check), and logs the scores per K. Returns the estimate
+/// and the tokens, which the k-means baseline clusters next.
+pub fn estimate_k(
+    model: &Model,
+    set: &Arc<CropSet>,
+    cfg: &Config,
+    max_classes: usize,
+    device: Device,
+) -> Result<(KEstimate, SetTokens)> {
+    let tokens = set_tokens(model, set, cfg, device, set.num_base_classes() > 0)?;
+    let est = estimate(
+        &tokens.novel,
+        &tokens.base,
+        max_classes,
+        cfg.experiment.seed,
+    )?;
+    log::info!(
+        "--num-classes auto: {} novel defect types ({}; K = 2..{}):\n{}",
+        est.chosen,
+        est.criterion,
+        est.scores.last().map(|s| s.k).unwrap_or(2),
+        est.table()
+    );
+    Ok((est, tokens))
+}
 
 /// Base crops per class used by the estimate's base check: enough to tell classes apart, few
 /// enough that the extra backbone passes stay short on a CPU.

@@ -7,10 +7,8 @@
 
 use image::RgbImage;
 
-use super::transform::Jitter;
-
 /// Pillow's `L` conversion (ITU-R 601-2 luma in 16-bit fixed point).
-fn luma(p: &[u8]) -> u8 {
+fn luma_pillow(p: &[u8]) -> u8 {
     ((p[0] as u32 * 19595 + p[1] as u32 * 38470 + p[2] as u32 * 7471 + 0x8000) >> 16) as u8
 }
 
@@ -18,6 +16,14 @@ fn luma(p: &[u8]) -> u8 {
 /// or above 255, truncated in between — which is what Rust's saturating `as u8` does.
 fn blend(degenerate: f32, v: u8, factor: f32) -> u8 {
     (degenerate + factor * (v as f32 - degenerate)) as u8
+}
+
+/// One colour jitter step with its factor (1.0 leaves the image unchanged).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Jitter {
+    Brightness(f32),
+    Contrast(f32),
+    Saturation(f32),
 }
 
 pub(crate) fn jitter(img: &mut RgbImage, j: Jitter) {
@@ -32,7 +38,11 @@ pub(crate) fn jitter(img: &mut RgbImage, j: Jitter) {
         }
         Jitter::Contrast(f) => {
             let n = (img.width() * img.height()).max(1) as u64;
-            let sum: u64 = img.as_raw().chunks_exact(3).map(|p| luma(p) as u64).sum();
+            let sum: u64 = img
+                .as_raw()
+                .chunks_exact(3)
+                .map(|p| luma_pillow(p) as u64)
+                .sum();
             let mean = (sum as f64 / n as f64 + 0.5).floor() as f32;
             let t = lut(mean, f);
             img.iter_mut().for_each(|v| *v = t[*v as usize]);
@@ -40,7 +50,7 @@ pub(crate) fn jitter(img: &mut RgbImage, j: Jitter) {
         Jitter::Saturation(f) => {
             let raw: &mut [u8] = img;
             for px in raw.chunks_exact_mut(3) {
-                let l = luma(px) as f32;
+                let l = luma_pillow(px) as f32;
                 px.iter_mut().for_each(|v| *v = blend(l, *v, f));
             }
         }
@@ -173,7 +183,7 @@ mod tests {
         jitter(&mut img, Jitter::Brightness(0.5));
         assert_eq!(img.get_pixel(0, 0).0, [100, 50, 0]);
         jitter(&mut img, Jitter::Saturation(0.0));
-        let l = luma(&[100, 50, 0]);
+        let l = luma_pillow(&[100, 50, 0]);
         assert_eq!(img.get_pixel(1, 1).0, [l, l, l]);
         let mut img = RgbImage::from_fn(4, 4, |x, _| image::Rgb([if x < 2 { 0 } else { 200 }; 3]));
         jitter(&mut img, Jitter::Contrast(0.0));

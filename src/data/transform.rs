@@ -23,6 +23,7 @@ use image::{GrayImage, RgbImage};
 use rand::seq::SliceRandom;
 use rand::Rng;
 
+pub use super::enhance::Jitter;
 use super::enhance::{gaussian_blur, jitter, posterize, sharpness};
 
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -130,14 +131,6 @@ pub struct Geometry {
     pub vflip: bool,
     /// Counter-clockwise quarter turns after the flips (0..=3).
     pub quarter_turns: u8,
-}
-
-/// One colour jitter step with its factor (1.0 leaves the image unchanged).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Jitter {
-    Brightness(f32),
-    Contrast(f32),
-    Saturation(f32),
 }
 
 /// The image-only steps of one view.

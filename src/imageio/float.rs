@@ -122,13 +122,13 @@ pub fn read_anomaly_map(path: &Path) -> Result<RawMap> {
         image::DynamicImage::ImageRgb32F(b) => {
             let (w, h) = (b.width() as usize, b.height() as usize);
             let v: Vec<f64> = b.as_raw().iter().map(|&x| x as f64).collect();
-            let v = luma_f(&v, 3);
+            let v = luma_opencv_f64(&v, 3);
             finite(path, w, h, v).map(RawMap::Float)
         }
         image::DynamicImage::ImageRgba32F(b) => {
             let (w, h) = (b.width() as usize, b.height() as usize);
             let v: Vec<f64> = b.as_raw().iter().map(|&x| x as f64).collect();
-            let v = luma_f(&v, 4);
+            let v = luma_opencv_f64(&v, 4);
             finite(path, w, h, v).map(RawMap::Float)
         }
         other => gray_from_dynamic(other)
@@ -177,13 +177,13 @@ fn float_tiff(path: &Path, bytes: &[u8]) -> Result<Option<FloatMap>> {
     let values = match channels {
         1 => values,
         2 => values.chunks_exact(2).map(|p| p[0]).collect(),
-        c => luma_f(&values, c),
+        c => luma_opencv_f64(&values, c),
     };
     finite(path, w as usize, h as usize, values).map(Some)
 }
 
 /// OpenCV's BT.601 luma of interleaved float samples, alpha ignored.
-fn luma_f(v: &[f64], channels: usize) -> Vec<f64> {
+fn luma_opencv_f64(v: &[f64], channels: usize) -> Vec<f64> {
     v.chunks_exact(channels)
         .map(|p| 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2])
         .collect()

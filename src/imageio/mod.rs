@@ -137,14 +137,14 @@ pub(crate) fn decode_bytes(path: &Path, bytes: &[u8]) -> Result<DynamicImage> {
 }
 
 /// OpenCV's fixed-point BT.601 luma (`cvtColor(RGB2GRAY)`): weights 4899, 9617, 1868 out of 2^14.
-fn luma(r: u32, g: u32, b: u32) -> u32 {
+fn luma_opencv(r: u32, g: u32, b: u32) -> u32 {
     (r * 4899 + g * 9617 + b * 1868 + (1 << 13)) >> 14
 }
 
 /// The luma of interleaved RGB or RGBA samples (`channels` 3 or 4), alpha ignored.
 fn luma_levels<T: Copy + Into<u32>>(raw: &[T], channels: usize) -> Vec<u16> {
     raw.chunks_exact(channels)
-        .map(|p| luma(p[0].into(), p[1].into(), p[2].into()) as u16)
+        .map(|p| luma_opencv(p[0].into(), p[1].into(), p[2].into()) as u16)
         .collect()
 }
 

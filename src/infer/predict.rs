@@ -87,6 +87,19 @@ pub struct Predictions {
     pub num_clusters: usize,
 }
 
+impl Predictions {
+    /// Images per novel cluster.
+    pub fn cluster_sizes(&self) -> Vec<usize> {
+        let mut sizes = vec![0usize; self.num_clusters];
+        for r in &self.images {
+            if let Some(s) = sizes.get_mut(r.cluster) {
+                *s += 1;
+            }
+        }
+        sizes
+    }
+}
+
 /// Sub-image predictions of head `head` and region merging at area temperature `temperature`.
 /// Mask pixel counts are read from the crops' mask files, as the reference does.
 pub fn predict(

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use tch::Device;
 
 use super::predict::{crop_logits, predict, Predictions};
+use crate::checkpoint::{
+    self, load_model_state, refresh_frozen_copies, CheckpointMeta, CHECKPOINT_FILE,
+};
 use crate::data::dataset::load_novel;
 use crate::data::{CropSet, EvalLoader, NovelSource, TransformSpec};
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::train::checkpoint::{self, CheckpointMeta};
-use crate::train::trainer::{load_model_state, refresh_frozen_copies};
 
 pub struct Trained {
     pub meta: CheckpointMeta,
@@ -22,7 +23,7 @@ pub struct Trained {
 /// Loads `checkpoint.safetensors` (or the folder holding it) onto `device`.
 pub fn load(path: &Path, device: Device) -> Result<Trained> {
     let file = if path.is_dir() {
-        path.join("checkpoint.safetensors")
+        path.join(CHECKPOINT_FILE)
     } else {
         path.to_path_buf()
     };

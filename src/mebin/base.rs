@@ -8,11 +8,11 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::crop::{CropBox, CropRule};
-use super::run::{
-    crop_by_mask, mask_at_image_size, progress_bar, remove_stale, write_png, Picture, PngKind,
-};
+use super::run::{crop_by_mask, mask_at_image_size, remove_stale, write_png, Picture, PngKind};
+use crate::error::ResultExt;
 use crate::error::{Error, Result};
-use crate::imageio::{self, BitDepth};
+use crate::imageio::{self, describe_files, BitDepth, IMAGE_EXTENSIONS, MAP_EXTENSIONS};
+use crate::logging::progress_bar;
 
 /// One labelled image and its mask.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,4 +149,150 @@ pub fn prepare_base(
         remove_stale(out, &prev.output_files(), &summary.output_files());
     }
     Ok(summary)
+}
+
+/// A validated `prepare-base` request: labelled images and their masks, cropped by the masks.
+#[derive(Debug, Clone)]
+pub struct PrepareBaseSpec {
+    /// `DIR/<class>/<stem>.<ext>`.
+    pub images: PathBuf,
+    /// `DIR/<class>/<stem>.png`, same stems as the images.
+    pub masks: PathBuf,
+    /// `OUT/images/<class>/…`, `OUT/masks/<class>/…`.
+    pub out: PathBuf,
+    /// At most this many crops per image (>= 1).
+    pub max_crops: usize,
+    /// At most this many images per class, spread evenly over each class's sorted stems.
+    pub max_per_class: Option<usize>,
+    pub overwrite: bool,
+}
+
+/// The base-set stage: pairs images with masks, thins, crops and writes `spec.out`.
+pub fn run(spec: &PrepareBaseSpec) -> Result<BaseSummary> {
+    if spec.max_crops == 0 {
+        return Err(Error::usage("--max-crops must be at least 1"));
+    }
+    if spec.max_per_class == Some(0) {
+        return Err(Error::usage("--max-per-class must be at least 1"));
+    }
+    let images = imageio::list_typed_files(&spec.images, IMAGE_EXTENSIONS)
+        .with_context(|| "listing --images")?;
+    if images.is_empty() {
+        return Err(Error::input(
+            &spec.images,
+            "no images found (expected DIR/<class>/<stem>.<png|jpg|bmp|tif>)",
+        ));
+    }
+    let masks = imageio::list_typed_files(&spec.masks, MAP_EXTENSIONS)
+        .with_context(|| "listing --masks")?;
+    let p = imageio::pair_by_stem(images, masks);
+    if !p.left_only.is_empty() {
+        return Err(Error::usage(format!(
+            "images without a mask (same <class>/<stem> under --masks): {}",
+            describe_files(&p.left_only, &spec.images, 5)
+        )));
+    }
+    if !p.right_only.is_empty() {
+        log::warn!(
+            "masks without an image are ignored: {}",
+            describe_files(&p.right_only, &spec.masks, 5)
+        );
+    }
+    let items: Vec<BaseItem> = p
+        .pairs
+        .into_iter()
+        .map(|(i, m)| BaseItem {
+            class_name: i.type_name,
+            stem: i.stem,
+            image: i.path,
+            mask: m.path,
+        })
+        .collect();
+    let items = match spec.max_per_class {
+        Some(n) => thin_per_class(items, n),
+        None => items,
+    };
+    let fingerprint = serde_json::json!({
+        "images": crate::fsutil::absolute_value(&spec.images),
+        "masks": crate::fsutil::absolute_value(&spec.masks),
+        "max_crops": spec.max_crops,
+        "max_per_class": spec.max_per_class,
+    });
+    crate::fsutil::prepare_output_dir(
+        &spec.out,
+        &[("--images", &spec.images), ("--masks", &spec.masks)],
+        "prepare-base",
+        &fingerprint,
+        spec.overwrite,
+    )?;
+    prepare_base(
+        &items,
+        &spec.out,
+        spec.max_crops,
+        &CropRule::default(),
+        true,
+    )
+    .with_context(|| format!("cropping the base set {}", spec.images.display()))
+}
+
+/// Every class's items thinned to at most `n`, evenly spaced over its order (deterministic).
+fn thin_per_class(items: Vec<BaseItem>, n: usize) -> Vec<BaseItem> {
+    let mut by_class: std::collections::BTreeMap<String, Vec<BaseItem>> = Default::default();
+    for it in items {
+        by_class.entry(it.class_name.clone()).or_default().push(it);
+    }
+    by_class
+        .into_values()
+        .flat_map(|mut v| {
+            v.sort_by(|a, b| a.stem.cmp(&b.stem));
+            let len = v.len();
+            let keep: std::collections::BTreeSet<usize> = if len <= n {
+                (0..len).collect()
+            } else {
+                (0..n).map(|k| k * len / n).collect()
+            };
+            v.into_iter()
+                .enumerate()
+                .filter(move |(i, _)| keep.contains(i))
+                .map(|(_, it)| it)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thinning_keeps_an_even_spread_per_class() {
+        let item = |c: &str, s: usize| BaseItem {
+            class_name: c.into(),
+            stem: format!("{s:03}"),
+            image: PathBuf::new(),
+            mask: PathBuf::new(),
+        };
+        let items: Vec<BaseItem> = (0..10)
+            .map(|s| item("a", s))
+            .chain((0..2).map(|s| item("b", s)))
+            .collect();
+        let kept = thin_per_class(items, 4);
+        let stems: Vec<(String, String)> = kept
+            .iter()
+            .map(|i| (i.class_name.clone(), i.stem.clone()))
+            .collect();
+        let want = [
+            ("a", "000"),
+            ("a", "002"),
+            ("a", "005"),
+            ("a", "007"),
+            ("b", "000"),
+            ("b", "001"),
+        ];
+        assert_eq!(
+            stems,
+            want.iter()
+                .map(|(c, s)| (c.to_string(), s.to_string()))
+                .collect::<Vec<_>>()
+        );
+    }
 }

@@ -4,6 +4,8 @@
 //! only when a box lies inside another (tested against OpenCV's output and a flood fill in
 //! `tests/binarize.rs`).
 
+use super::union_find::find_root;
+
 /// Bounding rectangles `(x, y, w, h)` of `cv2.findContours(mask, RETR_EXTERNAL)`: one per
 /// 8-connected foreground component (non-zero pixels) that does not sit inside a hole of another
 /// component. A component is inside a hole exactly when it does not touch the 4-connected
@@ -70,15 +72,6 @@ fn row_runs(row: &[u8], out: &mut Vec<(u32, u32)>) {
         }
         out.push((start as u32, x as u32));
     }
-}
-
-fn find_root(parent: &mut [u32], mut i: u32) -> u32 {
-    while parent[i as usize] != i {
-        let p = parent[i as usize];
-        parent[i as usize] = parent[p as usize];
-        i = parent[i as usize];
-    }
-    i
 }
 
 /// Bounding boxes `[x0, y0, x1, y1]` (inclusive) of the 8-connected components of non-zero

@@ -10,6 +10,7 @@
 
 use std::cell::RefCell;
 
+use super::union_find::find_root;
 use super::SearchRange;
 
 /// Per-thread buffers reused from map to map: fresh large allocations each map cost more in page
@@ -141,16 +142,6 @@ pub fn step_table(range: &SearchRange, scores: &[u32], top: u16) -> Vec<u8> {
 }
 
 const EMPTY: u32 = u32::MAX;
-
-/// Root of `i` with path halving.
-fn find(parent: &mut [u32], mut i: u32) -> u32 {
-    while parent[i as usize] != i {
-        let p = parent[i as usize];
-        parent[i as usize] = parent[p as usize];
-        i = parent[i as usize];
-    }
-    i
-}
 
 /// 8-connected component count after each step: a pixel of level `v` joins at step `table[v]`
 /// (from [`step_table`]; [`NEVER`] or >= `n_steps` = never), and the count at step `k` is over
@@ -287,7 +278,7 @@ fn sweep_sorted(
                 if pq == EMPTY || pq == root {
                     continue;
                 }
-                let rq = find(parent, q);
+                let rq = find_root(parent, q);
                 if rq != root {
                     let (lo, hi) = if root < rq { (root, rq) } else { (rq, root) };
                     parent[hi as usize] = lo;

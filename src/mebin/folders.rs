@@ -1,12 +1,12 @@
 //! MEBin over folders: pair `MAPS/<type>/<stem>` with `IMAGES/<type>/<stem>.*` by stem, prepare
 //! the output folder and run [`super::run::run`]. Shared by `binarize` and `train`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::crop::CropRule;
 use super::run::{self, BinarizeJob, BinarizeSummary, MapItem, RangeSource, SUMMARY_FILE};
 use super::Params;
-use crate::config::Config;
+use crate::config::Binarization;
 use crate::error::{Error, Result};
 use crate::fsutil::prepare_output_dir;
 use crate::imageio::{self, describe_files, ANOMALY_MAP_EXTENSIONS, IMAGE_EXTENSIONS};
@@ -123,22 +123,56 @@ pub fn pair_folders(maps: &Path, images: &Path, how: &Pairing) -> Result<Vec<Map
     Ok(items)
 }
 
-/// Pairs the folders, prepares `out` (never inside the inputs; see
-/// [`prepare_output_dir`]) and runs MEBin + cropping with the config's binarization settings.
-pub fn binarize_folders(
-    maps: &Path,
-    images: &Path,
-    out: &Path,
-    cfg: &Config,
-    range: RangeSource,
-    how: &Pairing,
-    overwrite: bool,
-) -> Result<BinarizeSummary> {
+/// A validated request to binarize a folder of maps: what [`super::run`] takes. The commands
+/// turn their flags into it; `train`, `test`, `predict` and `baseline` build one too.
+#[derive(Debug, Clone)]
+pub struct BinarizeSpec {
+    /// `MAPS/<type>/<stem>.<png|tif|npy>` or a flat folder.
+    pub maps: PathBuf,
+    /// `IMAGES/<type>/<stem>.<ext>`, paired with the maps by stem.
+    pub images: PathBuf,
+    /// The output folder: `binary/`, `crops/`, `scores.json`, `mebin.json`.
+    pub out: PathBuf,
+    pub binarization: Binarization,
+    pub range: RangeSource,
+    pub pairing: Pairing,
+    /// Replace the files of a different earlier run in `out`.
+    pub overwrite: bool,
+}
+
+impl BinarizeSpec {
+    /// A request with the reference's search range over these maps (`binarization.min_threshold`
+    /// replacing the smallest maximum when set).
+    pub fn from_maps(
+        maps: &Path,
+        images: &Path,
+        out: &Path,
+        binarization: &Binarization,
+        pairing: Pairing,
+        overwrite: bool,
+    ) -> Self {
+        Self {
+            maps: maps.to_path_buf(),
+            images: images.to_path_buf(),
+            out: out.to_path_buf(),
+            binarization: binarization.clone(),
+            range: RangeSource::FromMaps {
+                min_threshold: binarization.min_threshold,
+            },
+            pairing,
+            overwrite,
+        }
+    }
+}
+
+/// Pairs the maps with their images, prepares the output folder and binarizes every map.
+pub(super) fn binarize(spec: &BinarizeSpec) -> Result<BinarizeSummary> {
+    let (maps, images, how, range) = (&spec.maps, &spec.images, &spec.pairing, spec.range);
     let items = pair_folders(maps, images, how)?;
     let mut fingerprint = serde_json::json!({
         "anomaly_maps": crate::fsutil::absolute_value(maps),
         "images": crate::fsutil::absolute_value(images),
-        "binarization": cfg.binarization,
+        "binarization": spec.binarization,
         "range": format!("{range:?}"),
         "skip_unpaired": how.skip_unpaired,
     });
@@ -146,21 +180,21 @@ pub fn binarize_folders(
         fingerprint["normal_types"] = serde_json::json!(how.normal_types);
     }
     prepare_output_dir(
-        out,
+        &spec.out,
         &[("--anomaly-maps", maps), ("--images", images)],
         "binarize",
         &fingerprint,
-        overwrite,
+        spec.overwrite,
     )?;
     let job = BinarizeJob {
         items: &items,
-        params: Params::from(&cfg.binarization),
+        params: Params::from(&spec.binarization),
         range,
         rule: CropRule {
-            no_interval: cfg.binarization.no_interval,
+            no_interval: spec.binarization.no_interval,
             ..CropRule::default()
         },
-        out,
+        out: &spec.out,
         progress: true,
     };
     run::run(&job)

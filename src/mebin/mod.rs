@@ -38,6 +38,7 @@ pub mod peak;
 pub mod read;
 pub mod resize;
 pub mod run;
+mod union_find;
 
 use image::GrayImage;
 use serde::{Deserialize, Serialize};
@@ -45,7 +46,15 @@ use serde::{Deserialize, Serialize};
 use crate::config::Binarization;
 use crate::error::{Error, Result};
 pub use crate::imageio::{BitDepth, GrayMap};
+pub use folders::{BinarizeSpec, Pairing};
 pub use run::{BinarizeJob, BinarizeSummary, MapItem, MapRecord, RangeSource};
+
+/// The MEBin stage: pairs `spec.maps` with `spec.images`, takes the search range, binarizes and
+/// crops every map, and writes `binary/`, `crops/`, `scores.json` and `mebin.json` into
+/// `spec.out`.
+pub fn run(spec: &BinarizeSpec) -> Result<BinarizeSummary> {
+    folders::binarize(spec)
+}
 
 /// Side of the square erosion kernel (the reference's `kernel_size = 6`).
 pub const ERODE_KERNEL: usize = 6;

@@ -4,12 +4,27 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use std::path::PathBuf;
+
 use rayon::prelude::*;
 
-use super::run::{progress_bar, MapItem};
 use super::{BitDepth, GrayMap};
 use crate::error::{Error, Result};
 use crate::imageio::{self, FloatScale, RawMap};
+use crate::logging::progress_bar;
+
+/// One map to binarize and the original image it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapItem {
+    /// Defect type (the folder name); outputs go under it.
+    pub class_name: String,
+    pub stem: String,
+    pub map: PathBuf,
+    pub image: PathBuf,
+    /// A normal image's map (type folder `good` or `--normal-type`): it enters the search range
+    /// and is never cropped. Its image may be missing.
+    pub normal: bool,
+}
 
 /// Maps are kept in memory between the range pass and the binarize pass up to this many bytes;
 /// beyond it they are read again, so memory does not grow with the number of maps (about 2000

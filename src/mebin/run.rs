@@ -11,23 +11,12 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::crop::{self, CropBox, CropRule, NoInterval};
+pub use super::read::MapItem;
 use super::resize::{nearest, BicubicView, Leveled};
 use super::{binarize_map, peak, read, BitDepth, GrayMap, MapResult, Params, SearchRange};
 use crate::error::{Error, IoContext, Result};
 use crate::imageio::{self, FloatScale};
-
-/// One map to binarize and the original image it belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MapItem {
-    /// Defect type (the folder name); outputs go under it.
-    pub class_name: String,
-    pub stem: String,
-    pub map: PathBuf,
-    pub image: PathBuf,
-    /// A normal image's map (type folder `good` or `--normal-type`): it enters the search range
-    /// and is never cropped. Its image may be missing.
-    pub normal: bool,
-}
+use crate::logging::progress_bar;
 
 /// Where the threshold search range comes from.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -115,6 +104,30 @@ pub struct BinarizeSummary {
 }
 
 impl BinarizeSummary {
+    /// One line on what was binarized: maps, range, crops and maps without a stable interval.
+    pub fn describe(&self, out: &Path) -> String {
+        let crops: usize = self.records.iter().map(|r| r.crop_boxes.len()).sum();
+        let empty = self
+            .records
+            .iter()
+            .filter(|r| r.est_anomaly_num == 0)
+            .count();
+        let peaks = self.records.iter().filter(|r| r.peak_fallback).count();
+        let normal = match self.normal_maps {
+            0 => String::new(),
+            n => format!(" with {n} normal-image maps"),
+        };
+        format!(
+            "{} maps binarized (search range [{}, {}]{normal}), {crops} crops, {empty} maps without a \
+             stable interval ({peaks} cropped around their peak); outputs in {} (binary/, crops/, \
+             scores.json, mebin.json)",
+            self.records.len(),
+            self.min_th,
+            self.max_th,
+            out.display()
+        )
+    }
+
     pub fn range(&self) -> SearchRange {
         SearchRange {
             min_th: self.min_th,
@@ -519,15 +532,6 @@ pub fn run(job: &BinarizeJob) -> Result<BinarizeSummary> {
         remove_stale(job.out, &prev.output_files(), &summary.output_files());
     }
     Ok(summary)
-}
-
-/// A progress bar, hidden when `show` is false.
-pub(crate) fn progress_bar(len: usize, what: &str, show: bool) -> indicatif::ProgressBar {
-    let pb = crate::logging::progress(len as u64, what);
-    if !show {
-        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    pb
 }
 
 fn bits(d: BitDepth) -> u8 {

@@ -15,28 +15,10 @@ use tch::{nn, Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::model::arch::{ArchSpec, PosInterp};
+pub use crate::model::block::{
+    AttnImpl, DECAY_GROUP, HIDDEN_SCORE, IGNORED_TENSORS, LN_EPS, MLP_RATIO, NO_DECAY_GROUP,
+};
 use crate::model::block::{Block, LayerNorm, MaskGuide, TRUNC_NORMAL};
-
-pub const LN_EPS: f64 = 1e-6;
-pub const MLP_RATIO: usize = 4;
-/// The score a hidden patch gets in the class-token row (the reference's value).
-pub const HIDDEN_SCORE: f64 = -1e9;
-/// Tensors some weights files carry that the model does not use (DINOv2's `mask_token`).
-pub const IGNORED_TENSORS: &[&str] = &["mask_token"];
-/// Optimizer groups the variables are created in (tch `Path::set_group`): weights that take
-/// weight decay, and biases / 1-D parameters that do not (the reference's `get_params_groups`).
-pub const DECAY_GROUP: usize = 0;
-pub const NO_DECAY_GROUP: usize = 1;
-
-/// The attention kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttnImpl {
-    /// Explicit scores, masked_fill and softmax, as the reference.
-    Plain,
-    /// libtorch's `scaled_dot_product_attention`: patch rows unmasked, the class-token row with
-    /// an additive mask.
-    Fused,
-}
 
 /// Patch embedding, class token and position embedding.
 struct Embed {

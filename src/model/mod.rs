@@ -4,7 +4,7 @@
 //! `backbone.` and the projector under `projector.`, pretrained weights loaded strictly, blocks
 //! before `models.grad_from_block` frozen, and the frozen prefix in the precision the config asks.
 
-pub mod arch;
+pub use crate::config::arch;
 pub mod block;
 pub mod efficientnet;
 pub mod mgvit;

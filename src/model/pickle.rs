@@ -15,8 +15,6 @@ use std::rc::Rc;
 
 use tch::Kind;
 
-use crate::model::pth::storage_kind;
-
 /// A storage a tensor views: `('storage', torch.FloatStorage, '<key>', 'cpu', numel)`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StorageRef {
@@ -526,6 +524,23 @@ fn persistent_load(pid: Value) -> PResult<Value> {
         .to_string();
     let numel = t[4].as_int().ok_or("storage size is not an integer")?;
     Ok(Value::Storage(StorageRef { key, kind, numel }))
+}
+
+/// The tensor kind of a pickled `torch.*Storage` class name.
+pub(crate) fn storage_kind(name: &str) -> Option<Kind> {
+    Some(match name {
+        "FloatStorage" => Kind::Float,
+        "DoubleStorage" => Kind::Double,
+        "HalfStorage" => Kind::Half,
+        "BFloat16Storage" => Kind::BFloat16,
+        "LongStorage" => Kind::Int64,
+        "IntStorage" => Kind::Int,
+        "ShortStorage" => Kind::Int16,
+        "CharStorage" => Kind::Int8,
+        "ByteStorage" => Kind::Uint8,
+        "BoolStorage" => Kind::Bool,
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

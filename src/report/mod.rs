@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use crate::data::CropSet;
-use crate::error::Result;
+use crate::error::{Result, ResultExt};
 use crate::fsutil::{atomic_write, save_image_atomic};
 use crate::infer::predict::{score, Predictions};
 use crate::mebin::run::{binary_path, BinarizeSummary, SUMMARY_FILE};
@@ -53,6 +53,48 @@ pub struct ReportInput<'a> {
     /// The class each cluster matched in training (from the checkpoint, for `predict`); empty
     /// when unknown.
     pub trained_names: &'a [String],
+}
+
+/// What a finished `train`, `test`, `predict` or `baseline` writes into its folder.
+pub struct RunOutputs<'a> {
+    pub out: &'a Path,
+    /// The metrics table a labelled run appends its image-level row to.
+    pub table: &'a Path,
+    pub category: &'a str,
+    pub set: &'a CropSet,
+    pub preds: &'a Predictions,
+    /// The projector head the predictions come from.
+    pub head: usize,
+    /// The binarize output the crops come from.
+    pub binarize_out: &'a Path,
+    /// The class each cluster matched in training (`predict`), or empty.
+    pub trained_names: &'a [String],
+}
+
+/// Writes the prediction files and metrics (see [`crate::infer::outputs::write_all`]), then
+/// `report.html` and its pictures. Returns the image-level (NMI, ARI, F1) when labels exist.
+pub fn write(o: &RunOutputs) -> Result<Option<(f64, f64, f64)>> {
+    let novel = &o.set.novel_types;
+    let res = crate::infer::outputs::write_all(
+        o.out,
+        o.table,
+        o.category,
+        novel,
+        o.preds,
+        o.head,
+        o.trained_names,
+    )?;
+    let input = ReportInput {
+        category: o.category,
+        class_names: novel,
+        preds: o.preds,
+        set: o.set,
+        binarize_out: o.binarize_out,
+        trained_names: o.trained_names,
+    };
+    write_report(o.out, &input)
+        .with_context(|| format!("writing the report into {}", o.out.display()))?;
+    Ok(res)
 }
 
 /// One discovered cluster.

@@ -2,8 +2,10 @@
 //! reference's `MGRL` step). [`losses`] holds every loss term of one batch.
 
 pub mod cache;
-pub mod checkpoint;
 pub mod interrupt;
 pub mod losses;
 pub mod optim;
 pub mod trainer;
+
+/// Checkpoints moved to [`crate::checkpoint`], which `infer` shares; the old path stays.
+pub use crate::checkpoint;

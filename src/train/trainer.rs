@@ -9,9 +9,11 @@ use std::time::Instant;
 use tch::{Device, Tensor};
 
 use super::cache::{BankOptions, TokenBank};
-use super::checkpoint::{self, Checkpoint, CheckpointMeta, EpochRecord};
 use super::losses::{has_base_and_novel, Criterion, LossBatch};
 use super::optim::{cosine_lr, Param, Sgd};
+use crate::checkpoint::{
+    self, load_model_state, refresh_frozen_copies, Checkpoint, CheckpointMeta, EpochRecord,
+};
 use crate::config::Config;
 use crate::data::TrainLoader;
 use crate::error::{Error, Result};
@@ -41,48 +43,6 @@ pub struct TrainOutcome {
 /// The model's variables by name (what a checkpoint stores under `model.`).
 pub fn model_state(model: &Model) -> BTreeMap<String, Tensor> {
     model.vs.variables().into_iter().collect()
-}
-
-/// Copies checkpoint tensors into the model; every variable must be present with its shape.
-pub fn load_model_state(
-    model: &mut Model,
-    state: &BTreeMap<String, Tensor>,
-    origin: &std::path::Path,
-) -> Result<()> {
-    let vars = model.vs.variables();
-    for (name, var) in &vars {
-        let src = state.get(name).ok_or_else(|| {
-            Error::input(origin, format!("checkpoint lacks tensor {name}: it was written for another model configuration"))
-        })?;
-        if src.size() != var.size() {
-            return Err(Error::input(
-                origin,
-                format!(
-                    "checkpoint tensor {name} has shape {:?}, the model needs {:?}: it was written for another architecture or class count",
-                    src.size(),
-                    var.size()
-                ),
-            ));
-        }
-        tch::no_grad(|| var.shallow_clone().copy_(&src.to_device(var.device())));
-    }
-    if let Some(extra) = state.keys().find(|k| !vars.contains_key(*k)) {
-        return Err(Error::input(
-            origin,
-            format!(
-                "checkpoint has tensor {extra} that this model does not: another configuration"
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Remakes the low-precision copies of the frozen prefix from the (just loaded) f32 weights.
-pub fn refresh_frozen_copies(model: &mut Model, cfg: &Config, device: Device) {
-    let kind = crate::model::precision::frozen_kind(cfg.models.precision, device);
-    model
-        .backbone
-        .set_frozen_kind(kind, cfg.models.grad_from_block);
 }
 
 /// SGD over the model's trainable parameters, in the reference's decay / no-decay groups.

@@ -247,7 +247,7 @@ pub fn evaluate_folders(spec: &MapsEvalSpec) -> Result<MapsEvalReport> {
         None => None,
     };
     let mebin = range.as_ref().map(|r| (r, &params));
-    let pb = crate::mebin::run::progress_bar(items.len(), "maps-eval", spec.progress);
+    let pb = crate::logging::progress_bar(items.len(), "maps-eval", spec.progress);
     let mut agg = LocAggregator::default();
     for chunk in items.chunks(CHUNK) {
         let measured: Vec<Measured> = chunk

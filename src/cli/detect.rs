@@ -1,5 +1,5 @@
 //! `anomalyncd detect --train DIR | --zero-shot --test DIR --out DIR`: the built-in detector
-//! (see [`crate::detect`]); writes anomaly maps for `binarize` / `train`.
+//! (see [`anomalyncd::detect`]); writes anomaly maps for `binarize` / `train`.
 
 use std::path::PathBuf;
 
@@ -7,10 +7,10 @@ use anyhow::Context;
 use clap::Args;
 
 use super::Ctx;
-use crate::config::Precision;
-use crate::detect::features::{default_weights_file, Resize, BACKBONES};
-use crate::detect::{self, DetectSpec, REPORT_FILE};
-use crate::error::Error;
+use anomalyncd::config::Precision;
+use anomalyncd::detect::features::{default_weights_file, Resize, BACKBONES};
+use anomalyncd::detect::{self, DetectSpec, REPORT_FILE};
+use anomalyncd::error::Error;
 
 #[derive(Debug, Args)]
 pub struct DetectArgs {
@@ -99,12 +99,12 @@ pub fn run(a: &DetectArgs, ctx: &Ctx) -> anyhow::Result<()> {
         let file = default_weights_file(&a.backbone);
         let p = match &a.weights {
             Some(p) => p.clone(),
-            None => crate::model::find_in_weights_dir(file).ok_or_else(|| {
+            None => anomalyncd::model::find_in_weights_dir(file).ok_or_else(|| {
                 Error::usage(format!(
                     "--backbone {}: no weights at {}/{file}; run scripts/prepare_weights.sh \
                      (scripts/setup.sh does) or pass --weights FILE",
                     a.backbone,
-                    crate::model::DEFAULT_WEIGHTS_DIR
+                    anomalyncd::model::DEFAULT_WEIGHTS_DIR
                 ))
             })?,
         };
@@ -169,7 +169,7 @@ pub fn run(a: &DetectArgs, ctx: &Ctx) -> anyhow::Result<()> {
         m.normal_test_images,
     );
     if let Some(loc) = &m.localization {
-        print!("{}", crate::detect::localize::render_table(loc));
+        print!("{}", anomalyncd::detect::localize::render_table(loc));
     }
     log::info!("maps and {REPORT_FILE} in {}", a.out.display());
     Ok(())

@@ -1,5 +1,5 @@
 //! `anomalyncd prepare-mtd --raw DIR --out DIR`: the original Magnetic-Tile-Defect layout to the
-//! MVTec AD layout (see [`crate::mtd`]).
+//! MVTec AD layout (see [`anomalyncd::mtd`]).
 
 use std::path::PathBuf;
 
@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::Ctx;
-use crate::mtd::{self, MtdSpec};
+use anomalyncd::mtd::{self, MtdSpec};
 
 #[derive(Debug, Args)]
 pub struct PrepareMtdArgs {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Subcommand;
 
 use super::Ctx;
-use crate::config::Config;
+use anomalyncd::config::Config;
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {

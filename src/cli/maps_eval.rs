@@ -1,5 +1,5 @@
 //! `anomalyncd maps-eval --anomaly-maps M --masks GT [--images I] [--out FILE.json]`: how well a
-//! folder of anomaly maps localises the defects ([`crate::detect::localize`]), to judge a
+//! folder of anomaly maps localises the defects ([`anomalyncd::detect::localize`]), to judge a
 //! detector before training on its maps. Prints the table; writes JSON only when asked, never
 //! into an input folder.
 
@@ -9,10 +9,10 @@ use anyhow::Context;
 use clap::Args;
 
 use super::Ctx;
-use crate::detect::localize::folders::REPORT_COMMAND;
-use crate::detect::localize::{evaluate_folders, render_table, MapsEvalSpec};
-use crate::error::Error;
-use crate::fsutil::{absolute, atomic_write};
+use anomalyncd::detect::localize::folders::REPORT_COMMAND;
+use anomalyncd::detect::localize::{evaluate_folders, render_table, MapsEvalSpec};
+use anomalyncd::error::Error;
+use anomalyncd::fsutil::{absolute, atomic_write};
 
 #[derive(Debug, Args)]
 pub struct MapsEvalArgs {

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::Ctx;
-use crate::synth::{self, SynthSpec};
+use anomalyncd::synth::{self, SynthSpec};
 
 #[derive(Debug, Args)]
 pub struct SynthArgs {

@@ -1,4 +1,5 @@
-//! `anomalyncd binarize`: MEBin over a set of anomaly maps, then anomaly-centred crops.
+//! `anomalyncd binarize`: MEBin over a set of anomaly maps, then anomaly-centred crops (see
+//! [`anomalyncd::mebin::run`]).
 
 use std::path::PathBuf;
 
@@ -6,10 +7,9 @@ use anyhow::Context;
 use clap::Args;
 
 use super::{Ctx, NormalTypes};
-use crate::config::Config;
-use crate::error::Error;
-use crate::mebin::folders::binarize_folders;
-use crate::mebin::RangeSource;
+use anomalyncd::config::Config;
+use anomalyncd::error::Error;
+use anomalyncd::mebin::{BinarizeSpec, RangeSource};
 
 #[derive(Debug, Args)]
 pub struct BinarizeArgs {
@@ -44,7 +44,6 @@ pub struct BinarizeArgs {
 
 pub fn run(a: &BinarizeArgs, _ctx: &Ctx) -> anyhow::Result<()> {
     let cfg = Config::load(a.config.as_deref(), &a.set)?;
-    let min_threshold = a.min_threshold.or(cfg.binarization.min_threshold);
     if let Some(v) = a.min_threshold {
         if !(v.is_finite() && v >= 0.0) {
             return Err(
@@ -52,35 +51,19 @@ pub fn run(a: &BinarizeArgs, _ctx: &Ctx) -> anyhow::Result<()> {
             );
         }
     }
-    let how = a.normal.pairing(a.skip_unpaired, false);
-    let summary = binarize_folders(
-        &a.anomaly_maps,
-        &a.images,
-        &a.out,
-        &cfg,
-        RangeSource::FromMaps { min_threshold },
-        &how,
-        a.overwrite,
-    )
-    .with_context(|| format!("binarizing {}", a.anomaly_maps.display()))?;
-    let crops: usize = summary.records.iter().map(|r| r.crop_boxes.len()).sum();
-    let empty = summary
-        .records
-        .iter()
-        .filter(|r| r.est_anomaly_num == 0)
-        .count();
-    let peaks = summary.records.iter().filter(|r| r.peak_fallback).count();
-    let normal = match summary.normal_maps {
-        0 => String::new(),
-        n => format!(" with {n} normal-image maps"),
+    let spec = BinarizeSpec {
+        maps: a.anomaly_maps.clone(),
+        images: a.images.clone(),
+        out: a.out.clone(),
+        binarization: cfg.binarization.clone(),
+        range: RangeSource::FromMaps {
+            min_threshold: a.min_threshold.or(cfg.binarization.min_threshold),
+        },
+        pairing: a.normal.pairing(a.skip_unpaired, false),
+        overwrite: a.overwrite,
     };
-    log::info!(
-        "{} maps binarized (search range [{}, {}]{normal}), {crops} crops, {empty} maps without a stable \
-         interval ({peaks} cropped around their peak); outputs in {} (binary/, crops/, scores.json, mebin.json)",
-        summary.records.len(),
-        summary.min_th,
-        summary.max_th,
-        a.out.display()
-    );
+    let summary = anomalyncd::mebin::run(&spec)
+        .with_context(|| format!("binarizing {}", a.anomaly_maps.display()))?;
+    log::info!("{}", summary.describe(&a.out));
     Ok(())
 }

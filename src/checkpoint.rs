@@ -7,12 +7,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::fsutil::atomic_write;
+use crate::model::Model;
 
+/// The checkpoint's file name in a run folder (`checkpoint.json` is written beside it).
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 pub const FORMAT_VERSION: u32 = 1;
 /// Most classes (base + novel clusters) a checkpoint may declare: the model is built from that
 /// number before any tensor is compared, so an edited file must not make it allocate without end.
@@ -179,4 +182,46 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         }
     }
     Ok(Checkpoint { meta, model, optim })
+}
+
+/// Copies checkpoint tensors into the model; every variable must be present with its shape.
+pub fn load_model_state(
+    model: &mut Model,
+    state: &BTreeMap<String, Tensor>,
+    origin: &std::path::Path,
+) -> Result<()> {
+    let vars = model.vs.variables();
+    for (name, var) in &vars {
+        let src = state.get(name).ok_or_else(|| {
+            Error::input(origin, format!("checkpoint lacks tensor {name}: it was written for another model configuration"))
+        })?;
+        if src.size() != var.size() {
+            return Err(Error::input(
+                origin,
+                format!(
+                    "checkpoint tensor {name} has shape {:?}, the model needs {:?}: it was written for another architecture or class count",
+                    src.size(),
+                    var.size()
+                ),
+            ));
+        }
+        tch::no_grad(|| var.shallow_clone().copy_(&src.to_device(var.device())));
+    }
+    if let Some(extra) = state.keys().find(|k| !vars.contains_key(*k)) {
+        return Err(Error::input(
+            origin,
+            format!(
+                "checkpoint has tensor {extra} that this model does not: another configuration"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Remakes the low-precision copies of the frozen prefix from the (just loaded) f32 weights.
+pub fn refresh_frozen_copies(model: &mut Model, cfg: &Config, device: Device) {
+    let kind = crate::model::precision::frozen_kind(cfg.models.precision, device);
+    model
+        .backbone
+        .set_frozen_kind(kind, cfg.models.grad_from_block);
 }

@@ -1,0 +1,106 @@
+//! `anomalyncd baseline --method kmeans`: cluster the pretrained class tokens of the crops with
+//! k-means, no training (see [`anomalyncd::pipeline::baseline`]).
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+use super::{CropSource, Ctx};
+use anomalyncd::cluster::NumClasses;
+use anomalyncd::config::Config;
+use anomalyncd::error::Error;
+use anomalyncd::pipeline::{self, BaselineSpec};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Method {
+    /// k-means (k-means++ seeding, 10 restarts) on the L2-normalised class tokens.
+    Kmeans,
+}
+
+#[derive(Debug, Args)]
+pub struct BaselineArgs {
+    /// Clustering method.
+    #[arg(long, value_enum, default_value = "kmeans")]
+    pub method: Method,
+    /// Config file (backbone, image size, mask layers, binarization, seed).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Override a config key, e.g. --set models.pretrained_backbone=vit_tiny (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub set: Vec<String>,
+    #[command(flatten)]
+    pub crops: CropSource,
+    /// Labelled base crops (images/<class>/, masks/<class>/): only used by --num-classes auto,
+    /// for its base check.
+    #[arg(long, value_name = "DIR")]
+    pub base_data_path: Option<PathBuf>,
+    /// Number of clusters: N, or `auto` to estimate it (default: the number of type folders).
+    #[arg(long, value_name = "N|auto")]
+    pub num_classes: Option<String>,
+    /// Largest K that --num-classes auto considers.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub max_classes: usize,
+    /// Backbone weights (.pth or .safetensors), overriding models.backbone_weights.
+    #[arg(long, value_name = "FILE")]
+    pub backbone_weights: Option<PathBuf>,
+    /// Output folder: predictions.csv, crop_predictions.csv, metrics.json, report.html,
+    /// class_tokens.safetensors (the clustered tokens, in crop_predictions.csv order).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Name in metrics.csv (default: the name of the image or crop folder).
+    #[arg(long)]
+    pub category: Option<String>,
+    /// Replace the files of a different earlier run in OUT.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+pub fn run(a: &BaselineArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let cfg = Config::load(a.config.as_deref(), &a.set)?;
+    let num_classes = NumClasses::parse(a.num_classes.as_deref())?;
+    let c = &a.crops;
+    let missing = || Error::usage("give --data (a binarize output) or --anomaly-maps and --images");
+    let source = c.data.as_ref().or(c.images.as_ref()).ok_or_else(missing)?;
+    let category = a.category.clone().unwrap_or_else(|| {
+        source
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "baseline".into())
+    });
+    let mut inputs = c.inputs();
+    if let Some(p) = &a.base_data_path {
+        inputs.push(("--base-data-path", p.clone()));
+    }
+    let spec = BaselineSpec {
+        config: cfg,
+        crops: c.input(true)?.ok_or_else(missing)?,
+        base: a.base_data_path.clone(),
+        num_classes,
+        max_classes: a.max_classes,
+        weights: a.backbone_weights.clone(),
+        out: a.out.clone(),
+        category: category.clone(),
+        inputs,
+        method: format!("{:?}", a.method),
+        overwrite: a.overwrite,
+        device: ctx.device,
+    };
+    let r = pipeline::baseline(&spec)?;
+    let how = match &r.estimate {
+        Some(e) => format!("K = {} estimated", e.chosen),
+        None => format!("K = {}", r.k),
+    };
+    match r.scores {
+        Some((nmi, ari, f1)) => println!(
+            "{category} (k-means baseline, {how}): NMI {nmi:.4}  ARI {ari:.4}  F1 {f1:.4}  (image level; {})",
+            a.out.display()
+        ),
+        None => println!(
+            "{} images in {} clusters (k-means baseline, {how}); predictions in {}",
+            r.images,
+            r.k,
+            a.out.join("predictions.csv").display()
+        ),
+    }
+    Ok(())
+}

@@ -1,0 +1,79 @@
+use super::*;
+
+const REFERENCE_YAML: &str = include_str!("../../tests/fixtures/AnomalyNCD.yaml");
+
+#[test]
+fn reference_file_loads_unchanged_with_the_same_values() {
+    let cfg = Config::from_yaml_str(REFERENCE_YAML, "AnomalyNCD.yaml").unwrap();
+    assert_eq!(cfg, Config::default());
+}
+
+#[test]
+fn misspelt_key_names_key_and_line() {
+    let text = REFERENCE_YAML.replace("sample_rate", "sampel_rate");
+    let err = Config::from_yaml_str(&text, "x.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sampel_rate"), "{err}");
+    assert!(err.contains("line 3"), "{err}");
+}
+
+#[test]
+fn bad_values_are_refused_with_their_key() {
+    for (from, to, key) in [
+        ("sample_rate: 4", "sample_rate: 0", "sample_rate"),
+        ("lr: 0.003", "lr: -1", "training.lr"),
+        ("n_head: 4", "n_head: 0", "n_head"),
+        ("mask_layers: 9", "mask_layers: 13", "mask_layers"),
+        ("epochs: 50", "epochs: -5", "epochs"),
+        ("epochs: 50", "epochs: many", "epochs"),
+        ("n_head: 4", "n_head: 4294967296", "models.n_head"),
+        ("epochs: 50", "epochs: 100000000000", "training.epochs"),
+        (
+            "num_workers: 8",
+            "num_workers: 1000000",
+            "training.num_workers",
+        ),
+    ] {
+        let text = REFERENCE_YAML.replace(from, to);
+        let err = Config::from_yaml_str(&text, "x.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{to}: {err}");
+    }
+}
+
+#[test]
+fn an_ill_typed_override_is_named() {
+    for (ov, want) in [
+        ("training.epochs=-1", "--set training.epochs=-1"),
+        ("training.epochz=3", "--set training.epochz=3"),
+        ("models.n_head=four", "--set models.n_head=four"),
+    ] {
+        let sets = ["training.lr=0.01".to_string(), ov.to_string()];
+        let e = Config::load(None, &sets).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains(want), "{ov}: {e}");
+    }
+}
+
+#[test]
+fn overrides_win_and_are_checked() {
+    let mut v: serde_yaml::Value = serde_yaml::from_str(REFERENCE_YAML).unwrap();
+    apply_override(&mut v, "training.epochs=3").unwrap();
+    apply_override(&mut v, "models.pretrained_backbone=dinov2_vits14").unwrap();
+    let cfg: Config = serde_yaml::from_value(v).unwrap();
+    assert_eq!(cfg.training.epochs, 3);
+    assert_eq!(cfg.models.pretrained_backbone, "dinov2_vits14");
+    let mut v2 = serde_yaml::Value::Null;
+    assert!(apply_override(&mut v2, "epochs=3").is_err());
+    assert!(apply_override(&mut v2, "training.epochs").is_err());
+}
+
+#[test]
+fn partial_file_takes_defaults() {
+    let cfg = Config::from_yaml_str("training:\n  epochs: 2\n", "p.yaml").unwrap();
+    assert_eq!(cfg.training.epochs, 2);
+    assert_eq!(cfg.training.batch_size, 32);
+    assert_eq!(cfg.binarization, Binarization::default());
+}
