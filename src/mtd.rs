@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{atomic_write, prepare_output_dir};
+use crate::imageio::read_folder;
 
 /// The folder of normal tiles in the raw dataset.
 pub const FREE: &str = "MT_Free";
@@ -81,37 +82,15 @@ fn read_type(dir: &Path, name: &str) -> Result<TypeFolder> {
         images: BTreeMap::new(),
         masks: BTreeMap::new(),
     };
-    let mut other = 0;
-    for entry in std::fs::read_dir(&imgs).at(&imgs)? {
-        let path = entry.at(&imgs)?.path();
-        let Some(stem) = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .map(str::to_string)
-        else {
-            continue;
-        };
-        if stem.starts_with('.') || !path.is_file() {
-            continue;
-        }
-        let slot = if ext_is(&path, &["jpg", "jpeg"]) {
-            &mut t.images
-        } else if ext_is(&path, &["png"]) {
-            &mut t.masks
-        } else {
-            other += 1;
-            continue;
-        };
-        if let Some(prev) = slot.insert(stem.clone(), path.clone()) {
-            return Err(Error::input(
-                &path,
-                format!(
-                    "same stem `{stem}` as {}; keep one file per stem",
-                    prev.display()
-                ),
-            ));
-        }
-    }
+    let images = read_folder(&imgs, &["jpg", "jpeg"])?;
+    let masks = read_folder(&imgs, &["png"])?;
+    let other = images
+        .skipped
+        .iter()
+        .filter(|p| !ext_is(p, &["png"]))
+        .count();
+    t.images = images.files.into_iter().map(|f| (f.stem, f.path)).collect();
+    t.masks = masks.files.into_iter().map(|f| (f.stem, f.path)).collect();
     if other > 0 {
         log::warn!(
             "{}: skipped {other} files that are neither .jpg images nor .png masks",

@@ -14,6 +14,7 @@
 //! the README); the silhouette favoured too few types on MTD and too many on the synthetic set.
 //! At most [`MAX_POINTS`] novel crops (a seeded sample) are used, so memory stays bounded.
 
+use ndarray::{concatenate, Array2, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
 
 use super::kmeans::{distance_matrix, fit, silhouette, KMeansOptions};
@@ -72,11 +73,13 @@ pub const CRITERION: &str =
 pub const MAX_POINTS: usize = 2000;
 
 /// Scores K = 2..=`max_classes` (at most one less than the number of novel crops) and picks
-/// the K with the largest eigengap. `base` holds labelled base tokens with their class indices
-/// (may be empty). Deterministic for a seed.
+/// the K with the largest eigengap. `novel` holds the novel tokens `[n, D]`; `base` the labelled
+/// base tokens `[m, D]` (m may be 0) with their class indices `base_labels`. Deterministic for a
+/// seed.
 pub fn estimate(
-    novel: &[Vec<f32>],
-    base: &[(Vec<f32>, usize)],
+    novel: ArrayView2<f32>,
+    base: ArrayView2<f32>,
+    base_labels: &[usize],
     max_classes: usize,
     seed: u64,
 ) -> Result<KEstimate> {
@@ -85,52 +88,60 @@ pub fn estimate(
             "--max-classes {max_classes}: the estimate compares at least K = 2; give 2 or more, or a fixed --num-classes"
         )));
     }
-    let top = max_classes.min(novel.len().saturating_sub(1));
+    if base.nrows() != base_labels.len() {
+        return Err(Error::runtime(
+            "the K estimate needs one label per base token",
+        ));
+    }
+    let top = max_classes.min(novel.nrows().saturating_sub(1));
     if top < 2 {
         return Err(Error::usage(format!(
             "--num-classes auto needs at least 3 novel crops to compare cluster counts ({} found); give --num-classes N",
-            novel.len()
+            novel.nrows()
         )));
     }
     let sample;
-    let novel = if novel.len() > MAX_POINTS {
+    let novel = if novel.nrows() > MAX_POINTS {
         use rand::seq::SliceRandom;
         use rand::SeedableRng;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        sample = novel
+        let rows: Vec<usize> = (0..novel.nrows()).collect();
+        let picked: Vec<usize> = rows
             .choose_multiple(&mut rng, MAX_POINTS)
-            .cloned()
-            .collect::<Vec<_>>();
-        &sample[..]
+            .copied()
+            .collect();
+        sample = novel.select(Axis(0), &picked);
+        sample.view()
     } else {
-        novel
+        novel.view()
     };
     let dist = distance_matrix(novel);
-    let gaps = eigengaps(&dist, top)?;
-    let no_pins = vec![None; novel.len()];
-    let nb = base.iter().map(|(_, c)| c + 1).max().unwrap_or(0);
-    let all: Vec<Vec<f32>> = base
-        .iter()
-        .map(|(f, _)| f.clone())
-        .chain(novel.iter().cloned())
-        .collect();
-    let base_truth: Vec<usize> = base.iter().map(|(_, c)| *c).collect();
+    let gaps = eigengaps(dist.view(), top)?;
+    let no_pins = vec![None; novel.nrows()];
+    let nb = base_labels.iter().map(|c| c + 1).max().unwrap_or(0);
+    let all: Option<Array2<f32>> = match base_labels.is_empty() {
+        true => None,
+        false => Some(concatenate(Axis(0), &[base.view(), novel]).map_err(|e| {
+            Error::runtime(format!("base and novel tokens of different widths: {e}"))
+        })?),
+    };
+    let base_truth = base_labels;
     let pb = crate::logging::progress((top - 1) as u64, "estimate K");
     let mut scores = Vec::new();
     for k in 2..=top {
         let f = fit(novel, &no_pins, KMeansOptions::new(k, seed))?;
-        let sil = silhouette(&dist, &f.assign)?;
-        let base_accuracy = if base.is_empty() {
-            None
-        } else {
+        let sil = silhouette(dist.view(), &f.assign)?;
+        let base_accuracy = if let Some(all) = &all {
             let g = fit(
-                &all,
-                &vec![None; all.len()],
+                all.view(),
+                &vec![None; all.nrows()],
                 KMeansOptions::new(nb + k, seed),
             )?;
-            let pred = &g.assign[..base.len()];
-            let e = crate::metrics::evaluate(&base_truth, pred, &vec![false; base.len()])?;
+            let pred = &g.assign[..base_truth.len()];
+            let e = crate::metrics::evaluate(base_truth, pred, &vec![false; base_truth.len()])?;
             Some(e.f1)
+        } else {
+            None
         };
         scores.push(KScore {
             k,
@@ -161,34 +172,31 @@ pub fn estimate(
 /// `λ_K − λ_{K−1}` for K = 2..=`top` of the normalised Laplacian `I − D^{-1/2} A D^{-1/2}` of
 /// the symmetric kNN graph (`A_ij = 1` when j is among i's `round(√n)` nearest, or i among j's)
 /// built from the distance matrix `dist`. The eigenvalues come from libtorch (`eigvalsh`).
-pub fn eigengaps(dist: &[Vec<f32>], top: usize) -> Result<Vec<f64>> {
-    let n = dist.len();
+pub fn eigengaps(dist: ArrayView2<f32>, top: usize) -> Result<Vec<f64>> {
+    let n = dist.nrows();
     let nn = ((n as f64).sqrt().round() as usize).clamp(1, n.saturating_sub(1).max(1));
-    let mut adj = vec![0f64; n * n];
-    for (i, row) in dist.iter().enumerate() {
+    let mut adj = Array2::<f64>::zeros((n, n));
+    for (i, row) in dist.outer_iter().enumerate() {
         let mut order: Vec<usize> = (0..n).filter(|&j| j != i).collect();
         order.sort_by(|&a, &b| row[a].total_cmp(&row[b]).then(a.cmp(&b)));
         for &j in order.iter().take(nn) {
-            adj[i * n + j] = 1.0;
-            adj[j * n + i] = 1.0;
+            adj[[i, j]] = 1.0;
+            adj[[j, i]] = 1.0;
         }
     }
-    let deg: Vec<f64> = (0..n)
-        .map(|i| adj[i * n..(i + 1) * n].iter().sum())
-        .collect();
+    let deg: Vec<f64> = adj.outer_iter().map(|r| r.iter().sum()).collect();
     // The Laplacian in place of the adjacency: one n×n buffer instead of two.
     let mut lap = adj;
-    for i in 0..n {
-        for j in 0..n {
-            let a = if deg[i] > 0.0 && deg[j] > 0.0 {
-                lap[i * n + j] / (deg[i] * deg[j]).sqrt()
-            } else {
-                0.0
-            };
-            lap[i * n + j] = if i == j { 1.0 } else { 0.0 } - a;
-        }
+    for ((i, j), v) in lap.indexed_iter_mut() {
+        let a = if deg[i] > 0.0 && deg[j] > 0.0 {
+            *v / (deg[i] * deg[j]).sqrt()
+        } else {
+            0.0
+        };
+        *v = if i == j { 1.0 } else { 0.0 } - a;
     }
-    let ev = tch::Tensor::from_slice(&lap)
+    let flat = lap.as_slice().expect("a new matrix is contiguous");
+    let ev = tch::Tensor::from_slice(flat)
         .view([n as i64, n as i64])
         .f_linalg_eigvalsh("L")?;
     let ev = Vec::<f64>::try_from(ev)?;
@@ -203,6 +211,11 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
+
+    fn matrix(rows: &[Vec<f32>]) -> Array2<f32> {
+        let d = rows.first().map_or(2, |r| r.len());
+        Array2::from_shape_vec((rows.len(), d), rows.concat()).unwrap()
+    }
 
     fn blob_points(k: usize, n: usize, offset: usize, seed: u64) -> Vec<(Vec<f32>, usize)> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -228,7 +241,10 @@ mod tests {
                 .map(|(p, _)| p)
                 .collect();
             let base = blob_points(3, 10, 8, 5);
-            let e = estimate(&novel, &base, 8, 1).unwrap();
+            let labels: Vec<usize> = base.iter().map(|(_, c)| *c).collect();
+            let base: Vec<Vec<f32>> = base.into_iter().map(|(p, _)| p).collect();
+            let (novel, base) = (matrix(&novel), matrix(&base));
+            let e = estimate(novel.view(), base.view(), &labels, 8, 1).unwrap();
             assert_eq!(e.chosen, true_k, "{}", e.table());
             assert_eq!(e.scores.len(), 7);
             assert!(e.scores.iter().all(|s| s.base_accuracy.is_some()));
@@ -238,11 +254,13 @@ mod tests {
 
     #[test]
     fn too_few_crops_or_a_tiny_bound_are_usage_errors() {
-        let novel = vec![vec![1.0, 0.0], vec![0.0, 1.0]];
-        assert_eq!(estimate(&novel, &[], 10, 0).unwrap_err().exit_code(), 2);
-        let novel: Vec<Vec<f32>> = (0..5).map(|i| vec![i as f32, 1.0]).collect();
-        assert_eq!(estimate(&novel, &[], 1, 0).unwrap_err().exit_code(), 2);
+        let none = Array2::<f32>::zeros((0, 2));
+        let novel = matrix(&[vec![1.0, 0.0], vec![0.0, 1.0]]);
+        let est = |n: &Array2<f32>, max| estimate(n.view(), none.view(), &[], max, 0);
+        assert_eq!(est(&novel, 10).unwrap_err().exit_code(), 2);
+        let novel = matrix(&(0..5).map(|i| vec![i as f32, 1.0]).collect::<Vec<_>>());
+        assert_eq!(est(&novel, 1).unwrap_err().exit_code(), 2);
         // The bound is capped by the number of crops.
-        assert_eq!(estimate(&novel, &[], 10, 0).unwrap().scores.len(), 3);
+        assert_eq!(est(&novel, 10).unwrap().scores.len(), 3);
     }
 }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use ndarray::{Array2, ArrayView2};
 use tch::{Device, Kind};
 
 use crate::config::Config;
@@ -10,15 +11,16 @@ use crate::data::{CropSet, EvalLoader, TransformSpec};
 use crate::error::{Error, Result};
 use crate::model::Model;
 
-/// Class tokens `[n][D]` of `set.items[indices]` with the test transform, L2-normalised so that
-/// Euclidean k-means compares directions (cosine), as DINO features are compared.
+/// Class tokens `[n, D]` of `set.items[indices]` with the test transform, L2-normalised so that
+/// Euclidean k-means compares directions (cosine), as DINO features are compared. The rows are
+/// copied once from the backbone's output into the matrix.
 pub fn class_tokens(
     model: &Model,
     set: Arc<CropSet>,
     indices: Vec<usize>,
     cfg: &Config,
     device: Device,
-) -> Result<Vec<Vec<f32>>> {
+) -> Result<Array2<f32>> {
     let spec = TransformSpec::new(cfg.models.image_size as u32);
     let n = indices.len();
     let eval = EvalLoader::new(
@@ -30,7 +32,8 @@ pub fn class_tokens(
         None,
     )?;
     let pb = crate::logging::progress(n as u64, "class tokens");
-    let mut out = Vec::with_capacity(n);
+    let mut out: Vec<f32> = Vec::new();
+    let mut dim = model.backbone.embed_dim();
     for batch in eval.iter() {
         let batch = batch?;
         let cls = tch::no_grad(|| {
@@ -45,36 +48,35 @@ pub fn class_tokens(
             _ => return Err(Error::runtime("unexpected class-token shape")),
         };
         let flat = Vec::<f32>::try_from(cls.view(-1))?;
+        dim = d;
         for row in flat.chunks(d).take(b) {
-            out.push(normalise(row));
+            normalise_into(row, &mut out);
         }
         pb.inc(b as u64);
     }
     pb.finish_and_clear();
-    Ok(out)
+    let rows = out.len().checked_div(dim).unwrap_or(0);
+    Array2::from_shape_vec((rows, dim), out)
+        .map_err(|e| Error::runtime(format!("class tokens: {e}")))
 }
 
-fn normalise(v: &[f32]) -> Vec<f32> {
+/// Appends `v` / |v| (or `v` when it is zero) to `out`.
+fn normalise_into(v: &[f32], out: &mut Vec<f32>) {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     if norm > 0.0 {
-        v.iter().map(|x| x / norm).collect()
+        out.extend(v.iter().map(|x| x / norm));
     } else {
-        v.to_vec()
+        out.extend_from_slice(v);
     }
 }
 
-/// Writes `tokens` (`[n][D]`) as one f32 tensor `class_tokens` `[n, D]` in a safetensors file,
+/// Writes `tokens` as one f32 tensor `class_tokens` `[n, D]` in a safetensors file,
 /// atomically, for the user's own analysis (rows in the order of `crop_predictions.csv`).
-pub fn save_tokens(path: &std::path::Path, tokens: &[Vec<f32>]) -> Result<()> {
-    let d = tokens.first().map_or(0, |t| t.len());
-    let bytes: Vec<u8> = tokens
-        .iter()
-        .flatten()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
+pub fn save_tokens(path: &std::path::Path, tokens: ArrayView2<f32>) -> Result<()> {
+    let bytes: Vec<u8> = tokens.iter().flat_map(|v| v.to_le_bytes()).collect();
     let view = safetensors::tensor::TensorView::new(
         safetensors::Dtype::F32,
-        vec![tokens.len(), d],
+        vec![tokens.nrows(), tokens.ncols()],
         &bytes,
     )
     .map_err(|e| Error::runtime(format!("class tokens: {e}")))?;

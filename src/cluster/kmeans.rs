@@ -3,9 +3,11 @@
 //! Vaze et al. 2022), and the silhouette score.
 //!
 //! Hand-written rather than linfa-clustering because linfa's KMeans cannot pin labelled points
-//! to their clusters, and the sets here are small (hundreds to a few thousand class tokens), so a
-//! plain Lloyd loop over `Vec<f32>` rows is fast and keeps the dependency tree small.
+//! to their clusters, which the K estimate's base check needs. The sets are small (hundreds to a
+//! few thousand class tokens), so a plain Lloyd loop over the rows of the token matrix (an
+//! `ndarray` view, as the tokens come from the backbone) is fast.
 
+use ndarray::{Array2, ArrayView2};
 use rand::distributions::{Distribution, WeightedIndex};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -64,7 +66,19 @@ fn nearest(p: &[f32], centroids: &[Vec<f32>]) -> (usize, f64) {
     best
 }
 
-fn check(points: &[Vec<f32>], pinned: &[Option<usize>], k: usize) -> Result<usize> {
+/// The rows of `points` as slices (a copy only when the view is not in row-major order).
+fn rows<'a>(points: &'a ArrayView2<'_, f32>, owned: &'a mut Option<Array2<f32>>) -> Vec<&'a [f32]> {
+    let flat: &'a [f32] = match points.as_slice() {
+        Some(s) => s,
+        None => owned
+            .insert(points.as_standard_layout().into_owned())
+            .as_slice()
+            .expect("a standard-layout matrix is one slice"),
+    };
+    flat.chunks(points.ncols().max(1)).collect()
+}
+
+fn check(points: &[&[f32]], pinned: &[Option<usize>], k: usize) -> Result<usize> {
     let dim = points.first().map(|p| p.len()).unwrap_or(0);
     if points.is_empty() || dim == 0 {
         return Err(Error::runtime("k-means needs at least one non-empty point"));
@@ -79,10 +93,7 @@ fn check(points: &[Vec<f32>], pinned: &[Option<usize>], k: usize) -> Result<usiz
     if pinned.len() != points.len() {
         return Err(Error::runtime("k-means: one pin per point expected"));
     }
-    if points.iter().any(|p| p.len() != dim) {
-        return Err(Error::runtime("k-means: points of different lengths"));
-    }
-    if points.iter().flatten().any(|v| !v.is_finite()) {
+    if points.iter().flat_map(|p| p.iter()).any(|v| !v.is_finite()) {
         return Err(Error::runtime("k-means: a feature is not finite"));
     }
     if let Some(c) = pinned.iter().flatten().find(|&&c| c >= k) {
@@ -93,14 +104,17 @@ fn check(points: &[Vec<f32>], pinned: &[Option<usize>], k: usize) -> Result<usiz
     Ok(dim)
 }
 
-/// Fits k-means to `points` (rows of equal length). `pinned[i] = Some(c)` keeps point `i` in
+/// Fits k-means to the rows of `points` (`[n, D]`). `pinned[i] = Some(c)` keeps point `i` in
 /// cluster `c` throughout; those clusters start at their pinned points' mean, the others by
 /// k-means++ over all points. Deterministic for a seed; the restarts run in parallel.
 pub fn fit(
-    points: &[Vec<f32>],
+    points: ArrayView2<f32>,
     pinned: &[Option<usize>],
     opts: KMeansOptions,
 ) -> Result<KMeansFit> {
+    let mut owned = None;
+    let rows = rows(&points, &mut owned);
+    let points = &rows[..];
     let dim = check(points, pinned, opts.k)?;
     let fits: Vec<KMeansFit> = (0..opts.n_init.max(1))
         .into_par_iter()
@@ -118,7 +132,7 @@ pub fn fit(
 }
 
 fn init_centroids(
-    points: &[Vec<f32>],
+    points: &[&[f32]],
     pinned: &[Option<usize>],
     k: usize,
     dim: usize,
@@ -130,7 +144,7 @@ fn init_centroids(
     for (p, c) in points.iter().zip(pinned) {
         if let Some(c) = *c {
             counts[c] += 1;
-            for (s, v) in sums[c].iter_mut().zip(p) {
+            for (s, v) in sums[c].iter_mut().zip(p.iter()) {
                 *s += *v as f64;
             }
         }
@@ -162,13 +176,13 @@ fn init_centroids(
                 Err(_) => rng.gen_range(0..points.len()),
             }
         };
-        cents[c] = Some(points[idx].clone());
+        cents[c] = Some(points[idx].to_vec());
     }
     cents
 }
 
 fn lloyd(
-    points: &[Vec<f32>],
+    points: &[&[f32]],
     pinned: &[Option<usize>],
     opts: KMeansOptions,
     dim: usize,
@@ -196,7 +210,7 @@ fn lloyd(
         let mut counts = vec![0usize; k];
         for (p, &c) in points.iter().zip(&assign) {
             counts[c] += 1;
-            for (s, v) in sums[c].iter_mut().zip(p) {
+            for (s, v) in sums[c].iter_mut().zip(p.iter()) {
                 *s += *v as f64;
             }
         }
@@ -212,12 +226,12 @@ fn lloyd(
                 let far = (0..points.len())
                     .filter(|&i| pinned[i].is_none())
                     .max_by(|&a, &b| {
-                        let da = sq_dist(&points[a], &centroids[assign[a]]);
-                        let db = sq_dist(&points[b], &centroids[assign[b]]);
+                        let da = sq_dist(points[a], &centroids[assign[a]]);
+                        let db = sq_dist(points[b], &centroids[assign[b]]);
                         da.total_cmp(&db).then(b.cmp(&a))
                     });
                 if let Some(i) = far {
-                    centroids[c] = points[i].clone();
+                    centroids[c] = points[i].to_vec();
                     assign[i] = c;
                 }
             }
@@ -235,31 +249,35 @@ fn lloyd(
     }
 }
 
-/// Pairwise Euclidean distances `[n][n]`, computed once and reused by [`silhouette`] over many
-/// clusterings of the same points.
-pub fn distance_matrix(points: &[Vec<f32>]) -> Vec<Vec<f32>> {
-    (0..points.len())
+/// Pairwise Euclidean distances `[n, n]` of the rows of `points`, computed once and reused by
+/// [`silhouette`] over many clusterings of the same points.
+pub fn distance_matrix(points: ArrayView2<f32>) -> Array2<f32> {
+    let mut owned = None;
+    let rows = rows(&points, &mut owned);
+    let points = &rows[..];
+    let n = points.len();
+    let flat: Vec<f32> = (0..n)
         .into_par_iter()
-        .map(|i| {
+        .flat_map_iter(|i| {
             points
                 .iter()
-                .map(|q| sq_dist(&points[i], q).sqrt() as f32)
-                .collect()
+                .map(move |q| sq_dist(points[i], q).sqrt() as f32)
         })
-        .collect()
+        .collect();
+    Array2::from_shape_vec((n, n), flat).expect("n × n distances")
 }
 
 /// Mean silhouette coefficient of a clustering, from [`distance_matrix`]: for each point
 /// `(b − a) / max(a, b)` with `a` its mean distance to its own cluster and `b` the smallest mean
 /// distance to another cluster; 0 for a point alone in its cluster (scikit-learn's convention).
 /// Needs at least 2 clusters in use.
-pub fn silhouette(dist: &[Vec<f32>], assign: &[usize]) -> Result<f64> {
+pub fn silhouette(dist: ArrayView2<f32>, assign: &[usize]) -> Result<f64> {
     let k = assign.iter().max().map(|m| m + 1).unwrap_or(0);
     let mut sizes = vec![0usize; k];
     for &c in assign {
         sizes[c] += 1;
     }
-    if sizes.iter().filter(|&&s| s > 0).count() < 2 || dist.len() != assign.len() {
+    if sizes.iter().filter(|&&s| s > 0).count() < 2 || dist.nrows() != assign.len() {
         return Err(Error::runtime(
             "the silhouette needs at least two non-empty clusters",
         ));
@@ -273,7 +291,7 @@ pub fn silhouette(dist: &[Vec<f32>], assign: &[usize]) -> Result<f64> {
             }
             let mut sums = vec![0f64; k];
             for (j, &c) in assign.iter().enumerate() {
-                sums[c] += dist[i][j] as f64;
+                sums[c] += dist[[i, j]] as f64;
             }
             let a = sums[own] / (sizes[own] - 1) as f64;
             let b = (0..k)
@@ -296,7 +314,12 @@ mod tests {
     use super::*;
 
     /// `k` tight blobs of `n` points each around well separated centres.
-    fn blobs(k: usize, n: usize, seed: u64) -> (Vec<Vec<f32>>, Vec<usize>) {
+    fn matrix(rows: &[Vec<f32>]) -> Array2<f32> {
+        let d = rows.first().map_or(0, |r| r.len());
+        Array2::from_shape_vec((rows.len(), d), rows.concat()).unwrap()
+    }
+
+    fn blobs(k: usize, n: usize, seed: u64) -> (Array2<f32>, Vec<usize>) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut pts = Vec::new();
         let mut labels = Vec::new();
@@ -311,7 +334,7 @@ mod tests {
                 labels.push(c);
             }
         }
-        (pts, labels)
+        (matrix(&pts), labels)
     }
 
     fn same_partition(a: &[usize], b: &[usize]) -> bool {
@@ -321,10 +344,10 @@ mod tests {
     #[test]
     fn recovers_separated_blobs_deterministically() {
         let (pts, labels) = blobs(4, 20, 1);
-        let pins = vec![None; pts.len()];
-        let f = fit(&pts, &pins, KMeansOptions::new(4, 7)).unwrap();
+        let pins = vec![None; pts.nrows()];
+        let f = fit(pts.view(), &pins, KMeansOptions::new(4, 7)).unwrap();
         assert!(same_partition(&f.assign, &labels));
-        assert_eq!(f, fit(&pts, &pins, KMeansOptions::new(4, 7)).unwrap());
+        assert_eq!(f, fit(pts.view(), &pins, KMeansOptions::new(4, 7)).unwrap());
     }
 
     #[test]
@@ -339,7 +362,7 @@ mod tests {
                 _ => None,
             })
             .collect();
-        let f = fit(&pts, &pins, KMeansOptions::new(3, 3)).unwrap();
+        let f = fit(pts.view(), &pins, KMeansOptions::new(3, 3)).unwrap();
         for (i, &l) in labels.iter().enumerate() {
             assert_eq!(f.assign[i], [2, 0, 1][l]);
         }
@@ -348,15 +371,15 @@ mod tests {
     #[test]
     fn silhouette_is_high_for_the_true_k_and_matches_a_hand_computed_case() {
         // Points 0, 1 | 10: a(0)=1, b(0)=10 → 0.9; a(1)=1, b(1)=9 → 8/9; point 2 alone → 0.
-        let pts = vec![vec![0.0], vec![1.0], vec![10.0]];
-        let s = silhouette(&distance_matrix(&pts), &[0, 0, 1]).unwrap();
+        let pts = matrix(&[vec![0.0], vec![1.0], vec![10.0]]);
+        let s = silhouette(distance_matrix(pts.view()).view(), &[0, 0, 1]).unwrap();
         assert!((s - (0.9 + 8.0 / 9.0) / 3.0).abs() < 1e-9, "{s}");
         let (pts, _) = blobs(4, 15, 3);
-        let d = distance_matrix(&pts);
-        let pins = vec![None; pts.len()];
+        let d = distance_matrix(pts.view());
+        let pins = vec![None; pts.nrows()];
         let score = |k| {
-            let f = fit(&pts, &pins, KMeansOptions::new(k, 1)).unwrap();
-            silhouette(&d, &f.assign).unwrap()
+            let f = fit(pts.view(), &pins, KMeansOptions::new(k, 1)).unwrap();
+            silhouette(d.view(), &f.assign).unwrap()
         };
         let s4 = score(4);
         assert!(s4 > 0.8 && s4 > score(2) && s4 > score(3) && s4 > score(6));
@@ -364,18 +387,23 @@ mod tests {
 
     #[test]
     fn bad_inputs_are_errors_not_panics() {
-        let pts = vec![vec![0.0, 1.0], vec![1.0, 0.0]];
+        let pts = matrix(&[vec![0.0, 1.0], vec![1.0, 0.0]]);
         let pins = vec![None; 2];
-        assert!(fit(&pts, &pins, KMeansOptions::new(3, 0)).is_err());
-        assert!(fit(&pts, &pins, KMeansOptions::new(0, 0)).is_err());
-        assert!(fit(&[], &[], KMeansOptions::new(1, 0)).is_err());
-        let nan = vec![vec![f32::NAN, 0.0], vec![1.0, 0.0]];
-        assert!(fit(&nan, &pins, KMeansOptions::new(1, 0)).is_err());
-        assert!(fit(&pts, &[Some(5), None], KMeansOptions::new(2, 0)).is_err());
-        assert!(silhouette(&distance_matrix(&pts), &[0, 0]).is_err());
+        assert!(fit(pts.view(), &pins, KMeansOptions::new(3, 0)).is_err());
+        assert!(fit(pts.view(), &pins, KMeansOptions::new(0, 0)).is_err());
+        assert!(fit(
+            Array2::<f32>::zeros((0, 2)).view(),
+            &[],
+            KMeansOptions::new(1, 0)
+        )
+        .is_err());
+        let nan = matrix(&[vec![f32::NAN, 0.0], vec![1.0, 0.0]]);
+        assert!(fit(nan.view(), &pins, KMeansOptions::new(1, 0)).is_err());
+        assert!(fit(pts.view(), &[Some(5), None], KMeansOptions::new(2, 0)).is_err());
+        assert!(silhouette(distance_matrix(pts.view()).view(), &[0, 0]).is_err());
         // Duplicated points: k-means++ has no distance left to sample by, and still fits.
-        let dup = vec![vec![1.0, 1.0]; 5];
-        let f = fit(&dup, &[None; 5], KMeansOptions::new(2, 0)).unwrap();
+        let dup = Array2::from_elem((5, 2), 1.0f32);
+        let f = fit(dup.view(), &[None; 5], KMeansOptions::new(2, 0)).unwrap();
         assert_eq!(f.inertia, 0.0);
     }
 }

@@ -11,6 +11,7 @@ pub use kmeans::{fit, KMeansFit, KMeansOptions};
 
 use std::sync::Arc;
 
+use ndarray::{Array2, Axis};
 use tch::Device;
 
 use crate::config::Config;
@@ -56,8 +57,9 @@ pub fn estimate_k(
 ) -> Result<(KEstimate, SetTokens)> {
     let tokens = set_tokens(model, set, cfg, device, set.num_base_classes() > 0)?;
     let est = estimate(
-        &tokens.novel,
-        &tokens.base,
+        tokens.novel.view(),
+        tokens.base.view(),
+        &tokens.base_labels,
         max_classes,
         cfg.experiment.seed,
     )?;
@@ -75,12 +77,14 @@ pub fn estimate_k(
 /// enough that the extra backbone passes stay short on a CPU.
 pub const BASE_PER_CLASS: usize = 50;
 
-/// Class tokens of a set's novel crops (in `set.novel_indices()` order) and, when `with_base`,
-/// of up to [`BASE_PER_CLASS`] base crops per class with their class index.
+/// Class tokens `[n, D]` of a set's novel crops (in `set.novel_indices()` order) and, when
+/// `with_base`, `[m, D]` of up to [`BASE_PER_CLASS`] base crops per class with their class
+/// indices.
 pub struct SetTokens {
     pub novel_items: Vec<usize>,
-    pub novel: Vec<Vec<f32>>,
-    pub base: Vec<(Vec<f32>, usize)>,
+    pub novel: Array2<f32>,
+    pub base: Array2<f32>,
+    pub base_labels: Vec<usize>,
 }
 
 pub fn set_tokens(
@@ -104,16 +108,16 @@ pub fn set_tokens(
         }
     }
     let all: Vec<usize> = novel_items.iter().chain(&base_items).copied().collect();
-    let mut tokens = features::class_tokens(model, set.clone(), all, cfg, device)?;
-    let base_tokens = tokens.split_off(novel_items.len());
-    let base = base_tokens
-        .into_iter()
-        .zip(&base_items)
-        .map(|(t, &i)| (t, set.items[i].label.unwrap_or(0)))
+    let tokens = features::class_tokens(model, set.clone(), all, cfg, device)?;
+    let (novel, base) = tokens.view().split_at(Axis(0), novel_items.len());
+    let base_labels = base_items
+        .iter()
+        .map(|&i| set.items[i].label.unwrap_or(0))
         .collect();
     Ok(SetTokens {
+        novel: novel.to_owned(),
+        base: base.to_owned(),
         novel_items,
-        novel: tokens,
-        base,
+        base_labels,
     })
 }

@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 
 use image::{GrayImage, RgbImage};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 
-use super::IMAGE_EXTENSIONS;
+use crate::imageio::IMAGE_EXTENSIONS;
 
 /// One crop and its mask.
 #[derive(Debug, Clone, PartialEq)]
@@ -147,13 +147,6 @@ impl CropSet {
     }
 }
 
-fn is_image_name(name: &str) -> bool {
-    Path::new(name)
-        .extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-}
-
 fn stem_of(name: &str) -> &str {
     Path::new(name)
         .file_stem()
@@ -161,28 +154,17 @@ fn stem_of(name: &str) -> &str {
         .unwrap_or(name)
 }
 
-/// Sorted sub-folders and image files of `dir`; hidden entries and other files are skipped.
+/// Sorted sub-folders and image files of `dir`, under [`crate::imageio::read_folder`]'s rules.
 fn list_dir(dir: &Path) -> Result<(Vec<String>, Vec<String>)> {
-    let mut dirs = Vec::new();
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).at(dir)? {
-        let entry = entry.at(dir)?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') {
-            continue;
-        }
-        let path = entry.path();
-        if path.is_dir() {
-            dirs.push(name);
-        } else if is_image_name(&name) {
-            files.push(name);
-        } else {
-            log::debug!("{}: not an image, skipped", path.display());
-        }
+    let f = crate::imageio::read_folder(dir, IMAGE_EXTENSIONS)?;
+    for p in &f.skipped {
+        log::debug!("{}: not an image, skipped", p.display());
     }
-    dirs.sort();
+    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    let mut files: Vec<String> = f.files.iter().filter_map(|t| name(&t.path)).collect();
+    // By file name, as the crop order has always been (not by stem: `a-b.png` < `a.png`).
     files.sort();
-    Ok((dirs, files))
+    Ok((f.dirs.into_iter().map(|(n, _)| n).collect(), files))
 }
 
 /// Stem → mask file name of one mask folder; two masks with one stem are an error.

@@ -48,9 +48,6 @@ pub use transform::{
     TransformSpec, IMAGENET_MEAN, IMAGENET_STD,
 };
 
-/// File extensions read as images (lower case); other files in crop folders are ignored.
-pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
-
 /// Mixes seed words into one well-spread 64-bit seed (SplitMix64 finaliser over each word), so
 /// neighbouring epochs or positions get unrelated random streams.
 pub fn mix_seed(words: &[u64]) -> u64 {

@@ -19,8 +19,7 @@ use super::{maps, NORMAL_TYPE};
 use crate::config::Precision;
 use crate::error::{Error, Result};
 use crate::fsutil::{atomic_write, prepare_output_dir, save_image_atomic};
-use crate::imageio::{describe_files, TypedFile, IMAGE_EXTENSIONS, MAP_EXTENSIONS};
-use crate::mebin::folders::list_files;
+use crate::imageio::{describe_files, list_files, TypedFile, IMAGE_EXTENSIONS, MAP_EXTENSIONS};
 use crate::model::ArchSpec;
 
 /// The run summary written into OUT.

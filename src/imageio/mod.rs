@@ -14,17 +14,20 @@
 //! - raw float maps (`.npy`, float TIFF): read by [`float::read_anomaly_map`] for anomaly maps
 //!   and normalised over the whole set there; [`read_map`] (masks) refuses them.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use image::{DynamicImage, RgbImage};
 
 use crate::error::{Error, IoContext, Result};
 
 pub mod float;
+mod listing;
 pub mod npy;
 
 pub use float::{read_anomaly_map, FloatMap, FloatScale, RawMap, SUPPORTED_MAPS};
+pub use listing::{
+    list_files, list_typed_files, pair_by_stem, read_folder, Folder, StemMatch, TypedFile,
+};
 
 /// File extensions accepted for original images (compared case-insensitively).
 pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
@@ -204,141 +207,6 @@ pub fn read_rgb(path: &Path) -> Result<RgbImage> {
         ));
     }
     Ok(img.into_rgb8())
-}
-
-/// One file of a `<dir>/<type>/<stem>.<ext>` tree.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TypedFile {
-    /// The folder directly under the root (a defect type or class).
-    pub type_name: String,
-    /// File name without its last extension.
-    pub stem: String,
-    pub path: PathBuf,
-}
-
-fn has_extension(path: &Path, exts: &[&str]) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .map(|e| exts.iter().any(|x| x.eq_ignore_ascii_case(e)))
-        .unwrap_or(false)
-}
-
-fn utf8_name(path: &Path) -> Result<String> {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .map(str::to_string)
-        .ok_or_else(|| Error::input(path, "file name is not valid UTF-8; rename it"))
-}
-
-/// Lists `root/<type>/<stem>.<ext>` for the given extensions, sorted by (type, stem). Hidden
-/// entries (starting with '.') are skipped; so are files with other extensions (they are logged).
-/// Errors: `root` missing or not a folder, image files directly in `root` (no type folders), and
-/// two files with the same stem in one type folder (e.g. `a.png` and `a.jpg`).
-pub fn list_typed_files(root: &Path, exts: &[&str]) -> Result<Vec<TypedFile>> {
-    if !root.is_dir() {
-        return Err(Error::input(
-            root,
-            "not a folder (expected <folder>/<type>/<stem>.<ext>)",
-        ));
-    }
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(root)
-        .at(root)?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()
-        .at(root)?;
-    entries.sort();
-    let mut out = Vec::new();
-    let mut skipped: Vec<PathBuf> = Vec::new();
-    for type_dir in entries {
-        let type_name = utf8_name(&type_dir)?;
-        if type_name.starts_with('.') {
-            continue;
-        }
-        if !type_dir.is_dir() {
-            if has_extension(&type_dir, exts) {
-                return Err(Error::input(
-                    &type_dir,
-                    format!(
-                        "image file directly in {}; files must sit in one folder per type: {}/<type>/<stem>.<ext>",
-                        root.display(),
-                        root.display()
-                    ),
-                ));
-            }
-            continue;
-        }
-        let mut by_stem: BTreeMap<String, PathBuf> = BTreeMap::new();
-        for entry in std::fs::read_dir(&type_dir).at(&type_dir)? {
-            let path = entry.at(&type_dir)?.path();
-            let name = utf8_name(&path)?;
-            if name.starts_with('.') || path.is_dir() {
-                continue;
-            }
-            if !has_extension(&path, exts) {
-                skipped.push(path);
-                continue;
-            }
-            let stem = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or_default()
-                .to_string();
-            if let Some(prev) = by_stem.insert(stem.clone(), path.clone()) {
-                return Err(Error::input(
-                    &path,
-                    format!(
-                        "same stem `{stem}` as {}; keep one file per stem",
-                        prev.display()
-                    ),
-                ));
-            }
-        }
-        out.extend(by_stem.into_iter().map(|(stem, path)| TypedFile {
-            type_name: type_name.clone(),
-            stem,
-            path,
-        }));
-    }
-    if let Some(first) = skipped.first() {
-        log::warn!(
-            "{}: skipped {} files whose extension is not one of {} (e.g. {})",
-            root.display(),
-            skipped.len(),
-            exts.join(", "),
-            first.strip_prefix(root).unwrap_or(first).display()
-        );
-    }
-    Ok(out)
-}
-
-/// Two listings matched by (type, stem).
-#[derive(Debug, Clone, Default)]
-pub struct Pairing {
-    /// (left, right) with the same type and stem, sorted by (type, stem).
-    pub pairs: Vec<(TypedFile, TypedFile)>,
-    /// Left files without a right partner.
-    pub left_only: Vec<TypedFile>,
-    /// Right files without a left partner.
-    pub right_only: Vec<TypedFile>,
-}
-
-/// Pairs two listings by (type, stem), never by position.
-pub fn pair_by_stem(left: Vec<TypedFile>, right: Vec<TypedFile>) -> Pairing {
-    let mut right_map: BTreeMap<(String, String), TypedFile> = right
-        .into_iter()
-        .map(|f| ((f.type_name.clone(), f.stem.clone()), f))
-        .collect();
-    let mut p = Pairing::default();
-    for l in left {
-        match right_map.remove(&(l.type_name.clone(), l.stem.clone())) {
-            Some(r) => p.pairs.push((l, r)),
-            None => p.left_only.push(l),
-        }
-    }
-    p.right_only = right_map.into_values().collect();
-    p.pairs
-        .sort_by(|a, b| (&a.0.type_name, &a.0.stem).cmp(&(&b.0.type_name, &b.0.stem)));
-    p
 }
 
 /// "a/b.png, c/d.png, … (12 in all)": the first few offenders of a list, for error messages.

@@ -37,14 +37,14 @@ impl Pairing {
 /// Pairs every map with its image by `<type>/<stem>`; unpaired files are an error listing the
 /// first few, unless `skip_unpaired`.
 pub fn pair_folders(maps: &Path, images: &Path, how: &Pairing) -> Result<Vec<MapItem>> {
-    let map_files = list_files(maps, ANOMALY_MAP_EXTENSIONS)?;
+    let map_files = imageio::list_files(maps, ANOMALY_MAP_EXTENSIONS)?;
     if map_files.is_empty() {
         return Err(Error::input(
             maps,
             "no anomaly maps found (expected MAPS/<type>/<stem>.<png|tif|npy>)",
         ));
     }
-    let mut image_files = list_files(images, IMAGE_EXTENSIONS)?;
+    let mut image_files = imageio::list_files(images, IMAGE_EXTENSIONS)?;
     if how.only_map_types {
         image_files.retain(|f| map_files.iter().any(|m| m.type_name == f.type_name));
     }
@@ -211,42 +211,4 @@ pub fn read_summary(out: &Path) -> Result<BinarizeSummary> {
     })?;
     serde_json::from_str(&text)
         .map_err(|e| Error::input(&path, format!("not a binarize summary: {e}")))
-}
-
-/// `root/<type>/<stem>.<ext>`, or a flat `root/<stem>.<ext>` (type "") when `root` holds files
-/// of those extensions directly and no sub-folders.
-pub fn list_files(root: &Path, exts: &[&str]) -> Result<Vec<imageio::TypedFile>> {
-    let entries: Vec<std::path::PathBuf> = match std::fs::read_dir(root) {
-        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
-        Err(_) => return imageio::list_typed_files(root, exts),
-    };
-    let has_dirs = entries.iter().any(|p| p.is_dir() && !hidden(p));
-    let mut flat: Vec<imageio::TypedFile> = entries
-        .iter()
-        .filter(|p| p.is_file() && !hidden(p))
-        .filter(|p| {
-            p.extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| exts.iter().any(|x| x.eq_ignore_ascii_case(e)))
-        })
-        .map(|p| imageio::TypedFile {
-            type_name: String::new(),
-            stem: p
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            path: p.clone(),
-        })
-        .collect();
-    if has_dirs || flat.is_empty() {
-        return imageio::list_typed_files(root, exts);
-    }
-    flat.sort_by(|a, b| a.stem.cmp(&b.stem));
-    Ok(flat)
-}
-
-fn hidden(p: &Path) -> bool {
-    p.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with('.'))
 }

@@ -115,8 +115,8 @@ pub fn run(spec: &BaselineSpec) -> Result<BaselineOutcome> {
         }
     };
     let fitted = fit(
-        &tokens.novel,
-        &vec![None; tokens.novel.len()],
+        tokens.novel.view(),
+        &vec![None; tokens.novel.nrows()],
         KMeansOptions::new(k, cfg.experiment.seed),
     )?;
     let temperature = cfg
@@ -126,7 +126,7 @@ pub fn run(spec: &BaselineSpec) -> Result<BaselineOutcome> {
     let preds = predict_assigned(&set, &tokens.novel_items, &fitted.assign, k, temperature)?;
     crate::cluster::features::save_tokens(
         &spec.out.join("class_tokens.safetensors"),
-        &tokens.novel,
+        tokens.novel.view(),
     )?;
     if let Some(est) = &estimate {
         let text = serde_json::to_string_pretty(est)

@@ -376,7 +376,7 @@ fn copy_binary_masks(
         &fingerprint,
         overwrite,
     )?;
-    let files = crate::mebin::folders::list_files(&src, &["png"])?;
+    let files = crate::imageio::list_files(&src, &["png"])?;
     for f in &files {
         let rel = f.path.strip_prefix(&src).unwrap_or(&f.path);
         let bytes = std::fs::read(&f.path).map_err(|e| Error::io(&f.path, e))?;

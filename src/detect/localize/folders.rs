@@ -18,8 +18,10 @@ use super::{localize_levels, mebin_touch, LocAggregator, LocReport, MapLoc, DILA
 use crate::config::Binarization;
 use crate::detect::NORMAL_TYPE;
 use crate::error::{Error, Result};
-use crate::imageio::{self, describe_files, read_map, GrayMap, TypedFile, MAP_EXTENSIONS};
-use crate::mebin::folders::{list_files, pair_folders, Pairing};
+use crate::imageio::{
+    self, describe_files, list_files, read_map, GrayMap, TypedFile, MAP_EXTENSIONS,
+};
+use crate::mebin::folders::{pair_folders, Pairing};
 use crate::mebin::{Params, SearchRange};
 
 /// What to evaluate.
