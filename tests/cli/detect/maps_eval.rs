@@ -1,7 +1,8 @@
 //! `anomalyncd maps-eval`: localisation of a folder of maps against masks, and its bad inputs
-//! (part of the `detect` test binary).
+//! (part of the `detect` tests).
 
 use super::*;
+use crate::common;
 
 /// `maps-eval` fixture: `maps/spot/{0,1}.png` (32×32) with masks and images at 64×48, map 0
 /// peaking on its defect and map 1 beside it, and a normal `maps/good/0.png` without a mask.

@@ -8,9 +8,6 @@
 //! One module per group of commands: [`binarize`], [`config`], [`others`] (prepare-base, detect,
 //! prepare-mtd, synth, `--device`) and [`train`] (train, test, predict).
 
-#[path = "../common/mod.rs"]
-mod common;
-
 mod binarize;
 mod config;
 mod others;
@@ -18,7 +15,7 @@ mod train;
 
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 /// `binarize --anomaly-maps ROOT/maps --images ROOT/images --out OUT EXTRA…`.
 fn binarize(root: &Path, out: &Path, extra: &[&str]) -> std::process::Output {

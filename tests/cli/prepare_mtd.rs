@@ -1,14 +1,12 @@
 //! `anomalyncd prepare-mtd`: a tiny original-layout Magnetic-Tile-Defect tree (generated here)
 //! converted to the MVTec layout; the split, byte-identical copies, determinism and bad inputs.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
 use image::{GrayImage, Luma};
 use serde_json::Value;
 
-use common::{cli, stderr};
+use crate::common::{cli, stderr};
 
 /// RAW/MT_Free with `free` tiles (and their empty masks, as the original has), MT_Blowhole with 3
 /// and MT_Crack with 2 defective tiles and masks; every file different.

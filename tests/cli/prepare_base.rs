@@ -1,14 +1,12 @@
 //! `anomalyncd prepare-base`: crops of a labelled base set by its masks, with parity against the
 //! reference's crops of SD-saliency-900 (reads ../shared) and checks of bad inputs.
 
-mod common;
-
 use std::path::Path;
 
 use image::{DynamicImage, GrayImage, Luma, Rgb, RgbImage};
 use serde_json::Value;
 
-use common::{cli, shared, stderr};
+use crate::common::{cli, shared, stderr};
 
 fn prepare(images: &Path, masks: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
     let mut args = vec![
@@ -41,7 +39,7 @@ fn sd900_crops_match_the_reference_reads_shared() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let want: Value =
-        serde_json::from_str(include_str!("fixtures/sd900_reference_crops.json")).unwrap();
+        serde_json::from_str(include_str!("../fixtures/sd900_reference_crops.json")).unwrap();
     let got: Value = serde_json::from_str(
         &std::fs::read_to_string(out.path().join("base/prepare_base.json")).unwrap(),
     )

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use image::{DynamicImage, GrayImage, ImageBuffer, Luma, Rgba, RgbaImage};
 
+use super::{binarize, records, replace_maps, set};
 use crate::common::*;
-use crate::{binarize, records, replace_maps, set};
 
 #[test]
 fn binarize_empty_and_missing_folders() {

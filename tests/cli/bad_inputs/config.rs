@@ -1,7 +1,7 @@
 //! Config files and `--set` lines.
 
+use super::{binarize, set};
 use crate::common::*;
-use crate::{binarize, set};
 
 #[test]
 fn config_unknown_misspelt_ill_typed_negative_and_zero_values() {

@@ -1,6 +1,6 @@
 //! `binarize` on the inputs real detectors give: maps with no stable interval (the peak
 //! fallback), normal images' maps in the set (`good`, `--normal-type`), and raw float maps
-//! (`.npy`, float TIFF) against their 8-bit export. Part of the `binarize` test binary.
+//! (`.npy`, float TIFF) against their 8-bit export. Part of the `binarize` tests.
 
 use std::path::Path;
 

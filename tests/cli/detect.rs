@@ -3,8 +3,6 @@
 //! real EfficientNet-Lite0 weights (data/weights/efficientnet_lite0.pth from
 //! scripts/prepare_weights.sh; skipped with a message when absent) the spots must be found.
 
-mod common;
-#[path = "detect/maps_eval.rs"]
 mod maps_eval;
 
 use std::path::{Path, PathBuf};
@@ -12,6 +10,8 @@ use std::process::Command;
 
 use image::{GrayImage, Luma};
 use serde_json::Value;
+
+use crate::common::stderr;
 
 const SIZE: u32 = 64;
 
@@ -21,10 +21,6 @@ fn cli(args: &[&str]) -> std::process::Output {
         .args(args)
         .output()
         .expect("run anomalyncd")
-}
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// A deterministic textured tile (xorshift noise on stripes), with a dark disc when `spot` is

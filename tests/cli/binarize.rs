@@ -1,10 +1,9 @@
 //! `anomalyncd binarize`: parity with the reference's golden run (reads ../shared; under
 //! `binarization.no_interval: whole_image`), and bad
 //! inputs and edge cases of the command and the library run. (Exactness properties of MEBin are in
-//! `tests/mebin_props.rs`.)
+//! `tests/fuzz/mebin_props.rs`; raw and fallback maps in [`maps`].)
 
-mod binarize_maps;
-mod common;
+mod maps;
 
 use std::path::Path;
 use std::process::Command;
@@ -14,7 +13,7 @@ use anomalyncd::mebin::{self, BitDepth, Params};
 use image::{DynamicImage, GrayImage, ImageBuffer, Rgb, RgbImage};
 use serde_json::Value;
 
-use common::{cli, make_map, shared, stderr};
+use crate::common::{cli, make_map, shared, stderr};
 
 fn read_json(p: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()

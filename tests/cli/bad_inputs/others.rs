@@ -4,8 +4,8 @@ use std::path::Path;
 
 use image::{DynamicImage, GrayImage, ImageBuffer, Luma, Rgb};
 
+use super::{binarize, set};
 use crate::common::*;
-use crate::{binarize, set};
 
 fn base_set(root: &Path, classes: &[(&str, usize)]) {
     for (c, n) in classes {

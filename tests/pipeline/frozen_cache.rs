@@ -2,8 +2,6 @@
 //! tokens of the bank views (in f16), the same whether kept in memory or spilled to disk, and
 //! the spill file is removed with the bank.
 
-mod data_fixture;
-
 use std::sync::Arc;
 
 use anomalyncd::config::{Config, Precision};
@@ -11,6 +9,8 @@ use anomalyncd::data::*;
 use anomalyncd::model::Model;
 use anomalyncd::train::cache::{BankOptions, TokenBank};
 use tch::{Device, Kind};
+
+use crate::data_fixture;
 
 fn tiny_config() -> Config {
     let mut cfg = Config::default();

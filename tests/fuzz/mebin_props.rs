@@ -8,8 +8,7 @@ use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-mod common;
-use common::make_map;
+use crate::common::make_map;
 
 // ---------------------------------------------------------------- property test: fast == oracle
 
@@ -99,7 +98,7 @@ fn oracle_counts_a_known_map() {
 #[test]
 fn external_contours_match_opencv() {
     let fixture: Value =
-        serde_json::from_str(include_str!("fixtures/external_contours.json")).unwrap();
+        serde_json::from_str(include_str!("../fixtures/external_contours.json")).unwrap();
     let mut nested = 0;
     for (i, case) in fixture["cases"].as_array().unwrap().iter().enumerate() {
         let rows: Vec<&str> = case["rows"]

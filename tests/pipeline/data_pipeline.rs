@@ -1,13 +1,13 @@
 //! The training data pipeline (crop sets, augmentations, sampler, loaders) on small crop folders
 //! the tests write themselves (see `data_fixture`); no `../shared` needed.
 
-mod data_fixture;
-
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anomalyncd::data::*;
 use tch::{Kind, Tensor};
+
+use crate::data_fixture;
 
 struct Crops {
     _dir: tempfile::TempDir,

@@ -7,6 +7,8 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use crate::common;
+
 fn run<S: AsRef<OsStr> + std::fmt::Debug>(dir: &Path, args: &[S]) -> Output {
     common::bin()
         .current_dir(dir)
@@ -20,8 +22,6 @@ fn ok<S: AsRef<OsStr> + std::fmt::Debug>(dir: &Path, args: &[S]) -> String {
     common::assert_ok(&o, &format!("{args:?}"));
     common::text(&o)
 }
-
-mod common;
 
 /// A synthetic set (`synth/`), its base crops (`base/`) and the tiny config (`tiny.yaml`).
 fn setup() -> tempfile::TempDir {

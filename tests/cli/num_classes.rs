@@ -5,8 +5,7 @@
 use std::path::Path;
 use std::process::Output;
 
-mod common;
-use common::{read_json as json, synth_with_base, tiny_config};
+use crate::common::{self, read_json as json, synth_with_base, tiny_config};
 
 /// Without `-q`: some tests read the log (the K estimate's table).
 fn run<S: AsRef<std::ffi::OsStr>>(dir: &Path, args: &[S]) -> Output {

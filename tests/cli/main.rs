@@ -1,0 +1,25 @@
+//! The commands end to end: each test runs the `anomalyncd` binary (or, for `binarize`, also its
+//! library path) on inputs it writes itself or on `../shared` (skipped with a printed reason when
+//! absent). One module per command or area:
+//!
+//! - [`surface`]: `--help` of every command, `--version`, `config check/show`, exit codes,
+//!   `synth`;
+//! - [`binarize`] (raw and fallback maps in `binarize::maps`), [`prepare_base`], [`prepare_mtd`];
+//! - [`detect`] (and `maps-eval` in `detect::maps_eval`);
+//! - [`train`] (`train`, `test`, `predict`) and [`num_classes`] (flat folders, `--num-classes
+//!   auto`, the k-means baseline);
+//! - [`bad_inputs`]: bad inputs across every command.
+//!
+//! [`common`] holds the helpers they share (running the binary, checking failures, fixtures).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod bad_inputs;
+mod binarize;
+mod detect;
+mod num_classes;
+mod prepare_base;
+mod prepare_mtd;
+mod surface;
+mod train;
