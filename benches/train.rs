@@ -6,6 +6,7 @@
 //!
 //!     cargo bench --bench train
 //!     BENCH_STEPS=5 BENCH_CACHED_STEPS=40 BENCH_VIEWS=4 BENCH_BF16=skip cargo bench --bench train
+//!     BENCH_BUSY=skip cargo bench --bench train   # without the "beside 1 busy process" cases
 //!
 //! The crops are synthetic (~200 px, what binarize cuts from MTD tiles): a step's cost does not
 //! depend on their content. Weights are random unless `data/weights/dinov2_vits14.safetensors`
@@ -175,6 +176,36 @@ fn main() {
         peak_mib: peak.max(build_peak),
     });
 
+    // The same steps beside one busy single-threaded process (a shell loop), as on a shared
+    // machine: the ratio to the idle rates above, in the same run.
+    let mut busy_ratios = Vec::new();
+    if std::env::var("BENCH_BUSY").as_deref() != Ok("skip") {
+        let mut busy = std::process::Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .expect("a busy shell loop");
+        let (rate, peak) = time_steps(&cfg, &loader, &set, None, steps, weights);
+        busy_ratios.push(("uncached, fp32", rate / uncached));
+        cases.push(Case {
+            name: "uncached, fp32, beside 1 busy process".into(),
+            samples_per_s: rate,
+            peak_mib: peak,
+        });
+        let cached = cases
+            .iter()
+            .find(|c| c.name.starts_with("frozen-prefix cache"))
+            .map_or(f64::NAN, |c| c.samples_per_s);
+        let (rate, peak) = time_steps(&cfg, &loader, &set, Some(&bank), cached_steps, weights);
+        busy_ratios.push(("frozen-prefix cache, fp32", rate / cached));
+        cases.push(Case {
+            name: "frozen-prefix cache, beside 1 busy process".into(),
+            samples_per_s: rate,
+            peak_mib: peak,
+        });
+        let _ = busy.kill();
+        let _ = busy.wait();
+    }
+
     println!(
         "{:<44} {:>10} {:>12} {:>14} {:>10}",
         "case", "samples/s", "vs uncached", "vs reference", "peak MiB"
@@ -199,4 +230,10 @@ fn main() {
         build_s * uncached / set.len() as f64
     );
     println!("reference (Python, measured on this machine): {REFERENCE} samples/s");
+    for (name, r) in busy_ratios {
+        println!(
+            "beside 1 busy process: {name} at {:.0} % of its idle rate",
+            100.0 * r
+        );
+    }
 }

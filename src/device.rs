@@ -36,6 +36,21 @@ pub fn parse_device(spec: &str) -> Result<Device> {
 }
 
 /// The libtorch version the binary was built against (read by build.rs from torch's version.py).
+/// `--threads N`: libtorch's intra-op threads and rayon's global pool (decoding, MEBin, data
+/// preparation) both get `n`. Without the flag both keep their own defaults (libtorch: the
+/// physical cores; rayon: the logical ones), so results stay those of earlier runs.
+pub fn configure_threads(n: usize) -> Result<()> {
+    if n == 0 {
+        return Err(Error::usage("--threads 0: give at least 1"));
+    }
+    tch::set_num_threads(n as i32);
+    // Fails only when the pool already exists, i.e. when called twice; the first call won.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global();
+    Ok(())
+}
+
 pub fn libtorch_version() -> &'static str {
     option_env!("ANOMALYNCD_LIBTORCH_VERSION").unwrap_or("unknown")
 }

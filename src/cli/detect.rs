@@ -8,9 +8,8 @@ use clap::Args;
 
 use super::Ctx;
 use anomalyncd::config::Precision;
-use anomalyncd::detect::features::{default_weights_file, Resize, BACKBONES};
+use anomalyncd::detect::features::{resolve_weights, Resize, BACKBONES};
 use anomalyncd::detect::{self, DetectSpec, REPORT_FILE};
-use anomalyncd::error::Error;
 
 #[derive(Debug, Args)]
 pub struct DetectArgs {
@@ -93,25 +92,9 @@ pub struct DetectArgs {
 }
 
 pub fn run(a: &DetectArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let weights = if a.random_weights {
-        None
-    } else {
-        let file = default_weights_file(&a.backbone);
-        let p = match &a.weights {
-            Some(p) => p.clone(),
-            None => anomalyncd::model::find_in_weights_dir(file).ok_or_else(|| {
-                Error::usage(format!(
-                    "--backbone {}: no weights at {}/{file}; run scripts/prepare_weights.sh \
-                     (scripts/setup.sh does) or pass --weights FILE",
-                    a.backbone,
-                    anomalyncd::model::DEFAULT_WEIGHTS_DIR
-                ))
-            })?,
-        };
-        if !p.is_file() {
-            return Err(Error::input(&p, "--weights: file not found").into());
-        }
-        Some(p)
+    let weights = match a.random_weights {
+        true => None,
+        false => Some(resolve_weights(&a.backbone, a.weights.as_deref())?),
     };
     let vit = a.backbone != "efficientnet-lite0";
     let resize = match a.resize.as_deref() {

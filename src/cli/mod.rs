@@ -34,6 +34,10 @@ pub struct Cli {
     /// Compute device: auto (CUDA when present), cpu, cuda, cuda:N.
     #[arg(long, global = true, default_value = "auto", value_name = "DEVICE")]
     pub device: String,
+    /// Threads for libtorch and for the data-parallel work (default: libtorch's and rayon's own
+    /// choice). On a machine shared with other jobs, give the cores that are free.
+    #[arg(long, global = true, value_name = "N")]
+    pub threads: Option<usize>,
     /// More log output (-v debug, -vv trace).
     #[arg(short, long, global = true, action = ArgAction::Count)]
     pub verbose: u8,
@@ -85,6 +89,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.version {
         println!("{}", anomalyncd::device::version_text());
         return Ok(());
+    }
+    if let Some(n) = cli.threads {
+        anomalyncd::device::configure_threads(n)?;
     }
     let device = anomalyncd::device::parse_device(&cli.device)?;
     let ctx = Ctx { device };

@@ -2,9 +2,9 @@
 //! tokens, used to estimate the number of novel defect types (`--num-classes auto`) and as the
 //! k-means baseline (`anomalyncd baseline --method kmeans`) that shows what training adds.
 
-pub mod estimate;
-pub mod features;
-pub mod kmeans;
+pub(crate) mod estimate;
+pub(crate) mod features;
+pub(crate) mod kmeans;
 
 pub use estimate::{estimate, KEstimate, KScore};
 pub use kmeans::{fit, KMeansFit, KMeansOptions};

@@ -70,12 +70,9 @@ impl PixelSet {
         self.regions += other.regions;
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.scores.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.scores.is_empty()
     }
 
     /// Pixel AUROC and AUPRO; None without both normal and defect pixels.

@@ -13,7 +13,7 @@
 //! to multiples of the patch), or squashed to a square as PatchCore does (`Resize::Square`):
 //! squashing MTD's tall tiles stretches their texture, which the normal patches never show.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use image::imageops::FilterType;
 use tch::{nn, Device, Kind, Tensor};
@@ -26,6 +26,26 @@ use crate::model::{ArchSpec, MgVit};
 
 /// Backbones `detect` knows; the first is the default.
 pub const BACKBONES: &[&str] = &["dinov2-vits14", "efficientnet-lite0"];
+
+/// The weights file of `backbone`: `flag` (`--weights`) when given, else its default file in
+/// the offline weights folder; an error naming the fix when there is none.
+pub fn resolve_weights(backbone: &str, flag: Option<&Path>) -> Result<PathBuf> {
+    let file = default_weights_file(backbone);
+    let p = match flag {
+        Some(p) => p.to_path_buf(),
+        None => crate::model::find_in_weights_dir(file).ok_or_else(|| {
+            Error::usage(format!(
+                "--backbone {backbone}: no weights at {}/{file}; run scripts/prepare_weights.sh \
+                 (scripts/setup.sh does) or pass --weights FILE",
+                crate::model::DEFAULT_WEIGHTS_DIR
+            ))
+        })?,
+    };
+    if !p.is_file() {
+        return Err(Error::input(&p, "--weights: file not found"));
+    }
+    Ok(p)
+}
 
 /// The weights file `scripts/prepare_weights.sh` puts in `data/weights/` for `backbone`.
 pub fn default_weights_file(backbone: &str) -> &'static str {

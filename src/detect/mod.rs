@@ -23,12 +23,12 @@
 //! bytes: 64 x 1024 x 384 x 4 = 100 MB), and one test map at a time: the float maps wait in a
 //! spill file in OUT until the global scale is known.
 
-pub mod coreset;
-pub mod eval;
+pub(crate) mod coreset;
+pub(crate) mod eval;
 pub mod features;
 pub mod localize;
-pub mod maps;
-pub mod reference;
+pub(crate) mod maps;
+pub(crate) mod reference;
 mod run;
 mod spill;
 

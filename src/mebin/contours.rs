@@ -2,7 +2,7 @@
 //! followed by `boundingRect` gives them. Only the boxes are needed, so instead of tracing
 //! contours this labels 8-connected components by row runs with a union-find and checks holes
 //! only when a box lies inside another (tested against OpenCV's output and a flood fill in
-//! `tests/binarize.rs`).
+//! `tests/cli/binarize.rs`).
 
 use super::union_find::find_root;
 

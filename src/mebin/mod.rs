@@ -29,14 +29,14 @@
 //! by the `image` crate, which may differ from libjpeg by ±1 in a few pixels (crop pixels only).
 
 pub mod base;
-pub mod contours;
+pub(crate) mod contours;
 pub mod crop;
-pub mod fast;
+pub(crate) mod fast;
 pub mod folders;
 pub mod oracle;
 pub mod peak;
-pub mod read;
-pub mod resize;
+pub(crate) mod read;
+pub(crate) mod resize;
 pub mod run;
 mod union_find;
 

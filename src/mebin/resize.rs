@@ -145,13 +145,6 @@ pub struct BicubicView<'a, P: Pixels + ?Sized = [f32]> {
     cy: Coeffs,
 }
 
-impl<'a> BicubicView<'a, [f32]> {
-    /// `src` is the row-major `sw`×`sh` image Pillow holds in mode "F".
-    pub fn new(src: &'a [f32], sw: usize, sh: usize, dw: usize, dh: usize) -> Self {
-        Self::over(src, sw, sh, dw, dh)
-    }
-}
-
 impl<'a, P: Pixels + ?Sized> BicubicView<'a, P> {
     /// A view of any [`Pixels`] (row-major, `sw`×`sh`).
     pub fn over(src: &'a P, sw: usize, sh: usize, dw: usize, dh: usize) -> Self {
@@ -314,7 +307,7 @@ mod tests {
             }
         }
         let src: Vec<f32> = (0..12).map(|v| v as f32).collect();
-        let v = BicubicView::new(&src, 4, 3, 4, 3);
+        let v = BicubicView::over(&src[..], 4, 3, 4, 3);
         assert_eq!(v.max_in(0, 0, 4, 3), Some(11.0));
         assert_eq!(v.max_in(0, 0, 2, 2), Some(5.0));
         assert_eq!(v.max_in(5, 0, 9, 3), None);
@@ -347,7 +340,7 @@ mod tests {
                     }
                 })
                 .collect();
-            let view = BicubicView::new(&src, sw, sh, dw, dh);
+            let view = BicubicView::over(&src[..], sw, sh, dw, dh);
             for _ in 0..5 {
                 let (x0, y0) = (rnd() % dw, rnd() % dh);
                 let (x1, y1) = (x0 + 1 + rnd() % (dw - x0), y0 + 1 + rnd() % (dh - y0));
@@ -367,7 +360,7 @@ mod tests {
     #[test]
     fn upsampling_a_constant_stays_constant() {
         let src = vec![3.5f32; 16 * 9];
-        let v = BicubicView::new(&src, 16, 9, 37, 20);
+        let v = BicubicView::over(&src[..], 16, 9, 37, 20);
         let m = v.max_in(-4, -4, 100, 100).unwrap();
         assert!((m - 3.5).abs() < 1e-5, "{m}");
     }

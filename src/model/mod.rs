@@ -5,13 +5,13 @@
 //! before `models.grad_from_block` frozen, and the frozen prefix in the precision the config asks.
 
 pub use crate::config::arch;
-pub mod block;
+pub(crate) mod block;
 pub mod efficientnet;
 pub mod mgvit;
 pub mod multihead;
-pub mod pickle;
+pub(crate) mod pickle;
 pub mod precision;
-pub mod pth;
+pub(crate) mod pth;
 pub mod weights;
 
 use std::path::{Path, PathBuf};

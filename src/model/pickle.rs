@@ -34,6 +34,9 @@ pub struct TensorRef {
 
 /// The unpickled objects. Lists and dicts are shared (`Rc`) because the pickle memo refers to
 /// the same object that later opcodes fill.
+// Some payloads (floats, bytes, object names) are only ever shown through `Debug`, when a
+// pickle holds something the loader does not use; they are kept for those messages.
+#[allow(dead_code)]
 #[derive(Debug, Clone)]
 pub enum Value {
     None,

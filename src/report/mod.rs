@@ -15,10 +15,10 @@
 //! `binary/<type>/<stem>.png`; an image whose original cannot be found is shown by its crop with
 //! the crop mask outlined. A file that cannot be read becomes a grey tile and a warning.
 
-pub mod confusion;
-pub mod font;
-pub mod html;
-pub mod sheets;
+pub(crate) mod confusion;
+pub(crate) mod font;
+pub(crate) mod html;
+pub(crate) mod sheets;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

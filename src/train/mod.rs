@@ -6,6 +6,3 @@ pub mod interrupt;
 pub mod losses;
 pub mod optim;
 pub mod trainer;
-
-/// Checkpoints moved to [`crate::checkpoint`], which `infer` shares; the old path stays.
-pub use crate::checkpoint;

@@ -108,12 +108,14 @@ impl Step {
 }
 
 /// The steps of `epoch`: the loader's augmented batches, or, with a bank, the same samples with
-/// two of their cached views each.
+/// two of their cached views each, gathered onto `device` (the half-precision rows cross to a
+/// GPU before they are widened to f32).
 fn steps_of<'a>(
     loader: &'a TrainLoader,
     bank: Option<&'a TokenBank>,
     epoch: usize,
     seed: u64,
+    device: Device,
 ) -> Box<dyn Iterator<Item = Result<Step>> + 'a> {
     match bank {
         None => Box::new(loader.epoch(epoch).map(|b| {
@@ -132,7 +134,7 @@ fn steps_of<'a>(
             move |(b, idx)| {
                 let (first, second) = bank.pick(seed, epoch, b, &idx);
                 let rows: Vec<i64> = first.into_iter().chain(second).collect();
-                let (tokens, hidden) = bank.gather(&rows, Device::Cpu)?;
+                let (tokens, hidden) = bank.gather(&rows, device)?;
                 let (labels, labelled, scores) = loader.targets(&idx);
                 Ok(Step {
                     len: idx.len(),
@@ -188,8 +190,8 @@ pub fn run_epoch(
     let epochs = cfg.training.epochs;
     let n_head = cfg.models.n_head;
     let t0 = Instant::now();
-    let steps_iter =
-        steps_of(loader, data.bank, epoch, cfg.experiment.seed).take(limit.unwrap_or(usize::MAX));
+    let steps_iter = steps_of(loader, data.bank, epoch, cfg.experiment.seed, dev)
+        .take(limit.unwrap_or(usize::MAX));
     let mut head_sums = vec![0.0f64; n_head];
     let (mut loss_sum, mut samples, mut steps) = (0.0f64, 0usize, 0usize);
     for (b, batch) in steps_iter.enumerate() {

@@ -14,7 +14,7 @@ use super::{config, edits, input_error, mutate};
 fn valid_checkpoint() -> &'static (Vec<u8>, usize) {
     static CK: OnceLock<(Vec<u8>, usize)> = OnceLock::new();
     CK.get_or_init(|| {
-        use anomalyncd::train::checkpoint::{save, Checkpoint, CheckpointMeta, FORMAT_VERSION};
+        use anomalyncd::checkpoint::{save, Checkpoint, CheckpointMeta, FORMAT_VERSION};
         let mut cfg = Config::default();
         cfg.models.pretrained_backbone = "vit_tiny".into();
         cfg.models.mask_layers = 2;
@@ -67,7 +67,7 @@ fn check_checkpoint(bytes: &[u8]) -> Result<(), TestCaseError> {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("checkpoint.safetensors");
     std::fs::write(&p, bytes).unwrap();
-    match anomalyncd::train::checkpoint::load(&p) {
+    match anomalyncd::checkpoint::load(&p) {
         Ok(_) => {
             // readable: rebuilding the model from it (as test/predict do) works or is an input error
             if let Err(e) = anomalyncd::infer::trained::load(&p, tch::Device::Cpu) {

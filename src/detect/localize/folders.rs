@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use super::{localize_levels, mebin_touch, LocAggregator, LocReport, MapLoc, DILATION_FRACTION};
 use crate::config::Binarization;
 use crate::detect::NORMAL_TYPE;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ResultExt};
+use crate::fsutil::absolute;
 use crate::imageio::{
     self, describe_files, list_files, read_map, GrayMap, TypedFile, MAP_EXTENSIONS,
 };
@@ -222,6 +223,78 @@ fn measure_item(it: &Item, mebin: Option<(&SearchRange, &Params)>) -> Result<Mea
 
 /// Maps measured in parallel per chunk, so only a chunk's pixels wait beside the aggregator's.
 const CHUNK: usize = 64;
+
+/// The maps-eval stage: checks the folders and the report file, evaluates, and writes the
+/// report as JSON to `out` when given (only a new file or an earlier report of this command).
+pub fn run(spec: &MapsEvalSpec, out: Option<&Path>) -> Result<MapsEvalReport> {
+    check_folder("--anomaly-maps", &spec.anomaly_maps, "anomaly maps")?;
+    check_folder("--masks", &spec.masks, "ground-truth masks")?;
+    let mut inputs = vec![
+        ("--anomaly-maps", spec.anomaly_maps.as_path()),
+        ("--masks", spec.masks.as_path()),
+    ];
+    if let Some(images) = &spec.images {
+        check_folder("--images", images, "original images")?;
+        inputs.push(("--images", images.as_path()));
+    }
+    if let Some(out) = out {
+        check_out(out, &inputs)?;
+    }
+    let r = evaluate_folders(spec)
+        .with_context(|| format!("evaluating the maps in {}", spec.anomaly_maps.display()))?;
+    if let Some(out) = out {
+        let body = serde_json::to_vec_pretty(&r).expect("report serialises");
+        crate::fsutil::atomic_write(out, &body)?;
+        log::info!("results in {}", out.display());
+    }
+    Ok(r)
+}
+
+fn check_folder(flag: &str, p: &Path, what: &str) -> Result<()> {
+    if p.is_dir() {
+        Ok(())
+    } else {
+        Err(Error::input(
+            p,
+            format!("{flag}: not a folder; give the folder of {what}"),
+        ))
+    }
+}
+
+/// `--out` must be a file outside the inputs, and an existing file there must be an earlier
+/// report of this command: the tool replaces only what it wrote.
+fn check_out(out: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
+    let out_abs = absolute(out);
+    for (flag, input) in inputs {
+        if out_abs.starts_with(absolute(input)) {
+            return Err(Error::usage(format!(
+                "--out {}: must not be inside {flag} {}; write the report outside the inputs",
+                out.display(),
+                input.display()
+            )));
+        }
+    }
+    if out.is_dir() {
+        return Err(Error::usage(format!(
+            "--out {}: is a folder; give a file name, e.g. {}",
+            out.display(),
+            out.join("maps_eval.json").display()
+        )));
+    }
+    if out.exists() {
+        let ours = std::fs::read_to_string(out)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|v| v["command"] == REPORT_COMMAND);
+        if !ours {
+            return Err(Error::usage(format!(
+                "--out {}: exists and is not a maps-eval report; choose another file or remove it",
+                out.display()
+            )));
+        }
+    }
+    Ok(())
+}
 
 /// Evaluates a folder of maps; see the module doc.
 pub fn evaluate_folders(spec: &MapsEvalSpec) -> Result<MapsEvalReport> {

@@ -157,10 +157,10 @@ fn checkpoints_from_elsewhere_and_bad_predict_inputs() {
 
     let bytes = std::fs::read(&ck).unwrap();
     std::fs::write(bad.join("trunc.safetensors"), &bytes[..bytes.len() * 2 / 3]).unwrap();
-    let edited = |name: &str, edit: &dyn Fn(&mut anomalyncd::train::checkpoint::CheckpointMeta)| {
-        let mut c = anomalyncd::train::checkpoint::load(&ck).unwrap();
+    let edited = |name: &str, edit: &dyn Fn(&mut anomalyncd::checkpoint::CheckpointMeta)| {
+        let mut c = anomalyncd::checkpoint::load(&ck).unwrap();
         edit(&mut c.meta);
-        anomalyncd::train::checkpoint::save(&bad.join(name), &c).unwrap();
+        anomalyncd::checkpoint::save(&bad.join(name), &c).unwrap();
     };
     edited("arch.safetensors", &|m| {
         m.config.models.pretrained_backbone = "dino_vits16".into();
