@@ -8,6 +8,8 @@
 //! - [`detect`] (and `maps-eval` in `detect::maps_eval`);
 //! - [`train`] (`train`, `test`, `predict`) and [`num_classes`] (flat folders, `--num-classes
 //!   auto`, the k-means baseline);
+//! - [`devices`]: the training path with `--device cpu --threads 1` given explicitly;
+//! - [`scripts`]: the multi-GPU category queue of `scripts/anomalyncd.sh` (its self-test);
 //! - [`bad_inputs`]: bad inputs across every command.
 //!
 //! [`common`] holds the helpers they share (running the binary, checking failures, fixtures).
@@ -18,8 +20,10 @@ mod common;
 mod bad_inputs;
 mod binarize;
 mod detect;
+mod devices;
 mod num_classes;
 mod prepare_base;
 mod prepare_mtd;
+mod scripts;
 mod surface;
 mod train;
