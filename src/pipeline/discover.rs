@@ -1,0 +1,600 @@
+//! `discover`: from a folder of defective images to defect types in one run folder, chaining
+//! the stages the separate commands run:
+//!
+//! 1. `base/`: the labelled base set cropped by its masks (`--base`, or the built-in synthetic
+//!    one generated into `synth_base/`; a `prepare-base` output is used as it is);
+//! 2. `maps/`: the built-in detector's anomaly maps, fitted on `--normal` (else on
+//!    `--images/good`) or zero-shot; skipped when `--anomaly-maps` are given;
+//! 3. `binarize/`: MEBin masks and anomaly-centred crops;
+//! 4. `train/`: K (estimated by default), training, evaluation, `predictions.csv`,
+//!    `report.html`, the checkpoint.
+//!
+//! [`prepare`] lists and checks every input first (exit code 2 before any heavy work) and
+//! builds the [`Plan`]; `--dry-run` prints it. Each finished stage leaves a `stage.json` with
+//! the fingerprint of its inputs ([`record`]); with `resume` a stage finished with the same
+//! fingerprint is skipped and training continues from its checkpoint.
+
+mod plan;
+mod record;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tch::Device;
+
+pub use plan::{
+    duration_text, pairing, plan, scan, BaseInput, Digests, Inputs, Plan, Stage, StageKind,
+    NORMAL_TYPE,
+};
+pub use record::{StageRecord, STAGE_FILE};
+
+use super::{TrainOutcome, TrainSpec};
+use crate::cluster::{KEstimate, NumClasses};
+use crate::config::{Config, Precision};
+use crate::detect::features::{default_weights_file, Resize, BACKBONES};
+use crate::detect::DetectSpec;
+use crate::error::{Error, Result, ResultExt};
+use crate::fsutil::{absolute, atomic_write, prepare_output_dir, MARKER};
+use crate::mebin::base::PrepareBaseSpec;
+use crate::mebin::BinarizeSpec;
+use crate::synth::SynthSpec;
+
+/// The config keys `discover` sets when no `--config` is given: `configs/demo.yaml`'s settings
+/// (the offline DINOv2 ViT-S/14, the frozen-prefix cache, the thin-mask fallback), so that a
+/// first answer needs no download and runs on a CPU.
+pub const DEFAULT_SETTINGS: &[&str] = &[
+    "models.pretrained_backbone=dinov2_vits14",
+    "models.thin_mask_fallback=true",
+    "training.cache_frozen=true",
+    "training.num_workers=2",
+];
+
+/// The run's config: `path` as it is, or the defaults with [`DEFAULT_SETTINGS`]; `overrides`
+/// (`--set`) last.
+pub fn config(path: Option<&Path>, overrides: &[String]) -> Result<Config> {
+    match path {
+        Some(p) => Config::load(Some(p), overrides),
+        None => {
+            let mut all: Vec<String> = DEFAULT_SETTINGS.iter().map(|s| s.to_string()).collect();
+            all.extend_from_slice(overrides);
+            Config::load(None, &all)
+        }
+    }
+}
+
+/// The built-in detector's weights.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DetectorWeights {
+    /// `data/weights/dinov2_vits14.safetensors` (prepared by `scripts/setup.sh`).
+    Default,
+    File(PathBuf),
+    /// Random weights: meaningless maps, for tests only.
+    Random,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DetectorSettings {
+    pub weights: DetectorWeights,
+    /// The backbone input's longer side (`detect --image-size`).
+    pub image_size: u32,
+}
+
+impl Default for DetectorSettings {
+    fn default() -> Self {
+        Self {
+            weights: DetectorWeights::Default,
+            image_size: 448,
+        }
+    }
+}
+
+/// A validated `discover` request.
+#[derive(Debug, Clone)]
+pub struct DiscoverSpec {
+    pub config: Config,
+    /// Defective images: `<type>/` folders (metrics) or a flat folder; `good/` holds normals.
+    pub images: PathBuf,
+    /// The run folder.
+    pub out: PathBuf,
+    pub normal: Option<PathBuf>,
+    pub anomaly_maps: Option<PathBuf>,
+    pub base: Option<PathBuf>,
+    pub num_classes: NumClasses,
+    pub max_classes: usize,
+    pub detector: DetectorSettings,
+    pub resume: bool,
+    pub overwrite: bool,
+    /// Stop cleanly after this stage (tests of `resume`).
+    pub stop_after_stage: Option<String>,
+    /// Stop training after this many epochs (tests of `resume`).
+    pub stop_after_epochs: Option<usize>,
+    pub device: Device,
+}
+
+/// What a finished run found (also `train/stage.json`'s summary).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Found {
+    /// K, the number of defect types found.
+    pub num_clusters: usize,
+    /// The estimate and its per-K table when K was estimated.
+    pub estimate: Option<KEstimate>,
+    /// Images per cluster.
+    pub cluster_sizes: Vec<usize>,
+    /// Image-level (NMI, ARI, F1) when `--images` has type folders.
+    pub scores: Option<(f64, f64, f64)>,
+}
+
+/// One stage as this run handled it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageRun {
+    pub name: String,
+    /// Finished earlier with the same inputs.
+    pub skipped: bool,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum DiscoverOutcome {
+    /// Stopped on request after `stage` (`detail`: where); `resume` continues.
+    Stopped { stage: String, detail: String },
+    Finished {
+        found: Found,
+        report: PathBuf,
+        predictions: PathBuf,
+        stages: Vec<StageRun>,
+    },
+}
+
+/// The checked inputs, the plan and what an earlier run already finished.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub inputs: Inputs,
+    pub plan: Plan,
+    /// Per stage: finished earlier with the same fingerprint (skipped; only with `resume`).
+    pub done: Vec<bool>,
+    fingerprints: Vec<(Value, String)>,
+    model_weights: Option<PathBuf>,
+    detector_weights: Option<PathBuf>,
+}
+
+impl Prepared {
+    /// The plan as `--dry-run` prints it.
+    pub fn describe(&self, spec: &DiscoverSpec) -> String {
+        self.plan.describe(&spec.out, &self.inputs, &self.done)
+    }
+}
+
+/// The summary at the top of the run folder.
+pub const SUMMARY_FILE: &str = "discover.json";
+
+/// Lists and checks the inputs, the weights and the run folder, and plans the stages; writes
+/// nothing.
+pub fn prepare(spec: &DiscoverSpec) -> Result<Prepared> {
+    if spec.max_classes < 2 {
+        return Err(Error::usage("--max-classes must be at least 2"));
+    }
+    let inputs = scan(spec)?;
+    let plan = plan(spec, &inputs);
+    if let Some(s) = &spec.stop_after_stage {
+        if plan.stage(s).is_none() {
+            return Err(Error::usage(format!(
+                "--stop-after-stage {s}: not a stage of this run ({})",
+                plan.names().join(", ")
+            )));
+        }
+    }
+    let model_weights = crate::model::resolve_backbone_weights(&spec.config.models, None)?;
+    let detector_weights = match (&spec.detector.weights, plan.stage("maps").is_some()) {
+        (_, false) | (DetectorWeights::Random, _) => None,
+        (DetectorWeights::File(p), _) if p.is_file() => Some(p.clone()),
+        (DetectorWeights::File(p), _) => {
+            return Err(Error::input(p, "detector weights: file not found"))
+        }
+        (DetectorWeights::Default, _) => {
+            let file = default_weights_file(BACKBONES[0]);
+            Some(crate::model::find_in_weights_dir(file).ok_or_else(|| {
+                Error::usage(format!(
+                    "the built-in detector needs {}/{file}: run scripts/prepare_weights.sh \
+                     (scripts/setup.sh does), or give --anomaly-maps",
+                    crate::model::DEFAULT_WEIGHTS_DIR
+                ))
+            })?)
+        }
+    };
+    let name = |w: &Option<PathBuf>| {
+        w.as_ref()
+            .map_or("random".into(), |p| absolute(p).display().to_string())
+    };
+    let fingerprints = record::fingerprints(
+        spec,
+        &inputs,
+        &plan,
+        &name(&model_weights),
+        &name(&detector_weights),
+    );
+    check_run_folder(spec)?;
+    let done = plan
+        .stages
+        .iter()
+        .zip(&fingerprints)
+        .map(|(st, (_, digest))| {
+            spec.resume && record::read(&st.dir).is_some_and(|r| r.finished && &r.digest == digest)
+        })
+        .collect();
+    Ok(Prepared {
+        inputs,
+        plan,
+        done,
+        fingerprints,
+        model_weights,
+        detector_weights,
+    })
+}
+
+/// A new or empty run folder; or one holding a discover run, with `resume` or `overwrite`.
+fn check_run_folder(spec: &DiscoverSpec) -> Result<()> {
+    let out = &spec.out;
+    let nothing = || {
+        Error::usage(format!(
+            "--resume: {} holds no discover run to continue; start without --resume",
+            out.display()
+        ))
+    };
+    if !out.exists() {
+        return if spec.resume { Err(nothing()) } else { Ok(()) };
+    }
+    if !out.is_dir() {
+        return Err(Error::usage(format!(
+            "--out {}: exists and is not a folder",
+            out.display()
+        )));
+    }
+    let empty = std::fs::read_dir(out)
+        .map_err(|e| Error::io(out, e))?
+        .next()
+        .is_none();
+    if empty {
+        return if spec.resume { Err(nothing()) } else { Ok(()) };
+    }
+    let command = std::fs::read_to_string(out.join(MARKER))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| v.get("command").and_then(|c| c.as_str()).map(String::from));
+    match command.as_deref() {
+        None => Err(Error::usage(format!(
+            "--out {}: the folder is not empty and was not created by anomalyncd; choose a new or empty folder",
+            out.display()
+        ))),
+        Some("discover") if !spec.resume && !spec.overwrite => Err(Error::usage(format!(
+            "--out {}: holds an earlier discover run; pass --resume to continue it (finished stages are kept) or --overwrite to start anew",
+            out.display()
+        ))),
+        Some("discover") => Ok(()),
+        Some(_) if spec.resume => Err(nothing()),
+        Some(other) if !spec.overwrite => Err(Error::usage(format!(
+            "--out {}: holds a different anomalyncd run ({other}); pass --overwrite to replace its files, or choose another folder",
+            out.display()
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+/// The `discover` stage chain (see the module doc).
+pub fn run(spec: &DiscoverSpec) -> Result<DiscoverOutcome> {
+    let p = prepare(spec)?;
+    let mut inputs = vec![("--images", spec.images.as_path())];
+    for (flag, dir) in [
+        ("--normal", &spec.normal),
+        ("--anomaly-maps", &spec.anomaly_maps),
+        ("--base", &spec.base),
+    ] {
+        if let Some(d) = dir {
+            inputs.push((flag, d.as_path()));
+        }
+    }
+    let marker = json!({ "run": "discover" });
+    prepare_output_dir(&spec.out, &inputs, "discover", &marker, spec.overwrite)?;
+    let log_file = spec.out.join("log.txt");
+    let add_log = || crate::logging::add_log_file(&log_file).map_err(|e| Error::io(&log_file, e));
+    add_log()?;
+    for line in p.describe(spec).lines() {
+        log::info!("{line}");
+    }
+    let stages = &p.plan.stages;
+    let n = stages.len();
+    let start = Instant::now();
+    let (mut spent, mut spent_estimate) = (0.0f64, 0.0f64);
+    let mut runs = Vec::new();
+    let mut found = None;
+    for (i, st) in stages.iter().enumerate() {
+        let (fingerprint, digest) = &p.fingerprints[i];
+        let label = format!("stage {}/{n}: {}", i + 1, st.name);
+        if p.done[i] {
+            log::info!(
+                "{label}: finished earlier with the same inputs, skipped ({})",
+                st.dir.display()
+            );
+            if st.kind == StageKind::Train {
+                found = record::read(&st.dir).and_then(|r| serde_json::from_value(r.summary).ok());
+            }
+            runs.push(StageRun {
+                name: st.name.into(),
+                skipped: true,
+                seconds: 0.0,
+            });
+            continue;
+        }
+        // The estimates, scaled by how the stages run so far compared with theirs.
+        let pace = match spent_estimate > 10.0 {
+            true => (spent / spent_estimate).clamp(0.2, 5.0),
+            false => 1.0,
+        };
+        let left: f64 = (i..n)
+            .filter(|&j| !p.done[j])
+            .map(|j| stages[j].estimate_s * pace)
+            .sum();
+        log::info!(
+            "{label}: {} (~{}; ~{} left in all; {} elapsed)",
+            st.what,
+            duration_text(st.estimate_s * pace),
+            duration_text(left),
+            duration_text(start.elapsed().as_secs_f64())
+        );
+        let t = Instant::now();
+        let outcome = run_stage(spec, &p, st, fingerprint, digest)
+            .with_context(|| format!("discover {label}"));
+        if st.kind == StageKind::Train {
+            add_log()?;
+        }
+        let summary = match outcome? {
+            Ran::Done(summary) => summary,
+            Ran::Stopped(detail) => {
+                return Ok(DiscoverOutcome::Stopped {
+                    stage: st.name.into(),
+                    detail,
+                })
+            }
+        };
+        let seconds = t.elapsed().as_secs_f64();
+        if st.kind == StageKind::Train {
+            found = serde_json::from_value(summary.clone()).ok();
+        }
+        record::write(
+            &st.dir,
+            &StageRecord {
+                stage: st.name.into(),
+                digest: digest.clone(),
+                fingerprint: fingerprint.clone(),
+                finished: true,
+                seconds,
+                summary,
+            },
+        )?;
+        log::info!("{label}: finished in {}", duration_text(seconds));
+        (spent, spent_estimate) = (spent + seconds, spent_estimate + st.estimate_s);
+        runs.push(StageRun {
+            name: st.name.into(),
+            skipped: false,
+            seconds,
+        });
+        if spec.stop_after_stage.as_deref() == Some(st.name) {
+            return Ok(DiscoverOutcome::Stopped {
+                stage: st.name.into(),
+                detail: format!("after stage {}/{n}", i + 1),
+            });
+        }
+    }
+    let found = found.ok_or_else(|| {
+        Error::runtime(format!(
+            "{}: the train stage left no readable outcome in its stage.json; run again with --overwrite",
+            spec.out.display()
+        ))
+    })?;
+    let train = spec.out.join("train");
+    let (report, predictions) = (train.join("report.html"), train.join("predictions.csv"));
+    let body = json!({
+        "report": absolute(&report), "predictions": absolute(&predictions),
+        "checkpoint": absolute(&train.join(crate::checkpoint::CHECKPOINT_FILE)),
+        "found": found, "stages": runs, "seconds": start.elapsed().as_secs_f64(),
+    });
+    let text = serde_json::to_vec_pretty(&body).expect("the summary serialises");
+    atomic_write(&spec.out.join(SUMMARY_FILE), &text)?;
+    Ok(DiscoverOutcome::Finished {
+        found,
+        report,
+        predictions,
+        stages: runs,
+    })
+}
+
+enum Ran {
+    /// The stage's summary for its `stage.json`.
+    Done(Value),
+    Stopped(String),
+}
+
+fn run_stage(
+    spec: &DiscoverSpec,
+    p: &Prepared,
+    st: &Stage,
+    fingerprint: &Value,
+    digest: &str,
+) -> Result<Ran> {
+    let previous = record::read(&st.dir);
+    // A record of an earlier run must not outlive a stage that now runs again.
+    let _ = std::fs::remove_file(st.dir.join(STAGE_FILE));
+    let base_summary = |s: crate::mebin::base::BaseSummary| {
+        let crops: usize = s.records.iter().map(|r| r.crop_boxes.len()).sum();
+        Ran::Done(json!({ "images": s.records.len(), "crops": crops }))
+    };
+    match &st.kind {
+        StageKind::SynthBase => {
+            let dir = spec.out.join("synth_base");
+            let synth = SynthSpec {
+                seed: plan::SYNTH_BASE_SEED,
+                per_type: 1,
+                normal: 0,
+                per_base_class: plan::SYNTH_BASE_PER_CLASS,
+                size: plan::SYNTH_BASE_SIZE,
+            };
+            crate::synth::write_dataset(&dir, &synth, true)?;
+            let base = dir.join("base");
+            crop_base(&base.join("images"), &base.join("masks"), &st.dir).map(base_summary)
+        }
+        StageKind::CropBase { images, masks } => {
+            crop_base(images, masks, &st.dir).map(base_summary)
+        }
+        StageKind::Detect {
+            train,
+            write_good_maps,
+        } => {
+            let r = crate::detect::run(&detect_spec(spec, p, st, train, *write_good_maps))?;
+            let maps = r.images.iter().filter(|i| i.map.is_some()).count();
+            Ok(Ran::Done(json!({
+                "maps": maps, "zero_shot": r.zero_shot, "train_images": r.train_images,
+                "image_auroc": r.metrics.image_auroc,
+            })))
+        }
+        StageKind::Binarize { maps } => {
+            let job = BinarizeSpec::from_maps(
+                maps,
+                &spec.images,
+                &st.dir,
+                &spec.config.binarization,
+                pairing(),
+                true,
+            );
+            let s = crate::mebin::run(&job)?;
+            log::info!("{}", s.describe(&st.dir));
+            let crops: usize = s.records.iter().map(|r| r.crop_boxes.len()).sum();
+            let peaks = s.records.iter().filter(|r| r.peak_fallback).count();
+            Ok(Ran::Done(json!({
+                "maps": s.records.len(), "crops": crops, "normal_maps": s.normal_maps,
+                "peak_fallback": peaks,
+            })))
+        }
+        StageKind::Train => run_train(spec, p, st, previous, fingerprint, digest),
+    }
+}
+
+fn crop_base(images: &Path, masks: &Path, out: &Path) -> Result<crate::mebin::base::BaseSummary> {
+    crate::mebin::base::run(&PrepareBaseSpec {
+        images: images.to_path_buf(),
+        masks: masks.to_path_buf(),
+        out: out.to_path_buf(),
+        max_crops: plan::BASE_MAX_CROPS,
+        max_per_class: None,
+        overwrite: true,
+    })
+}
+
+fn detect_spec(
+    spec: &DiscoverSpec,
+    p: &Prepared,
+    st: &Stage,
+    train: &Option<PathBuf>,
+    write_good_maps: bool,
+) -> DetectSpec {
+    DetectSpec {
+        train: train.clone(),
+        test: spec.images.clone(),
+        out: st.dir.clone(),
+        masks: None,
+        backbone: BACKBONES[0].to_string(),
+        weights: p.detector_weights.clone(),
+        image_size: spec.detector.image_size,
+        resize: Resize::Aspect,
+        stages: vec![2, 4],
+        blocks: vec![6, 9, 12],
+        aggregate: None,
+        precision: Precision::Auto,
+        coreset: 0.1,
+        max_patches: 100_000,
+        zero_shot: train.is_none(),
+        zero_shot_refs: 64,
+        zero_shot_fraction: 0.3,
+        batch_size: 16,
+        seed: 0,
+        write_good_maps,
+        overwrite: true,
+        device: spec.device,
+    }
+}
+
+/// Training, resumed from its checkpoint when an earlier run of the same stage stopped.
+fn run_train(
+    spec: &DiscoverSpec,
+    p: &Prepared,
+    st: &Stage,
+    previous: Option<StageRecord>,
+    fingerprint: &Value,
+    digest: &str,
+) -> Result<Ran> {
+    let ckpt = st.dir.join(crate::checkpoint::CHECKPOINT_FILE);
+    let resume = spec.resume
+        && ckpt.is_file()
+        && previous.is_some_and(|r| !r.finished && r.digest == digest);
+    std::fs::create_dir_all(&st.dir).map_err(|e| Error::io(&st.dir, e))?;
+    record::write(
+        &st.dir,
+        &StageRecord {
+            stage: st.name.into(),
+            digest: digest.into(),
+            fingerprint: fingerprint.clone(),
+            finished: false,
+            seconds: 0.0,
+            summary: Value::Null,
+        },
+    )?;
+    if resume {
+        log::info!("continuing the training from {}", ckpt.display());
+    }
+    let category = spec
+        .out
+        .file_name()
+        .map_or("discover".into(), |n| n.to_string_lossy().into_owned());
+    let train = TrainSpec {
+        config: spec.config.clone(),
+        category,
+        images: spec.images.clone(),
+        maps: None,
+        run_dir: st.dir.clone(),
+        binarize_out: spec.out.join("binarize"),
+        binary_copy: None,
+        base: p.plan.base.clone(),
+        num_classes: spec.num_classes,
+        max_classes: spec.max_classes,
+        weights: p.model_weights.clone(),
+        resume,
+        overwrite: !resume,
+        stop_after: spec.stop_after_epochs,
+        pairing: pairing(),
+        mvtec_style: false,
+        table: st.dir.join("metrics.csv"),
+        device: spec.device,
+    };
+    match super::train(&train)? {
+        TrainOutcome::Stopped { epoch, epochs } => Ok(Ran::Stopped(format!(
+            "after epoch {epoch} of {epochs} (checkpoint {})",
+            ckpt.display()
+        ))),
+        TrainOutcome::Finished {
+            scores,
+            num_clusters,
+            estimate,
+            cluster_sizes,
+        } => {
+            let found = Found {
+                num_clusters,
+                estimate,
+                cluster_sizes,
+                scores,
+            };
+            Ok(Ran::Done(
+                serde_json::to_value(&found).expect("the outcome serialises"),
+            ))
+        }
+    }
+}
