@@ -399,6 +399,8 @@ fn bad_inputs_are_exit_2_before_any_work() {
         fails(p, &all, &culprits);
         assert!(!p.join("o").exists(), "{all:?} wrote its run folder");
     }
+    let o = run_in(p, &["discover", "--help"]);
+    assert!(o.status.success() && text(&o).contains("--resume"));
     // A folder the tool did not make is never written into.
     std::fs::create_dir_all(p.join("mine")).unwrap();
     std::fs::write(p.join("mine/notes.txt"), "user").unwrap();
@@ -417,4 +419,63 @@ fn bad_inputs_are_exit_2_before_any_work() {
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(left, vec![p.join("mine/notes.txt")]);
+}
+
+/// Ctrl-C during training (SIGINT): exit 130 with the last complete epoch in the checkpoint;
+/// `--resume` continues from it and redoes no earlier stage.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_in_training_then_resume_continues_from_the_checkpoint() {
+    let d = setup();
+    let p = d.path();
+    let args = [
+        "discover",
+        "--images",
+        "synth/test",
+        "--anomaly-maps",
+        "synth/anomaly_maps",
+        "--out",
+        "run",
+        "--config",
+        "tiny.yaml",
+        "--set",
+        "training.epochs=400",
+        "--num-classes",
+        "4",
+    ];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_anomalyncd"))
+        .current_dir(p)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ckpt = p.join("run/train/checkpoint.json");
+    let started = std::time::Instant::now();
+    while !ckpt.is_file() {
+        assert!(
+            started.elapsed().as_secs() < 300,
+            "no checkpoint after 300 s"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let pid = child.id().to_string();
+    let k = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(k.success());
+    let o = child.wait_with_output().unwrap();
+    no_crash(&o, "interrupted run");
+    assert_eq!(o.status.code(), Some(130), "{}", text(&o));
+    assert!(text(&o).contains("interrupted"), "{}", text(&o));
+    assert_eq!(json(&p.join("run/train/stage.json"))["finished"], false);
+    let epoch = json(&ckpt)["epoch"].as_u64().unwrap() as usize;
+    let before = stage_times(&p.join("run"), &["base", "binarize"]);
+    let stop = (epoch + 2).to_string();
+    let mut resume: Vec<&str> = args[1..].to_vec();
+    resume.extend(["--resume", "--stop-after-epochs", &stop]);
+    let t = ok(p, &resume);
+    assert!(t.contains("continuing the training"), "{t}");
+    assert!(t.contains("stopped in stage train"), "{t}");
+    assert_eq!(json(&ckpt)["epoch"].as_u64().unwrap() as usize, epoch + 2);
+    assert_eq!(stage_times(&p.join("run"), &["base", "binarize"]), before);
 }
