@@ -190,8 +190,29 @@ pub fn duration_text(s: f64) -> String {
 pub struct Costs;
 
 impl Costs {
-    /// `detect`: one image at a 448 side (fit or score; fp32 MTD run: 1344 images in 498 s).
-    const DETECT_IMAGE: f64 = 0.37;
+    /// The detector over `fit` normal and `scored` test images (zero-shot: `fit` 0) at a
+    /// side of `size` pixels.
+    fn detect(fit: f64, scored: f64, size: u32) -> f64 {
+        let patches = (size as f64 / 14.0).powi(2);
+        let forwards = Self::DETECT_IMAGE * (fit + scored) * patches / 1024.0;
+        let extra = if fit > 0.0 {
+            let pool = (fit * patches).min(100_000.0);
+            pool * 0.1 * pool * Self::CORESET_PAIR
+        } else {
+            scored * (scored - 1.0).clamp(0.0, 64.0) * patches * patches * Self::MUTUAL_PAIR
+        };
+        forwards + extra + 5.0
+    }
+
+    /// `detect`: one image's forward at a 448 side (1024 patches).
+    const DETECT_IMAGE: f64 = 0.2;
+    /// `detect`'s greedy k-center coreset, per (pooled patch, bank patch) pair: with the
+    /// forwards, the fp32 MTD run (952 normal + 392 test images, a 100 000-patch pool, a
+    /// 10 000-patch bank) in 498 s.
+    const CORESET_PAIR: f64 = 2.3e-7;
+    /// Zero-shot scoring per (patch, reference patch) pair (the synthetic set: 48 images against
+    /// 47 references each, ~80 s idle, 3 min loaded).
+    const MUTUAL_PAIR: f64 = 3e-8;
     /// One uncached forward of ViT-S/14 at 224 (5.6 views/s).
     const VIEW: f64 = 0.18;
     /// A cached training step per sample over an uncached view (`cargo bench --bench train`).
@@ -285,7 +306,6 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
             m.clone()
         }
         None => {
-            let size = (spec.detector.image_size as f64 / 448.0).powi(2);
             let (train, good_maps, what, fit) = match (&spec.normal, inputs.good) {
                 (Some(n), g) => (
                     Some(n.clone()),
@@ -315,7 +335,7 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
                         "the built-in detector, zero-shot (no normal images: each of the {} images is scored against up to 64 others)",
                         inputs.images
                     ),
-                    images,
+                    0.0,
                 ),
             };
             let scored = images + inputs.good as f64;
@@ -327,7 +347,7 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
                 },
                 dir: out.join("maps"),
                 what,
-                estimate_s: Costs::DETECT_IMAGE * size * (fit + scored) + 5.0,
+                estimate_s: Costs::detect(fit, scored, spec.detector.image_size),
             });
             out.join("maps")
         }
