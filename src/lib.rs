@@ -16,7 +16,8 @@
 //! | metrics | [`metrics`] | predictions, labels | NMI / ARI / Hungarian F1 |
 //! | report | [`report`] ([`report::write`]) | predictions | CSV / JSON files, `report.html` |
 //!
-//! [`pipeline`] chains them as the commands do (`train`, `test`, `predict`, `baseline`);
+//! [`pipeline`] chains them as the commands do (`train`, `test`, `predict`, `baseline`, and
+//! [`pipeline::discover`], all stages from a folder of images in one resumable run folder);
 //! [`config`] mirrors the reference's YAML; [`imageio`] reads every image and map format;
 //! [`mtd`] converts Magnetic-Tile-Defect, [`synth`] writes a synthetic dataset. The command
 //! line (`src/main.rs`, `src/cli/`) only turns flags into these specs. `docs/architecture.md`

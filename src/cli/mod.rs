@@ -6,6 +6,7 @@ mod baseline;
 mod binarize;
 mod config;
 mod detect;
+mod discover;
 mod maps_eval;
 mod predict;
 mod prepare_base;
@@ -57,6 +58,9 @@ pub enum Command {
     Binarize(binarize::BinarizeArgs),
     /// Crop a labelled base set of other defect types by its ground-truth masks.
     PrepareBase(prepare_base::PrepareBaseArgs),
+    /// All stages from a folder of images to defect types: base set, anomaly maps, MEBin, K,
+    /// training, report (one resumable run folder).
+    Discover(discover::DiscoverArgs),
     /// Train the mask-guided ViT on novel crops guided by a labelled base set, then evaluate.
     Train(train::TrainArgs),
     /// Evaluate a trained checkpoint on a crop folder (NMI / ARI / F1 when labels exist).
@@ -106,6 +110,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Test(a) => test::run(&a, &ctx),
         Command::Predict(a) => predict::run(&a, &ctx),
         Command::Detect(a) => detect::run(&a, &ctx),
+        Command::Discover(a) => discover::run(&a, &ctx),
         Command::MapsEval(a) => maps_eval::run(&a, &ctx),
         Command::PrepareMtd(a) => prepare_mtd::run(&a, &ctx),
         Command::Synth(a) => synth::run(&a, &ctx),

@@ -5,11 +5,14 @@
 //! - [`train()`]: binarize → (estimate K) → train → evaluate → run folder;
 //! - [`test()`]: a checkpoint on a crop folder, or on maps binarized with its stored range;
 //! - [`predict()`]: new images and maps → clusters named by the classes matched in training;
-//! - [`baseline()`]: k-means on the pretrained class tokens, no training.
+//! - [`baseline()`]: k-means on the pretrained class tokens, no training;
+//! - [`discover::run`]: all of it from a folder of images: base set, detector maps, MEBin,
+//!   K, training and report in one run folder, resumable stage by stage.
 //!
 //! `mebin::run` and `detect::run` are stages of their own and need nothing from here.
 
 mod baseline;
+pub mod discover;
 mod evaluate;
 mod train;
 

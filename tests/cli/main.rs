@@ -8,6 +8,7 @@
 //! - [`detect`] (and `maps-eval` in `detect::maps_eval`);
 //! - [`train`] (`train`, `test`, `predict`) and [`num_classes`] (flat folders, `--num-classes
 //!   auto`, the k-means baseline);
+//! - [`discover`]: the one-command pipeline (stage plan, resume in each stage, bad inputs);
 //! - [`devices`]: the training path with `--device cpu --threads 1` given explicitly;
 //! - [`scripts`]: the multi-GPU category queue of `scripts/anomalyncd.sh` (its self-test);
 //! - [`bad_inputs`]: bad inputs across every command.
@@ -21,6 +22,7 @@ mod bad_inputs;
 mod binarize;
 mod detect;
 mod devices;
+mod discover;
 mod num_classes;
 mod prepare_base;
 mod prepare_mtd;

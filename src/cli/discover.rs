@@ -1,0 +1,129 @@
+//! `anomalyncd discover --images DIR --out RUN`: base set, anomaly maps, MEBin, K, training and
+//! report in one resumable run folder (see [`anomalyncd::pipeline::discover`]).
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::Ctx;
+use anomalyncd::cluster::NumClasses;
+use anomalyncd::pipeline::discover::{
+    self, DetectorSettings, DetectorWeights, DiscoverOutcome, DiscoverSpec,
+};
+
+#[derive(Debug, Args)]
+pub struct DiscoverArgs {
+    /// Defective images: IMAGES/<type>/<stem>.<ext> (NMI / ARI / F1 against the types) or a
+    /// flat folder; normal images in IMAGES/good are used like --normal, never grouped.
+    #[arg(long, value_name = "DIR")]
+    pub images: PathBuf,
+    /// The run folder: base/, maps/, binarize/, train/ (checkpoint, predictions.csv,
+    /// report.html), discover.json, log.txt.
+    #[arg(long, value_name = "RUN")]
+    pub out: PathBuf,
+    /// Normal images (flat or in folders): the built-in detector is fitted on them (default:
+    /// IMAGES/good, else it runs zero-shot).
+    #[arg(long, value_name = "DIR")]
+    pub normal: Option<PathBuf>,
+    /// Your anomaly maps, MAPS/<type>/<stem>.<png|tif|npy> as `binarize` reads them: no
+    /// detector runs.
+    #[arg(long, value_name = "DIR")]
+    pub anomaly_maps: Option<PathBuf>,
+    /// Labelled base set of other defect types: BASE/images/<class>/ and BASE/masks/<class>/
+    /// (cropped into RUN/base), or a prepare-base output (used as it is). Default: the built-in
+    /// synthetic base set.
+    #[arg(long, value_name = "DIR")]
+    pub base: Option<PathBuf>,
+    /// Number of defect types: N, or `auto` to estimate it.
+    #[arg(long, value_name = "N|auto", default_value = "auto")]
+    pub num_classes: String,
+    /// Largest K that --num-classes auto considers.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub max_classes: usize,
+    /// Config file (default: the defaults with configs/demo.yaml's settings: the offline
+    /// DINOv2 ViT-S/14 on the frozen-prefix cache).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Override a config key, e.g. --set training.epochs=20 (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Continue an interrupted run: finished stages with the same inputs are kept, training
+    /// continues from its checkpoint.
+    #[arg(long, conflicts_with = "overwrite")]
+    pub resume: bool,
+    /// Print the plan (stages, inputs found, rough times) and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Start anew over an earlier run in RUN.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Stop after this stage (tests of --resume).
+    #[arg(long, hide = true, value_name = "STAGE")]
+    pub stop_after_stage: Option<String>,
+    /// Stop training after N epochs (tests of --resume).
+    #[arg(long, hide = true, value_name = "N")]
+    pub stop_after_epochs: Option<usize>,
+    /// The detector's backbone input side.
+    #[arg(long, hide = true, default_value_t = 448)]
+    pub detector_image_size: u32,
+    /// Random detector weights (tests only: the maps are meaningless).
+    #[arg(long, hide = true)]
+    pub detector_random_weights: bool,
+}
+
+pub fn run(a: &DiscoverArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let spec = DiscoverSpec {
+        config: discover::config(a.config.as_deref(), &a.set)?,
+        images: a.images.clone(),
+        out: a.out.clone(),
+        normal: a.normal.clone(),
+        anomaly_maps: a.anomaly_maps.clone(),
+        base: a.base.clone(),
+        num_classes: NumClasses::parse(Some(&a.num_classes))?,
+        max_classes: a.max_classes,
+        detector: DetectorSettings {
+            weights: match a.detector_random_weights {
+                true => DetectorWeights::Random,
+                false => DetectorWeights::Default,
+            },
+            image_size: a.detector_image_size,
+        },
+        resume: a.resume,
+        overwrite: a.overwrite,
+        stop_after_stage: a.stop_after_stage.clone(),
+        stop_after_epochs: a.stop_after_epochs,
+        device: ctx.device,
+    };
+    if a.dry_run {
+        print!("{}", discover::prepare(&spec)?.describe(&spec));
+        return Ok(());
+    }
+    match discover::run(&spec)? {
+        DiscoverOutcome::Stopped { stage, detail } => println!(
+            "stopped in stage {stage} ({detail}); continue with the same command and --resume"
+        ),
+        DiscoverOutcome::Finished {
+            found,
+            report,
+            predictions,
+            ..
+        } => {
+            if let Some(e) = &found.estimate {
+                print!("{}", e.table());
+            }
+            let how = match &found.estimate {
+                Some(_) => "estimated",
+                None => "given",
+            };
+            let sizes: Vec<String> = found.cluster_sizes.iter().map(|s| s.to_string()).collect();
+            println!("report: {}", report.display());
+            println!("predictions: {}", predictions.display());
+            println!("K = {} ({how})", found.num_clusters);
+            println!("cluster sizes: {}", sizes.join(", "));
+            if let Some((nmi, ari, f1)) = found.scores {
+                println!("NMI {nmi:.4}  ARI {ari:.4}  F1 {f1:.4}  (image level, against the type folders)");
+            }
+        }
+    }
+    Ok(())
+}

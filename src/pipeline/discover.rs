@@ -1,0 +1,409 @@
+//! `discover`: from a folder of defective images to defect types in one run folder, chaining
+//! the stages the separate commands run:
+//!
+//! 1. `base/`: the labelled base set cropped by its masks (`--base`, or the built-in synthetic
+//!    one generated into `synth_base/`; a `prepare-base` output is used as it is);
+//! 2. `maps/`: the built-in detector's anomaly maps, fitted on `--normal` (else on
+//!    `--images/good`) or zero-shot; skipped when `--anomaly-maps` are given;
+//! 3. `binarize/`: MEBin masks and anomaly-centred crops;
+//! 4. `train/`: K (estimated by default), training, evaluation, `predictions.csv`,
+//!    `report.html`, the checkpoint.
+//!
+//! [`prepare`] lists and checks every input first (exit code 2 before any heavy work) and
+//! builds the [`Plan`]; `--dry-run` prints it. Each finished stage leaves a `stage.json` with
+//! the fingerprint of its inputs ([`record`]); with `resume` a stage finished with the same
+//! fingerprint is skipped and training continues from its checkpoint.
+
+mod plan;
+mod record;
+mod scan;
+mod stages;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tch::Device;
+
+pub use plan::{
+    duration_text, plan, BaseInput, Digests, Inputs, Plan, Stage, StageKind, NORMAL_TYPE,
+};
+pub use record::{StageRecord, STAGE_FILE};
+pub use scan::{pairing, scan};
+
+use stages::{run_stage, Ran};
+
+use crate::cluster::{KEstimate, NumClasses};
+use crate::config::Config;
+use crate::detect::features::{default_weights_file, BACKBONES};
+use crate::error::{Error, Result, ResultExt};
+use crate::fsutil::{absolute, atomic_write, prepare_output_dir, MARKER};
+
+/// The config keys `discover` sets when no `--config` is given: `configs/demo.yaml`'s settings
+/// (the offline DINOv2 ViT-S/14, the frozen-prefix cache, the thin-mask fallback), so that a
+/// first answer needs no download and runs on a CPU.
+pub const DEFAULT_SETTINGS: &[&str] = &[
+    "models.pretrained_backbone=dinov2_vits14",
+    "models.thin_mask_fallback=true",
+    "training.cache_frozen=true",
+    "training.num_workers=2",
+];
+
+/// The run's config: `path` as it is, or the defaults with [`DEFAULT_SETTINGS`]; `overrides`
+/// (`--set`) last.
+pub fn config(path: Option<&Path>, overrides: &[String]) -> Result<Config> {
+    match path {
+        Some(p) => Config::load(Some(p), overrides),
+        None => {
+            let mut all: Vec<String> = DEFAULT_SETTINGS.iter().map(|s| s.to_string()).collect();
+            all.extend_from_slice(overrides);
+            Config::load(None, &all)
+        }
+    }
+}
+
+/// The built-in detector's weights.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DetectorWeights {
+    /// `data/weights/dinov2_vits14.safetensors` (prepared by `scripts/setup.sh`).
+    Default,
+    File(PathBuf),
+    /// Random weights: meaningless maps, for tests only.
+    Random,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DetectorSettings {
+    pub weights: DetectorWeights,
+    /// The backbone input's longer side (`detect --image-size`).
+    pub image_size: u32,
+}
+
+impl Default for DetectorSettings {
+    fn default() -> Self {
+        Self {
+            weights: DetectorWeights::Default,
+            image_size: 448,
+        }
+    }
+}
+
+/// A validated `discover` request.
+#[derive(Debug, Clone)]
+pub struct DiscoverSpec {
+    pub config: Config,
+    /// Defective images: `<type>/` folders (metrics) or a flat folder; `good/` holds normals.
+    pub images: PathBuf,
+    /// The run folder.
+    pub out: PathBuf,
+    pub normal: Option<PathBuf>,
+    pub anomaly_maps: Option<PathBuf>,
+    pub base: Option<PathBuf>,
+    pub num_classes: NumClasses,
+    pub max_classes: usize,
+    pub detector: DetectorSettings,
+    pub resume: bool,
+    pub overwrite: bool,
+    /// Stop cleanly after this stage (tests of `resume`).
+    pub stop_after_stage: Option<String>,
+    /// Stop training after this many epochs (tests of `resume`).
+    pub stop_after_epochs: Option<usize>,
+    pub device: Device,
+}
+
+/// What a finished run found (also `train/stage.json`'s summary).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Found {
+    /// K, the number of defect types found.
+    pub num_clusters: usize,
+    /// The estimate and its per-K table when K was estimated.
+    pub estimate: Option<KEstimate>,
+    /// Images per cluster.
+    pub cluster_sizes: Vec<usize>,
+    /// Image-level (NMI, ARI, F1) when `--images` has type folders.
+    pub scores: Option<(f64, f64, f64)>,
+}
+
+/// One stage as this run handled it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageRun {
+    pub name: String,
+    /// Finished earlier with the same inputs.
+    pub skipped: bool,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum DiscoverOutcome {
+    /// Stopped on request after `stage` (`detail`: where); `resume` continues.
+    Stopped { stage: String, detail: String },
+    Finished {
+        found: Found,
+        report: PathBuf,
+        predictions: PathBuf,
+        stages: Vec<StageRun>,
+    },
+}
+
+/// The checked inputs, the plan and what an earlier run already finished.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub inputs: Inputs,
+    pub plan: Plan,
+    /// Per stage: finished earlier with the same fingerprint (skipped; only with `resume`).
+    pub done: Vec<bool>,
+    fingerprints: Vec<(Value, String)>,
+    model_weights: Option<PathBuf>,
+    detector_weights: Option<PathBuf>,
+}
+
+impl Prepared {
+    /// The plan as `--dry-run` prints it.
+    pub fn describe(&self, spec: &DiscoverSpec) -> String {
+        self.plan.describe(&spec.out, &self.inputs, &self.done)
+    }
+}
+
+/// The summary at the top of the run folder.
+pub const SUMMARY_FILE: &str = "discover.json";
+
+/// Lists and checks the inputs, the weights and the run folder, and plans the stages; writes
+/// nothing.
+pub fn prepare(spec: &DiscoverSpec) -> Result<Prepared> {
+    if spec.max_classes < 2 {
+        return Err(Error::usage("--max-classes must be at least 2"));
+    }
+    let inputs = scan(spec)?;
+    let plan = plan(spec, &inputs);
+    if let Some(s) = &spec.stop_after_stage {
+        if plan.stage(s).is_none() {
+            return Err(Error::usage(format!(
+                "--stop-after-stage {s}: not a stage of this run ({})",
+                plan.names().join(", ")
+            )));
+        }
+    }
+    let model_weights = crate::model::resolve_backbone_weights(&spec.config.models, None)?;
+    let detector_weights = match (&spec.detector.weights, plan.stage("maps").is_some()) {
+        (_, false) | (DetectorWeights::Random, _) => None,
+        (DetectorWeights::File(p), _) if p.is_file() => Some(p.clone()),
+        (DetectorWeights::File(p), _) => {
+            return Err(Error::input(p, "detector weights: file not found"))
+        }
+        (DetectorWeights::Default, _) => {
+            let file = default_weights_file(BACKBONES[0]);
+            Some(crate::model::find_in_weights_dir(file).ok_or_else(|| {
+                Error::usage(format!(
+                    "the built-in detector needs {}/{file}: run scripts/prepare_weights.sh \
+                     (scripts/setup.sh does), or give --anomaly-maps",
+                    crate::model::DEFAULT_WEIGHTS_DIR
+                ))
+            })?)
+        }
+    };
+    let name = |w: &Option<PathBuf>| {
+        w.as_ref()
+            .map_or("random".into(), |p| absolute(p).display().to_string())
+    };
+    let fingerprints = record::fingerprints(
+        spec,
+        &inputs,
+        &plan,
+        &name(&model_weights),
+        &name(&detector_weights),
+    );
+    check_run_folder(spec)?;
+    let done = plan
+        .stages
+        .iter()
+        .zip(&fingerprints)
+        .map(|(st, (_, digest))| {
+            spec.resume && record::read(&st.dir).is_some_and(|r| r.finished && &r.digest == digest)
+        })
+        .collect();
+    Ok(Prepared {
+        inputs,
+        plan,
+        done,
+        fingerprints,
+        model_weights,
+        detector_weights,
+    })
+}
+
+/// A new or empty run folder; or one holding a discover run, with `resume` or `overwrite`.
+fn check_run_folder(spec: &DiscoverSpec) -> Result<()> {
+    let out = &spec.out;
+    let nothing = || {
+        Error::usage(format!(
+            "--resume: {} holds no discover run to continue; start without --resume",
+            out.display()
+        ))
+    };
+    if !out.exists() {
+        return if spec.resume { Err(nothing()) } else { Ok(()) };
+    }
+    if !out.is_dir() {
+        return Err(Error::usage(format!(
+            "--out {}: exists and is not a folder",
+            out.display()
+        )));
+    }
+    let empty = std::fs::read_dir(out)
+        .map_err(|e| Error::io(out, e))?
+        .next()
+        .is_none();
+    if empty {
+        return if spec.resume { Err(nothing()) } else { Ok(()) };
+    }
+    let command = std::fs::read_to_string(out.join(MARKER))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| v.get("command").and_then(|c| c.as_str()).map(String::from));
+    match command.as_deref() {
+        None => Err(Error::usage(format!(
+            "--out {}: the folder is not empty and was not created by anomalyncd; choose a new or empty folder",
+            out.display()
+        ))),
+        Some("discover") if !spec.resume && !spec.overwrite => Err(Error::usage(format!(
+            "--out {}: holds an earlier discover run; pass --resume to continue it (finished stages are kept) or --overwrite to start anew",
+            out.display()
+        ))),
+        Some("discover") => Ok(()),
+        Some(_) if spec.resume => Err(nothing()),
+        Some(other) if !spec.overwrite => Err(Error::usage(format!(
+            "--out {}: holds a different anomalyncd run ({other}); pass --overwrite to replace its files, or choose another folder",
+            out.display()
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+/// The `discover` stage chain (see the module doc).
+pub fn run(spec: &DiscoverSpec) -> Result<DiscoverOutcome> {
+    let p = prepare(spec)?;
+    let mut inputs = vec![("--images", spec.images.as_path())];
+    for (flag, dir) in [
+        ("--normal", &spec.normal),
+        ("--anomaly-maps", &spec.anomaly_maps),
+        ("--base", &spec.base),
+    ] {
+        if let Some(d) = dir {
+            inputs.push((flag, d.as_path()));
+        }
+    }
+    let marker = json!({ "run": "discover" });
+    prepare_output_dir(&spec.out, &inputs, "discover", &marker, spec.overwrite)?;
+    let log_file = spec.out.join("log.txt");
+    let add_log = || crate::logging::add_log_file(&log_file).map_err(|e| Error::io(&log_file, e));
+    add_log()?;
+    for line in p.describe(spec).lines() {
+        log::info!("{line}");
+    }
+    let stages = &p.plan.stages;
+    let n = stages.len();
+    let start = Instant::now();
+    let (mut spent, mut spent_estimate) = (0.0f64, 0.0f64);
+    let mut runs = Vec::new();
+    let mut found = None;
+    for (i, st) in stages.iter().enumerate() {
+        let (fingerprint, digest) = &p.fingerprints[i];
+        let label = format!("stage {}/{n}: {}", i + 1, st.name);
+        if p.done[i] {
+            log::info!(
+                "{label}: finished earlier with the same inputs, skipped ({})",
+                st.dir.display()
+            );
+            if st.kind == StageKind::Train {
+                found = record::read(&st.dir).and_then(|r| serde_json::from_value(r.summary).ok());
+            }
+            runs.push(StageRun {
+                name: st.name.into(),
+                skipped: true,
+                seconds: 0.0,
+            });
+            continue;
+        }
+        // The estimates, scaled by how the stages run so far compared with theirs.
+        let pace = match spent_estimate > 10.0 {
+            true => (spent / spent_estimate).clamp(0.2, 5.0),
+            false => 1.0,
+        };
+        let left: f64 = (i..n)
+            .filter(|&j| !p.done[j])
+            .map(|j| stages[j].estimate_s * pace)
+            .sum();
+        log::info!(
+            "{label}: {} (~{}; ~{} left in all; {} elapsed)",
+            st.what,
+            duration_text(st.estimate_s * pace),
+            duration_text(left),
+            duration_text(start.elapsed().as_secs_f64())
+        );
+        let t = Instant::now();
+        let outcome = run_stage(spec, &p, st, fingerprint, digest)
+            .with_context(|| format!("discover {label}"));
+        if st.kind == StageKind::Train {
+            add_log()?;
+        }
+        let summary = match outcome? {
+            Ran::Done(summary) => summary,
+            Ran::Stopped(detail) => {
+                return Ok(DiscoverOutcome::Stopped {
+                    stage: st.name.into(),
+                    detail,
+                })
+            }
+        };
+        let seconds = t.elapsed().as_secs_f64();
+        if st.kind == StageKind::Train {
+            found = serde_json::from_value(summary.clone()).ok();
+        }
+        record::write(
+            &st.dir,
+            &StageRecord {
+                stage: st.name.into(),
+                digest: digest.clone(),
+                fingerprint: fingerprint.clone(),
+                finished: true,
+                seconds,
+                summary,
+            },
+        )?;
+        log::info!("{label}: finished in {}", duration_text(seconds));
+        (spent, spent_estimate) = (spent + seconds, spent_estimate + st.estimate_s);
+        runs.push(StageRun {
+            name: st.name.into(),
+            skipped: false,
+            seconds,
+        });
+        if spec.stop_after_stage.as_deref() == Some(st.name) {
+            return Ok(DiscoverOutcome::Stopped {
+                stage: st.name.into(),
+                detail: format!("after stage {}/{n}", i + 1),
+            });
+        }
+    }
+    let found = found.ok_or_else(|| {
+        Error::runtime(format!(
+            "{}: the train stage left no readable outcome in its stage.json; run again with --overwrite",
+            spec.out.display()
+        ))
+    })?;
+    let train = spec.out.join("train");
+    let (report, predictions) = (train.join("report.html"), train.join("predictions.csv"));
+    let body = json!({
+        "report": absolute(&report), "predictions": absolute(&predictions),
+        "checkpoint": absolute(&train.join(crate::checkpoint::CHECKPOINT_FILE)),
+        "found": found, "stages": runs, "seconds": start.elapsed().as_secs_f64(),
+    });
+    let text = serde_json::to_vec_pretty(&body).expect("the summary serialises");
+    atomic_write(&spec.out.join(SUMMARY_FILE), &text)?;
+    Ok(DiscoverOutcome::Finished {
+        found,
+        report,
+        predictions,
+        stages: runs,
+    })
+}

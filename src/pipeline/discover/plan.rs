@@ -1,0 +1,405 @@
+//! The plan of a `discover` run. [`super::scan()`] lists and checks the input folders into
+//! [`Inputs`]; [`plan`] is pure: from the flags and those counts it decides the stages, their
+//! folders and rough times, so every combination of flags is unit-tested without a model.
+
+use std::path::{Path, PathBuf};
+
+use super::DiscoverSpec;
+use crate::cluster::NumClasses;
+use crate::config::{arch::ArchSpec, Config};
+
+/// The type folder of `--images` that holds normal images (MVTec's name).
+pub const NORMAL_TYPE: &str = "good";
+
+/// The built-in base set: `synth`'s three base classes, this many images each.
+pub const SYNTH_BASE_PER_CLASS: usize = 12;
+/// Its seed (not the default `synth` seed, so it is not the demo set's own base set).
+pub const SYNTH_BASE_SEED: u64 = 1;
+/// Its image side in pixels.
+pub const SYNTH_BASE_SIZE: u32 = 160;
+/// Crops per base image (the reference's `aebad_preprocess`).
+pub const BASE_MAX_CROPS: usize = 2;
+
+/// Where the labelled base set comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BaseInput {
+    /// No `--base`: the built-in synthetic base set, generated into `RUN/synth_base`.
+    Synthetic,
+    /// `DIR/images/<class>/` and `DIR/masks/<class>/`, cropped by the masks into `RUN/base`.
+    Raw {
+        dir: PathBuf,
+        images: usize,
+        classes: usize,
+    },
+    /// A `prepare-base` output (it holds `prepare_base.json`): used as it is.
+    Cropped {
+        dir: PathBuf,
+        crops: usize,
+        classes: usize,
+    },
+}
+
+/// What [`super::scan()`] found in the input folders.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inputs {
+    /// Defective images, to be grouped.
+    pub images: usize,
+    /// Their type folders (empty for a flat folder: no metrics).
+    pub types: Vec<String>,
+    /// Normal images in `--images/good`.
+    pub good: usize,
+    /// Images in `--normal` (0 without it).
+    pub normal: usize,
+    /// Maps in `--anomaly-maps` paired with a defective image (0 without it).
+    pub maps: usize,
+    pub base: BaseInput,
+    /// Digests of the listings (names, sizes, modification times), for the stage fingerprints.
+    pub digests: Digests,
+}
+
+/// Listing digests of the input folders (empty when not given).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Digests {
+    pub images: String,
+    pub normal: String,
+    pub maps: String,
+    pub base: String,
+}
+
+/// What a stage does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StageKind {
+    /// Generate the synthetic base set into `RUN/synth_base` and crop it into `RUN/base`.
+    SynthBase,
+    /// Crop a labelled base set by its masks into `RUN/base`.
+    CropBase { images: PathBuf, masks: PathBuf },
+    /// The built-in detector: fitted on `train`, or zero-shot (`None`); `write_good_maps`
+    /// also writes the maps of `--images/good` (held-out normals: they set MEBin's range).
+    Detect {
+        train: Option<PathBuf>,
+        write_good_maps: bool,
+    },
+    /// MEBin over these maps and `--images`.
+    Binarize { maps: PathBuf },
+    /// K (estimated or given), training, evaluation, report.
+    Train,
+}
+
+/// One stage of the plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stage {
+    /// `base`, `maps`, `binarize` or `train`: also its sub-folder of the run folder.
+    pub name: &'static str,
+    pub kind: StageKind,
+    pub dir: PathBuf,
+    /// One line on what it does, with the counts.
+    pub what: String,
+    /// Rough seconds (2-core CPU figures, see [`Costs`]).
+    pub estimate_s: f64,
+}
+
+/// The stages of a run, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub stages: Vec<Stage>,
+    /// The base crops training reads.
+    pub base: PathBuf,
+    /// The maps MEBin reads.
+    pub maps: PathBuf,
+    /// Choices worth a line (inputs used as they are, flags without effect).
+    pub notes: Vec<String>,
+}
+
+impl Plan {
+    pub fn stage(&self, name: &str) -> Option<&Stage> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.stages.iter().map(|s| s.name).collect()
+    }
+
+    pub fn estimate_s(&self) -> f64 {
+        self.stages.iter().map(|s| s.estimate_s).sum()
+    }
+
+    /// The plan as `--dry-run` prints it; `done[i]`: stage i finished earlier with the same
+    /// inputs (skipped with `--resume`).
+    pub fn describe(&self, out: &Path, inputs: &Inputs, done: &[bool]) -> String {
+        let mut s = format!("discover plan for {}\n", out.display());
+        let types = match inputs.types.len() {
+            0 => "a flat folder: no type folders, no metrics".to_string(),
+            n => format!("{n} type folders: {}", inputs.types.join(", ")),
+        };
+        s.push_str(&format!("  images: {} defective ({types})", inputs.images));
+        if inputs.good > 0 {
+            s.push_str(&format!(", {} normal in good/", inputs.good));
+        }
+        s.push('\n');
+        if inputs.normal > 0 {
+            s.push_str(&format!("  normal: {} images\n", inputs.normal));
+        }
+        if inputs.maps > 0 {
+            s.push_str(&format!("  anomaly maps: {} paired\n", inputs.maps));
+        }
+        let n = self.stages.len();
+        for (i, st) in self.stages.iter().enumerate() {
+            let mark = match done.get(i) {
+                Some(true) => "  [done: skipped with --resume]",
+                _ => "",
+            };
+            s.push_str(&format!(
+                "  stage {}/{n} {:<8} -> {}: {} (~{}){mark}\n",
+                i + 1,
+                st.name,
+                st.dir.display(),
+                st.what,
+                duration_text(st.estimate_s)
+            ));
+        }
+        let left: f64 = self
+            .stages
+            .iter()
+            .zip(done.iter().chain(std::iter::repeat(&false)))
+            .filter(|(_, d)| !**d)
+            .map(|(st, _)| st.estimate_s)
+            .sum();
+        s.push_str(&format!(
+            "  total ~{} (rough, from the counts; 2-core CPU figures)\n",
+            duration_text(left)
+        ));
+        for note in &self.notes {
+            s.push_str(&format!("  note: {note}\n"));
+        }
+        s
+    }
+}
+
+/// `12 s`, `3 min`, `1 h 5 min`.
+pub fn duration_text(s: f64) -> String {
+    let s = s.max(0.0).round() as u64;
+    match s {
+        0..=89 => format!("{s} s"),
+        90..=3599 => format!("{} min", (s + 30) / 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600 + 30) / 60),
+    }
+}
+
+/// Seconds per unit on the 2-core CPU the README's tables were measured on (DINOv2 ViT-S/14,
+/// fp32): rough, for the plan and the ETA only.
+pub struct Costs;
+
+impl Costs {
+    /// The detector over `fit` normal and `scored` test images (zero-shot: `fit` 0) at a
+    /// side of `size` pixels.
+    fn detect(fit: f64, scored: f64, size: u32) -> f64 {
+        let patches = (size as f64 / 14.0).powi(2);
+        let forwards = Self::DETECT_IMAGE * (fit + scored) * patches / 1024.0;
+        let extra = if fit > 0.0 {
+            let pool = (fit * patches).min(100_000.0);
+            pool * 0.1 * pool * Self::CORESET_PAIR
+        } else {
+            scored * (scored - 1.0).clamp(0.0, 64.0) * patches * patches * Self::MUTUAL_PAIR
+        };
+        forwards + extra + 5.0
+    }
+
+    /// `detect`: one image's forward at a 448 side (1024 patches).
+    const DETECT_IMAGE: f64 = 0.2;
+    /// `detect`'s greedy k-center coreset, per (pooled patch, bank patch) pair: with the
+    /// forwards, the fp32 MTD run (952 normal + 392 test images, a 100 000-patch pool, a
+    /// 10 000-patch bank) in 498 s.
+    const CORESET_PAIR: f64 = 2.3e-7;
+    /// Zero-shot scoring per (patch, reference patch) pair (the synthetic set: 48 images against
+    /// 47 references each, ~80 s idle, 3 min loaded).
+    const MUTUAL_PAIR: f64 = 3e-8;
+    /// One uncached forward of ViT-S/14 at 224 (5.6 views/s).
+    const VIEW: f64 = 0.18;
+    /// A cached training step per sample over an uncached view (`cargo bench --bench train`).
+    const CACHED_SPEEDUP: f64 = 58.0;
+    /// Crops per defective image (MTD: 416–520 for 392 images) and per base image (SD-900: 377
+    /// for 300; the synthetic base set: 1 each).
+    const NOVEL_CROPS: f64 = 1.2;
+    const BASE_CROPS: f64 = 1.2;
+
+    /// One forward of the config's backbone relative to ViT-S/14 at 224 (tokens x width² x depth).
+    fn view(cfg: &Config) -> f64 {
+        let Some(a) = ArchSpec::by_name(&cfg.models.pretrained_backbone) else {
+            return Self::VIEW;
+        };
+        let side = cfg.models.image_size as f64 / a.patch_size as f64;
+        let tokens = side * side + 1.0;
+        let width = a.embed_dim as f64 / 384.0;
+        Self::VIEW * tokens / 257.0 * width * width * a.depth as f64 / 12.0
+    }
+}
+
+/// The stages for these flags and inputs (pure; see the module doc).
+pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
+    let out = &spec.out;
+    let cfg = &spec.config;
+    let mut stages = Vec::new();
+    let mut notes = Vec::new();
+    let view = Costs::view(cfg);
+    let (base, base_crops) = match &inputs.base {
+        BaseInput::Synthetic => {
+            let n = 3 * SYNTH_BASE_PER_CLASS;
+            stages.push(Stage {
+                name: "base",
+                kind: StageKind::SynthBase,
+                dir: out.join("base"),
+                what: format!(
+                    "the built-in synthetic base set (3 classes x {SYNTH_BASE_PER_CLASS} images, \
+                     written to {}) cropped by its masks",
+                    out.join("synth_base").display()
+                ),
+                estimate_s: 0.05 * n as f64 + 2.0,
+            });
+            (out.join("base"), Costs::BASE_CROPS * n as f64)
+        }
+        BaseInput::Raw {
+            dir,
+            images,
+            classes,
+        } => {
+            stages.push(Stage {
+                name: "base",
+                kind: StageKind::CropBase {
+                    images: dir.join("images"),
+                    masks: dir.join("masks"),
+                },
+                dir: out.join("base"),
+                what: format!(
+                    "crop the base set {} ({images} images in {classes} classes) by its masks",
+                    dir.display()
+                ),
+                estimate_s: 0.01 * *images as f64 + 1.0,
+            });
+            (out.join("base"), Costs::BASE_CROPS * *images as f64)
+        }
+        BaseInput::Cropped {
+            dir,
+            crops,
+            classes,
+        } => {
+            notes.push(format!(
+                "base set: {} is a prepare-base output ({crops} crops in {classes} classes): used as it is",
+                dir.display()
+            ));
+            (dir.clone(), *crops as f64)
+        }
+    };
+    let images = inputs.images as f64;
+    let maps = match &spec.anomaly_maps {
+        Some(m) => {
+            notes.push(format!(
+                "anomaly maps: {} ({} maps) are used, no detector runs",
+                m.display(),
+                inputs.maps
+            ));
+            if let Some(n) = &spec.normal {
+                notes.push(format!(
+                    "--normal {} is not used: the anomaly maps are given",
+                    n.display()
+                ));
+            }
+            m.clone()
+        }
+        None => {
+            let (train, good_maps, what, fit) = match (&spec.normal, inputs.good) {
+                (Some(n), g) => (
+                    Some(n.clone()),
+                    g > 0,
+                    format!(
+                        "the built-in detector fitted on the {} normal images in {}{}",
+                        inputs.normal,
+                        n.display(),
+                        if g > 0 {
+                            format!("; the {g} images in --images/good are scored too (their maps set MEBin's range)")
+                        } else {
+                            String::new()
+                        }
+                    ),
+                    inputs.normal as f64,
+                ),
+                (None, g) if g > 0 => (
+                    Some(spec.images.join(NORMAL_TYPE)),
+                    false,
+                    format!("the built-in detector fitted on the {g} normal images in --images/good"),
+                    g as f64,
+                ),
+                (None, _) => (
+                    None,
+                    false,
+                    format!(
+                        "the built-in detector, zero-shot (no normal images: each of the {} images is scored against up to 64 others)",
+                        inputs.images
+                    ),
+                    0.0,
+                ),
+            };
+            let scored = images + inputs.good as f64;
+            stages.push(Stage {
+                name: "maps",
+                kind: StageKind::Detect {
+                    train,
+                    write_good_maps: good_maps,
+                },
+                dir: out.join("maps"),
+                what,
+                estimate_s: Costs::detect(fit, scored, spec.detector.image_size),
+            });
+            out.join("maps")
+        }
+    };
+    stages.push(Stage {
+        name: "binarize",
+        kind: StageKind::Binarize { maps: maps.clone() },
+        dir: out.join("binarize"),
+        what: format!(
+            "MEBin binary masks and anomaly-centred crops of the {} images",
+            inputs.images
+        ),
+        estimate_s: 0.01 * images + 1.0,
+    });
+    let novel = Costs::NOVEL_CROPS * images;
+    let all = novel + base_crops;
+    let t = &cfg.training;
+    let (k_what, k_cost) = match spec.num_classes {
+        NumClasses::Auto => (format!("estimate K (2..={})", spec.max_classes), all * view),
+        NumClasses::Fixed(k) => (format!("K = {k}"), 0.0),
+        NumClasses::FromFolders => (format!("K = {} (type folders)", inputs.types.len()), 0.0),
+    };
+    let train_cost = if t.cache_frozen {
+        all * t.cache_views as f64 * view + t.epochs as f64 * all * view / Costs::CACHED_SPEEDUP
+    } else {
+        t.epochs as f64 * all * 2.0 * view
+    };
+    stages.push(Stage {
+        name: "train",
+        kind: StageKind::Train,
+        dir: out.join("train"),
+        what: format!(
+            "{k_what}, train {} epochs ({}, ~{} crops), evaluate, predictions and report.html",
+            t.epochs,
+            cfg.models.pretrained_backbone,
+            all.round()
+        ),
+        estimate_s: k_cost + train_cost + novel * view + 5.0,
+    });
+    if spec.device.is_cuda() {
+        for s in &mut stages {
+            s.estimate_s *= 0.05;
+        }
+    }
+    Plan {
+        stages,
+        base,
+        maps,
+        notes,
+    }
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

@@ -1,0 +1,193 @@
+//! The stage plan for every combination of flags, from counts alone (no model, no files).
+
+use std::path::PathBuf;
+
+use super::*;
+use crate::pipeline::discover::{DetectorSettings, DiscoverSpec};
+
+fn spec(normal: bool, maps: bool, base: bool) -> DiscoverSpec {
+    DiscoverSpec {
+        config: Config::default(),
+        images: "/data/images".into(),
+        out: "/runs/r".into(),
+        normal: normal.then(|| PathBuf::from("/data/normal")),
+        anomaly_maps: maps.then(|| PathBuf::from("/data/maps")),
+        base: base.then(|| PathBuf::from("/data/base")),
+        num_classes: NumClasses::Auto,
+        max_classes: 10,
+        detector: DetectorSettings::default(),
+        resume: false,
+        overwrite: false,
+        stop_after_stage: None,
+        stop_after_epochs: None,
+        device: tch::Device::Cpu,
+    }
+}
+
+fn inputs(s: &DiscoverSpec, typed: bool, good: usize, cropped_base: bool) -> Inputs {
+    let base = match (&s.base, cropped_base) {
+        (None, _) => BaseInput::Synthetic,
+        (Some(d), false) => BaseInput::Raw {
+            dir: d.clone(),
+            images: 30,
+            classes: 3,
+        },
+        (Some(d), true) => BaseInput::Cropped {
+            dir: d.clone(),
+            crops: 50,
+            classes: 3,
+        },
+    };
+    Inputs {
+        images: 40,
+        types: match typed {
+            true => vec!["crack".into(), "hole".into()],
+            false => vec![],
+        },
+        good,
+        normal: if s.normal.is_some() { 8 } else { 0 },
+        maps: if s.anomaly_maps.is_some() { 40 } else { 0 },
+        base,
+        digests: Digests::default(),
+    }
+}
+
+fn detect(p: &Plan) -> Option<(Option<PathBuf>, bool)> {
+    match &p.stage("maps")?.kind {
+        StageKind::Detect {
+            train,
+            write_good_maps,
+        } => Some((train.clone(), *write_good_maps)),
+        k => panic!("maps stage of kind {k:?}"),
+    }
+}
+
+#[test]
+fn every_flag_combination_gives_the_expected_stages() {
+    for typed in [false, true] {
+        for good in [0, 5] {
+            if good > 0 && !typed {
+                continue; // a flat folder has no good/ folder
+            }
+            for (normal, maps, base, cropped) in [
+                (false, false, false, false),
+                (true, false, false, false),
+                (false, true, false, false),
+                (true, true, false, false),
+                (false, false, true, false),
+                (false, false, true, true),
+                (true, false, true, true),
+                (false, true, true, true),
+            ] {
+                let s = spec(normal, maps, base);
+                let inp = inputs(&s, typed, good, cropped);
+                let p = plan(&s, &inp);
+                let case = format!("typed {typed} good {good} normal {normal} maps {maps} base {base} cropped {cropped}");
+                let mut want = vec![];
+                if !cropped {
+                    want.push("base");
+                }
+                if !maps {
+                    want.push("maps");
+                }
+                want.extend(["binarize", "train"]);
+                assert_eq!(p.names(), want, "{case}");
+                for st in &p.stages {
+                    assert_eq!(st.dir, s.out.join(st.name), "{case}");
+                    assert!(st.estimate_s > 0.0, "{case}");
+                }
+                // The base crops training reads.
+                let base_dir = if cropped {
+                    "/data/base"
+                } else {
+                    "/runs/r/base"
+                };
+                assert_eq!(p.base, PathBuf::from(base_dir), "{case}");
+                match p.stage("base").map(|s| &s.kind) {
+                    Some(StageKind::SynthBase) => assert!(!base, "{case}"),
+                    Some(StageKind::CropBase { images, masks }) => {
+                        assert_eq!(images, &PathBuf::from("/data/base/images"));
+                        assert_eq!(masks, &PathBuf::from("/data/base/masks"));
+                    }
+                    None => assert!(cropped, "{case}"),
+                    Some(k) => panic!("{case}: base stage {k:?}"),
+                }
+                // The maps MEBin reads, and how the detector gets its normal images.
+                let binarize_maps = match &p.stage("binarize").unwrap().kind {
+                    StageKind::Binarize { maps } => maps.clone(),
+                    k => panic!("{case}: {k:?}"),
+                };
+                assert_eq!(binarize_maps, p.maps, "{case}");
+                if maps {
+                    assert_eq!(p.maps, PathBuf::from("/data/maps"), "{case}");
+                    assert!(detect(&p).is_none(), "{case}");
+                    assert_eq!(
+                        p.notes.iter().any(|n| n.contains("--normal")),
+                        normal,
+                        "{case}: --normal unused is noted"
+                    );
+                } else {
+                    assert_eq!(p.maps, PathBuf::from("/runs/r/maps"), "{case}");
+                    let (train, good_maps) = detect(&p).unwrap();
+                    let want_train = match (normal, good > 0) {
+                        (true, _) => Some(PathBuf::from("/data/normal")),
+                        (false, true) => Some(PathBuf::from("/data/images/good")),
+                        (false, false) => None,
+                    };
+                    assert_eq!(train, want_train, "{case}");
+                    // Held-out normals (good/ beside --normal) set MEBin's range; the bank's own
+                    // images would not.
+                    assert_eq!(good_maps, normal && good > 0, "{case}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_plan_text_names_stages_counts_and_skips() {
+    let s = spec(false, false, false);
+    let inp = inputs(&s, true, 0, false);
+    let p = plan(&s, &inp);
+    let text = p.describe(&s.out, &inp, &[true, false, false, false]);
+    for want in [
+        "stage 1/4 base",
+        "[done: skipped with --resume]",
+        "stage 2/4 maps",
+        "zero-shot",
+        "stage 4/4 train",
+        "40 defective (2 type folders: crack, hole)",
+        "estimate K (2..=10)",
+        "total ~",
+    ] {
+        assert!(text.contains(want), "`{want}` missing:\n{text}");
+    }
+    let flat = inputs(&s, false, 0, false);
+    assert!(p.describe(&s.out, &flat, &[]).contains("flat folder"));
+}
+
+#[test]
+fn estimates_grow_with_the_counts_and_the_settings() {
+    let s = spec(false, false, false);
+    let small = inputs(&s, true, 0, false);
+    let big = Inputs {
+        images: 400,
+        ..small.clone()
+    };
+    assert!(plan(&s, &big).estimate_s() > 5.0 * plan(&s, &small).estimate_s() / 2.0);
+    let mut fixed = spec(false, false, false);
+    fixed.num_classes = NumClasses::Fixed(4);
+    let train = |s: &DiscoverSpec| plan(s, &small).stage("train").unwrap().estimate_s;
+    assert!(train(&fixed) < train(&s), "no K estimate, less time");
+    assert!(plan(&fixed, &small)
+        .stage("train")
+        .unwrap()
+        .what
+        .contains("K = 4"));
+    let mut gpu = spec(false, false, false);
+    gpu.device = tch::Device::Cuda(0);
+    assert!(plan(&gpu, &small).estimate_s() < plan(&s, &small).estimate_s());
+    assert_eq!(duration_text(12.0), "12 s");
+    assert_eq!(duration_text(600.0), "10 min");
+    assert_eq!(duration_text(3900.0), "1 h 5 min");
+}

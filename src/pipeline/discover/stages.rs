@@ -1,0 +1,207 @@
+//! Running one stage of a `discover` plan with the library stage it wraps.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use super::plan::{self, Stage, StageKind};
+use super::record::{self, StageRecord, STAGE_FILE};
+use super::{pairing, DiscoverSpec, Found, Prepared};
+use crate::config::Precision;
+use crate::detect::features::{Resize, BACKBONES};
+use crate::detect::DetectSpec;
+use crate::error::{Error, Result};
+use crate::mebin::base::PrepareBaseSpec;
+use crate::mebin::BinarizeSpec;
+use crate::pipeline::{TrainOutcome, TrainSpec};
+use crate::synth::SynthSpec;
+
+pub(super) enum Ran {
+    /// The stage's summary for its `stage.json`.
+    Done(Value),
+    Stopped(String),
+}
+
+pub(super) fn run_stage(
+    spec: &DiscoverSpec,
+    p: &Prepared,
+    st: &Stage,
+    fingerprint: &Value,
+    digest: &str,
+) -> Result<Ran> {
+    let previous = record::read(&st.dir);
+    // A record of an earlier run must not outlive a stage that now runs again.
+    let _ = std::fs::remove_file(st.dir.join(STAGE_FILE));
+    let base_summary = |s: crate::mebin::base::BaseSummary| {
+        let crops: usize = s.records.iter().map(|r| r.crop_boxes.len()).sum();
+        Ran::Done(json!({ "images": s.records.len(), "crops": crops }))
+    };
+    match &st.kind {
+        StageKind::SynthBase => {
+            let dir = spec.out.join("synth_base");
+            let synth = SynthSpec {
+                seed: plan::SYNTH_BASE_SEED,
+                per_type: 1,
+                normal: 0,
+                per_base_class: plan::SYNTH_BASE_PER_CLASS,
+                size: plan::SYNTH_BASE_SIZE,
+            };
+            crate::synth::write_dataset(&dir, &synth, true)?;
+            let base = dir.join("base");
+            crop_base(&base.join("images"), &base.join("masks"), &st.dir).map(base_summary)
+        }
+        StageKind::CropBase { images, masks } => {
+            crop_base(images, masks, &st.dir).map(base_summary)
+        }
+        StageKind::Detect {
+            train,
+            write_good_maps,
+        } => {
+            let r = crate::detect::run(&detect_spec(spec, p, st, train, *write_good_maps))?;
+            let maps = r.images.iter().filter(|i| i.map.is_some()).count();
+            Ok(Ran::Done(json!({
+                "maps": maps, "zero_shot": r.zero_shot, "train_images": r.train_images,
+                "image_auroc": r.metrics.image_auroc,
+            })))
+        }
+        StageKind::Binarize { maps } => {
+            let job = BinarizeSpec::from_maps(
+                maps,
+                &spec.images,
+                &st.dir,
+                &spec.config.binarization,
+                pairing(),
+                true,
+            );
+            let s = crate::mebin::run(&job)?;
+            log::info!("{}", s.describe(&st.dir));
+            let crops: usize = s.records.iter().map(|r| r.crop_boxes.len()).sum();
+            let peaks = s.records.iter().filter(|r| r.peak_fallback).count();
+            Ok(Ran::Done(json!({
+                "maps": s.records.len(), "crops": crops, "normal_maps": s.normal_maps,
+                "peak_fallback": peaks,
+            })))
+        }
+        StageKind::Train => run_train(spec, p, st, previous, fingerprint, digest),
+    }
+}
+
+fn crop_base(images: &Path, masks: &Path, out: &Path) -> Result<crate::mebin::base::BaseSummary> {
+    crate::mebin::base::run(&PrepareBaseSpec {
+        images: images.to_path_buf(),
+        masks: masks.to_path_buf(),
+        out: out.to_path_buf(),
+        max_crops: plan::BASE_MAX_CROPS,
+        max_per_class: None,
+        overwrite: true,
+    })
+}
+
+fn detect_spec(
+    spec: &DiscoverSpec,
+    p: &Prepared,
+    st: &Stage,
+    train: &Option<PathBuf>,
+    write_good_maps: bool,
+) -> DetectSpec {
+    DetectSpec {
+        train: train.clone(),
+        test: spec.images.clone(),
+        out: st.dir.clone(),
+        masks: None,
+        backbone: BACKBONES[0].to_string(),
+        weights: p.detector_weights.clone(),
+        image_size: spec.detector.image_size,
+        resize: Resize::Aspect,
+        stages: vec![2, 4],
+        blocks: vec![6, 9, 12],
+        aggregate: None,
+        precision: Precision::Auto,
+        coreset: 0.1,
+        max_patches: 100_000,
+        zero_shot: train.is_none(),
+        zero_shot_refs: 64,
+        zero_shot_fraction: 0.3,
+        batch_size: 16,
+        seed: 0,
+        write_good_maps,
+        overwrite: true,
+        device: spec.device,
+    }
+}
+
+/// Training, resumed from its checkpoint when an earlier run of the same stage stopped.
+fn run_train(
+    spec: &DiscoverSpec,
+    p: &Prepared,
+    st: &Stage,
+    previous: Option<StageRecord>,
+    fingerprint: &Value,
+    digest: &str,
+) -> Result<Ran> {
+    let ckpt = st.dir.join(crate::checkpoint::CHECKPOINT_FILE);
+    let resume = spec.resume
+        && ckpt.is_file()
+        && previous.is_some_and(|r| !r.finished && r.digest == digest);
+    std::fs::create_dir_all(&st.dir).map_err(|e| Error::io(&st.dir, e))?;
+    record::write(
+        &st.dir,
+        &StageRecord {
+            stage: st.name.into(),
+            digest: digest.into(),
+            fingerprint: fingerprint.clone(),
+            finished: false,
+            seconds: 0.0,
+            summary: Value::Null,
+        },
+    )?;
+    if resume {
+        log::info!("continuing the training from {}", ckpt.display());
+    }
+    let category = spec
+        .out
+        .file_name()
+        .map_or("discover".into(), |n| n.to_string_lossy().into_owned());
+    let train = TrainSpec {
+        config: spec.config.clone(),
+        category,
+        images: spec.images.clone(),
+        maps: None,
+        run_dir: st.dir.clone(),
+        binarize_out: spec.out.join("binarize"),
+        binary_copy: None,
+        base: p.plan.base.clone(),
+        num_classes: spec.num_classes,
+        max_classes: spec.max_classes,
+        weights: p.model_weights.clone(),
+        resume,
+        overwrite: !resume,
+        stop_after: spec.stop_after_epochs,
+        pairing: pairing(),
+        mvtec_style: false,
+        table: st.dir.join("metrics.csv"),
+        device: spec.device,
+    };
+    match crate::pipeline::train(&train)? {
+        TrainOutcome::Stopped { epoch, epochs } => Ok(Ran::Stopped(format!(
+            "after epoch {epoch} of {epochs} (checkpoint {})",
+            ckpt.display()
+        ))),
+        TrainOutcome::Finished {
+            scores,
+            num_clusters,
+            estimate,
+            cluster_sizes,
+        } => {
+            let found = Found {
+                num_clusters,
+                estimate,
+                cluster_sizes,
+                scores,
+            };
+            Ok(Ran::Done(
+                serde_json::to_value(&found).expect("the outcome serialises"),
+            ))
+        }
+    }
+}
