@@ -2,35 +2,23 @@
 //! maps and the built-in detector (random weights), type folders and a flat folder, with and
 //! without normal images; `--resume` after a stop in each stage redoes no finished stage;
 //! `--dry-run` writes nothing; bad inputs are exit-2 errors before any work. Self-contained
-//! (std, tempfile, serde_json and the binary), so it can move into a grouped test binary.
+//! (std, tempfile, serde_json, the binary and `common`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::SystemTime;
+
+use crate::common;
 
 const TINY: &str = "models:\n  pretrained_backbone: vit_tiny\n  grad_from_block: 2\n  mask_layers: 2\n  image_size: 32\n  precision: fp32\ntraining:\n  batch_size: 8\n  num_workers: 2\n  epochs: 2\n  cache_frozen: true\n  cache_views: 2\nloss:\n  warmup_teacher_temp_epochs: 1\n  repeat_times: 1\n";
 
+/// `anomalyncd ARGS` in `dir`, without `-q`: the tests read what `discover` prints.
 fn run_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_anomalyncd"))
+    common::bin()
         .current_dir(dir)
         .args(args)
         .output()
         .expect("run anomalyncd")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn no_crash(o: &Output, what: &str) {
-    let t = text(o);
-    for bad in ["panicked", "internal error", "stack backtrace"] {
-        assert!(!t.contains(bad), "{what}: output holds `{bad}`:\n{t}");
-    }
 }
 
 /// `discover ARGS` in `dir`; must succeed. Returns stdout and stderr together.
@@ -38,9 +26,8 @@ fn ok(dir: &Path, args: &[&str]) -> String {
     let mut all = vec!["discover"];
     all.extend_from_slice(args);
     let o = run_in(dir, &all);
-    no_crash(&o, &format!("{all:?}"));
-    assert!(o.status.success(), "{all:?} failed:\n{}", text(&o));
-    text(&o)
+    common::assert_ok(&o, &format!("{all:?}"));
+    common::text(&o)
 }
 
 /// `discover ARGS` must fail with exit 2, one error line naming every culprit.
@@ -48,14 +35,7 @@ fn fails(dir: &Path, args: &[&str], culprits: &[&str]) {
     let mut all = vec!["discover"];
     all.extend_from_slice(args);
     let o = run_in(dir, &all);
-    no_crash(&o, &format!("{all:?}"));
-    let e = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert_eq!(o.status.code(), Some(2), "{all:?}: exit code; stderr:\n{e}");
-    for c in culprits {
-        assert!(e.contains(c), "{all:?}: stderr does not name `{c}`:\n{e}");
-    }
-    let errors = e.lines().filter(|l| l.starts_with("error")).count();
-    assert_eq!(errors, 1, "{all:?}: one error line expected:\n{e}");
+    common::assert_fails(&o, 2, culprits, &format!("{all:?}"));
 }
 
 fn json(p: &Path) -> serde_json::Value {
@@ -99,7 +79,7 @@ fn setup() -> tempfile::TempDir {
             "-q",
         ],
     );
-    assert!(o.status.success(), "synth: {}", text(&o));
+    assert!(o.status.success(), "synth: {}", common::text(&o));
     std::fs::write(p.join("tiny.yaml"), TINY).unwrap();
     for ty in std::fs::read_dir(p.join("synth/test")).unwrap() {
         let ty = ty.unwrap().path();
@@ -400,7 +380,7 @@ fn bad_inputs_are_exit_2_before_any_work() {
         assert!(!p.join("o").exists(), "{all:?} wrote its run folder");
     }
     let o = run_in(p, &["discover", "--help"]);
-    assert!(o.status.success() && text(&o).contains("--resume"));
+    assert!(o.status.success() && common::text(&o).contains("--resume"));
     // A folder the tool did not make is never written into.
     std::fs::create_dir_all(p.join("mine")).unwrap();
     std::fs::write(p.join("mine/notes.txt"), "user").unwrap();
@@ -443,7 +423,7 @@ fn ctrl_c_in_training_then_resume_continues_from_the_checkpoint() {
         "--num-classes",
         "4",
     ];
-    let mut child = Command::new(env!("CARGO_BIN_EXE_anomalyncd"))
+    let mut child = common::bin()
         .current_dir(p)
         .args(args)
         .stdout(std::process::Stdio::piped())
@@ -461,12 +441,19 @@ fn ctrl_c_in_training_then_resume_continues_from_the_checkpoint() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let pid = child.id().to_string();
-    let k = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    let k = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
     assert!(k.success());
     let o = child.wait_with_output().unwrap();
-    no_crash(&o, "interrupted run");
-    assert_eq!(o.status.code(), Some(130), "{}", text(&o));
-    assert!(text(&o).contains("interrupted"), "{}", text(&o));
+    common::assert_no_crash(&o, "interrupted run");
+    assert_eq!(o.status.code(), Some(130), "{}", common::text(&o));
+    assert!(
+        common::text(&o).contains("interrupted"),
+        "{}",
+        common::text(&o)
+    );
     assert_eq!(json(&p.join("run/train/stage.json"))["finished"], false);
     let epoch = json(&ckpt)["epoch"].as_u64().unwrap() as usize;
     let before = stage_times(&p.join("run"), &["base", "binarize"]);
