@@ -67,7 +67,7 @@ pub fn run(spec: &BaselineSpec) -> Result<BaselineOutcome> {
         &fingerprint,
         spec.overwrite,
     )?;
-    super::evaluate::add_log_file(&spec.out)?;
+    super::add_log_file(&spec.out)?;
 
     let range = || {
         Ok(RangeSource::FromMaps {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tch::Device;
 
-use super::CropInput;
+use super::{add_log_file, CropInput};
 use crate::checkpoint::CheckpointMeta;
 use crate::error::{Error, Result};
 use crate::infer::trained;
@@ -177,9 +177,4 @@ pub fn stored_range(meta: &CheckpointMeta) -> Result<SearchRange> {
         Error::usage("the checkpoint stores no MEBin search range (trained with --skip-binarize on old crops)")
     })?;
     SearchRange::new(lo, hi)
-}
-
-pub(super) fn add_log_file(out: &Path) -> Result<()> {
-    crate::logging::add_log_file(&out.join("log.txt"))
-        .map_err(|e| super::train::io_context(e, format!("opening {}/log.txt", out.display())))
 }

@@ -72,3 +72,17 @@ impl CropInput {
         }
     }
 }
+
+/// Adds `out/log.txt` to the log's outputs.
+fn add_log_file(out: &Path) -> Result<()> {
+    crate::logging::add_log_file(&out.join("log.txt"))
+        .map_err(|e| io_context(e, format!("opening {}/log.txt", out.display())))
+}
+
+/// An I/O error with what was being done, read as `msg: error` (as `anyhow::Context` gives).
+fn io_context(e: std::io::Error, msg: String) -> crate::error::Error {
+    crate::error::Error::Context {
+        msg,
+        source: Box::new(crate::error::Error::Runtime(e.to_string())),
+    }
+}

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tch::Device;
 
+use super::{add_log_file, io_context};
 use crate::checkpoint::{self, CheckpointMeta, CHECKPOINT_FILE};
 use crate::cluster::{estimate_k, KEstimate, NumClasses};
 use crate::config::Config;
@@ -86,8 +87,7 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
     check_inputs(spec, &ckpt_path)?;
     std::fs::create_dir_all(run_dir)
         .map_err(|e| io_context(e, format!("creating the run folder {}", run_dir.display())))?;
-    crate::logging::add_log_file(&run_dir.join("log.txt"))
-        .map_err(|e| io_context(e, format!("opening {}/log.txt", run_dir.display())))?;
+    add_log_file(run_dir)?;
     log::info!("run folder {}", run_dir.display());
 
     // 1. MEBin binarization and cropping of the novel images.
@@ -388,12 +388,4 @@ fn copy_binary_masks(
     }
     log::info!("{} binary masks copied to {}", files.len(), dest.display());
     Ok(())
-}
-
-/// An I/O error with what was being done, read as `msg: error` (as `anyhow::Context` gives).
-pub(super) fn io_context(e: std::io::Error, msg: String) -> Error {
-    Error::Context {
-        msg,
-        source: Box::new(Error::Runtime(e.to_string())),
-    }
 }
