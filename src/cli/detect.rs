@@ -29,11 +29,11 @@ pub struct DetectArgs {
     #[arg(long, conflicts_with = "train")]
     pub zero_shot: bool,
     /// Zero-shot: at most this many test images (seeded random) are the references.
-    #[arg(long, default_value_t = 64, value_name = "N")]
+    #[arg(long, default_value_t = detect::DEFAULT_ZERO_SHOT_REFS, value_name = "N")]
     pub zero_shot_refs: usize,
     /// Zero-shot: a patch's score is the mean of this fraction of its lowest per-reference
     /// distances.
-    #[arg(long, default_value_t = 0.3, value_name = "FRACTION")]
+    #[arg(long, default_value_t = detect::DEFAULT_ZERO_SHOT_FRACTION, value_name = "FRACTION")]
     pub zero_shot_fraction: f64,
     /// Feature backbone.
     #[arg(long, default_value = BACKBONES[0], value_parser = clap::builder::PossibleValuesParser::new(BACKBONES))]
@@ -54,29 +54,29 @@ pub struct DetectArgs {
     #[arg(long, value_parser = ["aspect", "square"])]
     pub resize: Option<String>,
     /// ViT blocks (1-based) whose patch tokens, each through the final norm, are averaged.
-    #[arg(long, value_delimiter = ',', default_values_t = [6usize, 9, 12])]
+    #[arg(long, value_delimiter = ',', default_values_t = detect::DEFAULT_BLOCKS)]
     pub blocks: Vec<usize>,
     /// Average each patch feature over its K x K neighbourhood (odd; 1: none). Default 1 for
     /// dinov2-vits14, 3 (PatchCore's) for efficientnet-lite0.
     #[arg(long, value_name = "K")]
     pub aggregate: Option<i64>,
     /// EfficientNet stages whose outputs form the patch features (0-based; 2 = stride 8, 4 = stride 16).
-    #[arg(long, value_delimiter = ',', default_values_t = [2usize, 4])]
+    #[arg(long, value_delimiter = ',', default_values_t = detect::DEFAULT_STAGES)]
     pub stages: Vec<usize>,
     /// The ViT's precision: auto (bf16 on CUDA or a CPU with AMX-BF16), fp32, bf16. The
     /// similarities are fp32 always.
     #[arg(long, default_value = "auto", value_parser = ["auto", "fp32", "bf16"])]
     pub precision: String,
     /// Fraction of the pooled normal patches kept in the memory bank (greedy k-center coreset).
-    #[arg(long, default_value_t = 0.1, value_name = "FRACTION")]
+    #[arg(long, default_value_t = detect::DEFAULT_CORESET, value_name = "FRACTION")]
     pub coreset: f64,
     /// At most this many normal patches enter the coreset search (each image then keeps its
     /// N / images most spread-out patches); bounds fitting memory at N x feature dim x 4 bytes,
     /// and the search time grows with N squared.
-    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    #[arg(long, default_value_t = detect::DEFAULT_MAX_PATCHES, value_name = "N")]
     pub max_patches: usize,
     /// Images per forward pass (images of equal input size are batched).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = detect::DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
     /// Seed of the patch subsets, the coreset start and its random projection, and the
     /// zero-shot references.
@@ -114,7 +114,11 @@ pub fn run(a: &DetectArgs, ctx: &Ctx) -> anyhow::Result<()> {
         masks: a.masks.clone(),
         backbone: a.backbone.clone(),
         weights,
-        image_size: a.image_size.unwrap_or(if vit { 448 } else { 256 }),
+        image_size: a.image_size.unwrap_or(if vit {
+            detect::DEFAULT_VIT_IMAGE_SIZE
+        } else {
+            256
+        }),
         resize,
         stages: a.stages.clone(),
         blocks: a.blocks.clone(),

@@ -32,7 +32,11 @@ pub(crate) mod reference;
 mod run;
 mod spill;
 
-pub use run::{run, DetectReport, DetectSpec, REPORT_FILE};
+pub use run::{
+    run, DetectReport, DetectSpec, DEFAULT_BATCH_SIZE, DEFAULT_BLOCKS, DEFAULT_CORESET,
+    DEFAULT_MAX_PATCHES, DEFAULT_STAGES, DEFAULT_VIT_IMAGE_SIZE, DEFAULT_ZERO_SHOT_FRACTION,
+    DEFAULT_ZERO_SHOT_REFS, REPORT_FILE,
+};
 
 /// Test type folders holding normal images (MVTec AD's convention).
 pub const NORMAL_TYPE: &str = "good";

@@ -64,6 +64,54 @@ pub struct DetectSpec {
     pub device: Device,
 }
 
+/// The defaults of `anomalyncd detect`, shared by the command's flags and by `discover`.
+pub const DEFAULT_BLOCKS: [usize; 3] = [6, 9, 12];
+pub const DEFAULT_STAGES: [usize; 2] = [2, 4];
+pub const DEFAULT_CORESET: f64 = 0.1;
+pub const DEFAULT_MAX_PATCHES: usize = 100_000;
+pub const DEFAULT_ZERO_SHOT_REFS: usize = 64;
+pub const DEFAULT_ZERO_SHOT_FRACTION: f64 = 0.3;
+pub const DEFAULT_BATCH_SIZE: usize = 16;
+/// The ViT's input's longer side (a 32-patch side for ViT-S/14).
+pub const DEFAULT_VIT_IMAGE_SIZE: u32 = 448;
+
+impl DetectSpec {
+    /// The default detector (the DINOv2 backbone with `weights`) over `test` into `out`: fitted
+    /// on `train`, or zero-shot without it. The fields are public for anything else.
+    pub fn with_defaults(
+        train: Option<PathBuf>,
+        test: PathBuf,
+        out: PathBuf,
+        weights: Option<PathBuf>,
+        device: Device,
+    ) -> Self {
+        Self {
+            zero_shot: train.is_none(),
+            train,
+            test,
+            out,
+            masks: None,
+            backbone: super::features::BACKBONES[0].to_string(),
+            weights,
+            image_size: DEFAULT_VIT_IMAGE_SIZE,
+            resize: Resize::Aspect,
+            stages: DEFAULT_STAGES.to_vec(),
+            blocks: DEFAULT_BLOCKS.to_vec(),
+            aggregate: None,
+            precision: Precision::Auto,
+            coreset: DEFAULT_CORESET,
+            max_patches: DEFAULT_MAX_PATCHES,
+            zero_shot_refs: DEFAULT_ZERO_SHOT_REFS,
+            zero_shot_fraction: DEFAULT_ZERO_SHOT_FRACTION,
+            batch_size: DEFAULT_BATCH_SIZE,
+            seed: 0,
+            write_good_maps: false,
+            overwrite: false,
+            device,
+        }
+    }
+}
+
 /// Score of one test image and where its map went.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ImageScore {

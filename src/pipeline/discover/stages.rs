@@ -7,8 +7,6 @@ use serde_json::{json, Value};
 use super::plan::{self, Stage, StageKind};
 use super::record::{self, StageRecord, STAGE_FILE};
 use super::{pairing, DiscoverSpec, Found, Prepared};
-use crate::config::Precision;
-use crate::detect::features::{Resize, BACKBONES};
 use crate::detect::DetectSpec;
 use crate::error::{Error, Result};
 use crate::mebin::base::PrepareBaseSpec;
@@ -105,28 +103,16 @@ fn detect_spec(
     write_good_maps: bool,
 ) -> DetectSpec {
     DetectSpec {
-        train: train.clone(),
-        test: spec.images.clone(),
-        out: st.dir.clone(),
-        masks: None,
-        backbone: BACKBONES[0].to_string(),
-        weights: p.detector_weights.clone(),
         image_size: spec.detector.image_size,
-        resize: Resize::Aspect,
-        stages: vec![2, 4],
-        blocks: vec![6, 9, 12],
-        aggregate: None,
-        precision: Precision::Auto,
-        coreset: 0.1,
-        max_patches: 100_000,
-        zero_shot: train.is_none(),
-        zero_shot_refs: 64,
-        zero_shot_fraction: 0.3,
-        batch_size: 16,
-        seed: 0,
         write_good_maps,
         overwrite: true,
-        device: spec.device,
+        ..DetectSpec::with_defaults(
+            train.clone(),
+            spec.images.clone(),
+            st.dir.clone(),
+            p.detector_weights.clone(),
+            spec.device,
+        )
     }
 }
 
