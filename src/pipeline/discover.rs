@@ -295,9 +295,7 @@ pub fn run(spec: &DiscoverSpec) -> Result<DiscoverOutcome> {
     }
     let marker = json!({ "run": "discover" });
     prepare_output_dir(&spec.out, &inputs, "discover", &marker, spec.overwrite)?;
-    let log_file = spec.out.join("log.txt");
-    let add_log = || crate::logging::add_log_file(&log_file).map_err(|e| Error::io(&log_file, e));
-    add_log()?;
+    super::add_log_file(&spec.out)?;
     for line in p.describe(spec).lines() {
         log::info!("{line}");
     }
@@ -345,7 +343,8 @@ pub fn run(spec: &DiscoverSpec) -> Result<DiscoverOutcome> {
         let outcome = run_stage(spec, &p, st, fingerprint, digest)
             .with_context(|| format!("discover {label}"));
         if st.kind == StageKind::Train {
-            add_log()?;
+            // Training logs into its own folder; the run's log takes the rest again.
+            super::add_log_file(&spec.out)?;
         }
         let summary = match outcome? {
             Ran::Done(summary) => summary,
