@@ -7,6 +7,10 @@
 //!     cargo bench --bench train
 //!     BENCH_STEPS=5 BENCH_CACHED_STEPS=40 BENCH_VIEWS=4 BENCH_BF16=skip cargo bench --bench train
 //!     BENCH_BUSY=skip cargo bench --bench train   # without the "beside 1 busy process" cases
+//!     BENCH_THREADS=2 cargo bench --bench train   # a fixed thread count (default: auto, as the CLI)
+//!
+//! The busy cases first train for [`SETTLE`] beside the busy process, so that the thread policy
+//! (`--threads auto`) has seen it, then time the same steps as the idle cases.
 //!
 //! The crops are synthetic (~200 px, what binarize cuts from MTD tiles): a step's cost does not
 //! depend on their content. Weights are random unless `data/weights/dinov2_vits14.safetensors`
@@ -56,7 +60,11 @@ fn config(precision: Precision) -> Config {
     cfg
 }
 
-/// Times `steps` training steps after one warm-up step; returns samples/s.
+/// How long the busy cases train before they are timed: two of the thread policy's windows.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Times `steps` training steps after one warm-up step (and after `settle` of steps, when
+/// given); returns samples/s.
 fn time_steps(
     cfg: &Config,
     loader: &TrainLoader,
@@ -64,6 +72,7 @@ fn time_steps(
     bank: Option<&TokenBank>,
     steps: usize,
     weights: Option<&std::path::Path>,
+    settle: Option<std::time::Duration>,
 ) -> (f64, f64) {
     tch::manual_seed(0);
     let model = Model::new(cfg, set.num_classes(), weights, Device::Cpu).expect("model");
@@ -86,6 +95,12 @@ fn time_steps(
     };
     let pb = indicatif::ProgressBar::hidden();
     run_epoch(&model, &mut opt, &data, 0, 0.01, Some(1), &pb).expect("warm-up step");
+    if let Some(settle) = settle {
+        let t = Instant::now();
+        while t.elapsed() < settle {
+            run_epoch(&model, &mut opt, &data, 0, 0.01, Some(1), &pb).expect("settling step");
+        }
+    }
     reset_peak();
     let t = Instant::now();
     let mut samples = 0;
@@ -100,6 +115,9 @@ fn time_steps(
 }
 
 fn main() {
+    let threads = std::env::var("BENCH_THREADS").unwrap_or_else(|_| "auto".into());
+    let threads: anomalyncd::threads::ThreadSetting = threads.parse().expect("BENCH_THREADS");
+    anomalyncd::threads::configure(threads).expect("threads");
     let steps = env_usize("BENCH_STEPS", 3);
     let cached_steps = env_usize("BENCH_CACHED_STEPS", 30);
     let views = env_usize("BENCH_VIEWS", 4);
@@ -124,7 +142,7 @@ fn main() {
     )
     .expect("loader");
     println!(
-        "training step, ViT-S/14 at 224, batch 32 x 2 views, grad_from_block {}, {} crops, {} threads, native bf16: {}, weights: {}",
+        "training step, ViT-S/14 at 224, batch 32 x 2 views, grad_from_block {}, {} crops, {} threads ({threads:?}), native bf16: {}, weights: {}",
         cfg.models.grad_from_block,
         set.len(),
         tch::get_num_threads(),
@@ -132,7 +150,7 @@ fn main() {
         if weights.is_some() { "dinov2_vits14" } else { "random" }
     );
     let mut cases = Vec::new();
-    let (rate, peak) = time_steps(&cfg, &loader, &set, None, steps, weights);
+    let (rate, peak) = time_steps(&cfg, &loader, &set, None, steps, weights, None);
     cases.push(Case {
         name: "uncached, fp32".into(),
         samples_per_s: rate,
@@ -146,7 +164,15 @@ fn main() {
         } else {
             1
         };
-        let (rate, peak) = time_steps(&config(Precision::Bf16), &loader, &set, None, n, weights);
+        let (rate, peak) = time_steps(
+            &config(Precision::Bf16),
+            &loader,
+            &set,
+            None,
+            n,
+            weights,
+            None,
+        );
         cases.push(Case {
             name: format!("uncached, bf16 frozen prefix ({n} step)"),
             samples_per_s: rate,
@@ -169,7 +195,15 @@ fn main() {
     let build_s = t.elapsed().as_secs_f64();
     let build_peak = peak_rss_mib();
     drop(model);
-    let (rate, peak) = time_steps(&cfg, &loader, &set, Some(&bank), cached_steps, weights);
+    let (rate, peak) = time_steps(
+        &cfg,
+        &loader,
+        &set,
+        Some(&bank),
+        cached_steps,
+        weights,
+        None,
+    );
     cases.push(Case {
         name: format!("frozen-prefix cache, fp32 ({views} views/crop)"),
         samples_per_s: rate,
@@ -184,8 +218,8 @@ fn main() {
             .args(["-c", "while :; do :; done"])
             .spawn()
             .expect("a busy shell loop");
-        let (rate, peak) = time_steps(&cfg, &loader, &set, None, steps, weights);
-        busy_ratios.push(("uncached, fp32", rate / uncached));
+        let (rate, peak) = time_steps(&cfg, &loader, &set, None, steps, weights, Some(SETTLE));
+        busy_ratios.push(("uncached, fp32", rate / uncached, tch::get_num_threads()));
         cases.push(Case {
             name: "uncached, fp32, beside 1 busy process".into(),
             samples_per_s: rate,
@@ -195,8 +229,20 @@ fn main() {
             .iter()
             .find(|c| c.name.starts_with("frozen-prefix cache"))
             .map_or(f64::NAN, |c| c.samples_per_s);
-        let (rate, peak) = time_steps(&cfg, &loader, &set, Some(&bank), cached_steps, weights);
-        busy_ratios.push(("frozen-prefix cache, fp32", rate / cached));
+        let (rate, peak) = time_steps(
+            &cfg,
+            &loader,
+            &set,
+            Some(&bank),
+            cached_steps,
+            weights,
+            Some(SETTLE),
+        );
+        busy_ratios.push((
+            "frozen-prefix cache, fp32",
+            rate / cached,
+            tch::get_num_threads(),
+        ));
         cases.push(Case {
             name: "frozen-prefix cache, beside 1 busy process".into(),
             samples_per_s: rate,
@@ -230,9 +276,9 @@ fn main() {
         build_s * uncached / set.len() as f64
     );
     println!("reference (Python, measured on this machine): {REFERENCE} samples/s");
-    for (name, r) in busy_ratios {
+    for (name, r, threads) in busy_ratios {
         println!(
-            "beside 1 busy process: {name} at {:.0} % of its idle rate",
+            "beside 1 busy process: {name} at {:.0} % of its idle rate ({threads} libtorch threads at the end)",
             100.0 * r
         );
     }

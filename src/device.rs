@@ -2,7 +2,7 @@
 //! absent.
 
 use crate::error::{Error, Result};
-use tch::Device;
+use tch::{Device, Tensor};
 
 pub fn parse_device(spec: &str) -> Result<Device> {
     let s = spec.trim().to_ascii_lowercase();
@@ -35,22 +35,18 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     }
 }
 
-/// The libtorch version the binary was built against (read by build.rs from torch's version.py).
-/// `--threads N`: libtorch's intra-op threads and rayon's global pool (decoding, MEBin, data
-/// preparation) both get `n`. Without the flag both keep their own defaults (libtorch: the
-/// physical cores; rayon: the logical ones), so results stay those of earlier runs.
-pub fn configure_threads(n: usize) -> Result<()> {
-    if n == 0 {
-        return Err(Error::usage("--threads 0: give at least 1"));
+/// `t` on `dev`. A CPU tensor bound for a GPU is page-locked first and copied without blocking
+/// the host: the copy queues on the stream ahead of the kernels that read it, and the host goes
+/// on preparing the next step. Elsewhere a plain `to_device` (no copy when already there).
+pub fn upload(t: &Tensor, dev: Device) -> Tensor {
+    if dev.is_cuda() && t.device() == Device::Cpu {
+        t.pin_memory(dev).to_device_(dev, t.kind(), true, false)
+    } else {
+        t.to_device(dev)
     }
-    tch::set_num_threads(n as i32);
-    // Fails only when the pool already exists, i.e. when called twice; the first call won.
-    let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .build_global();
-    Ok(())
 }
 
+/// The libtorch version the binary was built against (read by build.rs from torch's version.py).
 pub fn libtorch_version() -> &'static str {
     option_env!("ANOMALYNCD_LIBTORCH_VERSION").unwrap_or("unknown")
 }

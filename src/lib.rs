@@ -69,6 +69,7 @@ pub mod mtd;
 pub mod pipeline;
 pub mod report;
 pub mod synth;
+pub mod threads;
 pub mod train;
 
 pub use error::{Error, Result};

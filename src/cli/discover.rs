@@ -34,6 +34,10 @@ pub struct DiscoverArgs {
     /// synthetic base set.
     #[arg(long, value_name = "DIR")]
     pub base: Option<PathBuf>,
+    /// No base set at all: train with self-distillation and the contrastive loss only (the
+    /// supervised base terms are dropped).
+    #[arg(long, conflicts_with = "base")]
+    pub no_base: bool,
     /// Number of defect types: N, or `auto` to estimate it.
     #[arg(long, value_name = "N|auto", default_value = "auto")]
     pub num_classes: String,
@@ -79,6 +83,7 @@ pub fn run(a: &DiscoverArgs, ctx: &Ctx) -> anyhow::Result<()> {
         normal: a.normal.clone(),
         anomaly_maps: a.anomaly_maps.clone(),
         base: a.base.clone(),
+        no_base: a.no_base,
         num_classes: NumClasses::parse(Some(&a.num_classes))?,
         max_classes: a.max_classes,
         detector: DetectorSettings {

@@ -35,10 +35,11 @@ pub struct Cli {
     /// Compute device: auto (CUDA when present), cpu, cuda, cuda:N.
     #[arg(long, global = true, default_value = "auto", value_name = "DEVICE")]
     pub device: String,
-    /// Threads for libtorch and for the data-parallel work (default: libtorch's and rayon's own
-    /// choice). On a machine shared with other jobs, give the cores that are free.
-    #[arg(long, global = true, value_name = "N")]
-    pub threads: Option<usize>,
+    /// Threads: `auto` follows the cores other processes leave free (libtorch's own count on an
+    /// idle machine); N fixes libtorch's threads and the data-parallel pool at N (a run's
+    /// numbers then never depend on the machine's load).
+    #[arg(long, global = true, value_name = "N|auto", default_value = "auto")]
+    pub threads: anomalyncd::threads::ThreadSetting,
     /// More log output (-v debug, -vv trace).
     #[arg(short, long, global = true, action = ArgAction::Count)]
     pub verbose: u8,
@@ -94,9 +95,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         println!("{}", anomalyncd::device::version_text());
         return Ok(());
     }
-    if let Some(n) = cli.threads {
-        anomalyncd::device::configure_threads(n)?;
-    }
+    anomalyncd::threads::configure(cli.threads)?;
     let device = anomalyncd::device::parse_device(&cli.device)?;
     let ctx = Ctx { device };
     let Some(command) = cli.command else {

@@ -50,6 +50,10 @@ pub struct TrainArgs {
     /// Labelled base crops: images/<class>/, masks/<class>/.
     #[arg(long, value_name = "DIR")]
     pub base_data_path: Option<PathBuf>,
+    /// Train without a base set: self-distillation and the contrastive loss on the novel crops
+    /// only (the supervised cls and SupCon terms are dropped).
+    #[arg(long, conflicts_with = "base_data_path")]
+    pub no_base: bool,
     /// Name of the run folder under experiment.exp_root.
     #[arg(long, default_value = "AnomalyNCD")]
     pub runner_name: String,
@@ -110,10 +114,11 @@ pub fn run(a: &TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         .as_ref()
         .map(|p| p.join(&category))
         .unwrap_or_else(|| run_dir.join("binarize"));
-    let base = a
-        .base_data_path
-        .clone()
-        .ok_or_else(|| Error::usage("--base-data-path is required (labelled base crops: images/<class>/, masks/<class>/; see `anomalyncd prepare-base`)"))?;
+    let base = match (&a.base_data_path, a.no_base) {
+        (Some(b), _) => Some(b.clone()),
+        (None, true) => None,
+        (None, false) => return Err(Error::usage("--base-data-path is required (labelled base crops: images/<class>/, masks/<class>/; see `anomalyncd prepare-base`), or --no-base to train without one").into()),
+    };
     // The reference's layout: MAPS/<category>/<type>/ when that folder exists.
     let maps = match (&a.anomaly_map_path, a.skip_binarize) {
         (_, true) => None,

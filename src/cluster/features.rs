@@ -53,6 +53,7 @@ pub fn class_tokens(
             normalise_into(row, &mut out);
         }
         pb.inc(b as u64);
+        crate::threads::tick();
     }
     pb.finish_and_clear();
     let rows = out.len().checked_div(dim).unwrap_or(0);

@@ -71,13 +71,17 @@ pub struct CropSet {
 
 impl CropSet {
     /// Lists the base and novel crops and reads the novel scores. `num_novel_clusters` defaults
-    /// to the number of novel type folders; it must be given for a flat novel folder.
+    /// to the number of novel type folders; it must be given for a flat novel folder. Without a
+    /// base folder the set holds only the novel crops (training without the supervised terms).
     pub fn load(
-        base: &Path,
+        base: Option<&Path>,
         novel: &NovelSource,
         num_novel_clusters: Option<usize>,
     ) -> Result<Self> {
-        let (base_classes, mut items) = load_base(base)?;
+        let (base_classes, mut items) = match base {
+            Some(base) => load_base(base)?,
+            None => (Vec::new(), Vec::new()),
+        };
         let (novel_types, novel_items) = load_novel(novel, base_classes.len())?;
         let num_novel_clusters = match num_novel_clusters {
             Some(0) => return Err(Error::usage("the number of novel clusters must be at least 1")),

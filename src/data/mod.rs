@@ -11,7 +11,7 @@
 //! use std::sync::Arc;
 //! use anomalyncd::data::*;
 //! let set = Arc::new(CropSet::load(
-//!     "base".as_ref(),
+//!     Some("base".as_ref()),
 //!     &NovelSource::from_binarize_out("binarize_out".as_ref()),
 //!     None,
 //! )?);

@@ -7,6 +7,9 @@
 //! - a last batch of a single sample joins the batch before it (one batch is then one larger);
 //! - a batch without labelled (or without unlabelled) samples gets its last sample replaced by one
 //!   drawn uniformly from the missing kind, with the same seeded generator.
+//!
+//! A set without base crops (training without the supervised terms) draws its novel crops
+//! uniformly, with replacement, and every batch is novel only.
 
 use rand::distributions::{Distribution, WeightedIndex};
 use rand::Rng;
@@ -41,14 +44,18 @@ impl BalancedSampler {
         }
         let lab: Vec<usize> = (0..labelled.len()).filter(|&i| labelled[i]).collect();
         let unl: Vec<usize> = (0..labelled.len()).filter(|&i| !labelled[i]).collect();
-        if lab.is_empty() || unl.is_empty() {
+        if unl.is_empty() {
             return Err(Error::usage(format!(
-                "training needs base and novel crops (got {} base, {} novel)",
-                lab.len(),
-                unl.len()
+                "training needs novel crops (got {} base, none novel)",
+                lab.len()
             )));
         }
-        let w_unl = lab.len() as f64 / unl.len() as f64;
+        // Without base crops every novel crop weighs 1: a uniform draw with replacement.
+        let w_unl = if lab.is_empty() {
+            1.0
+        } else {
+            lab.len() as f64 / unl.len() as f64
+        };
         let weights: Vec<f64> = labelled
             .iter()
             .map(|&l| if l { 1.0 } else { w_unl })
@@ -113,6 +120,8 @@ impl BalancedSampler {
             let has_lab = batch.iter().any(|&i| self.is_labelled[i]);
             let has_unl = batch.iter().any(|&i| !self.is_labelled[i]);
             let from = match (has_lab, has_unl) {
+                // A set without base crops trains on novel batches alone.
+                (false, _) if self.labelled.is_empty() => continue,
                 (false, _) => &self.labelled,
                 (_, false) => &self.unlabelled,
                 _ => continue,
@@ -204,12 +213,27 @@ mod tests {
     }
 
     #[test]
-    fn refuses_one_kind_and_tiny_batches() {
+    fn without_base_crops_novel_crops_are_drawn_uniformly() {
+        let f = flags(0, 40);
+        let s = BalancedSampler::new(&f, 8, 5).unwrap();
+        assert!(s.weights().iter().all(|&w| w == 1.0));
+        let mut seen = vec![0usize; f.len()];
+        for e in 0..50 {
+            let batches = s.epoch(e);
+            assert_eq!(batches.len(), 5);
+            assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 40);
+            batches.iter().flatten().for_each(|&i| seen[i] += 1);
+        }
+        // 2000 uniform draws over 40 crops: each about 50 times.
+        assert!(seen.iter().all(|&n| (20..=90).contains(&n)), "{seen:?}");
+    }
+
+    #[test]
+    fn refuses_no_novel_crops_and_tiny_batches() {
         assert!(BalancedSampler::new(&flags(3, 0), 4, 0)
             .unwrap_err()
             .to_string()
             .contains("novel"));
-        assert!(BalancedSampler::new(&flags(0, 3), 4, 0).is_err());
         assert!(BalancedSampler::new(&flags(3, 3), 1, 0)
             .unwrap_err()
             .to_string()

@@ -101,6 +101,7 @@ pub(crate) fn fit_bank(
             pool.extend_from_slice(&share);
         }
         pb.inc(chunk.len() as u64);
+        crate::threads::tick();
     }
     pb.finish_and_clear();
     let n = pool.len() / dim;
@@ -135,6 +136,7 @@ pub(crate) fn mutual(
             refs.push((i, f.patches));
         }
         pb.inc(chunk.len() as u64);
+        crate::threads::tick();
     }
     pb.finish_and_clear();
     Ok(Reference::Mutual { refs, fraction })

@@ -387,6 +387,7 @@ fn score(
             spill.push(&v, w, h)?;
         }
         pb.inc(chunk.len() as u64);
+        crate::threads::tick();
     }
     pb.finish_and_clear();
     Ok((spill, scores))

@@ -162,7 +162,27 @@ pub fn write_all(
 }
 
 /// Appends `category,NMI,ARI,F1` to the table, writing the header when the file is new.
+///
+/// Runs of several categories at once (one per GPU) share a table: an exclusive lock on
+/// `<table>.lock` makes each read-append-replace whole, so no row is lost to a concurrent one.
 pub fn append_table(table: &Path, category: &str, nmi: f64, ari: f64, f1: f64) -> Result<()> {
+    let lock_path = table.with_extension("csv.lock");
+    if let Some(dir) = table.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| Error::io(&lock_path, e))?;
+    lock.lock().map_err(|e| Error::io(&lock_path, e))?;
+    let r = append_row(table, category, nmi, ari, f1);
+    let _ = lock.unlock();
+    r
+}
+
+fn append_row(table: &Path, category: &str, nmi: f64, ari: f64, f1: f64) -> Result<()> {
     let mut text = match std::fs::read(table) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => b"category,NMI,ARI,F1\n".to_vec(),
@@ -183,4 +203,35 @@ pub fn append_table(table: &Path, category: &str, nmi: f64, ari: f64, f1: f64) -
     let row_only = row.splitn(2, |&b| b == b'\n').nth(1).unwrap_or_default();
     text.extend_from_slice(row_only);
     atomic_write(table, &text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_appends_keep_every_row() {
+        let d = tempfile::tempdir().unwrap();
+        let table = d.path().join("runs/metrics.csv");
+        std::thread::scope(|s| {
+            for t in 0..6 {
+                let table = &table;
+                s.spawn(move || {
+                    for i in 0..15 {
+                        append_table(table, &format!("c{t}_{i}"), 0.1, 0.2, 0.3).unwrap();
+                    }
+                });
+            }
+        });
+        let text = std::fs::read_to_string(&table).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "category,NMI,ARI,F1");
+        assert_eq!(lines.len(), 1 + 6 * 15, "{text}");
+        for t in 0..6 {
+            for i in 0..15 {
+                let row = format!("c{t}_{i},0.1,0.2,0.3");
+                assert!(lines.contains(&row.as_str()), "{row} missing");
+            }
+        }
+    }
 }

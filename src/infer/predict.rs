@@ -49,6 +49,7 @@ pub fn crop_logits(model: &Model, loader: &EvalLoader, device: Device) -> Result
             out.push(CropOutput { item, logits: rows });
         }
         pb.inc(b as u64);
+        crate::threads::tick();
     }
     pb.finish_and_clear();
     Ok(out)

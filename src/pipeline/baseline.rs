@@ -82,18 +82,7 @@ pub fn run(spec: &BaselineSpec) -> Result<BaselineOutcome> {
     // The set is built with the K it will be clustered into; with `auto`, the K estimate only
     // needs the crops, and the model's head size (base + 1 here) does not touch the tokens.
     let probe_k = k.unwrap_or(1);
-    let set = Arc::new(match &spec.base {
-        Some(base) => CropSet::load(base, &novel, Some(probe_k))?,
-        None => {
-            let (novel_types, items) = load_novel(&novel, 0)?;
-            CropSet {
-                items,
-                base_classes: Vec::new(),
-                novel_types,
-                num_novel_clusters: probe_k,
-            }
-        }
-    });
+    let set = Arc::new(CropSet::load(spec.base.as_deref(), &novel, Some(probe_k))?);
     if set.novel_indices().is_empty() {
         return Err(Error::input(&novel.images, "no novel crops to cluster"));
     }

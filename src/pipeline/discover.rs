@@ -2,7 +2,8 @@
 //! the stages the separate commands run:
 //!
 //! 1. `base/`: the labelled base set cropped by its masks (`--base`, or the built-in synthetic
-//!    one generated into `synth_base/`; a `prepare-base` output is used as it is);
+//!    one generated into `synth_base/`; a `prepare-base` output is used as it is; none with
+//!    `no_base`, which trains without the supervised base terms);
 //! 2. `maps/`: the built-in detector's anomaly maps, fitted on `--normal` (else on
 //!    `--images/good`) or zero-shot; skipped when `--anomaly-maps` are given;
 //! 3. `binarize/`: MEBin masks and anomaly-centred crops;
@@ -100,6 +101,8 @@ pub struct DiscoverSpec {
     pub normal: Option<PathBuf>,
     pub anomaly_maps: Option<PathBuf>,
     pub base: Option<PathBuf>,
+    /// Train without a base set (`--no-base`; `base` is then `None`).
+    pub no_base: bool,
     pub num_classes: NumClasses,
     pub max_classes: usize,
     pub detector: DetectorSettings,

@@ -37,8 +37,9 @@ pub struct TrainSpec {
     pub binarize_out: PathBuf,
     /// A copy of MEBin's binary masks as the reference lays them out (`--binary-data-path`).
     pub binary_copy: Option<PathBuf>,
-    /// Labelled base crops: `images/<class>/`, `masks/<class>/`.
-    pub base: PathBuf,
+    /// Labelled base crops: `images/<class>/`, `masks/<class>/`; `None` trains without the
+    /// supervised base terms (see [`crate::train::losses`]).
+    pub base: Option<PathBuf>,
     pub num_classes: NumClasses,
     /// Largest K that [`NumClasses::Auto`] considers.
     pub max_classes: usize,
@@ -109,12 +110,12 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
     }
     let novel = NovelSource::from_binarize_out(&spec.binarize_out);
     let (set, k_estimate) = match (spec.num_classes, &resume) {
-        (NumClasses::FromFolders, _) => (CropSet::load(&spec.base, &novel, None)?, None),
-        (NumClasses::Fixed(k), _) => (CropSet::load(&spec.base, &novel, Some(k))?, None),
+        (NumClasses::FromFolders, _) => (CropSet::load(spec.base.as_deref(), &novel, None)?, None),
+        (NumClasses::Fixed(k), _) => (CropSet::load(spec.base.as_deref(), &novel, Some(k))?, None),
         // A resumed run keeps the K it estimated.
         (NumClasses::Auto, Some(ck)) => {
             let k = ck.meta.num_novel_clusters;
-            let set = CropSet::load(&spec.base, &novel, Some(k))?;
+            let set = CropSet::load(spec.base.as_deref(), &novel, Some(k))?;
             (set, ck.meta.num_classes_estimate.clone())
         }
         (NumClasses::Auto, None) => {
@@ -123,6 +124,9 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
         }
     };
     let set = Arc::new(set);
+    if set.num_base_classes() == 0 {
+        log::info!("no base set: training without the supervised base terms (cls, SupCon)");
+    }
     log::info!(
         "{} base crops in {} classes, {} novel crops -> {} novel clusters",
         set.base_indices().len(),
@@ -222,9 +226,9 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
 /// The checks that need no heavy work: the base folder, and the checkpoint against
 /// `--resume` / `--overwrite`.
 fn check_inputs(spec: &TrainSpec, ckpt_path: &Path) -> Result<()> {
-    if !spec.base.is_dir() {
+    if let Some(base) = spec.base.as_ref().filter(|b| !b.is_dir()) {
         return Err(Error::input(
-            &spec.base,
+            base,
             "--base-data-path: folder not found (expected images/<class>/ and masks/<class>/)",
         ));
     }
@@ -276,12 +280,12 @@ fn estimated_set(
 ) -> Result<(CropSet, KEstimate)> {
     // The estimate needs the crops first; the set is then rebuilt with the chosen K, so that
     // no set is ever seen with a placeholder K.
-    let probe = Arc::new(CropSet::load(&spec.base, novel, Some(1))?);
+    let probe = Arc::new(CropSet::load(spec.base.as_deref(), novel, Some(1))?);
     tch::manual_seed(cfg.experiment.seed as i64);
     let m = Model::new(cfg, probe.num_classes(), weights, spec.device)?;
     let (est, _) = estimate_k(&m, &probe, cfg, spec.max_classes, spec.device)?;
     drop(m);
-    let set = CropSet::load(&spec.base, novel, Some(est.chosen))?;
+    let set = CropSet::load(spec.base.as_deref(), novel, Some(est.chosen))?;
     Ok((set, est))
 }
 

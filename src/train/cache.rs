@@ -129,6 +129,7 @@ impl TokenBank {
             hidden.push(model.backbone.token_mask(&m).to_device(Device::Cpu));
             start += b;
             pb.inc(b as u64);
+            crate::threads::tick();
         }
         pb.finish_and_clear();
         let store = store.ok_or_else(|| Error::usage("the frozen-prefix cache has no crops"))?;
@@ -243,8 +244,8 @@ impl TokenBank {
             }
         };
         Ok((
-            tokens.to_device(device).to_kind(Kind::Float),
-            self.hidden.index_select(0, &index).to_device(device),
+            crate::device::upload(&tokens, device).to_kind(Kind::Float),
+            crate::device::upload(&self.hidden.index_select(0, &index), device),
         ))
     }
 }

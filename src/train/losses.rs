@@ -9,12 +9,15 @@
 //! - total = (1 − sup_weight)(cluster + contrastive) + sup_weight(cls + SupCon), with cls and
 //!   cluster averaged over the heads.
 //!
+//! Without base classes (`num_labeled = 0`: no labelled set at all) the supervised terms, cls and
+//! SupCon, are zero, and the total keeps its form: (1 − sup_weight)(cluster + contrastive).
+//!
 //! Batches are two-view: every `[2B, …]` tensor holds view 1 of the B samples in rows `0..B` and
 //! view 2 in rows `B..2B` (the reference concatenates the views along the batch).
 //!
 //! Use: build one [`Criterion`] per run, call [`Criterion::compute`] per batch, backprop
-//! `losses.total`, log [`Losses::values`]. Skip batches for which [`has_base_and_novel`] is
-//! false, as the reference does.
+//! `losses.total`, log [`Losses::values`]. Skip batches that [`Criterion::accepts`] refuses (with base
+//! classes: those without labelled or without unlabelled samples, as the reference does).
 
 use tch::{Device, Kind, Tensor};
 
@@ -247,19 +250,38 @@ pub struct LossValues {
 }
 
 impl Losses {
-    /// Copies every term to host numbers (one device sync per term).
+    /// Copies every term to host numbers in one transfer: on a GPU, one sync per step instead
+    /// of one per term. The values are the terms' own, widened to f64.
     pub fn values(&self) -> LossValues {
-        let v = |t: &Tensor| t.double_value(&[]);
+        let n = self.heads.len();
+        let terms: Vec<Tensor> = (self.heads.iter().map(|h| &h.distill))
+            .chain(self.heads.iter().map(|h| &h.me_max))
+            .chain(self.heads.iter().map(|h| &h.cluster))
+            .chain(self.heads.iter().map(|h| &h.cls))
+            .chain([
+                &self.contrastive,
+                &self.sup_con,
+                &self.cls,
+                &self.cluster,
+                &self.total,
+            ])
+            .map(|t| t.detach().to_kind(Kind::Double).reshape([1]))
+            .collect();
+        let host = Tensor::cat(&terms, 0).to_device(Device::Cpu);
+        let mut v = vec![0f64; terms.len()];
+        host.copy_data(&mut v, terms.len());
+        let head = |i: usize| v[i * n..(i + 1) * n].to_vec();
+        let at = |i: usize| v[4 * n + i];
         LossValues {
-            distill: self.heads.iter().map(|h| v(&h.distill)).collect(),
-            me_max: self.heads.iter().map(|h| v(&h.me_max)).collect(),
-            head_cluster: self.heads.iter().map(|h| v(&h.cluster)).collect(),
-            head_cls: self.heads.iter().map(|h| v(&h.cls)).collect(),
-            contrastive: v(&self.contrastive),
-            sup_con: v(&self.sup_con),
-            cls: v(&self.cls),
-            cluster: v(&self.cluster),
-            total: v(&self.total),
+            distill: head(0),
+            me_max: head(1),
+            head_cluster: head(2),
+            head_cls: head(3),
+            contrastive: at(0),
+            sup_con: at(1),
+            cls: at(2),
+            cluster: at(3),
+            total: at(4),
         }
     }
 }
@@ -277,10 +299,10 @@ impl Criterion {
     /// `num_labeled` base classes come first among `num_classes` outputs per head; `epochs` sizes
     /// the teacher temperature schedule.
     pub fn new(cfg: &Loss, num_labeled: usize, num_classes: usize, epochs: usize) -> Result<Self> {
-        if num_labeled == 0 || num_classes <= num_labeled {
+        if num_classes <= num_labeled {
             return Err(Error::runtime(format!(
-                "the loss needs at least one base and one novel class (got {num_labeled} base of \
-                 {num_classes} classes)"
+                "the loss needs at least one novel class (got {num_labeled} base of {num_classes} \
+                 classes)"
             )));
         }
         if epochs == 0 {
@@ -295,6 +317,17 @@ impl Criterion {
         })
     }
 
+    /// Whether a batch with these `labelled` flags `[B]` can be trained on: with base classes it
+    /// needs labelled and unlabelled samples ([`has_base_and_novel`]); without, unlabelled ones
+    /// only.
+    pub fn accepts(&self, labelled: &Tensor) -> bool {
+        if self.num_labeled > 0 {
+            return has_base_and_novel(labelled);
+        }
+        let lab = labelled.to_kind(Kind::Bool);
+        lab.numel() > 0 && lab.any().int64_value(&[]) == 0
+    }
+
     /// The teacher temperature of each epoch (see [`teacher_temp_schedule`]).
     pub fn schedule(&self) -> &[f64] {
         &self.schedule
@@ -305,16 +338,21 @@ impl Criterion {
         self.schedule[epoch.min(self.schedule.len() - 1)]
     }
 
-    /// Every loss term of one batch at `epoch` (0-based). Errors when the shapes disagree or the
-    /// batch lacks labelled or unlabelled samples (check [`has_base_and_novel`] first).
+    /// Every loss term of one batch at `epoch` (0-based). Errors when the shapes disagree or
+    /// [`Criterion::accepts`] refuses the batch (check it first).
     pub fn compute(&self, batch: &LossBatch, epoch: usize) -> Result<Losses> {
         let (b, device) = self.check(batch)?;
         let labelled = batch.labelled.to_kind(Kind::Bool);
-        if !has_base_and_novel(&labelled) {
-            return Err(Error::runtime(
-                "a training batch needs labelled and unlabelled samples; skip this batch",
-            ));
+        if !self.accepts(&labelled) {
+            return Err(Error::runtime(if self.num_labeled > 0 {
+                "a training batch needs labelled and unlabelled samples; skip this batch"
+            } else {
+                "a run without base classes trains on unlabelled samples only; skip this batch"
+            }));
         }
+        let supervised = self.num_labeled > 0;
+        let kind = batch.logits[0].kind();
+        let zero = || Tensor::zeros([], (kind, device));
         let labels = batch.labels.to_kind(Kind::Int64).to_device(device);
         let lab_idx = labelled.nonzero().squeeze_dim(1).to_device(device);
         let unl_idx = labelled
@@ -329,14 +367,18 @@ impl Criterion {
         let contrastive = contrastive_loss(batch.proj, INFO_NCE_TEMP);
 
         let lab_labels = labels.index_select(0, &lab_idx);
-        let proj_lab = batch
-            .proj
-            .index_select(0, &lab_rows)
-            .view([2, -1, batch.proj.size()[1]]);
-        let features = normalize_rows(&proj_lab.transpose(0, 1));
-        let sup_con = sup_con_loss(&features, &lab_labels, SUPCON_TEMP);
+        let sup_con = if supervised {
+            let proj_lab =
+                batch
+                    .proj
+                    .index_select(0, &lab_rows)
+                    .view([2, -1, batch.proj.size()[1]]);
+            let features = normalize_rows(&proj_lab.transpose(0, 1));
+            sup_con_loss(&features, &lab_labels, SUPCON_TEMP)
+        } else {
+            zero()
+        };
 
-        let kind = batch.logits[0].kind();
         let weights = pseudo_label_weights(
             &batch
                 .crop_scores
@@ -352,7 +394,11 @@ impl Criterion {
             .logits
             .iter()
             .map(|logits| {
-                let cls = cls_loss(&logits.index_select(0, &lab_rows), &cls_labels);
+                let cls = if supervised {
+                    cls_loss(&logits.index_select(0, &lab_rows), &cls_labels)
+                } else {
+                    zero()
+                };
                 let student = logits.index_select(0, &unl_rows);
                 let targets = distill_targets(&student, temp, self.num_labeled as i64, &weights);
                 let distill = distill_loss(&student, &targets);

@@ -267,3 +267,56 @@ fn batches_without_both_kinds_or_with_bad_shapes_are_refused() {
     assert!(Criterion::new(&Loss::default(), 4, 4, 3).is_err());
     assert!(Criterion::new(&Loss::default(), 2, 4, 0).is_err());
 }
+
+#[test]
+fn without_base_classes_only_the_unsupervised_terms_train() {
+    let (heads, proj, _, _, scores) = toy_batch(6, 4);
+    let crit = Criterion::new(&Loss::default(), 0, 4, 3).unwrap();
+    let none = Tensor::zeros([6], (Kind::Bool, Device::Cpu));
+    assert!(crit.accepts(&none));
+    // Novel labels may hold anything (-1 for a flat folder): they are never read.
+    let labels = Tensor::full([6], -1, (Kind::Int64, Device::Cpu));
+    let batch = LossBatch {
+        logits: &heads,
+        proj: &proj,
+        labels: &labels,
+        labelled: &none,
+        crop_scores: &scores,
+    };
+    let l = crit.compute(&batch, 1).unwrap();
+    let v = l.values();
+    assert_eq!((v.cls, v.sup_con), (0.0, 0.0));
+    let sw = Loss::default().sup_weight;
+    assert!((v.total - (1.0 - sw) * (v.cluster + v.contrastive)).abs() < 1e-5);
+    // The terms are the ones a base-guided run computes on its novel rows, with class 0 as the
+    // "normal" class of the pseudo-label correction.
+    let weights = pseudo_label_weights(&scores, Loss::default().anomaly_thred).repeat([2]);
+    let targets = distill_targets(&heads[0], crit.teacher_temp(1), 0, &weights);
+    let want = distill_loss(&heads[0], &targets).double_value(&[]);
+    assert!(
+        (v.distill[0] - want).abs() < 1e-6,
+        "{} vs {want}",
+        v.distill[0]
+    );
+    let want = contrastive_loss(&proj, INFO_NCE_TEMP).double_value(&[]);
+    assert!((v.contrastive - want).abs() < 1e-6);
+    l.total.backward();
+    for t in heads.iter().chain([&proj]) {
+        assert!(t.grad().abs().sum(None).double_value(&[]) > 0.0);
+    }
+    // A labelled sample has no class to be trained towards.
+    let one = Tensor::from_slice(&[true, false, false, false, false, false]);
+    assert!(!crit.accepts(&one));
+    let zeros = Tensor::zeros([6], (Kind::Int64, Device::Cpu));
+    let batch = LossBatch {
+        labelled: &one,
+        labels: &zeros,
+        ..batch
+    };
+    assert!(crit
+        .compute(&batch, 0)
+        .unwrap_err()
+        .to_string()
+        .contains("skip"));
+    assert!(Criterion::new(&Loss::default(), 0, 0, 3).is_err());
+}

@@ -9,13 +9,14 @@ use std::time::Instant;
 use tch::{Device, Tensor};
 
 use super::cache::{BankOptions, TokenBank};
-use super::losses::{has_base_and_novel, Criterion, LossBatch};
+use super::losses::{Criterion, LossBatch};
 use super::optim::{cosine_lr, Param, Sgd};
 use crate::checkpoint::{
     self, load_model_state, refresh_frozen_copies, Checkpoint, CheckpointMeta, EpochRecord,
 };
 use crate::config::Config;
 use crate::data::TrainLoader;
+use crate::device::upload;
 use crate::error::{Error, Result};
 use crate::model::{param_groups, Model};
 
@@ -92,14 +93,14 @@ impl Step {
         let cls = match &self.input {
             StepInput::Views { images, masks } => model
                 .backbone
-                .forward(&images.to_device(dev), &masks.to_device(dev))?,
+                .forward(&upload(images, dev), &upload(masks, dev))?,
             StepInput::Tokens {
                 tokens,
                 hidden,
                 block,
             } => model.backbone.forward_from_hidden(
-                &tokens.to_device(dev),
-                &hidden.to_device(dev),
+                &upload(tokens, dev),
+                &upload(hidden, dev),
                 *block,
             )?,
         };
@@ -197,21 +198,23 @@ pub fn run_epoch(
     for (b, batch) in steps_iter.enumerate() {
         let batch = batch?;
         pb.inc(1);
-        if !has_base_and_novel(&batch.labelled) {
-            log::debug!("epoch {epoch} batch {b}: only base or only novel crops, skipped (as the reference)");
+        crate::threads::tick();
+        if !criterion.accepts(&batch.labelled) {
+            log::debug!(
+                "epoch {epoch} batch {b}: lacks base or novel crops, skipped (as the reference)"
+            );
             continue;
         }
         let (proj, logits) = batch.forward(model, dev)?;
-        let labels = batch.labels.to_device(dev);
-        let labelled = batch.labelled.to_device(dev);
-        let scores = batch.scores.to_device(dev);
+        // The targets stay on the CPU: the loss checks them and builds its row indices there,
+        // and moves only the indices and values it needs, so a GPU step does not wait on them.
         let losses = criterion.compute(
             &LossBatch {
                 logits: &logits,
                 proj: &proj,
-                labels: &labels,
-                labelled: &labelled,
-                crop_scores: &scores,
+                labels: &batch.labels,
+                labelled: &batch.labelled,
+                crop_scores: &batch.scores,
             },
             epoch,
         )?;

@@ -45,4 +45,8 @@ fn explicit_cpu_device_and_threads_train_and_test() {
     assert_eq!(tested, explicit, "test reproduces train's predictions");
     let o = common::cli_in(p, &["--threads", "0", "config", "show"]);
     common::assert_fails(&o, 2, &["--threads"], "--threads 0");
+    let o = common::cli_in(p, &["--threads", "many", "config", "show"]);
+    common::assert_fails(&o, 2, &["--threads", "many"], "--threads many");
+    let o = common::cli_in(p, &["--threads", "auto", "config", "show"]);
+    common::assert_ok(&o, "--threads auto");
 }

@@ -265,6 +265,75 @@ fn flat_folder_zero_shot_detector_with_a_base_set_resumes_after_the_maps() {
 }
 
 #[test]
+fn no_base_trains_on_the_novel_crops_alone_and_its_checkpoint_predicts() {
+    let d = setup();
+    let p = d.path();
+    let args = [
+        "--images",
+        "synth/test",
+        "--anomaly-maps",
+        "synth/anomaly_maps",
+        "--out",
+        "nobase",
+        "--no-base",
+        "--config",
+        "tiny.yaml",
+    ];
+    let plan = ok(p, &[&args[..], &["--dry-run"]].concat());
+    assert!(
+        plan.contains("--no-base") && !plan.contains("stage 1/3 base"),
+        "{plan}"
+    );
+    let t = ok(p, &args);
+    assert!(t.contains("NMI") && t.contains("report"), "{t}");
+    let run = p.join("nobase");
+    assert!(!run.join("base").exists() && !run.join("synth_base").exists());
+    let log = std::fs::read_to_string(run.join("train/log.txt")).unwrap();
+    assert!(log.contains("0 base crops in 0 classes"), "{log}");
+    assert!(log.contains("without the supervised base terms"), "{log}");
+    let meta = json(&run.join("train/checkpoint.json"));
+    assert_eq!(
+        meta["base_classes"].as_array().map(Vec::len),
+        Some(0),
+        "{meta}"
+    );
+    // The checkpoint of a run without base classes groups new images.
+    let o = run_in(
+        p,
+        &[
+            "predict",
+            "--checkpoint",
+            "nobase/train",
+            "--images",
+            "synth/test",
+            "--anomaly-maps",
+            "synth/anomaly_maps",
+            "--out",
+            "nobase_predict",
+            "-q",
+        ],
+    );
+    common::assert_ok(&o, "predict with a no-base checkpoint");
+    let rows = std::fs::read_to_string(p.join("nobase_predict/predictions.csv")).unwrap();
+    assert_eq!(rows.lines().count(), 17, "a header and 16 images: {rows}");
+    // --no-base and --base exclude each other.
+    let o = run_in(
+        p,
+        &[
+            "discover",
+            "--images",
+            "synth/test",
+            "--out",
+            "x",
+            "--no-base",
+            "--base",
+            "synth/base",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", common::text(&o));
+}
+
+#[test]
 fn normal_images_fit_the_detector_and_held_out_ones_set_the_range() {
     let d = setup();
     let p = d.path();
@@ -465,4 +534,60 @@ fn ctrl_c_in_training_then_resume_continues_from_the_checkpoint() {
     assert!(t.contains("stopped in stage train"), "{t}");
     assert_eq!(json(&ckpt)["epoch"].as_u64().unwrap() as usize, epoch + 2);
     assert_eq!(stage_times(&p.join("run"), &["base", "binarize"]), before);
+}
+
+/// Ctrl-C in the middle of the maps stage stops the run at once, leaving the stage unfinished:
+/// `--resume` keeps the base set and redoes the maps.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_in_the_maps_stage_then_resume_redoes_only_the_maps() {
+    let d = setup();
+    let p = d.path();
+    let args = [
+        "discover",
+        "--images",
+        "synth/test",
+        "--out",
+        "run",
+        "--detector-random-weights",
+        "--detector-image-size",
+        "224",
+        "--config",
+        "tiny.yaml",
+    ];
+    let log = p.join("run/log.txt");
+    let mut child = common::bin()
+        .current_dir(p)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains("stage 2/4: maps")) {
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "no maps stage after 120 s"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pid = child.id().to_string();
+    let k = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(k.success());
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the interrupted run must not succeed");
+    let run = p.join("run");
+    assert!(
+        !run.join("maps/stage.json").exists(),
+        "the maps stage was interrupted"
+    );
+    let base = mtime(&run.join("base/stage.json"));
+    let t = ok(p, &[&args[1..], &["--resume"]].concat());
+    assert!(t.contains("base: finished earlier"), "{t}");
+    assert_eq!(mtime(&run.join("base/stage.json")), base, "base not redone");
+    assert!(run.join("maps/stage.json").is_file() && run.join("train/stage.json").is_file());
 }

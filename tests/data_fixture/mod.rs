@@ -110,5 +110,5 @@ pub fn crop_set(
     write_base(&root.join("base"), base, side);
     write_novel(&root.join("out"), novel, side, false);
     let novel = anomalyncd::data::NovelSource::from_binarize_out(&root.join("out"));
-    anomalyncd::data::CropSet::load(&root.join("base"), &novel, None).expect("fixture loads")
+    anomalyncd::data::CropSet::load(Some(&root.join("base")), &novel, None).expect("fixture loads")
 }

@@ -57,7 +57,7 @@ fn err_of(r: anomalyncd::Result<CropSet>) -> (String, i32) {
 #[test]
 fn class_indices_put_sorted_base_classes_first_then_sorted_novel_types() {
     let c = standard();
-    let set = CropSet::load(&c.base, &c.novel, None).unwrap();
+    let set = CropSet::load(Some(&c.base), &c.novel, None).unwrap();
     assert_eq!(set.base_classes, ["dent", "smear"]);
     assert_eq!(set.novel_types, ["crack", "hole"]);
     assert_eq!(
@@ -82,16 +82,16 @@ fn class_indices_put_sorted_base_classes_first_then_sorted_novel_types() {
     assert!(hole1.mask.ends_with("crops/masks/hole/hole001_crop1.png"));
     assert_eq!(set.base_indices(), (0..5).collect::<Vec<_>>());
     assert_eq!(set.novel_indices(), (5..14).collect::<Vec<_>>());
-    let more = CropSet::load(&c.base, &c.novel, Some(6)).unwrap();
+    let more = CropSet::load(Some(&c.base), &c.novel, Some(6)).unwrap();
     assert_eq!(more.num_classes(), 8);
 }
 
 #[test]
 fn a_flat_novel_folder_loads_without_labels_once_the_cluster_count_is_given() {
     let c = crops(&[("a", 2)], &[("x", 3), ("y", 2)], true);
-    let (msg, code) = err_of(CropSet::load(&c.base, &c.novel, None));
+    let (msg, code) = err_of(CropSet::load(Some(&c.base), &c.novel, None));
     assert!(msg.contains("--num-classes") && code == 2, "{msg}");
-    let set = Arc::new(CropSet::load(&c.base, &c.novel, Some(2)).unwrap());
+    let set = Arc::new(CropSet::load(Some(&c.base), &c.novel, Some(2)).unwrap());
     assert!(set.novel_types.is_empty() && !set.novel_labels_known());
     assert_eq!(set.len(), 7);
     assert!(set.items[2..]
@@ -113,7 +113,7 @@ fn a_flat_novel_folder_loads_without_labels_once_the_cluster_count_is_given() {
 fn bad_inputs_are_one_line_errors_naming_the_file() {
     let c = standard();
     let nowhere = c.base.with_file_name("nowhere");
-    let (msg, code) = err_of(CropSet::load(&nowhere, &c.novel, None));
+    let (msg, code) = err_of(CropSet::load(Some(&nowhere), &c.novel, None));
     assert!(
         msg.contains("no base data") && msg.contains("nowhere") && code == 2,
         "{msg}"
@@ -121,16 +121,16 @@ fn bad_inputs_are_one_line_errors_naming_the_file() {
 
     let empty = c.base.with_file_name("empty_base");
     std::fs::create_dir_all(empty.join("images")).unwrap();
-    let (msg, _) = err_of(CropSet::load(&empty, &c.novel, None));
+    let (msg, _) = err_of(CropSet::load(Some(&empty), &c.novel, None));
     assert!(msg.contains("no base data"), "{msg}");
 
     let no_novel = NovelSource::from_binarize_out(&nowhere);
-    let (msg, code) = err_of(CropSet::load(&c.base, &no_novel, None));
+    let (msg, code) = err_of(CropSet::load(Some(&c.base), &no_novel, None));
     assert!(msg.contains("no novel crops") && code == 2, "{msg}");
     let empty_out = c.base.with_file_name("empty_out");
     std::fs::create_dir_all(empty_out.join("crops/images")).unwrap();
     let (msg, _) = err_of(CropSet::load(
-        &c.base,
+        Some(&c.base),
         &NovelSource::from_binarize_out(&empty_out),
         None,
     ));
@@ -138,7 +138,7 @@ fn bad_inputs_are_one_line_errors_naming_the_file() {
 
     let mask = c.novel.masks.join("hole/hole002_crop0.png");
     std::fs::rename(&mask, mask.with_extension("orig")).unwrap();
-    let (msg, code) = err_of(CropSet::load(&c.base, &c.novel, None));
+    let (msg, code) = err_of(CropSet::load(Some(&c.base), &c.novel, None));
     assert!(
         msg.contains("hole002_crop0.png") && msg.contains("no mask") && code == 2,
         "{msg}"
@@ -147,13 +147,13 @@ fn bad_inputs_are_one_line_errors_naming_the_file() {
 
     let scores = std::fs::read(&c.novel.scores).unwrap();
     std::fs::write(&c.novel.scores, b"{\"hole\": {}}").unwrap();
-    let (msg, _) = err_of(CropSet::load(&c.base, &c.novel, None));
+    let (msg, _) = err_of(CropSet::load(Some(&c.base), &c.novel, None));
     assert!(
         msg.contains("scores.json") && msg.contains("no score for crop crack/"),
         "{msg}"
     );
     std::fs::remove_file(&c.novel.scores).unwrap();
-    let (msg, _) = err_of(CropSet::load(&c.base, &c.novel, None));
+    let (msg, _) = err_of(CropSet::load(Some(&c.base), &c.novel, None));
     assert!(
         msg.contains("scores.json") && msg.contains("binarize"),
         "{msg}"
@@ -166,7 +166,7 @@ fn an_unreadable_crop_is_named_by_the_cache_and_by_the_loader() {
     let c = crops(&[("a", 2)], &[("t", 3)], false);
     let broken = c.novel.images.join("t/t001_crop1.png");
     std::fs::write(&broken, b"not a png").unwrap();
-    let set = Arc::new(CropSet::load(&c.base, &c.novel, None).unwrap());
+    let set = Arc::new(CropSet::load(Some(&c.base), &c.novel, None).unwrap());
     let spec = TransformSpec::new(16);
     let e = CropCache::build(&set, &spec, 2).unwrap_err();
     assert!(
@@ -193,7 +193,7 @@ fn an_unreadable_crop_is_named_by_the_cache_and_by_the_loader() {
 #[test]
 fn train_batches_have_the_documented_shapes_kinds_and_binary_masks() {
     let c = standard();
-    let set = Arc::new(CropSet::load(&c.base, &c.novel, None).unwrap());
+    let set = Arc::new(CropSet::load(Some(&c.base), &c.novel, None).unwrap());
     let spec = TransformSpec::new(32);
     let loader = TrainLoader::new(set.clone(), spec, opts(4, 2, 7), None).unwrap();
     assert_eq!(loader.num_batches(), 4); // 14 draws: 4 + 4 + 4 + 2
@@ -257,7 +257,7 @@ fn agreement(image: &[f32], mask: &[f32]) -> f64 {
 #[test]
 fn both_views_move_the_mask_with_the_image_and_differ_from_each_other() {
     let c = standard();
-    let set = Arc::new(CropSet::load(&c.base, &c.novel, None).unwrap());
+    let set = Arc::new(CropSet::load(Some(&c.base), &c.novel, None).unwrap());
     let spec = TransformSpec::new(64);
     let loader = TrainLoader::new(set, spec, opts(14, 2, 5), None).unwrap();
     let (il, ml) = (spec.image_len(), spec.mask_len());
@@ -292,7 +292,7 @@ fn both_views_move_the_mask_with_the_image_and_differ_from_each_other() {
 #[test]
 fn the_same_seed_gives_the_same_batches_with_any_worker_count_or_cache() {
     let c = standard();
-    let set = Arc::new(CropSet::load(&c.base, &c.novel, None).unwrap());
+    let set = Arc::new(CropSet::load(Some(&c.base), &c.novel, None).unwrap());
     let spec = TransformSpec::new(32);
     let cache = Arc::new(CropCache::build(&set, &spec, 2).unwrap());
     assert_eq!(cache.len(), set.len());
@@ -324,7 +324,7 @@ fn the_same_seed_gives_the_same_batches_with_any_worker_count_or_cache() {
 #[test]
 fn a_class_of_one_image_and_a_batch_larger_than_the_set_work() {
     let c = crops(&[("only", 1)], &[("t", 1)], false);
-    let set = Arc::new(CropSet::load(&c.base, &c.novel, None).unwrap());
+    let set = Arc::new(CropSet::load(Some(&c.base), &c.novel, None).unwrap());
     let loader = TrainLoader::new(set, TransformSpec::new(16), opts(32, 2, 0), None).unwrap();
     assert_eq!(loader.num_batches(), 1);
     for epoch in 0..5 {
@@ -340,7 +340,7 @@ fn a_class_of_one_image_and_a_batch_larger_than_the_set_work() {
 #[test]
 fn eval_batches_are_the_test_views_of_the_chosen_crops_in_order() {
     let c = standard();
-    let set = Arc::new(CropSet::load(&c.base, &c.novel, None).unwrap());
+    let set = Arc::new(CropSet::load(Some(&c.base), &c.novel, None).unwrap());
     let spec = TransformSpec::new(32);
     let eval = EvalLoader::new(set.clone(), set.novel_indices(), spec, 4, 2, None).unwrap();
     assert_eq!((eval.len(), eval.num_batches()), (9, 3));
@@ -366,7 +366,7 @@ fn eval_batches_are_the_test_views_of_the_chosen_crops_in_order() {
 #[test]
 fn a_cache_for_another_size_is_refused() {
     let c = crops(&[("a", 1)], &[("t", 2)], false);
-    let set = Arc::new(CropSet::load(&c.base, &c.novel, None).unwrap());
+    let set = Arc::new(CropSet::load(Some(&c.base), &c.novel, None).unwrap());
     let cache = Arc::new(CropCache::build(&set, &TransformSpec::new(16), 1).unwrap());
     assert!(cache.bytes() > 0);
     let e = TrainLoader::new(set, TransformSpec::new(32), opts(2, 1, 0), Some(cache))
@@ -385,7 +385,7 @@ fn shared_sd900_loads_as_a_base_set_and_feeds_the_loader() {
         return;
     }
     let c = crops(&[], &[("hole", 3), ("crack", 3)], false);
-    let set = CropSet::load(&sd900, &c.novel, None).unwrap();
+    let set = CropSet::load(Some(&sd900), &c.novel, None).unwrap();
     assert_eq!(set.base_classes, ["inclusion", "patches", "scratches"]);
     assert_eq!(set.base_indices().len(), 900);
     assert!(set.items[0].image.extension().unwrap() == "bmp");

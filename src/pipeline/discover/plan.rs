@@ -25,6 +25,8 @@ pub const BASE_MAX_CROPS: usize = 2;
 pub enum BaseInput {
     /// No `--base`: the built-in synthetic base set, generated into `RUN/synth_base`.
     Synthetic,
+    /// `--no-base`: training without the supervised base terms.
+    None,
     /// `DIR/images/<class>/` and `DIR/masks/<class>/`, cropped by the masks into `RUN/base`.
     Raw {
         dir: PathBuf,
@@ -102,8 +104,8 @@ pub struct Stage {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub stages: Vec<Stage>,
-    /// The base crops training reads.
-    pub base: PathBuf,
+    /// The base crops training reads (`None`: training without a base set).
+    pub base: Option<PathBuf>,
     /// The maps MEBin reads.
     pub maps: PathBuf,
     /// Choices worth a line (inputs used as they are, flags without effect).
@@ -255,7 +257,13 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
                 ),
                 estimate_s: 0.05 * n as f64 + 2.0,
             });
-            (out.join("base"), Costs::BASE_CROPS * n as f64)
+            (Some(out.join("base")), Costs::BASE_CROPS * n as f64)
+        }
+        BaseInput::None => {
+            notes.push(
+                "no base set (--no-base): training without the supervised base terms".to_string(),
+            );
+            (None, 0.0)
         }
         BaseInput::Raw {
             dir,
@@ -275,7 +283,7 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
                 ),
                 estimate_s: 0.01 * *images as f64 + 1.0,
             });
-            (out.join("base"), Costs::BASE_CROPS * *images as f64)
+            (Some(out.join("base")), Costs::BASE_CROPS * *images as f64)
         }
         BaseInput::Cropped {
             dir,
@@ -286,7 +294,7 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
                 "base set: {} is a prepare-base output ({crops} crops in {classes} classes): used as it is",
                 dir.display()
             ));
-            (dir.clone(), *crops as f64)
+            (Some(dir.clone()), *crops as f64)
         }
     };
     let images = inputs.images as f64;

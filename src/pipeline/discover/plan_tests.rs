@@ -13,6 +13,7 @@ fn spec(normal: bool, maps: bool, base: bool) -> DiscoverSpec {
         normal: normal.then(|| PathBuf::from("/data/normal")),
         anomaly_maps: maps.then(|| PathBuf::from("/data/maps")),
         base: base.then(|| PathBuf::from("/data/base")),
+        no_base: false,
         num_classes: NumClasses::Auto,
         max_classes: 10,
         detector: DetectorSettings::default(),
@@ -26,6 +27,7 @@ fn spec(normal: bool, maps: bool, base: bool) -> DiscoverSpec {
 
 fn inputs(s: &DiscoverSpec, typed: bool, good: usize, cropped_base: bool) -> Inputs {
     let base = match (&s.base, cropped_base) {
+        (None, _) if s.no_base => BaseInput::None,
         (None, _) => BaseInput::Synthetic,
         (Some(d), false) => BaseInput::Raw {
             dir: d.clone(),
@@ -102,7 +104,7 @@ fn every_flag_combination_gives_the_expected_stages() {
                 } else {
                     "/runs/r/base"
                 };
-                assert_eq!(p.base, PathBuf::from(base_dir), "{case}");
+                assert_eq!(p.base, Some(PathBuf::from(base_dir)), "{case}");
                 match p.stage("base").map(|s| &s.kind) {
                     Some(StageKind::SynthBase) => assert!(!base, "{case}"),
                     Some(StageKind::CropBase { images, masks }) => {
@@ -190,4 +192,29 @@ fn estimates_grow_with_the_counts_and_the_settings() {
     assert_eq!(duration_text(12.0), "12 s");
     assert_eq!(duration_text(600.0), "10 min");
     assert_eq!(duration_text(3900.0), "1 h 5 min");
+}
+
+#[test]
+fn no_base_has_no_base_stage_and_trains_on_the_novel_crops_alone() {
+    for maps in [false, true] {
+        let mut s = spec(false, maps, false);
+        let with_base = plan(&s, &inputs(&s, true, 0, false));
+        s.no_base = true;
+        let p = plan(&s, &inputs(&s, true, 0, false));
+        let mut want = vec![];
+        if !maps {
+            want.push("maps");
+        }
+        want.extend(["binarize", "train"]);
+        assert_eq!(p.names(), want);
+        assert_eq!(p.base, None);
+        assert!(
+            p.notes.iter().any(|n| n.contains("--no-base")),
+            "{:?}",
+            p.notes
+        );
+        // Fewer crops to train on than with the built-in base set.
+        let train = |p: &Plan| p.stage("train").unwrap().estimate_s;
+        assert!(train(&p) < train(&with_base));
+    }
 }

@@ -124,7 +124,7 @@ pub fn fingerprints(
                 "config": spec.config,
                 "num_classes": format!("{:?}", spec.num_classes), "max_classes": spec.max_classes,
                 "weights": model_weights,
-                "base": absolute_value(&plan.base),
+                "base": plan.base.as_deref().map(absolute_value),
                 "base_listing": match inputs.base { BaseInput::Cropped { .. } => Some(&d.base), _ => None },
                 "base_stage": upstream(&done, "base"),
                 "binarize_stage": upstream(&done, "binarize"),

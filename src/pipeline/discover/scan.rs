@@ -92,6 +92,7 @@ pub fn scan(spec: &DiscoverSpec) -> Result<Inputs> {
     }
     let base = match &spec.base {
         Some(dir) => scan_base(dir, &mut digests)?,
+        None if spec.no_base => BaseInput::None,
         None => BaseInput::Synthetic,
     };
     Ok(Inputs {
