@@ -49,6 +49,8 @@ struct Case {
     name: String,
     samples_per_s: f64,
     peak_mib: f64,
+    /// libtorch's intra-op threads when the case ended (`--threads auto` may have changed them).
+    threads: i32,
 }
 
 fn config(precision: Precision) -> Config {
@@ -155,6 +157,7 @@ fn main() {
         name: "uncached, fp32".into(),
         samples_per_s: rate,
         peak_mib: peak,
+        threads: tch::get_num_threads(),
     });
     let uncached = rate;
     if bf16 != "skip" {
@@ -177,6 +180,7 @@ fn main() {
             name: format!("uncached, bf16 frozen prefix ({n} step)"),
             samples_per_s: rate,
             peak_mib: peak,
+            threads: tch::get_num_threads(),
         });
     }
 
@@ -208,6 +212,7 @@ fn main() {
         name: format!("frozen-prefix cache, fp32 ({views} views/crop)"),
         samples_per_s: rate,
         peak_mib: peak.max(build_peak),
+        threads: tch::get_num_threads(),
     });
 
     // The same steps beside one busy single-threaded process (a shell loop), as on a shared
@@ -224,6 +229,7 @@ fn main() {
             name: "uncached, fp32, beside 1 busy process".into(),
             samples_per_s: rate,
             peak_mib: peak,
+            threads: tch::get_num_threads(),
         });
         let cached = cases
             .iter()
@@ -247,23 +253,25 @@ fn main() {
             name: "frozen-prefix cache, beside 1 busy process".into(),
             samples_per_s: rate,
             peak_mib: peak,
+            threads: tch::get_num_threads(),
         });
         let _ = busy.kill();
         let _ = busy.wait();
     }
 
     println!(
-        "{:<44} {:>10} {:>12} {:>14} {:>10}",
-        "case", "samples/s", "vs uncached", "vs reference", "peak MiB"
+        "{:<44} {:>10} {:>12} {:>14} {:>10} {:>8}",
+        "case", "samples/s", "vs uncached", "vs reference", "peak MiB", "threads"
     );
     for c in &cases {
         println!(
-            "{:<44} {:>10.2} {:>11.2}x {:>13.2}x {:>10.0}",
+            "{:<44} {:>10.2} {:>11.2}x {:>13.2}x {:>10.0} {:>8}",
             c.name,
             c.samples_per_s,
             c.samples_per_s / uncached,
             c.samples_per_s / REFERENCE,
-            c.peak_mib
+            c.peak_mib,
+            c.threads
         );
     }
     let bank_views = set.len() * views;

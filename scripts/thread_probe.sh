@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Why training collapses beside a busy process: `cargo bench --bench train` (short: 1 uncached
-# step, 8 cached steps, 2 views) under thread settings set by hand, each printing its idle rates
-# and its rates beside one busy single-threaded process in the same run. Run on an otherwise idle
+# Why training collapses beside a busy process, and what `--threads auto` keeps: `cargo bench
+# --bench train` (short: 1 uncached step, 8 cached steps, 2 views) under each thread setting, each
+# printing its idle rates and its rates beside one busy single-threaded process in the same run. Run on an otherwise idle
 # machine (check `uptime`).
 #
 #   ./scripts/thread_probe.sh
@@ -15,6 +15,13 @@ run() { # label, env...
   echo "==> $label"
   env "$@" cargo bench --bench train 2>/dev/null | grep -E "^(uncached|frozen|beside|training step)"
 }
-run "default (libtorch: 2 threads, OpenMP's default wait policy)"
-run "OMP_WAIT_POLICY=PASSIVE (threads sleep at barriers instead of spinning)" OMP_WAIT_POLICY=PASSIVE
-run "OMP_NUM_THREADS=1 (libtorch on one thread)" OMP_NUM_THREADS=1
+# PROBE="auto fixed" runs only those settings (default: all four).
+for setting in ${PROBE:-auto fixed passive one}; do
+  case $setting in
+    auto) run "--threads auto (the default: libtorch's threads follow the free cores)" BENCH_THREADS=auto ;;
+    fixed) run "--threads $(nproc) (libtorch's own count, fixed: the default before --threads auto)" BENCH_THREADS="$(nproc)" ;;
+    passive) run "--threads $(nproc) with OMP_WAIT_POLICY=PASSIVE (threads sleep at barriers instead of spinning)" BENCH_THREADS="$(nproc)" OMP_WAIT_POLICY=PASSIVE ;;
+    one) run "--threads 1" BENCH_THREADS=1 ;;
+    *) echo "thread_probe: unknown setting $setting (auto, fixed, passive, one)" >&2; exit 2 ;;
+  esac
+done

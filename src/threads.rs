@@ -158,6 +158,7 @@ impl Governor {
             / TICKS_PER_S
             / secs;
         let want = choose(others, self.cores, self.max);
+        log::debug!("threads: other processes used {others:.2} cores over {secs:.1} s");
         if want == self.current {
             return None;
         }

@@ -38,7 +38,13 @@ pub struct Cli {
     /// Threads: `auto` follows the cores other processes leave free (libtorch's own count on an
     /// idle machine); N fixes libtorch's threads and the data-parallel pool at N (a run's
     /// numbers then never depend on the machine's load).
-    #[arg(long, global = true, value_name = "N|auto", default_value = "auto")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "N|auto",
+        default_value = "auto",
+        env = "ANOMALYNCD_THREADS"
+    )]
     pub threads: anomalyncd::threads::ThreadSetting,
     /// More log output (-v debug, -vv trace).
     #[arg(short, long, global = true, action = ArgAction::Count)]

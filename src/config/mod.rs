@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use arch::ArchSpec;
+pub use cache_mode::CacheFrozen;
 
 pub mod arch;
+mod cache_mode;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -93,8 +95,9 @@ pub struct Training {
     pub momentum: f64,
     pub weight_decay: f64,
     pub epochs: usize,
-    /// Ours: train the unfrozen blocks on cached frozen-prefix tokens of a fixed bank of views.
-    pub cache_frozen: bool,
+    /// Ours: train the unfrozen blocks on cached frozen-prefix tokens of a fixed bank of views
+    /// (`true`, `false`, or `auto`: on the CPU only).
+    pub cache_frozen: CacheFrozen,
     /// Ours: augmented views per crop in that bank.
     pub cache_views: usize,
 }
@@ -168,7 +171,7 @@ impl Default for Training {
             momentum: 0.9,
             weight_decay: 5e-5,
             epochs: 50,
-            cache_frozen: false,
+            cache_frozen: CacheFrozen::Off,
             cache_views: 8,
         }
     }

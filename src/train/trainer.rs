@@ -306,7 +306,7 @@ pub fn train(
         );
     }
     let dev = plan.device;
-    let bank = if cfg.training.cache_frozen && start < epochs {
+    let bank = if cfg.training.cache_frozen.enabled(plan.device) && start < epochs {
         let spill = plan
             .checkpoint
             .parent()

@@ -6,7 +6,6 @@
 mod maps;
 
 use std::path::Path;
-use std::process::Command;
 
 use anomalyncd::imageio::GrayMap;
 use anomalyncd::mebin::{self, BitDepth, Params};
@@ -293,7 +292,7 @@ fn constant_maps_mean_no_anomaly_with_a_warning_and_no_nan() {
     let text = std::fs::read_to_string(d.path().join("out/scores.json")).unwrap();
     assert!(!text.contains("NaN") && !text.contains("null"), "{text}");
     // without -q the warning is shown
-    let o = Command::new(env!("CARGO_BIN_EXE_anomalyncd"))
+    let o = crate::common::bin()
         .args(["binarize", "--anomaly-maps"])
         .arg(d.path().join("maps"))
         .arg("--images")

@@ -6,7 +6,6 @@
 mod maps_eval;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use image::{GrayImage, Luma};
 use serde_json::Value;
@@ -16,7 +15,7 @@ use crate::common::stderr;
 const SIZE: u32 = 64;
 
 fn cli(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_anomalyncd"))
+    crate::common::bin()
         .args(["-q", "--device", "cpu"])
         .args(args)
         .output()

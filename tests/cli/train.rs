@@ -309,7 +309,7 @@ fn interrupted_and_killed_runs_resume_to_the_same_result() {
     };
     let want = history("whole");
     for (runner, signal) in [("sigint", "INT"), ("sigkill", "KILL")] {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_anomalyncd"))
+        let mut child = common::bin()
             .args(train_args(runner, &epochs))
             .current_dir(p)
             .stdout(std::process::Stdio::null())

@@ -18,9 +18,14 @@ pub fn shared() -> Option<PathBuf> {
     p.is_dir().then_some(p)
 }
 
-/// The binary under test.
+/// The binary under test, with a fixed thread count (`ANOMALYNCD_THREADS`, the cores): the
+/// tests compare runs bit for bit, and `--threads auto` would follow the load of the tests
+/// running beside them. A test of the thread setting passes `--threads`, which wins.
 pub fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_anomalyncd"))
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut c = Command::new(env!("CARGO_BIN_EXE_anomalyncd"));
+    c.env("ANOMALYNCD_THREADS", cores.to_string());
+    c
 }
 
 /// `anomalyncd -q ARGS` in the current folder.

@@ -378,7 +378,7 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
         NumClasses::Fixed(k) => (format!("K = {k}"), 0.0),
         NumClasses::FromFolders => (format!("K = {} (type folders)", inputs.types.len()), 0.0),
     };
-    let train_cost = if t.cache_frozen {
+    let train_cost = if t.cache_frozen.enabled(spec.device) {
         all * t.cache_views as f64 * view + t.epochs as f64 * all * view / Costs::CACHED_SPEEDUP
     } else {
         t.epochs as f64 * all * 2.0 * view
