@@ -470,6 +470,31 @@ fn bad_inputs_are_exit_2_before_any_work() {
     assert_eq!(left, vec![p.join("mine/notes.txt")]);
 }
 
+/// Runs `anomalyncd ARGS` in `dir`, sends it SIGINT (Ctrl-C) as soon as `ready()` holds, and
+/// returns what it printed and how it ended.
+#[cfg(unix)]
+fn interrupted(dir: &Path, args: &[&str], ready: impl Fn() -> bool) -> Output {
+    let mut child = common::bin()
+        .current_dir(dir)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !ready() {
+        assert!(started.elapsed().as_secs() < 300, "not ready after 300 s");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let k = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(k.success());
+    child.wait_with_output().unwrap()
+}
+
 /// Ctrl-C during training (SIGINT): exit 130 with the last complete epoch in the checkpoint;
 /// `--resume` continues from it and redoes no earlier stage.
 #[cfg(unix)]
@@ -492,30 +517,8 @@ fn ctrl_c_in_training_then_resume_continues_from_the_checkpoint() {
         "--num-classes",
         "4",
     ];
-    let mut child = common::bin()
-        .current_dir(p)
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     let ckpt = p.join("run/train/checkpoint.json");
-    let started = std::time::Instant::now();
-    while !ckpt.is_file() {
-        assert!(
-            started.elapsed().as_secs() < 300,
-            "no checkpoint after 300 s"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let pid = child.id().to_string();
-    let k = std::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap();
-    assert!(k.success());
-    let o = child.wait_with_output().unwrap();
+    let o = interrupted(p, &args, || ckpt.is_file());
     common::assert_no_crash(&o, "interrupted run");
     assert_eq!(o.status.code(), Some(130), "{}", common::text(&o));
     assert!(
@@ -556,30 +559,10 @@ fn ctrl_c_in_the_maps_stage_then_resume_redoes_only_the_maps() {
         "tiny.yaml",
     ];
     let log = p.join("run/log.txt");
-    let mut child = common::bin()
-        .current_dir(p)
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains("stage 2/4: maps")) {
-        assert!(
-            started.elapsed().as_secs() < 120,
-            "no maps stage after 120 s"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let pid = child.id().to_string();
-    let k = std::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap();
-    assert!(k.success());
-    let status = child.wait().unwrap();
-    assert!(!status.success(), "the interrupted run must not succeed");
+    let o = interrupted(p, &args, || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("stage 2/4: maps"))
+    });
+    assert!(!o.status.success(), "the interrupted run must not succeed");
     let run = p.join("run");
     assert!(
         !run.join("maps/stage.json").exists(),
