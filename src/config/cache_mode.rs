@@ -3,7 +3,7 @@
 //!
 //! Why `auto`: at equal epochs, uncached training (fresh augmentations every step, as the
 //! reference) clustered MTD better than the 4-view cache (README, "What the cache costs"), but
-//! on a 2-core CPU an uncached 50-epoch MTD run takes about 4 hours against half an hour cached.
+//! on an idle 2-core CPU an uncached 50-epoch MTD run takes about 2 hours against 10 minutes cached.
 
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
