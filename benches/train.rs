@@ -53,6 +53,18 @@ struct Case {
     threads: i32,
 }
 
+impl Case {
+    /// A timed case, with the thread count it ended at.
+    fn new(name: impl Into<String>, samples_per_s: f64, peak_mib: f64) -> Self {
+        Self {
+            name: name.into(),
+            samples_per_s,
+            peak_mib,
+            threads: tch::get_num_threads(),
+        }
+    }
+}
+
 fn config(precision: Precision) -> Config {
     let mut cfg = Config::default();
     cfg.models.pretrained_backbone = "dinov2_vits14".into();
@@ -153,12 +165,7 @@ fn main() {
     );
     let mut cases = Vec::new();
     let (rate, peak) = time_steps(&cfg, &loader, &set, None, steps, weights, None);
-    cases.push(Case {
-        name: "uncached, fp32".into(),
-        samples_per_s: rate,
-        peak_mib: peak,
-        threads: tch::get_num_threads(),
-    });
+    cases.push(Case::new("uncached, fp32", rate, peak));
     let uncached = rate;
     if bf16 != "skip" {
         // Without native bf16 units libtorch's bf16 matmul is several times slower: one step.
@@ -176,12 +183,11 @@ fn main() {
             weights,
             None,
         );
-        cases.push(Case {
-            name: format!("uncached, bf16 frozen prefix ({n} step)"),
-            samples_per_s: rate,
-            peak_mib: peak,
-            threads: tch::get_num_threads(),
-        });
+        cases.push(Case::new(
+            format!("uncached, bf16 frozen prefix ({n} step)"),
+            rate,
+            peak,
+        ));
     }
 
     // The cache: built once (timed apart), then steps on it.
@@ -208,12 +214,11 @@ fn main() {
         weights,
         None,
     );
-    cases.push(Case {
-        name: format!("frozen-prefix cache, fp32 ({views} views/crop)"),
-        samples_per_s: rate,
-        peak_mib: peak.max(build_peak),
-        threads: tch::get_num_threads(),
-    });
+    cases.push(Case::new(
+        format!("frozen-prefix cache, fp32 ({views} views/crop)"),
+        rate,
+        peak.max(build_peak),
+    ));
 
     // The same steps beside one busy single-threaded process (a shell loop), as on a shared
     // machine: the ratio to the idle rates above, in the same run.
@@ -224,13 +229,12 @@ fn main() {
             .spawn()
             .expect("a busy shell loop");
         let (rate, peak) = time_steps(&cfg, &loader, &set, None, steps, weights, Some(SETTLE));
-        busy_ratios.push(("uncached, fp32", rate / uncached, tch::get_num_threads()));
-        cases.push(Case {
-            name: "uncached, fp32, beside 1 busy process".into(),
-            samples_per_s: rate,
-            peak_mib: peak,
-            threads: tch::get_num_threads(),
-        });
+        busy_ratios.push(("uncached, fp32", rate / uncached));
+        cases.push(Case::new(
+            "uncached, fp32, beside 1 busy process",
+            rate,
+            peak,
+        ));
         let cached = cases
             .iter()
             .find(|c| c.name.starts_with("frozen-prefix cache"))
@@ -244,17 +248,12 @@ fn main() {
             weights,
             Some(SETTLE),
         );
-        busy_ratios.push((
-            "frozen-prefix cache, fp32",
-            rate / cached,
-            tch::get_num_threads(),
+        busy_ratios.push(("frozen-prefix cache, fp32", rate / cached));
+        cases.push(Case::new(
+            "frozen-prefix cache, beside 1 busy process",
+            rate,
+            peak,
         ));
-        cases.push(Case {
-            name: "frozen-prefix cache, beside 1 busy process".into(),
-            samples_per_s: rate,
-            peak_mib: peak,
-            threads: tch::get_num_threads(),
-        });
         let _ = busy.kill();
         let _ = busy.wait();
     }
@@ -284,9 +283,9 @@ fn main() {
         build_s * uncached / set.len() as f64
     );
     println!("reference (Python, measured on this machine): {REFERENCE} samples/s");
-    for (name, r, threads) in busy_ratios {
+    for (name, r) in busy_ratios {
         println!(
-            "beside 1 busy process: {name} at {:.0} % of its idle rate ({threads} libtorch threads at the end)",
+            "beside 1 busy process: {name} at {:.0} % of its idle rate (threads: see the table)",
             100.0 * r
         );
     }
