@@ -1,9 +1,26 @@
 //! Gives every binary (the CLI, tests, benches) an rpath to libtorch's folder, so users need no
 //! LD_LIBRARY_PATH. torch-sys exports that folder to its direct dependents as
-//! DEP_TCH_LIBTORCH_LIB. Also records the libtorch version for `anomalyncd --version`.
-use std::path::Path;
+//! DEP_TCH_LIBTORCH_LIB. Also records the libtorch version for `anomalyncd --version`, and a
+//! digest of the detector's source code for the fingerprint of its maps.
+use std::path::{Path, PathBuf};
+
+/// The sources whose code decides the built-in detector's maps: the detector itself, the image
+/// readers it loads its inputs with, and the backbones its features come from. Any change of
+/// them changes `ANOMALYNCD_DETECT_CODE`, so `discover --resume` redoes its maps instead of
+/// reusing maps an older detector wrote. Broader than strictly needed (a comment edit counts):
+/// redoing maps costs minutes, reusing wrong ones costs the run.
+const DETECT_SOURCES: &[&str] = &[
+    "src/detect",
+    "src/imageio",
+    "src/model/mgvit.rs",
+    "src/model/block.rs",
+    "src/model/efficientnet.rs",
+    "src/model/precision.rs",
+    "src/config/arch.rs",
+];
 
 fn main() {
+    detect_code_digest();
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         return;
@@ -26,4 +43,51 @@ fn main() {
         })
         .unwrap_or_else(|| "unknown".to_string());
     println!("cargo:rustc-env=ANOMALYNCD_LIBTORCH_VERSION={version}");
+}
+
+/// Exports `ANOMALYNCD_DETECT_CODE`: 64-bit FNV-1a (as `record::fnv` in the library) over the
+/// relative path and bytes of every file of [`DETECT_SOURCES`], in path order.
+fn detect_code_digest() {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into()));
+    let mut files = Vec::new();
+    for src in DETECT_SOURCES {
+        println!("cargo:rerun-if-changed={src}");
+        collect(&root.join(src), &mut files);
+    }
+    files.sort();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for f in &files {
+        let rel = f.strip_prefix(&root).unwrap_or(f);
+        // '/' on every platform, so the digest does not depend on where it was built.
+        let name: Vec<String> = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        eat(name.join("/").as_bytes());
+        eat(&[0]);
+        // An unreadable file still changes the digest (by its name) rather than failing the build.
+        eat(&std::fs::read(f).unwrap_or_default());
+        eat(&[0]);
+    }
+    println!("cargo:rustc-env=ANOMALYNCD_DETECT_CODE={h:016x}");
+}
+
+/// The Rust files under `path` (itself when it is one), recursively; an editor's swap or backup
+/// file beside them does not count.
+fn collect(path: &Path, out: &mut Vec<PathBuf>) {
+    if path.is_file() {
+        if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path.to_path_buf());
+        }
+    } else if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            collect(&e.path(), out);
+        }
+    }
 }

@@ -26,7 +26,7 @@ use anomalyncd::config::{Config, Precision};
 use anomalyncd::data::*;
 use anomalyncd::model::precision::cpu_has_fast_bf16;
 use anomalyncd::model::Model;
-use anomalyncd::train::cache::{BankOptions, TokenBank};
+use anomalyncd::train::cache::{BankKey, BankOptions, TokenBank};
 use anomalyncd::train::losses::Criterion;
 use anomalyncd::train::trainer::{optimiser, run_epoch, EpochData};
 use tch::Device;
@@ -195,13 +195,24 @@ fn main() {
     let model = Model::new(&cfg, set.num_classes(), weights, Device::Cpu).expect("model");
     reset_peak();
     let t = Instant::now();
+    let mut bank_cfg = cfg.clone();
+    bank_cfg.training.cache_views = views;
     let opts = BankOptions {
-        views,
-        block: cfg.models.grad_from_block,
+        key: BankKey::new(&bank_cfg, &set, weights, Device::Cpu).expect("key"),
+        cache_dir: None,
         spill_dir: dir.path().to_path_buf(),
         ram_budget: None,
     };
-    let bank = TokenBank::build(&model, &loader, &opts, Device::Cpu).expect("bank");
+    let src = ViewSource::new(
+        set.clone(),
+        TransformSpec::new(cfg.models.image_size as u32),
+        0,
+        cfg.training.num_workers,
+        None,
+    )
+    .expect("views");
+    let bank = TokenBank::open_or_build(&model, std::sync::Arc::new(src), &opts, Device::Cpu)
+        .expect("bank");
     let build_s = t.elapsed().as_secs_f64();
     let build_peak = peak_rss_mib();
     drop(model);

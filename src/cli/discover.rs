@@ -13,6 +13,8 @@ use anomalyncd::pipeline::discover::{
 
 #[derive(Debug, Args)]
 pub struct DiscoverArgs {
+    #[command(flatten)]
+    pub token_cache: super::token_cache::TokenCacheArgs,
     /// Defective images: IMAGES/<type>/<stem>.<ext> (NMI / ARI / F1 against the types) or a
     /// flat folder; normal images in IMAGES/good are used like --normal, never grouped.
     #[arg(long, value_name = "DIR")]
@@ -97,6 +99,7 @@ pub fn run(a: &DiscoverArgs, ctx: &Ctx) -> anyhow::Result<()> {
         overwrite: a.overwrite,
         stop_after_stage: a.stop_after_stage.clone(),
         stop_after_epochs: a.stop_after_epochs,
+        token_cache: a.token_cache.setting(),
         device: ctx.device,
     };
     if a.dry_run {
@@ -127,6 +130,9 @@ pub fn run(a: &DiscoverArgs, ctx: &Ctx) -> anyhow::Result<()> {
             println!("cluster sizes: {}", sizes.join(", "));
             if let Some((nmi, ari, f1)) = found.scores {
                 println!("NMI {nmi:.4}  ARI {ari:.4}  F1 {f1:.4}  (image level, against the type folders)");
+            }
+            if let Some((nmi, ari, f1)) = found.training_free {
+                println!("training-free k-means on the pretrained class tokens: NMI {nmi:.4}  ARI {ari:.4}  F1 {f1:.4}");
             }
         }
     }

@@ -13,6 +13,7 @@ mod prepare_base;
 mod prepare_mtd;
 mod synth;
 mod test;
+mod token_cache;
 mod train;
 
 use std::path::PathBuf;

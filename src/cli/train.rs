@@ -23,6 +23,8 @@ pub enum DatasetLayout {
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
+    #[command(flatten)]
+    pub token_cache: super::token_cache::TokenCacheArgs,
     /// Config file (the reference's configs/AnomalyNCD.yaml loads unchanged).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -149,6 +151,7 @@ pub fn run(a: &TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         pairing: a.normal.pairing(false, true),
         mvtec_style: a.dataset == DatasetLayout::Mvtec,
         table: runner.join("metrics.csv"),
+        token_cache: a.token_cache.setting(),
         device: ctx.device,
     };
     match pipeline::train(&spec)? {

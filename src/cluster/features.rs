@@ -9,56 +9,99 @@ use tch::{Device, Kind};
 use crate::config::Config;
 use crate::data::{CropSet, EvalLoader, TransformSpec};
 use crate::error::{Error, Result};
-use crate::model::Model;
+use crate::model::{Model, PrefixTokens};
 
 /// Class tokens `[n, D]` of `set.items[indices]` with the test transform, L2-normalised so that
-/// Euclidean k-means compares directions (cosine), as DINO features are compared. The rows are
-/// copied once from the backbone's output into the matrix.
+/// Euclidean k-means compares directions (cosine), as DINO features are compared. With `bank`
+/// (a token cache of `set`), only the blocks after the cached prefix run, on the crops' cached
+/// plain views; without it, the whole backbone runs on freshly decoded crops.
 pub fn class_tokens(
     model: &Model,
     set: Arc<CropSet>,
     indices: Vec<usize>,
     cfg: &Config,
+    bank: Option<&dyn PrefixTokens>,
     device: Device,
 ) -> Result<Array2<f32>> {
-    let spec = TransformSpec::new(cfg.models.image_size as u32);
     let n = indices.len();
-    let eval = EvalLoader::new(
-        set,
-        indices,
-        spec,
-        cfg.training.batch_size,
-        cfg.training.num_workers,
-        None,
-    )?;
     let pb = crate::logging::progress(n as u64, "class tokens");
-    let mut out: Vec<f32> = Vec::new();
-    let mut dim = model.backbone.embed_dim();
-    for batch in eval.iter() {
-        let batch = batch?;
-        let cls = tch::no_grad(|| {
-            model.backbone.forward(
-                &batch.images.to_device(device),
-                &batch.masks.to_device(device),
-            )
-        })?;
+    let mut rows = TokenRows::new(model.backbone.embed_dim());
+    match bank {
+        Some(bank) => {
+            for chunk in indices.chunks(cfg.training.batch_size.max(1)) {
+                let (tokens, hidden) = bank.plain(chunk, device)?;
+                let cls = tch::no_grad(|| {
+                    model
+                        .backbone
+                        .forward_from_hidden(&tokens, &hidden, bank.block())
+                })?;
+                rows.push(&cls)?;
+                pb.inc(chunk.len() as u64);
+                crate::threads::tick();
+            }
+        }
+        None => {
+            let spec = TransformSpec::new(cfg.models.image_size as u32);
+            let eval = EvalLoader::new(
+                set,
+                indices,
+                spec,
+                cfg.training.batch_size,
+                cfg.training.num_workers,
+                None,
+            )?;
+            for batch in eval.iter() {
+                let batch = batch?;
+                let cls = tch::no_grad(|| {
+                    model.backbone.forward(
+                        &batch.images.to_device(device),
+                        &batch.masks.to_device(device),
+                    )
+                })?;
+                rows.push(&cls)?;
+                pb.inc(batch.ids.len() as u64);
+                crate::threads::tick();
+            }
+        }
+    }
+    pb.finish_and_clear();
+    rows.finish()
+}
+
+/// Normalised class-token rows gathered batch by batch.
+struct TokenRows {
+    out: Vec<f32>,
+    dim: usize,
+}
+
+impl TokenRows {
+    fn new(dim: usize) -> Self {
+        Self {
+            out: Vec::new(),
+            dim,
+        }
+    }
+
+    /// Appends the normalised rows of `cls [B, D]`, copied once from the backbone's output.
+    fn push(&mut self, cls: &tch::Tensor) -> Result<()> {
         let cls = cls.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
         let (b, d) = match cls.size()[..] {
             [b, d] => (b as usize, d as usize),
             _ => return Err(Error::runtime("unexpected class-token shape")),
         };
         let flat = Vec::<f32>::try_from(cls.view(-1))?;
-        dim = d;
+        self.dim = d;
         for row in flat.chunks(d).take(b) {
-            normalise_into(row, &mut out);
+            normalise_into(row, &mut self.out);
         }
-        pb.inc(b as u64);
-        crate::threads::tick();
+        Ok(())
     }
-    pb.finish_and_clear();
-    let rows = out.len().checked_div(dim).unwrap_or(0);
-    Array2::from_shape_vec((rows, dim), out)
-        .map_err(|e| Error::runtime(format!("class tokens: {e}")))
+
+    fn finish(self) -> Result<Array2<f32>> {
+        let rows = self.out.len().checked_div(self.dim).unwrap_or(0);
+        Array2::from_shape_vec((rows, self.dim), self.out)
+            .map_err(|e| Error::runtime(format!("class tokens: {e}")))
+    }
 }
 
 /// Appends `v` / |v| (or `v` when it is zero) to `out`.

@@ -17,7 +17,7 @@ use tch::Device;
 use crate::config::Config;
 use crate::data::CropSet;
 use crate::error::{Error, Result};
-use crate::model::Model;
+use crate::model::{Model, PrefixTokens};
 
 /// How many novel clusters to form (`--num-classes`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,9 +53,10 @@ pub fn estimate_k(
     set: &Arc<CropSet>,
     cfg: &Config,
     max_classes: usize,
+    bank: Option<&dyn PrefixTokens>,
     device: Device,
 ) -> Result<(KEstimate, SetTokens)> {
-    let tokens = set_tokens(model, set, cfg, device, set.num_base_classes() > 0)?;
+    let tokens = set_tokens(model, set, cfg, bank, device, set.num_base_classes() > 0)?;
     let est = estimate(
         tokens.novel.view(),
         tokens.base.view(),
@@ -91,6 +92,7 @@ pub fn set_tokens(
     model: &Model,
     set: &Arc<CropSet>,
     cfg: &Config,
+    bank: Option<&dyn PrefixTokens>,
     device: Device,
     with_base: bool,
 ) -> Result<SetTokens> {
@@ -108,7 +110,7 @@ pub fn set_tokens(
         }
     }
     let all: Vec<usize> = novel_items.iter().chain(&base_items).copied().collect();
-    let tokens = features::class_tokens(model, set.clone(), all, cfg, device)?;
+    let tokens = features::class_tokens(model, set.clone(), all, cfg, bank, device)?;
     let (novel, base) = tokens.view().split_at(Axis(0), novel_items.len());
     let base_labels = base_items
         .iter()

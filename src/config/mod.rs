@@ -100,6 +100,16 @@ pub struct Training {
     pub cache_frozen: CacheFrozen,
     /// Ours: augmented views per crop in that bank.
     pub cache_views: usize,
+    /// Ours: the seed of that bank's views; `null`: `experiment.seed`. Fixing it lets runs that
+    /// differ only in `experiment.seed` share one token cache.
+    pub view_seed: Option<u64>,
+}
+
+impl Training {
+    /// The seed of the frozen-prefix cache's augmented views.
+    pub fn view_seed(&self, experiment: &Experiment) -> u64 {
+        self.view_seed.unwrap_or(experiment.seed)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -173,6 +183,7 @@ impl Default for Training {
             epochs: 50,
             cache_frozen: CacheFrozen::Off,
             cache_views: 8,
+            view_seed: None,
         }
     }
 }

@@ -200,6 +200,21 @@ impl Source {
         }
     }
 
+    /// The test-transform views of `ids`: `[B, 3, S, S]`, `[B, 1, S, S]`.
+    fn test_views(&self, ids: &[usize]) -> Result<(Tensor, Tensor)> {
+        let spec = self.spec;
+        let (il, ml) = (spec.image_len(), spec.mask_len());
+        let shapes = [self.shape(ids.len(), 3), self.shape(ids.len(), 1)];
+        let [images, masks] = filled_tensors(shapes, |[v, m]| {
+            self.pool.install(|| {
+                (v.par_chunks_mut(il), m.par_chunks_mut(ml), ids.par_iter())
+                    .into_par_iter()
+                    .try_for_each(|(a, ma, &i)| self.with(i, |p| apply_test(p, &spec, a, ma)))
+            })
+        })?;
+        Ok((images, masks))
+    }
+
     fn shape(&self, b: usize, channels: i64) -> [i64; 4] {
         let s = self.spec.image_size as i64;
         [b as i64, channels, s, s]
@@ -296,36 +311,6 @@ impl TrainLoader {
 }
 
 impl TrainLoader {
-    /// The bank views `(item, slot)` of the frozen-prefix cache: `views [B, 3, S, S]`,
-    /// `masks [B, 1, S, S]`. A slot's random transform depends only on (seed, item, slot), so a
-    /// resumed run rebuilds the same bank.
-    pub fn bank_views(&self, pairs: &[(usize, usize)]) -> Result<(Tensor, Tensor)> {
-        let src = &self.inner.src;
-        let spec = src.spec;
-        let (il, ml) = (spec.image_len(), spec.mask_len());
-        if let Some(&(bad, _)) = pairs.iter().find(|&&(i, _)| i >= src.set.len()) {
-            return Err(Error::runtime(format!(
-                "sample index {bad} outside the set of {}",
-                src.set.len()
-            )));
-        }
-        let b = pairs.len();
-        let [v, m] = filled_tensors([src.shape(b, 3), src.shape(b, 1)], |[v, m]| {
-            src.pool.install(|| {
-                (v.par_chunks_mut(il), m.par_chunks_mut(ml), pairs.par_iter())
-                    .into_par_iter()
-                    .try_for_each(|(v, m, &(i, slot))| {
-                        let words = [self.inner.seed, BANK_STREAM, i as u64, slot as u64];
-                        let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(&words));
-                        src.with(i, |p| {
-                            apply_train(p, &TrainParams::sample(&mut rng, &spec), &spec, v, m)
-                        })
-                    })
-            })
-        })?;
-        Ok((v, m))
-    }
-
     /// `labels`, `labelled` and `scores` of the crops `idx`, as in [`TrainBatch`].
     pub fn targets(&self, idx: &[usize]) -> (Tensor, Tensor, Tensor) {
         self.inner.targets(idx)
@@ -397,6 +382,79 @@ impl TrainInner {
             scores,
             index: idx.to_vec(),
         })
+    }
+}
+
+/// The views the frozen-prefix token cache is built from: for every crop of a set, fixed
+/// augmented views (slot `0..R`) and the un-augmented test view. A slot's random transform
+/// depends only on (view seed, item, slot), so the same seed builds the same views with any
+/// number of workers, in any run.
+pub struct ViewSource {
+    src: Source,
+    seed: u64,
+}
+
+impl ViewSource {
+    /// Views of `set`'s crops with `spec`; `cache` (built with the same `spec`) spares the
+    /// decoding.
+    pub fn new(
+        set: Arc<CropSet>,
+        spec: TransformSpec,
+        view_seed: u64,
+        num_workers: usize,
+        cache: Option<Arc<CropCache>>,
+    ) -> Result<Self> {
+        Ok(Self {
+            src: Source::new(set, cache, spec, num_workers)?,
+            seed: view_seed,
+        })
+    }
+
+    pub fn set(&self) -> &CropSet {
+        &self.src.set
+    }
+
+    pub fn spec(&self) -> &TransformSpec {
+        &self.src.spec
+    }
+
+    fn check(&self, items: impl Iterator<Item = usize>) -> Result<()> {
+        let n = self.src.set.len();
+        match items.into_iter().find(|&i| i >= n) {
+            Some(bad) => Err(Error::runtime(format!(
+                "sample index {bad} outside the set of {n}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Augmented views `(item, slot)`: `views [B, 3, S, S]`, `masks [B, 1, S, S]`.
+    pub fn augmented(&self, pairs: &[(usize, usize)]) -> Result<(Tensor, Tensor)> {
+        self.check(pairs.iter().map(|p| p.0))?;
+        let src = &self.src;
+        let spec = src.spec;
+        let (il, ml) = (spec.image_len(), spec.mask_len());
+        let b = pairs.len();
+        let [v, m] = filled_tensors([src.shape(b, 3), src.shape(b, 1)], |[v, m]| {
+            src.pool.install(|| {
+                (v.par_chunks_mut(il), m.par_chunks_mut(ml), pairs.par_iter())
+                    .into_par_iter()
+                    .try_for_each(|(v, m, &(i, slot))| {
+                        let words = [self.seed, BANK_STREAM, i as u64, slot as u64];
+                        let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(&words));
+                        src.with(i, |p| {
+                            apply_train(p, &TrainParams::sample(&mut rng, &spec), &spec, v, m)
+                        })
+                    })
+            })
+        })?;
+        Ok((v, m))
+    }
+
+    /// The test-transform views of `items` (what [`EvalLoader`] gives them).
+    pub fn plain(&self, items: &[usize]) -> Result<(Tensor, Tensor)> {
+        self.check(items.iter().copied())?;
+        self.src.test_views(items)
     }
 }
 
@@ -473,18 +531,9 @@ impl EvalLoader {
 
 impl EvalInner {
     fn batch(&self, k: usize) -> Result<EvalBatch> {
-        let spec = self.src.spec;
-        let (il, ml) = (spec.image_len(), spec.mask_len());
         let end = ((k + 1) * self.batch_size).min(self.indices.len());
         let ids = &self.indices[k * self.batch_size..end];
-        let shapes = [self.src.shape(ids.len(), 3), self.src.shape(ids.len(), 1)];
-        let [images, masks] = filled_tensors(shapes, |[v, m]| {
-            self.src.pool.install(|| {
-                (v.par_chunks_mut(il), m.par_chunks_mut(ml), ids.par_iter())
-                    .into_par_iter()
-                    .try_for_each(|(a, ma, &i)| self.src.with(i, |p| apply_test(p, &spec, a, ma)))
-            })
-        })?;
+        let (images, masks) = self.src.test_views(ids)?;
         Ok(EvalBatch {
             images,
             masks,

@@ -40,7 +40,7 @@ pub mod transform;
 
 pub use dataset::{decode_pair, CropItem, CropSet, NovelSource};
 pub use loader::{
-    CropCache, EvalBatch, EvalLoader, LoaderOptions, Prefetch, TrainBatch, TrainLoader,
+    CropCache, EvalBatch, EvalLoader, LoaderOptions, Prefetch, TrainBatch, TrainLoader, ViewSource,
 };
 pub use sampler::BalancedSampler;
 pub use transform::{

@@ -30,6 +30,7 @@ pub mod localize;
 pub(crate) mod maps;
 pub(crate) mod reference;
 mod run;
+mod settings;
 mod spill;
 
 pub use run::{
@@ -37,6 +38,7 @@ pub use run::{
     DEFAULT_MAX_PATCHES, DEFAULT_STAGES, DEFAULT_VIT_IMAGE_SIZE, DEFAULT_ZERO_SHOT_FRACTION,
     DEFAULT_ZERO_SHOT_REFS, REPORT_FILE,
 };
+pub use settings::{DetectSettings, DETECT_CODE};
 
 /// Test type folders holding normal images (MVTec AD's convention).
 pub const NORMAL_TYPE: &str = "good";

@@ -165,6 +165,9 @@ pub struct DetectReport {
     pub images: Vec<ImageScore>,
     /// Files written into OUT (relative), so a rerun removes what it no longer writes.
     pub output_files: Vec<PathBuf>,
+    /// The digest of the detector code that wrote the maps ([`super::DETECT_CODE`]).
+    #[serde(default)]
+    pub code: String,
 }
 
 fn check_spec(s: &DetectSpec) -> Result<()> {
@@ -328,14 +331,6 @@ fn evaluate(
     Ok(m)
 }
 
-fn weights_name(spec: &DetectSpec) -> String {
-    spec.weights
-        .as_ref()
-        .map_or("random (test only)".into(), |p| {
-            crate::fsutil::absolute(p).display().to_string()
-        })
-}
-
 /// The extractor the spec names, its weights loaded.
 fn extractor(spec: &DetectSpec) -> Result<FeatureExtractor> {
     let fx = match spec.backbone.as_str() {
@@ -344,12 +339,11 @@ fn extractor(spec: &DetectSpec) -> Result<FeatureExtractor> {
         }
         _ => {
             let arch = ArchSpec::by_name("dinov2_vits14").expect("a known architecture");
-            let kind = crate::model::precision::frozen_kind(spec.precision, spec.device);
             FeatureExtractor::vit(
                 arch,
                 &spec.blocks,
                 spec.weights.as_deref(),
-                kind,
+                spec.run_kind(),
                 spec.device,
             )
         }
@@ -429,12 +423,7 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
     let abs = |p: &Option<PathBuf>| p.as_deref().map(crate::fsutil::absolute_value);
     let fingerprint = serde_json::json!({
         "train": abs(&spec.train), "test": crate::fsutil::absolute_value(&spec.test),
-        "masks": abs(&spec.masks), "weights": weights_name(spec), "backbone": spec.backbone,
-        "image_size": spec.image_size, "resize": spec.resize, "stages": spec.stages,
-        "blocks": spec.blocks, "aggregate": spec.aggregate, "coreset": spec.coreset, "max_patches": spec.max_patches,
-        "zero_shot": spec.zero_shot, "zero_shot_refs": spec.zero_shot_refs,
-        "zero_shot_fraction": spec.zero_shot_fraction, "seed": spec.seed,
-        "write_good_maps": spec.write_good_maps,
+        "masks": abs(&spec.masks), "detector": spec.settings(),
     });
     prepare_output_dir(&spec.out, &inputs, "detect", &fingerprint, spec.overwrite)?;
     let previous: Option<DetectReport> = std::fs::read_to_string(spec.out.join(REPORT_FILE))
@@ -536,13 +525,13 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
     output_files.push(PathBuf::from(REPORT_FILE));
     let report = DetectReport {
         backbone: spec.backbone.clone(),
-        weights: weights_name(spec),
+        weights: spec.weights_name(),
         image_size: spec.image_size,
         resize: spec.resize,
         stages: spec.stages.clone(),
         blocks: spec.blocks.clone(),
         aggregate: spec.aggregate,
-        precision: format!("{:?}", fx.kind()).to_lowercase(),
+        precision: kind_name(fx.kind()),
         feature_dim: fx.dim(),
         coreset_fraction: spec.coreset,
         max_patches: spec.max_patches,
@@ -557,6 +546,7 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
         seconds,
         images,
         output_files,
+        code: super::DETECT_CODE.to_string(),
     };
     let body = serde_json::to_vec_pretty(&report).expect("report serialises");
     atomic_write(&spec.out.join(REPORT_FILE), &body)?;
@@ -564,4 +554,9 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
         crate::mebin::run::remove_stale(&spec.out, &prev.output_files, &report.output_files);
     }
     Ok(report)
+}
+
+/// `float`, `bfloat16`: a kind as `detect.json` writes it.
+pub(crate) fn kind_name(kind: tch::Kind) -> String {
+    format!("{kind:?}").to_lowercase()
 }

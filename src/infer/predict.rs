@@ -10,7 +10,7 @@ use super::merge::{
 use crate::data::{CropSet, EvalLoader};
 use crate::error::{Error, Result};
 use crate::metrics::{evaluate, Evaluation};
-use crate::model::Model;
+use crate::model::{Model, PrefixTokens};
 
 /// Every head's logits for one crop.
 #[derive(Debug, Clone)]
@@ -27,32 +27,66 @@ pub fn crop_logits(model: &Model, loader: &EvalLoader, device: Device) -> Result
     let pb = crate::logging::progress(loader.len() as u64, "predict");
     for batch in loader.iter() {
         let batch = batch?;
-        let logits = tch::no_grad(|| -> Result<Tensor> {
+        let logits = tch::no_grad(|| -> Result<Vec<Tensor>> {
             let (_, _, logits) = model.forward(
                 &batch.images.to_device(device),
                 &batch.masks.to_device(device),
             )?;
-            Ok(Tensor::stack(&logits, 1)
-                .to_device(Device::Cpu)
-                .to_kind(Kind::Float)
-                .contiguous())
+            Ok(logits)
         })?;
-        let (b, h, c) = match logits.size()[..] {
-            [b, h, c] => (b as usize, h as usize, c as usize),
-            _ => return Err(Error::runtime("unexpected head output shape")),
-        };
-        let flat: Vec<f32> = Vec::<f32>::try_from(logits.view(-1))?;
-        for (k, &item) in batch.ids.iter().enumerate().take(b) {
-            let rows = (0..h)
-                .map(|j| flat[(k * h + j) * c..(k * h + j + 1) * c].to_vec())
-                .collect();
-            out.push(CropOutput { item, logits: rows });
-        }
-        pb.inc(b as u64);
+        push_outputs(&logits, &batch.ids, &mut out)?;
+        pb.inc(batch.ids.len() as u64);
         crate::threads::tick();
     }
     pb.finish_and_clear();
     Ok(out)
+}
+
+/// [`crop_logits`] for crops `items` of a token cache's set, from their cached plain views:
+/// only the blocks after the cached prefix and the heads run.
+pub fn crop_logits_cached(
+    model: &Model,
+    bank: &dyn PrefixTokens,
+    items: &[usize],
+    batch_size: usize,
+    device: Device,
+) -> Result<Vec<CropOutput>> {
+    let mut out = Vec::with_capacity(items.len());
+    let pb = crate::logging::progress(items.len() as u64, "predict");
+    for chunk in items.chunks(batch_size.max(1)) {
+        let (tokens, hidden) = bank.plain(chunk, device)?;
+        let logits = tch::no_grad(|| -> Result<Vec<Tensor>> {
+            let cls = model
+                .backbone
+                .forward_from_hidden(&tokens, &hidden, bank.block())?;
+            Ok(model.projector.forward(&cls).1)
+        })?;
+        push_outputs(&logits, chunk, &mut out)?;
+        pb.inc(chunk.len() as u64);
+        crate::threads::tick();
+    }
+    pb.finish_and_clear();
+    Ok(out)
+}
+
+/// Appends one [`CropOutput`] per crop of `ids` from the heads' `[B, C]` logits.
+fn push_outputs(logits: &[Tensor], ids: &[usize], out: &mut Vec<CropOutput>) -> Result<()> {
+    let logits = Tensor::stack(logits, 1)
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Float)
+        .contiguous();
+    let (b, h, c) = match logits.size()[..] {
+        [b, h, c] => (b as usize, h as usize, c as usize),
+        _ => return Err(Error::runtime("unexpected head output shape")),
+    };
+    let flat: Vec<f32> = Vec::<f32>::try_from(logits.view(-1))?;
+    for (k, &item) in ids.iter().enumerate().take(b) {
+        let rows = (0..h)
+            .map(|j| flat[(k * h + j) * c..(k * h + j + 1) * c].to_vec())
+            .collect();
+        out.push(CropOutput { item, logits: rows });
+    }
+    Ok(())
 }
 
 /// One crop's prediction.

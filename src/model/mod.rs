@@ -77,6 +77,16 @@ impl Model {
     }
 }
 
+/// Crops' test-view tokens entering block `block()`, as a frozen-prefix cache holds them
+/// (`train::cache::TokenBank`): class tokens and predictions then run only the later blocks.
+pub trait PrefixTokens {
+    /// The block the tokens enter.
+    fn block(&self) -> usize;
+    /// The tokens `[B, L, D]` (f32) and the token mask `[B, L]` (bool) of crops `items`, on
+    /// `device`.
+    fn plain(&self, items: &[usize], device: Device) -> Result<(Tensor, Tensor)>;
+}
+
 /// The trainable variables split as the reference's `get_params_groups`: biases and 1-D
 /// parameters take no weight decay. Sorted by name.
 #[derive(Debug)]

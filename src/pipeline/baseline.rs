@@ -95,11 +95,11 @@ pub fn run(spec: &BaselineSpec) -> Result<BaselineOutcome> {
     let model = Model::new(cfg, set.num_classes(), weights.as_deref(), spec.device)?;
     let (k, tokens, estimate) = match k {
         Some(k) => {
-            let t = crate::cluster::set_tokens(&model, &set, cfg, spec.device, false)?;
+            let t = crate::cluster::set_tokens(&model, &set, cfg, None, spec.device, false)?;
             (k, t, None)
         }
         None => {
-            let (est, t) = estimate_k(&model, &set, cfg, spec.max_classes, spec.device)?;
+            let (est, t) = estimate_k(&model, &set, cfg, spec.max_classes, None, spec.device)?;
             (est.chosen, t, Some(est))
         }
     };

@@ -42,12 +42,13 @@ use crate::error::{Error, Result, ResultExt};
 use crate::fsutil::{absolute, atomic_write, prepare_output_dir, MARKER};
 
 /// The config keys `discover` sets when no `--config` is given: `configs/demo.yaml`'s settings
-/// (the offline DINOv2 ViT-S/14, the frozen-prefix cache, the thin-mask fallback), so that a
-/// first answer needs no download and runs on a CPU.
+/// (the offline DINOv2 ViT-S/14, the thin-mask fallback), so that a first answer needs no
+/// download and runs on a CPU. The frozen-prefix cache is `auto`: on a CPU it makes training
+/// affordable, on CUDA training on fresh augmentations is fast enough and follows the reference.
 pub const DEFAULT_SETTINGS: &[&str] = &[
     "models.pretrained_backbone=dinov2_vits14",
     "models.thin_mask_fallback=true",
-    "training.cache_frozen=true",
+    "training.cache_frozen=auto",
     "training.num_workers=2",
 ];
 
@@ -112,6 +113,8 @@ pub struct DiscoverSpec {
     pub stop_after_stage: Option<String>,
     /// Stop training after this many epochs (tests of `resume`).
     pub stop_after_epochs: Option<usize>,
+    /// Where the frozen-prefix token cache is kept (`--cache-dir`, `--no-token-cache`).
+    pub token_cache: crate::pipeline::TokenCache,
     pub device: Device,
 }
 
@@ -126,6 +129,18 @@ pub struct Found {
     pub cluster_sizes: Vec<usize>,
     /// Image-level (NMI, ARI, F1) when `--images` has type folders.
     pub scores: Option<(f64, f64, f64)>,
+    /// The K that `--num-classes auto` chooses on these crops, also when K was given.
+    #[serde(default)]
+    pub auto_k: Option<usize>,
+    /// Image-level (NMI, ARI, F1) of k-means with the same K on the pretrained class tokens.
+    #[serde(default)]
+    pub training_free: Option<(f64, f64, f64)>,
+    /// The frozen-prefix token cache: its file, size, and whether it was reused.
+    #[serde(default)]
+    pub cache: Option<crate::train::cache::BankOrigin>,
+    /// Seconds in the parts of the train stage.
+    #[serde(default)]
+    pub timing: Option<crate::pipeline::Timing>,
 }
 
 /// One stage as this run handled it.
@@ -137,6 +152,8 @@ pub struct StageRun {
     pub seconds: f64,
 }
 
+// Returned once per run: the size of its largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum DiscoverOutcome {
     /// Stopped on request after `stage` (`detail`: where); `resume` continues.
@@ -205,16 +222,15 @@ pub fn prepare(spec: &DiscoverSpec) -> Result<Prepared> {
             })?)
         }
     };
-    let name = |w: &Option<PathBuf>| {
-        w.as_ref()
-            .map_or("random".into(), |p| absolute(p).display().to_string())
-    };
+    let model_name = model_weights
+        .as_ref()
+        .map_or("random".into(), |p| absolute(p).display().to_string());
     let fingerprints = record::fingerprints(
         spec,
         &inputs,
         &plan,
-        &name(&model_weights),
-        &name(&detector_weights),
+        &model_name,
+        detector_weights.as_deref(),
     );
     check_run_folder(spec)?;
     let done = plan
@@ -298,6 +314,9 @@ pub fn run(spec: &DiscoverSpec) -> Result<DiscoverOutcome> {
     }
     let marker = json!({ "run": "discover" });
     prepare_output_dir(&spec.out, &inputs, "discover", &marker, spec.overwrite)?;
+    // Held to the end of the run: a second discover in this folder would train beside this one.
+    // Taken before the log file is opened, so a refused process leaves the run's log alone.
+    let _lock = crate::runlock::RunLock::acquire(&spec.out, "discover")?;
     super::add_log_file(&spec.out)?;
     for line in p.describe(spec).lines() {
         log::info!("{line}");
@@ -408,4 +427,20 @@ pub fn run(spec: &DiscoverSpec) -> Result<DiscoverOutcome> {
         predictions,
         stages: runs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CacheFrozen;
+
+    #[test]
+    fn the_default_config_caches_the_frozen_prefix_on_a_cpu_only() {
+        let cfg = config(None, &[]).unwrap();
+        assert_eq!(cfg.training.cache_frozen, CacheFrozen::Auto);
+        assert!(cfg.training.cache_frozen.enabled(Device::Cpu));
+        assert!(!cfg.training.cache_frozen.enabled(Device::Cuda(0)));
+        let set = config(None, &["training.cache_frozen=false".into()]).unwrap();
+        assert_eq!(set.training.cache_frozen, CacheFrozen::Off, "--set wins");
+    }
 }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 pub use baseline::{run as baseline, BaselineOutcome, BaselineSpec};
 pub use evaluate::{predict, test, PredictOutcome, PredictSpec, TestOutcome, TestSpec};
-pub use train::{run as train, TrainOutcome, TrainSpec};
+pub use train::{run as train, Timing, TokenCache, TrainOutcome, TrainSpec};
 
 use crate::config::Binarization;
 use crate::error::{Result, ResultExt};

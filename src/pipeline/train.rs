@@ -3,21 +3,29 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use super::{add_log_file, io_context};
 use crate::checkpoint::{self, CheckpointMeta, CHECKPOINT_FILE};
-use crate::cluster::{estimate_k, KEstimate, NumClasses};
+use crate::cluster::{
+    estimate, estimate_k, fit, set_tokens, KEstimate, KMeansOptions, NumClasses, SetTokens,
+};
 use crate::config::Config;
 use crate::data::{
     CropCache, CropSet, EvalLoader, LoaderOptions, NovelSource, TrainLoader, TransformSpec,
+    ViewSource,
 };
 use crate::error::{Error, Result, ResultExt};
 use crate::infer::merge::default_merge_temperature;
-use crate::infer::predict::{crop_logits, predict, Predictions};
+use crate::infer::predict::{
+    crop_logits, crop_logits_cached, predict, predict_assigned, score, Predictions,
+};
 use crate::mebin::{BinarizeSpec, BinarizeSummary, Pairing};
 use crate::model::{resolve_backbone_weights, Model};
+use crate::train::cache::{BankKey, BankOptions, BankOrigin, TokenBank};
 use crate::train::losses::Criterion;
 use crate::train::trainer::{self, TrainPlan};
 
@@ -55,7 +63,43 @@ pub struct TrainSpec {
     pub mvtec_style: bool,
     /// The metrics table the image-level row is appended to.
     pub table: PathBuf,
+    /// Where the frozen-prefix token cache is kept (`training.cache_frozen`).
+    pub token_cache: TokenCache,
     pub device: Device,
+}
+
+/// Where the frozen-prefix token cache lives (see [`crate::train::cache`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenCache {
+    /// `<run folder>/token_cache`, reused when the run is resumed or redone.
+    InRunFolder,
+    /// A folder shared by runs: each key has its own file there (`--cache-dir`).
+    Dir(PathBuf),
+    /// Built for this run only, in memory or in a spill file removed when the run ends
+    /// (`--no-token-cache`).
+    Off,
+}
+
+impl TokenCache {
+    /// The cache folder for a run in `run_dir`; `None` when the cache is not kept.
+    pub fn dir(&self, run_dir: &Path) -> Option<PathBuf> {
+        match self {
+            Self::InRunFolder => Some(run_dir.join("token_cache")),
+            Self::Dir(d) => Some(d.clone()),
+            Self::Off => None,
+        }
+    }
+}
+
+/// Seconds spent in the parts of the `train` stage.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timing {
+    /// The frozen-prefix cache, built or read.
+    pub cache_s: f64,
+    /// The pretrained class tokens, the K estimate and the training-free k-means.
+    pub estimate_s: f64,
+    pub train_s: f64,
+    pub eval_s: f64,
 }
 
 impl TrainSpec {
@@ -65,6 +109,8 @@ impl TrainSpec {
 }
 
 /// How a training run ended.
+// Returned once per run: the size of its largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrainOutcome {
     /// Stopped after `epoch` of `epochs` (`stop_after` or Ctrl-C); resume to finish.
@@ -77,6 +123,15 @@ pub enum TrainOutcome {
         estimate: Option<KEstimate>,
         /// Images per cluster.
         cluster_sizes: Vec<usize>,
+        /// The K that `--num-classes auto` chooses on these crops (computed beside a given K
+        /// when the token cache makes it cheap).
+        auto_k: Option<usize>,
+        /// Image-level (NMI, ARI, F1) of k-means with the same K on the pretrained class tokens
+        /// of the same crops: what training adds.
+        training_free: Option<(f64, f64, f64)>,
+        /// Where the token cache came from, when training used one.
+        cache: Option<BankOrigin>,
+        timing: Timing,
     },
 }
 
@@ -88,6 +143,8 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
     check_inputs(spec, &ckpt_path)?;
     std::fs::create_dir_all(run_dir)
         .map_err(|e| io_context(e, format!("creating the run folder {}", run_dir.display())))?;
+    // Held to the end of the run: a second train here would write the same checkpoint.
+    let _lock = crate::runlock::RunLock::acquire(run_dir, "train")?;
     add_log_file(run_dir)?;
     log::info!("run folder {}", run_dir.display());
 
@@ -109,21 +166,70 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
         cfg.models.backbone_weights = Some(w.clone());
     }
     let novel = NovelSource::from_binarize_out(&spec.binarize_out);
-    let (set, k_estimate) = match (spec.num_classes, &resume) {
-        (NumClasses::FromFolders, _) => (CropSet::load(spec.base.as_deref(), &novel, None)?, None),
-        (NumClasses::Fixed(k), _) => (CropSet::load(spec.base.as_deref(), &novel, Some(k))?, None),
-        // A resumed run keeps the K it estimated.
-        (NumClasses::Auto, Some(ck)) => {
-            let k = ck.meta.num_novel_clusters;
-            let set = CropSet::load(spec.base.as_deref(), &novel, Some(k))?;
-            (set, ck.meta.num_classes_estimate.clone())
-        }
-        (NumClasses::Auto, None) => {
-            let (set, est) = estimated_set(spec, &cfg, &novel, weights.as_deref())?;
-            (set, Some(est))
-        }
+    let estimate_needed = spec.num_classes == NumClasses::Auto && resume.is_none();
+    // With `auto` the set is first loaded with one cluster: the crops, their views and tokens
+    // do not depend on K, and the set is loaded again with the estimated K before training.
+    let first_k = match (spec.num_classes, &resume) {
+        (NumClasses::FromFolders, _) => None,
+        (NumClasses::Fixed(k), _) => Some(k),
+        (NumClasses::Auto, Some(ck)) => Some(ck.meta.num_novel_clusters),
+        (NumClasses::Auto, None) => Some(1),
     };
-    let set = Arc::new(set);
+    let mut set = Arc::new(CropSet::load(spec.base.as_deref(), &novel, first_k)?);
+    let transform = TransformSpec::new(cfg.models.image_size as u32);
+    let crops = Arc::new(CropCache::build(
+        &set,
+        &transform,
+        cfg.training.num_workers,
+    )?);
+    let merge_temperature = cfg
+        .inference
+        .merge_temperature
+        .unwrap_or(default_merge_temperature(spec.mvtec_style));
+
+    // 3. The pretrained backbone: the token cache, K and the training-free row.
+    let mut timing = Timing::default();
+    let t = Instant::now();
+    tch::manual_seed(cfg.experiment.seed as i64);
+    let pretrained = Model::new(&cfg, set.num_classes(), weights.as_deref(), spec.device)?;
+    let bank = match cfg.training.cache_frozen.enabled(spec.device) {
+        true => Some(open_bank(
+            spec,
+            &cfg,
+            &set,
+            &crops,
+            &pretrained,
+            weights.as_deref(),
+        )?),
+        false => None,
+    };
+    timing.cache_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut k_estimate = resume
+        .as_ref()
+        .and_then(|ck| ck.meta.num_classes_estimate.clone());
+    let (mut auto_k, mut training_free) = (None, None);
+    // Without a cache the pretrained tokens cost a whole backbone pass: only `auto` pays it.
+    if estimate_needed || bank.is_some() {
+        let cached = bank.as_ref().map(|b| b as &dyn crate::model::PrefixTokens);
+        let view = pretrained_view(spec, &cfg, &set, &pretrained, cached, estimate_needed)?;
+        if let Some((est, tokens)) = view {
+            auto_k = Some(est.chosen);
+            if estimate_needed {
+                let again = CropSet::load(spec.base.as_deref(), &novel, Some(est.chosen))?;
+                if again.items != set.items {
+                    return Err(Error::runtime(
+                        "the crops changed while K was estimated; run again",
+                    ));
+                }
+                set = Arc::new(again);
+                k_estimate = Some(est);
+            }
+            training_free = training_free_scores(&cfg, &set, &tokens, merge_temperature)?;
+        }
+    }
+    drop(pretrained);
+    timing.estimate_s = t.elapsed().as_secs_f64();
     if set.num_base_classes() == 0 {
         log::info!("no base set: training without the supervised base terms (cls, SupCon)");
     }
@@ -134,20 +240,14 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
         set.novel_indices().len(),
         set.num_novel_clusters
     );
-    let transform = TransformSpec::new(cfg.models.image_size as u32);
-    let cache = Arc::new(CropCache::build(
-        &set,
-        &transform,
-        cfg.training.num_workers,
-    )?);
     let loader = TrainLoader::new(
         set.clone(),
         transform,
         LoaderOptions::from_config(&cfg),
-        Some(cache.clone()),
+        Some(crops.clone()),
     )?;
 
-    // 3. Model, loss and training.
+    // 4. Model, loss and training.
     // Seed libtorch too: the projector (and a backbone without weights) is randomly initialised.
     tch::manual_seed(cfg.experiment.seed as i64);
     let mut model = Model::new(&cfg, set.num_classes(), weights.as_deref(), spec.device)?;
@@ -157,10 +257,6 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
         set.num_classes(),
         cfg.training.epochs,
     )?;
-    let merge_temperature = cfg
-        .inference
-        .merge_temperature
-        .unwrap_or(default_merge_temperature(spec.mvtec_style));
     if let Some(ck) = &resume {
         check_resumable(&ck.meta, &cfg, &set, &ckpt_path)?;
     }
@@ -179,9 +275,12 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
         meta,
         resume,
         stop_after: spec.stop_after,
+        bank: bank.as_ref(),
     };
     crate::train::interrupt::install();
+    let t = Instant::now();
     let outcome = trainer::train(&mut model, &loader, &criterion, plan)?;
+    timing.train_s = t.elapsed().as_secs_f64();
     if outcome.stopped {
         return Ok(TrainOutcome::Stopped {
             epoch: outcome.meta.epoch,
@@ -189,16 +288,29 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
         });
     }
 
-    // 4. Evaluation on the novel crops, as the reference does at the end of training.
-    let eval = EvalLoader::new(
-        set.clone(),
-        set.novel_indices(),
-        transform,
-        cfg.training.batch_size,
-        cfg.training.num_workers,
-        Some(cache),
-    )?;
-    let outputs = crop_logits(&model, &eval, spec.device)?;
+    // 5. Evaluation on the novel crops, as the reference does at the end of training.
+    let t = Instant::now();
+    let outputs = match &bank {
+        Some(bank) => crop_logits_cached(
+            &model,
+            bank,
+            &set.novel_indices(),
+            cfg.training.batch_size,
+            spec.device,
+        )?,
+        None => {
+            let eval = EvalLoader::new(
+                set.clone(),
+                set.novel_indices(),
+                transform,
+                cfg.training.batch_size,
+                cfg.training.num_workers,
+                Some(crops),
+            )?;
+            crop_logits(&model, &eval, spec.device)?
+        }
+    };
+    timing.eval_s = t.elapsed().as_secs_f64();
     let head = outcome.meta.chosen_head;
     let preds = predict(&set, &outputs, head, merge_temperature)?;
     let scores = crate::report::write(&crate::report::RunOutputs {
@@ -220,7 +332,115 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
         num_clusters: set.num_novel_clusters,
         estimate: k_estimate,
         cluster_sizes: preds.cluster_sizes(),
+        auto_k,
+        training_free,
+        cache: bank.as_ref().map(|b| b.origin().clone()),
+        timing,
     })
+}
+
+/// The frozen-prefix cache of `set`: read from the cache folder when an earlier run built it
+/// with the same key, else built with `model`'s frozen prefix.
+fn open_bank(
+    spec: &TrainSpec,
+    cfg: &Config,
+    set: &Arc<CropSet>,
+    crops: &Arc<CropCache>,
+    model: &Model,
+    weights: Option<&Path>,
+) -> Result<TokenBank> {
+    let key = BankKey::new(cfg, set, weights, spec.device)?;
+    let src = ViewSource::new(
+        set.clone(),
+        TransformSpec::new(cfg.models.image_size as u32),
+        key.view_seed,
+        cfg.training.num_workers,
+        Some(crops.clone()),
+    )?;
+    let opts = BankOptions {
+        key,
+        cache_dir: spec.token_cache.dir(&spec.run_dir),
+        spill_dir: spec.run_dir.clone(),
+        ram_budget: None,
+    };
+    TokenBank::open_or_build(model, Arc::new(src), &opts, spec.device)
+}
+
+/// The pretrained class tokens of the novel crops (and of some base crops) and the K estimate
+/// on them. With `required` false (K is given) an estimate that cannot be made is skipped.
+fn pretrained_view(
+    spec: &TrainSpec,
+    cfg: &Config,
+    set: &Arc<CropSet>,
+    model: &Model,
+    bank: Option<&dyn crate::model::PrefixTokens>,
+    required: bool,
+) -> Result<Option<(KEstimate, SetTokens)>> {
+    if required {
+        return estimate_k(model, set, cfg, spec.max_classes, bank, spec.device).map(Some);
+    }
+    let tokens = set_tokens(
+        model,
+        set,
+        cfg,
+        bank,
+        spec.device,
+        set.num_base_classes() > 0,
+    )?;
+    let est = estimate(
+        tokens.novel.view(),
+        tokens.base.view(),
+        &tokens.base_labels,
+        spec.max_classes,
+        cfg.experiment.seed,
+    );
+    match est {
+        Ok(est) => {
+            log::info!(
+                "K is given ({}); --num-classes auto would choose {} on these crops",
+                set.num_novel_clusters,
+                est.chosen
+            );
+            Ok(Some((est, tokens)))
+        }
+        Err(e) => {
+            log::debug!("no K estimate beside the given K: {e}");
+            Ok(None)
+        }
+    }
+}
+
+/// k-means with the set's K on the pretrained novel tokens, merged per image and scored like
+/// the trained model (the same merge temperature); `None` without true types.
+fn training_free_scores(
+    cfg: &Config,
+    set: &CropSet,
+    tokens: &SetTokens,
+    merge_temperature: f64,
+) -> Result<Option<(f64, f64, f64)>> {
+    let k = set.num_novel_clusters;
+    if tokens.novel.nrows() < k {
+        return Ok(None);
+    }
+    let fitted = fit(
+        tokens.novel.view(),
+        &vec![None; tokens.novel.nrows()],
+        KMeansOptions::new(k, cfg.experiment.seed),
+    )?;
+    let preds = predict_assigned(
+        set,
+        &tokens.novel_items,
+        &fitted.assign,
+        k,
+        merge_temperature,
+    )?;
+    let scores = score(&preds)?.map(|s| (s.image.nmi, s.image.ari, s.image.f1));
+    if let Some((nmi, ari, f1)) = scores {
+        log::info!(
+            "training-free: k-means (K = {k}) on the pretrained class tokens: NMI {nmi:.4} ARI {ari:.4} F1 {f1:.4}"
+        );
+    }
+    Ok(scores)
 }
 
 /// The checks that need no heavy work: the base folder, and the checkpoint against
@@ -269,24 +489,6 @@ fn binarize(spec: &TrainSpec, cfg: &Config) -> Result<BinarizeSummary> {
     );
     crate::mebin::run(&job)
         .with_context(|| format!("binarizing the novel maps in {}", maps.display()))
-}
-
-/// The crop set with K estimated from the pretrained class tokens.
-fn estimated_set(
-    spec: &TrainSpec,
-    cfg: &Config,
-    novel: &NovelSource,
-    weights: Option<&Path>,
-) -> Result<(CropSet, KEstimate)> {
-    // The estimate needs the crops first; the set is then rebuilt with the chosen K, so that
-    // no set is ever seen with a placeholder K.
-    let probe = Arc::new(CropSet::load(spec.base.as_deref(), novel, Some(1))?);
-    tch::manual_seed(cfg.experiment.seed as i64);
-    let m = Model::new(cfg, probe.num_classes(), weights, spec.device)?;
-    let (est, _) = estimate_k(&m, &probe, cfg, spec.max_classes, spec.device)?;
-    drop(m);
-    let set = CropSet::load(spec.base.as_deref(), novel, Some(est.chosen))?;
-    Ok((set, est))
 }
 
 fn new_meta(

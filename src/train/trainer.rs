@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use tch::{Device, Tensor};
 
-use super::cache::{BankOptions, TokenBank};
+use super::cache::TokenBank;
 use super::losses::{Criterion, LossBatch};
 use super::optim::{cosine_lr, Param, Sgd};
 use crate::checkpoint::{
@@ -32,6 +32,8 @@ pub struct TrainPlan<'a> {
     pub resume: Option<Checkpoint>,
     /// Stop (with a checkpoint) once this many epochs are complete, before `training.epochs`.
     pub stop_after: Option<usize>,
+    /// The frozen-prefix cache to train on (`training.cache_frozen`); `None`: fresh views.
+    pub bank: Option<&'a TokenBank>,
 }
 
 /// The result of training: the history and the head chosen for prediction.
@@ -306,21 +308,7 @@ pub fn train(
         );
     }
     let dev = plan.device;
-    let bank = if cfg.training.cache_frozen.enabled(plan.device) && start < epochs {
-        let spill = plan
-            .checkpoint
-            .parent()
-            .unwrap_or(std::path::Path::new("."));
-        let opts = BankOptions {
-            views: cfg.training.cache_views,
-            block: cfg.models.grad_from_block,
-            spill_dir: spill.to_path_buf(),
-            ram_budget: None,
-        };
-        Some(TokenBank::build(model, loader, &opts, dev)?)
-    } else {
-        None
-    };
+    let bank = plan.bank;
     for epoch in start..epochs {
         let lr = cosine_lr(cfg.training.lr, epoch, epochs);
         let t0 = Instant::now();
@@ -332,7 +320,7 @@ pub fn train(
             cfg,
             loader,
             criterion,
-            bank: bank.as_ref(),
+            bank,
             device: dev,
             last_good: &plan.checkpoint,
         };

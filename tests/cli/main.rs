@@ -11,6 +11,7 @@
 //! - [`discover`]: the one-command pipeline (stage plan, resume in each stage, bad inputs);
 //! - [`devices`]: the training path with `--device cpu --threads 1` given explicitly;
 //! - [`scripts`]: the multi-GPU category queue of `scripts/anomalyncd.sh` (its self-test);
+//! - [`quality_bench`]: `experiments/quality_bench.sh` and its report on the synthetic protocol;
 //! - [`bad_inputs`]: bad inputs across every command.
 //!
 //! [`common`] holds the helpers they share (running the binary, checking failures, fixtures).
@@ -26,6 +27,7 @@ mod discover;
 mod num_classes;
 mod prepare_base;
 mod prepare_mtd;
+mod quality_bench;
 mod scripts;
 mod surface;
 mod train;

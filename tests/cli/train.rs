@@ -291,6 +291,55 @@ fn cached_training_trains_and_resumes_exactly() {
     assert_eq!(losses, losses2);
 }
 
+/// The token cache kept in a shared `--cache-dir`: a second run with the same crops and settings
+/// reads it instead of building it, and ends exactly as the first run and as a run that built
+/// its own cache (`--no-token-cache`).
+#[test]
+fn a_shared_token_cache_is_reused_with_the_same_results() {
+    let d = setup();
+    let p = d.path();
+    let cached = [
+        "--set",
+        "training.cache_frozen=true",
+        "--set",
+        "training.cache_views=3",
+    ];
+    let with = |dir: &'static str| {
+        let mut v = cached.to_vec();
+        v.extend(["--cache-dir", dir]);
+        v
+    };
+    ok(p, &common::train_args("first", &with("shared")));
+    ok(p, &common::train_args("second", &with("shared")));
+    let mut own = cached.to_vec();
+    own.push("--no-token-cache");
+    ok(p, &common::train_args("own", &own));
+    let log =
+        |run: &str| std::fs::read_to_string(p.join(format!("out/{run}/synth/log.txt"))).unwrap();
+    assert!(
+        log("first").contains("token cache: built"),
+        "{}",
+        log("first")
+    );
+    assert!(
+        log("second").contains("token cache: reused"),
+        "{}",
+        log("second")
+    );
+    assert!(log("own").contains("for this run only"), "{}", log("own"));
+    let files: Vec<_> = std::fs::read_dir(p.join("shared"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(files.len(), 1, "one key, one file");
+    assert!(!p.join("out/own/synth/token_cache").exists());
+    let read = |run: &str, f: &str| std::fs::read(p.join(format!("out/{run}/synth/{f}"))).unwrap();
+    for f in ["predictions.csv", "crop_predictions.csv", "metrics.json"] {
+        assert_eq!(read("first", f), read("second", f), "{f}");
+        assert_eq!(read("first", f), read("own", f), "{f}");
+    }
+}
+
 /// Crash safety: a run stopped by Ctrl-C (SIGINT, after the current batch) or killed (SIGKILL)
 /// after a checkpoint continues with `--resume` and ends exactly as an uninterrupted run.
 #[test]

@@ -21,6 +21,7 @@ fn spec(normal: bool, maps: bool, base: bool) -> DiscoverSpec {
         overwrite: false,
         stop_after_stage: None,
         stop_after_epochs: None,
+        token_cache: crate::pipeline::TokenCache::InRunFolder,
         device: tch::Device::Cpu,
     }
 }

@@ -1,7 +1,9 @@
 //! What makes `discover --resume` skip a stage: each stage folder gets a `stage.json` with the
 //! fingerprint of the stage's inputs (absolute paths, listing digests of the input folders,
 //! settings, and the digests of the stages it reads). A stage whose `stage.json` says finished
-//! with the same digest is not run again; anything else is redone.
+//! with the same digest is not run again; anything else is redone. The maps stage records the
+//! detector job's whole [`DetectSettings`], its resolved precision and the digest of the
+//! detector's code among them, so no other detector's maps are ever reused.
 
 use std::path::Path;
 
@@ -10,14 +12,17 @@ use serde_json::{json, Value};
 
 use super::plan::{BaseInput, Inputs, Plan, StageKind, BASE_MAX_CROPS, NORMAL_TYPE};
 use super::plan::{SYNTH_BASE_PER_CLASS, SYNTH_BASE_SEED, SYNTH_BASE_SIZE};
+use super::stages::detect_spec;
 use super::DiscoverSpec;
+use crate::detect::DetectSettings;
 use crate::error::Result;
 use crate::fsutil::{absolute_value, atomic_write};
 use crate::imageio::TypedFile;
 
 /// The record's file name in each stage folder.
 pub const STAGE_FILE: &str = "stage.json";
-/// Bumped when a stage's outputs change meaning, so older records are redone.
+/// Bumped when a stage's outputs change meaning in a way its settings do not show (the
+/// detector's code is in the maps stage's settings), so older records are redone.
 const VERSION: u32 = 1;
 
 /// `stage.json`.
@@ -72,14 +77,15 @@ pub fn listing_digest(files: &[TypedFile]) -> String {
     fnv(text.as_bytes())
 }
 
-/// The fingerprint of each stage of `plan` and its digest, in order. `model_weights` and
-/// `detector_weights` name the resolved weight files.
+/// The fingerprint of each stage of `plan` and its digest, in order. `model_weights` names the
+/// resolved backbone weights; `detector_weights` is the detector's resolved weights file (None:
+/// random).
 pub fn fingerprints(
     spec: &DiscoverSpec,
     inputs: &Inputs,
     plan: &Plan,
     model_weights: &str,
-    detector_weights: &str,
+    detector_weights: Option<&Path>,
 ) -> Vec<(Value, String)> {
     let mut done: Vec<(&str, String)> = Vec::new();
     let upstream = |done: &[(&str, String)], name: &str| -> Value {
@@ -106,13 +112,20 @@ pub fn fingerprints(
                 write_good_maps,
             } => {
                 let from_good = train.as_ref() == Some(&spec.images.join(NORMAL_TYPE));
-                json!({
-                    "train": train.as_deref().map(absolute_value),
-                    "train_listing": if from_good { &d.images } else { &d.normal },
-                    "images": images, "images_listing": d.images,
-                    "weights": detector_weights, "image_size": spec.detector.image_size,
-                    "write_good_maps": write_good_maps,
-                })
+                let job = detect_spec(
+                    spec,
+                    detector_weights.map(Path::to_path_buf),
+                    &st.dir,
+                    train,
+                    *write_good_maps,
+                );
+                maps_settings(
+                    job.train.as_deref(),
+                    if from_good { &d.images } else { &d.normal },
+                    &job.test,
+                    &d.images,
+                    &job.settings(),
+                )
             }
             StageKind::Binarize { maps } => json!({
                 "maps": absolute_value(maps),
@@ -130,10 +143,190 @@ pub fn fingerprints(
                 "binarize_stage": upstream(&done, "binarize"),
             }),
         };
-        let fp = json!({ "stage": st.name, "version": VERSION, "settings": settings });
-        let digest = fnv(fp.to_string().as_bytes());
+        let (fp, digest) = stamp(st.name, settings);
         done.push((st.name, digest.clone()));
         out.push((fp, digest));
     }
     out
+}
+
+/// The maps stage's settings: the detector's input folders (paths and listing digests) and
+/// everything else its maps depend on.
+fn maps_settings(
+    train: Option<&Path>,
+    train_listing: &str,
+    images: &Path,
+    images_listing: &str,
+    detector: &DetectSettings,
+) -> Value {
+    json!({
+        "train": train.map(absolute_value), "train_listing": train_listing,
+        "images": absolute_value(images), "images_listing": images_listing,
+        "detector": detector,
+    })
+}
+
+/// A stage's fingerprint and its digest.
+fn stamp(stage: &str, settings: Value) -> (Value, String) {
+    let fp = json!({ "stage": stage, "version": VERSION, "settings": settings });
+    let digest = fnv(fp.to_string().as_bytes());
+    (fp, digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::cluster::NumClasses;
+    use crate::config::{Config, Precision};
+    use crate::detect::features::Resize;
+    use crate::detect::DetectSpec;
+    use crate::pipeline::discover::{plan, DetectorSettings, Digests};
+
+    fn job() -> DetectSpec {
+        DetectSpec {
+            precision: Precision::Fp32,
+            ..DetectSpec::with_defaults(
+                Some("/data/good".into()),
+                "/data/test".into(),
+                "/runs/r/maps".into(),
+                Some("/weights/dinov2.safetensors".into()),
+                tch::Device::Cpu,
+            )
+        }
+    }
+
+    fn digest_of(job: &DetectSpec, detector: &DetectSettings) -> String {
+        let v = maps_settings(job.train.as_deref(), "l1", &job.test, "l2", detector);
+        stamp("maps", v).1
+    }
+
+    type Change = (&'static str, fn(&mut DetectSpec));
+
+    /// One change of each setting (and of each input folder) of the detector job.
+    const CHANGES: &[Change] = &[
+        ("backbone", |j| j.backbone = "efficientnet-lite0".into()),
+        ("weights", |j| {
+            j.weights = Some("/weights/other.safetensors".into())
+        }),
+        ("weights", |j| j.weights = None),
+        ("image_size", |j| j.image_size = 224),
+        ("resize", |j| j.resize = Resize::Square),
+        ("stages", |j| j.stages = vec![1, 3]),
+        ("blocks", |j| j.blocks = vec![12]),
+        ("aggregate", |j| j.aggregate = Some(3)),
+        ("precision", |j| j.precision = Precision::Bf16),
+        ("coreset", |j| j.coreset = 0.25),
+        ("max_patches", |j| j.max_patches = 5000),
+        ("zero_shot", |j| j.zero_shot = true),
+        ("zero_shot_refs", |j| j.zero_shot_refs = 8),
+        ("zero_shot_fraction", |j| j.zero_shot_fraction = 0.5),
+        ("seed", |j| j.seed = 7),
+        ("write_good_maps", |j| j.write_good_maps = true),
+        ("train", |j| j.train = Some("/data/normal".into())),
+        ("test", |j| j.test = "/data/other".into()),
+    ];
+
+    #[test]
+    fn every_detector_setting_and_its_code_change_the_maps_digest() {
+        let base = job();
+        let base_settings = serde_json::to_value(base.settings()).unwrap();
+        let base_digest = digest_of(&base, &base.settings());
+        assert_eq!(digest_of(&job(), &job().settings()), base_digest, "stable");
+        let mut seen = vec![base_digest.clone()];
+        let mut covered = BTreeSet::new();
+        for (name, change) in CHANGES {
+            let mut j = job();
+            change(&mut j);
+            let d = digest_of(&j, &j.settings());
+            assert!(
+                !seen.contains(&d),
+                "changing {name} left the digest as before"
+            );
+            seen.push(d);
+            let now = serde_json::to_value(j.settings()).unwrap();
+            let moved = base_settings.as_object().unwrap().iter();
+            covered.extend(
+                moved
+                    .filter(|(k, v)| now[k.as_str()] != **v)
+                    .map(|(k, _)| k.clone()),
+            );
+        }
+        // Another build of the detector's code.
+        let mut other = base.settings();
+        other.code = "0123456789abcdef".into();
+        assert_ne!(digest_of(&base, &other), base_digest, "code");
+        covered.insert("code".into());
+        // A field added to the settings needs a change above.
+        let all: BTreeSet<String> = base_settings.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(covered, all);
+        // What only decides how the work is batched, or where it goes, keeps the maps.
+        let mut j = job();
+        (j.batch_size, j.overwrite, j.out) = (2, false, "/elsewhere".into());
+        assert_eq!(digest_of(&j, &j.settings()), base_digest);
+    }
+
+    fn discover_spec() -> DiscoverSpec {
+        DiscoverSpec {
+            config: Config::default(),
+            images: "/data/images".into(),
+            out: "/runs/r".into(),
+            normal: Some(PathBuf::from("/data/normal")),
+            anomaly_maps: None,
+            base: None,
+            no_base: false,
+            num_classes: NumClasses::Auto,
+            max_classes: 10,
+            detector: DetectorSettings::default(),
+            resume: false,
+            overwrite: false,
+            stop_after_stage: None,
+            stop_after_epochs: None,
+            token_cache: crate::pipeline::TokenCache::InRunFolder,
+            device: tch::Device::Cpu,
+        }
+    }
+
+    fn run_fingerprints(spec: &DiscoverSpec, weights: Option<&Path>) -> Vec<(Value, String)> {
+        let inputs = Inputs {
+            images: 40,
+            types: vec!["crack".into(), "hole".into()],
+            good: 0,
+            normal: 8,
+            maps: 0,
+            base: BaseInput::Synthetic,
+            digests: Digests::default(),
+        };
+        let plan = plan(spec, &inputs);
+        assert_eq!(plan.names(), ["base", "maps", "binarize", "train"]);
+        fingerprints(spec, &inputs, &plan, "random", weights)
+    }
+
+    #[test]
+    fn the_maps_stage_records_the_job_it_runs_and_a_change_redoes_what_follows() {
+        let spec = discover_spec();
+        let w = Path::new("/weights/dinov2.safetensors");
+        let fps = run_fingerprints(&spec, Some(w));
+        let maps_dir = PathBuf::from("/runs/r/maps");
+        let normal = Some(PathBuf::from("/data/normal"));
+        let job = detect_spec(&spec, Some(w.to_path_buf()), &maps_dir, &normal, false);
+        assert_eq!(
+            fps[1].0["settings"]["detector"],
+            serde_json::to_value(job.settings()).unwrap()
+        );
+        assert_eq!(run_fingerprints(&spec, Some(w)), fps, "stable");
+        let redone = |other: &[(Value, String)]| -> Vec<bool> {
+            fps.iter().zip(other).map(|(a, b)| a.1 != b.1).collect()
+        };
+        let mut small = discover_spec();
+        small.detector.image_size = 224;
+        assert_eq!(
+            redone(&run_fingerprints(&small, Some(w))),
+            [false, true, true, true]
+        );
+        let random = run_fingerprints(&spec, None);
+        assert_eq!(redone(&random), [false, true, true, true]);
+    }
 }

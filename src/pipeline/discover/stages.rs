@@ -55,7 +55,14 @@ pub(super) fn run_stage(
             train,
             write_good_maps,
         } => {
-            let r = crate::detect::run(&detect_spec(spec, p, st, train, *write_good_maps))?;
+            let job = detect_spec(
+                spec,
+                p.detector_weights.clone(),
+                &st.dir,
+                train,
+                *write_good_maps,
+            );
+            let r = crate::detect::run(&job)?;
             let maps = r.images.iter().filter(|i| i.map.is_some()).count();
             Ok(Ran::Done(json!({
                 "maps": maps, "zero_shot": r.zero_shot, "train_images": r.train_images,
@@ -95,10 +102,13 @@ fn crop_base(images: &Path, masks: &Path, out: &Path) -> Result<crate::mebin::ba
     })
 }
 
-fn detect_spec(
+/// The detector job of the maps stage into `dir`, with the resolved `weights` (None: random):
+/// also what the stage's fingerprint records ([`record::fingerprints`]), so the two cannot
+/// disagree.
+pub(super) fn detect_spec(
     spec: &DiscoverSpec,
-    p: &Prepared,
-    st: &Stage,
+    weights: Option<PathBuf>,
+    dir: &Path,
     train: &Option<PathBuf>,
     write_good_maps: bool,
 ) -> DetectSpec {
@@ -109,8 +119,8 @@ fn detect_spec(
         ..DetectSpec::with_defaults(
             train.clone(),
             spec.images.clone(),
-            st.dir.clone(),
-            p.detector_weights.clone(),
+            dir.to_path_buf(),
+            weights,
             spec.device,
         )
     }
@@ -166,6 +176,7 @@ fn run_train(
         pairing: pairing(),
         mvtec_style: false,
         table: st.dir.join("metrics.csv"),
+        token_cache: spec.token_cache.clone(),
         device: spec.device,
     };
     match crate::pipeline::train(&train)? {
@@ -178,12 +189,20 @@ fn run_train(
             num_clusters,
             estimate,
             cluster_sizes,
+            auto_k,
+            training_free,
+            cache,
+            timing,
         } => {
             let found = Found {
                 num_clusters,
                 estimate,
                 cluster_sizes,
                 scores,
+                auto_k,
+                training_free,
+                cache,
+                timing: Some(timing),
             };
             Ok(Ran::Done(
                 serde_json::to_value(&found).expect("the outcome serialises"),

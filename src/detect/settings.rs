@@ -1,0 +1,160 @@
+//! Everything a detector run's maps depend on besides its input images: the fingerprint of
+//! `detect`'s output folder and of `discover`'s maps stage. Built from the whole [`DetectSpec`]
+//! (a new field does not compile until it is sorted in or out here) plus a digest of the
+//! detector's source code, so no variant of the detector, and no later version of it, reuses
+//! maps another one wrote.
+
+use serde::{Deserialize, Serialize};
+use tch::Kind;
+
+use super::features::Resize;
+use super::run::{kind_name, DetectSpec};
+use crate::model::precision::frozen_kind;
+
+/// FNV-1a of the detector's source files (the list is in build.rs), fixed at build time.
+pub const DETECT_CODE: &str = env!("ANOMALYNCD_DETECT_CODE");
+
+/// The settings that decide a detector run's maps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectSettings {
+    pub backbone: String,
+    /// The weights file's absolute path, or `random (test only)`.
+    pub weights: String,
+    pub image_size: u32,
+    pub resize: Resize,
+    pub stages: Vec<usize>,
+    pub blocks: Vec<usize>,
+    pub aggregate: Option<i64>,
+    /// The kind the backbone actually runs in here (`float`, `bfloat16`): `auto` resolves by
+    /// device and CPU, and maps of one kind must not stand in for the other's.
+    pub precision: String,
+    pub coreset: f64,
+    pub max_patches: usize,
+    pub zero_shot: bool,
+    pub zero_shot_refs: usize,
+    pub zero_shot_fraction: f64,
+    pub seed: u64,
+    pub write_good_maps: bool,
+    /// [`DETECT_CODE`] of the build that runs.
+    pub code: String,
+}
+
+impl DetectSpec {
+    /// What this run's maps depend on (see [`DetectSettings`]).
+    pub fn settings(&self) -> DetectSettings {
+        // Exhaustive on purpose: each field is either a setting or has a reason not to be.
+        let DetectSpec {
+            // The input folders: fingerprinted beside the settings, by their owners (`detect`
+            // by path, `discover` also by listing).
+            train: _,
+            test: _,
+            masks: _,
+            out: _,
+            // Only how images are grouped into forwards: a batch holds images of one size and
+            // every per-image choice (patch shares, references) is drawn by the image's index
+            // in the whole list, so the maps do not depend on it.
+            batch_size: _,
+            overwrite: _,
+            // Recorded as the kind they resolve to together (`run_kind`).
+            device: _,
+            precision: _,
+            // Recorded by its absolute path (`weights_name`).
+            weights: _,
+            backbone,
+            image_size,
+            resize,
+            stages,
+            blocks,
+            aggregate,
+            coreset,
+            max_patches,
+            zero_shot,
+            zero_shot_refs,
+            zero_shot_fraction,
+            seed,
+            write_good_maps,
+        } = self;
+        DetectSettings {
+            backbone: backbone.clone(),
+            weights: self.weights_name(),
+            image_size: *image_size,
+            resize: *resize,
+            stages: stages.clone(),
+            blocks: blocks.clone(),
+            aggregate: *aggregate,
+            precision: kind_name(self.run_kind()),
+            coreset: *coreset,
+            max_patches: *max_patches,
+            zero_shot: *zero_shot,
+            zero_shot_refs: *zero_shot_refs,
+            zero_shot_fraction: *zero_shot_fraction,
+            seed: *seed,
+            write_good_maps: *write_good_maps,
+            code: DETECT_CODE.to_string(),
+        }
+    }
+
+    /// The kind the backbone runs in: the ViT's frozen blocks follow `precision` (resolved for
+    /// `device`); the CNN always runs in f32.
+    pub(crate) fn run_kind(&self) -> Kind {
+        match self.backbone.as_str() {
+            "efficientnet-lite0" => Kind::Float,
+            _ => frozen_kind(self.precision, self.device),
+        }
+    }
+
+    /// The weights as `detect.json` and the fingerprints name them.
+    pub(crate) fn weights_name(&self) -> String {
+        self.weights
+            .as_ref()
+            .map_or("random (test only)".into(), |p| {
+                crate::fsutil::absolute(p).display().to_string()
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Precision;
+    use tch::Device;
+
+    fn spec() -> DetectSpec {
+        DetectSpec::with_defaults(
+            Some("/data/good".into()),
+            "/data/test".into(),
+            "/runs/maps".into(),
+            Some("/weights/w.safetensors".into()),
+            Device::Cpu,
+        )
+    }
+
+    #[test]
+    fn precision_is_recorded_as_it_runs() {
+        let mut s = spec();
+        s.precision = Precision::Auto;
+        let auto = s.settings().precision;
+        assert_eq!(auto, kind_name(frozen_kind(Precision::Auto, Device::Cpu)));
+        s.precision = Precision::Bf16;
+        assert_eq!(s.settings().precision, "bfloat16");
+        s.precision = Precision::Fp32;
+        assert_eq!(s.settings().precision, "float");
+        // The CNN has no bf16 path: its precision setting changes nothing.
+        s.backbone = "efficientnet-lite0".into();
+        s.precision = Precision::Bf16;
+        assert_eq!(s.settings().precision, "float");
+    }
+
+    #[test]
+    fn the_folders_batch_size_and_overwrite_are_not_settings() {
+        let a = spec();
+        let mut b = spec();
+        b.out = "/elsewhere".into();
+        b.batch_size = 3;
+        b.overwrite = true;
+        b.masks = Some("/data/masks".into());
+        assert_eq!(a.settings(), b.settings());
+        assert_eq!(a.settings().code, DETECT_CODE);
+        assert_eq!(DETECT_CODE.len(), 16);
+    }
+}

@@ -1,0 +1,602 @@
+//! The frozen-prefix token cache (`training.cache_frozen`). Blocks before `models.grad_from_block`
+//! never change, so for a fixed bank of `training.cache_views` augmented views per crop their
+//! output tokens are computed once; each step then picks two distinct views of every sample from
+//! the bank and runs only the trainable blocks and the heads. One more, un-augmented view per
+//! crop (the test transform) is cached beside them and never drawn for training: the K estimate,
+//! the training-free k-means row and the evaluation take their class tokens from it instead of
+//! running the whole backbone again.
+//!
+//! The cache is a file named by its [`BankKey`] in a cache folder (by default inside the run
+//! folder, `--cache-dir` to share it between runs): any run with the same crops, views, view
+//! seed and prefix settings reuses it, whatever its training seed, K or epochs. Augmented
+//! tokens are kept as f16 (the training steps widen them to f32), plain ones as f32, so that
+//! evaluation from the cache equals a full forward within f32 rounding. The rows stay in memory
+//! when they fit in half of the available memory, else they are read from the file.
+
+mod file;
+pub mod key;
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tch::{Device, Kind, Tensor};
+
+pub use key::BankKey;
+
+use crate::data::{mix_seed, ViewSource};
+use crate::error::{Error, Result};
+use crate::model::Model;
+
+/// Stream tag of the per-step choice of bank views.
+const PICK_STREAM: u64 = 0x5049_434b;
+/// Views pushed through the frozen blocks at once while building the bank.
+const BUILD_BATCH: usize = 32;
+/// Free space kept beyond the cache file when one is written.
+const DISK_MARGIN: u64 = 1 << 30;
+
+enum Store {
+    /// Augmented rows `[N·R, L, D]` f16 and plain rows `[N, L, D]` f32.
+    Ram { aug: Tensor, plain: Tensor },
+    /// Rows read from the cache file; `remove`: a file of this run only, removed on drop.
+    Disk {
+        file: File,
+        path: PathBuf,
+        layout: file::Layout,
+        remove: bool,
+    },
+}
+
+/// How to open or build a [`TokenBank`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct BankOptions {
+    pub key: BankKey,
+    /// Where the cache is kept between runs, under its key's digest; `None`: built for this
+    /// run only and kept in memory, or in a file in `spill_dir` removed with the bank.
+    pub cache_dir: Option<PathBuf>,
+    pub spill_dir: PathBuf,
+    /// Bytes the rows may take in memory; `None`: half of the memory now available.
+    pub ram_budget: Option<u64>,
+}
+
+/// Where a bank came from, for the log and the run's summary.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BankOrigin {
+    /// The cache file (absent for a bank of this run only kept in memory).
+    pub path: Option<PathBuf>,
+    pub bytes: u64,
+    /// Read from an earlier run's file instead of built.
+    pub reused: bool,
+    pub seconds: f64,
+    /// The kind the frozen prefix ran in (`models.precision` resolved on this machine).
+    #[serde(default)]
+    pub precision: String,
+}
+
+/// Tokens entering block `block` for `views` augmented views and one plain view of every crop
+/// of a set. Augmented row `item · views + slot` holds view `slot` of crop `item`; plain row
+/// `item` its test view.
+pub struct TokenBank {
+    views: usize,
+    block: usize,
+    /// `[L, D]` of one row.
+    row: [i64; 2],
+    /// `[N·R, L]` and `[N, L]` bool: tokens hidden from the class token (`MgVit::token_mask`).
+    hidden_aug: Tensor,
+    hidden_plain: Tensor,
+    store: Store,
+    origin: BankOrigin,
+}
+
+/// Memory the kernel says new allocations can take without swapping, in bytes.
+fn mem_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn interrupted() -> Error {
+    Error::Interrupted(
+        "interrupted while building the frozen-prefix cache; run the same command again (add --resume if a checkpoint exists)".into(),
+    )
+}
+
+fn tensor_bytes(t: &Tensor) -> Vec<u8> {
+    let t = t.contiguous();
+    let mut buf = vec![0u8; t.numel() * t.kind().elt_size_in_bytes()];
+    t.copy_data_u8(&mut buf, t.numel());
+    buf
+}
+
+impl TokenBank {
+    /// The bank of `opts.key`: read from its cache file when a valid one is there, else built
+    /// by running the frozen prefix of `model` over `src`'s views (and written to the file).
+    pub fn open_or_build(
+        model: &Model,
+        src: Arc<ViewSource>,
+        opts: &BankOptions,
+        device: Device,
+    ) -> Result<Self> {
+        let key = &opts.key;
+        if key.views == 0 {
+            return Err(Error::usage("training.cache_views must be at least 1"));
+        }
+        if key.num_crops != src.set().len() || key.num_crops == 0 {
+            return Err(Error::runtime(format!(
+                "the token cache key names {} crops, the set has {}",
+                key.num_crops,
+                src.set().len()
+            )));
+        }
+        let t0 = Instant::now();
+        if let Some(dir) = &opts.cache_dir {
+            let path = file::path_in(dir, key);
+            match file::open(&path, key) {
+                Ok(Some((f, header, layout))) => {
+                    let mut bank = Self::read(f, &path, &header, layout, opts)?;
+                    bank.origin.seconds = t0.elapsed().as_secs_f64();
+                    bank.log();
+                    return Ok(bank);
+                }
+                Ok(None) => {}
+                Err(why) => log::warn!("token cache {} {why}: rebuilding it", path.display()),
+            }
+        }
+        let mut bank = Self::build(model, src, opts, device)?;
+        bank.origin.seconds = t0.elapsed().as_secs_f64();
+        bank.log();
+        Ok(bank)
+    }
+
+    fn log(&self) {
+        let o = &self.origin;
+        let place = match (&o.path, &self.store) {
+            (Some(p), Store::Ram { .. }) => format!("{} (rows in memory)", p.display()),
+            (Some(p), Store::Disk { .. }) => format!("{} (rows read from disk)", p.display()),
+            (None, _) => "in memory, for this run only".into(),
+        };
+        log::info!(
+            "token cache: {} {} views + 1 plain view of {} crops before block {} ({} prefix), {:.2} GB, {place}, {:.1} s",
+            if o.reused { "reused:" } else { "built:" },
+            self.views,
+            self.hidden_plain.size()[0],
+            self.block,
+            o.precision,
+            o.bytes as f64 / 1e9,
+            o.seconds
+        );
+    }
+
+    fn budget(opts: &BankOptions) -> Option<u64> {
+        opts.ram_budget
+            .or_else(|| mem_available().map(|avail| avail / 2))
+    }
+
+    /// Reads a validated cache file: into memory when it fits the budget.
+    fn read(
+        f: File,
+        path: &std::path::Path,
+        header: &file::Header,
+        layout: file::Layout,
+        opts: &BankOptions,
+    ) -> Result<Self> {
+        let (n, r) = (header.key.num_crops as i64, header.key.views as i64);
+        let (l, d) = (header.tokens, header.dim);
+        let read = |offset: u64, len: u64| -> Result<Vec<u8>> {
+            let mut buf = vec![0u8; len as usize];
+            f.read_exact_at(&mut buf, offset)
+                .map_err(|e| Error::io(path, e))?;
+            Ok(buf)
+        };
+        let hidden_aug = Tensor::from_data_size(
+            &read(layout.hidden_aug, (n * r * l) as u64)?,
+            &[n * r, l],
+            Kind::Bool,
+        );
+        let hidden_plain = Tensor::from_data_size(
+            &read(layout.hidden_plain, (n * l) as u64)?,
+            &[n, l],
+            Kind::Bool,
+        );
+        let rows_bytes = layout.end - layout.aug;
+        let fits = Self::budget(opts).is_none_or(|b| rows_bytes <= b);
+        let store = if fits {
+            let aug = Tensor::empty([n * r, l, d], (Kind::Half, Device::Cpu));
+            let plain = Tensor::empty([n, l, d], (Kind::Float, Device::Cpu));
+            for (t, offset) in [(&aug, layout.aug), (&plain, layout.plain)] {
+                let len = t.numel() * t.kind().elt_size_in_bytes();
+                // SAFETY: `t` was just allocated above as its own contiguous CPU storage of
+                // `len` bytes; nothing else refers to it while the slice lives.
+                let bytes = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, len) };
+                f.read_exact_at(bytes, offset)
+                    .map_err(|e| Error::io(path, e))?;
+            }
+            Store::Ram { aug, plain }
+        } else {
+            Store::Disk {
+                file: f,
+                path: path.to_path_buf(),
+                layout,
+                remove: false,
+            }
+        };
+        Ok(Self {
+            views: r as usize,
+            block: header.key.block,
+            row: [l, d],
+            hidden_aug,
+            hidden_plain,
+            store,
+            origin: BankOrigin {
+                path: Some(path.to_path_buf()),
+                bytes: layout.total,
+                reused: true,
+                seconds: 0.0,
+                precision: header.key.precision.clone(),
+            },
+        })
+    }
+
+    fn build(
+        model: &Model,
+        src: Arc<ViewSource>,
+        opts: &BankOptions,
+        device: Device,
+    ) -> Result<Self> {
+        let key = &opts.key;
+        let (n, views, block) = (key.num_crops, key.views, key.block);
+        // One plain view first: its shape sizes the rows and the file.
+        let (v, m) = src.plain(&[0])?;
+        let probe =
+            model
+                .backbone
+                .tokens_before(&v.to_device(device), &m.to_device(device), block)?;
+        let (l, d) = (probe.size()[1], probe.size()[2]);
+        let header = file::Header {
+            digest: key.digest(),
+            key: key.clone(),
+            tokens: l,
+            dim: d,
+        };
+        let total = file::file_bytes(&header);
+        let layout = file::Layout::new(0, n as u64, views as u64, l as u64, d as u64);
+        let rows_bytes = layout.end - layout.aug;
+        let fits = Self::budget(opts).is_none_or(|b| rows_bytes <= b);
+        let target = match (&opts.cache_dir, fits) {
+            (Some(dir), _) => Some((file::path_in(dir, key), true)),
+            (None, false) => Some((opts.spill_dir.join(".anomalyncd-token-cache.bin"), false)),
+            (None, true) => None,
+        };
+        let writer = match &target {
+            Some((path, _)) => {
+                let dir = path.parent().unwrap_or(std::path::Path::new("."));
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+                if let Some(free) = file::free_bytes(dir) {
+                    if free < total + DISK_MARGIN {
+                        return Err(Error::runtime(format!(
+                            "the token cache needs {:.1} GB in {} but only {:.1} GB are free: free some space, give --cache-dir on another disk, or pass --no-token-cache",
+                            total as f64 / 1e9,
+                            dir.display(),
+                            free as f64 / 1e9
+                        )));
+                    }
+                }
+                if !fits {
+                    log::info!(
+                        "token cache of {:.1} GB exceeds its memory budget: its rows are read from {}",
+                        total as f64 / 1e9,
+                        path.display()
+                    );
+                }
+                Some(file::Writer::create(path, &header)?)
+            }
+            None => None,
+        };
+        let ram = fits.then(|| {
+            (
+                Tensor::empty([(n * views) as i64, l, d], (Kind::Half, Device::Cpu)),
+                Tensor::empty([n as i64, l, d], (Kind::Float, Device::Cpu)),
+            )
+        });
+        let pb = crate::logging::progress((n * (views + 1)) as u64, "frozen-prefix cache");
+        let mut hidden_aug = Vec::new();
+        let mut hidden_plain = Vec::new();
+
+        // The augmented views, then the plain ones; rows are written where they belong.
+        let pairs: Vec<(usize, usize)> = (0..n)
+            .flat_map(|i| (0..views).map(move |s| (i, s)))
+            .collect();
+        let chunks: Arc<Vec<Vec<(usize, usize)>>> =
+            Arc::new(pairs.chunks(BUILD_BATCH).map(<[_]>::to_vec).collect());
+        let make = {
+            let (src, chunks) = (src.clone(), chunks.clone());
+            move |c: usize| src.augmented(&chunks[c])
+        };
+        let mut start = 0i64;
+        for batch in crate::data::loader::Prefetch::spawn(chunks.len(), 1, make) {
+            if super::interrupt::requested() {
+                return Err(interrupted());
+            }
+            let (v, m) = batch?;
+            let tokens = model
+                .backbone
+                .tokens_before(&v.to_device(device), &m.to_device(device), block)?
+                .to_kind(Kind::Half)
+                .to_device(Device::Cpu)
+                .contiguous();
+            let b = tokens.size()[0];
+            if let Some((aug, _)) = &ram {
+                aug.narrow(0, start, b).copy_(&tokens);
+            }
+            if let Some(w) = &writer {
+                w.at(
+                    w.layout.aug + start as u64 * w.layout.aug_row,
+                    &tensor_bytes(&tokens),
+                )?;
+            }
+            hidden_aug.push(model.backbone.token_mask(&m).to_device(Device::Cpu));
+            start += b;
+            pb.inc(b as u64);
+            crate::threads::tick();
+        }
+        let items: Arc<Vec<Vec<usize>>> = Arc::new(
+            (0..n)
+                .collect::<Vec<_>>()
+                .chunks(BUILD_BATCH)
+                .map(<[_]>::to_vec)
+                .collect(),
+        );
+        let make = {
+            let (src, items) = (src.clone(), items.clone());
+            move |c: usize| src.plain(&items[c])
+        };
+        let mut start = 0i64;
+        for batch in crate::data::loader::Prefetch::spawn(items.len(), 1, make) {
+            if super::interrupt::requested() {
+                return Err(interrupted());
+            }
+            let (v, m) = batch?;
+            let tokens = model
+                .backbone
+                .tokens_before(&v.to_device(device), &m.to_device(device), block)?
+                .to_kind(Kind::Float)
+                .to_device(Device::Cpu)
+                .contiguous();
+            let b = tokens.size()[0];
+            if let Some((_, plain)) = &ram {
+                plain.narrow(0, start, b).copy_(&tokens);
+            }
+            if let Some(w) = &writer {
+                w.at(
+                    w.layout.plain + start as u64 * w.layout.plain_row,
+                    &tensor_bytes(&tokens),
+                )?;
+            }
+            hidden_plain.push(model.backbone.token_mask(&m).to_device(Device::Cpu));
+            start += b;
+            pb.inc(b as u64);
+            crate::threads::tick();
+        }
+        pb.finish_and_clear();
+        let hidden_aug = Tensor::cat(&hidden_aug, 0).to_kind(Kind::Bool);
+        let hidden_plain = Tensor::cat(&hidden_plain, 0).to_kind(Kind::Bool);
+        let persist = matches!(target, Some((_, true)));
+        let file = match writer {
+            Some(w) => {
+                let layout = w.layout;
+                let (f, path) = w.finish(
+                    &tensor_bytes(&hidden_aug),
+                    &tensor_bytes(&hidden_plain),
+                    persist,
+                )?;
+                Some((f, path, layout))
+            }
+            None => None,
+        };
+        let path = file.as_ref().filter(|_| persist).map(|(_, p, _)| p.clone());
+        let store = match (ram, file) {
+            (Some((aug, plain)), _) => Store::Ram { aug, plain },
+            (None, Some((file, path, layout))) => Store::Disk {
+                file,
+                path,
+                layout,
+                remove: !persist,
+            },
+            (None, None) => unreachable!("a bank that does not fit in memory has a file"),
+        };
+        Ok(Self {
+            views,
+            block,
+            row: [l, d],
+            hidden_aug,
+            hidden_plain,
+            store,
+            origin: BankOrigin {
+                path,
+                bytes: total,
+                reused: false,
+                seconds: 0.0,
+                precision: key.precision.clone(),
+            },
+        })
+    }
+
+    /// Bytes of the cache (its file, or what it would take).
+    pub fn bytes(&self) -> u64 {
+        self.origin.bytes
+    }
+
+    pub fn origin(&self) -> &BankOrigin {
+        &self.origin
+    }
+
+    /// The block the cached tokens enter.
+    pub fn block(&self) -> usize {
+        self.block
+    }
+
+    /// Crops in the bank.
+    pub fn len(&self) -> usize {
+        self.hidden_plain.size()[0] as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Two distinct bank slots for each sample of batch `batch_no` of `epoch` (the same slot
+    /// twice only when the bank holds one view): `(first views, second views)` as row indices.
+    /// The plain view is never drawn.
+    pub fn pick(
+        &self,
+        seed: u64,
+        epoch: usize,
+        batch_no: usize,
+        idx: &[usize],
+    ) -> (Vec<i64>, Vec<i64>) {
+        let r = self.views;
+        idx.iter()
+            .enumerate()
+            .map(|(j, &i)| {
+                let words = [seed, PICK_STREAM, epoch as u64, batch_no as u64, j as u64];
+                let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(&words));
+                let a = rng.gen_range(0..r);
+                let b = if r > 1 {
+                    (a + 1 + rng.gen_range(0..r - 1)) % r
+                } else {
+                    a
+                };
+                ((i * r + a) as i64, (i * r + b) as i64)
+            })
+            .unzip()
+    }
+
+    /// Augmented rows `rows` → (tokens `[B, L, D]` f32, token mask `[B, L]` bool) on `device`.
+    pub fn gather(&self, rows: &[i64], device: Device) -> Result<(Tensor, Tensor)> {
+        let m = self.hidden_aug.size()[0];
+        self.rows(rows, m, &self.hidden_aug, false, device)
+    }
+
+    /// The plain (test-view) rows of crops `items` → (tokens `[B, L, D]` f32, token mask
+    /// `[B, L]` bool) on `device`: what [`crate::model::MgVit::forward_from_hidden`] continues
+    /// into the class token of the test view.
+    pub fn plain(&self, items: &[usize], device: Device) -> Result<(Tensor, Tensor)> {
+        let rows: Vec<i64> = items.iter().map(|&i| i as i64).collect();
+        self.rows(&rows, self.len() as i64, &self.hidden_plain, true, device)
+    }
+
+    fn rows(
+        &self,
+        rows: &[i64],
+        m: i64,
+        hidden: &Tensor,
+        plain: bool,
+        device: Device,
+    ) -> Result<(Tensor, Tensor)> {
+        if let Some(&bad) = rows.iter().find(|&&r| r < 0 || r >= m) {
+            return Err(Error::runtime(format!(
+                "cache row {bad} outside the bank of {m}"
+            )));
+        }
+        let index = Tensor::from_slice(rows);
+        let tokens = match &self.store {
+            Store::Ram { aug, plain: p } => match plain {
+                true => p.index_select(0, &index),
+                false => aug.index_select(0, &index),
+            },
+            Store::Disk {
+                file, path, layout, ..
+            } => {
+                let (base, row_bytes, kind) = match plain {
+                    true => (layout.plain, layout.plain_row, Kind::Float),
+                    false => (layout.aug, layout.aug_row, Kind::Half),
+                };
+                let mut buf = vec![0u8; rows.len() * row_bytes as usize];
+                for (chunk, &r) in buf.chunks_mut(row_bytes as usize).zip(rows) {
+                    file.read_exact_at(chunk, base + r as u64 * row_bytes)
+                        .map_err(|e| Error::io(path, e))?;
+                }
+                Tensor::from_data_size(&buf, &[rows.len() as i64, self.row[0], self.row[1]], kind)
+            }
+        };
+        Ok((
+            crate::device::upload(&tokens, device).to_kind(Kind::Float),
+            crate::device::upload(&hidden.index_select(0, &index), device),
+        ))
+    }
+}
+
+impl crate::model::PrefixTokens for TokenBank {
+    fn block(&self) -> usize {
+        self.block
+    }
+
+    fn plain(&self, items: &[usize], device: Device) -> Result<(Tensor, Tensor)> {
+        TokenBank::plain(self, items, device)
+    }
+}
+
+impl Drop for TokenBank {
+    fn drop(&mut self) {
+        if let Store::Disk {
+            path, remove: true, ..
+        } = &self.store
+        {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bank(views: usize, items: usize) -> TokenBank {
+        TokenBank {
+            views,
+            block: 0,
+            row: [1, 1],
+            hidden_aug: Tensor::zeros([(views * items) as i64, 1], (Kind::Bool, Device::Cpu)),
+            hidden_plain: Tensor::zeros([items as i64, 1], (Kind::Bool, Device::Cpu)),
+            store: Store::Ram {
+                aug: Tensor::zeros([(views * items) as i64, 1, 1], (Kind::Half, Device::Cpu)),
+                plain: Tensor::zeros([items as i64, 1, 1], (Kind::Float, Device::Cpu)),
+            },
+            origin: BankOrigin {
+                path: None,
+                bytes: 0,
+                reused: false,
+                seconds: 0.0,
+                precision: "Float".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn picks_two_distinct_views_of_each_sample_deterministically() {
+        let b = bank(3, 10);
+        let idx = [4, 0, 9, 4];
+        let (first, second) = b.pick(7, 2, 1, &idx);
+        assert_eq!((first.clone(), second.clone()), b.pick(7, 2, 1, &idx));
+        for ((&f, &s), &i) in first.iter().zip(&second).zip(&idx) {
+            let i = i as i64;
+            assert!((i * 3..i * 3 + 3).contains(&f) && (i * 3..i * 3 + 3).contains(&s));
+            assert_ne!(f, s);
+        }
+        // Other epochs draw other pairs.
+        let many: Vec<_> = (0..20).map(|e| b.pick(7, e, 1, &idx).0).collect();
+        assert!(many.iter().any(|p| p != &many[0]));
+        // One view: the same row twice.
+        let one = bank(1, 10);
+        let (f, s) = one.pick(7, 0, 0, &[5]);
+        assert_eq!((f, s), (vec![5], vec![5]));
+        assert!(b.gather(&[30], Device::Cpu).is_err());
+        assert!(b.plain(&[10], Device::Cpu).is_err());
+        assert!(b.plain(&[9], Device::Cpu).is_ok());
+    }
+}

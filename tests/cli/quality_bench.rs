@@ -1,0 +1,211 @@
+//! `experiments/quality_bench.sh` (the quality benchmark's driver) and
+//! `experiments/quality_report.py` (its table and JSON) on the synthetic protocol with the tiny
+//! ViT and the random-weight detector (no `../shared`, no weights): two training seeds and the
+//! view-seed check, the maps reused, mean / sd from the per-seed values, a second invocation
+//! that skips every finished unit, and bad settings refused with exit 2.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::SystemTime;
+
+/// The tiny settings of the `discover` tests, as `--set` overrides.
+const TINY_SET: &str = "models.pretrained_backbone=vit_tiny models.grad_from_block=2 \
+    models.mask_layers=2 models.image_size=32 models.precision=fp32 training.batch_size=8 \
+    training.num_workers=2 training.cache_frozen=true training.cache_views=2 \
+    loss.warmup_teacher_temp_epochs=1 loss.repeat_times=1";
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The bench on the synthetic protocol into `out`, with `extra` environment on top.
+fn bench(out: &Path, extra: &[(&str, &str)]) -> Output {
+    let mut c = Command::new("bash");
+    c.arg(root().join("experiments/quality_bench.sh"))
+        .current_dir(root())
+        .env("OUT", out)
+        .env("BIN", env!("CARGO_BIN_EXE_anomalyncd"))
+        .env("PROTOCOLS", "synth")
+        .env("SEEDS", "1 2")
+        .env("EPOCHS", "2")
+        .env("THREADS", "1")
+        .env(
+            "SYNTH_ARGS",
+            "--per-type 4 --per-base-class 3 --normal 3 --size 96",
+        )
+        .env("EXTRA_SET", TINY_SET)
+        .env(
+            "EXTRA_ARGS",
+            "--detector-random-weights --detector-image-size 64",
+        );
+    for k in [
+        "MODE",
+        "VIEW_SEED",
+        "VIEW_CHECK",
+        "CACHE",
+        "LOC",
+        "BASELINE",
+        "CONFIG",
+        "SHARED",
+    ] {
+        c.env_remove(k);
+    }
+    for (k, v) in extra {
+        c.env(k, v);
+    }
+    c.output().expect("run bash")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn json(p: &Path) -> serde_json::Value {
+    let t = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&t).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn mtime(p: &Path) -> SystemTime {
+    std::fs::metadata(p).and_then(|m| m.modified()).unwrap()
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9
+}
+
+#[test]
+fn quality_bench_runs_resumes_and_reports_on_the_synthetic_set() {
+    for (tool, arg) in [("bash", "--version"), ("python3", "--version")] {
+        if Command::new(tool).arg(arg).output().is_err() {
+            eprintln!("skipped: no {tool} on this machine (the bench is a bash script with a Python report)");
+            return;
+        }
+    }
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("bench");
+
+    // Bad settings are refused before anything runs.
+    let o = bench(&out, &[("SEEDS", "1 x")]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("SEEDS"), "{}", text(&o));
+    assert!(!out.exists(), "a refused bench wrote its folder");
+
+    let o = bench(&out, &[]);
+    let t = text(&o);
+    assert!(o.status.success(), "the bench failed:\n{t}");
+    let proto = out.join("synth");
+    let units = ["seed1_view1000", "seed2_view1000", "seed1_view1001"];
+    for u in units {
+        assert!(t.contains(&format!("synth {u}: starting")), "{t}");
+        assert!(proto.join(u).join("discover.json").is_file(), "{u}: {t}");
+    }
+    // The later runs train on the first run's maps.
+    let log = std::fs::read_to_string(proto.join("seed2_view1000.log")).unwrap();
+    assert!(
+        log.contains(&format!(
+            "--anomaly-maps {}",
+            proto.join("seed1_view1000/maps").display()
+        )),
+        "{log}"
+    );
+    assert!(!proto.join("seed2_view1000/maps").exists());
+
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(md.contains("| synth |") && md.contains("## synth"), "{md}");
+    assert!(md.contains("View-seed check"), "{md}");
+    let r = json(&out.join("results.json"));
+    assert!(r["commit"].is_string() && r["dirty"].is_boolean(), "{r}");
+    assert_eq!(r["threads"], "1");
+    assert_eq!(r["settings"]["extra_set"], TINY_SET);
+    assert!(r["cpu"]["flags"]["avx2"].is_boolean() || r["cpu"]["flags"]["avx2"].is_null());
+    assert_eq!(r["precision"][0], "fp32", "{r}");
+    let p = &r["protocols"]["synth"];
+    assert_eq!(p["k"], 4);
+    assert_eq!(
+        p["crops_identical"], true,
+        "every seed must see the first run's crops: {p}"
+    );
+
+    // Mean and sample sd from the per-seed values, each read from its run's discover.json.
+    let per_seed: Vec<Vec<f64>> = units[..2]
+        .iter()
+        .map(|u| {
+            json(&proto.join(u).join("discover.json"))["found"]["scores"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect()
+        })
+        .collect();
+    for (i, key) in ["nmi", "ari", "f1"].iter().enumerate() {
+        let a = &p["aggregate"][key];
+        let vals: Vec<f64> = a["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(vals, vec![per_seed[0][i], per_seed[1][i]], "{key}: {a}");
+        let mean = (vals[0] + vals[1]) / 2.0;
+        let sd = (vals[0] - vals[1]).abs() / 2f64.sqrt();
+        assert!(close(a["mean"].as_f64().unwrap(), mean), "{key}: {a}");
+        assert!(close(a["sd"].as_f64().unwrap(), sd), "{key}: {a}");
+    }
+    // The view-seed check: the first seed with view seed V + 1, placed against the seeds' range.
+    let vc = &p["view_check"];
+    assert_eq!(vc["seed"], 1);
+    assert_eq!(vc["view_seed"], 1001);
+    let f1 = json(&proto.join("seed1_view1001/discover.json"))["found"]["scores"][2]
+        .as_f64()
+        .unwrap();
+    let (lo, hi) = (
+        per_seed[0][2].min(per_seed[1][2]),
+        per_seed[0][2].max(per_seed[1][2]),
+    );
+    assert!(close(vc["f1"].as_f64().unwrap(), f1));
+    assert_eq!(vc["inside_seed_range"], lo <= f1 && f1 <= hi, "{vc}");
+    // Per-type recall for the four synthetic types, and the localisation of the maps.
+    assert_eq!(p["types"].as_array().unwrap().len(), 4, "{p}");
+    assert!(p["localisation"]["maps_eval"]["overall"]["argmax_in_defect"].is_number());
+    assert!(
+        p["localisation"]["mebin"].is_object()
+            || md.contains("MEBin mask IoU not computed: no Python with numpy and Pillow"),
+        "{md}"
+    );
+    // Every invocation keeps its load before and after.
+    let runs = r["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 3, "{runs:?}");
+    for run in runs {
+        assert_eq!(run["rc"], 0);
+        for k in ["load_start", "load_end"] {
+            assert_eq!(run[k].as_array().map(Vec::len), Some(3), "{run}");
+        }
+    }
+
+    // Again: every unit is finished, so none runs.
+    let before: Vec<SystemTime> = units
+        .iter()
+        .map(|u| mtime(&proto.join(u).join("discover.json")))
+        .collect();
+    let o = bench(&out, &[]);
+    let t = text(&o);
+    assert!(o.status.success(), "second invocation:\n{t}");
+    assert_eq!(t.matches("skipped (finished earlier)").count(), 3, "{t}");
+    assert!(!t.contains(": starting"), "{t}");
+    let after: Vec<SystemTime> = units
+        .iter()
+        .map(|u| mtime(&proto.join(u).join("discover.json")))
+        .collect();
+    assert_eq!(before, after);
+    assert!(out.join("results.md").is_file());
+
+    // Other settings in the same folder are refused.
+    let o = bench(&out, &[("EPOCHS", "3")]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("use another OUT"), "{}", text(&o));
+}
