@@ -45,7 +45,7 @@ fn main() {
     println!("cargo:rustc-env=ANOMALYNCD_LIBTORCH_VERSION={version}");
 }
 
-/// Exports `ANOMALYNCD_DETECT_CODE`: 64-bit FNV-1a (as `record::fnv` in the library) over the
+/// Exports `ANOMALYNCD_DETECT_CODE`: 64-bit FNV-1a (as `digest::fnv` in the library; a build script cannot call the crate it builds, hence its own copy) over the
 /// relative path and bytes of every file of [`DETECT_SOURCES`], in path order.
 fn detect_code_digest() {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into()));

@@ -39,6 +39,24 @@ pub struct Binarization {
     /// Ours: what a map with no stable interval is cropped to. `peak` (default): the region
     /// around the map's maximum; `whole_image`: the reference's whole image with an empty mask.
     pub no_interval: NoInterval,
+    /// Ours: refine each map before MEBin. `none` (default): the reference's maps; `guided`: the
+    /// guided filter with the image as guide (`mebin::refine`).
+    pub refine: Refine,
+    /// Ours: the guided filter's window radius in map pixels; `null`: 1/64 of the map's shorter
+    /// side, at least 2.
+    pub refine_radius: Option<usize>,
+    /// Ours: the guided filter's regularisation, a variance of the image's 0..1 brightness:
+    /// image edges of lower contrast are smoothed over.
+    pub refine_eps: f64,
+}
+
+/// `binarization.refine`: what is done to a map before MEBin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Refine {
+    #[default]
+    None,
+    Guided,
 }
 
 /// `binarization.no_interval`: the crop of a map whose component counts have no stable interval.
@@ -151,6 +169,9 @@ impl Default for Binarization {
             erode: true,
             min_threshold: None,
             no_interval: NoInterval::Peak,
+            refine: Refine::None,
+            refine_radius: None,
+            refine_eps: 1e-3,
         }
     }
 }
@@ -323,6 +344,19 @@ impl Config {
             need(
                 v.is_finite() && v >= 0.0,
                 format!("binarization.min_threshold must be a finite number >= 0 (got {v})"),
+            );
+        }
+        need(
+            b.refine_eps.is_finite() && b.refine_eps > 0.0,
+            format!(
+                "binarization.refine_eps must be a number > 0 (got {})",
+                b.refine_eps
+            ),
+        );
+        if let Some(r) = b.refine_radius {
+            need(
+                (1..=256).contains(&r),
+                format!("binarization.refine_radius must be in 1..=256 (got {r})"),
             );
         }
         match ArchSpec::by_name(&m.pretrained_backbone) {

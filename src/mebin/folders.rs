@@ -189,6 +189,7 @@ pub(super) fn binarize(spec: &BinarizeSpec) -> Result<BinarizeSummary> {
     let job = BinarizeJob {
         items: &items,
         params: Params::from(&spec.binarization),
+        refine: crate::mebin::refine::MapRefine::from(&spec.binarization),
         range,
         rule: CropRule {
             no_interval: spec.binarization.no_interval,

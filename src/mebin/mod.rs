@@ -36,6 +36,7 @@ pub mod folders;
 pub mod oracle;
 pub mod peak;
 pub(crate) mod read;
+pub mod refine;
 pub(crate) mod resize;
 pub mod run;
 mod union_find;

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use rayon::prelude::*;
 
+use super::refine::{refine_map, MapRefine};
 use super::{BitDepth, GrayMap};
 use crate::error::{Error, Result};
 use crate::imageio::{self, FloatScale, RawMap};
@@ -59,9 +60,11 @@ fn kind_name(k: Kind) -> &'static str {
 }
 
 /// Reads every item's map. `stored_scale` (from training) replaces the set's own float range.
+/// Each map is refined first as `refine` says ([`super::refine`]).
 pub fn read_set(
     items: &[&MapItem],
     stored_scale: Option<FloatScale>,
+    refine: &MapRefine,
     progress: bool,
 ) -> Result<ReadSet> {
     let cached = AtomicUsize::new(0);
@@ -70,7 +73,7 @@ pub fn read_set(
     let read: Vec<(Kind, (f64, f64), Option<RawMap>)> = items
         .par_iter()
         .map(|it| {
-            let raw = imageio::read_anomaly_map(&it.map)?;
+            let raw = refine_map(imageio::read_anomaly_map(&it.map)?, &it.image, refine)?;
             let (kind, stats, bytes) = match &raw {
                 RawMap::Levels(m) => (
                     Kind::Levels(m.depth),
@@ -133,8 +136,9 @@ pub fn read_set(
 }
 
 /// Reads one map again (it did not stay in memory) on the set's scale.
-pub fn reread(item: &MapItem, scale: Option<&FloatScale>) -> Result<GrayMap> {
-    imageio::read_anomaly_map(&item.map).map(|r| to_levels(r, scale))
+pub fn reread(item: &MapItem, scale: Option<&FloatScale>, refine: &MapRefine) -> Result<GrayMap> {
+    let raw = refine_map(imageio::read_anomaly_map(&item.map)?, &item.image, refine)?;
+    Ok(to_levels(raw, scale))
 }
 
 fn to_levels(raw: RawMap, scale: Option<&FloatScale>) -> GrayMap {

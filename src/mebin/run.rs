@@ -35,6 +35,8 @@ pub struct BinarizeJob<'a> {
     pub params: Params,
     pub range: RangeSource,
     pub rule: CropRule,
+    /// Ours: what is done to each map before MEBin (`binarization.refine`).
+    pub refine: super::refine::MapRefine,
     /// Output folder (already prepared with `fsutil::prepare_output_dir`).
     pub out: &'a Path,
     /// Show a progress bar.
@@ -451,7 +453,7 @@ pub fn run(job: &BinarizeJob) -> Result<BinarizeSummary> {
         RangeSource::Fixed(_, s) => s,
         RangeSource::FromMaps { .. } => None,
     };
-    let set = read::read_set(&items, stored_scale, job.progress)?;
+    let set = read::read_set(&items, stored_scale, &job.refine, job.progress)?;
     if fixed && stored_scale.is_none() && set.float_scale.is_some() {
         log::warn!(
             "float maps, but the stored range comes from 8/16-bit maps: these maps are normalised \
@@ -504,7 +506,7 @@ pub fn run(job: &BinarizeJob) -> Result<BinarizeSummary> {
         .map(|(item, map)| {
             let map = match map {
                 Some(m) => m,
-                None => read::reread(item, scale.as_ref())?,
+                None => read::reread(item, scale.as_ref(), &job.refine)?,
             };
             let o = process_map(item, &map, &range, &job.params, &job.rule)?;
             write_map_output(job.out, &o)?;

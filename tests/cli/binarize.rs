@@ -507,6 +507,7 @@ fn library_run_with_a_fixed_range_reproduces_the_set_run() {
         mebin::BinarizeJob {
             items,
             params: Params::default(),
+            refine: Default::default(),
             range,
             rule: Default::default(),
             out,

@@ -209,6 +209,7 @@ proptest! {
         let job = BinarizeJob {
             items: &list,
             params: Params::default(),
+            refine: Default::default(),
             range: RangeSource::FromMaps { min_threshold },
             rule: CropRule::default(),
             out: &out,

@@ -51,15 +51,7 @@ pub fn write(dir: &Path, rec: &StageRecord) -> Result<()> {
     atomic_write(&dir.join(STAGE_FILE), &body)
 }
 
-/// 64-bit FNV-1a, as 16 hex digits: stable across builds (std's hasher is not promised to be).
-pub fn fnv(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{h:016x}")
-}
+pub use crate::digest::fnv;
 
 /// Digest of a listing: each file's path, size and modification time, so a changed, added or
 /// removed file changes it (nothing is read).

@@ -333,6 +333,7 @@ fn npy_and_float_tiff_sets_match_their_8_bit_export() {
     let job = anomalyncd::mebin::BinarizeJob {
         items: &items[2..3],
         params: Default::default(),
+        refine: Default::default(),
         range: anomalyncd::mebin::RangeSource::Fixed(set.range(), set.float_scale),
         rule: Default::default(),
         out: &p.join("one"),
