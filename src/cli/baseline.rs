@@ -8,13 +8,17 @@ use clap::{Args, ValueEnum};
 use super::{CropSource, Ctx};
 use anomalyncd::cluster::NumClasses;
 use anomalyncd::config::Config;
+use anomalyncd::detect::pooled::Pooling;
 use anomalyncd::error::Error;
-use anomalyncd::pipeline::{self, BaselineSpec};
+use anomalyncd::pipeline::{self, BaselineSpec, PooledSpec};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Method {
     /// k-means (k-means++ seeding, 10 restarts) on the L2-normalised class tokens.
     Kmeans,
+    /// k-means on the detector backbone's patch features pooled under each image's anomaly
+    /// map (needs --images and --anomaly-maps; no crops).
+    Pooled,
 }
 
 #[derive(Debug, Args)]
@@ -53,9 +57,18 @@ pub struct BaselineArgs {
     /// Replace the files of a different earlier run in OUT.
     #[arg(long)]
     pub overwrite: bool,
+    /// --method pooled: softmax temperature, relative to each image's score spread.
+    #[arg(long, value_name = "T", default_value_t = 1.0)]
+    pub pool_tau: f64,
+    /// --method pooled: average the top FRACTION of patches instead of the softmax weights.
+    #[arg(long, value_name = "FRACTION")]
+    pub pool_top: Option<f64>,
 }
 
 pub fn run(a: &BaselineArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    if a.method == Method::Pooled {
+        return pooled(a, ctx);
+    }
     let cfg = Config::load(a.config.as_deref(), &a.set)?;
     let num_classes = NumClasses::parse(a.num_classes.as_deref())?;
     let c = &a.crops;
@@ -97,6 +110,53 @@ pub fn run(a: &BaselineArgs, ctx: &Ctx) -> anyhow::Result<()> {
         ),
         None => println!(
             "{} images in {} clusters (k-means baseline, {how}); predictions in {}",
+            r.images,
+            r.k,
+            a.out.join("predictions.csv").display()
+        ),
+    }
+    Ok(())
+}
+
+fn pooled(a: &BaselineArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let cfg = Config::load(a.config.as_deref(), &a.set)?;
+    let c = &a.crops;
+    let (Some(images), Some(maps)) = (&c.images, &c.anomaly_maps) else {
+        return Err(Error::usage("--method pooled needs --images and --anomaly-maps").into());
+    };
+    let pooling = match a.pool_top {
+        Some(f) if f > 0.0 && f <= 1.0 => Pooling::TopK { fraction: f },
+        Some(f) => {
+            return Err(Error::usage(format!("--pool-top {f}: a fraction in (0, 1]")).into())
+        }
+        None if a.pool_tau > 0.0 && a.pool_tau.is_finite() => Pooling::Soft { tau: a.pool_tau },
+        None => {
+            return Err(Error::usage(format!("--pool-tau {}: a number > 0", a.pool_tau)).into())
+        }
+    };
+    let r = pipeline::pooled(&PooledSpec {
+        images: images.clone(),
+        maps: maps.clone(),
+        out: a.out.clone(),
+        num_classes: NumClasses::parse(a.num_classes.as_deref())?,
+        max_classes: a.max_classes,
+        pooling,
+        weights: a.backbone_weights.clone(),
+        precision: cfg.models.precision,
+        image_size: anomalyncd::detect::DEFAULT_VIT_IMAGE_SIZE,
+        seed: cfg.experiment.seed,
+        inputs: c.inputs(),
+        overwrite: a.overwrite,
+        device: ctx.device,
+    })?;
+    match r.scores {
+        Some((nmi, ari, f1)) => println!(
+            "pooled features ({pooling:?}, K = {}): NMI {nmi:.4}  ARI {ari:.4}  F1 {f1:.4}  (image level; {})",
+            r.k,
+            a.out.display()
+        ),
+        None => println!(
+            "{} images in {} clusters (pooled features); predictions in {}",
             r.images,
             r.k,
             a.out.join("predictions.csv").display()

@@ -28,6 +28,7 @@ pub(crate) mod eval;
 pub mod features;
 pub mod localize;
 pub(crate) mod maps;
+pub mod pooled;
 pub(crate) mod reference;
 mod run;
 mod settings;

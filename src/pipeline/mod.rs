@@ -14,12 +14,14 @@
 mod baseline;
 pub mod discover;
 mod evaluate;
+mod pooled;
 mod train;
 
 use std::path::{Path, PathBuf};
 
 pub use baseline::{run as baseline, BaselineOutcome, BaselineSpec};
 pub use evaluate::{predict, test, PredictOutcome, PredictSpec, TestOutcome, TestSpec};
+pub use pooled::{run as pooled, PooledOutcome, PooledSpec};
 pub use train::{run as train, Timing, TokenCache, TrainOutcome, TrainSpec};
 
 use crate::config::Binarization;

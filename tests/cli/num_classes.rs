@@ -220,3 +220,71 @@ fn kmeans_baseline_scores_labelled_crops_and_clusters_flat_ones() {
     assert!(text.contains("16 images in 2 clusters"), "{text}");
     assert_eq!(json(&p.join("b4/metrics.json"))["labels_known"], false);
 }
+
+/// `baseline --method pooled`: the pretrained DINOv2 patch features pooled under each image's
+/// map, clustered per image with no crops and no training. Needs
+/// data/weights/dinov2_vits14.safetensors (scripts/prepare_weights.sh); skipped without it.
+#[test]
+fn pooled_baseline_groups_images_by_their_weighted_patch_features() {
+    let w = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/weights/dinov2_vits14.safetensors");
+    if !w.is_file() {
+        eprintln!(
+            "skipped: {} is absent (run scripts/prepare_weights.sh)",
+            w.display()
+        );
+        return;
+    }
+    let d = setup();
+    let p = d.path();
+    let base = [
+        "baseline",
+        "--method",
+        "pooled",
+        "--anomaly-maps",
+        "synth/anomaly_maps",
+        "--images",
+        "synth/test",
+        "--backbone-weights",
+        w.to_str().unwrap(),
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--out", "pooled"]);
+    let text = ok(p, &args);
+    assert!(
+        text.contains("pooled features (Soft") && text.contains("K = 4"),
+        "{text}"
+    );
+    let m = json(&p.join("pooled/metrics.json"));
+    let f1 = m["image_level"]["F1"].as_f64().unwrap();
+    assert!(f1 >= 0.5, "the synthetic types are far apart: {m}");
+    let csv = std::fs::read_to_string(p.join("pooled/predictions.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 16, "{csv}");
+    assert!(p.join("pooled/pooled_features.safetensors").is_file());
+
+    let mut top = base.to_vec();
+    top.extend([
+        "--pool-top",
+        "0.1",
+        "--num-classes",
+        "auto",
+        "--out",
+        "pooled_top",
+    ]);
+    let text = ok(p, &top);
+    assert!(text.contains("TopK"), "{text}");
+    for (flag, value) in [("--pool-top", "2"), ("--pool-tau", "0")] {
+        let mut bad = base.to_vec();
+        bad.extend([flag, value, "--out", "bad"]);
+        let o = run(p, &bad);
+        assert_eq!(o.status.code(), Some(2), "{flag} {value}");
+        assert!(common::text(&o).contains(flag));
+    }
+    let o = run(
+        p,
+        &[
+            "baseline", "--method", "pooled", "--data", "x", "--out", "bad",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(common::text(&o).contains("--anomaly-maps"));
+}

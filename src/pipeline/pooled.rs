@@ -1,0 +1,178 @@
+//! `baseline --method pooled`: training-free defect types from the detector backbone's patch
+//! features pooled under each image's anomaly map ([`crate::detect::pooled`]), clustered with
+//! k-means. It works for any map source (the built-in detector's, the user's, oracle maps): the
+//! features are computed here with the detector's backbone (DINOv2 ViT-S/14, blocks 6, 9, 12).
+
+use std::path::PathBuf;
+
+use serde_json::json;
+use tch::Device;
+
+use crate::cluster::{estimate, fit, KEstimate, KMeansOptions, NumClasses};
+use crate::config::arch::ArchSpec;
+use crate::config::Precision;
+use crate::detect::features::{FeatureExtractor, Resize};
+use crate::detect::pooled::{pooled_features, Pooling};
+use crate::error::{Error, Result};
+use crate::mebin::{folders::pair_folders, Pairing};
+
+/// A validated `baseline --method pooled` request.
+#[derive(Debug, Clone)]
+pub struct PooledSpec {
+    /// `<type>/<stem>` images (types score the result) or a flat folder.
+    pub images: PathBuf,
+    /// Their anomaly maps, paired by type and stem.
+    pub maps: PathBuf,
+    pub out: PathBuf,
+    pub num_classes: NumClasses,
+    pub max_classes: usize,
+    pub pooling: Pooling,
+    /// DINOv2 ViT-S/14 weights; `None`: the offline default file.
+    pub weights: Option<PathBuf>,
+    pub precision: Precision,
+    /// The backbone input's longer side (the detector's).
+    pub image_size: u32,
+    pub seed: u64,
+    /// The input folders with their flags, for the output-folder checks.
+    pub inputs: Vec<(&'static str, PathBuf)>,
+    pub overwrite: bool,
+    pub device: Device,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PooledOutcome {
+    pub k: usize,
+    pub estimate: Option<KEstimate>,
+    pub images: usize,
+    /// Image-level (NMI, ARI, F1) when the images have type folders.
+    pub scores: Option<(f64, f64, f64)>,
+}
+
+/// The stage (see the module doc).
+pub fn run(spec: &PooledSpec) -> Result<PooledOutcome> {
+    let inputs: Vec<(&str, &std::path::Path)> =
+        spec.inputs.iter().map(|(f, p)| (*f, p.as_path())).collect();
+    let fingerprint = json!({
+        "baseline": "pooled", "pooling": format!("{:?}", spec.pooling),
+        "inputs": inputs.iter().map(|(_, p)| crate::fsutil::absolute_value(p)).collect::<Vec<_>>(),
+    });
+    crate::fsutil::prepare_output_dir(
+        &spec.out,
+        &inputs,
+        "baseline",
+        &fingerprint,
+        spec.overwrite,
+    )?;
+    super::add_log_file(&spec.out)?;
+    let items: Vec<_> = pair_folders(&spec.maps, &spec.images, &Pairing::default())?
+        .into_iter()
+        .filter(|it| !it.normal)
+        .collect();
+    let weights = match &spec.weights {
+        Some(w) => w.clone(),
+        None => {
+            let file = crate::detect::features::default_weights_file(
+                crate::detect::features::BACKBONES[0],
+            );
+            crate::model::find_in_weights_dir(file).ok_or_else(|| {
+                Error::usage(format!(
+                    "the pooled features need {}/{file}: run scripts/prepare_weights.sh, or give --backbone-weights",
+                    crate::model::DEFAULT_WEIGHTS_DIR
+                ))
+            })?
+        }
+    };
+    let arch = ArchSpec::by_name("dinov2_vits14").expect("a known architecture");
+    let fx = FeatureExtractor::vit(
+        arch,
+        &crate::detect::DEFAULT_BLOCKS,
+        Some(&weights),
+        crate::model::precision::frozen_kind(spec.precision, spec.device),
+        spec.device,
+    )?;
+    let pairs: Vec<(&std::path::Path, &std::path::Path)> = items
+        .iter()
+        .map(|it| (it.image.as_path(), it.map.as_path()))
+        .collect();
+    let features = pooled_features(&fx, &pairs, spec.image_size, Resize::Aspect, spec.pooling)?;
+    let mut types: Vec<String> = items.iter().map(|it| it.class_name.clone()).collect();
+    types.sort();
+    types.dedup();
+    let typed = !types.iter().any(|t| t.is_empty());
+    let (k, est) = match spec.num_classes {
+        NumClasses::Fixed(k) => (k, None),
+        NumClasses::FromFolders if typed => (types.len(), None),
+        NumClasses::FromFolders => {
+            return Err(Error::usage(
+                "the images have no type folders: give --num-classes N or auto",
+            ))
+        }
+        NumClasses::Auto => {
+            let none = ndarray::Array2::<f32>::zeros((0, features.ncols()));
+            let e = estimate(
+                features.view(),
+                none.view(),
+                &[],
+                spec.max_classes,
+                spec.seed,
+            )?;
+            log::info!("--num-classes auto on the pooled features:\n{}", e.table());
+            (e.chosen, Some(e))
+        }
+    };
+    if k == 0 || k > items.len() {
+        return Err(Error::usage(format!(
+            "--num-classes {k}: between 1 and the number of images ({})",
+            items.len()
+        )));
+    }
+    let fitted = fit(
+        features.view(),
+        &vec![None; items.len()],
+        KMeansOptions::new(k, spec.seed),
+    )?;
+    let truth: Option<Vec<usize>> = typed.then(|| {
+        items
+            .iter()
+            .map(|it| types.iter().position(|t| *t == it.class_name).unwrap_or(0))
+            .collect()
+    });
+    let scores = match &truth {
+        Some(t) => {
+            let e = crate::metrics::evaluate(t, &fitted.assign, &vec![false; t.len()])?;
+            Some((e.nmi, e.ari, e.f1))
+        }
+        None => None,
+    };
+    let mut csv = String::from("image,type,cluster\n");
+    for (it, c) in items.iter().zip(&fitted.assign) {
+        csv.push_str(&format!(
+            "{}/{},{},{c}\n",
+            it.class_name, it.stem, it.class_name
+        ));
+    }
+    crate::fsutil::atomic_write(&spec.out.join("predictions.csv"), csv.as_bytes())?;
+    let metrics = json!({
+        "method": "pooled", "pooling": format!("{:?}", spec.pooling), "k": k,
+        "images": items.len(), "estimate": est,
+        "image_level": scores.map(|(n, a, f)| json!({"NMI": n, "ARI": a, "F1": f})),
+    });
+    let text = serde_json::to_vec_pretty(&metrics).expect("metrics serialise");
+    crate::fsutil::atomic_write(&spec.out.join("metrics.json"), &text)?;
+    crate::cluster::features::save_tokens(
+        &spec.out.join("pooled_features.safetensors"),
+        features.view(),
+    )?;
+    if let Some((n, a, f)) = scores {
+        log::info!(
+            "pooled ({:?}, K = {k}): NMI {n:.4} ARI {a:.4} F1 {f:.4}",
+            spec.pooling
+        );
+    }
+    Ok(PooledOutcome {
+        k,
+        estimate: est,
+        images: items.len(),
+        scores,
+    })
+}
