@@ -38,7 +38,7 @@ pub fn weights(scores: &[f64], pooling: Pooling) -> Vec<f64> {
             let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             // A flat map has no anomalous patch: every patch counts the same.
             let t = tau * sd;
-            if !(t > 0.0) {
+            if t.is_nan() || t <= 0.0 {
                 return vec![1.0 / n as f64; n];
             }
             let e: Vec<f64> = scores.iter().map(|s| ((s - max) / t).exp()).collect();
