@@ -47,6 +47,9 @@
 #   BIN         the binary (default target/release/anomalyncd)
 #   SHARED      the real data sets (default ../shared/data)
 #   SYNTH_ARGS  flags of `anomalyncd synth` for the synth protocol (default: none)
+#   BASE_OUT    an earlier benchmark folder: every protocol takes its maps (and shares its token
+#               caches) from there, so a variant of training alone (EXTRA_SET of training or loss
+#               keys) re-runs only training; its MEBin settings must be the earlier ones'
 #   GT_PYTHON   a Python with numpy and Pillow for scripts/crops_vs_gt.py (default: .venv/bin/python,
 #               else python3; without one the MEBin mask IoU is left out, with a note)
 # OUT records the settings that change results (EPOCHS, EXTRA_SET, EXTRA_ARGS, CONFIG, VIEW_SEED,
@@ -93,6 +96,7 @@ THREADS=${THREADS:-}
 SHARED=${SHARED:-../shared/data}
 SYNTH_ARGS=${SYNTH_ARGS:-}
 GT_PYTHON=${GT_PYTHON:-}
+BASE_OUT=${BASE_OUT:-}
 
 # ---- checks of the settings, before anything runs
 [ -n "$OUT" ] || die2 "OUT is empty: give an output folder"
@@ -123,6 +127,8 @@ for kv in "${EXTRA_SET_A[@]}"; do
   [[ $kv =~ ^[A-Za-z_]+\.[A-Za-z_]+=.+$ ]] || die2 "EXTRA_SET: '$kv' is not section.key=value"
 done
 [ -z "$CONFIG" ] || [ -f "$CONFIG" ] || die2 "CONFIG=$CONFIG: no such file"
+[ -z "$BASE_OUT" ] || [ -d "$BASE_OUT" ] || die2 "BASE_OUT=$BASE_OUT: no such benchmark folder"
+[ -z "$BASE_OUT" ] || BASE_OUT=$(cd "$BASE_OUT" && pwd)
 [ -x "$BIN" ] || die2 "BIN=$BIN: not an executable (build it: cargo build --release, or ./scripts/setup.sh)"
 command -v "$PY" >/dev/null || die2 "PYTHON=$PY: not found (the report needs Python 3)"
 [ -z "$CONFIG" ] || CONFIG=$(cd "$(dirname "$CONFIG")" && pwd)/$(basename "$CONFIG")
@@ -166,7 +172,8 @@ extra_args=$EXTRA_ARGS
 config=$CONFIG
 view_seed=$VIEW_SEED
 synth_args=$SYNTH_ARGS
-shared=$SHARED_ABS"
+shared=$SHARED_ABS${BASE_OUT:+
+base_out=$BASE_OUT}"
 if [ -f "$OUT/settings.txt" ]; then
   if [ "$(cat "$OUT/settings.txt")" != "$SETTINGS" ]; then
     echo "quality_bench: OUT=$OUT holds runs made with other settings:" >&2
@@ -235,7 +242,7 @@ run_unit() {
   local kv
   for kv in "${EXTRA_SET_A[@]}"; do args+=(--set "$kv"); done
   args+=("${EXTRA_ARGS_A[@]}")
-  [ "$CACHE" = 0 ] || args+=(--cache-dir "$pdir/token_cache")
+  [ "$CACHE" = 0 ] || args+=(--cache-dir "${BASE_OUT:-$OUT}/$proto/token_cache")
   if [ -n "$maps" ]; then args+=(--anomaly-maps "$maps")
   elif [ -n "$P_NORMAL" ]; then args+=(--normal "$P_NORMAL"); fi
   local action=ran
@@ -285,7 +292,7 @@ gt_python() {
 # ---- once per protocol: localisation of the maps and MEBin's masks, and the training-free row
 protocol_extras() {
   local proto=$1 first=$2 pdir=$OUT/$1 maps
-  maps=${P_MAPS:-$first/maps}
+  maps=${P_MAPS:-${BASE_MAPS:-$first/maps}}
   if [ "$LOC" = 1 ]; then
     if [ ! -f "$pdir/maps_eval.json" ]; then
       say "$proto: maps-eval of $maps | $(uptime)"
@@ -347,6 +354,12 @@ run_protocol() {
   local first_name=seed$first_seed
   [ "$VIEW_SEED" = none ] || first_name+=_view$VIEW_SEED
   local first=$pdir/$first_name
+  # BASE_OUT: every unit takes the earlier benchmark's maps of this protocol.
+  BASE_MAPS=
+  if [ -n "$BASE_OUT" ] && [ -z "$P_MAPS" ]; then
+    BASE_MAPS=$BASE_OUT/$proto/$first_name/maps
+    [ -d "$BASE_MAPS" ] || die2 "BASE_OUT: $BASE_MAPS is absent (run the base benchmark's $proto first)"
+  fi
   local cmd="anomalyncd discover --images $P_IMAGES${P_NORMAL:+ --normal $P_NORMAL}${P_MAPS:+ --anomaly-maps $P_MAPS} --num-classes $P_K"
   event event=protocol protocol="$proto" k:="$P_K" images="$P_IMAGES" normal="$P_NORMAL" \
     anomaly_maps="$P_MAPS" ground_truth="$P_GT" view_seed:="$([ "$VIEW_SEED" = none ] && echo null || echo "$VIEW_SEED")" \
@@ -355,8 +368,8 @@ run_protocol() {
     IFS=: read -r s v role <<<"$u"
     name=seed$s; [ "$v" = none ] || name+=_view$v
     # The first run computes the maps (or uses the given ones); the others reuse them.
-    local maps=$P_MAPS
-    [ "$name" = "$first_name" ] || [ -n "$P_MAPS" ] || maps=$first/maps
+    local maps=${P_MAPS:-$BASE_MAPS}
+    [ "$name" = "$first_name" ] || [ -n "$maps" ] || maps=$first/maps
     rc=0
     run_unit "$proto" "$name" "$s" "$v" "$role" "$maps" || rc=$?
     [ $rc = 130 ] && return 130

@@ -47,6 +47,7 @@ fn bench(out: &Path, extra: &[(&str, &str)]) -> Output {
         "BASELINE",
         "CONFIG",
         "SHARED",
+        "BASE_OUT",
     ] {
         c.env_remove(k);
     }
@@ -208,4 +209,36 @@ fn quality_bench_runs_resumes_and_reports_on_the_synthetic_set() {
     let o = bench(&out, &[("EPOCHS", "3")]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("use another OUT"), "{}", text(&o));
+
+    // A training-only variant in another folder takes the first folder's maps: its first unit
+    // runs no detector and trains on the same crops.
+    let variant = d.path().join("variant");
+    let base = out.to_str().unwrap();
+    let o = bench(
+        &variant,
+        &[
+            ("BASE_OUT", base),
+            ("SEEDS", "1"),
+            ("VIEW_CHECK", "0"),
+            ("EPOCHS", "3"),
+        ],
+    );
+    let t = text(&o);
+    assert!(o.status.success(), "variant:\n{t}");
+    let vproto = variant.join("synth");
+    let unit = std::fs::read_dir(&vproto)
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().join("discover.json").is_file())
+        .expect("the variant's unit finished")
+        .path();
+    assert!(!unit.join("maps").exists(), "no detector ran in the variant");
+    let first = proto.join(&units[0]);
+    assert_eq!(
+        std::fs::read(unit.join("binarize/scores.json")).unwrap(),
+        std::fs::read(first.join("binarize/scores.json")).unwrap()
+    );
+    let o = bench(&variant, &[("BASE_OUT", "/no/such/bench")]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("BASE_OUT"), "{}", text(&o));
 }
