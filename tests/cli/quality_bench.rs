@@ -232,7 +232,10 @@ fn quality_bench_runs_resumes_and_reports_on_the_synthetic_set() {
         .find(|e| e.path().join("discover.json").is_file())
         .expect("the variant's unit finished")
         .path();
-    assert!(!unit.join("maps").exists(), "no detector ran in the variant");
+    assert!(
+        !unit.join("maps").exists(),
+        "no detector ran in the variant"
+    );
     let first = proto.join(&units[0]);
     assert_eq!(
         std::fs::read(unit.join("binarize/scores.json")).unwrap(),
