@@ -10,6 +10,8 @@ use std::time::SystemTime;
 
 use crate::common;
 
+mod lock;
+
 const TINY: &str = "models:\n  pretrained_backbone: vit_tiny\n  grad_from_block: 2\n  mask_layers: 2\n  image_size: 32\n  precision: fp32\ntraining:\n  batch_size: 8\n  num_workers: 2\n  epochs: 2\n  cache_frozen: true\n  cache_views: 2\nloss:\n  warmup_teacher_temp_epochs: 1\n  repeat_times: 1\n";
 
 /// `anomalyncd ARGS` in `dir`, without `-q`: the tests read what `discover` prints.
@@ -573,54 +575,4 @@ fn ctrl_c_in_the_maps_stage_then_resume_redoes_only_the_maps() {
     assert!(t.contains("base: finished earlier"), "{t}");
     assert_eq!(mtime(&run.join("base/stage.json")), base, "base not redone");
     assert!(run.join("maps/stage.json").is_file() && run.join("train/stage.json").is_file());
-}
-
-/// A run folder is locked while a discover works in it: a second `--resume` there is refused
-/// (exit 2, naming the folder and the first's PID), and the lock a killed run leaves behind is
-/// taken over by the next run, with a warning naming the dead process.
-#[test]
-fn a_second_discover_is_refused_while_the_first_works_and_a_killed_ones_lock_is_taken_over() {
-    let d = setup();
-    let p = d.path();
-    let args = [
-        "discover",
-        "--images",
-        "synth/test",
-        "--anomaly-maps",
-        "synth/anomaly_maps",
-        "--out",
-        "run",
-        "--config",
-        "tiny.yaml",
-    ];
-    let long = [&args[..], &["--set", "training.epochs=400"]].concat();
-    let lock = p.join("run/.anomalyncd.lock");
-    let mut first = common::bin()
-        .current_dir(p)
-        .args(&long)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while !lock.is_file() {
-        assert!(started.elapsed().as_secs() < 300, "no lock after 300 s");
-        assert!(first.try_wait().unwrap().is_none(), "the run ended early");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let pid = format!("PID {}", first.id());
-    let o = run_in(p, &[&long[..], &["--resume"]].concat());
-    common::assert_fails(&o, 2, &["run", &pid, "in use", "wait for it"], "second");
-    assert!(first.try_wait().unwrap().is_none(), "the first still runs");
-    first.kill().unwrap();
-    first.wait().unwrap();
-    assert!(lock.is_file(), "a killed run cannot remove its lock file");
-    // Two epochs (tiny.yaml's): a new training, whatever stage the killed run was in.
-    let t = ok(p, &[&args[1..], &["--resume"]].concat());
-    assert!(
-        t.contains("taking over the lock") && t.contains(&pid),
-        "{t}"
-    );
-    assert!(t.contains("cluster sizes: "), "{t}");
-    assert!(!lock.exists(), "a run that ends removes its lock file");
 }

@@ -236,7 +236,7 @@ fn quality_bench_runs_resumes_and_reports_on_the_synthetic_set() {
         !unit.join("maps").exists(),
         "no detector ran in the variant"
     );
-    let first = proto.join(&units[0]);
+    let first = proto.join(units[0]);
     assert_eq!(
         std::fs::read(unit.join("binarize/scores.json")).unwrap(),
         std::fs::read(first.join("binarize/scores.json")).unwrap()

@@ -1,0 +1,46 @@
+//! The bank's view picking and row bounds, on a hand-made bank.
+use super::*;
+
+fn bank(views: usize, items: usize) -> TokenBank {
+    TokenBank {
+        views,
+        block: 0,
+        row: [1, 1],
+        hidden_aug: Tensor::zeros([(views * items) as i64, 1], (Kind::Bool, Device::Cpu)),
+        hidden_plain: Tensor::zeros([items as i64, 1], (Kind::Bool, Device::Cpu)),
+        store: Store::Ram {
+            aug: Tensor::zeros([(views * items) as i64, 1, 1], (Kind::Half, Device::Cpu)),
+            plain: Tensor::zeros([items as i64, 1, 1], (Kind::Float, Device::Cpu)),
+        },
+        origin: BankOrigin {
+            path: None,
+            bytes: 0,
+            reused: false,
+            seconds: 0.0,
+            precision: "Float".into(),
+        },
+    }
+}
+
+#[test]
+fn picks_two_distinct_views_of_each_sample_deterministically() {
+    let b = bank(3, 10);
+    let idx = [4, 0, 9, 4];
+    let (first, second) = b.pick(7, 2, 1, &idx);
+    assert_eq!((first.clone(), second.clone()), b.pick(7, 2, 1, &idx));
+    for ((&f, &s), &i) in first.iter().zip(&second).zip(&idx) {
+        let i = i as i64;
+        assert!((i * 3..i * 3 + 3).contains(&f) && (i * 3..i * 3 + 3).contains(&s));
+        assert_ne!(f, s);
+    }
+    // Other epochs draw other pairs.
+    let many: Vec<_> = (0..20).map(|e| b.pick(7, e, 1, &idx).0).collect();
+    assert!(many.iter().any(|p| p != &many[0]));
+    // One view: the same row twice.
+    let one = bank(1, 10);
+    let (f, s) = one.pick(7, 0, 0, &[5]);
+    assert_eq!((f, s), (vec![5], vec![5]));
+    assert!(b.gather(&[30], Device::Cpu).is_err());
+    assert!(b.plain(&[10], Device::Cpu).is_err());
+    assert!(b.plain(&[9], Device::Cpu).is_ok());
+}
