@@ -304,9 +304,13 @@ impl TokenBank {
             )
         });
         let pb = crate::logging::progress((n * (views + 1)) as u64, "frozen-prefix cache");
-        let mut hidden_aug = Vec::new();
-        let mut hidden_plain = Vec::new();
-
+        let run = Prefix {
+            model,
+            device,
+            block,
+            writer: writer.as_ref(),
+            pb: &pb,
+        };
         // The augmented views, then the plain ones; rows are written where they belong.
         let pairs: Vec<(usize, usize)> = (0..n)
             .flat_map(|i| (0..views).map(move |s| (i, s)))
@@ -317,33 +321,13 @@ impl TokenBank {
             let (src, chunks) = (src.clone(), chunks.clone());
             move |c: usize| src.augmented(&chunks[c])
         };
-        let mut start = 0i64;
-        for batch in crate::data::loader::Prefetch::spawn(chunks.len(), 1, make) {
-            if super::interrupt::requested() {
-                return Err(interrupted());
-            }
-            let (v, m) = batch?;
-            let tokens = model
-                .backbone
-                .tokens_before(&v.to_device(device), &m.to_device(device), block)?
-                .to_kind(Kind::Half)
-                .to_device(Device::Cpu)
-                .contiguous();
-            let b = tokens.size()[0];
-            if let Some((aug, _)) = &ram {
-                aug.narrow(0, start, b).copy_(&tokens);
-            }
-            if let Some(w) = &writer {
-                w.at(
-                    w.layout.aug + start as u64 * w.layout.aug_row,
-                    &tensor_bytes(&tokens),
-                )?;
-            }
-            hidden_aug.push(model.backbone.token_mask(&m).to_device(Device::Cpu));
-            start += b;
-            pb.inc(b as u64);
-            crate::threads::tick();
-        }
+        let hidden_aug = run.rows(
+            chunks.len(),
+            make,
+            Kind::Half,
+            ram.as_ref().map(|r| &r.0),
+            writer.as_ref().map(|w| (w.layout.aug, w.layout.aug_row)),
+        )?;
         let items: Arc<Vec<Vec<usize>>> = Arc::new(
             (0..n)
                 .collect::<Vec<_>>()
@@ -355,36 +339,16 @@ impl TokenBank {
             let (src, items) = (src.clone(), items.clone());
             move |c: usize| src.plain(&items[c])
         };
-        let mut start = 0i64;
-        for batch in crate::data::loader::Prefetch::spawn(items.len(), 1, make) {
-            if super::interrupt::requested() {
-                return Err(interrupted());
-            }
-            let (v, m) = batch?;
-            let tokens = model
-                .backbone
-                .tokens_before(&v.to_device(device), &m.to_device(device), block)?
-                .to_kind(Kind::Float)
-                .to_device(Device::Cpu)
-                .contiguous();
-            let b = tokens.size()[0];
-            if let Some((_, plain)) = &ram {
-                plain.narrow(0, start, b).copy_(&tokens);
-            }
-            if let Some(w) = &writer {
-                w.at(
-                    w.layout.plain + start as u64 * w.layout.plain_row,
-                    &tensor_bytes(&tokens),
-                )?;
-            }
-            hidden_plain.push(model.backbone.token_mask(&m).to_device(Device::Cpu));
-            start += b;
-            pb.inc(b as u64);
-            crate::threads::tick();
-        }
+        let hidden_plain = run.rows(
+            items.len(),
+            make,
+            Kind::Float,
+            ram.as_ref().map(|r| &r.1),
+            writer
+                .as_ref()
+                .map(|w| (w.layout.plain, w.layout.plain_row)),
+        )?;
         pb.finish_and_clear();
-        let hidden_aug = Tensor::cat(&hidden_aug, 0).to_kind(Kind::Bool);
-        let hidden_plain = Tensor::cat(&hidden_plain, 0).to_kind(Kind::Bool);
         let persist = matches!(target, Some((_, true)));
         let file = match writer {
             Some(w) => {
@@ -528,6 +492,58 @@ impl TokenBank {
             crate::device::upload(&tokens, device).to_kind(Kind::Float),
             crate::device::upload(&hidden.index_select(0, &index), device),
         ))
+    }
+}
+
+/// The frozen prefix run over batches of views while a bank is built.
+struct Prefix<'a> {
+    model: &'a Model,
+    device: Device,
+    block: usize,
+    writer: Option<&'a file::Writer>,
+    pb: &'a indicatif::ProgressBar,
+}
+
+impl Prefix<'_> {
+    /// Runs the prefix over `count` batches of `(views, masks)` from `make` and stores each
+    /// batch's tokens, as `kind`, at the next rows of `ram` and of the file section `(offset,
+    /// row bytes)`. Returns the token masks of all rows `[rows, L]` bool.
+    fn rows(
+        &self,
+        count: usize,
+        make: impl FnMut(usize) -> Result<(Tensor, Tensor)> + Send + 'static,
+        kind: Kind,
+        ram: Option<&Tensor>,
+        section: Option<(u64, u64)>,
+    ) -> Result<Tensor> {
+        let mut hidden = Vec::with_capacity(count);
+        let mut start = 0i64;
+        for batch in crate::data::loader::Prefetch::spawn(count, 1, make) {
+            if super::interrupt::requested() {
+                return Err(interrupted());
+            }
+            let (v, m) = batch?;
+            let d = self.device;
+            let tokens = self
+                .model
+                .backbone
+                .tokens_before(&v.to_device(d), &m.to_device(d), self.block)?
+                .to_kind(kind)
+                .to_device(Device::Cpu)
+                .contiguous();
+            let b = tokens.size()[0];
+            if let Some(all) = ram {
+                all.narrow(0, start, b).copy_(&tokens);
+            }
+            if let (Some(w), Some((offset, row))) = (self.writer, section) {
+                w.at(offset + start as u64 * row, &tensor_bytes(&tokens))?;
+            }
+            hidden.push(self.model.backbone.token_mask(&m).to_device(Device::Cpu));
+            start += b;
+            self.pb.inc(b as u64);
+            crate::threads::tick();
+        }
+        Ok(Tensor::cat(&hidden, 0).to_kind(Kind::Bool))
     }
 }
 
