@@ -33,7 +33,7 @@ pub fn class_tokens(
                 let cls = tch::no_grad(|| {
                     model
                         .backbone
-                        .forward_from_hidden(&tokens, &hidden, bank.block())
+                        .forward_from_guide(&tokens, &hidden, bank.block())
                 })?;
                 rows.push(&cls)?;
                 pb.inc(chunk.len() as u64);

@@ -93,6 +93,21 @@ pub struct Models {
     /// half a patch: cracks, scratches), let the class token see every patch the mask touches
     /// instead of none. Off (the reference's behaviour) unless set.
     pub thin_mask_fallback: bool,
+    /// Ours: `hard` (the reference: patches outside the binary crop mask are hidden from the
+    /// class token) or `soft` (the class token's logits are biased by the crop's anomaly map,
+    /// `guidance_lambda · (m − 1)`, `m` the map min-max normalised over the crop's patches;
+    /// `binarize` writes the maps under `crops/maps/`).
+    pub guidance: GuidanceMode,
+    /// Ours: λ of soft guidance: how many logits the crop's least anomalous patch is put below
+    /// its most anomalous one.
+    pub guidance_lambda: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuidanceMode {
+    Hard,
+    Soft,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,6 +203,8 @@ impl Default for Models {
             image_size: 224,
             precision: Precision::Auto,
             thin_mask_fallback: false,
+            guidance: GuidanceMode::Hard,
+            guidance_lambda: 8.0,
         }
     }
 }
@@ -359,6 +376,13 @@ impl Config {
                 format!("binarization.refine_radius must be in 1..=256 (got {r})"),
             );
         }
+        need(
+            m.guidance_lambda.is_finite() && (0.0..=1000.0).contains(&m.guidance_lambda),
+            format!(
+                "models.guidance_lambda must be in [0, 1000] (got {})",
+                m.guidance_lambda
+            ),
+        );
         match ArchSpec::by_name(&m.pretrained_backbone) {
             None => need(
                 false,

@@ -33,6 +33,9 @@ pub struct CropItem {
     pub score: f32,
     /// `<class or type>/<file name>` (the file name alone for flat novel crops), for reports.
     pub id: String,
+    /// The crop's grey-level anomaly map when it guides the model instead of `mask` (soft
+    /// guidance, `crops/maps/`).
+    pub map: Option<PathBuf>,
 }
 
 /// Where the novel crops and their scores are.
@@ -41,18 +44,29 @@ pub struct NovelSource {
     pub images: PathBuf,
     pub masks: PathBuf,
     pub scores: PathBuf,
+    /// The crops' anomaly maps (same file names as the crops), and whether they guide the
+    /// model instead of the masks (`models.guidance: soft`).
+    pub maps: PathBuf,
+    pub use_maps: bool,
 }
 
 impl NovelSource {
-    /// The layout `anomalyncd binarize --out OUT` writes: `OUT/crops/{images,masks}`,
-    /// `OUT/scores.json`.
+    /// The layout `anomalyncd binarize --out OUT` writes: `OUT/crops/{images,masks,maps}`,
+    /// `OUT/scores.json`; the masks guide the model.
     pub fn from_binarize_out(out: &Path) -> Self {
         let crops = out.join("crops");
         Self {
             images: crops.join("images"),
             masks: crops.join("masks"),
             scores: out.join("scores.json"),
+            maps: crops.join("maps"),
+            use_maps: false,
         }
+    }
+
+    /// The same crops guided by their maps (`true`) or masks.
+    pub fn with_maps(self, use_maps: bool) -> Self {
+        Self { use_maps, ..self }
     }
 }
 
@@ -268,6 +282,7 @@ pub fn load_base(base: &Path) -> Result<(Vec<String>, Vec<CropItem>)> {
                 labelled: true,
                 score: 1.0,
                 id: format!("{class}/{file}"),
+                map: None,
             });
         }
     }
@@ -352,8 +367,20 @@ pub fn load_novel(src: &NovelSource, first_label: usize) -> Result<(Vec<String>,
         ));
     }
     let scores = Scores::read(&src.scores)?;
+    if src.use_maps && !src.maps.is_dir() {
+        return Err(Error::input(
+            &src.maps,
+            "no per-crop anomaly maps: models.guidance=soft reads the maps `anomalyncd \
+                 binarize` writes beside the crops (crops/maps/); run binarize again with this \
+                 version, or set models.guidance=hard",
+        ));
+    }
     let mut items = Vec::new();
-    let mut push = |image: PathBuf, mask: PathBuf, kind: Option<(usize, &str)>| -> Result<()> {
+    let mut push = |image: PathBuf,
+                    mask: PathBuf,
+                    map: Option<PathBuf>,
+                    kind: Option<(usize, &str)>|
+     -> Result<()> {
         let file = image
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -366,12 +393,14 @@ pub fn load_novel(src: &NovelSource, first_label: usize) -> Result<(Vec<String>,
             labelled: false,
             score,
             id: kind.map(|k| format!("{}/{file}", k.1)).unwrap_or(file),
+            map,
         });
         Ok(())
     };
     if types.is_empty() {
         for (image, mask) in pair_masks(&src.images, &src.masks, &loose, "the novel crops")? {
-            push(image, mask, None)?;
+            let map = crop_map(src, None, &image)?;
+            push(image, mask, map, None)?;
         }
     }
     for (j, t) in types.iter().enumerate() {
@@ -386,16 +415,36 @@ pub fn load_novel(src: &NovelSource, first_label: usize) -> Result<(Vec<String>,
         for (image, mask) in
             pair_masks(&dir, &src.masks.join(t), &files, &format!("novel type {t}"))?
         {
-            push(image, mask, Some((j, t)))?;
+            let map = crop_map(src, Some(t), &image)?;
+            push(image, mask, map, Some((j, t)))?;
         }
     }
     Ok((types, items))
 }
 
-/// Decodes a crop as RGB and its mask as 0/1 at the image's size. A mask is foreground where it
-/// is at least 128 (0/255 masks), or above 0 when its largest value is 1 (0/1 masks). A mask of
-/// another size is resized to the image with nearest neighbour, as the reference resizes both to
-/// the same side independently.
+/// The map of crop `image` (type folder `kind`) when the maps guide the model: the PNG of the
+/// same name under `src.maps`.
+fn crop_map(src: &NovelSource, kind: Option<&str>, image: &Path) -> Result<Option<PathBuf>> {
+    if !src.use_maps {
+        return Ok(None);
+    }
+    let dir = kind.map_or(src.maps.clone(), |t| src.maps.join(t));
+    let stem = image.file_stem().unwrap_or_default().to_string_lossy();
+    let map = dir.join(format!("{stem}.png"));
+    if !map.is_file() {
+        return Err(Error::input(
+            &map,
+            "missing: models.guidance=soft needs every crop's anomaly map (binarize writes them \
+             under crops/maps/); run binarize again, or set models.guidance=hard",
+        ));
+    }
+    Ok(Some(map))
+}
+
+/// Decodes a crop as RGB and its mask as 0/255 at the image's size. A mask is foreground where it
+/// is at least 128 (0/255 masks), or above 0 when its largest value is 1 (0/1 masks). When the
+/// item has a map, the map is read in the mask's place and keeps its grey levels. A mask of another size is resized to the image with
+/// nearest neighbour, as the reference resizes both to the same side independently.
 pub fn decode_pair(item: &CropItem) -> Result<(RgbImage, GrayImage)> {
     let open = |p: &Path| {
         image::open(p).map_err(|e| {
@@ -408,11 +457,13 @@ pub fn decode_pair(item: &CropItem) -> Result<(RgbImage, GrayImage)> {
         })
     };
     let image = open(&item.image)?.to_rgb8();
-    let mut mask = open(&item.mask)?.to_luma8();
-    let max = mask.pixels().map(|p| p[0]).max().unwrap_or(0);
-    let cut = if max <= 1 { 1 } else { 128 };
-    for p in mask.pixels_mut() {
-        p[0] = u8::from(p[0] >= cut);
+    let mut mask = open(item.map.as_ref().unwrap_or(&item.mask))?.to_luma8();
+    if item.map.is_none() {
+        let max = mask.pixels().map(|p| p[0]).max().unwrap_or(0);
+        let cut = if max <= 1 { 1 } else { 128 };
+        for p in mask.pixels_mut() {
+            p[0] = 255 * u8::from(p[0] >= cut);
+        }
     }
     if mask.dimensions() != image.dimensions() {
         mask = image::imageops::resize(
@@ -448,7 +499,7 @@ mod tests {
         assert_eq!(items.len(), 1);
         assert!(items[0].mask.ends_with("masks/a/x.bmp"));
         let (_, m) = decode_pair(&items[0]).unwrap();
-        assert!(m.pixels().all(|p| p[0] == 1));
+        assert!(m.pixels().all(|p| p[0] == 255));
     }
 
     #[test]
@@ -477,11 +528,23 @@ mod tests {
             labelled: false,
             score: 0.5,
             id: "i".into(),
+            map: None,
         };
         let (i, m) = decode_pair(&item).unwrap();
         assert_eq!(m.dimensions(), i.dimensions());
         assert_eq!(m.get_pixel(0, 0)[0], 0);
-        assert_eq!(m.get_pixel(7, 5)[0], 1);
+        assert_eq!(m.get_pixel(7, 5)[0], 255);
+        // A map keeps its levels.
+        let map = d.path().join("map.png");
+        GrayImage::from_fn(8, 6, |x, _| image::Luma([x as u8 * 30]))
+            .save(&map)
+            .unwrap();
+        let (_, m) = decode_pair(&CropItem {
+            map: Some(map),
+            ..item
+        })
+        .unwrap();
+        assert_eq!((m.get_pixel(0, 0)[0], m.get_pixel(7, 5)[0]), (0, 210));
     }
 
     #[test]

@@ -80,7 +80,8 @@ impl TransformSpec {
     }
 }
 
-/// A crop and its mask resized for the transforms (shorter side `resize_size`); the mask is 0/1.
+/// A crop and its mask resized for the transforms (shorter side `resize_size`); the mask holds
+/// 0..=255 for 0..1 (0/255 for a binary mask, grey levels for a crop's anomaly map).
 /// The resize is the same for every view and epoch, so it is done once and can be cached.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prepared {
@@ -254,7 +255,7 @@ where
 }
 
 /// One training view of a prepared crop: `image_out` gets `3×S×S` normalised values (CHW),
-/// `mask_out` `S×S` values in {0, 1}.
+/// `mask_out` `S×S` values in [0, 1] (the mask's levels / 255).
 pub fn apply_train(
     p: &Prepared,
     params: &TrainParams,
@@ -312,7 +313,7 @@ fn write_mask(mask: &GrayImage, out: &mut [f32]) {
         "mask buffer of the wrong size"
     );
     for (o, &v) in out.iter_mut().zip(mask.as_raw()) {
-        *o = if v > 0 { 1.0 } else { 0.0 };
+        *o = f32::from(v) / 255.0;
     }
 }
 
@@ -330,7 +331,7 @@ mod tests {
     fn coded(side: u32) -> Prepared {
         let image = RgbImage::from_fn(side, side, |x, y| image::Rgb([x as u8, y as u8, 7]));
         let mask = GrayImage::from_fn(side, side, |x, y| {
-            image::Luma([u8::from((x * 7 + y * 3) % 5 == 0 || x < 6)])
+            image::Luma([255 * u8::from((x * 7 + y * 3) % 5 == 0 || x < 6)])
         });
         Prepared { image, mask }
     }
@@ -368,7 +369,7 @@ mod tests {
                 let (sx, sy) = (raw_value(img[i], 0) as u32, raw_value(img[n + i], 1) as u32);
                 assert_eq!(
                     mask[i],
-                    p.mask.get_pixel(sx, sy)[0] as f32,
+                    p.mask.get_pixel(sx, sy)[0] as f32 / 255.0,
                     "pixel {i} from ({sx},{sy})"
                 );
             }
@@ -488,6 +489,6 @@ mod tests {
             (raw_value(img[0], 0) as u32, raw_value(img[n], 1) as u32),
             (k, k)
         );
-        assert_eq!(mask[0], p.mask.get_pixel(k, k)[0] as f32);
+        assert_eq!(mask[0], p.mask.get_pixel(k, k)[0] as f32 / 255.0);
     }
 }

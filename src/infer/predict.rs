@@ -58,7 +58,7 @@ pub fn crop_logits_cached(
         let logits = tch::no_grad(|| -> Result<Vec<Tensor>> {
             let cls = model
                 .backbone
-                .forward_from_hidden(&tokens, &hidden, bank.block())?;
+                .forward_from_guide(&tokens, &hidden, bank.block())?;
             Ok(model.projector.forward(&cls).1)
         })?;
         push_outputs(&logits, chunk, &mut out)?;

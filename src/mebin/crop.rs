@@ -274,6 +274,37 @@ pub fn crop_rgb(img: &RgbImage, b: &CropBox) -> RgbImage {
     RgbImage::from_raw(w, h, data).expect("crop buffer matches its size")
 }
 
+/// The anomaly map inside each box, for soft mask guidance (`crops/maps/`): the map min-max
+/// normalised over the whole image to 0..=255, resized bilinearly to the image's size and cut
+/// as [`crop_gray`] cuts the mask (0 outside the image). The per-image scale is only for
+/// storage: the model normalises each crop's map over its own patches.
+pub fn crop_maps(
+    map: &crate::imageio::GrayMap,
+    image_size: (u32, u32),
+    boxes: &[CropBox],
+) -> Vec<GrayImage> {
+    if boxes.is_empty() {
+        return Vec::new();
+    }
+    let lo = map.pixels.iter().copied().min().unwrap_or(0) as f32;
+    let hi = map.pixels.iter().copied().max().unwrap_or(0) as f32;
+    let span = (hi - lo).max(1.0);
+    let levels: Vec<u8> = map
+        .pixels
+        .iter()
+        .map(|&v| ((v as f32 - lo) / span * 255.0).round() as u8)
+        .collect();
+    let small = GrayImage::from_raw(map.width as u32, map.height as u32, levels)
+        .expect("one level per pixel");
+    let (w, h) = image_size;
+    let full = if (w, h) == small.dimensions() {
+        small
+    } else {
+        image::imageops::resize(&small, w, h, image::imageops::FilterType::Triangle)
+    };
+    boxes.iter().map(|b| crop_gray(&full, b)).collect()
+}
+
 /// Pillow's `crop` of a one-channel image: the rounded box, 0 outside the image.
 pub fn crop_gray(img: &GrayImage, b: &CropBox) -> GrayImage {
     let (data, w, h) = crop_raw(img.as_raw(), img.width(), img.height(), 1, b);

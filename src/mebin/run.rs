@@ -157,11 +157,16 @@ impl BinarizeSummary {
             for name in r.crop_names() {
                 files.push(Path::new("crops/images").join(&r.class_name).join(&name));
                 files.push(Path::new("crops/masks").join(&r.class_name).join(&name));
+                files.push(Path::new("crops/maps").join(&r.class_name).join(&name));
             }
         }
         files
     }
 }
+
+/// What a binarize output holds, for the fingerprints of stages that reuse one: 2 added each
+/// crop's anomaly map (`crops/maps/`).
+pub const OUTPUT_LAYOUT: u32 = 2;
 
 pub const SCORES_FILE: &str = "scores.json";
 pub const SUMMARY_FILE: &str = "mebin.json";
@@ -282,6 +287,8 @@ pub struct MapOutput {
     pub record: MapRecord,
     pub mask: GrayImage,
     pub crops: Crops,
+    /// Each crop's anomaly map (`crops/maps/`, for soft guidance).
+    pub crop_maps: Vec<GrayImage>,
 }
 
 /// MEBin, mask at image size, crops and scores for one map.
@@ -309,6 +316,7 @@ pub fn process_map(
     let mask = mask_at_image_size(&binary, size);
     let crops = crop_by_mask(&picture, &mask, est_anomaly_num, rule);
     let crop_scores = crop_scores(map, range, size, &crops.boxes);
+    let crop_maps = crop::crop_maps(map, size, &crops.boxes);
     let record = MapRecord {
         class_name: item.class_name.clone(),
         stem: item.stem.clone(),
@@ -334,6 +342,7 @@ pub fn process_map(
         record,
         mask,
         crops,
+        crop_maps,
     })
 }
 
@@ -347,11 +356,12 @@ pub fn write_map_output(out: &Path, o: &MapOutput) -> Result<()> {
         ExtendedColorType::L8,
         PngKind::Mask,
     )?;
-    for ((name, img), m) in r
+    for (((name, img), m), cm) in r
         .crop_names()
         .iter()
         .zip(&o.crops.images)
         .zip(&o.crops.masks)
+        .zip(&o.crop_maps)
     {
         let dir = out.join("crops/images").join(&r.class_name);
         write_png(
@@ -368,6 +378,14 @@ pub fn write_map_output(out: &Path, o: &MapOutput) -> Result<()> {
             m.dimensions(),
             ExtendedColorType::L8,
             PngKind::Mask,
+        )?;
+        let dir = out.join("crops/maps").join(&r.class_name);
+        write_png(
+            &dir.join(name),
+            cm.as_raw(),
+            cm.dimensions(),
+            ExtendedColorType::L8,
+            PngKind::Picture,
         )?;
     }
     Ok(())

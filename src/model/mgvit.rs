@@ -5,9 +5,11 @@
 //! `pos_embed`, `blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}.*`, `norm.*`, plus
 //! DINOv2's layer scales `blocks.N.ls1.gamma` / `blocks.N.ls2.gamma`.
 //!
-//! Mask guidance as in the reference: the crop mask is average-pooled by the patch size; in a
-//! mask-guided block the class-token query row gets the score −1e9 for every patch whose pooled
-//! mask is < 0.5 (the class token always sees itself); all other rows attend everywhere.
+//! Mask guidance as in the reference (`Guidance::Hard`): the crop mask is average-pooled by the
+//! patch size; in a mask-guided block the class-token query row gets the score −1e9 for every
+//! patch whose pooled mask is < 0.5 (the class token always sees itself); all other rows attend
+//! everywhere. `Guidance::Soft` biases that row by the crop's anomaly map instead
+//! ([`crate::model::guide`]).
 
 use std::ops::Range;
 
@@ -19,6 +21,7 @@ pub use crate::model::block::{
     AttnImpl, DECAY_GROUP, HIDDEN_SCORE, IGNORED_TENSORS, LN_EPS, MLP_RATIO, NO_DECAY_GROUP,
 };
 use crate::model::block::{Block, LayerNorm, MaskGuide, TRUNC_NORMAL};
+use crate::model::guide::Guidance;
 
 /// Patch embedding, class token and position embedding.
 struct Embed {
@@ -143,6 +146,7 @@ pub struct MgVit {
     low: Option<LowPrecision>,
     attn: AttnImpl,
     thin_fallback: bool,
+    guidance: Guidance,
 }
 
 impl MgVit {
@@ -167,6 +171,7 @@ impl MgVit {
             low: None,
             attn: AttnImpl::Fused,
             thin_fallback: false,
+            guidance: Guidance::Hard,
         })
     }
 
@@ -194,6 +199,16 @@ impl MgVit {
     /// touch to the class token.
     pub fn set_thin_mask_fallback(&mut self, on: bool) {
         self.thin_fallback = on;
+    }
+
+    /// See `models.guidance`: the hard mask (the reference) or a soft bias from the crop's map,
+    /// which the masks given to [`Self::forward`] then carry in [0, 1].
+    pub fn set_guidance(&mut self, guidance: Guidance) {
+        self.guidance = guidance;
+    }
+
+    pub fn guidance(&self) -> Guidance {
+        self.guidance
     }
 
     pub fn set_attention(&mut self, imp: AttnImpl) {
@@ -239,10 +254,15 @@ impl MgVit {
         }
     }
 
-    /// `x [B, 3, H, W]`, `mask [B, 1, H, W]` (1 = anomaly) → class token `[B, D]` (f32).
+    fn guide(&self, mask: &Tensor) -> MaskGuide {
+        MaskGuide::new(mask, self.embed.patch, self.thin_fallback, self.guidance)
+    }
+
+    /// `x [B, 3, H, W]`, `mask [B, 1, H, W]` (1 = anomaly; the crop's map in [0, 1] under soft
+    /// guidance) → class token `[B, D]` (f32).
     pub fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
         self.check(x, mask)?;
-        let guide = MaskGuide::new(mask, self.embed.patch, self.thin_fallback);
+        let guide = self.guide(mask);
         let t = self.embed_tokens(x);
         Ok(self.finish(self.run(t, &guide, 0..self.depth(), true)))
     }
@@ -252,7 +272,7 @@ impl MgVit {
     pub fn tokens_before(&self, x: &Tensor, mask: &Tensor, block_idx: usize) -> Result<Tensor> {
         self.check(x, mask)?;
         self.check_block(block_idx)?;
-        let guide = MaskGuide::new(mask, self.embed.patch, self.thin_fallback);
+        let guide = self.guide(mask);
         Ok(tch::no_grad(|| {
             self.run(self.embed_tokens(x), &guide, 0..block_idx, false)
         }))
@@ -261,25 +281,26 @@ impl MgVit {
     /// Continues [`Self::tokens_before`]: blocks `>= block_idx` and the final norm → class
     /// token `[B, D]` (f32). `mask [B, 1, H, W]` as in `forward`.
     pub fn forward_from(&self, tokens: &Tensor, mask: &Tensor, block_idx: usize) -> Result<Tensor> {
-        self.forward_from_hidden(tokens, &self.token_mask(mask), block_idx)
+        self.forward_from_guide(tokens, &self.token_guide(mask), block_idx)
     }
 
-    /// Which tokens the class token may not see in the mask-guided blocks: `mask [B, 1, H, W]`
-    /// → `[B, 1+N]` bool (true = hidden; the class token never is). Small enough to keep beside
-    /// cached tokens instead of the full-resolution mask.
-    pub fn token_mask(&self, mask: &Tensor) -> Tensor {
-        MaskGuide::new(mask, self.embed.patch, self.thin_fallback).hidden
+    /// How much the class token may see each token in the mask-guided blocks: `mask
+    /// [B, 1, H, W]` → `[B, 1+N]` u8 levels (255: fully, 0: hidden under the hard mask; see
+    /// [`crate::model::guide`]). Small enough to keep beside cached tokens instead of the
+    /// full-resolution mask.
+    pub fn token_guide(&self, mask: &Tensor) -> Tensor {
+        self.guide(mask).level
     }
 
-    /// [`Self::forward_from`] with the mask already reduced by [`Self::token_mask`].
-    pub fn forward_from_hidden(
+    /// [`Self::forward_from`] with the mask already reduced by [`Self::token_guide`].
+    pub fn forward_from_guide(
         &self,
         tokens: &Tensor,
-        hidden: &Tensor,
+        level: &Tensor,
         block_idx: usize,
     ) -> Result<Tensor> {
         self.check_block(block_idx)?;
-        let (ts, gs) = (tokens.size(), hidden.size());
+        let (ts, gs) = (tokens.size(), level.size());
         if ts.len() != 3
             || gs.len() != 2
             || ts[0] != gs[0]
@@ -292,7 +313,8 @@ impl MgVit {
             )));
         }
         let guide = MaskGuide {
-            hidden: hidden.to_kind(Kind::Bool),
+            level: level.to_kind(Kind::Uint8),
+            guidance: self.guidance,
         };
         let t = tokens.shallow_clone();
         Ok(self.finish(self.run(t, &guide, block_idx..self.depth(), true)))
@@ -316,9 +338,7 @@ impl MgVit {
             )));
         }
         let n = (h / self.embed.patch) * (w / self.embed.patch);
-        let guide = MaskGuide {
-            hidden: Tensor::zeros([b, 1 + n], (Kind::Bool, x.device())),
-        };
+        let guide = MaskGuide::open(b, 1 + n, x.device());
         Ok(tch::no_grad(|| {
             let mut t = self.embed_tokens(x);
             let mut out = Vec::with_capacity(taps.len());
@@ -402,6 +422,7 @@ impl MgVit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::guide::Guidance;
 
     fn tiny() -> (nn::VarStore, MgVit) {
         tch::manual_seed(0);
@@ -425,6 +446,45 @@ mod tests {
         let full = m.forward(&x, &ones).unwrap();
         assert!((&full - &plain).abs().max().double_value(&[]) > 1e-3);
         assert_eq!(full.size(), [2, 48]);
+    }
+
+    #[test]
+    fn soft_guidance_spans_the_hard_mask_and_no_mask() {
+        let (_vs, mut m) = tiny();
+        let x = Tensor::randn([2, 3, 32, 32], tch::kind::FLOAT_CPU);
+        // A 0/1 map on the patch grid (patch 8): the top-left 2×2 patches.
+        let map = Tensor::zeros([2, 1, 32, 32], tch::kind::FLOAT_CPU);
+        let _ = map.narrow(2, 0, 16).narrow(3, 0, 16).fill_(1.0);
+        let hard = m.forward(&x, &map).unwrap();
+        let ones = Tensor::ones([2, 1, 32, 32], tch::kind::FLOAT_CPU);
+        let open = m.forward(&x, &ones).unwrap();
+        let diff = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+        m.set_guidance(Guidance::Soft { lambda: 50.0 });
+        // e^-50 of weight on each background patch: the hard mask's token to 1e-5.
+        let soft = m.forward(&x, &map).unwrap();
+        assert!(
+            diff(&soft, &hard) < 1e-5,
+            "λ=50 vs hard: {}",
+            diff(&soft, &hard)
+        );
+        // A uniform map shows every patch: the unguided token.
+        let uniform = Tensor::full([2, 1, 32, 32], 0.4, tch::kind::FLOAT_CPU);
+        let flat = m.forward(&x, &uniform).unwrap();
+        assert!(
+            diff(&flat, &open) < 1e-6,
+            "uniform vs open: {}",
+            diff(&flat, &open)
+        );
+        // A moderate λ lies between: unlike both.
+        m.set_guidance(Guidance::Soft { lambda: 2.0 });
+        let mid = m.forward(&x, &map).unwrap();
+        assert!(diff(&mid, &hard) > 1e-4 && diff(&mid, &open) > 1e-4);
+        // The cached path (levels) gives the direct path's token.
+        for k in 0..=3 {
+            let t = m.tokens_before(&x, &map, k).unwrap();
+            let split = m.forward_from(&t, &map, k).unwrap();
+            assert!(mid.allclose(&split, 1e-6, 1e-6, false), "split at {k}");
+        }
     }
 
     #[test]

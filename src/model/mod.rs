@@ -7,6 +7,7 @@
 pub use crate::config::arch;
 pub(crate) mod block;
 pub mod efficientnet;
+pub mod guide;
 pub mod mgvit;
 pub mod multihead;
 pub(crate) mod pickle;
@@ -21,6 +22,7 @@ use tch::{nn::VarStore, Device, Tensor};
 use crate::config::{Config, Models};
 use crate::error::{Error, Result};
 pub use arch::ArchSpec;
+pub use guide::Guidance;
 pub use mgvit::{AttnImpl, MgVit};
 pub use multihead::{MultiHead, MultiHeadConfig};
 
@@ -57,6 +59,7 @@ impl Model {
             log::info!("loaded {} backbone tensors from {}", r.loaded, p.display());
         }
         backbone.set_thin_mask_fallback(m.thin_mask_fallback);
+        backbone.set_guidance(Guidance::of(m));
         backbone.freeze(m.grad_from_block);
         backbone.set_frozen_kind(
             precision::frozen_kind(m.precision, device),
@@ -82,8 +85,8 @@ impl Model {
 pub trait PrefixTokens {
     /// The block the tokens enter.
     fn block(&self) -> usize;
-    /// The tokens `[B, L, D]` (f32) and the token mask `[B, L]` (bool) of crops `items`, on
-    /// `device`.
+    /// The tokens `[B, L, D]` (f32) and the token guide `[B, L]` (u8 levels,
+    /// [`MgVit::token_guide`]) of crops `items`, on `device`.
     fn plain(&self, items: &[usize], device: Device) -> Result<(Tensor, Tensor)>;
 }
 

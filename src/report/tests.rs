@@ -185,6 +185,7 @@ fn report_files_cover_every_cluster_and_survive_bad_images() {
             labelled: false,
             score: 1.0,
             id: format!("{kind}/{file}"),
+            map: None,
         });
     }
     let names = vec!["a&b".to_string(), "<hole>".to_string()];

@@ -100,7 +100,7 @@ impl Step {
                 tokens,
                 hidden,
                 block,
-            } => model.backbone.forward_from_hidden(
+            } => model.backbone.forward_from_guide(
                 &upload(tokens, dev),
                 &upload(hidden, dev),
                 *block,

@@ -54,8 +54,10 @@ pub fn write_base(root: &Path, classes: &[(&str, usize)], side: u32) {
     }
 }
 
-/// `out/crops/{images,masks}/<type>/<stem>_crop<k>.png` and `out/scores.json`; with `flat` the
-/// crops go straight into `images/` and `masks/` and the scores are `{file: score}`. Crop sides
+/// `out/crops/{images,masks,maps}/<type>/<stem>_crop<k>.png` and `out/scores.json`; with `flat`
+/// the crops go straight into `images/`, `masks/` and `maps/` and the scores are `{file: score}`.
+/// A crop's map is high on its mask and falls off away from the mask's first row (a grey-level
+/// map, as binarize writes them). Crop sides
 /// vary around `side` (some not square), as binarize's crops do.
 pub fn write_novel(out: &Path, types: &[(&str, usize)], side: u32, flat: bool) {
     let mut scores = serde_json::Map::new();
@@ -74,7 +76,12 @@ pub fn write_novel(out: &Path, types: &[(&str, usize)], side: u32, flat: bool) {
                 PathBuf::from(t)
             };
             save(img, &out.join("crops/images").join(&sub).join(&file));
+            let map = GrayImage::from_fn(w, h, |x, y| {
+                let on = mask.get_pixel(x, y)[0] > 0;
+                image::Luma([if on { 230 } else { (40 + (x + y) % 90) as u8 }])
+            });
             save(mask, &out.join("crops/masks").join(&sub).join(&file));
+            save(map, &out.join("crops/maps").join(&sub).join(&file));
             let score = serde_json::json!(0.3 + 0.05 * (k % 10) as f64);
             if flat {
                 scores.insert(file, score);

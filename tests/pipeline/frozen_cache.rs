@@ -109,9 +109,9 @@ fn bank_rows_are_the_frozen_tokens_in_memory_and_on_disk() {
     let src = views(&f, &f.cfg);
     let (v, m) = src.augmented(&pairs).unwrap();
     let want = f.model.backbone.tokens_before(&v, &m, 2).unwrap();
-    let want_hidden = f.model.backbone.token_mask(&m);
+    let want_guide = f.model.backbone.token_guide(&m);
     for bank in [&ram, &disk] {
-        let (tokens, hidden) = bank.gather(&rows, Device::Cpu).unwrap();
+        let (tokens, guide) = bank.gather(&rows, Device::Cpu).unwrap();
         assert_eq!(tokens.kind(), Kind::Float);
         let scale = want.abs().max().double_value(&[]);
         let diff = (&tokens - &want).abs().max().double_value(&[]);
@@ -119,7 +119,7 @@ fn bank_rows_are_the_frozen_tokens_in_memory_and_on_disk() {
             diff <= scale * 1e-3,
             "f16 rounding only: {diff} vs scale {scale}"
         );
-        assert!(hidden.equal(&want_hidden));
+        assert!(guide.equal(&want_guide));
     }
     // The same seed builds the same bank (a resumed run rebuilds it).
     let again = open(&f, &f.cfg, None, None);
@@ -142,15 +142,70 @@ fn class_tokens_of_the_plain_slot_equal_a_full_forward() {
     let items: Vec<usize> = (0..f.set.len()).collect();
     let (v, m) = views(&f, &f.cfg).plain(&items).unwrap();
     let whole = f.model.backbone.forward(&v, &m).unwrap();
-    let (tokens, hidden) = bank.plain(&items, Device::Cpu).unwrap();
+    let (tokens, guide) = bank.plain(&items, Device::Cpu).unwrap();
     let cached = f
         .model
         .backbone
-        .forward_from_hidden(&tokens, &hidden, bank.block())
+        .forward_from_guide(&tokens, &guide, bank.block())
         .unwrap();
     let scale = whole.abs().max().double_value(&[]).max(1.0);
     let diff = (&cached - &whole).abs().max().double_value(&[]);
     assert!(diff <= 1e-5 * scale, "{diff} vs scale {scale}");
+}
+
+/// Soft guidance (`models.guidance: soft`): the crops' maps guide the prefix, the bank keeps
+/// their levels, and the cached path gives the direct forward's class tokens; the hard mask's
+/// bank has another key and other tokens.
+#[test]
+fn soft_guidance_reads_the_maps_and_has_its_own_key() {
+    let f = fixture();
+    let mut cfg = f.cfg.clone();
+    cfg.models.guidance = anomalyncd::config::GuidanceMode::Soft;
+    cfg.models.guidance_lambda = 4.0;
+    let novel = NovelSource::from_binarize_out(&f.root.join("out")).with_maps(true);
+    let set = Arc::new(CropSet::load(Some(&f.root.join("base")), &novel, None).unwrap());
+    assert!(set.items.iter().all(|it| it.labelled == it.map.is_none()));
+    tch::manual_seed(0);
+    let model = Model::new(&cfg, set.num_classes(), None, Device::Cpu).unwrap();
+    let soft = Fixture {
+        _dir: tempfile::tempdir().unwrap(),
+        root: f.root.clone(),
+        set,
+        cfg: cfg.clone(),
+        model,
+    };
+    let bank = open(&soft, &cfg, None, None);
+    let hard = open(&f, &f.cfg, None, None);
+    let key = |cfg: &Config, set: &CropSet| BankKey::new(cfg, set, None, Device::Cpu).unwrap();
+    let (soft_key, hard_key) = (key(&cfg, &soft.set), key(&f.cfg, &f.set));
+    assert_ne!(soft_key.digest(), hard_key.digest());
+    assert_ne!(
+        soft_key.crops, hard_key.crops,
+        "the maps' bytes, not the masks'"
+    );
+    let items: Vec<usize> = soft.set.novel_indices();
+    let (v, m) = views(&soft, &cfg).plain(&items).unwrap();
+    // Maps are grey levels: the guide is not a 0/1 mask.
+    assert!(Vec::<f32>::try_from(m.view([-1]))
+        .unwrap()
+        .iter()
+        .any(|&x| x > 0.0 && x < 1.0));
+    let whole = soft.model.backbone.forward(&v, &m).unwrap();
+    let (tokens, guide) = bank.plain(&items, Device::Cpu).unwrap();
+    let cached = soft
+        .model
+        .backbone
+        .forward_from_guide(&tokens, &guide, bank.block())
+        .unwrap();
+    let scale = whole.abs().max().double_value(&[]).max(1.0);
+    assert!((&cached - &whole).abs().max().double_value(&[]) <= 1e-5 * scale);
+    let (ht, hg) = hard.plain(&items, Device::Cpu).unwrap();
+    let hard_cls = f
+        .model
+        .backbone
+        .forward_from_guide(&ht, &hg, hard.block())
+        .unwrap();
+    assert!((&cached - &hard_cls).abs().max().double_value(&[]) > 1e-4 * scale);
 }
 
 #[test]

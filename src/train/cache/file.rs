@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! "ANCDTOK1"  u64 header length  header (JSON)
-//! hidden of the augmented rows   [N·R, L] u8
-//! hidden of the plain rows       [N, L] u8
+//! guide of the augmented rows    [N·R, L] u8
+//! guide of the plain rows        [N, L] u8
 //! augmented rows                 [N·R, L, D] f16
 //! plain rows                     [N, L, D] f32
 //! "ANCDEND1"
@@ -38,8 +38,8 @@ pub struct Header {
 /// Byte offsets of the sections.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Layout {
-    pub hidden_aug: u64,
-    pub hidden_plain: u64,
+    pub guide_aug: u64,
+    pub guide_plain: u64,
     pub aug: u64,
     pub plain: u64,
     pub end: u64,
@@ -51,16 +51,16 @@ pub struct Layout {
 
 impl Layout {
     pub fn new(header_len: u64, items: u64, views: u64, tokens: u64, dim: u64) -> Self {
-        let hidden_aug = 16 + header_len;
-        let hidden_plain = hidden_aug + items * views * tokens;
-        let aug = hidden_plain + items * tokens;
+        let guide_aug = 16 + header_len;
+        let guide_plain = guide_aug + items * views * tokens;
+        let aug = guide_plain + items * tokens;
         let aug_row = tokens * dim * 2;
         let plain = aug + items * views * aug_row;
         let plain_row = tokens * dim * 4;
         let end = plain + items * plain_row;
         Self {
-            hidden_aug,
-            hidden_plain,
+            guide_aug,
+            guide_plain,
             aug,
             plain,
             end,
@@ -187,12 +187,12 @@ impl Writer {
     /// place. `rename` false keeps it under its temporary name (a cache for this run only).
     pub fn finish(
         self,
-        hidden_aug: &[u8],
-        hidden_plain: &[u8],
+        guide_aug: &[u8],
+        guide_plain: &[u8],
         rename: bool,
     ) -> Result<(File, PathBuf)> {
-        self.at(self.layout.hidden_aug, hidden_aug)?;
-        self.at(self.layout.hidden_plain, hidden_plain)?;
+        self.at(self.layout.guide_aug, guide_aug)?;
+        self.at(self.layout.guide_plain, guide_plain)?;
         self.at(self.layout.end, END)?;
         if !rename {
             return Ok((self.file, self.tmp));

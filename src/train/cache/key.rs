@@ -13,15 +13,16 @@ use crate::digest::Fnv;
 use crate::error::{Error, Result};
 
 /// Bumped when the file layout or the way views and tokens are made changes, so that older
-/// cache files are rebuilt rather than trusted.
-pub const FORMAT_VERSION: u32 = 1;
+/// cache files are rebuilt rather than trusted. 2: token guides are u8 levels (soft guidance),
+/// not hidden flags.
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BankKey {
     pub format: u32,
-    /// Digest of the crops in order: each crop's id and the bytes of its image and mask files
-    /// (the mask is what guides the blocks of the prefix).
+    /// Digest of the crops in order: each crop's id and the bytes of its image and mask (or
+    /// map) files (what guides the blocks of the prefix).
     pub crops: String,
     pub num_crops: usize,
     /// Augmented views per crop (`training.cache_views`), besides the one un-augmented view.
@@ -42,6 +43,8 @@ pub struct BankKey {
     /// The mask guidance inside the prefix.
     pub mask_layers: usize,
     pub thin_mask_fallback: bool,
+    /// `models.guidance` and its λ (`hard`, `soft(λ=8)`).
+    pub guidance: String,
 }
 
 impl BankKey {
@@ -72,6 +75,7 @@ impl BankKey {
             image_size: m.image_size,
             mask_layers: m.mask_layers,
             thin_mask_fallback: m.thin_mask_fallback,
+            guidance: crate::model::Guidance::of(m).describe(),
         })
     }
 
@@ -86,7 +90,8 @@ fn crops_digest(set: &CropSet) -> Result<String> {
     let mut h = Fnv::default();
     for item in &set.items {
         h.update(item.id.as_bytes()).update(&[0]);
-        for path in [&item.image, &item.mask] {
+        // The map, when it guides the prefix instead of the mask.
+        for path in [&item.image, item.map.as_ref().unwrap_or(&item.mask)] {
             let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
             h.update(&(bytes.len() as u64).to_le_bytes()).update(&bytes);
         }
@@ -130,6 +135,7 @@ mod tests {
             image_size: 224,
             mask_layers: 9,
             thin_mask_fallback: true,
+            guidance: "hard".into(),
         }
     }
 
@@ -152,6 +158,7 @@ mod tests {
             |k| k.image_size = 448,
             |k| k.mask_layers = 10,
             |k| k.thin_mask_fallback = false,
+            |k| k.guidance = "soft(λ=8)".into(),
         ];
         // One change per field: a new field must get its line here.
         let fields = serde_json::to_value(&base)
@@ -181,6 +188,7 @@ mod tests {
                 labelled: false,
                 score: 1.0,
                 id: "x/a.png".into(),
+                map: None,
             }],
             base_classes: Vec::new(),
             novel_types: vec!["x".into()],

@@ -86,8 +86,8 @@ pub struct TokenBank {
     /// `[L, D]` of one row.
     row: [i64; 2],
     /// `[N·R, L]` and `[N, L]` bool: tokens hidden from the class token (`MgVit::token_mask`).
-    hidden_aug: Tensor,
-    hidden_plain: Tensor,
+    guide_aug: Tensor,
+    guide_plain: Tensor,
     store: Store,
     origin: BankOrigin,
 }
@@ -164,7 +164,7 @@ impl TokenBank {
             "token cache: {} {} views + 1 plain view of {} crops before block {} ({} prefix), {:.2} GB, {place}, {:.1} s",
             if o.reused { "reused:" } else { "built:" },
             self.views,
-            self.hidden_plain.size()[0],
+            self.guide_plain.size()[0],
             self.block,
             o.precision,
             o.bytes as f64 / 1e9,
@@ -193,15 +193,15 @@ impl TokenBank {
                 .map_err(|e| Error::io(path, e))?;
             Ok(buf)
         };
-        let hidden_aug = Tensor::from_data_size(
-            &read(layout.hidden_aug, (n * r * l) as u64)?,
+        let guide_aug = Tensor::from_data_size(
+            &read(layout.guide_aug, (n * r * l) as u64)?,
             &[n * r, l],
-            Kind::Bool,
+            Kind::Uint8,
         );
-        let hidden_plain = Tensor::from_data_size(
-            &read(layout.hidden_plain, (n * l) as u64)?,
+        let guide_plain = Tensor::from_data_size(
+            &read(layout.guide_plain, (n * l) as u64)?,
             &[n, l],
-            Kind::Bool,
+            Kind::Uint8,
         );
         let rows_bytes = layout.end - layout.aug;
         let fits = Self::budget(opts).is_none_or(|b| rows_bytes <= b);
@@ -229,8 +229,8 @@ impl TokenBank {
             views: r as usize,
             block: header.key.block,
             row: [l, d],
-            hidden_aug,
-            hidden_plain,
+            guide_aug,
+            guide_plain,
             store,
             origin: BankOrigin {
                 path: Some(path.to_path_buf()),
@@ -321,7 +321,7 @@ impl TokenBank {
             let (src, chunks) = (src.clone(), chunks.clone());
             move |c: usize| src.augmented(&chunks[c])
         };
-        let hidden_aug = run.rows(
+        let guide_aug = run.rows(
             chunks.len(),
             make,
             Kind::Half,
@@ -339,7 +339,7 @@ impl TokenBank {
             let (src, items) = (src.clone(), items.clone());
             move |c: usize| src.plain(&items[c])
         };
-        let hidden_plain = run.rows(
+        let guide_plain = run.rows(
             items.len(),
             make,
             Kind::Float,
@@ -354,8 +354,8 @@ impl TokenBank {
             Some(w) => {
                 let layout = w.layout;
                 let (f, path) = w.finish(
-                    &tensor_bytes(&hidden_aug),
-                    &tensor_bytes(&hidden_plain),
+                    &tensor_bytes(&guide_aug),
+                    &tensor_bytes(&guide_plain),
                     persist,
                 )?;
                 Some((f, path, layout))
@@ -377,8 +377,8 @@ impl TokenBank {
             views,
             block,
             row: [l, d],
-            hidden_aug,
-            hidden_plain,
+            guide_aug,
+            guide_plain,
             store,
             origin: BankOrigin {
                 path,
@@ -406,7 +406,7 @@ impl TokenBank {
 
     /// Crops in the bank.
     pub fn len(&self) -> usize {
-        self.hidden_plain.size()[0] as usize
+        self.guide_plain.size()[0] as usize
     }
 
     pub fn is_empty(&self) -> bool {
@@ -442,23 +442,23 @@ impl TokenBank {
 
     /// Augmented rows `rows` → (tokens `[B, L, D]` f32, token mask `[B, L]` bool) on `device`.
     pub fn gather(&self, rows: &[i64], device: Device) -> Result<(Tensor, Tensor)> {
-        let m = self.hidden_aug.size()[0];
-        self.rows(rows, m, &self.hidden_aug, false, device)
+        let m = self.guide_aug.size()[0];
+        self.rows(rows, m, &self.guide_aug, false, device)
     }
 
     /// The plain (test-view) rows of crops `items` → (tokens `[B, L, D]` f32, token mask
-    /// `[B, L]` bool) on `device`: what [`crate::model::MgVit::forward_from_hidden`] continues
+    /// `[B, L]` bool) on `device`: what [`crate::model::MgVit::forward_from_guide`] continues
     /// into the class token of the test view.
     pub fn plain(&self, items: &[usize], device: Device) -> Result<(Tensor, Tensor)> {
         let rows: Vec<i64> = items.iter().map(|&i| i as i64).collect();
-        self.rows(&rows, self.len() as i64, &self.hidden_plain, true, device)
+        self.rows(&rows, self.len() as i64, &self.guide_plain, true, device)
     }
 
     fn rows(
         &self,
         rows: &[i64],
         m: i64,
-        hidden: &Tensor,
+        guide: &Tensor,
         plain: bool,
         device: Device,
     ) -> Result<(Tensor, Tensor)> {
@@ -490,7 +490,7 @@ impl TokenBank {
         };
         Ok((
             crate::device::upload(&tokens, device).to_kind(Kind::Float),
-            crate::device::upload(&hidden.index_select(0, &index), device),
+            crate::device::upload(&guide.index_select(0, &index), device),
         ))
     }
 }
@@ -516,7 +516,7 @@ impl Prefix<'_> {
         ram: Option<&Tensor>,
         section: Option<(u64, u64)>,
     ) -> Result<Tensor> {
-        let mut hidden = Vec::with_capacity(count);
+        let mut guide = Vec::with_capacity(count);
         let mut start = 0i64;
         for batch in crate::data::loader::Prefetch::spawn(count, 1, make) {
             if super::interrupt::requested() {
@@ -538,12 +538,12 @@ impl Prefix<'_> {
             if let (Some(w), Some((offset, row))) = (self.writer, section) {
                 w.at(offset + start as u64 * row, &tensor_bytes(&tokens))?;
             }
-            hidden.push(self.model.backbone.token_mask(&m).to_device(Device::Cpu));
+            guide.push(self.model.backbone.token_guide(&m).to_device(Device::Cpu));
             start += b;
             self.pb.inc(b as u64);
             crate::threads::tick();
         }
-        Ok(Tensor::cat(&hidden, 0).to_kind(Kind::Bool))
+        Ok(Tensor::cat(&guide, 0).to_kind(Kind::Uint8))
     }
 }
 

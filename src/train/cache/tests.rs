@@ -6,8 +6,8 @@ fn bank(views: usize, items: usize) -> TokenBank {
         views,
         block: 0,
         row: [1, 1],
-        hidden_aug: Tensor::zeros([(views * items) as i64, 1], (Kind::Bool, Device::Cpu)),
-        hidden_plain: Tensor::zeros([items as i64, 1], (Kind::Bool, Device::Cpu)),
+        guide_aug: Tensor::zeros([(views * items) as i64, 1], (Kind::Uint8, Device::Cpu)),
+        guide_plain: Tensor::zeros([items as i64, 1], (Kind::Uint8, Device::Cpu)),
         store: Store::Ram {
             aug: Tensor::zeros([(views * items) as i64, 1, 1], (Kind::Half, Device::Cpu)),
             plain: Tensor::zeros([items as i64, 1, 1], (Kind::Float, Device::Cpu)),
