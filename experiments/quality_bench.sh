@@ -24,7 +24,7 @@
 # the first run's). With VIEW_CHECK=1, one more run: the first seed with view seed V+1. A unit whose
 # discover.json exists is skipped; an unfinished one is continued with `discover --resume`; so the
 # bench can be stopped (Ctrl-C) and started again, in another session too. Then per protocol once:
-# `anomalyncd maps-eval` (OUT/<protocol>/maps_eval.json), `scripts/crops_vs_gt.py` on the first run's
+# `anomalyncd maps-eval` (OUT/<protocol>/maps_eval.json), `experiments/crops_vs_gt.py` on the first run's
 # binarize/ (OUT/<protocol>/crops_vs_gt.txt), and, when the binary does not report
 # found.training_free, `anomalyncd baseline --method kmeans` on the same crops with the true K.
 #
@@ -50,7 +50,7 @@
 #   BASE_OUT    an earlier benchmark folder: every protocol takes its maps (and shares its token
 #               caches) from there, so a variant of training alone (EXTRA_SET of training or loss
 #               keys) re-runs only training; its MEBin settings must be the earlier ones'
-#   GT_PYTHON   a Python with numpy and Pillow for scripts/crops_vs_gt.py (default: .venv/bin/python,
+#   GT_PYTHON   a Python with numpy and Pillow for experiments/crops_vs_gt.py (default: .venv/bin/python,
 #               else python3; without one the MEBin mask IoU is left out, with a note)
 # OUT records the settings that change results (EPOCHS, EXTRA_SET, EXTRA_ARGS, CONFIG, VIEW_SEED,
 # SYNTH_ARGS, SHARED); a later invocation with other values is refused (exit 2): use another OUT.
@@ -305,14 +305,14 @@ protocol_extras() {
     if [ ! -s "$pdir/crops_vs_gt.txt" ]; then
       local gp
       if gp=$(gt_python); then
-        if "$gp" "$ROOT/scripts/crops_vs_gt.py" "$first/binarize" "$P_GT" >"$pdir/crops_vs_gt.tmp" 2>&1; then
+        if "$gp" "$ROOT/experiments/crops_vs_gt.py" "$first/binarize" "$P_GT" >"$pdir/crops_vs_gt.tmp" 2>&1; then
           mv "$pdir/crops_vs_gt.tmp" "$pdir/crops_vs_gt.txt"
           say "$proto: $(head -1 "$pdir/crops_vs_gt.txt" | sed "s|^$first/binarize: ||")"
         else
           say "$proto: crops_vs_gt.py FAILED (log $pdir/crops_vs_gt.tmp)"; FAILED+=("$proto:crops_vs_gt")
         fi
       else
-        local note="MEBin mask IoU not computed: no Python with numpy and Pillow for scripts/crops_vs_gt.py (set GT_PYTHON, or pip install numpy pillow into .venv)"
+        local note="MEBin mask IoU not computed: no Python with numpy and Pillow for experiments/crops_vs_gt.py (set GT_PYTHON, or pip install numpy pillow into .venv)"
         say "$proto: $note"
         event event=localisation protocol="$proto" note="$note"
       fi

@@ -13,7 +13,7 @@ CPU model and flags and /proc/loadavg.
 `report` reads OUT/bench_log.jsonl and the run folders OUT/<protocol>/<unit>/ (discover.json,
 train/metrics.json, train/checkpoint.json, <stage>/stage.json, binarize/scores.json), the
 localisation files OUT/<protocol>/maps_eval.json (`anomalyncd maps-eval --out`) and
-OUT/<protocol>/crops_vs_gt.txt (`scripts/crops_vs_gt.py`'s output), and writes OUT/results.md
+OUT/<protocol>/crops_vs_gt.txt (`experiments/crops_vs_gt.py`'s output), and writes OUT/results.md
 (a headline table and one table per protocol) and OUT/results.json. Every field that a version of
 the binary may lack (found.auto_k, found.training_free, found.timing, found.cache) is optional.
 """
@@ -239,7 +239,7 @@ MEBIN_LINE = re.compile(
 
 
 def mebin_iou(path):
-    """MEBin's masks against the ground truth, from `scripts/crops_vs_gt.py`'s first line."""
+    """MEBin's masks against the ground truth, from `experiments/crops_vs_gt.py`'s first line."""
     try:
         text = path.read_text()
     except OSError:
@@ -472,7 +472,7 @@ def protocol_md(p):
                        "images touching", "no interval", "pixel AUROC", "AUPRO"], rows), ""]
     if loc["mebin"]:
         mb = loc["mebin"]
-        out += [f"MEBin's masks against the ground truth (`scripts/crops_vs_gt.py`): mask IoU mean "
+        out += [f"MEBin's masks against the ground truth (`experiments/crops_vs_gt.py`): mask IoU mean "
                 f"{fmt(mb['mask_iou_mean'])}, median {fmt(mb['mask_iou_median'])}; no stable interval "
                 f"{mb['no_interval']}; crops touching a defect {mb['crops_touching']} of {mb['crops']}.", ""]
     for note in loc.get("notes") or []:

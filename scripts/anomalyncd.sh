@@ -71,7 +71,7 @@ else
 fi
 
 
-# # MTD dataset (anomalyncd prepare-mtd converts the original MTD layout; see also scripts/eval_mtd.sh)
+# # MTD dataset (anomalyncd prepare-mtd converts the original MTD layout; see also experiments/eval_mtd.sh)
 # device=auto
 # categories=("MTD")
 # # input data path

@@ -3,7 +3,7 @@
 # at most about 8 minutes on one GPU (an estimate: it has not been timed on one yet; most of it is
 # the MTD runs and building the tests). It runs, on CUDA:
 #
-#   1. the MTD oracle protocol (as scripts/eval_mtd.sh, MAPS=oracle): SD-900 base cropped by
+#   1. the MTD oracle protocol (as experiments/eval_mtd.sh, MAPS=oracle): SD-900 base cropped by
 #      prepare-base, `train` with configs/mtd.yaml, precision auto, EPOCHS epochs, once on the
 #      frozen-prefix cache (training.cache_frozen: true) and once without it, then `test` of each
 #      checkpoint; samples/s (the train log's epoch lines), peak GPU memory (nvidia-smi, sampled

@@ -1,5 +1,5 @@
 //! The shell scripts' own logic: the multi-GPU job queue of `scripts/anomalyncd.sh` with fake
-//! devices and a stub binary (`scripts/queue_selftest.sh`, part 1: concurrency limit, every
+//! devices and a stub binary (`dev/queue_selftest.sh`, part 1: concurrency limit, every
 //! category once, failures named, signals).
 
 use std::path::Path;
@@ -13,7 +13,7 @@ fn the_category_queue_passes_its_self_test() {
         return;
     }
     let o = Command::new("bash")
-        .arg(root.join("scripts/queue_selftest.sh"))
+        .arg(root.join("dev/queue_selftest.sh"))
         .current_dir(root)
         .env_remove("QUEUE_SELFTEST_REAL")
         .output()

@@ -2,8 +2,8 @@
 # Self-test of the category job queue (scripts/lib/queue.sh) as scripts/anomalyncd.sh and
 # scripts/anomalyncd_test.sh use it, on the CPU with fake devices. Run from anywhere, no arguments:
 #
-#   scripts/queue_selftest.sh                          # part 1: a stub binary, ~10 s
-#   QUEUE_SELFTEST_REAL=1 scripts/queue_selftest.sh    # also part 2: the real binary (~1 min of CPU)
+#   dev/queue_selftest.sh                          # part 1: a stub binary, ~10 s
+#   QUEUE_SELFTEST_REAL=1 dev/queue_selftest.sh    # also part 2: the real binary (~1 min of CPU)
 #
 # Part 1 replaces the binary with a stub that sleeps and records when it started and ended, the
 # device it was given, CUDA_VISIBLE_DEVICES and OMP_NUM_THREADS, and checks: with GPUS="cpu cpu"
@@ -126,7 +126,7 @@ echo "# part 1: the queue with a stub binary (categories: $CATS)"
 t0=$(date +%s)
 syntax_ok() {
   local f
-  for f in scripts/anomalyncd.sh scripts/anomalyncd_test.sh scripts/queue_selftest.sh \
+  for f in scripts/anomalyncd.sh scripts/anomalyncd_test.sh dev/queue_selftest.sh \
     scripts/lib/queue.sh scripts/lib/metrics_table.sh scripts/slurm/anomalyncd_array.sbatch \
     scripts/gpu_check.sh; do
     [ -f "$f" ] || continue

@@ -2,7 +2,7 @@
 """Where a trained run loses after MEBin: image-level accuracy of the matched classes, split by
 whether the image's crops touch its ground-truth defect.
 
-    .venv/bin/python scripts/loss_by_crops.py RUN_DIR GROUND_TRUTH_DIR
+    .venv/bin/python experiments/loss_by_crops.py RUN_DIR GROUND_TRUTH_DIR
 
 RUN_DIR is a `train`, `test` or `baseline` output (predictions.csv; binarize/mebin.json, or
 pass the binarize folder as BINARIZE=DIR). For each image: correct when its cluster's matched

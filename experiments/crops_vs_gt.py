@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where a run loses before training: MEBin's masks and crop boxes against the ground-truth masks.
 
-    .venv/bin/python scripts/crops_vs_gt.py BINARIZE_OUT GROUND_TRUTH_DIR
+    .venv/bin/python experiments/crops_vs_gt.py BINARIZE_OUT GROUND_TRUTH_DIR
 
 BINARIZE_OUT is a `binarize` output (or a run's `binarize/` folder: mebin.json + binary/);
 GROUND_TRUTH_DIR holds <type>/<stem>.png masks. Prints the mean and median IoU of the binary

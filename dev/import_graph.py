@@ -2,8 +2,8 @@
 """The import graph of src/: which module names which (`crate::a::b`, `super::x`, `use` lists),
 at the depth of modules (files and folders), and every cycle between them.
 
-    python3 scripts/import_graph.py            # edges, then cycles (exit 1 when any)
-    python3 scripts/import_graph.py --depth 1  # top-level modules only
+    python3 dev/import_graph.py            # edges, then cycles (exit 1 when any)
+    python3 dev/import_graph.py --depth 1  # top-level modules only
 
 A module is a file's path under src/ without `.rs` / `mod.rs` (src/mebin/run.rs -> mebin::run);
 `lib.rs` and `main.rs` are the roots and are left out. Edges are drawn between modules at

@@ -5,11 +5,11 @@
 # backbone every step, as the reference does). Prints image-level NMI / ARI / F1, the wall time of
 # each run, and writes outputs/cache_cost/metrics.csv.
 #
-#   ./scripts/cache_cost.sh               # 50 epochs each: uncached is about 2 h on 2 idle CPU cores
-#                                         # (793 two-view samples per epoch at ~6 samples/s)
-#   EPOCHS=12 ./scripts/cache_cost.sh     # equal fewer epochs for both (uncached: ~26 min idle)
-#   CACHED=false ...                      # only the uncached run (default "true false": both)
-#   THREADS=1 ...                         # passed as --threads (two runs side by side on 2 cores)
+#   ./experiments/cache_cost.sh               # 50 epochs each: uncached is about 2 h on 2 idle CPU cores
+#                                             # (793 two-view samples per epoch at ~6 samples/s)
+#   EPOCHS=12 ./experiments/cache_cost.sh     # equal fewer epochs for both (uncached: ~26 min idle)
+#   CACHED=false ...                          # only the uncached run (default "true false": both)
+#   THREADS=1 ...                             # passed as --threads (two runs side by side on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=target/release/anomalyncd

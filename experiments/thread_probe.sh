@@ -4,7 +4,7 @@
 # printing its idle rates and its rates beside one busy single-threaded process in the same run. Run on an otherwise idle
 # machine (check `uptime`).
 #
-#   ./scripts/thread_probe.sh
+#   ./experiments/thread_probe.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export LIBTORCH_USE_PYTORCH=1 PATH="$(pwd)/.venv/bin:$PATH"

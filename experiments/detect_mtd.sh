@@ -5,8 +5,8 @@
 # (argmax in defect, best-threshold IoU, MEBin crops touching a defect, pixel AUROC / AUPRO);
 # then the same zero-shot (no normal images). Each detect runs under /usr/bin/time -v.
 #
-#   scripts/detect_mtd.sh [WORK_DIR] [extra detect flags…]     (WORK_DIR default outputs/mtd_detect)
-#   MODES="fit" scripts/detect_mtd.sh …                          (only the fitted detector; "zero-shot" only the other)
+#   experiments/detect_mtd.sh [WORK_DIR] [extra detect flags…]     (WORK_DIR default outputs/mtd_detect)
+#   MODES="fit" experiments/detect_mtd.sh …                          (only the fitted detector; "zero-shot" only the other)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${BIN:-target/release/anomalyncd}"

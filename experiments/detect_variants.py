@@ -7,8 +7,8 @@ tapped block through the final LayerNorm; cached as a torch file), then scores f
 (which blocks, a k x k neighbourhood mean or none, bank size, zero-shot) with cosine 1-NN and
 prints the share of maps whose maximum lies in the mask dilated by 2 % of the image side.
 
-    .venv/bin/python scripts/detect_variants.py extract CACHE_DIR [N_NORMALS]
-    .venv/bin/python scripts/detect_variants.py score CACHE_DIR '[{"taps":[6,9,12],"agg":1,"ntrain":100,"sub":0.3}]'
+    .venv/bin/python experiments/detect_variants.py extract CACHE_DIR [N_NORMALS]
+    .venv/bin/python experiments/detect_variants.py score CACHE_DIR '[{"taps":[6,9,12],"agg":1,"ntrain":100,"sub":0.3}]'
 
 Needs torch (the project's .venv), numpy, scipy, pillow, safetensors, data/weights (setup.sh)
 and ../shared/data/mtd.

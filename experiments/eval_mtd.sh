@@ -4,11 +4,11 @@
 # (b) the built-in detector (DINOv2 ViT-S/14) fitted on MTD's normal tiles, or (c) zero-shot. Prints and saves the
 # image-level NMI / ARI / F1 of each (outputs/eval_mtd/metrics.csv) and the time of each stage.
 #
-#   ./scripts/eval_mtd.sh                 # both map sources
-#   MAPS=oracle ./scripts/eval_mtd.sh     # only the oracle maps (MAPS=detector: only the detector;
-#                                         # MAPS=zero-shot: the detector without normal images)
-#   DETECTOR_MAPS=DIR / ZERO_SHOT_MAPS=DIR  # reuse maps an earlier `detect` wrote
-#   AUTO_TRAIN=1 ./scripts/eval_mtd.sh    # also train with --num-classes auto (when it picks K != 5)
+#   ./experiments/eval_mtd.sh                 # both map sources
+#   MAPS=oracle ./experiments/eval_mtd.sh     # only the oracle maps (MAPS=detector: only the detector;
+#                                             # MAPS=zero-shot: the detector without normal images)
+#   DETECTOR_MAPS=DIR / ZERO_SHOT_MAPS=DIR    # reuse maps an earlier `detect` wrote
+#   AUTO_TRAIN=1 ./experiments/eval_mtd.sh    # also train with --num-classes auto (when it picks K != 5)
 #
 # After each training run, the k-means baseline clusters the same crops with the pretrained
 # backbone (K = 5, and K estimated by --num-classes auto), to show what training adds.
