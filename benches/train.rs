@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use anomalyncd::config::{Config, Precision};
 use anomalyncd::data::*;
-use anomalyncd::model::precision::cpu_has_fast_bf16;
+use anomalyncd::model::precision::cpu_bf16_is_faster;
 use anomalyncd::model::Model;
 use anomalyncd::train::cache::{BankKey, BankOptions, TokenBank};
 use anomalyncd::train::losses::Criterion;
@@ -156,11 +156,11 @@ fn main() {
     )
     .expect("loader");
     println!(
-        "training step, ViT-S/14 at 224, batch 32 x 2 views, grad_from_block {}, {} crops, {} threads ({threads:?}), native bf16: {}, weights: {}",
+        "training step, ViT-S/14 at 224, batch 32 x 2 views, grad_from_block {}, {} crops, {} threads ({threads:?}), auto picks bf16: {}, weights: {}",
         cfg.models.grad_from_block,
         set.len(),
         tch::get_num_threads(),
-        cpu_has_fast_bf16(),
+        cpu_bf16_is_faster(),
         if weights.is_some() { "dinov2_vits14" } else { "random" }
     );
     let mut cases = Vec::new();
@@ -168,8 +168,8 @@ fn main() {
     cases.push(Case::new("uncached, fp32", rate, peak));
     let uncached = rate;
     if bf16 != "skip" {
-        // Without native bf16 units libtorch's bf16 matmul is several times slower: one step.
-        let n = if cpu_has_fast_bf16() || bf16 == "full" {
+        // Where bf16 is not faster it can be several times slower (no native units): one step.
+        let n = if cpu_bf16_is_faster() || bf16 == "full" {
             steps
         } else {
             1

@@ -52,6 +52,21 @@ pub fn save_image_atomic(img: &image::DynamicImage, path: &Path) -> Result<()> {
     atomic_write(path, buf.get_ref())
 }
 
+/// The per-user cache folder for what the tool learns about a machine (e.g. the `precision:
+/// auto` decision): `ANOMALYNCD_CACHE_DIR`, else `$XDG_CACHE_HOME/anomalyncd`, else
+/// `$HOME/.cache/anomalyncd`; None when none of them is set.
+pub fn user_cache_dir() -> Option<PathBuf> {
+    cache_dir_from(|k| std::env::var_os(k))
+}
+
+fn cache_dir_from(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<PathBuf> {
+    // Empty or relative values are ignored, as the XDG spec asks for its variables.
+    let set = |k: &str| var(k).map(PathBuf::from).filter(|p| p.is_absolute());
+    set("ANOMALYNCD_CACHE_DIR")
+        .or_else(|| set("XDG_CACHE_HOME").map(|p| p.join("anomalyncd")))
+        .or_else(|| set("HOME").map(|p| p.join(".cache").join("anomalyncd")))
+}
+
 /// Absolute, symlink-resolved form of a path that may not exist yet (its deepest existing
 /// ancestor is canonicalised).
 pub fn absolute(path: &Path) -> PathBuf {
@@ -255,6 +270,31 @@ pub fn prepare_output_dir(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cache_folder_follows_the_variables_in_order() {
+        let env = |vars: &[(&str, &str)]| {
+            cache_dir_from(move |k| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| std::ffi::OsString::from(v))
+            })
+        };
+        let all: [(&str, &str); 3] = [
+            ("ANOMALYNCD_CACHE_DIR", "/a"),
+            ("XDG_CACHE_HOME", "/x"),
+            ("HOME", "/h"),
+        ];
+        assert_eq!(env(&all), Some(PathBuf::from("/a")));
+        assert_eq!(env(&all[1..]), Some(PathBuf::from("/x/anomalyncd")));
+        assert_eq!(env(&all[2..]), Some(PathBuf::from("/h/.cache/anomalyncd")));
+        assert_eq!(
+            env(&[("XDG_CACHE_HOME", ""), ("HOME", "/h")]),
+            Some(PathBuf::from("/h/.cache/anomalyncd"))
+        );
+        assert_eq!(env(&[("ANOMALYNCD_CACHE_DIR", "rel")]), None);
+        assert_eq!(env(&[]), None);
+    }
 
     #[test]
     fn atomic_write_replaces_whole_file() {

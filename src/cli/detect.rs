@@ -63,8 +63,9 @@ pub struct DetectArgs {
     /// EfficientNet stages whose outputs form the patch features (0-based; 2 = stride 8, 4 = stride 16).
     #[arg(long, value_delimiter = ',', default_values_t = detect::DEFAULT_STAGES)]
     pub stages: Vec<usize>,
-    /// The ViT's precision: auto (bf16 on CUDA or a CPU with AMX-BF16), fp32, bf16. The
-    /// similarities are fp32 always.
+    /// The ViT's precision: auto (bf16 on CUDA, and on a CPU whose bf16 GEMMs timed at least
+    /// 1.3x faster than fp32's; timed once per machine), fp32, bf16. The similarities are fp32
+    /// always.
     #[arg(long, default_value = "auto", value_parser = ["auto", "fp32", "bf16"])]
     pub precision: String,
     /// Fraction of the pooled normal patches kept in the memory bank (greedy k-center coreset).

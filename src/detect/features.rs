@@ -155,7 +155,7 @@ impl FeatureExtractor {
 
     /// A DINOv2-style ViT of shape `arch` whose patch tokens after `blocks` (block numbers in
     /// `1..=depth`, ascending) are averaged; `weights` as for [`Self::efficientnet`]; the blocks
-    /// run in `kind` (bf16 where the CPU has fast bf16; the similarities are always f32).
+    /// run in `kind` (bf16 where it is measurably faster; the similarities are always f32).
     pub fn vit(
         arch: &ArchSpec,
         blocks: &[usize],

@@ -4,6 +4,7 @@
 //! scripts/prepare_weights.sh; skipped with a message when absent) the spots must be found.
 
 mod maps_eval;
+mod precision;
 
 use std::path::{Path, PathBuf};
 

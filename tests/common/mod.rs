@@ -20,11 +20,17 @@ pub fn shared() -> Option<PathBuf> {
 
 /// The binary under test, with a fixed thread count (`ANOMALYNCD_THREADS`, the cores): the
 /// tests compare runs bit for bit, and `--threads auto` would follow the load of the tests
-/// running beside them. A test of the thread setting passes `--threads`, which wins.
+/// running beside them. A test of the thread setting passes `--threads`, which wins. The
+/// cache folder (the stored `precision: auto` decision) lies under the build folder, shared by
+/// the tests and never the user's own.
 pub fn bin() -> Command {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut c = Command::new(env!("CARGO_BIN_EXE_anomalyncd"));
     c.env("ANOMALYNCD_THREADS", cores.to_string());
+    c.env(
+        "ANOMALYNCD_CACHE_DIR",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("machine-cache"),
+    );
     c
 }
 
