@@ -95,9 +95,10 @@ pub struct Models {
     /// instead of none. Off (the reference's behaviour) unless set.
     pub thin_mask_fallback: bool,
     /// Ours: `hard` (the reference: patches outside the binary crop mask are hidden from the
-    /// class token) or `soft` (the class token's logits are biased by the crop's anomaly map,
+    /// class token), `soft` (the class token's logits are biased by the crop's anomaly map,
     /// `guidance_lambda · (m − 1)`, `m` the map min-max normalised over the crop's patches;
-    /// `binarize` writes the maps under `crops/maps/`).
+    /// `binarize` writes the maps under `crops/maps/`) or `soft_masked` (the same with the map
+    /// set to 0 outside the crop's binary mask).
     pub guidance: GuidanceMode,
     /// Ours: λ of soft guidance: how many logits the crop's least anomalous patch is put below
     /// its most anomalous one.
@@ -109,6 +110,15 @@ pub struct Models {
 pub enum GuidanceMode {
     Hard,
     Soft,
+    #[serde(rename = "soft_masked")]
+    SoftMasked,
+}
+
+impl GuidanceMode {
+    /// Whether the crops' maps guide the model (they must then exist beside the crops).
+    pub fn uses_maps(self) -> bool {
+        self != GuidanceMode::Hard
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

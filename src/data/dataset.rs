@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use image::{GrayImage, RgbImage};
 
+use crate::config::GuidanceMode;
 use crate::error::{Error, Result};
 
 use crate::imageio::IMAGE_EXTENSIONS;
@@ -36,6 +37,8 @@ pub struct CropItem {
     /// The crop's grey-level anomaly map when it guides the model instead of `mask` (soft
     /// guidance, `crops/maps/`).
     pub map: Option<PathBuf>,
+    /// The map counts only inside `mask` (0 outside; `models.guidance: soft_masked`).
+    pub map_within_mask: bool,
 }
 
 /// Where the novel crops and their scores are.
@@ -44,10 +47,10 @@ pub struct NovelSource {
     pub images: PathBuf,
     pub masks: PathBuf,
     pub scores: PathBuf,
-    /// The crops' anomaly maps (same file names as the crops), and whether they guide the
-    /// model instead of the masks (`models.guidance: soft`).
+    /// The crops' anomaly maps (same file names as the crops), and how the crops guide the
+    /// model (`models.guidance`: the masks, or the maps).
     pub maps: PathBuf,
-    pub use_maps: bool,
+    pub guidance: GuidanceMode,
 }
 
 impl NovelSource {
@@ -60,13 +63,13 @@ impl NovelSource {
             masks: crops.join("masks"),
             scores: out.join("scores.json"),
             maps: crops.join("maps"),
-            use_maps: false,
+            guidance: GuidanceMode::Hard,
         }
     }
 
-    /// The same crops guided by their maps (`true`) or masks.
-    pub fn with_maps(self, use_maps: bool) -> Self {
-        Self { use_maps, ..self }
+    /// The same crops guided as `models.guidance` says.
+    pub fn with_guidance(self, guidance: GuidanceMode) -> Self {
+        Self { guidance, ..self }
     }
 }
 
@@ -283,6 +286,7 @@ pub fn load_base(base: &Path) -> Result<(Vec<String>, Vec<CropItem>)> {
                 score: 1.0,
                 id: format!("{class}/{file}"),
                 map: None,
+                map_within_mask: false,
             });
         }
     }
@@ -367,7 +371,7 @@ pub fn load_novel(src: &NovelSource, first_label: usize) -> Result<(Vec<String>,
         ));
     }
     let scores = Scores::read(&src.scores)?;
-    if src.use_maps && !src.maps.is_dir() {
+    if src.guidance.uses_maps() && !src.maps.is_dir() {
         return Err(Error::input(
             &src.maps,
             "no per-crop anomaly maps: models.guidance=soft reads the maps `anomalyncd \
@@ -394,6 +398,7 @@ pub fn load_novel(src: &NovelSource, first_label: usize) -> Result<(Vec<String>,
             score,
             id: kind.map(|k| format!("{}/{file}", k.1)).unwrap_or(file),
             map,
+            map_within_mask: src.guidance == GuidanceMode::SoftMasked,
         });
         Ok(())
     };
@@ -425,7 +430,7 @@ pub fn load_novel(src: &NovelSource, first_label: usize) -> Result<(Vec<String>,
 /// The map of crop `image` (type folder `kind`) when the maps guide the model: the PNG of the
 /// same name under `src.maps`.
 fn crop_map(src: &NovelSource, kind: Option<&str>, image: &Path) -> Result<Option<PathBuf>> {
-    if !src.use_maps {
+    if !src.guidance.uses_maps() {
         return Ok(None);
     }
     let dir = kind.map_or(src.maps.clone(), |t| src.maps.join(t));
@@ -457,14 +462,37 @@ pub fn decode_pair(item: &CropItem) -> Result<(RgbImage, GrayImage)> {
         })
     };
     let image = open(&item.image)?.to_rgb8();
-    let mut mask = open(item.map.as_ref().unwrap_or(&item.mask))?.to_luma8();
-    if item.map.is_none() {
+    let binary = |mut mask: GrayImage| {
         let max = mask.pixels().map(|p| p[0]).max().unwrap_or(0);
         let cut = if max <= 1 { 1 } else { 128 };
         for p in mask.pixels_mut() {
             p[0] = 255 * u8::from(p[0] >= cut);
         }
-    }
+        mask
+    };
+    let mut mask = match &item.map {
+        None => binary(open(&item.mask)?.to_luma8()),
+        Some(map) => {
+            let mut map = open(map)?.to_luma8();
+            if item.map_within_mask {
+                let mut m = binary(open(&item.mask)?.to_luma8());
+                if m.dimensions() != map.dimensions() {
+                    m = image::imageops::resize(
+                        &m,
+                        map.width(),
+                        map.height(),
+                        image::imageops::FilterType::Nearest,
+                    );
+                }
+                for (v, k) in map.pixels_mut().zip(m.pixels()) {
+                    if k[0] == 0 {
+                        v[0] = 0;
+                    }
+                }
+            }
+            map
+        }
+    };
     if mask.dimensions() != image.dimensions() {
         mask = image::imageops::resize(
             &mask,
@@ -529,6 +557,7 @@ mod tests {
             score: 0.5,
             id: "i".into(),
             map: None,
+            map_within_mask: false,
         };
         let (i, m) = decode_pair(&item).unwrap();
         assert_eq!(m.dimensions(), i.dimensions());
@@ -540,11 +569,20 @@ mod tests {
             .save(&map)
             .unwrap();
         let (_, m) = decode_pair(&CropItem {
-            map: Some(map),
-            ..item
+            map: Some(map.clone()),
+            ..item.clone()
         })
         .unwrap();
         assert_eq!((m.get_pixel(0, 0)[0], m.get_pixel(7, 5)[0]), (0, 210));
+        assert_eq!(m.get_pixel(2, 0)[0], 60);
+        // Within the mask (on for x >= 4 at this size): 0 elsewhere.
+        let (_, m) = decode_pair(&CropItem {
+            map: Some(map),
+            map_within_mask: true,
+            ..item
+        })
+        .unwrap();
+        assert_eq!((m.get_pixel(2, 0)[0], m.get_pixel(7, 5)[0]), (0, 210));
     }
 
     #[test]

@@ -47,8 +47,8 @@ pub fn load(path: &Path, device: Device) -> Result<Trained> {
 /// folders when there are any, as a crop set with the checkpoint's classes.
 pub fn novel_set(meta: &CheckpointMeta, binarize_out: &Path) -> Result<CropSet> {
     let nb = meta.base_classes.len();
-    let soft = meta.config.models.guidance == crate::config::GuidanceMode::Soft;
-    let src = NovelSource::from_binarize_out(binarize_out).with_maps(soft);
+    let src =
+        NovelSource::from_binarize_out(binarize_out).with_guidance(meta.config.models.guidance);
     let (novel_types, items) = load_novel(&src, nb)?;
     Ok(CropSet {
         items,

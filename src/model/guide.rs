@@ -35,9 +35,11 @@ impl Guidance {
     pub fn of(m: &crate::config::Models) -> Guidance {
         match m.guidance {
             crate::config::GuidanceMode::Hard => Guidance::Hard,
-            crate::config::GuidanceMode::Soft => Guidance::Soft {
-                lambda: m.guidance_lambda,
-            },
+            crate::config::GuidanceMode::Soft | crate::config::GuidanceMode::SoftMasked => {
+                Guidance::Soft {
+                    lambda: m.guidance_lambda,
+                }
+            }
         }
     }
 

@@ -77,8 +77,7 @@ pub fn run(spec: &BaselineSpec) -> Result<BaselineOutcome> {
     let data = spec
         .crops
         .resolve(&spec.out, &cfg.binarization, range, spec.overwrite)?;
-    let novel = NovelSource::from_binarize_out(&data)
-        .with_maps(cfg.models.guidance == crate::config::GuidanceMode::Soft);
+    let novel = NovelSource::from_binarize_out(&data).with_guidance(cfg.models.guidance);
     let k = fixed_k(spec, &novel)?;
     // The set is built with the K it will be clustered into; with `auto`, the K estimate only
     // needs the crops, and the model's head size (base + 1 here) does not touch the tokens.

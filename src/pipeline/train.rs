@@ -13,7 +13,7 @@ use crate::checkpoint::{self, CheckpointMeta, CHECKPOINT_FILE};
 use crate::cluster::{
     estimate, estimate_k, fit, set_tokens, KEstimate, KMeansOptions, NumClasses, SetTokens,
 };
-use crate::config::{Config, GuidanceMode};
+use crate::config::Config;
 use crate::data::{
     CropCache, CropSet, EvalLoader, LoaderOptions, NovelSource, TrainLoader, TransformSpec,
     ViewSource,
@@ -165,8 +165,8 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
     if let Some(w) = &weights {
         cfg.models.backbone_weights = Some(w.clone());
     }
-    let novel = NovelSource::from_binarize_out(&spec.binarize_out)
-        .with_maps(cfg.models.guidance == GuidanceMode::Soft);
+    let novel =
+        NovelSource::from_binarize_out(&spec.binarize_out).with_guidance(cfg.models.guidance);
     let estimate_needed = spec.num_classes == NumClasses::Auto && resume.is_none();
     // With `auto` the set is first loaded with one cluster: the crops, their views and tokens
     // do not depend on K, and the set is loaded again with the estimated K before training.

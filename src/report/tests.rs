@@ -186,6 +186,7 @@ fn report_files_cover_every_cluster_and_survive_bad_images() {
             score: 1.0,
             id: format!("{kind}/{file}"),
             map: None,
+            map_within_mask: false,
         });
     }
     let names = vec!["a&b".to_string(), "<hole>".to_string()];

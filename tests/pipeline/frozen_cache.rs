@@ -162,7 +162,8 @@ fn soft_guidance_reads_the_maps_and_has_its_own_key() {
     let mut cfg = f.cfg.clone();
     cfg.models.guidance = anomalyncd::config::GuidanceMode::Soft;
     cfg.models.guidance_lambda = 4.0;
-    let novel = NovelSource::from_binarize_out(&f.root.join("out")).with_maps(true);
+    let novel = NovelSource::from_binarize_out(&f.root.join("out"))
+        .with_guidance(anomalyncd::config::GuidanceMode::Soft);
     let set = Arc::new(CropSet::load(Some(&f.root.join("base")), &novel, None).unwrap());
     assert!(set.items.iter().all(|it| it.labelled == it.map.is_none()));
     tch::manual_seed(0);

@@ -75,7 +75,12 @@ impl BankKey {
             image_size: m.image_size,
             mask_layers: m.mask_layers,
             thin_mask_fallback: m.thin_mask_fallback,
-            guidance: crate::model::Guidance::of(m).describe(),
+            guidance: match m.guidance {
+                crate::config::GuidanceMode::SoftMasked => {
+                    format!("masked {}", crate::model::Guidance::of(m).describe())
+                }
+                _ => crate::model::Guidance::of(m).describe(),
+            },
         })
     }
 
@@ -189,6 +194,7 @@ mod tests {
                 score: 1.0,
                 id: "x/a.png".into(),
                 map: None,
+                map_within_mask: false,
             }],
             base_classes: Vec::new(),
             novel_types: vec!["x".into()],
