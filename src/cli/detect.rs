@@ -82,6 +82,10 @@ pub struct DetectArgs {
     /// scale) is then a floor for MEBin (`binarize --min-threshold`). 0: off.
     #[arg(long, default_value_t = 0.0, value_name = "FRACTION")]
     pub holdout_normals: f64,
+    /// The maps' Gaussian blur: sigma at a map side of 256, scaled with the map (PatchCore's
+    /// 4; 0: none).
+    #[arg(long, default_value_t = 4.0, value_name = "SIGMA")]
+    pub blur: f64,
     /// EfficientNet stages whose outputs form the patch features (0-based; 2 = stride 8, 4 = stride 16).
     #[arg(long, value_delimiter = ',', default_values_t = detect::DEFAULT_STAGES)]
     pub stages: Vec<usize>,
@@ -149,6 +153,7 @@ pub fn run(a: &DetectArgs, ctx: &Ctx) -> anyhow::Result<()> {
         aggregate_sizes: a.aggregate_sizes.clone(),
         fuse_mutual: a.fuse_mutual,
         holdout: a.holdout_normals,
+        blur: a.blur,
         precision,
         coreset: a.coreset,
         max_patches: a.max_patches,

@@ -91,6 +91,12 @@ fn check_variants(s: &DetectSpec) -> Result<()> {
             "--holdout-normals holds normal images out of the memory bank: give --train, not --zero-shot",
         ));
     }
+    if !(0.0..=32.0).contains(&s.blur) {
+        return Err(Error::usage(format!(
+            "--blur {}: give the maps' Gaussian sigma at a side of 256 in [0, 32] (0: none, default 4)",
+            s.blur
+        )));
+    }
     if s.aggregate.is_some() && !s.aggregate_sizes.is_empty() {
         return Err(Error::usage(
             "give either --aggregate K or --aggregate-sizes K1,K2,..., not both",
@@ -217,7 +223,9 @@ mod tests {
         };
         assert!(check_spec(&spec()).is_ok());
         type Change = fn(&mut DetectSpec);
-        let bad: [Change; 6] = [
+        let bad: [Change; 8] = [
+            |s| s.blur = -1.0,
+            |s| s.blur = f64::NAN,
             |s| s.fuse_mutual = 1.5,
             |s| s.fuse_mutual = -0.1,
             |s| {

@@ -116,6 +116,8 @@ pub(crate) struct Inputs {
     pub resize: Resize,
     pub batch_size: usize,
     pub seed: u64,
+    /// The maps' Gaussian blur: sigma at a side of 256.
+    pub blur: f64,
 }
 
 /// The pool of normal patches, then its greedy k-center coreset: `(bank, pool size)`. The

@@ -62,6 +62,9 @@ pub struct DetectSpec {
     /// The fraction of the normal images kept out of the memory bank and scored as held-out
     /// normals: `detect.json` then gives MEBin's floor (`normal_floor`). 0: off.
     pub holdout: f64,
+    /// The maps' Gaussian blur: sigma at a map side of 256, scaled with the map (PatchCore's 4;
+    /// 0: none).
+    pub blur: f64,
     /// The ViT blocks' precision (the similarities are f32 regardless).
     pub precision: Precision,
     pub coreset: f64,
@@ -117,6 +120,7 @@ impl DetectSpec {
             aggregate_sizes: Vec::new(),
             fuse_mutual: 0.0,
             holdout: 0.0,
+            blur: maps::SIGMA,
             precision: Precision::Auto,
             coreset: DEFAULT_CORESET,
             max_patches: DEFAULT_MAX_PATCHES,
@@ -174,6 +178,9 @@ pub struct DetectReport {
     /// The fraction of the normal images held out of the bank.
     #[serde(default)]
     pub holdout: f64,
+    /// The maps' blur (sigma at a side of 256).
+    #[serde(default = "default_blur")]
+    pub blur: f64,
     /// The ViT blocks' precision as run (`float` or `bfloat16`).
     pub precision: String,
     pub feature_dim: i64,
@@ -352,6 +359,7 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
         resize: spec.resize,
         batch_size: spec.batch_size,
         seed: spec.seed,
+        blur: spec.blur,
     };
     let test_paths: Vec<&Path> = test.iter().map(|f| f.path.as_path()).collect();
     let mut seconds = HashMap::new();
@@ -413,6 +421,10 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
         mutual.as_ref().map(|m| (m, spec.fuse_mutual)),
         &test_paths,
         &held,
+        &test
+            .iter()
+            .map(|f| spec.write_good_maps || !is_normal(f))
+            .collect::<Vec<_>>(),
         inp,
         &spec.out,
     )?;
@@ -480,6 +492,7 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
         aggregate_sizes: spec.aggregate_sizes.clone(),
         fuse_mutual: spec.fuse_mutual,
         holdout: spec.holdout,
+        blur: spec.blur,
         precision: kind_name(fx.kind()),
         feature_dim: fx.dim(),
         coreset_fraction: spec.coreset,
@@ -504,6 +517,10 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
         crate::mebin::run::remove_stale(&spec.out, &prev.output_files, &report.output_files);
     }
     Ok(report)
+}
+
+fn default_blur() -> f64 {
+    maps::SIGMA
 }
 
 /// `float`, `bfloat16`: a kind as `detect.json` writes it.

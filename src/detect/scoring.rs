@@ -28,8 +28,8 @@ use crate::error::{Error, Result};
 pub struct NormalFloor {
     /// Held-out normal images scored.
     pub images: usize,
-    /// `pixel_mean + 3 pixel_sd`: the floor to give MEBin as `binarization.min_threshold`
-    /// (clamped to 0..=255).
+    /// The floor to give MEBin as `binarization.min_threshold`: `pixel_mean + 3 pixel_sd`,
+    /// but never below `maps_maxima_min` (MEBin's own lower end), clamped to 0..=255.
     pub floor: f64,
     pub pixel_mean: f64,
     pub pixel_sd: f64,
@@ -38,6 +38,9 @@ pub struct NormalFloor {
     pub maxima_min: f64,
     pub maxima_mean: f64,
     pub maxima_max: f64,
+    pub maxima_sd: f64,
+    /// The smallest maximum of the written test maps: where MEBin's range starts by itself.
+    pub maps_maxima_min: f64,
 }
 
 /// The scored maps and image scores of the test images, and the held-out normals' statistics.
@@ -76,7 +79,8 @@ impl Moments {
         self.maxima.push(max);
     }
 
-    fn levels(&self, lo: f32, hi: f32) -> Option<NormalFloor> {
+    /// The statistics in 8-bit levels; `maps_min`: the smallest maximum of the written maps.
+    fn levels(&self, lo: f32, hi: f32, maps_min: f64) -> Option<NormalFloor> {
         let span = (hi - lo) as f64;
         if self.maxima.is_empty() || self.n == 0.0 || span.is_nan() || span <= 0.0 {
             return None;
@@ -87,14 +91,26 @@ impl Moments {
         let (pixel_mean, pixel_sd) = (level(mean), 255.0 * sd / span);
         let m = &self.maxima;
         let fold = |f: fn(f64, f64) -> f64, init: f64| m.iter().copied().fold(init, f);
+        let k = m.len() as f64;
+        let mm = m.iter().sum::<f64>() / k;
+        let msd = (m.iter().map(|v| (v - mm).powi(2)).sum::<f64>() / k).sqrt();
+        let maps_maxima_min = if maps_min.is_finite() {
+            level(maps_min).floor()
+        } else {
+            0.0
+        };
         Some(NormalFloor {
             images: m.len(),
-            floor: (pixel_mean + 3.0 * pixel_sd).clamp(0.0, 255.0),
+            floor: (pixel_mean + 3.0 * pixel_sd)
+                .max(maps_maxima_min)
+                .clamp(0.0, 255.0),
             pixel_mean,
             pixel_sd,
             maxima_min: level(fold(f64::min, f64::INFINITY)),
-            maxima_mean: level(m.iter().sum::<f64>() / m.len() as f64),
+            maxima_mean: level(mm),
             maxima_max: level(fold(f64::max, f64::NEG_INFINITY)),
+            maxima_sd: 255.0 * msd / span,
+            maps_maxima_min,
         })
     }
 }
@@ -134,6 +150,7 @@ pub(crate) fn score(
     mutual: Option<(&Reference, f64)>,
     test: &[&Path],
     held: &[&Path],
+    written: &[bool],
     inp: Inputs,
     out: &Path,
 ) -> Result<Scored> {
@@ -174,20 +191,26 @@ pub(crate) fn score(
     let mut spill = MapSpill::create(out)?;
     let mut scores = Vec::with_capacity(test.len());
     let mut normal = Moments::default();
+    let mut maps_min = f64::INFINITY;
     for (i, g) in grids.iter().enumerate() {
         let s = fuse(g, w, scales).unsqueeze(0);
         let (wd, ht) = g.input;
-        let m = tch::no_grad(|| maps::patch_scores_to_maps(&s, ht as i64, wd as i64));
+        let m =
+            tch::no_grad(|| maps::patch_scores_to_maps_blur(&s, ht as i64, wd as i64, inp.blur));
         let v: Vec<f32> = Vec::try_from(m.flatten(0, -1))
             .map_err(|e| Error::runtime(format!("reading a map: {e}")))?;
         if i < test.len() {
             scores.push(s.max().double_value(&[]) as f32);
+            if written.get(i).copied().unwrap_or(true) {
+                let top = v.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+                maps_min = maps_min.min(top);
+            }
             spill.push(&v, wd, ht)?;
         } else {
             normal.add(&v);
         }
     }
-    let normal_floor = normal.levels(spill.lo, spill.hi);
+    let normal_floor = normal.levels(spill.lo, spill.hi, maps_min);
     Ok(Scored {
         maps: spill,
         scores,
@@ -206,18 +229,22 @@ mod tests {
         m.add(&[0.1, 0.1, 0.3, 0.3]);
         m.add(&[0.2, 0.2, 0.2, 0.2]);
         // Scale 0..1: levels are 255 v.
-        let f = m.levels(0.0, 1.0).unwrap();
+        let f = m.levels(0.0, 1.0, 0.2).unwrap();
         assert_eq!(f.images, 2);
         // Pixels 0.1 0.1 0.3 0.3 0.2 0.2 0.2 0.2: mean 0.2, sd = sqrt(mean of squares - 0.04).
         assert!((f.pixel_mean - 51.0).abs() < 1e-4);
         let sd = ((0.01f64 * 2.0 + 0.09 * 2.0 + 0.04 * 4.0) / 8.0 - 0.04).sqrt() * 255.0;
         assert!((f.pixel_sd - sd).abs() < 1e-3);
         assert!((f.floor - (51.0 + 3.0 * sd)).abs() < 1e-3);
+        assert_eq!(f.maps_maxima_min, 51.0);
+        assert!((f.maxima_sd - 12.75).abs() < 1e-3);
+        // The floor never lies below MEBin's own lower end.
+        assert_eq!(m.levels(0.0, 1.0, 0.9).unwrap().floor, 229.0);
         assert!((f.maxima_min - 51.0).abs() < 1e-4 && (f.maxima_max - 76.5).abs() < 1e-4);
         assert!((f.maxima_mean - 63.75).abs() < 1e-4);
         // A flat scale or no maps: no statistics.
-        assert!(m.levels(1.0, 1.0).is_none());
-        assert!(Moments::default().levels(0.0, 1.0).is_none());
+        assert!(m.levels(1.0, 1.0, 0.5).is_none());
+        assert!(Moments::default().levels(0.0, 1.0, 0.5).is_none());
     }
 
     #[test]

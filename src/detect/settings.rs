@@ -22,6 +22,14 @@ fn is_zero(v: &f64) -> bool {
     *v == 0.0
 }
 
+fn default_blur() -> f64 {
+    super::maps::SIGMA
+}
+
+fn is_default_blur(v: &f64) -> bool {
+    *v == super::maps::SIGMA
+}
+
 /// The settings that decide a detector run's maps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DetectSettings {
@@ -43,6 +51,8 @@ pub struct DetectSettings {
     pub fuse_mutual: f64,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub holdout: f64,
+    #[serde(default = "default_blur", skip_serializing_if = "is_default_blur")]
+    pub blur: f64,
     /// The kind the backbone actually runs in here (`float`, `bfloat16`): `auto` resolves by
     /// device and CPU, and maps of one kind must not stand in for the other's.
     pub precision: String,
@@ -88,6 +98,7 @@ impl DetectSpec {
             aggregate_sizes,
             fuse_mutual,
             holdout,
+            blur,
             coreset,
             max_patches,
             zero_shot,
@@ -108,6 +119,7 @@ impl DetectSpec {
             aggregate_sizes: aggregate_sizes.clone(),
             fuse_mutual: *fuse_mutual,
             holdout: *holdout,
+            blur: *blur,
             precision: kind_name(self.run_kind()),
             coreset: *coreset,
             max_patches: *max_patches,
@@ -187,11 +199,18 @@ mod tests {
     #[test]
     fn map_variants_change_the_settings_and_stay_out_at_their_defaults() {
         let base = serde_json::to_value(spec().settings()).unwrap();
-        for key in ["per_block", "aggregate_sizes", "fuse_mutual", "holdout"] {
+        for key in [
+            "per_block",
+            "aggregate_sizes",
+            "fuse_mutual",
+            "holdout",
+            "blur",
+        ] {
             assert!(base.get(key).is_none(), "{key} recorded at its default");
         }
         type Change = fn(&mut DetectSpec);
-        let changes: [(&str, Change); 4] = [
+        let changes: [(&str, Change); 5] = [
+            ("blur", |s| s.blur = 2.0),
             ("per_block", |s| s.per_block = true),
             ("aggregate_sizes", |s| s.aggregate_sizes = vec![1, 3, 5]),
             ("fuse_mutual", |s| s.fuse_mutual = 0.5),
