@@ -36,6 +36,7 @@ pub(crate) mod scoring;
 mod settings;
 pub mod slices;
 mod spill;
+mod variants;
 
 pub use run::{
     run, DetectReport, DetectSpec, DEFAULT_BATCH_SIZE, DEFAULT_BLOCKS, DEFAULT_CORESET,
@@ -44,6 +45,7 @@ pub use run::{
 };
 pub use scoring::NormalFloor;
 pub use settings::{DetectSettings, DETECT_CODE};
+pub use variants::{normal_floor, MapVariants};
 
 /// Test type folders holding normal images (MVTec AD's convention).
 pub const NORMAL_TYPE: &str = "good";
