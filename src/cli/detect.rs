@@ -78,8 +78,9 @@ pub struct DetectArgs {
     #[arg(long, default_value_t = 0.0, value_name = "W")]
     pub fuse_mutual: f64,
     /// With --train: hold this fraction of the normal images out of the memory bank and score
-    /// them; detect.json's `normal_floor.floor` (their pixels' mean + 3 sd on the maps' 8-bit
-    /// scale) is then a floor for MEBin (`binarize --min-threshold`). 0: off.
+    /// them; detect.json's `normal_floor.floor` (the mean of their maps' maxima on the maps'
+    /// 8-bit scale, at least MEBin's own lower end) is then a floor for MEBin
+    /// (`binarize --min-threshold`). 0: off.
     #[arg(long, default_value_t = 0.0, value_name = "FRACTION")]
     pub holdout_normals: f64,
     /// The maps' Gaussian blur: sigma at a map side of 256, scaled with the map (PatchCore's
@@ -188,8 +189,8 @@ pub fn run(a: &DetectArgs, ctx: &Ctx) -> anyhow::Result<()> {
     );
     if let Some(f) = &r.normal_floor {
         println!(
-            "held-out normals: {} images; MEBin floor {:.1} (pixel mean {:.1} + 3 x sd {:.1}; maxima {:.1} / {:.1} / {:.1} min / mean / max, on the maps' 0..255 scale)",
-            f.images, f.floor, f.pixel_mean, f.pixel_sd, f.maxima_min, f.maxima_mean, f.maxima_max
+            "held-out normals: {} images; MEBin floor {:.1} (binarize --min-threshold; mean of their maps' maxima {:.1}, sd {:.1}, max {:.1}; pixel mean {:.1} + 3 x sd {:.1}; MEBin's own lower end {:.0}; on the maps' 0..255 scale)",
+            f.images, f.floor, f.maxima_mean, f.maxima_sd, f.maxima_max, f.pixel_mean, f.pixel_sd, f.maps_maxima_min
         );
     }
     if let Some(loc) = &m.localization {

@@ -7,8 +7,9 @@
 //!   `(1 − w) fitted + w mutual`;
 //! - **held-out normals** (`holdout`): normal images kept out of the bank are scored like test
 //!   images but not written; their maps' statistics on the test maps' 8-bit scale
-//!   ([`NormalFloor`]) give MEBin a floor for its threshold range (RoBiS: mean + 3 sd of the
-//!   normal images' scores). The fitted detector's own normal images would score near zero.
+//!   ([`NormalFloor`]) give MEBin a floor for its threshold range (after RoBiS, which floors
+//!   it with the normal images' statistics). The fitted detector's own normal images would
+//!   score near zero.
 
 use std::path::Path;
 
@@ -28,8 +29,11 @@ use crate::error::{Error, Result};
 pub struct NormalFloor {
     /// Held-out normal images scored.
     pub images: usize,
-    /// The floor to give MEBin as `binarization.min_threshold`: `pixel_mean + 3 pixel_sd`,
-    /// but never below `maps_maxima_min` (MEBin's own lower end), clamped to 0..=255.
+    /// The floor to give MEBin as `binarization.min_threshold`: `maxima_mean` (what a normal
+    /// image's map typically reaches), never below `maps_maxima_min` (MEBin's own lower end),
+    /// clamped to 0..=255. Chosen over `pixel_mean + 3 pixel_sd` (mean + 3 sd, after RoBiS), which lay
+    /// at or below MEBin's own lower end on MTD and tire and so changed nothing
+    /// (`docs/detect.md`).
     pub floor: f64,
     pub pixel_mean: f64,
     pub pixel_sd: f64,
@@ -101,9 +105,7 @@ impl Moments {
         };
         Some(NormalFloor {
             images: m.len(),
-            floor: (pixel_mean + 3.0 * pixel_sd)
-                .max(maps_maxima_min)
-                .clamp(0.0, 255.0),
+            floor: level(mm).max(maps_maxima_min).clamp(0.0, 255.0),
             pixel_mean,
             pixel_sd,
             maxima_min: level(fold(f64::min, f64::INFINITY)),
@@ -235,7 +237,7 @@ mod tests {
         assert!((f.pixel_mean - 51.0).abs() < 1e-4);
         let sd = ((0.01f64 * 2.0 + 0.09 * 2.0 + 0.04 * 4.0) / 8.0 - 0.04).sqrt() * 255.0;
         assert!((f.pixel_sd - sd).abs() < 1e-3);
-        assert!((f.floor - (51.0 + 3.0 * sd)).abs() < 1e-3);
+        assert!((f.floor - 63.75).abs() < 1e-3);
         assert_eq!(f.maps_maxima_min, 51.0);
         assert!((f.maxima_sd - 12.75).abs() < 1e-3);
         // The floor never lies below MEBin's own lower end.
