@@ -171,7 +171,7 @@ pub(crate) fn split_holdout(
     }
     let k = ((n as f64 * fraction).round() as usize).clamp(1, n - 1);
     let mut idx: Vec<usize> = (0..n).collect();
-    idx.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x686f_6c64_6f75_74));
+    idx.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x0068_6f6c_646f_7574));
     let mut held = idx.split_off(n - k);
     idx.sort_unstable();
     held.sort_unstable();

@@ -415,16 +415,19 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
     seconds.insert("fit".to_string(), t.elapsed().as_secs_f64());
 
     let t = Instant::now();
+    let written: Vec<bool> = test
+        .iter()
+        .map(|f| spec.write_good_maps || !is_normal(f))
+        .collect();
     let scored = scoring::score(
         &fx,
         &reference,
         mutual.as_ref().map(|m| (m, spec.fuse_mutual)),
-        &test_paths,
-        &held,
-        &test
-            .iter()
-            .map(|f| spec.write_good_maps || !is_normal(f))
-            .collect::<Vec<_>>(),
+        scoring::ToScore {
+            test: &test_paths,
+            held: &held,
+            written: &written,
+        },
         inp,
         &spec.out,
     )?;

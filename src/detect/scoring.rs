@@ -144,18 +144,31 @@ fn fuse(g: &Grid, w: f64, scales: (f64, f64)) -> Tensor {
     }
 }
 
-/// Scores `test` (then the held-out normals `held`) against `reference`, and against `mutual`
-/// mixed in with weight `fuse` when given; `batch_size` images per forward.
+/// The images one scoring pass takes.
+pub(crate) struct ToScore<'a> {
+    pub test: &'a [&'a Path],
+    /// Held-out normal images: scored, not written, summarised as [`NormalFloor`].
+    pub held: &'a [&'a Path],
+    /// Per test image: whether its map is written (and so enters MEBin's range).
+    pub written: &'a [bool],
+}
+
+/// Scores the test images (then the held-out normals) against `reference`, and against
+/// `mutual` mixed in with its weight when given; `batch_size` images per forward; the float
+/// maps are spilled into `out`.
 pub(crate) fn score(
     fx: &FeatureExtractor,
     reference: &Reference,
     mutual: Option<(&Reference, f64)>,
-    test: &[&Path],
-    held: &[&Path],
-    written: &[bool],
+    images: ToScore<'_>,
     inp: Inputs,
     out: &Path,
 ) -> Result<Scored> {
+    let ToScore {
+        test,
+        held,
+        written,
+    } = images;
     let all: Vec<&Path> = test.iter().chain(held).copied().collect();
     let pb = crate::logging::progress(all.len() as u64, "scoring");
     let mut grids = Vec::with_capacity(all.len());
