@@ -60,6 +60,33 @@ pub struct DetectArgs {
     /// dinov2-vits14, 3 (PatchCore's) for efficientnet-lite0.
     #[arg(long, value_name = "K")]
     pub aggregate: Option<i64>,
+    /// dinov2-vits14: score each of --blocks on its own and average the scores (MuSc), instead
+    /// of scoring the blocks' mean.
+    #[arg(long)]
+    pub per_block: bool,
+    /// dinov2-vits14: several neighbourhood sides (odd, e.g. 1,3,5, MuSc's), each scored on its
+    /// own and the scores averaged; instead of --aggregate.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "K1,K2,...",
+        conflicts_with = "aggregate"
+    )]
+    pub aggregate_sizes: Vec<i64>,
+    /// With --train: mix this weight of the zero-shot mutual score (against --zero-shot-refs
+    /// other test images) into the fitted score, each on its own scale (0: off).
+    #[arg(long, default_value_t = 0.0, value_name = "W")]
+    pub fuse_mutual: f64,
+    /// With --train: hold this fraction of the normal images out of the memory bank and score
+    /// them; detect.json's `normal_floor.floor` (the mean of their maps' maxima on the maps'
+    /// 8-bit scale, at least MEBin's own lower end) is then a floor for MEBin
+    /// (`binarize --min-threshold`). 0: off.
+    #[arg(long, default_value_t = 0.0, value_name = "FRACTION")]
+    pub holdout_normals: f64,
+    /// The maps' Gaussian blur: sigma at a map side of 256, scaled with the map (PatchCore's
+    /// 4; 0: none).
+    #[arg(long, default_value_t = 4.0, value_name = "SIGMA")]
+    pub blur: f64,
     /// EfficientNet stages whose outputs form the patch features (0-based; 2 = stride 8, 4 = stride 16).
     #[arg(long, value_delimiter = ',', default_values_t = detect::DEFAULT_STAGES)]
     pub stages: Vec<usize>,
@@ -124,6 +151,11 @@ pub fn run(a: &DetectArgs, ctx: &Ctx) -> anyhow::Result<()> {
         stages: a.stages.clone(),
         blocks: a.blocks.clone(),
         aggregate: a.aggregate,
+        per_block: a.per_block,
+        aggregate_sizes: a.aggregate_sizes.clone(),
+        fuse_mutual: a.fuse_mutual,
+        holdout: a.holdout_normals,
+        blur: a.blur,
         precision,
         coreset: a.coreset,
         max_patches: a.max_patches,
@@ -156,6 +188,12 @@ pub fn run(a: &DetectArgs, ctx: &Ctx) -> anyhow::Result<()> {
         m.defect_test_images,
         m.normal_test_images,
     );
+    if let Some(f) = &r.normal_floor {
+        println!(
+            "held-out normals: {} images; MEBin floor {:.1} (binarize --min-threshold; mean of their maps' maxima {:.1}, sd {:.1}, max {:.1}; pixel mean {:.1} + 3 x sd {:.1}; MEBin's own lower end {:.0}; on the maps' 0..255 scale)",
+            f.images, f.floor, f.maxima_mean, f.maxima_sd, f.maxima_max, f.pixel_mean, f.pixel_sd, f.maps_maxima_min
+        );
+    }
     if let Some(loc) = &m.localization {
         print!("{}", anomalyncd::detect::localize::render_table(loc));
     }

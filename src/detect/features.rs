@@ -24,6 +24,8 @@ use crate::model::efficientnet::{
 };
 use crate::model::{ArchSpec, MgVit};
 
+use super::slices::{local_mean, Slicing};
+
 /// Backbones `detect` knows; the first is the default.
 pub const BACKBONES: &[&str] = &["dinov2-vits14", "efficientnet-lite0"];
 
@@ -108,6 +110,8 @@ pub struct FeatureExtractor {
     pub device: Device,
     /// Side of the neighbourhood each patch feature is averaged over (1: none).
     aggregate: i64,
+    /// The ViT's slices (one by default: the blocks' mean at `aggregate`).
+    slicing: Slicing,
 }
 
 /// Side of the local neighbourhood each CNN patch feature is averaged over (PatchCore's).
@@ -150,6 +154,7 @@ impl FeatureExtractor {
             metric: Metric::Euclidean,
             device,
             aggregate: CNN_AGGREGATE,
+            slicing: Slicing::single(CNN_AGGREGATE),
         })
     }
 
@@ -193,15 +198,40 @@ impl FeatureExtractor {
             metric: Metric::Cosine,
             device,
             aggregate: 1,
+            slicing: Slicing::single(1),
         })
     }
 
-    /// Feature dimension of one patch.
+    /// Feature dimension of one patch (all its slices).
     pub fn dim(&self) -> i64 {
         match &self.net {
             Net::EfficientNet { channels, .. } => channels.iter().sum(),
-            Net::Vit { dim, .. } => *dim,
+            Net::Vit { dim, blocks, .. } => *dim * self.slicing.count(blocks.len()) as i64,
         }
+    }
+
+    /// Slices per patch feature, each scored on its own ([`super::slices`]); 1 by default.
+    pub fn slices(&self) -> usize {
+        match &self.net {
+            Net::EfficientNet { .. } => 1,
+            Net::Vit { blocks, .. } => self.slicing.count(blocks.len()),
+        }
+    }
+
+    /// Several slices per patch (ViT only): one per tapped block with `per_block`, times one
+    /// per neighbourhood side in `sizes` (MuSc's per-layer, per-r scoring).
+    pub fn with_slicing(mut self, slicing: Slicing) -> Result<Self> {
+        slicing.check()?;
+        if matches!(self.net, Net::EfficientNet { .. })
+            && slicing != Slicing::single(slicing.sizes[0])
+        {
+            return Err(Error::usage(
+                "--per-block and --aggregate-sizes need the ViT backbone (dinov2-vits14)",
+            ));
+        }
+        self.aggregate = slicing.sizes[0];
+        self.slicing = slicing;
+        Ok(self)
     }
 
     /// Averages each patch feature over its `k`×`k` neighbourhood (odd `k`; 1: none). The ViT
@@ -214,6 +244,7 @@ impl FeatureExtractor {
             )));
         }
         self.aggregate = k;
+        self.slicing = Slicing::single(k);
         Ok(self)
     }
 
@@ -250,13 +281,6 @@ impl FeatureExtractor {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.to_device(self.device);
         let k = self.aggregate;
-        let local_mean = |f: Tensor| {
-            if k <= 1 {
-                return f;
-            }
-            // Zero padding not counted, so border patches average their real neighbours only.
-            f.avg_pool2d([k, k], [1, 1], [k / 2, k / 2], false, false, None::<i64>)
-        };
         tch::no_grad(|| match &self.net {
             Net::EfficientNet { net, taps, .. } => {
                 let x = (x - INPUT_MEAN) / INPUT_STD;
@@ -266,7 +290,7 @@ impl FeatureExtractor {
                 let parts: Vec<Tensor> = feats
                     .into_iter()
                     .map(|f| {
-                        let f = local_mean(f);
+                        let f = local_mean(f, k);
                         if f.size()[2] == gh && f.size()[3] == gw {
                             f
                         } else {
@@ -276,23 +300,11 @@ impl FeatureExtractor {
                     .collect();
                 Ok(Tensor::cat(&parts, 1))
             }
-            Net::Vit { vit, blocks, dim } => {
-                let (b, h, w) = (x.size()[0], x.size()[2], x.size()[3]);
-                let (gh, gw) = self.grid(h, w);
+            Net::Vit { vit, blocks, .. } => {
+                let (h, w) = (x.size()[2], x.size()[3]);
                 let x = imagenet_normalise(&x);
                 let taps = vit.patch_tokens(&x, blocks)?;
-                let n = taps.len() as f64;
-                let mean = taps
-                    .into_iter()
-                    .reduce(|a, t| a + t)
-                    .expect("one tap at least")
-                    / n;
-                let f = mean.view([b, gh, gw, *dim]).permute([0, 3, 1, 2]);
-                let f = local_mean(f.contiguous());
-                Ok(f.divide(
-                    &f.norm_scalaropt_dim(2.0, [1i64].as_slice(), true)
-                        .clamp_min(1e-12),
-                ))
+                super::slices::vit_slices(taps, self.grid(h, w), &self.slicing)
             }
         })
     }

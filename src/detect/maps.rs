@@ -65,14 +65,20 @@ pub fn gaussian_blur(x: &Tensor, sigma: f64) -> Tensor {
 /// Patch scores `[B, G_h, G_w]` -> smoothed maps `[B, h, w]` (float, on the CPU). The blur is
 /// sigma 4 at a longer side of 256 (PatchCore's setting) and scales with the map, so it covers
 /// the same share of the image at any size.
+#[cfg(test)]
 pub fn patch_scores_to_maps(scores: &Tensor, h: i64, w: i64) -> Tensor {
+    patch_scores_to_maps_blur(scores, h, w, SIGMA)
+}
+
+/// [`patch_scores_to_maps`] with the blur's sigma `sigma` at a side of 256 (0: no blur).
+pub fn patch_scores_to_maps_blur(scores: &Tensor, h: i64, w: i64, sigma: f64) -> Tensor {
     let up = scores
         .unsqueeze(1)
         .to_kind(Kind::Float)
         .upsample_bilinear2d([h, w], false, None, None);
-    gaussian_blur(&up, SIGMA * h.max(w) as f64 / 256.0)
-        .squeeze_dim(1)
-        .to_device(tch::Device::Cpu)
+    let s = sigma * h.max(w) as f64 / 256.0;
+    let m = if s > 0.0 { gaussian_blur(&up, s) } else { up };
+    m.squeeze_dim(1).to_device(tch::Device::Cpu)
 }
 
 /// One map as 8-bit levels on the global scale `[lo, hi]`: `floor(255 (v - lo) / (hi - lo))`,
@@ -131,5 +137,29 @@ mod tests {
         assert!(q.iter().all(|&l| l < 255));
         assert_eq!(to_u8(&[1.0, 2.0, 3.0, 9.0], 1.0, 3.0), [0, 127, 255, 255]);
         assert_eq!(to_u8(&[5.0, 5.0], 5.0, 5.0), [0, 0]);
+    }
+
+    #[test]
+    fn a_smaller_blur_keeps_a_peak_tighter() {
+        // One hot patch of 8x8 on a non-square 6x10 grid: the unblurred map is the bilinear
+        // cone; sigma 2 spreads it less than the default 4.
+        let s = Tensor::zeros([1, 6, 10], (Kind::Float, Device::Cpu));
+        let _ = s.get(0).get(3).get(5).fill_(1.0);
+        let above = |m: &Tensor| m.ge(0.25).sum(Kind::Int64).int64_value(&[]);
+        let none = patch_scores_to_maps_blur(&s, 48, 80, 0.0);
+        assert_eq!(none.size(), [1, 48, 80]);
+        let (m2, m4) = (
+            patch_scores_to_maps_blur(&s, 48, 80, 2.0),
+            patch_scores_to_maps(&s, 48, 80),
+        );
+        assert!(m4.allclose(
+            &patch_scores_to_maps_blur(&s, 48, 80, SIGMA),
+            0.0,
+            0.0,
+            false
+        ));
+        let peak = |m: &Tensor| m.max().double_value(&[]);
+        assert!(peak(&none) > peak(&m2) && peak(&m2) > peak(&m4));
+        assert!(above(&(&m2 / peak(&m2))) < above(&(&m4 / peak(&m4))));
     }
 }

@@ -28,36 +28,76 @@ const CHUNK_ENTRIES: i64 = 1 << 24;
 
 pub(crate) enum Reference {
     Bank {
-        /// `[K, D]`
-        bank: Tensor,
-        /// `[K]`, for the Euclidean metric.
-        bank_sq: Tensor,
+        /// Per feature slice ([`super::slices`]; one by default): the bank `[K, d]` and its
+        /// squared norms `[K]` (for the Euclidean metric).
+        slices: Vec<(Tensor, Tensor)>,
     },
     Mutual {
-        /// (test index, patches `[P_j, D]`) of each reference image.
-        refs: Vec<(usize, Tensor)>,
+        /// (test index, patches `[P_j, d]` of each slice) of each reference image.
+        refs: Vec<(usize, Vec<Tensor>)>,
         fraction: f64,
     },
 }
 
+fn sq_norms(t: &Tensor) -> Tensor {
+    (t * t).sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+}
+
 impl Reference {
-    pub(crate) fn bank(bank: Tensor) -> Reference {
-        let bank_sq = (&bank * &bank).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
-        Reference::Bank { bank, bank_sq }
+    /// A memory bank `[K, S·d]` of `s` slices.
+    pub(crate) fn bank(bank: Tensor, s: usize) -> Reference {
+        let slices = super::slices::split(&bank, s)
+            .into_iter()
+            .map(|b| {
+                let sq = sq_norms(&b);
+                (b, sq)
+            })
+            .collect();
+        Reference::Bank { slices }
     }
 
-    /// Anomaly scores `[P]` of the patches `q [P, D]` of test image `image`.
+    /// Zero-shot references: (test index, patches `[P_j, S·d]`) cut into `s` slices.
+    pub(crate) fn mutual_refs(refs: Vec<(usize, Tensor)>, s: usize, fraction: f64) -> Reference {
+        let refs = refs
+            .into_iter()
+            .map(|(i, r)| (i, super::slices::split(&r, s)))
+            .collect();
+        Reference::Mutual { refs, fraction }
+    }
+
+    /// Slices per patch feature.
+    fn slices(&self) -> usize {
+        match self {
+            Reference::Bank { slices } => slices.len(),
+            Reference::Mutual { refs, .. } => refs.first().map_or(1, |(_, r)| r.len()),
+        }
+    }
+
+    /// Anomaly scores `[P]` of the patches `q [P, S·d]` of test image `image`: the mean over
+    /// the slices of each slice's score.
     pub(crate) fn score(&self, image: usize, q: &Tensor, metric: Metric) -> Tensor {
+        let qs = super::slices::split(q, self.slices());
+        let n = qs.len() as f64;
+        let per_slice = qs
+            .iter()
+            .enumerate()
+            .map(|(s, q)| self.score_slice(image, s, q, metric));
+        let sum = per_slice.reduce(|a, b| a + b).expect("one slice at least");
+        if n > 1.0 {
+            sum / n
+        } else {
+            sum
+        }
+    }
+
+    fn score_slice(&self, image: usize, s: usize, q: &Tensor, metric: Metric) -> Tensor {
         tch::no_grad(|| match self {
-            Reference::Bank { bank, bank_sq } => nearest(q, bank, bank_sq, metric),
+            Reference::Bank { slices } => nearest(q, &slices[s].0, &slices[s].1, metric),
             Reference::Mutual { refs, fraction } => {
                 let per_image: Vec<Tensor> = refs
                     .iter()
                     .filter(|(j, _)| *j != image)
-                    .map(|(_, r)| {
-                        let sq = (r * r).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
-                        nearest(q, r, &sq, metric)
-                    })
+                    .map(|(_, r)| nearest(q, &r[s], &sq_norms(&r[s]), metric))
                     .collect();
                 let d = Tensor::stack(&per_image, 1);
                 let keep = lowest_count(per_image.len(), *fraction);
@@ -76,6 +116,8 @@ pub(crate) struct Inputs {
     pub resize: Resize,
     pub batch_size: usize,
     pub seed: u64,
+    /// The maps' Gaussian blur: sigma at a side of 256.
+    pub blur: f64,
 }
 
 /// The pool of normal patches, then its greedy k-center coreset: `(bank, pool size)`. The
@@ -139,7 +181,7 @@ pub(crate) fn mutual(
         crate::threads::tick();
     }
     pb.finish_and_clear();
-    Ok(Reference::Mutual { refs, fraction })
+    Ok(Reference::mutual_refs(refs, fx.slices(), fraction))
 }
 
 /// Patches each training image contributes to the pool: all of its `per_image`, or
@@ -261,10 +303,7 @@ mod tests {
         let normal = Tensor::cat(&[e(0), e(1), e(0), e(1)], 0);
         let mut refs: Vec<(usize, Tensor)> = (0..5).map(|j| (j, normal.copy())).collect();
         refs[1].1 = Tensor::cat(&[e(0), e(1), e(2), e(1)], 0);
-        let r = Reference::Mutual {
-            refs,
-            fraction: 0.5,
-        };
+        let r = Reference::mutual_refs(refs, 1, 0.5);
         // Test image 0: a normal patch and a defect patch (e2).
         let q = Tensor::cat(&[e(0), e(2)], 0);
         let s = r.score(0, &q, Metric::Cosine);
@@ -274,5 +313,33 @@ mod tests {
         assert_eq!(lowest_count(4, 0.3), 1);
         assert_eq!(lowest_count(10, 0.3), 3);
         assert_eq!(lowest_count(1, 0.3), 1);
+    }
+
+    #[test]
+    fn identical_slices_score_as_one_slice() {
+        // Per-block scoring of three identical blocks equals scoring the block alone, for the
+        // bank and for the zero-shot references.
+        tch::manual_seed(5);
+        let f = |n: i64| unit(Tensor::randn([n, 6], (Kind::Float, Device::Cpu)));
+        let (q, bank) = (f(20), f(9));
+        let three = |t: &Tensor| Tensor::cat(&[t, t, t], 1);
+        let one = Reference::bank(bank.shallow_clone(), 1).score(0, &q, Metric::Cosine);
+        let per = Reference::bank(three(&bank), 3).score(0, &three(&q), Metric::Cosine);
+        assert_eq!(per.size(), [20]);
+        assert!(one.allclose(&per, 1e-6, 1e-6, false));
+        let refs: Vec<(usize, Tensor)> = (1..5).map(|j| (j, f(7))).collect();
+        let refs3 = refs.iter().map(|(j, r)| (*j, three(r))).collect();
+        let one = Reference::mutual_refs(refs, 1, 0.5).score(0, &q, Metric::Cosine);
+        let per = Reference::mutual_refs(refs3, 3, 0.5).score(0, &three(&q), Metric::Cosine);
+        assert!(one.allclose(&per, 1e-6, 1e-6, false));
+        // Two different slices: the mean of each slice's own nearest distance.
+        let (a, b) = (f(9), f(9));
+        let two = Reference::bank(Tensor::cat(&[&a, &b], 1), 2);
+        let (qa, qb) = (f(20), f(20));
+        let got = two.score(0, &Tensor::cat(&[&qa, &qb], 1), Metric::Cosine);
+        let want = (Reference::bank(a, 1).score(0, &qa, Metric::Cosine)
+            + Reference::bank(b, 1).score(0, &qb, Metric::Cosine))
+            / 2.0;
+        assert!(got.allclose(&want, 1e-6, 1e-6, false));
     }
 }

@@ -12,14 +12,17 @@ use tch::Device;
 
 use super::eval::{auroc, PixelSet};
 use super::features::{FeatureExtractor, Resize};
+use super::inputs::{check_spec, is_normal, list_images, pair_masks, split_holdout};
 use super::localize::{LocReport, MapsEvalSpec};
 use super::reference::{self, Inputs, Reference};
+use super::scoring::{self, NormalFloor};
+use super::slices::Slicing;
 use super::spill::MapSpill;
 use super::{maps, NORMAL_TYPE};
 use crate::config::Precision;
 use crate::error::{Error, Result};
 use crate::fsutil::{atomic_write, prepare_output_dir, save_image_atomic};
-use crate::imageio::{describe_files, list_files, TypedFile, IMAGE_EXTENSIONS, MAP_EXTENSIONS};
+use crate::imageio::TypedFile;
 use crate::model::ArchSpec;
 
 /// The run summary written into OUT.
@@ -47,6 +50,21 @@ pub struct DetectSpec {
     /// Side of the neighbourhood each patch feature is averaged over; None: the backbone's
     /// default (1 for the ViT, 3 for the CNN).
     pub aggregate: Option<i64>,
+    /// ViT: score each tapped block's patch tokens on their own and average the scores
+    /// (MuSc), instead of scoring the blocks' mean.
+    pub per_block: bool,
+    /// ViT: several neighbourhood sides (odd), each scored on its own and the scores averaged
+    /// (MuSc's r = 1, 3, 5); empty: the one side of `aggregate`.
+    pub aggregate_sizes: Vec<i64>,
+    /// With normal images: the weight of the zero-shot mutual score mixed into the fitted
+    /// score (0: off; see [`super::scoring`]).
+    pub fuse_mutual: f64,
+    /// The fraction of the normal images kept out of the memory bank and scored as held-out
+    /// normals: `detect.json` then gives MEBin's floor (`normal_floor`). 0: off.
+    pub holdout: f64,
+    /// The maps' Gaussian blur: sigma at a map side of 256, scaled with the map (PatchCore's 4;
+    /// 0: none).
+    pub blur: f64,
     /// The ViT blocks' precision (the similarities are f32 regardless).
     pub precision: Precision,
     pub coreset: f64,
@@ -98,6 +116,11 @@ impl DetectSpec {
             stages: DEFAULT_STAGES.to_vec(),
             blocks: DEFAULT_BLOCKS.to_vec(),
             aggregate: None,
+            per_block: false,
+            aggregate_sizes: Vec::new(),
+            fuse_mutual: 0.0,
+            holdout: 0.0,
+            blur: maps::SIGMA,
             precision: Precision::Auto,
             coreset: DEFAULT_CORESET,
             max_patches: DEFAULT_MAX_PATCHES,
@@ -146,6 +169,18 @@ pub struct DetectReport {
     pub stages: Vec<usize>,
     pub blocks: Vec<usize>,
     pub aggregate: Option<i64>,
+    #[serde(default)]
+    pub per_block: bool,
+    #[serde(default)]
+    pub aggregate_sizes: Vec<i64>,
+    #[serde(default)]
+    pub fuse_mutual: f64,
+    /// The fraction of the normal images held out of the bank.
+    #[serde(default)]
+    pub holdout: f64,
+    /// The maps' blur (sigma at a side of 256).
+    #[serde(default = "default_blur")]
+    pub blur: f64,
     /// The ViT blocks' precision as run (`float` or `bfloat16`).
     pub precision: String,
     pub feature_dim: i64,
@@ -156,6 +191,10 @@ pub struct DetectReport {
     pub zero_shot_refs: usize,
     pub seed: u64,
     pub train_images: usize,
+    /// With `holdout`: the held-out normal images' map statistics on the written maps' scale;
+    /// `normal_floor.floor` is the floor for MEBin (`binarization.min_threshold`).
+    #[serde(default)]
+    pub normal_floor: Option<NormalFloor>,
     pub pool_patches: usize,
     pub memory_bank: usize,
     /// Range of the raw map values mapped to 0..=255 (over all test maps).
@@ -168,99 +207,6 @@ pub struct DetectReport {
     /// The digest of the detector code that wrote the maps ([`super::DETECT_CODE`]).
     #[serde(default)]
     pub code: String,
-}
-
-fn check_spec(s: &DetectSpec) -> Result<()> {
-    if !(32..=2048).contains(&s.image_size) {
-        return Err(Error::usage(format!(
-            "--image-size {}: use 32..=2048 pixels (e.g. 448)",
-            s.image_size
-        )));
-    }
-    if !(s.coreset > 0.0 && s.coreset <= 1.0) {
-        return Err(Error::usage(format!(
-            "--coreset {}: give a fraction in (0, 1], e.g. 0.1",
-            s.coreset
-        )));
-    }
-    if s.max_patches == 0 || s.batch_size == 0 {
-        return Err(Error::usage(
-            "--max-patches and --batch-size must be at least 1",
-        ));
-    }
-    if !super::features::BACKBONES.contains(&s.backbone.as_str()) {
-        return Err(Error::usage(format!(
-            "--backbone {}: use one of {}",
-            s.backbone,
-            super::features::BACKBONES.join(", ")
-        )));
-    }
-    if s.zero_shot {
-        if s.zero_shot_refs < 2 {
-            return Err(Error::usage(format!(
-                "--zero-shot-refs {}: give at least 2 reference images (e.g. 32)",
-                s.zero_shot_refs
-            )));
-        }
-        if !(s.zero_shot_fraction > 0.0 && s.zero_shot_fraction <= 1.0) {
-            return Err(Error::usage(format!(
-                "--zero-shot-fraction {}: give a fraction in (0, 1], e.g. 0.3",
-                s.zero_shot_fraction
-            )));
-        }
-    } else if s.train.is_none() {
-        return Err(Error::usage(
-            "give --train with normal images, or --zero-shot to score the test images against each other",
-        ));
-    }
-    Ok(())
-}
-
-fn list_images(root: &Path, flag: &str) -> Result<Vec<TypedFile>> {
-    let files = list_files(root, IMAGE_EXTENSIONS)?;
-    if files.is_empty() {
-        return Err(Error::input(
-            root,
-            format!("{flag}: no images found (expected <folder>/<type>/<stem>.<png|jpg|bmp|tif> or a flat folder of images)"),
-        ));
-    }
-    Ok(files)
-}
-
-fn is_normal(f: &TypedFile) -> bool {
-    f.type_name == NORMAL_TYPE
-}
-
-/// The mask of every defective test image (normal ones may have none); an error lists the
-/// defective images without one.
-fn pair_masks(masks: &Path, test: &[TypedFile]) -> Result<Vec<Option<PathBuf>>> {
-    let files = list_files(masks, MAP_EXTENSIONS)?;
-    let by_key: HashMap<(&str, &str), &Path> = files
-        .iter()
-        .map(|f| ((f.type_name.as_str(), f.stem.as_str()), f.path.as_path()))
-        .collect();
-    let mut missing = Vec::new();
-    let out = test
-        .iter()
-        .map(|f| {
-            let m = by_key.get(&(f.type_name.as_str(), f.stem.as_str()));
-            if m.is_none() && !is_normal(f) {
-                missing.push(f.clone());
-            }
-            m.map(|p| p.to_path_buf())
-        })
-        .collect();
-    if !missing.is_empty() {
-        return Err(Error::input(
-            masks,
-            format!(
-                "no mask for test image(s) {}; expected --masks <type>/<stem>.png for every defective image \
-                 (0 = normal, 255 = defect), or drop --masks",
-                describe_files(&missing, Path::new(""), 5)
-            ),
-        ));
-    }
-    Ok(out)
 }
 
 fn map_path(f: &TypedFile) -> PathBuf {
@@ -348,43 +294,21 @@ fn extractor(spec: &DetectSpec) -> Result<FeatureExtractor> {
             )
         }
     }?;
-    match spec.aggregate {
-        Some(k) => fx.with_aggregate(k),
-        None => Ok(fx),
+    let fx = match spec.aggregate {
+        Some(k) => fx.with_aggregate(k)?,
+        None => fx,
+    };
+    if !spec.per_block && spec.aggregate_sizes.is_empty() {
+        return Ok(fx);
     }
-}
-
-/// Patch-score maps (spilled into OUT, at each image's input size) and image scores.
-fn score(
-    spec: &DetectSpec,
-    fx: &FeatureExtractor,
-    reference: &Reference,
-    test: &[&Path],
-    inp: Inputs,
-) -> Result<(MapSpill, Vec<f32>)> {
-    let pb = crate::logging::progress(test.len() as u64, "scoring");
-    let mut spill = MapSpill::create(&spec.out)?;
-    let mut scores = Vec::with_capacity(test.len());
-    for (c, chunk) in test.chunks(spec.batch_size).enumerate() {
-        for (i, f) in fx
-            .images(chunk, inp.size, inp.resize)?
-            .into_iter()
-            .enumerate()
-        {
-            let s = reference.score(c * spec.batch_size + i, &f.patches, fx.metric);
-            let grid = s.view([1, f.grid.0, f.grid.1]);
-            scores.push(grid.max().double_value(&[]) as f32);
-            let (w, h) = f.input;
-            let m = tch::no_grad(|| maps::patch_scores_to_maps(&grid, h as i64, w as i64));
-            let v: Vec<f32> = Vec::try_from(m.flatten(0, -1))
-                .map_err(|e| Error::runtime(format!("reading a map: {e}")))?;
-            spill.push(&v, w, h)?;
-        }
-        pb.inc(chunk.len() as u64);
-        crate::threads::tick();
-    }
-    pb.finish_and_clear();
-    Ok((spill, scores))
+    let sizes = match spec.aggregate_sizes.is_empty() {
+        true => vec![spec.aggregate.unwrap_or(1)],
+        false => spec.aggregate_sizes.clone(),
+    };
+    fx.with_slicing(Slicing {
+        per_block: spec.per_block,
+        sizes,
+    })
 }
 
 /// Runs the detector; see the module doc of [`crate::detect`].
@@ -435,10 +359,12 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
         resize: spec.resize,
         batch_size: spec.batch_size,
         seed: spec.seed,
+        blur: spec.blur,
     };
     let test_paths: Vec<&Path> = test.iter().map(|f| f.path.as_path()).collect();
     let mut seconds = HashMap::new();
     let t = Instant::now();
+    let (fitted, held) = split_holdout(&train, spec.holdout, spec.seed)?;
     let (reference, n_pool, n_bank, n_refs) = if spec.zero_shot {
         log::info!(
             "zero-shot: scoring {} test images against up to {} of the others",
@@ -463,17 +389,51 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
             train.len(),
             spec.train.as_deref().unwrap_or(Path::new("")).display()
         );
-        let paths: Vec<&Path> = train.iter().map(|f| f.path.as_path()).collect();
-        let (bank, n_pool) = reference::fit_bank(&fx, &paths, inp, spec.max_patches, spec.coreset)?;
+        if !held.is_empty() {
+            log::info!(
+                "holding {} of the {} normal images out of the bank (MEBin's floor)",
+                held.len(),
+                train.len()
+            );
+        }
+        let (bank, n_pool) =
+            reference::fit_bank(&fx, &fitted, inp, spec.max_patches, spec.coreset)?;
         let k = bank.size()[0] as usize;
         log::info!("memory bank: {k} of {n_pool} patches ({} dims)", fx.dim());
-        (Reference::bank(bank), n_pool, k, 0)
+        (Reference::bank(bank, fx.slices()), n_pool, k, 0)
+    };
+    let mutual = match spec.fuse_mutual > 0.0 {
+        true => Some(reference::mutual(
+            &fx,
+            &test_paths,
+            inp,
+            spec.zero_shot_refs,
+            spec.zero_shot_fraction,
+        )?),
+        false => None,
     };
     seconds.insert("fit".to_string(), t.elapsed().as_secs_f64());
 
     let t = Instant::now();
-    let (maps_spill, scores) = score(spec, &fx, &reference, &test_paths, inp)?;
+    let written: Vec<bool> = test
+        .iter()
+        .map(|f| spec.write_good_maps || !is_normal(f))
+        .collect();
+    let scored = scoring::score(
+        &fx,
+        &reference,
+        mutual.as_ref().map(|m| (m, spec.fuse_mutual)),
+        scoring::ToScore {
+            test: &test_paths,
+            held: &held,
+            written: &written,
+        },
+        inp,
+        &spec.out,
+    )?;
+    let (maps_spill, scores, normal_floor) = (scored.maps, scored.scores, scored.normal_floor);
     drop(reference);
+    drop(mutual);
     seconds.insert("scoring".to_string(), t.elapsed().as_secs_f64());
 
     let t = Instant::now();
@@ -531,6 +491,11 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
         stages: spec.stages.clone(),
         blocks: spec.blocks.clone(),
         aggregate: spec.aggregate,
+        per_block: spec.per_block,
+        aggregate_sizes: spec.aggregate_sizes.clone(),
+        fuse_mutual: spec.fuse_mutual,
+        holdout: spec.holdout,
+        blur: spec.blur,
         precision: kind_name(fx.kind()),
         feature_dim: fx.dim(),
         coreset_fraction: spec.coreset,
@@ -538,7 +503,8 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
         zero_shot: spec.zero_shot,
         zero_shot_refs: n_refs,
         seed: spec.seed,
-        train_images: train.len(),
+        train_images: fitted.len(),
+        normal_floor,
         pool_patches: n_pool,
         memory_bank: n_bank,
         scale: (lo, hi),
@@ -554,6 +520,10 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
         crate::mebin::run::remove_stale(&spec.out, &prev.output_files, &report.output_files);
     }
     Ok(report)
+}
+
+fn default_blur() -> f64 {
+    maps::SIGMA
 }
 
 /// `float`, `bfloat16`: a kind as `detect.json` writes it.

@@ -14,6 +14,22 @@ use crate::model::precision::frozen_kind;
 /// FNV-1a of the detector's source files (the list is in build.rs), fixed at build time.
 pub const DETECT_CODE: &str = env!("ANOMALYNCD_DETECT_CODE");
 
+fn is_false(v: &bool) -> bool {
+    !*v
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
+
+fn default_blur() -> f64 {
+    super::maps::SIGMA
+}
+
+fn is_default_blur(v: &f64) -> bool {
+    *v == super::maps::SIGMA
+}
+
 /// The settings that decide a detector run's maps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DetectSettings {
@@ -25,6 +41,18 @@ pub struct DetectSettings {
     pub stages: Vec<usize>,
     pub blocks: Vec<usize>,
     pub aggregate: Option<i64>,
+    // Issue 25's map variants: each left out of the record at its default (today's maps), so
+    // the fingerprints of runs with the default detector keep their old form.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub per_block: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aggregate_sizes: Vec<i64>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fuse_mutual: f64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub holdout: f64,
+    #[serde(default = "default_blur", skip_serializing_if = "is_default_blur")]
+    pub blur: f64,
     /// The kind the backbone actually runs in here (`float`, `bfloat16`): `auto` resolves by
     /// device and CPU, and maps of one kind must not stand in for the other's.
     pub precision: String,
@@ -66,6 +94,11 @@ impl DetectSpec {
             stages,
             blocks,
             aggregate,
+            per_block,
+            aggregate_sizes,
+            fuse_mutual,
+            holdout,
+            blur,
             coreset,
             max_patches,
             zero_shot,
@@ -82,6 +115,11 @@ impl DetectSpec {
             stages: stages.clone(),
             blocks: blocks.clone(),
             aggregate: *aggregate,
+            per_block: *per_block,
+            aggregate_sizes: aggregate_sizes.clone(),
+            fuse_mutual: *fuse_mutual,
+            holdout: *holdout,
+            blur: *blur,
             precision: kind_name(self.run_kind()),
             coreset: *coreset,
             max_patches: *max_patches,
@@ -156,5 +194,36 @@ mod tests {
         assert_eq!(a.settings(), b.settings());
         assert_eq!(a.settings().code, DETECT_CODE);
         assert_eq!(DETECT_CODE.len(), 16);
+    }
+
+    #[test]
+    fn map_variants_change_the_settings_and_stay_out_at_their_defaults() {
+        let base = serde_json::to_value(spec().settings()).unwrap();
+        for key in [
+            "per_block",
+            "aggregate_sizes",
+            "fuse_mutual",
+            "holdout",
+            "blur",
+        ] {
+            assert!(base.get(key).is_none(), "{key} recorded at its default");
+        }
+        type Change = fn(&mut DetectSpec);
+        let changes: [(&str, Change); 5] = [
+            ("blur", |s| s.blur = 2.0),
+            ("per_block", |s| s.per_block = true),
+            ("aggregate_sizes", |s| s.aggregate_sizes = vec![1, 3, 5]),
+            ("fuse_mutual", |s| s.fuse_mutual = 0.5),
+            ("holdout", |s| s.holdout = 0.1),
+        ];
+        for (key, change) in changes {
+            let mut s = spec();
+            change(&mut s);
+            let v = serde_json::to_value(s.settings()).unwrap();
+            assert!(v.get(key).is_some(), "{key}");
+            assert_ne!(s.settings(), spec().settings(), "{key}");
+            let back: DetectSettings = serde_json::from_value(v).unwrap();
+            assert_eq!(back, s.settings(), "{key} round trip");
+        }
     }
 }

@@ -1,0 +1,256 @@
+//! The detect job's inputs: the spec's checks, the listed folders, the masks paired with the
+//! test images, and the normal images split into fitted and held-out ones.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::run::DetectSpec;
+use super::NORMAL_TYPE;
+use crate::error::{Error, Result};
+use crate::imageio::{describe_files, list_files, TypedFile, IMAGE_EXTENSIONS, MAP_EXTENSIONS};
+
+pub(crate) fn check_spec(s: &DetectSpec) -> Result<()> {
+    if !(32..=2048).contains(&s.image_size) {
+        return Err(Error::usage(format!(
+            "--image-size {}: use 32..=2048 pixels (e.g. 448)",
+            s.image_size
+        )));
+    }
+    if !(s.coreset > 0.0 && s.coreset <= 1.0) {
+        return Err(Error::usage(format!(
+            "--coreset {}: give a fraction in (0, 1], e.g. 0.1",
+            s.coreset
+        )));
+    }
+    if s.max_patches == 0 || s.batch_size == 0 {
+        return Err(Error::usage(
+            "--max-patches and --batch-size must be at least 1",
+        ));
+    }
+    if !super::features::BACKBONES.contains(&s.backbone.as_str()) {
+        return Err(Error::usage(format!(
+            "--backbone {}: use one of {}",
+            s.backbone,
+            super::features::BACKBONES.join(", ")
+        )));
+    }
+    if s.zero_shot {
+        if s.zero_shot_refs < 2 {
+            return Err(Error::usage(format!(
+                "--zero-shot-refs {}: give at least 2 reference images (e.g. 32)",
+                s.zero_shot_refs
+            )));
+        }
+        if !(s.zero_shot_fraction > 0.0 && s.zero_shot_fraction <= 1.0) {
+            return Err(Error::usage(format!(
+                "--zero-shot-fraction {}: give a fraction in (0, 1], e.g. 0.3",
+                s.zero_shot_fraction
+            )));
+        }
+    } else if s.train.is_none() {
+        return Err(Error::usage(
+            "give --train with normal images, or --zero-shot to score the test images against each other",
+        ));
+    }
+    check_variants(s)
+}
+
+/// The options of issue 25's map variants (fusion, held-out normals, neighbourhood sizes).
+fn check_variants(s: &DetectSpec) -> Result<()> {
+    if !(0.0..=1.0).contains(&s.fuse_mutual) {
+        return Err(Error::usage(format!(
+            "--fuse-mutual {}: give a weight in [0, 1] (0: off, e.g. 0.5)",
+            s.fuse_mutual
+        )));
+    }
+    if s.fuse_mutual > 0.0 && s.zero_shot {
+        return Err(Error::usage(
+            "--fuse-mutual mixes the fitted score with the zero-shot one: give --train, not --zero-shot",
+        ));
+    }
+    let refs_ok =
+        s.zero_shot_refs >= 2 && s.zero_shot_fraction > 0.0 && s.zero_shot_fraction <= 1.0;
+    if s.fuse_mutual > 0.0 && !refs_ok {
+        return Err(Error::usage(format!(
+            "--fuse-mutual: --zero-shot-refs {} / --zero-shot-fraction {}: give at least 2 references and a fraction in (0, 1]",
+            s.zero_shot_refs, s.zero_shot_fraction
+        )));
+    }
+    if !(0.0..=0.5).contains(&s.holdout) {
+        return Err(Error::usage(format!(
+            "--holdout-normals {}: give a fraction in [0, 0.5] of the normal images (0: off, e.g. 0.1)",
+            s.holdout
+        )));
+    }
+    if s.holdout > 0.0 && s.zero_shot {
+        return Err(Error::usage(
+            "--holdout-normals holds normal images out of the memory bank: give --train, not --zero-shot",
+        ));
+    }
+    if !(0.0..=32.0).contains(&s.blur) {
+        return Err(Error::usage(format!(
+            "--blur {}: give the maps' Gaussian sigma at a side of 256 in [0, 32] (0: none, default 4)",
+            s.blur
+        )));
+    }
+    if s.aggregate.is_some() && !s.aggregate_sizes.is_empty() {
+        return Err(Error::usage(
+            "give either --aggregate K or --aggregate-sizes K1,K2,..., not both",
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn list_images(root: &Path, flag: &str) -> Result<Vec<TypedFile>> {
+    let files = list_files(root, IMAGE_EXTENSIONS)?;
+    if files.is_empty() {
+        return Err(Error::input(
+            root,
+            format!("{flag}: no images found (expected <folder>/<type>/<stem>.<png|jpg|bmp|tif> or a flat folder of images)"),
+        ));
+    }
+    Ok(files)
+}
+
+pub(crate) fn is_normal(f: &TypedFile) -> bool {
+    f.type_name == NORMAL_TYPE
+}
+
+/// The mask of every defective test image (normal ones may have none); an error lists the
+/// defective images without one.
+pub(crate) fn pair_masks(masks: &Path, test: &[TypedFile]) -> Result<Vec<Option<PathBuf>>> {
+    let files = list_files(masks, MAP_EXTENSIONS)?;
+    let by_key: HashMap<(&str, &str), &Path> = files
+        .iter()
+        .map(|f| ((f.type_name.as_str(), f.stem.as_str()), f.path.as_path()))
+        .collect();
+    let mut missing = Vec::new();
+    let out = test
+        .iter()
+        .map(|f| {
+            let m = by_key.get(&(f.type_name.as_str(), f.stem.as_str()));
+            if m.is_none() && !is_normal(f) {
+                missing.push(f.clone());
+            }
+            m.map(|p| p.to_path_buf())
+        })
+        .collect();
+    if !missing.is_empty() {
+        return Err(Error::input(
+            masks,
+            format!(
+                "no mask for test image(s) {}; expected --masks <type>/<stem>.png for every defective image \
+                 (0 = normal, 255 = defect), or drop --masks",
+                describe_files(&missing, Path::new(""), 5)
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+/// The normal images split into those the bank is fitted on and the held-out ones (a seeded
+/// `fraction` of them, at least 1, leaving at least 1); all fitted when `fraction` is 0.
+pub(crate) fn split_holdout(
+    train: &[TypedFile],
+    fraction: f64,
+    seed: u64,
+) -> Result<(Vec<&Path>, Vec<&Path>)> {
+    let all: Vec<&Path> = train.iter().map(|f| f.path.as_path()).collect();
+    if fraction <= 0.0 {
+        return Ok((all, Vec::new()));
+    }
+    let n = all.len();
+    if n < 2 {
+        return Err(Error::usage(format!(
+            "--holdout-normals: {n} normal image; holding some out of the bank needs at least 2"
+        )));
+    }
+    let k = ((n as f64 * fraction).round() as usize).clamp(1, n - 1);
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x0068_6f6c_646f_7574));
+    let mut held = idx.split_off(n - k);
+    idx.sort_unstable();
+    held.sort_unstable();
+    Ok((
+        idx.into_iter().map(|i| all[i]).collect(),
+        held.into_iter().map(|i| all[i]).collect(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    fn files(n: usize) -> Vec<TypedFile> {
+        (0..n)
+            .map(|i| TypedFile {
+                type_name: String::new(),
+                stem: format!("{i:03}"),
+                path: PathBuf::from(format!("/good/{i:03}.png")),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn held_out_normals_are_a_seeded_share_left_out_of_the_fit() {
+        let train = files(20);
+        let (fit, held) = split_holdout(&train, 0.1, 0).unwrap();
+        assert_eq!((fit.len(), held.len()), (18, 2));
+        assert!(held.iter().all(|h| !fit.contains(h)));
+        assert_eq!(split_holdout(&train, 0.1, 0).unwrap().1, held, "seeded");
+        // Off: all fitted. At least one held out, at least one left.
+        assert_eq!(split_holdout(&train, 0.0, 0).unwrap().0.len(), 20);
+        assert_eq!(split_holdout(&files(3), 0.01, 1).unwrap().1.len(), 1);
+        assert_eq!(split_holdout(&files(2), 0.5, 1).unwrap().0.len(), 1);
+        assert_eq!(split_holdout(&files(1), 0.1, 0).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn map_variant_settings_are_checked() {
+        let spec = || {
+            DetectSpec::with_defaults(
+                Some("/good".into()),
+                "/test".into(),
+                "/out".into(),
+                None,
+                Device::Cpu,
+            )
+        };
+        assert!(check_spec(&spec()).is_ok());
+        type Change = fn(&mut DetectSpec);
+        let bad: [Change; 8] = [
+            |s| s.blur = -1.0,
+            |s| s.blur = f64::NAN,
+            |s| s.fuse_mutual = 1.5,
+            |s| s.fuse_mutual = -0.1,
+            |s| {
+                s.fuse_mutual = 0.5;
+                s.zero_shot_refs = 1;
+            },
+            |s| s.holdout = 0.9,
+            |s| {
+                s.aggregate = Some(3);
+                s.aggregate_sizes = vec![1, 3];
+            },
+            |s| {
+                s.zero_shot = true;
+                s.train = None;
+                s.holdout = 0.1;
+            },
+        ];
+        for (i, change) in bad.iter().enumerate() {
+            let mut s = spec();
+            change(&mut s);
+            assert_eq!(check_spec(&s).unwrap_err().exit_code(), 2, "case {i}");
+        }
+        let mut s = spec();
+        (s.fuse_mutual, s.holdout, s.per_block) = (0.5, 0.1, true);
+        s.aggregate_sizes = vec![1, 3, 5];
+        assert!(check_spec(&s).is_ok());
+    }
+}

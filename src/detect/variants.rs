@@ -1,0 +1,102 @@
+//! The map variants of issue 25 as one serde block, for a caller that takes the detector's
+//! settings from a config (`discover`): `MapVariants::default()` is today's detector, and
+//! [`MapVariants::apply`] copies the block into a [`DetectSpec`], whose settings (and so the
+//! maps' fingerprint) then record every value that differs from the default.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::run::{DetectReport, DetectSpec, REPORT_FILE};
+use crate::error::{Error, Result};
+
+/// What `detect --per-block / --aggregate-sizes / --fuse-mutual / --holdout-normals / --blur`
+/// set, with the command's defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MapVariants {
+    pub per_block: bool,
+    pub aggregate_sizes: Vec<i64>,
+    pub fuse_mutual: f64,
+    pub holdout: f64,
+    pub blur: f64,
+}
+
+impl Default for MapVariants {
+    fn default() -> Self {
+        MapVariants {
+            per_block: false,
+            aggregate_sizes: Vec::new(),
+            fuse_mutual: 0.0,
+            holdout: 0.0,
+            blur: super::maps::SIGMA,
+        }
+    }
+}
+
+impl MapVariants {
+    /// Copies the variants into `spec` (checked when the detector runs). With no normal
+    /// images (`spec.zero_shot`) fusion and held-out normals do not apply and are left off.
+    pub fn apply(&self, spec: &mut DetectSpec) {
+        spec.per_block = self.per_block;
+        spec.aggregate_sizes = self.aggregate_sizes.clone();
+        spec.blur = self.blur;
+        let fitted = !spec.zero_shot;
+        spec.fuse_mutual = if fitted { self.fuse_mutual } else { 0.0 };
+        spec.holdout = if fitted { self.holdout } else { 0.0 };
+    }
+}
+
+/// The floor for MEBin's threshold range (`binarization.min_threshold`) that a detector run
+/// with held-out normals wrote into `maps/detect.json`; None without held-out normals.
+pub fn normal_floor(maps: &Path) -> Result<Option<f64>> {
+    let path = maps.join(REPORT_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let report: DetectReport = serde_json::from_str(&text)
+        .map_err(|e| Error::input(&path, format!("not a detect report: {e}")))?;
+    Ok(report.normal_floor.map(|f| f.floor))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    fn spec(train: bool) -> DetectSpec {
+        DetectSpec::with_defaults(
+            train.then(|| "/good".into()),
+            "/test".into(),
+            "/out".into(),
+            None,
+            Device::Cpu,
+        )
+    }
+
+    #[test]
+    fn the_default_block_is_todays_detector() {
+        let mut s = spec(true);
+        MapVariants::default().apply(&mut s);
+        assert_eq!(s.settings(), spec(true).settings());
+        let v: MapVariants =
+            serde_json::from_str(r#"{"per_block": true, "holdout": 0.1}"#).unwrap();
+        assert_eq!(v.blur, super::super::maps::SIGMA);
+        v.apply(&mut s);
+        assert!(s.per_block && s.holdout == 0.1);
+        assert_ne!(s.settings(), spec(true).settings());
+        // Zero-shot: no normal images to hold out or to fuse with.
+        let mut z = spec(false);
+        v.apply(&mut z);
+        assert_eq!(z.holdout, 0.0);
+        assert!(serde_json::from_str::<MapVariants>(r#"{"per_blok": true}"#).is_err());
+    }
+
+    #[test]
+    fn a_missing_report_is_an_error_and_no_floor_is_none() {
+        let dir = std::env::temp_dir().join(format!("anomalyncd-floor-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(normal_floor(&dir).is_err());
+        std::fs::write(dir.join(REPORT_FILE), "{}").unwrap();
+        assert!(normal_floor(&dir).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
