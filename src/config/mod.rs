@@ -12,6 +12,8 @@ pub use cache_mode::CacheFrozen;
 
 pub mod arch;
 mod cache_mode;
+mod detect;
+pub use detect::{MapVariants, DEFAULT_BLUR};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -22,6 +24,8 @@ pub struct Config {
     pub loss: Loss,
     pub experiment: Experiment,
     pub inference: Inference,
+    /// Ours: the built-in detector's map variants, as `discover` runs it.
+    pub detect: MapVariants,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,7 +5,7 @@
 use tch::{Kind, Tensor};
 
 /// PatchCore's smoothing of the upsampled map (at a map side of 256).
-pub const SIGMA: f64 = 4.0;
+pub const SIGMA: f64 = crate::config::DEFAULT_BLUR;
 
 /// Normalised 1-D Gaussian of `sigma` with radius `round(4 sigma)` (scipy's `truncate=4.0`).
 fn gaussian_kernel(sigma: f64) -> Vec<f32> {

@@ -5,34 +5,9 @@
 
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-
 use super::run::{DetectReport, DetectSpec, REPORT_FILE};
+pub use crate::config::MapVariants;
 use crate::error::{Error, Result};
-
-/// What `detect --per-block / --aggregate-sizes / --fuse-mutual / --holdout-normals / --blur`
-/// set, with the command's defaults.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MapVariants {
-    pub per_block: bool,
-    pub aggregate_sizes: Vec<i64>,
-    pub fuse_mutual: f64,
-    pub holdout: f64,
-    pub blur: f64,
-}
-
-impl Default for MapVariants {
-    fn default() -> Self {
-        MapVariants {
-            per_block: false,
-            aggregate_sizes: Vec::new(),
-            fuse_mutual: 0.0,
-            holdout: 0.0,
-            blur: super::maps::SIGMA,
-        }
-    }
-}
 
 impl MapVariants {
     /// Copies the variants into `spec` (checked when the detector runs). With no normal

@@ -220,6 +220,11 @@ mod tests {
         ("write_good_maps", |j| j.write_good_maps = true),
         ("train", |j| j.train = Some("/data/normal".into())),
         ("test", |j| j.test = "/data/other".into()),
+        ("per_block", |j| j.per_block = true),
+        ("aggregate_sizes", |j| j.aggregate_sizes = vec![1, 3, 5]),
+        ("fuse_mutual", |j| j.fuse_mutual = 0.5),
+        ("holdout", |j| j.holdout = 0.1),
+        ("blur", |j| j.blur = 2.0),
     ];
 
     #[test]
@@ -321,5 +326,14 @@ mod tests {
         );
         let random = run_fingerprints(&spec, None);
         assert_eq!(redone(&random), [false, true, true, true]);
+        // The config's `detect` section reaches the detector's job and its fingerprint.
+        let mut per_block = discover_spec();
+        per_block.config.detect.per_block = true;
+        let job = detect_spec(&per_block, Some(w.to_path_buf()), &maps_dir, &normal, false);
+        assert!(job.per_block);
+        assert_eq!(
+            redone(&run_fingerprints(&per_block, Some(w))),
+            [false, true, true, true]
+        );
     }
 }

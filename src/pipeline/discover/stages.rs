@@ -70,11 +70,22 @@ pub(super) fn run_stage(
             })))
         }
         StageKind::Binarize { maps } => {
+            // A detector run with held-out normals (`detect.holdout`) leaves a floor for MEBin's
+            // range; a floor set in the config wins.
+            let mut binarization = spec.config.binarization.clone();
+            if binarization.min_threshold.is_none()
+                && maps.join(crate::detect::REPORT_FILE).is_file()
+            {
+                if let Some(floor) = crate::detect::normal_floor(maps)? {
+                    log::info!("MEBin floor {floor:.1} from the held-out normal images' maps");
+                    binarization.min_threshold = Some(floor);
+                }
+            }
             let job = BinarizeSpec::from_maps(
                 maps,
                 &spec.images,
                 &st.dir,
-                &spec.config.binarization,
+                &binarization,
                 pairing(),
                 true,
             );
@@ -112,7 +123,7 @@ pub(super) fn detect_spec(
     train: &Option<PathBuf>,
     write_good_maps: bool,
 ) -> DetectSpec {
-    DetectSpec {
+    let mut job = DetectSpec {
         image_size: spec.detector.image_size,
         write_good_maps,
         overwrite: true,
@@ -123,7 +134,9 @@ pub(super) fn detect_spec(
             weights,
             spec.device,
         )
-    }
+    };
+    spec.config.detect.apply(&mut job);
+    job
 }
 
 /// Training, resumed from its checkpoint when an earlier run of the same stage stopped.
