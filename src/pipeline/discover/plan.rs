@@ -206,6 +206,23 @@ impl Costs {
         forwards + extra + 5.0
     }
 
+    /// The detector's `plain` estimate with the config's map variants: per-block scoring
+    /// measured 1.0–1.3× the default run (a bank and a search per tapped block); fusing the
+    /// mutual score adds the zero-shot scoring of the test images.
+    fn detect_variants(
+        plain: f64,
+        fit: f64,
+        scored: f64,
+        size: u32,
+        v: &crate::config::MapVariants,
+    ) -> f64 {
+        let mut s = plain * if v.per_block { 1.3 } else { 1.0 };
+        if fit > 0.0 && v.fuse_mutual > 0.0 {
+            s += Self::detect(0.0, scored, size) - 5.0;
+        }
+        s
+    }
+
     /// `detect`: one image's forward at a 448 side (1024 patches).
     const DETECT_IMAGE: f64 = 0.2;
     /// `detect`'s greedy k-center coreset, per (pooled patch, bank patch) pair: with the
@@ -355,7 +372,13 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
                 },
                 dir: out.join("maps"),
                 what,
-                estimate_s: Costs::detect(fit, scored, spec.detector.image_size),
+                estimate_s: Costs::detect_variants(
+                    Costs::detect(fit, scored, spec.detector.image_size),
+                    fit,
+                    scored,
+                    spec.detector.image_size,
+                    &spec.config.detect,
+                ),
             });
             out.join("maps")
         }

@@ -219,3 +219,23 @@ fn no_base_has_no_base_stage_and_trains_on_the_novel_crops_alone() {
         assert!(train(&p) < train(&with_base));
     }
 }
+
+#[test]
+fn map_variants_raise_the_maps_estimate() {
+    let plain = Costs::detect(100.0, 50.0, 448);
+    let v = crate::config::MapVariants::default();
+    assert_eq!(Costs::detect_variants(plain, 100.0, 50.0, 448, &v), plain);
+    let per_block = crate::config::MapVariants {
+        per_block: true,
+        ..v.clone()
+    };
+    assert!(Costs::detect_variants(plain, 100.0, 50.0, 448, &per_block) > plain);
+    let fused = crate::config::MapVariants {
+        fuse_mutual: 0.5,
+        ..v
+    };
+    assert!(Costs::detect_variants(plain, 100.0, 50.0, 448, &fused) > plain);
+    // Zero-shot maps have nothing to fuse.
+    let zs = Costs::detect(0.0, 50.0, 448);
+    assert_eq!(Costs::detect_variants(zs, 0.0, 50.0, 448, &fused), zs);
+}
