@@ -1,4 +1,4 @@
-//! The detect job's inputs: the spec's checks, the listed folders, the masks paired with the
+//! The detect job's inputs: the listed folders, the masks paired with the
 //! test images, and the normal images split into fitted and held-out ones.
 
 use std::collections::HashMap;
@@ -8,102 +8,9 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::run::DetectSpec;
 use super::NORMAL_TYPE;
 use crate::error::{Error, Result};
 use crate::imageio::{describe_files, list_files, TypedFile, IMAGE_EXTENSIONS, MAP_EXTENSIONS};
-
-pub(crate) fn check_spec(s: &DetectSpec) -> Result<()> {
-    if !(32..=2048).contains(&s.image_size) {
-        return Err(Error::usage(format!(
-            "--image-size {}: use 32..=2048 pixels (e.g. 448)",
-            s.image_size
-        )));
-    }
-    if !(s.coreset > 0.0 && s.coreset <= 1.0) {
-        return Err(Error::usage(format!(
-            "--coreset {}: give a fraction in (0, 1], e.g. 0.1",
-            s.coreset
-        )));
-    }
-    if s.max_patches == 0 || s.batch_size == 0 {
-        return Err(Error::usage(
-            "--max-patches and --batch-size must be at least 1",
-        ));
-    }
-    if !super::features::BACKBONES.contains(&s.backbone.as_str()) {
-        return Err(Error::usage(format!(
-            "--backbone {}: use one of {}",
-            s.backbone,
-            super::features::BACKBONES.join(", ")
-        )));
-    }
-    if s.zero_shot {
-        if s.zero_shot_refs < 2 {
-            return Err(Error::usage(format!(
-                "--zero-shot-refs {}: give at least 2 reference images (e.g. 32)",
-                s.zero_shot_refs
-            )));
-        }
-        if !(s.zero_shot_fraction > 0.0 && s.zero_shot_fraction <= 1.0) {
-            return Err(Error::usage(format!(
-                "--zero-shot-fraction {}: give a fraction in (0, 1], e.g. 0.3",
-                s.zero_shot_fraction
-            )));
-        }
-    } else if s.train.is_none() {
-        return Err(Error::usage(
-            "give --train with normal images, or --zero-shot to score the test images against each other",
-        ));
-    }
-    check_variants(s)
-}
-
-/// The options of issue 25's map variants (fusion, held-out normals, neighbourhood sizes).
-fn check_variants(s: &DetectSpec) -> Result<()> {
-    if !(0.0..=1.0).contains(&s.fuse_mutual) {
-        return Err(Error::usage(format!(
-            "--fuse-mutual {}: give a weight in [0, 1] (0: off, e.g. 0.5)",
-            s.fuse_mutual
-        )));
-    }
-    if s.fuse_mutual > 0.0 && s.zero_shot {
-        return Err(Error::usage(
-            "--fuse-mutual mixes the fitted score with the zero-shot one: give --train, not --zero-shot",
-        ));
-    }
-    let refs_ok =
-        s.zero_shot_refs >= 2 && s.zero_shot_fraction > 0.0 && s.zero_shot_fraction <= 1.0;
-    if s.fuse_mutual > 0.0 && !refs_ok {
-        return Err(Error::usage(format!(
-            "--fuse-mutual: --zero-shot-refs {} / --zero-shot-fraction {}: give at least 2 references and a fraction in (0, 1]",
-            s.zero_shot_refs, s.zero_shot_fraction
-        )));
-    }
-    if !(0.0..=0.5).contains(&s.holdout) {
-        return Err(Error::usage(format!(
-            "--holdout-normals {}: give a fraction in [0, 0.5] of the normal images (0: off, e.g. 0.1)",
-            s.holdout
-        )));
-    }
-    if s.holdout > 0.0 && s.zero_shot {
-        return Err(Error::usage(
-            "--holdout-normals holds normal images out of the memory bank: give --train, not --zero-shot",
-        ));
-    }
-    if !(0.0..=32.0).contains(&s.blur) {
-        return Err(Error::usage(format!(
-            "--blur {}: give the maps' Gaussian sigma at a side of 256 in [0, 32] (0: none, default 4)",
-            s.blur
-        )));
-    }
-    if s.aggregate.is_some() && !s.aggregate_sizes.is_empty() {
-        return Err(Error::usage(
-            "give either --aggregate K or --aggregate-sizes K1,K2,..., not both",
-        ));
-    }
-    Ok(())
-}
 
 pub(crate) fn list_images(root: &Path, flag: &str) -> Result<Vec<TypedFile>> {
     let files = list_files(root, IMAGE_EXTENSIONS)?;

@@ -35,16 +35,17 @@ mod run;
 pub(crate) mod scoring;
 mod settings;
 pub mod slices;
+mod spec;
 mod spill;
 mod variants;
 
-pub use run::{
-    run, DetectReport, DetectSpec, DEFAULT_BATCH_SIZE, DEFAULT_BLOCKS, DEFAULT_CORESET,
-    DEFAULT_MAX_PATCHES, DEFAULT_STAGES, DEFAULT_VIT_IMAGE_SIZE, DEFAULT_ZERO_SHOT_FRACTION,
-    DEFAULT_ZERO_SHOT_REFS, REPORT_FILE,
-};
+pub use run::{run, DetectReport, REPORT_FILE};
 pub use scoring::NormalFloor;
 pub use settings::{DetectSettings, DETECT_CODE};
+pub use spec::{
+    DetectSpec, DEFAULT_BATCH_SIZE, DEFAULT_BLOCKS, DEFAULT_CORESET, DEFAULT_MAX_PATCHES,
+    DEFAULT_STAGES, DEFAULT_VIT_IMAGE_SIZE, DEFAULT_ZERO_SHOT_FRACTION, DEFAULT_ZERO_SHOT_REFS,
+};
 pub use variants::{normal_floor, MapVariants};
 
 /// Test type folders holding normal images (MVTec AD's convention).

@@ -8,18 +8,18 @@ use std::time::Instant;
 use image::{imageops::FilterType, GrayImage};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use tch::Device;
 
 use super::eval::{auroc, PixelSet};
 use super::features::{FeatureExtractor, Resize};
-use super::inputs::{check_spec, is_normal, list_images, pair_masks, split_holdout};
+use super::inputs::{is_normal, list_images, pair_masks, split_holdout};
 use super::localize::{LocReport, MapsEvalSpec};
 use super::reference::{self, Inputs, Reference};
 use super::scoring::{self, NormalFloor};
 use super::slices::Slicing;
+use super::spec::check_spec;
+use super::spec::DetectSpec;
 use super::spill::MapSpill;
 use super::{maps, NORMAL_TYPE};
-use crate::config::Precision;
 use crate::error::{Error, Result};
 use crate::fsutil::{atomic_write, prepare_output_dir, save_image_atomic};
 use crate::imageio::TypedFile;
@@ -27,113 +27,6 @@ use crate::model::ArchSpec;
 
 /// The run summary written into OUT.
 pub const REPORT_FILE: &str = "detect.json";
-
-/// What to run.
-#[derive(Debug, Clone)]
-pub struct DetectSpec {
-    /// Normal training images; None with `zero_shot`.
-    pub train: Option<PathBuf>,
-    pub test: PathBuf,
-    pub out: PathBuf,
-    pub masks: Option<PathBuf>,
-    pub backbone: String,
-    /// None: random weights (tests only).
-    pub weights: Option<PathBuf>,
-    /// The backbone input's longer side (both sides with `Resize::Square`); the maps have the
-    /// input's size.
-    pub image_size: u32,
-    pub resize: Resize,
-    /// EfficientNet stages (0-based) feeding the features.
-    pub stages: Vec<usize>,
-    /// ViT blocks (1-based) whose patch tokens are averaged.
-    pub blocks: Vec<usize>,
-    /// Side of the neighbourhood each patch feature is averaged over; None: the backbone's
-    /// default (1 for the ViT, 3 for the CNN).
-    pub aggregate: Option<i64>,
-    /// ViT: score each tapped block's patch tokens on their own and average the scores
-    /// (MuSc), instead of scoring the blocks' mean.
-    pub per_block: bool,
-    /// ViT: several neighbourhood sides (odd), each scored on its own and the scores averaged
-    /// (MuSc's r = 1, 3, 5); empty: the one side of `aggregate`.
-    pub aggregate_sizes: Vec<i64>,
-    /// With normal images: the weight of the zero-shot mutual score mixed into the fitted
-    /// score (0: off; see [`super::scoring`]).
-    pub fuse_mutual: f64,
-    /// The fraction of the normal images kept out of the memory bank and scored as held-out
-    /// normals: `detect.json` then gives MEBin's floor (`normal_floor`). 0: off.
-    pub holdout: f64,
-    /// The maps' Gaussian blur: sigma at a map side of 256, scaled with the map (PatchCore's 4;
-    /// 0: none).
-    pub blur: f64,
-    /// The ViT blocks' precision (the similarities are f32 regardless).
-    pub precision: Precision,
-    pub coreset: f64,
-    pub max_patches: usize,
-    /// Score each test image against other test images instead of normal ones (MuSc-style).
-    pub zero_shot: bool,
-    /// Zero-shot: at most this many reference test images.
-    pub zero_shot_refs: usize,
-    /// Zero-shot: the fraction of lowest per-reference distances averaged.
-    pub zero_shot_fraction: f64,
-    pub batch_size: usize,
-    pub seed: u64,
-    pub write_good_maps: bool,
-    pub overwrite: bool,
-    pub device: Device,
-}
-
-/// The defaults of `anomalyncd detect`, shared by the command's flags and by `discover`.
-pub const DEFAULT_BLOCKS: [usize; 3] = [6, 9, 12];
-pub const DEFAULT_STAGES: [usize; 2] = [2, 4];
-pub const DEFAULT_CORESET: f64 = 0.1;
-pub const DEFAULT_MAX_PATCHES: usize = 100_000;
-pub const DEFAULT_ZERO_SHOT_REFS: usize = 64;
-pub const DEFAULT_ZERO_SHOT_FRACTION: f64 = 0.3;
-pub const DEFAULT_BATCH_SIZE: usize = 16;
-/// The ViT's input's longer side (a 32-patch side for ViT-S/14).
-pub const DEFAULT_VIT_IMAGE_SIZE: u32 = 448;
-
-impl DetectSpec {
-    /// The default detector (the DINOv2 backbone with `weights`) over `test` into `out`: fitted
-    /// on `train`, or zero-shot without it. The fields are public for anything else.
-    pub fn with_defaults(
-        train: Option<PathBuf>,
-        test: PathBuf,
-        out: PathBuf,
-        weights: Option<PathBuf>,
-        device: Device,
-    ) -> Self {
-        Self {
-            zero_shot: train.is_none(),
-            train,
-            test,
-            out,
-            masks: None,
-            backbone: super::features::BACKBONES[0].to_string(),
-            weights,
-            image_size: DEFAULT_VIT_IMAGE_SIZE,
-            resize: Resize::Aspect,
-            stages: DEFAULT_STAGES.to_vec(),
-            blocks: DEFAULT_BLOCKS.to_vec(),
-            aggregate: None,
-            per_block: false,
-            aggregate_sizes: Vec::new(),
-            fuse_mutual: 0.0,
-            holdout: 0.0,
-            blur: maps::SIGMA,
-            precision: Precision::Auto,
-            coreset: DEFAULT_CORESET,
-            max_patches: DEFAULT_MAX_PATCHES,
-            zero_shot_refs: DEFAULT_ZERO_SHOT_REFS,
-            zero_shot_fraction: DEFAULT_ZERO_SHOT_FRACTION,
-            batch_size: DEFAULT_BATCH_SIZE,
-            seed: 0,
-            write_good_maps: false,
-            overwrite: false,
-            device,
-        }
-    }
-}
 
 /// Score of one test image and where its map went.
 #[derive(Debug, Clone, Serialize, Deserialize)]

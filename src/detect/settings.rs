@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use tch::Kind;
 
 use super::features::Resize;
-use super::run::{kind_name, DetectSpec};
+use super::run::kind_name;
+use super::spec::DetectSpec;
 use crate::model::precision::frozen_kind;
 
 /// FNV-1a of the detector's source files (the list is in build.rs), fixed at build time.

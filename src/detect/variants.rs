@@ -5,7 +5,8 @@
 
 use std::path::Path;
 
-use super::run::{DetectReport, DetectSpec, REPORT_FILE};
+use super::run::{DetectReport, REPORT_FILE};
+use super::spec::DetectSpec;
 pub use crate::config::MapVariants;
 use crate::error::{Error, Result};
 

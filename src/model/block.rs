@@ -4,13 +4,12 @@
 use tch::{nn, Kind, Tensor};
 
 pub(crate) use super::guide::MaskGuide;
+pub use super::guide::HIDDEN_SCORE;
 
 use crate::model::arch::ArchSpec;
 
 pub const LN_EPS: f64 = 1e-6;
 pub const MLP_RATIO: usize = 4;
-/// The score a hidden patch gets in the class-token row (the reference's value).
-pub const HIDDEN_SCORE: f64 = -1e9;
 /// Tensors some weights files carry that the model does not use (DINOv2's `mask_token`).
 pub const IGNORED_TENSORS: &[&str] = &["mask_token"];
 /// Optimizer groups the variables are created in (tch `Path::set_group`): weights that take

@@ -18,7 +18,8 @@
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use super::block::HIDDEN_SCORE;
+/// The score a hidden patch gets in the class-token row (the reference's value).
+pub const HIDDEN_SCORE: f64 = -1e9;
 
 /// How the mask-guided blocks use a crop's mask or map (`models.guidance`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

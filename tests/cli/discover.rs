@@ -564,7 +564,12 @@ fn ctrl_c_in_the_maps_stage_then_resume_redoes_only_the_maps() {
     let o = interrupted(p, &args, || {
         std::fs::read_to_string(&log).is_ok_and(|t| t.contains("stage 2/4: maps"))
     });
-    assert!(!o.status.success(), "the interrupted run must not succeed");
+    assert!(
+        !o.status.success(),
+        "the interrupted run must not succeed: {:?}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
     let run = p.join("run");
     assert!(
         !run.join("maps/stage.json").exists(),

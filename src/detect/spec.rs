@@ -1,0 +1,210 @@
+//! What a detect job is: [`DetectSpec`], its defaults and its checks (kept apart from the job
+//! itself so that the inputs and the settings can name the spec without depending on the run).
+
+use std::path::PathBuf;
+
+use tch::Device;
+
+use super::features::Resize;
+use super::maps;
+use crate::config::Precision;
+use crate::error::{Error, Result};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct DetectSpec {
+    /// Normal training images; None with `zero_shot`.
+    pub train: Option<PathBuf>,
+    pub test: PathBuf,
+    pub out: PathBuf,
+    pub masks: Option<PathBuf>,
+    pub backbone: String,
+    /// None: random weights (tests only).
+    pub weights: Option<PathBuf>,
+    /// The backbone input's longer side (both sides with `Resize::Square`); the maps have the
+    /// input's size.
+    pub image_size: u32,
+    pub resize: Resize,
+    /// EfficientNet stages (0-based) feeding the features.
+    pub stages: Vec<usize>,
+    /// ViT blocks (1-based) whose patch tokens are averaged.
+    pub blocks: Vec<usize>,
+    /// Side of the neighbourhood each patch feature is averaged over; None: the backbone's
+    /// default (1 for the ViT, 3 for the CNN).
+    pub aggregate: Option<i64>,
+    /// ViT: score each tapped block's patch tokens on their own and average the scores
+    /// (MuSc), instead of scoring the blocks' mean.
+    pub per_block: bool,
+    /// ViT: several neighbourhood sides (odd), each scored on its own and the scores averaged
+    /// (MuSc's r = 1, 3, 5); empty: the one side of `aggregate`.
+    pub aggregate_sizes: Vec<i64>,
+    /// With normal images: the weight of the zero-shot mutual score mixed into the fitted
+    /// score (0: off; see [`super::scoring`]).
+    pub fuse_mutual: f64,
+    /// The fraction of the normal images kept out of the memory bank and scored as held-out
+    /// normals: `detect.json` then gives MEBin's floor (`normal_floor`). 0: off.
+    pub holdout: f64,
+    /// The maps' Gaussian blur: sigma at a map side of 256, scaled with the map (PatchCore's 4;
+    /// 0: none).
+    pub blur: f64,
+    /// The ViT blocks' precision (the similarities are f32 regardless).
+    pub precision: Precision,
+    pub coreset: f64,
+    pub max_patches: usize,
+    /// Score each test image against other test images instead of normal ones (MuSc-style).
+    pub zero_shot: bool,
+    /// Zero-shot: at most this many reference test images.
+    pub zero_shot_refs: usize,
+    /// Zero-shot: the fraction of lowest per-reference distances averaged.
+    pub zero_shot_fraction: f64,
+    pub batch_size: usize,
+    pub seed: u64,
+    pub write_good_maps: bool,
+    pub overwrite: bool,
+    pub device: Device,
+}
+
+/// The defaults of `anomalyncd detect`, shared by the command's flags and by `discover`.
+pub const DEFAULT_BLOCKS: [usize; 3] = [6, 9, 12];
+pub const DEFAULT_STAGES: [usize; 2] = [2, 4];
+pub const DEFAULT_CORESET: f64 = 0.1;
+pub const DEFAULT_MAX_PATCHES: usize = 100_000;
+pub const DEFAULT_ZERO_SHOT_REFS: usize = 64;
+pub const DEFAULT_ZERO_SHOT_FRACTION: f64 = 0.3;
+pub const DEFAULT_BATCH_SIZE: usize = 16;
+/// The ViT's input's longer side (a 32-patch side for ViT-S/14).
+pub const DEFAULT_VIT_IMAGE_SIZE: u32 = 448;
+
+impl DetectSpec {
+    /// The default detector (the DINOv2 backbone with `weights`) over `test` into `out`: fitted
+    /// on `train`, or zero-shot without it. The fields are public for anything else.
+    pub fn with_defaults(
+        train: Option<PathBuf>,
+        test: PathBuf,
+        out: PathBuf,
+        weights: Option<PathBuf>,
+        device: Device,
+    ) -> Self {
+        Self {
+            zero_shot: train.is_none(),
+            train,
+            test,
+            out,
+            masks: None,
+            backbone: super::features::BACKBONES[0].to_string(),
+            weights,
+            image_size: DEFAULT_VIT_IMAGE_SIZE,
+            resize: Resize::Aspect,
+            stages: DEFAULT_STAGES.to_vec(),
+            blocks: DEFAULT_BLOCKS.to_vec(),
+            aggregate: None,
+            per_block: false,
+            aggregate_sizes: Vec::new(),
+            fuse_mutual: 0.0,
+            holdout: 0.0,
+            blur: maps::SIGMA,
+            precision: Precision::Auto,
+            coreset: DEFAULT_CORESET,
+            max_patches: DEFAULT_MAX_PATCHES,
+            zero_shot_refs: DEFAULT_ZERO_SHOT_REFS,
+            zero_shot_fraction: DEFAULT_ZERO_SHOT_FRACTION,
+            batch_size: DEFAULT_BATCH_SIZE,
+            seed: 0,
+            write_good_maps: false,
+            overwrite: false,
+            device,
+        }
+    }
+}
+
+pub(crate) fn check_spec(s: &DetectSpec) -> Result<()> {
+    if !(32..=2048).contains(&s.image_size) {
+        return Err(Error::usage(format!(
+            "--image-size {}: use 32..=2048 pixels (e.g. 448)",
+            s.image_size
+        )));
+    }
+    if !(s.coreset > 0.0 && s.coreset <= 1.0) {
+        return Err(Error::usage(format!(
+            "--coreset {}: give a fraction in (0, 1], e.g. 0.1",
+            s.coreset
+        )));
+    }
+    if s.max_patches == 0 || s.batch_size == 0 {
+        return Err(Error::usage(
+            "--max-patches and --batch-size must be at least 1",
+        ));
+    }
+    if !super::features::BACKBONES.contains(&s.backbone.as_str()) {
+        return Err(Error::usage(format!(
+            "--backbone {}: use one of {}",
+            s.backbone,
+            super::features::BACKBONES.join(", ")
+        )));
+    }
+    if s.zero_shot {
+        if s.zero_shot_refs < 2 {
+            return Err(Error::usage(format!(
+                "--zero-shot-refs {}: give at least 2 reference images (e.g. 32)",
+                s.zero_shot_refs
+            )));
+        }
+        if !(s.zero_shot_fraction > 0.0 && s.zero_shot_fraction <= 1.0) {
+            return Err(Error::usage(format!(
+                "--zero-shot-fraction {}: give a fraction in (0, 1], e.g. 0.3",
+                s.zero_shot_fraction
+            )));
+        }
+    } else if s.train.is_none() {
+        return Err(Error::usage(
+            "give --train with normal images, or --zero-shot to score the test images against each other",
+        ));
+    }
+    check_variants(s)
+}
+
+/// The options of issue 25's map variants (fusion, held-out normals, neighbourhood sizes).
+fn check_variants(s: &DetectSpec) -> Result<()> {
+    if !(0.0..=1.0).contains(&s.fuse_mutual) {
+        return Err(Error::usage(format!(
+            "--fuse-mutual {}: give a weight in [0, 1] (0: off, e.g. 0.5)",
+            s.fuse_mutual
+        )));
+    }
+    if s.fuse_mutual > 0.0 && s.zero_shot {
+        return Err(Error::usage(
+            "--fuse-mutual mixes the fitted score with the zero-shot one: give --train, not --zero-shot",
+        ));
+    }
+    let refs_ok =
+        s.zero_shot_refs >= 2 && s.zero_shot_fraction > 0.0 && s.zero_shot_fraction <= 1.0;
+    if s.fuse_mutual > 0.0 && !refs_ok {
+        return Err(Error::usage(format!(
+            "--fuse-mutual: --zero-shot-refs {} / --zero-shot-fraction {}: give at least 2 references and a fraction in (0, 1]",
+            s.zero_shot_refs, s.zero_shot_fraction
+        )));
+    }
+    if !(0.0..=0.5).contains(&s.holdout) {
+        return Err(Error::usage(format!(
+            "--holdout-normals {}: give a fraction in [0, 0.5] of the normal images (0: off, e.g. 0.1)",
+            s.holdout
+        )));
+    }
+    if s.holdout > 0.0 && s.zero_shot {
+        return Err(Error::usage(
+            "--holdout-normals holds normal images out of the memory bank: give --train, not --zero-shot",
+        ));
+    }
+    if !(0.0..=32.0).contains(&s.blur) {
+        return Err(Error::usage(format!(
+            "--blur {}: give the maps' Gaussian sigma at a side of 256 in [0, 32] (0: none, default 4)",
+            s.blur
+        )));
+    }
+    if s.aggregate.is_some() && !s.aggregate_sizes.is_empty() {
+        return Err(Error::usage(
+            "give either --aggregate K or --aggregate-sizes K1,K2,..., not both",
+        ));
+    }
+    Ok(())
+}
