@@ -555,8 +555,10 @@ fn ctrl_c_in_the_maps_stage_then_resume_redoes_only_the_maps() {
         "--out",
         "run",
         "--detector-random-weights",
+        // 448, not 224: the maps stage then lasts several seconds, so the signal lands in it
+        // even when a busy test machine starves this thread for a while.
         "--detector-image-size",
-        "224",
+        "448",
         "--config",
         "tiny.yaml",
     ];
