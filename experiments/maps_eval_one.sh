@@ -6,7 +6,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${BIN:-$ROOT/target/release/anomalyncd}
-SHARED=${SHARED:-/work/shared/data}
+SHARED=${SHARED:-$ROOT/../shared/data}
 PY=${GT_PYTHON:-$ROOT/.venv/bin/python}
 proto=$1 maps=$2 out=$3; shift 3
 case $proto in

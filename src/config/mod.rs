@@ -13,7 +13,9 @@ pub use cache_mode::CacheFrozen;
 pub mod arch;
 mod cache_mode;
 mod detect;
+mod models;
 pub use detect::{MapVariants, DEFAULT_BLUR};
+pub use models::{GuidanceMode, Models, Precision};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -72,65 +74,6 @@ pub enum NoInterval {
     Peak,
     /// The reference's behaviour: threshold at the top level, whole-image crop, empty mask.
     WholeImage,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Models {
-    /// First backbone block that is fine-tuned; earlier blocks stay frozen.
-    pub grad_from_block: usize,
-    /// Backbone architecture (see `anomalyncd config show`).
-    pub pretrained_backbone: String,
-    /// How many of the last blocks hide non-anomalous patches from the class token.
-    pub mask_layers: usize,
-    pub n_views: usize,
-    pub n_head: usize,
-    /// Ours: backbone weights (.pth state dict or .safetensors). Default: the offline file for
-    /// dinov2_vits14, none (an error) for the DINO v1 models, random init for vit_tiny.
-    #[serde(with = "crate::fsutil::serde_opt_path")]
-    pub backbone_weights: Option<PathBuf>,
-    /// Ours: input side in pixels.
-    pub image_size: usize,
-    /// Ours: `auto` (bf16 for the frozen blocks where it is measurably faster: on CUDA, and on a
-    /// CPU whose bf16 GEMMs time at least 1.3× faster than fp32's), `fp32`, `bf16`.
-    pub precision: Precision,
-    /// Ours: when no patch of a crop is at least half covered by its mask (defects thinner than
-    /// half a patch: cracks, scratches), let the class token see every patch the mask touches
-    /// instead of none. Off (the reference's behaviour) unless set.
-    pub thin_mask_fallback: bool,
-    /// Ours: `hard` (the reference: patches outside the binary crop mask are hidden from the
-    /// class token), `soft` (the class token's logits are biased by the crop's anomaly map,
-    /// `guidance_lambda · (m − 1)`, `m` the map min-max normalised over the crop's patches;
-    /// `binarize` writes the maps under `crops/maps/`) or `soft_masked` (the same with the map
-    /// set to 0 outside the crop's binary mask).
-    pub guidance: GuidanceMode,
-    /// Ours: λ of soft guidance: how many logits the crop's least anomalous patch is put below
-    /// its most anomalous one.
-    pub guidance_lambda: f64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GuidanceMode {
-    Hard,
-    Soft,
-    #[serde(rename = "soft_masked")]
-    SoftMasked,
-}
-
-impl GuidanceMode {
-    /// Whether the crops' maps guide the model (they must then exist beside the crops).
-    pub fn uses_maps(self) -> bool {
-        self != GuidanceMode::Hard
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    Auto,
-    Fp32,
-    Bf16,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -202,24 +145,6 @@ impl Default for Binarization {
             refine: Refine::None,
             refine_radius: None,
             refine_eps: 1e-3,
-        }
-    }
-}
-
-impl Default for Models {
-    fn default() -> Self {
-        Self {
-            grad_from_block: 11,
-            pretrained_backbone: "dino_vitb8".into(),
-            mask_layers: 9,
-            n_views: 2,
-            n_head: 4,
-            backbone_weights: None,
-            image_size: 224,
-            precision: Precision::Auto,
-            thin_mask_fallback: false,
-            guidance: GuidanceMode::Hard,
-            guidance_lambda: 8.0,
         }
     }
 }

@@ -476,13 +476,23 @@ fn bad_inputs_are_exit_2_before_any_work() {
 /// returns what it printed and how it ended.
 #[cfg(unix)]
 fn interrupted(dir: &Path, args: &[&str], ready: impl Fn() -> bool) -> Output {
-    let mut child = common::bin()
-        .current_dir(dir)
+    use std::os::unix::process::CommandExt;
+    let mut cmd = common::bin();
+    cmd.current_dir(dir)
         .args(args)
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(std::process::Stdio::piped());
+    // A test run started in the background by a non-interactive shell (`cargo test &`) ignores
+    // SIGINT, and children inherit that: give the child the default disposition, as a terminal
+    // would, so that the signal means what a Ctrl-C means.
+    // SAFETY: `signal` is async-signal-safe, and nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
     let started = std::time::Instant::now();
     while !ready() {
         assert!(started.elapsed().as_secs() < 300, "not ready after 300 s");
@@ -555,10 +565,8 @@ fn ctrl_c_in_the_maps_stage_then_resume_redoes_only_the_maps() {
         "--out",
         "run",
         "--detector-random-weights",
-        // 448, not 224: the maps stage then lasts several seconds, so the signal lands in it
-        // even when a busy test machine starves this thread for a while.
         "--detector-image-size",
-        "448",
+        "224",
         "--config",
         "tiny.yaml",
     ];
