@@ -86,8 +86,15 @@ fn auto_is_measured_logged_stored_and_reused_only_on_the_same_cpu() {
     std::fs::write(&file, other.to_string()).unwrap();
     let line = decision(&run(d.path(), &cache, "c", "auto")).expect("decision not logged");
     assert!(line.contains("measured"), "{line}");
-    assert_eq!(stored(&cache)["cpu"], s["cpu"]);
-    assert_eq!(report(&d.path().join("c"))["precision"], as_run);
+    let again = stored(&cache);
+    assert_eq!(again["cpu"], s["cpu"]);
+    // The new measurement decides (on a loaded machine it may differ from the first one).
+    let as_run_again = if again["precision"] == "bf16" {
+        "bfloat16"
+    } else {
+        "float"
+    };
+    assert_eq!(report(&d.path().join("c"))["precision"], as_run_again);
 
     // A forced precision neither reads nor logs the decision, whatever is stored.
     for (forced, kind) in [("fp32", "float"), ("bf16", "bfloat16")] {
