@@ -28,7 +28,7 @@ use crate::imageio::read_folder;
 /// The folder of normal tiles in the raw dataset.
 pub const FREE: &str = "MT_Free";
 /// Where the held-out normal tiles go (MVTec AD's name for normal test images).
-pub const TEST_NORMAL: &str = "good";
+pub const TEST_NORMAL: &str = crate::imageio::NORMAL_TYPE;
 /// Share of the normal tiles used for training when no list is given (the reference's 80 %).
 pub const TRAIN_SHARE: f64 = 0.8;
 pub const SUMMARY_FILE: &str = "prepare_mtd.json";

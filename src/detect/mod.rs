@@ -48,5 +48,5 @@ pub use spec::{
 };
 pub use variants::{normal_floor, MapVariants};
 
-/// Test type folders holding normal images (MVTec AD's convention).
-pub const NORMAL_TYPE: &str = "good";
+/// Test type folders holding normal images.
+pub use crate::imageio::NORMAL_TYPE;

@@ -30,6 +30,9 @@ pub use listing::{
 };
 
 /// File extensions accepted for original images (compared case-insensitively).
+/// The type folder of normal images (MVTec AD's name): the one definition every stage uses.
+pub const NORMAL_TYPE: &str = "good";
+
 pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
 /// File extensions accepted for masks (and anomaly maps, which also take [`ANOMALY_MAP_EXTENSIONS`]).
 pub const MAP_EXTENSIONS: &[&str] = &["png", "tif", "tiff", "bmp"];

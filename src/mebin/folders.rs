@@ -11,8 +11,8 @@ use crate::error::{Error, Result};
 use crate::fsutil::prepare_output_dir;
 use crate::imageio::{self, describe_files, ANOMALY_MAP_EXTENSIONS, IMAGE_EXTENSIONS};
 
-/// The type folder that always holds normal images' maps (MVTec's name).
-pub const NORMAL_TYPE: &str = "good";
+/// The type folder that always holds normal images' maps.
+pub use crate::imageio::NORMAL_TYPE;
 
 /// How to pair maps with images.
 #[derive(Debug, Clone, Default)]

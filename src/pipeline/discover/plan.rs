@@ -8,8 +8,8 @@ use super::DiscoverSpec;
 use crate::cluster::NumClasses;
 use crate::config::{arch::ArchSpec, Config};
 
-/// The type folder of `--images` that holds normal images (MVTec's name).
-pub const NORMAL_TYPE: &str = "good";
+/// The type folder of `--images` that holds normal images.
+pub use crate::imageio::NORMAL_TYPE;
 
 /// The built-in base set: `synth`'s three base classes, this many images each.
 pub const SYNTH_BASE_PER_CLASS: usize = 12;
