@@ -28,9 +28,9 @@ pub struct Pairing {
 }
 
 impl Pairing {
-    /// Whether `type_name` holds normal images.
+    /// Whether `type_name` holds normal images: [`imageio::is_normal`], or one of `normal_types`.
     pub fn is_normal(&self, type_name: &str) -> bool {
-        type_name == NORMAL_TYPE || self.normal_types.iter().any(|t| t == type_name)
+        imageio::is_normal(type_name) || self.normal_types.iter().any(|t| t == type_name)
     }
 }
 
