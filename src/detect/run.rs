@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::eval::{auroc, PixelSet};
-use super::features::{FeatureExtractor, Resize};
+use super::features::{dinov2_arch, FeatureExtractor, Resize, EFFICIENTNET};
 use super::inputs::{list_images, masks_of, split_holdout};
 use super::localize::{LocReport, MapsEvalSpec};
 use super::reference::{self, Inputs, Reference};
@@ -23,7 +23,6 @@ use super::{maps, NORMAL_TYPE};
 use crate::error::{Error, Result};
 use crate::fsutil::{atomic_write, prepare_output_dir, save_image_atomic};
 use crate::imageio::{is_normal, mask_at, read_mask, TypedFile};
-use crate::model::ArchSpec;
 
 /// The run summary written into OUT.
 pub const REPORT_FILE: &str = "detect.json";
@@ -157,19 +156,16 @@ fn evaluate(
 /// The extractor the spec names, its weights loaded.
 fn extractor(spec: &DetectSpec) -> Result<FeatureExtractor> {
     let fx = match spec.backbone.as_str() {
-        "efficientnet-lite0" => {
+        EFFICIENTNET => {
             FeatureExtractor::efficientnet(&spec.stages, spec.weights.as_deref(), spec.device)
         }
-        _ => {
-            let arch = ArchSpec::by_name("dinov2_vits14").expect("a known architecture");
-            FeatureExtractor::vit(
-                arch,
-                &spec.blocks,
-                spec.weights.as_deref(),
-                spec.run_kind(),
-                spec.device,
-            )
-        }
+        _ => FeatureExtractor::vit(
+            dinov2_arch(),
+            &spec.blocks,
+            spec.weights.as_deref(),
+            spec.run_kind(),
+            spec.device,
+        ),
     }?;
     let fx = match spec.aggregate {
         Some(k) => fx.with_aggregate(k)?,

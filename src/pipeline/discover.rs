@@ -37,7 +37,7 @@ use stages::{run_stage, Ran};
 
 use crate::cluster::{KEstimate, NumClasses};
 use crate::config::Config;
-use crate::detect::features::{default_weights_file, BACKBONES};
+use crate::detect::features::{default_weights_file, DINOV2};
 use crate::error::{Error, Result, ResultExt};
 use crate::fsutil::{absolute, atomic_write, prepare_output_dir, MARKER};
 
@@ -90,7 +90,7 @@ impl Default for DetectorSettings {
     fn default() -> Self {
         Self {
             weights: DetectorWeights::Default,
-            image_size: 448,
+            image_size: crate::detect::DEFAULT_VIT_IMAGE_SIZE,
         }
     }
 }
@@ -216,8 +216,8 @@ pub fn prepare(spec: &DiscoverSpec) -> Result<Prepared> {
             return Err(Error::input(p, "detector weights: file not found"))
         }
         (DetectorWeights::Default, _) => {
-            let file = default_weights_file(BACKBONES[0]);
-            Some(crate::model::find_in_weights_dir(file).ok_or_else(|| {
+            let file = default_weights_file(DINOV2);
+            Some(crate::model::find_in_weights_dir(&file).ok_or_else(|| {
                 Error::usage(format!(
                     "the built-in detector needs {}/{file}: run scripts/prepare_weights.sh \
                      (scripts/setup.sh does), or give --anomaly-maps",
@@ -446,5 +446,9 @@ mod tests {
         assert!(!cfg.training.cache_frozen.enabled(Device::Cuda(0)));
         let set = config(None, &["training.cache_frozen=false".into()]).unwrap();
         assert_eq!(set.training.cache_frozen, CacheFrozen::Off, "--set wins");
+        // The default backbone is the detector's model, whose weights discover checks for.
+        let arch = crate::config::arch::DINOV2_VITS14;
+        assert_eq!(cfg.models.pretrained_backbone, arch);
+        assert_eq!(crate::detect::features::dinov2_arch().name, arch);
     }
 }
