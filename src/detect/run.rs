@@ -21,7 +21,7 @@ use super::spec::DetectSpec;
 use super::spill::MapSpill;
 use super::{maps, NORMAL_TYPE};
 use crate::error::{Error, Result};
-use crate::fsutil::{atomic_write, prepare_output_dir, save_image_atomic};
+use crate::fsutil::{prepare_output_dir, save_image_atomic, StageOutput, StageSummary};
 use crate::imageio::{is_normal, mask_at, read_mask, TypedFile};
 
 /// The run summary written into OUT.
@@ -99,6 +99,13 @@ pub struct DetectReport {
     /// The digest of the detector code that wrote the maps ([`super::DETECT_CODE`]).
     #[serde(default)]
     pub code: String,
+}
+
+impl StageSummary for DetectReport {
+    const FILE: &'static str = REPORT_FILE;
+    fn written_files(&self) -> Vec<PathBuf> {
+        self.output_files.clone()
+    }
 }
 
 fn map_path(f: &TypedFile) -> PathBuf {
@@ -223,9 +230,7 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
         "masks": abs(&spec.masks), "detector": spec.settings(),
     });
     prepare_output_dir(&spec.out, &inputs, "detect", &fingerprint, spec.overwrite)?;
-    let previous: Option<DetectReport> = std::fs::read_to_string(spec.out.join(REPORT_FILE))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
+    let output = StageOutput::<DetectReport>::open(&spec.out);
 
     let inp = Inputs {
         size: spec.image_size,
@@ -387,11 +392,7 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
         output_files,
         code: super::DETECT_CODE.to_string(),
     };
-    let body = serde_json::to_vec_pretty(&report).expect("report serialises");
-    atomic_write(&spec.out.join(REPORT_FILE), &body)?;
-    if let Some(prev) = previous {
-        crate::mebin::run::remove_stale(&spec.out, &prev.output_files, &report.output_files);
-    }
+    output.finish(&report)?;
     Ok(report)
 }
 

@@ -8,9 +8,10 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::crop::{CropBox, CropRule};
-use super::run::{crop_by_mask, mask_at_image_size, remove_stale, write_png, Picture, PngKind};
+use super::run::{crop_by_mask, mask_at_image_size, write_png, Picture, PngKind};
 use crate::error::ResultExt;
 use crate::error::{Error, Result};
+use crate::fsutil::{StageOutput, StageSummary};
 use crate::imageio::{self, describe_files, BitDepth, IMAGE_EXTENSIONS, MAP_EXTENSIONS};
 use crate::logging::progress_bar;
 
@@ -61,6 +62,13 @@ impl BaseSummary {
     }
 }
 
+impl StageSummary for BaseSummary {
+    const FILE: &'static str = BASE_SUMMARY_FILE;
+    fn written_files(&self) -> Vec<PathBuf> {
+        self.output_files()
+    }
+}
+
 /// A mask as 8-bit levels at image size: 16-bit levels keep their high byte, a mask of another
 /// size is resized to the image with OpenCV's nearest rule (as the reference does).
 fn mask_for_image(path: &Path, size: (u32, u32)) -> Result<GrayImage> {
@@ -93,9 +101,7 @@ pub fn prepare_base(
     if items.is_empty() {
         return Err(Error::usage("no base images to crop"));
     }
-    let previous: Option<BaseSummary> = std::fs::read_to_string(out.join(BASE_SUMMARY_FILE))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
+    let output = StageOutput::<BaseSummary>::open(out);
     let pb = progress_bar(items.len(), "prepare-base", progress);
     let records: Vec<BaseRecord> = items
         .par_iter()
@@ -143,11 +149,7 @@ pub fn prepare_base(
         log::warn!("{empty} masks have no foreground: their whole image was used as the crop");
     }
     let summary = BaseSummary { max_crops, records };
-    let body = serde_json::to_vec_pretty(&summary).expect("summary serialises");
-    crate::fsutil::atomic_write(&out.join(BASE_SUMMARY_FILE), &body)?;
-    if let Some(prev) = previous {
-        remove_stale(out, &prev.output_files(), &summary.output_files());
-    }
+    output.finish(&summary)?;
     Ok(summary)
 }
 

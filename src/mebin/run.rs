@@ -15,6 +15,7 @@ pub use super::read::MapItem;
 use super::resize::{nearest, BicubicView, Leveled};
 use super::{binarize_map, peak, read, BitDepth, GrayMap, MapResult, Params, SearchRange};
 use crate::error::{Error, IoContext, Result};
+use crate::fsutil::{StageOutput, StageSummary};
 use crate::imageio::{self, FloatScale};
 use crate::logging::progress_bar;
 
@@ -161,6 +162,13 @@ impl BinarizeSummary {
             }
         }
         files
+    }
+}
+
+impl StageSummary for BinarizeSummary {
+    const FILE: &'static str = SUMMARY_FILE;
+    fn written_files(&self) -> Vec<PathBuf> {
+        self.output_files()
     }
 }
 
@@ -514,7 +522,7 @@ pub fn run(job: &BinarizeJob) -> Result<BinarizeSummary> {
             String::new()
         }
     );
-    let previous = read_previous_summary(job.out);
+    let output = StageOutput::<BinarizeSummary>::open(job.out);
     let pb = progress_bar(items.len() - normal_maps, "binarize", job.progress);
     let scale = set.float_scale;
     let records: Vec<MapRecord> = items
@@ -546,11 +554,7 @@ pub fn run(job: &BinarizeJob) -> Result<BinarizeSummary> {
     };
     let scores = serde_json::to_vec_pretty(&summary.scores()).expect("scores serialise");
     crate::fsutil::atomic_write(&job.out.join(SCORES_FILE), &scores)?;
-    let body = serde_json::to_vec_pretty(&summary).expect("summary serialises");
-    crate::fsutil::atomic_write(&job.out.join(SUMMARY_FILE), &body)?;
-    if let Some(prev) = previous {
-        remove_stale(job.out, &prev.output_files(), &summary.output_files());
-    }
+    output.finish(&summary)?;
     Ok(summary)
 }
 
@@ -558,32 +562,5 @@ fn bits(d: BitDepth) -> u8 {
     match d {
         BitDepth::Eight => 8,
         BitDepth::Sixteen => 16,
-    }
-}
-
-fn read_previous_summary(out: &Path) -> Option<BinarizeSummary> {
-    let text = std::fs::read_to_string(out.join(SUMMARY_FILE)).ok()?;
-    serde_json::from_str(&text).ok()
-}
-
-/// Removes files an earlier run of the tool wrote (as its own summary lists them) that this run
-/// did not write again, so a rerun leaves no stale crops. Nothing else is touched.
-pub fn remove_stale(out: &Path, previous: &[PathBuf], current: &[PathBuf]) {
-    let keep: std::collections::HashSet<&PathBuf> = current.iter().collect();
-    let mut removed = 0;
-    for rel in previous {
-        if rel.is_absolute()
-            || rel
-                .components()
-                .any(|c| matches!(c, std::path::Component::ParentDir))
-        {
-            continue;
-        }
-        if !keep.contains(rel) && std::fs::remove_file(out.join(rel)).is_ok() {
-            removed += 1;
-        }
-    }
-    if removed > 0 {
-        log::info!("removed {removed} files of the previous run that this run no longer produces");
     }
 }

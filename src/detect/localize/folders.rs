@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::{localize_levels, mebin_touch, LocAggregator, LocReport, MapLoc, DILATION_FRACTION};
 use crate::config::Binarization;
 use crate::error::{Error, Result, ResultExt};
-use crate::fsutil::absolute;
+use crate::fsutil::check_outside_inputs;
 use crate::imageio::{
     self, describe_files, is_normal, list_files, mask_at, pair_masks, read_map, read_mask, GrayMap,
     MAP_EXTENSIONS, NORMAL_TYPE,
@@ -230,16 +230,7 @@ fn check_folder(flag: &str, p: &Path, what: &str) -> Result<()> {
 /// `--out` must be a file outside the inputs, and an existing file there must be an earlier
 /// report of this command: the tool replaces only what it wrote.
 fn check_out(out: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
-    let out_abs = absolute(out);
-    for (flag, input) in inputs {
-        if out_abs.starts_with(absolute(input)) {
-            return Err(Error::usage(format!(
-                "--out {}: must not be inside {flag} {}; write the report outside the inputs",
-                out.display(),
-                input.display()
-            )));
-        }
-    }
+    check_outside_inputs(out, inputs, "report")?;
     if out.is_dir() {
         return Err(Error::usage(format!(
             "--out {}: is a folder; give a file name, e.g. {}",

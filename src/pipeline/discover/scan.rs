@@ -7,7 +7,7 @@ use super::plan::{BaseInput, Digests, Inputs};
 use super::record::listing_digest;
 use super::DiscoverSpec;
 use crate::error::{Error, Result, ResultExt};
-use crate::fsutil::absolute;
+use crate::fsutil::check_outside_inputs;
 use crate::imageio::{self, TypedFile, ANOMALY_MAP_EXTENSIONS, IMAGE_EXTENSIONS, MAP_EXTENSIONS};
 use crate::mebin::base::BASE_SUMMARY_FILE;
 use crate::mebin::Pairing;
@@ -115,25 +115,16 @@ pub fn pairing() -> Pairing {
 
 /// The run folder must not sit inside an input nor contain one.
 fn check_out(spec: &DiscoverSpec) -> Result<()> {
-    let out = absolute(&spec.out);
-    let inputs = [
+    let inputs: Vec<(&str, &Path)> = [
         ("--images", Some(&spec.images)),
         ("--normal", spec.normal.as_ref()),
         ("--anomaly-maps", spec.anomaly_maps.as_ref()),
         ("--base", spec.base.as_ref()),
-    ];
-    for (flag, dir) in inputs {
-        let Some(dir) = dir else { continue };
-        let d = absolute(dir);
-        if out.starts_with(&d) || d.starts_with(&out) {
-            return Err(Error::usage(format!(
-                "--out {}: the run folder must not be inside {flag} {} (or contain it); choose a folder outside the inputs",
-                spec.out.display(),
-                dir.display()
-            )));
-        }
-    }
-    Ok(())
+    ]
+    .into_iter()
+    .filter_map(|(flag, dir)| Some((flag, dir?.as_path())))
+    .collect();
+    check_outside_inputs(&spec.out, &inputs, "run folder")
 }
 
 /// `--base DIR`: a prepare-base output (used as it is), or `images/<class>/` + `masks/<class>/`
