@@ -1,5 +1,6 @@
 //! Safe output handling: atomic writes (temp file + rename), output folders that never sit inside
-//! an input, and a marker so that the tool only ever replaces what it created itself.
+//! an input, a marker so that the tool only ever replaces what it created itself, and the stage
+//! summaries listing what a run wrote, so that a rerun removes only what it no longer writes.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
