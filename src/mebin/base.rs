@@ -187,27 +187,30 @@ pub fn run(spec: &PrepareBaseSpec) -> Result<BaseSummary> {
     }
     let masks = imageio::list_typed_files(&spec.masks, MAP_EXTENSIONS)
         .with_context(|| "listing --masks")?;
-    let p = imageio::pair_by_stem(images, masks);
-    if !p.left_only.is_empty() {
-        return Err(Error::usage(format!(
+    let mut p = imageio::pair_masks(&images, &masks, |_| false);
+    let unused = std::mem::take(&mut p.unused);
+    let masks = p.or_error(|missing| {
+        Error::usage(format!(
             "images without a mask (same <class>/<stem> under --masks): {}",
-            describe_files(&p.left_only, &spec.images, 5)
-        )));
-    }
-    if !p.right_only.is_empty() {
+            describe_files(missing, &spec.images, 5)
+        ))
+    })?;
+    if !unused.is_empty() {
         log::warn!(
             "masks without an image are ignored: {}",
-            describe_files(&p.right_only, &spec.masks, 5)
+            describe_files(&unused, &spec.masks, 5)
         );
     }
-    let items: Vec<BaseItem> = p
-        .pairs
+    let items: Vec<BaseItem> = images
         .into_iter()
-        .map(|(i, m)| BaseItem {
-            class_name: i.type_name,
-            stem: i.stem,
-            image: i.path,
-            mask: m.path,
+        .zip(masks)
+        .filter_map(|(i, m)| {
+            Some(BaseItem {
+                class_name: i.type_name,
+                stem: i.stem,
+                image: i.path,
+                mask: m?,
+            })
         })
         .collect();
     let items = match spec.max_per_class {
