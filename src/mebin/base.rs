@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::crop::{CropBox, CropRule};
-use super::run::{crop_by_mask, mask_at_image_size, write_png, Picture, PngKind};
+use super::job::{crop_by_mask, mask_at_image_size, write_png, Picture, PngKind};
 use crate::error::ResultExt;
 use crate::error::{Error, Result};
 use crate::fsutil::{StageOutput, StageSummary};

@@ -1,10 +1,10 @@
 //! MEBin over folders: pair `MAPS/<type>/<stem>` with `IMAGES/<type>/<stem>.*` by stem, prepare
-//! the output folder and run [`super::run::run`]. Shared by `binarize` and `train`.
+//! the output folder and run the [`BinarizeJob`]. Shared by `binarize` and `train`.
 
 use std::path::{Path, PathBuf};
 
 use super::crop::CropRule;
-use super::run::{self, BinarizeJob, BinarizeSummary, MapItem, RangeSource, SUMMARY_FILE};
+use super::job::{BinarizeJob, BinarizeSummary, MapItem, RangeSource, SUMMARY_FILE};
 use super::Params;
 use crate::config::Binarization;
 use crate::error::{Error, Result};
@@ -198,7 +198,7 @@ pub(super) fn binarize(spec: &BinarizeSpec) -> Result<BinarizeSummary> {
         out: &spec.out,
         progress: true,
     };
-    run::run(&job)
+    job.run()
 }
 
 /// Reads the `mebin.json` of an earlier binarization in `out`.
