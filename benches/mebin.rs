@@ -113,7 +113,7 @@ fn main() {
             use rayon::prelude::*;
             pairs.par_iter().for_each(|(m, im)| {
                 let map = imageio::read_map(&m.path).expect("map");
-                let picture = mebin::run::Picture::read(&im.path).expect("image");
+                let picture = mebin::job::Picture::read(&im.path).expect("image");
                 std::hint::black_box((map, picture));
             })
         });
@@ -140,20 +140,20 @@ fn main() {
         let res = mebin::binarize_map(map, &range, &params);
         t_stage[1] += ms(t);
         let t = Instant::now();
-        let picture = mebin::run::Picture::read(&im.path).expect("image");
+        let picture = mebin::job::Picture::read(&im.path).expect("image");
         t_stage[2] += ms(t);
         let t = Instant::now();
-        let mask = mebin::run::mask_at_image_size(&res.binary, picture.dimensions());
+        let mask = mebin::job::mask_at_image_size(&res.binary, picture.dimensions());
         let crops =
-            mebin::run::crop_by_mask(&picture, &mask, res.est_anomaly_num, &Default::default());
+            mebin::job::crop_by_mask(&picture, &mask, res.est_anomaly_num, &Default::default());
         t_stage[3] += ms(t);
         let t = Instant::now();
-        let _ = mebin::run::crop_scores(map, &range, picture.dimensions(), &crops.boxes);
+        let _ = mebin::job::crop_scores(map, &range, picture.dimensions(), &crops.boxes);
         t_stage[4] += ms(t);
-        let o = mebin::run::process_map(&item, map, &range, &params, &Default::default())
+        let o = mebin::job::process_map(&item, map, &range, &params, &Default::default())
             .expect("process");
         let t = Instant::now();
-        mebin::run::write_map_output(&out, &o).expect("write");
+        mebin::job::write_map_output(&out, &o).expect("write");
         t_stage[5] += ms(t);
     }
     let names = [

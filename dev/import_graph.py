@@ -5,7 +5,7 @@ at the depth of modules (files and folders), and every cycle between them.
     python3 dev/import_graph.py            # edges, then cycles (exit 1 when any)
     python3 dev/import_graph.py --depth 1  # top-level modules only
 
-A module is a file's path under src/ without `.rs` / `mod.rs` (src/mebin/run.rs -> mebin::run);
+A module is a file's path under src/ without `.rs` / `mod.rs` (src/mebin/job.rs -> mebin::job);
 `lib.rs` and `main.rs` are the roots and are left out. Edges are drawn between modules at
 --depth (default 2); a module never depends on its own parent or children (those are the same
 stage's inside), only across. Tests (`#[cfg(test)]` blocks and *tests.rs files) are skipped.

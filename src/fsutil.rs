@@ -1,5 +1,6 @@
 //! Safe output handling: atomic writes (temp file + rename), output folders that never sit inside
-//! an input, and a marker so that the tool only ever replaces what it created itself.
+//! an input, a marker so that the tool only ever replaces what it created itself, and the stage
+//! summaries listing what a run wrote, so that a rerun removes only what it no longer writes.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -210,6 +211,62 @@ pub mod serde_opt_path {
     }
 }
 
+/// Refuses an output (`--out`; `what` names it: "output folder", "report") that is inside (or
+/// equal to) any of `inputs`, or that contains one: the tool never writes among its inputs.
+pub fn check_outside_inputs(out: &Path, inputs: &[(&str, &Path)], what: &str) -> Result<()> {
+    let out_abs = absolute(out);
+    for (flag, input) in inputs {
+        let in_abs = absolute(input);
+        if out_abs.starts_with(&in_abs) || in_abs.starts_with(&out_abs) {
+            return Err(Error::usage(format!(
+                "--out {}: the {what} must not be inside {flag} {} (or contain it); choose one outside the inputs",
+                out.display(),
+                input.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What an existing output folder holds: None when `out` is missing or empty, else the marker
+/// the tool left there (Null when it is not JSON). A file, and a non-empty folder without the
+/// marker (not the tool's), are errors.
+pub fn output_marker(out: &Path) -> Result<Option<serde_json::Value>> {
+    if !out.exists() {
+        return Ok(None);
+    }
+    if !out.is_dir() {
+        return Err(Error::usage(format!(
+            "--out {}: exists and is not a folder",
+            out.display()
+        )));
+    }
+    if std::fs::read_dir(out).at(out)?.next().is_none() {
+        return Ok(None);
+    }
+    let Ok(text) = std::fs::read_to_string(out.join(MARKER)) else {
+        return Err(not_ours(out));
+    };
+    Ok(Some(serde_json::from_str(&text).unwrap_or_default()))
+}
+
+/// The error for a non-empty output folder the tool did not create.
+pub fn not_ours(out: &Path) -> Error {
+    Error::usage(format!(
+        "--out {}: the folder is not empty and was not created by anomalyncd; choose a new or empty folder",
+        out.display()
+    ))
+}
+
+/// The error for an output folder holding another run of the tool (`command` from its marker).
+pub fn different_run(out: &Path, command: Option<&str>) -> Error {
+    Error::usage(format!(
+        "--out {}: holds a different anomalyncd run ({}); pass --overwrite to replace its files, or choose another folder",
+        out.display(),
+        command.unwrap_or("unknown")
+    ))
+}
+
 /// Prepares an output folder for `command`:
 /// - refuses one that is inside (or equal to) any input folder, or that contains an input;
 /// - creates it when missing and writes the marker;
@@ -224,47 +281,79 @@ pub fn prepare_output_dir(
     fingerprint: &serde_json::Value,
     overwrite: bool,
 ) -> Result<()> {
-    let out_abs = absolute(out);
-    for (flag, input) in inputs {
-        let in_abs = absolute(input);
-        if out_abs.starts_with(&in_abs) || in_abs.starts_with(&out_abs) {
-            return Err(Error::usage(format!(
-                "--out {}: the output folder must not be inside {flag} {} (or contain it); choose a folder outside the inputs",
-                out.display(),
-                input.display()
-            )));
-        }
-    }
-    let marker = out.join(MARKER);
+    check_outside_inputs(out, inputs, "output folder")?;
     let want = serde_json::json!({ "command": command, "inputs": fingerprint });
-    if out.exists() {
-        if !out.is_dir() {
-            return Err(Error::usage(format!(
-                "--out {}: exists and is not a folder",
-                out.display()
-            )));
-        }
-        let empty = std::fs::read_dir(out).at(out)?.next().is_none();
-        if !empty {
-            let Ok(text) = std::fs::read_to_string(&marker) else {
-                return Err(Error::usage(format!(
-                    "--out {}: the folder is not empty and was not created by anomalyncd; choose a new or empty folder",
-                    out.display()
-                )));
-            };
-            let have: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-            if have != want && !overwrite {
-                return Err(Error::usage(format!(
-                    "--out {}: holds a different anomalyncd run ({}); pass --overwrite to replace its files, or choose another folder",
-                    out.display(),
-                    have.get("command").and_then(|c| c.as_str()).unwrap_or("unknown")
-                )));
-            }
+    if let Some(have) = output_marker(out)? {
+        if have != want && !overwrite {
+            return Err(different_run(
+                out,
+                have.get("command").and_then(|c| c.as_str()),
+            ));
         }
     }
     std::fs::create_dir_all(out).at(out)?;
     let body = serde_json::to_vec_pretty(&want).expect("json value serialises");
-    atomic_write(&marker, &body)
+    atomic_write(&out.join(MARKER), &body)
+}
+
+/// A stage's summary: a JSON file in its output folder that lists every file the stage wrote
+/// there, so that a rerun removes what it no longer writes (see [`StageOutput`]).
+pub trait StageSummary: serde::Serialize + serde::de::DeserializeOwned {
+    /// The summary's file name in the output folder.
+    const FILE: &'static str;
+    /// Every file the run wrote, relative to the output folder (the summary included).
+    fn written_files(&self) -> Vec<PathBuf>;
+}
+
+/// A stage's output folder between two runs: [`StageOutput::open`] reads what the earlier run
+/// wrote (its summary's file list) before anything is written, [`StageOutput::finish`] writes the
+/// new summary and removes the files the earlier run wrote and this one did not. Nothing else is
+/// ever removed: not a file the summary does not list, nor one outside the folder.
+pub struct StageOutput<S> {
+    out: PathBuf,
+    previous: Vec<PathBuf>,
+    summary: std::marker::PhantomData<S>,
+}
+
+impl<S: StageSummary> StageOutput<S> {
+    /// The files the summary in `out` lists (none when there is no readable summary).
+    pub fn open(out: &Path) -> Self {
+        let previous = std::fs::read_to_string(out.join(S::FILE))
+            .ok()
+            .and_then(|t| serde_json::from_str::<S>(&t).ok())
+            .map(|s| s.written_files())
+            .unwrap_or_default();
+        Self {
+            out: out.to_path_buf(),
+            previous,
+            summary: std::marker::PhantomData,
+        }
+    }
+
+    /// Writes `summary` (pretty JSON, atomically), then removes the files of the earlier run
+    /// that `summary` does not list.
+    pub fn finish(self, summary: &S) -> Result<()> {
+        let body = serde_json::to_vec_pretty(summary).expect("summary serialises");
+        atomic_write(&self.out.join(S::FILE), &body)?;
+        let keep: std::collections::HashSet<PathBuf> =
+            summary.written_files().into_iter().collect();
+        let mut removed = 0;
+        for rel in &self.previous {
+            let inside = !rel.is_absolute()
+                && !rel
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir));
+            if inside && !keep.contains(rel) && std::fs::remove_file(self.out.join(rel)).is_ok() {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            log::info!(
+                "removed {removed} files of the previous run that this run no longer produces"
+            );
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -339,6 +428,108 @@ mod tests {
         let e = prepare_output_dir(&foreign, &[], "binarize", &fp, true).unwrap_err();
         assert!(e.to_string().contains("not created by anomalyncd"));
         assert_eq!(std::fs::read(foreign.join("mine.txt")).unwrap(), b"user");
+    }
+
+    #[test]
+    fn outputs_must_not_be_inside_an_input_or_contain_one() {
+        let d = tempfile::tempdir().unwrap();
+        let maps = d.path().join("maps");
+        std::fs::create_dir_all(&maps).unwrap();
+        let inputs = [("--anomaly-maps", maps.as_path())];
+        let check = |out: &Path| check_outside_inputs(out, &inputs, "report");
+        for bad in [maps.join("r.json"), maps.join("new/r.json"), maps.clone()] {
+            let e = check(&bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            assert!(
+                e.to_string()
+                    .contains("the report must not be inside --anomaly-maps"),
+                "{e}"
+            );
+        }
+        let e = check(d.path()).unwrap_err();
+        assert!(e.to_string().contains("(or contain it)"), "{e}");
+        // A sibling, even one whose name starts with the input's, is outside.
+        check(&d.path().join("maps2/r.json")).unwrap();
+        check(&d.path().join("out")).unwrap();
+        // A symlink into the input is inside.
+        #[cfg(unix)]
+        {
+            let link = d.path().join("link");
+            std::os::unix::fs::symlink(&maps, &link).unwrap();
+            assert!(check(&link.join("r.json")).is_err());
+        }
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Summary {
+        files: Vec<PathBuf>,
+    }
+
+    impl StageSummary for Summary {
+        const FILE: &'static str = "summary.json";
+        fn written_files(&self) -> Vec<PathBuf> {
+            let mut f = self.files.clone();
+            f.push(Self::FILE.into());
+            f
+        }
+    }
+
+    #[test]
+    fn a_rerun_removes_only_what_the_previous_run_wrote_and_no_longer_writes() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("out");
+        let write = |rel: &str| {
+            let p = out.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, rel).unwrap();
+        };
+        let summary = |files: &[&str]| Summary {
+            files: files.iter().map(PathBuf::from).collect(),
+        };
+        // No earlier summary: nothing to remove.
+        let first = StageOutput::<Summary>::open(&out);
+        for f in ["a/1.png", "a/2.png", "b/1.png"] {
+            write(f);
+        }
+        write("user.txt");
+        first
+            .finish(&summary(&["a/1.png", "a/2.png", "b/1.png"]))
+            .unwrap();
+        let text = std::fs::read_to_string(out.join("summary.json")).unwrap();
+        assert!(text.contains("a/2.png"), "{text}");
+        // The earlier run's list may hold paths the tool never removes: outside the folder.
+        std::fs::write(d.path().join("outside.txt"), b"keep").unwrap();
+        let mut listed: Summary = serde_json::from_str(&text).unwrap();
+        listed.files.push("../outside.txt".into());
+        listed.files.push(d.path().join("outside.txt"));
+        std::fs::write(
+            out.join("summary.json"),
+            serde_json::to_vec(&listed).unwrap(),
+        )
+        .unwrap();
+
+        let second = StageOutput::<Summary>::open(&out);
+        write("a/1.png");
+        write("c/1.png");
+        second.finish(&summary(&["a/1.png", "c/1.png"])).unwrap();
+        for (f, kept) in [
+            ("a/1.png", true),
+            ("c/1.png", true),
+            ("summary.json", true),
+            ("user.txt", true),
+            ("a/2.png", false),
+            ("b/1.png", false),
+        ] {
+            assert_eq!(out.join(f).exists(), kept, "{f}");
+        }
+        assert!(d.path().join("outside.txt").exists());
+
+        // An unreadable summary lists nothing: nothing is removed.
+        std::fs::write(out.join("summary.json"), b"not json").unwrap();
+        StageOutput::<Summary>::open(&out)
+            .finish(&summary(&[]))
+            .unwrap();
+        assert!(out.join("a/1.png").exists() && out.join("c/1.png").exists());
     }
 
     #[cfg(unix)]

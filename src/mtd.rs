@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::{atomic_write, prepare_output_dir};
+use crate::fsutil::{atomic_write, prepare_output_dir, StageOutput, StageSummary};
 use crate::imageio::read_folder;
 
 /// The folder of normal tiles in the raw dataset.
@@ -54,6 +54,13 @@ pub struct MtdSummary {
     pub defects: BTreeMap<String, usize>,
     /// Files written into OUT (relative).
     pub output_files: Vec<PathBuf>,
+}
+
+impl StageSummary for MtdSummary {
+    const FILE: &'static str = SUMMARY_FILE;
+    fn written_files(&self) -> Vec<PathBuf> {
+        self.output_files.clone()
+    }
 }
 
 /// The images (and masks) of one raw type folder, by stem.
@@ -279,9 +286,7 @@ pub fn prepare(spec: &MtdSpec) -> Result<MtdSummary> {
         &fingerprint,
         spec.overwrite,
     )?;
-    let previous: Option<MtdSummary> = std::fs::read_to_string(spec.out.join(SUMMARY_FILE))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
+    let output = StageOutput::<MtdSummary>::open(&spec.out);
 
     let pb = crate::logging::progress(copies.len() as u64, "copying");
     copies.par_iter().try_for_each(|(src, rel)| -> Result<()> {
@@ -300,11 +305,7 @@ pub fn prepare(spec: &MtdSpec) -> Result<MtdSummary> {
         defects,
         output_files,
     };
-    let body = serde_json::to_vec_pretty(&summary).expect("summary serialises");
-    atomic_write(&spec.out.join(SUMMARY_FILE), &body)?;
-    if let Some(prev) = previous {
-        crate::mebin::run::remove_stale(&spec.out, &prev.output_files, &summary.output_files);
-    }
+    output.finish(&summary)?;
     Ok(summary)
 }
 

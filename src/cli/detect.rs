@@ -8,7 +8,9 @@ use clap::Args;
 
 use super::Ctx;
 use anomalyncd::config::Precision;
-use anomalyncd::detect::features::{resolve_weights, Resize, BACKBONES};
+use anomalyncd::detect::features::{
+    backbone_name, resolve_weights, Resize, BACKBONES, BACKBONE_ALIASES, EFFICIENTNET,
+};
 use anomalyncd::detect::{self, DetectSpec, REPORT_FILE};
 
 #[derive(Debug, Args)]
@@ -36,7 +38,7 @@ pub struct DetectArgs {
     #[arg(long, default_value_t = detect::DEFAULT_ZERO_SHOT_FRACTION, value_name = "FRACTION")]
     pub zero_shot_fraction: f64,
     /// Feature backbone.
-    #[arg(long, default_value = BACKBONES[0], value_parser = clap::builder::PossibleValuesParser::new(BACKBONES))]
+    #[arg(long, default_value = BACKBONES[0], value_parser = backbone_parser())]
     pub backbone: String,
     /// Backbone weights (.pth state dict or .safetensors); default data/weights/dinov2_vits14.safetensors
     /// or data/weights/efficientnet_lite0.pth (made by scripts/prepare_weights.sh).
@@ -119,12 +121,27 @@ pub struct DetectArgs {
     pub overwrite: bool,
 }
 
+/// `--backbone`: one of [`BACKBONES`] (listed in the help) or an alias, read as the backbone's
+/// own name.
+fn backbone_parser() -> impl clap::builder::TypedValueParser<Value = String> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    let values = BACKBONES.iter().map(|&b| {
+        let aliases = BACKBONE_ALIASES.iter().filter(move |(_, to)| *to == b);
+        aliases.fold(PossibleValue::new(b), |v, (alias, _)| v.alias(*alias))
+    });
+    PossibleValuesParser::new(values).map(|s| {
+        backbone_name(&s)
+            .expect("clap checked the name")
+            .to_string()
+    })
+}
+
 pub fn run(a: &DetectArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let weights = match a.random_weights {
         true => None,
         false => Some(resolve_weights(&a.backbone, a.weights.as_deref())?),
     };
-    let vit = a.backbone != "efficientnet-lite0";
+    let vit = a.backbone != EFFICIENTNET;
     let resize = match a.resize.as_deref() {
         Some(r) => Resize::parse(r).expect("clap checked the value"),
         None if vit => Resize::Aspect,
@@ -145,7 +162,7 @@ pub fn run(a: &DetectArgs, ctx: &Ctx) -> anyhow::Result<()> {
         image_size: a.image_size.unwrap_or(if vit {
             detect::DEFAULT_VIT_IMAGE_SIZE
         } else {
-            256
+            detect::DEFAULT_CNN_IMAGE_SIZE
         }),
         resize,
         stages: a.stages.clone(),

@@ -70,7 +70,7 @@ pub struct DiscoverArgs {
     #[arg(long, hide = true, value_name = "N")]
     pub stop_after_epochs: Option<usize>,
     /// The detector's backbone input side.
-    #[arg(long, hide = true, default_value_t = 448)]
+    #[arg(long, hide = true, default_value_t = anomalyncd::detect::DEFAULT_VIT_IMAGE_SIZE)]
     pub detector_image_size: u32,
     /// Random detector weights (tests only: the maps are meaningless).
     #[arg(long, hide = true)]

@@ -31,6 +31,10 @@ pub struct ArchSpec {
     pub weights_hint: &'static str,
 }
 
+/// The offline default architecture, DINOv2 ViT-S/14: its config name, also the stem of its
+/// weights file in `data/weights/`.
+pub const DINOV2_VITS14: &str = "dinov2_vits14";
+
 pub const ARCHS: &[ArchSpec] = &[
     ArchSpec {
         name: "dino_vits16",
@@ -77,7 +81,7 @@ pub const ARCHS: &[ArchSpec] = &[
         weights_hint: "dino_vitbase8_pretrain.pth from the official DINO release",
     },
     ArchSpec {
-        name: "dinov2_vits14",
+        name: DINOV2_VITS14,
         patch_size: 14,
         embed_dim: 384,
         depth: 12,

@@ -10,7 +10,6 @@
 //!   flat `CROPS/images/*.png` whose types are unknown; scores in `scores.json` as
 //!   `{type: {file name: score}}` (a flat `{file name: score}` is read too).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use image::{GrayImage, RgbImage};
@@ -18,7 +17,7 @@ use image::{GrayImage, RgbImage};
 use crate::config::GuidanceMode;
 use crate::error::{Error, Result};
 
-use crate::imageio::IMAGE_EXTENSIONS;
+use crate::imageio::{self, TypedFile, IMAGE_EXTENSIONS};
 
 /// One crop and its mask.
 #[derive(Debug, Clone, PartialEq)]
@@ -188,8 +187,14 @@ fn list_dir(dir: &Path) -> Result<(Vec<String>, Vec<String>)> {
     Ok((f.dirs.into_iter().map(|(n, _)| n).collect(), files))
 }
 
-/// Stem → mask file name of one mask folder; two masks with one stem are an error.
-fn mask_index(mask_dir: &Path, what: &str) -> Result<BTreeMap<String, String>> {
+/// The crops `files` of `img_dir` with their masks in `mask_dir` (same stem, any image
+/// extension); a missing folder or mask is an error naming it.
+fn pair_masks(
+    img_dir: &Path,
+    mask_dir: &Path,
+    files: &[String],
+    what: &str,
+) -> Result<Vec<(PathBuf, PathBuf)>> {
     if !mask_dir.is_dir() {
         return Err(Error::input(
             mask_dir,
@@ -198,40 +203,33 @@ fn mask_index(mask_dir: &Path, what: &str) -> Result<BTreeMap<String, String>> {
             ),
         ));
     }
-    let (_, files) = list_dir(mask_dir)?;
-    let mut index = BTreeMap::new();
-    for f in files {
-        if let Some(other) = index.insert(stem_of(&f).to_string(), f.clone()) {
-            return Err(Error::input(
-                mask_dir.join(&f),
-                format!("two masks share the stem of {other}; keep one"),
-            ));
-        }
-    }
-    Ok(index)
-}
-
-fn pair_masks(
-    img_dir: &Path,
-    mask_dir: &Path,
-    files: &[String],
-    what: &str,
-) -> Result<Vec<(PathBuf, PathBuf)>> {
-    let index = mask_index(mask_dir, what)?;
-    files
-        .iter()
-        .map(|f| match index.get(stem_of(f)) {
-            Some(m) => Ok((img_dir.join(f), mask_dir.join(m))),
-            None => Err(Error::input(
-                img_dir.join(f),
-                format!(
-                    "no mask for this crop in {} (expected {}.<png|jpg|bmp|tif>); add it or remove the crop",
-                    mask_dir.display(),
-                    stem_of(f)
-                ),
-            )),
-        })
-        .collect()
+    let typed = |dir: &Path, names: &[String]| -> Vec<TypedFile> {
+        names
+            .iter()
+            .map(|f| TypedFile {
+                type_name: String::new(),
+                stem: stem_of(f).to_string(),
+                path: dir.join(f),
+            })
+            .collect()
+    };
+    let crops = typed(img_dir, files);
+    let masks = typed(mask_dir, &list_dir(mask_dir)?.1);
+    let paired = imageio::pair_masks(&crops, &masks, |_| false).or_error(|missing| {
+        Error::input(
+            &missing[0].path,
+            format!(
+                "no mask for this crop in {} (expected {}.<png|jpg|bmp|tif>); add it or remove the crop",
+                mask_dir.display(),
+                missing[0].stem
+            ),
+        )
+    })?;
+    Ok(crops
+        .into_iter()
+        .zip(paired)
+        .filter_map(|(c, m)| Some((c.path, m?)))
+        .collect())
 }
 
 /// Base classes (sorted) and their crops, labelled 0.. in that order.

@@ -9,6 +9,10 @@
 //!   each averaged over its 3×3 neighbourhood (PatchCore's local aggregation), the deeper ones
 //!   upsampled to the grid of the shallowest and concatenated; Euclidean distances.
 //!
+//! Backbone names are hyphenated ([`DINOV2`]), as `detect.json` and the run fingerprints have
+//! always recorded them; `--backbone` also takes the config's architecture name for the same
+//! model ([`DINOV2_VITS14`], see [`BACKBONE_ALIASES`]), so one model reads the same everywhere.
+//!
 //! Images are resized with their aspect ratio kept (the longer side to the input size, both sides
 //! to multiples of the patch), or squashed to a square as PatchCore does (`Resize::Square`):
 //! squashing MTD's tall tiles stretches their texture, which the normal patches never show.
@@ -18,6 +22,7 @@ use std::path::{Path, PathBuf};
 use image::imageops::FilterType;
 use tch::{nn, Device, Kind, Tensor};
 
+use crate::config::arch::DINOV2_VITS14;
 use crate::error::{Error, Result};
 use crate::model::efficientnet::{
     ignored_tensor_names, EfficientNetConfig, EfficientNetLite, INPUT_MEAN, INPUT_STD,
@@ -26,8 +31,29 @@ use crate::model::{ArchSpec, MgVit};
 
 use super::slices::{local_mean, Slicing};
 
+/// The default backbone: the offline DINOv2 ViT-S/14 (architecture [`DINOV2_VITS14`]).
+pub const DINOV2: &str = "dinov2-vits14";
+/// PatchCore's CNN, ImageNet EfficientNet-Lite0.
+pub const EFFICIENTNET: &str = "efficientnet-lite0";
 /// Backbones `detect` knows; the first is the default.
-pub const BACKBONES: &[&str] = &["dinov2-vits14", "efficientnet-lite0"];
+pub const BACKBONES: &[&str] = &[DINOV2, EFFICIENTNET];
+/// Other names accepted for a backbone (alias, backbone): the architecture's config name.
+pub const BACKBONE_ALIASES: &[(&str, &str)] = &[(DINOV2_VITS14, DINOV2)];
+
+/// The backbone `name` stands for: one of [`BACKBONES`], or one of their [`BACKBONE_ALIASES`].
+pub fn backbone_name(name: &str) -> Option<&'static str> {
+    let alias = BACKBONE_ALIASES.iter().find(|(a, _)| *a == name);
+    BACKBONES
+        .iter()
+        .copied()
+        .find(|b| *b == name)
+        .or(alias.map(|(_, b)| *b))
+}
+
+/// The architecture of the [`DINOV2`] backbone.
+pub fn dinov2_arch() -> &'static ArchSpec {
+    ArchSpec::by_name(DINOV2_VITS14).expect("a known architecture")
+}
 
 /// The weights file of `backbone`: `flag` (`--weights`) when given, else its default file in
 /// the offline weights folder; an error naming the fix when there is none.
@@ -35,7 +61,7 @@ pub fn resolve_weights(backbone: &str, flag: Option<&Path>) -> Result<PathBuf> {
     let file = default_weights_file(backbone);
     let p = match flag {
         Some(p) => p.to_path_buf(),
-        None => crate::model::find_in_weights_dir(file).ok_or_else(|| {
+        None => crate::model::find_in_weights_dir(&file).ok_or_else(|| {
             Error::usage(format!(
                 "--backbone {backbone}: no weights at {}/{file}; run scripts/prepare_weights.sh \
                  (scripts/setup.sh does) or pass --weights FILE",
@@ -50,10 +76,10 @@ pub fn resolve_weights(backbone: &str, flag: Option<&Path>) -> Result<PathBuf> {
 }
 
 /// The weights file `scripts/prepare_weights.sh` puts in `data/weights/` for `backbone`.
-pub fn default_weights_file(backbone: &str) -> &'static str {
+pub fn default_weights_file(backbone: &str) -> String {
     match backbone {
-        "efficientnet-lite0" => "efficientnet_lite0.pth",
-        _ => "dinov2_vits14.safetensors",
+        EFFICIENTNET => "efficientnet_lite0.pth".to_string(),
+        _ => format!("{DINOV2_VITS14}.safetensors"),
     }
 }
 
@@ -225,9 +251,9 @@ impl FeatureExtractor {
         if matches!(self.net, Net::EfficientNet { .. })
             && slicing != Slicing::single(slicing.sizes[0])
         {
-            return Err(Error::usage(
-                "--per-block and --aggregate-sizes need the ViT backbone (dinov2-vits14)",
-            ));
+            return Err(Error::usage(format!(
+                "--per-block and --aggregate-sizes need the ViT backbone ({DINOV2})"
+            )));
         }
         self.aggregate = slicing.sizes[0];
         self.slicing = slicing;
@@ -397,6 +423,22 @@ pub fn load_image(path: &Path, size: u32, resize: Resize, multiple: u32) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backbones_have_one_name_and_the_architecture_name_is_an_alias() {
+        assert_eq!(BACKBONES[0], DINOV2, "the default");
+        for b in BACKBONES {
+            assert_eq!(backbone_name(b), Some(*b));
+        }
+        assert_eq!(backbone_name(DINOV2_VITS14), Some(DINOV2));
+        assert_eq!(backbone_name("dinov2_vits14"), Some(DINOV2));
+        for bad in ["", "DINOV2-VITS14", "dinov2_vitb14", "resnet50"] {
+            assert_eq!(backbone_name(bad), None, "{bad}");
+        }
+        assert_eq!(dinov2_arch().name, DINOV2_VITS14);
+        assert_eq!(default_weights_file(DINOV2), "dinov2_vits14.safetensors");
+        assert_eq!(default_weights_file(EFFICIENTNET), "efficientnet_lite0.pth");
+    }
 
     #[test]
     fn patch_features_are_on_the_shallow_grid() {

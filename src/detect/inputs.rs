@@ -1,16 +1,16 @@
 //! The detect job's inputs: the listed folders, the masks paired with the
 //! test images, and the normal images split into fitted and held-out ones.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::NORMAL_TYPE;
 use crate::error::{Error, Result};
-use crate::imageio::{describe_files, list_files, TypedFile, IMAGE_EXTENSIONS, MAP_EXTENSIONS};
+use crate::imageio::{
+    describe_files, is_normal, list_files, pair_masks, TypedFile, IMAGE_EXTENSIONS, MAP_EXTENSIONS,
+};
 
 pub(crate) fn list_images(root: &Path, flag: &str) -> Result<Vec<TypedFile>> {
     let files = list_files(root, IMAGE_EXTENSIONS)?;
@@ -23,40 +23,20 @@ pub(crate) fn list_images(root: &Path, flag: &str) -> Result<Vec<TypedFile>> {
     Ok(files)
 }
 
-pub(crate) fn is_normal(f: &TypedFile) -> bool {
-    f.type_name == NORMAL_TYPE
-}
-
 /// The mask of every defective test image (normal ones may have none); an error lists the
 /// defective images without one.
-pub(crate) fn pair_masks(masks: &Path, test: &[TypedFile]) -> Result<Vec<Option<PathBuf>>> {
+pub(crate) fn masks_of(masks: &Path, test: &[TypedFile]) -> Result<Vec<Option<PathBuf>>> {
     let files = list_files(masks, MAP_EXTENSIONS)?;
-    let by_key: HashMap<(&str, &str), &Path> = files
-        .iter()
-        .map(|f| ((f.type_name.as_str(), f.stem.as_str()), f.path.as_path()))
-        .collect();
-    let mut missing = Vec::new();
-    let out = test
-        .iter()
-        .map(|f| {
-            let m = by_key.get(&(f.type_name.as_str(), f.stem.as_str()));
-            if m.is_none() && !is_normal(f) {
-                missing.push(f.clone());
-            }
-            m.map(|p| p.to_path_buf())
-        })
-        .collect();
-    if !missing.is_empty() {
-        return Err(Error::input(
+    pair_masks(test, &files, |f| is_normal(&f.type_name)).or_error(|missing| {
+        Error::input(
             masks,
             format!(
                 "no mask for test image(s) {}; expected --masks <type>/<stem>.png for every defective image \
                  (0 = normal, 255 = defect), or drop --masks",
-                describe_files(&missing, Path::new(""), 5)
+                describe_files(missing, Path::new(""), 5)
             ),
-        ));
-    }
-    Ok(out)
+        )
+    })
 }
 
 /// The normal images split into those the bank is fitted on and the held-out ones (a seeded

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use super::eval::PixelSet;
 use crate::imageio::GrayMap;
 use crate::mebin::crop::{self, CropBox, CropRule, NoInterval};
-use crate::mebin::run::mask_at_image_size;
+use crate::mebin::job::mask_at_image_size;
 use crate::mebin::{binarize_map, Params, SearchRange};
 
 pub mod folders;

@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use image::{imageops::FilterType, GrayImage};
+use image::GrayImage;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::eval::{auroc, PixelSet};
-use super::features::{FeatureExtractor, Resize};
-use super::inputs::{is_normal, list_images, pair_masks, split_holdout};
+use super::features::{dinov2_arch, FeatureExtractor, Resize, EFFICIENTNET};
+use super::inputs::{list_images, masks_of, split_holdout};
 use super::localize::{LocReport, MapsEvalSpec};
 use super::reference::{self, Inputs, Reference};
 use super::scoring::{self, NormalFloor};
@@ -21,9 +21,8 @@ use super::spec::DetectSpec;
 use super::spill::MapSpill;
 use super::{maps, NORMAL_TYPE};
 use crate::error::{Error, Result};
-use crate::fsutil::{atomic_write, prepare_output_dir, save_image_atomic};
-use crate::imageio::TypedFile;
-use crate::model::ArchSpec;
+use crate::fsutil::{prepare_output_dir, save_image_atomic, StageOutput, StageSummary};
+use crate::imageio::{is_normal, mask_at, read_mask, TypedFile};
 
 /// The run summary written into OUT.
 pub const REPORT_FILE: &str = "detect.json";
@@ -102,6 +101,13 @@ pub struct DetectReport {
     pub code: String,
 }
 
+impl StageSummary for DetectReport {
+    const FILE: &'static str = REPORT_FILE;
+    fn written_files(&self) -> Vec<PathBuf> {
+        self.output_files.clone()
+    }
+}
+
 fn map_path(f: &TypedFile) -> PathBuf {
     let name = format!("{}.png", f.stem);
     if f.type_name.is_empty() {
@@ -111,30 +117,13 @@ fn map_path(f: &TypedFile) -> PathBuf {
     }
 }
 
-/// A mask at `w`×`h` (nearest neighbour, so it stays binary), or an empty one.
-fn mask_at(path: Option<&Path>, w: u32, h: u32) -> Result<GrayImage> {
-    let Some(p) = path else {
-        return Ok(GrayImage::new(w, h));
-    };
-    let m = crate::imageio::read_map(p)?;
-    let max = m.depth.max_level() as u32;
-    let img = GrayImage::from_fn(m.width as u32, m.height as u32, |x, y| {
-        image::Luma([if 2 * m.get(x as usize, y as usize) as u32 > max {
-            255
-        } else {
-            0
-        }])
-    });
-    Ok(image::imageops::resize(&img, w, h, FilterType::Nearest))
-}
-
 fn evaluate(
     test: &[TypedFile],
     scores: &[f32],
     maps: &MapSpill,
     masks: Option<&[Option<PathBuf>]>,
 ) -> Result<Metrics> {
-    let normal: Vec<bool> = test.iter().map(is_normal).collect();
+    let normal: Vec<bool> = test.iter().map(|f| is_normal(&f.type_name)).collect();
     let n_normal = normal.iter().filter(|&&n| n).count();
     let mut m = Metrics {
         normal_test_images: n_normal,
@@ -153,7 +142,8 @@ fn evaluate(
         let mut set = PixelSet::default();
         for (i, mask) in masks.iter().enumerate() {
             let (map, w, h) = maps.read(i)?;
-            set.add(&map, &mask_at(mask.as_deref(), w, h)?);
+            let mask = mask.as_deref().map(read_mask).transpose()?;
+            set.add(&map, &mask_at(mask, w, h));
             pb.inc(1);
         }
         pb.finish_and_clear();
@@ -173,19 +163,16 @@ fn evaluate(
 /// The extractor the spec names, its weights loaded.
 fn extractor(spec: &DetectSpec) -> Result<FeatureExtractor> {
     let fx = match spec.backbone.as_str() {
-        "efficientnet-lite0" => {
+        EFFICIENTNET => {
             FeatureExtractor::efficientnet(&spec.stages, spec.weights.as_deref(), spec.device)
         }
-        _ => {
-            let arch = ArchSpec::by_name("dinov2_vits14").expect("a known architecture");
-            FeatureExtractor::vit(
-                arch,
-                &spec.blocks,
-                spec.weights.as_deref(),
-                spec.run_kind(),
-                spec.device,
-            )
-        }
+        _ => FeatureExtractor::vit(
+            dinov2_arch(),
+            &spec.blocks,
+            spec.weights.as_deref(),
+            spec.run_kind(),
+            spec.device,
+        ),
     }?;
     let fx = match spec.aggregate {
         Some(k) => fx.with_aggregate(k)?,
@@ -213,7 +200,7 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
     };
     let test = list_images(&spec.test, "--test")?;
     let masks = match &spec.masks {
-        Some(dir) => Some(pair_masks(dir, &test)?),
+        Some(dir) => Some(masks_of(dir, &test)?),
         None => None,
     };
     if spec.zero_shot && test.len() < 2 {
@@ -243,9 +230,7 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
         "masks": abs(&spec.masks), "detector": spec.settings(),
     });
     prepare_output_dir(&spec.out, &inputs, "detect", &fingerprint, spec.overwrite)?;
-    let previous: Option<DetectReport> = std::fs::read_to_string(spec.out.join(REPORT_FILE))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
+    let output = StageOutput::<DetectReport>::open(&spec.out);
 
     let inp = Inputs {
         size: spec.image_size,
@@ -310,7 +295,7 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
     let t = Instant::now();
     let written: Vec<bool> = test
         .iter()
-        .map(|f| spec.write_good_maps || !is_normal(f))
+        .map(|f| spec.write_good_maps || !is_normal(&f.type_name))
         .collect();
     let scored = scoring::score(
         &fx,
@@ -333,7 +318,7 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
     let (lo, hi) = (maps_spill.lo, maps_spill.hi);
     let mut images = Vec::with_capacity(test.len());
     for (f, &s) in test.iter().zip(&scores) {
-        let write = spec.write_good_maps || !is_normal(f);
+        let write = spec.write_good_maps || !is_normal(&f.type_name);
         images.push(ImageScore {
             type_name: f.type_name.clone(),
             stem: f.stem.clone(),
@@ -407,11 +392,7 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
         output_files,
         code: super::DETECT_CODE.to_string(),
     };
-    let body = serde_json::to_vec_pretty(&report).expect("report serialises");
-    atomic_write(&spec.out.join(REPORT_FILE), &body)?;
-    if let Some(prev) = previous {
-        crate::mebin::run::remove_stale(&spec.out, &prev.output_files, &report.output_files);
-    }
+    output.finish(&report)?;
     Ok(report)
 }
 

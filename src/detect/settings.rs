@@ -137,7 +137,7 @@ impl DetectSpec {
     /// `device`); the CNN always runs in f32.
     pub(crate) fn run_kind(&self) -> Kind {
         match self.backbone.as_str() {
-            "efficientnet-lite0" => Kind::Float,
+            super::features::EFFICIENTNET => Kind::Float,
             _ => frozen_kind(self.precision, self.device),
         }
     }
@@ -179,7 +179,7 @@ mod tests {
         s.precision = Precision::Fp32;
         assert_eq!(s.settings().precision, "float");
         // The CNN has no bf16 path: its precision setting changes nothing.
-        s.backbone = "efficientnet-lite0".into();
+        s.backbone = crate::detect::features::EFFICIENTNET.into();
         s.precision = Precision::Bf16;
         assert_eq!(s.settings().precision, "float");
     }

@@ -72,8 +72,10 @@ pub const DEFAULT_MAX_PATCHES: usize = 100_000;
 pub const DEFAULT_ZERO_SHOT_REFS: usize = 64;
 pub const DEFAULT_ZERO_SHOT_FRACTION: f64 = 0.3;
 pub const DEFAULT_BATCH_SIZE: usize = 16;
-/// The ViT's input's longer side (a 32-patch side for ViT-S/14).
+/// The ViT's input's longer side (a 32-patch side for ViT-S/14): `detect`'s and `discover`'s.
 pub const DEFAULT_VIT_IMAGE_SIZE: u32 = 448;
+/// The CNN's input side (PatchCore's).
+pub const DEFAULT_CNN_IMAGE_SIZE: u32 = 256;
 
 impl DetectSpec {
     /// The default detector (the DINOv2 backbone with `weights`) over `test` into `out`: fitted
@@ -91,7 +93,7 @@ impl DetectSpec {
             test,
             out,
             masks: None,
-            backbone: super::features::BACKBONES[0].to_string(),
+            backbone: super::features::DINOV2.to_string(),
             weights,
             image_size: DEFAULT_VIT_IMAGE_SIZE,
             resize: Resize::Aspect,
@@ -120,7 +122,7 @@ impl DetectSpec {
 pub(crate) fn check_spec(s: &DetectSpec) -> Result<()> {
     if !(32..=2048).contains(&s.image_size) {
         return Err(Error::usage(format!(
-            "--image-size {}: use 32..=2048 pixels (e.g. 448)",
+            "--image-size {}: use 32..=2048 pixels (e.g. {DEFAULT_VIT_IMAGE_SIZE})",
             s.image_size
         )));
     }

@@ -22,17 +22,24 @@ use crate::error::{Error, IoContext, Result};
 
 pub mod float;
 mod listing;
+mod masks;
 pub mod npy;
 
 pub use float::{read_anomaly_map, FloatMap, FloatScale, RawMap, SUPPORTED_MAPS};
 pub use listing::{
     list_files, list_typed_files, pair_by_stem, read_folder, Folder, StemMatch, TypedFile,
 };
+pub use masks::{mask_at, pair_masks, read_mask, MaskPairs};
 
-/// File extensions accepted for original images (compared case-insensitively).
 /// The type folder of normal images (MVTec AD's name): the one definition every stage uses.
 pub const NORMAL_TYPE: &str = "good";
 
+/// Whether a type folder holds normal images (see [`NORMAL_TYPE`]).
+pub fn is_normal(type_name: &str) -> bool {
+    type_name == NORMAL_TYPE
+}
+
+/// File extensions accepted for original images (compared case-insensitively).
 pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
 /// File extensions accepted for masks (and anomaly maps, which also take [`ANOMALY_MAP_EXTENSIONS`]).
 pub const MAP_EXTENSIONS: &[&str] = &["png", "tif", "tiff", "bmp"];
@@ -405,5 +412,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("one folder per type"), "{e}");
+    }
+
+    #[test]
+    fn only_the_normal_type_folder_is_normal() {
+        assert!(is_normal(NORMAL_TYPE));
+        // Exact: a flat folder's type (""), another case or a defect type is not.
+        for t in ["", "Good", "good_1", "crack"] {
+            assert!(!is_normal(t), "{t}");
+        }
     }
 }

@@ -8,9 +8,10 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::crop::{CropBox, CropRule};
-use super::run::{crop_by_mask, mask_at_image_size, remove_stale, write_png, Picture, PngKind};
+use super::job::{crop_by_mask, mask_at_image_size, write_png, Picture, PngKind};
 use crate::error::ResultExt;
 use crate::error::{Error, Result};
+use crate::fsutil::{StageOutput, StageSummary};
 use crate::imageio::{self, describe_files, BitDepth, IMAGE_EXTENSIONS, MAP_EXTENSIONS};
 use crate::logging::progress_bar;
 
@@ -61,6 +62,13 @@ impl BaseSummary {
     }
 }
 
+impl StageSummary for BaseSummary {
+    const FILE: &'static str = BASE_SUMMARY_FILE;
+    fn written_files(&self) -> Vec<PathBuf> {
+        self.output_files()
+    }
+}
+
 /// A mask as 8-bit levels at image size: 16-bit levels keep their high byte, a mask of another
 /// size is resized to the image with OpenCV's nearest rule (as the reference does).
 fn mask_for_image(path: &Path, size: (u32, u32)) -> Result<GrayImage> {
@@ -93,9 +101,7 @@ pub fn prepare_base(
     if items.is_empty() {
         return Err(Error::usage("no base images to crop"));
     }
-    let previous: Option<BaseSummary> = std::fs::read_to_string(out.join(BASE_SUMMARY_FILE))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
+    let output = StageOutput::<BaseSummary>::open(out);
     let pb = progress_bar(items.len(), "prepare-base", progress);
     let records: Vec<BaseRecord> = items
         .par_iter()
@@ -143,11 +149,7 @@ pub fn prepare_base(
         log::warn!("{empty} masks have no foreground: their whole image was used as the crop");
     }
     let summary = BaseSummary { max_crops, records };
-    let body = serde_json::to_vec_pretty(&summary).expect("summary serialises");
-    crate::fsutil::atomic_write(&out.join(BASE_SUMMARY_FILE), &body)?;
-    if let Some(prev) = previous {
-        remove_stale(out, &prev.output_files(), &summary.output_files());
-    }
+    output.finish(&summary)?;
     Ok(summary)
 }
 
@@ -185,27 +187,30 @@ pub fn run(spec: &PrepareBaseSpec) -> Result<BaseSummary> {
     }
     let masks = imageio::list_typed_files(&spec.masks, MAP_EXTENSIONS)
         .with_context(|| "listing --masks")?;
-    let p = imageio::pair_by_stem(images, masks);
-    if !p.left_only.is_empty() {
-        return Err(Error::usage(format!(
+    let mut p = imageio::pair_masks(&images, &masks, |_| false);
+    let unused = std::mem::take(&mut p.unused);
+    let masks = p.or_error(|missing| {
+        Error::usage(format!(
             "images without a mask (same <class>/<stem> under --masks): {}",
-            describe_files(&p.left_only, &spec.images, 5)
-        )));
-    }
-    if !p.right_only.is_empty() {
+            describe_files(missing, &spec.images, 5)
+        ))
+    })?;
+    if !unused.is_empty() {
         log::warn!(
             "masks without an image are ignored: {}",
-            describe_files(&p.right_only, &spec.masks, 5)
+            describe_files(&unused, &spec.masks, 5)
         );
     }
-    let items: Vec<BaseItem> = p
-        .pairs
+    let items: Vec<BaseItem> = images
         .into_iter()
-        .map(|(i, m)| BaseItem {
-            class_name: i.type_name,
-            stem: i.stem,
-            image: i.path,
-            mask: m.path,
+        .zip(masks)
+        .filter_map(|(i, m)| {
+            Some(BaseItem {
+                class_name: i.type_name,
+                stem: i.stem,
+                image: i.path,
+                mask: m?,
+            })
         })
         .collect();
     let items = match spec.max_per_class {

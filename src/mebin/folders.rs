@@ -1,10 +1,10 @@
 //! MEBin over folders: pair `MAPS/<type>/<stem>` with `IMAGES/<type>/<stem>.*` by stem, prepare
-//! the output folder and run [`super::run::run`]. Shared by `binarize` and `train`.
+//! the output folder and run the [`BinarizeJob`]. Shared by `binarize` and `train`.
 
 use std::path::{Path, PathBuf};
 
 use super::crop::CropRule;
-use super::run::{self, BinarizeJob, BinarizeSummary, MapItem, RangeSource, SUMMARY_FILE};
+use super::job::{BinarizeJob, BinarizeSummary, MapItem, RangeSource, SUMMARY_FILE};
 use super::Params;
 use crate::config::Binarization;
 use crate::error::{Error, Result};
@@ -28,9 +28,9 @@ pub struct Pairing {
 }
 
 impl Pairing {
-    /// Whether `type_name` holds normal images.
+    /// Whether `type_name` holds normal images: [`imageio::is_normal`], or one of `normal_types`.
     pub fn is_normal(&self, type_name: &str) -> bool {
-        type_name == NORMAL_TYPE || self.normal_types.iter().any(|t| t == type_name)
+        imageio::is_normal(type_name) || self.normal_types.iter().any(|t| t == type_name)
     }
 }
 
@@ -198,7 +198,7 @@ pub(super) fn binarize(spec: &BinarizeSpec) -> Result<BinarizeSummary> {
         out: &spec.out,
         progress: true,
     };
-    run::run(&job)
+    job.run()
 }
 
 /// Reads the `mebin.json` of an earlier binarization in `out`.

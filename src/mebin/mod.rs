@@ -11,7 +11,7 @@
 //! [`oracle`] keeps the straightforward algorithm the reference runs, for the property tests.
 //! [`crop`] turns a mask into crop boxes, [`resize`] holds the OpenCV / Pillow resampling the
 //! reference relies on, [`read`] reads a set's maps (8/16-bit or float, normal ones included) for
-//! the search range, [`run`] binarizes and crops a whole set and writes the outputs, [`peak`] is
+//! the search range, [`job`] binarizes and crops a whole set and writes the outputs, [`peak`] is
 //! the fallback for maps without a stable interval, and [`base`] crops a labelled base set by its
 //! ground-truth masks.
 //!
@@ -33,12 +33,12 @@ pub(crate) mod contours;
 pub mod crop;
 pub(crate) mod fast;
 pub mod folders;
+pub mod job;
 pub mod oracle;
 pub mod peak;
 pub(crate) mod read;
 pub mod refine;
 pub(crate) mod resize;
-pub mod run;
 mod union_find;
 
 use image::GrayImage;
@@ -48,7 +48,7 @@ use crate::config::Binarization;
 use crate::error::{Error, Result};
 pub use crate::imageio::{BitDepth, GrayMap};
 pub use folders::{BinarizeSpec, Pairing};
-pub use run::{BinarizeJob, BinarizeSummary, MapItem, MapRecord, RangeSource};
+pub use job::{BinarizeJob, BinarizeSummary, MapItem, MapRecord, RangeSource};
 
 /// The MEBin stage: pairs `spec.maps` with `spec.images`, takes the search range, binarizes and
 /// crops every map, and writes `binary/`, `crops/`, `scores.json` and `mebin.json` into

@@ -22,6 +22,7 @@ use tch::{nn::VarStore, Device, Tensor};
 use crate::config::{Config, Models};
 use crate::error::{Error, Result};
 pub use arch::ArchSpec;
+use arch::DINOV2_VITS14;
 pub use guide::Guidance;
 pub use mgvit::{AttnImpl, MgVit};
 pub use multihead::{MultiHead, MultiHeadConfig};
@@ -129,9 +130,9 @@ pub fn resolve_backbone_weights(models: &Models, flag: Option<&Path>) -> Result<
     }
     match spec.name {
         "vit_tiny" => Ok(None),
-        "dinov2_vits14" => find_default_weights(spec).map(Some).ok_or_else(|| {
+        DINOV2_VITS14 => find_default_weights(spec).map(Some).ok_or_else(|| {
             Error::usage(format!(
-                "models.pretrained_backbone dinov2_vits14: no weights at {DEFAULT_WEIGHTS_DIR}/dinov2_vits14.safetensors; \
+                "models.pretrained_backbone {DINOV2_VITS14}: no weights at {DEFAULT_WEIGHTS_DIR}/{DINOV2_VITS14}.safetensors; \
                  run scripts/setup.sh (it prepares them offline) or pass --backbone-weights FILE"
             ))
         }),

@@ -37,9 +37,11 @@ use stages::{run_stage, Ran};
 
 use crate::cluster::{KEstimate, NumClasses};
 use crate::config::Config;
-use crate::detect::features::{default_weights_file, BACKBONES};
+use crate::detect::features::{default_weights_file, DINOV2};
 use crate::error::{Error, Result, ResultExt};
-use crate::fsutil::{absolute, atomic_write, prepare_output_dir, MARKER};
+use crate::fsutil::{
+    absolute, atomic_write, different_run, not_ours, output_marker, prepare_output_dir,
+};
 
 /// The config keys `discover` sets when no `--config` is given: `configs/demo.yaml`'s settings
 /// (the offline DINOv2 ViT-S/14, the thin-mask fallback, soft mask guidance within the mask), so
@@ -90,7 +92,7 @@ impl Default for DetectorSettings {
     fn default() -> Self {
         Self {
             weights: DetectorWeights::Default,
-            image_size: 448,
+            image_size: crate::detect::DEFAULT_VIT_IMAGE_SIZE,
         }
     }
 }
@@ -216,8 +218,8 @@ pub fn prepare(spec: &DiscoverSpec) -> Result<Prepared> {
             return Err(Error::input(p, "detector weights: file not found"))
         }
         (DetectorWeights::Default, _) => {
-            let file = default_weights_file(BACKBONES[0]);
-            Some(crate::model::find_in_weights_dir(file).ok_or_else(|| {
+            let file = default_weights_file(DINOV2);
+            Some(crate::model::find_in_weights_dir(&file).ok_or_else(|| {
                 Error::usage(format!(
                     "the built-in detector needs {}/{file}: run scripts/prepare_weights.sh \
                      (scripts/setup.sh does), or give --anomaly-maps",
@@ -264,41 +266,18 @@ fn check_run_folder(spec: &DiscoverSpec) -> Result<()> {
             out.display()
         ))
     };
-    if !out.exists() {
+    let Some(marker) = output_marker(out)? else {
         return if spec.resume { Err(nothing()) } else { Ok(()) };
-    }
-    if !out.is_dir() {
-        return Err(Error::usage(format!(
-            "--out {}: exists and is not a folder",
-            out.display()
-        )));
-    }
-    let empty = std::fs::read_dir(out)
-        .map_err(|e| Error::io(out, e))?
-        .next()
-        .is_none();
-    if empty {
-        return if spec.resume { Err(nothing()) } else { Ok(()) };
-    }
-    let command = std::fs::read_to_string(out.join(MARKER))
-        .ok()
-        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-        .and_then(|v| v.get("command").and_then(|c| c.as_str()).map(String::from));
-    match command.as_deref() {
-        None => Err(Error::usage(format!(
-            "--out {}: the folder is not empty and was not created by anomalyncd; choose a new or empty folder",
-            out.display()
-        ))),
+    };
+    match marker.get("command").and_then(|c| c.as_str()) {
+        None => Err(not_ours(out)),
         Some("discover") if !spec.resume && !spec.overwrite => Err(Error::usage(format!(
             "--out {}: holds an earlier discover run; pass --resume to continue it (finished stages are kept) or --overwrite to start anew",
             out.display()
         ))),
         Some("discover") => Ok(()),
         Some(_) if spec.resume => Err(nothing()),
-        Some(other) if !spec.overwrite => Err(Error::usage(format!(
-            "--out {}: holds a different anomalyncd run ({other}); pass --overwrite to replace its files, or choose another folder",
-            out.display()
-        ))),
+        Some(other) if !spec.overwrite => Err(different_run(out, Some(other))),
         Some(_) => Ok(()),
     }
 }
@@ -446,5 +425,9 @@ mod tests {
         assert!(!cfg.training.cache_frozen.enabled(Device::Cuda(0)));
         let set = config(None, &["training.cache_frozen=false".into()]).unwrap();
         assert_eq!(set.training.cache_frozen, CacheFrozen::Off, "--set wins");
+        // The default backbone is the detector's model, whose weights discover checks for.
+        let arch = crate::config::arch::DINOV2_VITS14;
+        assert_eq!(cfg.models.pretrained_backbone, arch);
+        assert_eq!(crate::detect::features::dinov2_arch().name, arch);
     }
 }

@@ -9,7 +9,6 @@ use serde_json::json;
 use tch::Device;
 
 use crate::cluster::{estimate, fit, KEstimate, KMeansOptions, NumClasses};
-use crate::config::arch::ArchSpec;
 use crate::config::Precision;
 use crate::detect::features::{FeatureExtractor, Resize};
 use crate::detect::pooled::{pooled_features, Pooling};
@@ -71,10 +70,9 @@ pub fn run(spec: &PooledSpec) -> Result<PooledOutcome> {
     let weights = match &spec.weights {
         Some(w) => w.clone(),
         None => {
-            let file = crate::detect::features::default_weights_file(
-                crate::detect::features::BACKBONES[0],
-            );
-            crate::model::find_in_weights_dir(file).ok_or_else(|| {
+            let file =
+                crate::detect::features::default_weights_file(crate::detect::features::DINOV2);
+            crate::model::find_in_weights_dir(&file).ok_or_else(|| {
                 Error::usage(format!(
                     "the pooled features need {}/{file}: run scripts/prepare_weights.sh, or give --backbone-weights",
                     crate::model::DEFAULT_WEIGHTS_DIR
@@ -82,9 +80,8 @@ pub fn run(spec: &PooledSpec) -> Result<PooledOutcome> {
             })?
         }
     };
-    let arch = ArchSpec::by_name("dinov2_vits14").expect("a known architecture");
     let fx = FeatureExtractor::vit(
-        arch,
+        crate::detect::features::dinov2_arch(),
         &crate::detect::DEFAULT_BLOCKS,
         Some(&weights),
         crate::model::precision::frozen_kind(spec.precision, spec.device),

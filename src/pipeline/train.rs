@@ -514,7 +514,7 @@ fn new_meta(
         backbone: cfg.models.pretrained_backbone.clone(),
         mask_layers: cfg.models.mask_layers,
         anomaly_scores: Some(crate::fsutil::absolute(
-            &spec.binarize_out.join(crate::mebin::run::SCORES_FILE),
+            &spec.binarize_out.join(crate::mebin::job::SCORES_FILE),
         )),
         search_range: Some((summary.min_th, summary.max_th)),
         float_scale: summary.float_scale,

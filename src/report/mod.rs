@@ -29,7 +29,7 @@ use crate::data::CropSet;
 use crate::error::{Result, ResultExt};
 use crate::fsutil::{atomic_write, save_image_atomic};
 use crate::infer::predict::{score, Predictions};
-use crate::mebin::run::{binary_path, BinarizeSummary, SUMMARY_FILE};
+use crate::mebin::job::{binary_path, BinarizeSummary, SUMMARY_FILE};
 use crate::metrics::Evaluation;
 use sheets::{TileSource, TileSpec, Verdict};
 

@@ -6,7 +6,7 @@ use super::*;
 use crate::data::CropItem;
 use crate::infer::predict::{CropRow, ImageRow};
 use crate::mebin::crop::CropBox;
-use crate::mebin::run::MapRecord;
+use crate::mebin::job::MapRecord;
 
 #[test]
 fn purity_and_majority() {

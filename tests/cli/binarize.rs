@@ -515,21 +515,19 @@ fn library_run_with_a_fixed_range_reproduces_the_set_run() {
         }
     }
     let o1 = d.path().join("o1");
-    let s1 = mebin::run::run(&job(
+    let s1 = job(
         &items,
         &o1,
         mebin::RangeSource::FromMaps {
             min_threshold: None,
         },
-    ))
+    )
+    .run()
     .unwrap();
     let o2 = d.path().join("o2");
-    let s2 = mebin::run::run(&job(
-        &items,
-        &o2,
-        mebin::RangeSource::Fixed(s1.range(), None),
-    ))
-    .unwrap();
+    let s2 = job(&items, &o2, mebin::RangeSource::Fixed(s1.range(), None))
+        .run()
+        .unwrap();
     assert_eq!(
         s1.records.iter().map(|r| &r.crop_boxes).collect::<Vec<_>>(),
         s2.records.iter().map(|r| &r.crop_boxes).collect::<Vec<_>>()
@@ -540,7 +538,7 @@ fn library_run_with_a_fixed_range_reproduces_the_set_run() {
         items: &items[..1],
         ..job(&items, &o3, mebin::RangeSource::Fixed(s1.range(), None))
     };
-    let s3 = mebin::run::run(&one).unwrap();
+    let s3 = one.run().unwrap();
     assert_eq!(s3.records[0].threshold, s1.records[0].threshold);
     assert_eq!(s3.records[0].crop_scores, s1.records[0].crop_scores);
 }

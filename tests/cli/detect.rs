@@ -309,13 +309,15 @@ fn vit_maps_keep_the_aspect_ratio_and_zero_shot_needs_two_images() {
     crop(&mask)
         .save(d.path().join("ground_truth/spot/wide.png"))
         .unwrap();
-    let vit = ["--backbone", "dinov2-vits14", "--random-weights"];
+    // The architecture's config name is accepted for the backbone, which keeps its own name.
+    let vit = ["--backbone", "dinov2_vits14", "--random-weights"];
     let out = d.path().join("vit");
     let o = detect(d.path(), &out, &vit);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(read_l8(&out.join("spot/000.png")).dimensions(), (70, 70));
     assert_eq!(read_l8(&out.join("spot/wide.png")).dimensions(), (70, 28));
     let r = report(&out);
+    assert_eq!(r["backbone"], "dinov2-vits14");
     assert_eq!(r["resize"], "aspect");
     assert_eq!(r["blocks"], serde_json::json!([6, 9, 12]));
     assert_eq!(r["feature_dim"], 384);

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use anomalyncd::mebin::crop::{crop_boxes, CropRule};
-use anomalyncd::mebin::run::{run, BinarizeJob, MapItem, RangeSource};
 use anomalyncd::mebin::{binarize_map, BitDepth, GrayMap, Params, SearchRange};
+use anomalyncd::mebin::{BinarizeJob, MapItem, RangeSource};
 use proptest::prelude::*;
 
 use super::{config, edits, input_error, mutate};
@@ -215,7 +215,7 @@ proptest! {
             out: &out,
             progress: false,
         };
-        match run(&job) {
+        match job.run() {
             Ok(summary) => {
                 prop_assert_eq!(summary.records.len(), list.len());
                 for f in summary.output_files() {

@@ -10,17 +10,17 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use image::{imageops::FilterType, GrayImage};
+use image::GrayImage;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::{localize_levels, mebin_touch, LocAggregator, LocReport, MapLoc, DILATION_FRACTION};
 use crate::config::Binarization;
-use crate::detect::NORMAL_TYPE;
 use crate::error::{Error, Result, ResultExt};
-use crate::fsutil::absolute;
+use crate::fsutil::check_outside_inputs;
 use crate::imageio::{
-    self, describe_files, list_files, read_map, GrayMap, TypedFile, MAP_EXTENSIONS,
+    self, describe_files, is_normal, list_files, mask_at, pair_masks, read_map, read_mask, GrayMap,
+    MAP_EXTENSIONS, NORMAL_TYPE,
 };
 use crate::mebin::folders::{pair_folders, Pairing};
 use crate::mebin::{Params, SearchRange};
@@ -67,12 +67,8 @@ struct Item {
     image: Option<PathBuf>,
 }
 
-fn is_normal(type_name: &str) -> bool {
-    type_name == NORMAL_TYPE
-}
-
 /// Every map with its mask; a map outside `good` without a mask is an error listing them.
-fn pair_masks(spec: &MapsEvalSpec) -> Result<Vec<Item>> {
+fn maps_with_masks(spec: &MapsEvalSpec) -> Result<Vec<Item>> {
     let maps = list_files(&spec.anomaly_maps, MAP_EXTENSIONS)?;
     if maps.is_empty() {
         return Err(Error::input(
@@ -82,54 +78,29 @@ fn pair_masks(spec: &MapsEvalSpec) -> Result<Vec<Item>> {
         ));
     }
     let masks = list_files(&spec.masks, MAP_EXTENSIONS)?;
-    let p = imageio::pair_by_stem(maps, masks);
-    let missing: Vec<TypedFile> = p
-        .left_only
-        .iter()
-        .filter(|m| !is_normal(&m.type_name))
-        .cloned()
-        .collect();
-    if let Some(first) = missing.first() {
-        return Err(Error::input(
-            &first.path,
+    let masks = pair_masks(&maps, &masks, |m| is_normal(&m.type_name)).or_error(|missing| {
+        Error::input(
+            &missing[0].path,
             format!(
                 "no ground-truth mask for this map (maps without one: {}); put a 0/255 mask at \
                  {}/<type>/<stem>.png for every map outside a `{NORMAL_TYPE}` folder, or remove the map",
-                describe_files(&missing, &spec.anomaly_maps, 5),
+                describe_files(missing, &spec.anomaly_maps, 5),
                 spec.masks.display()
             ),
-        ));
-    }
-    let mut items: Vec<Item> = p
-        .pairs
+        )
+    })?;
+    let mut items: Vec<Item> = maps
         .into_iter()
-        .map(|(m, k)| Item {
+        .zip(masks)
+        .map(|(m, mask)| Item {
             type_name: m.type_name,
             map: m.path,
-            mask: Some(k.path),
+            mask,
             image: None,
         })
-        .chain(p.left_only.into_iter().map(|m| Item {
-            type_name: m.type_name,
-            map: m.path,
-            mask: None,
-            image: None,
-        }))
         .collect();
     items.sort_by(|a, b| (&a.type_name, &a.map).cmp(&(&b.type_name, &b.map)));
     Ok(items)
-}
-
-/// A mask as 0/255 (a level above half the depth's top is a defect: > 127 for 8-bit masks).
-fn read_mask(path: &Path) -> Result<GrayImage> {
-    let m = read_map(path)?;
-    let top = m.depth.max_level() as u32;
-    let bin = m
-        .pixels
-        .iter()
-        .map(|&v| if 2 * v as u32 > top { 255 } else { 0 })
-        .collect();
-    Ok(GrayImage::from_raw(m.width as u32, m.height as u32, bin).expect("one byte per pixel"))
 }
 
 /// The image's size from its header, without decoding it.
@@ -208,12 +179,7 @@ fn measure_item(it: &Item, mebin: Option<(&SearchRange, &Params)>) -> Result<Mea
             l.crops = Some(mebin_touch(&map, range, params, mask));
         }
     }
-    let mask_at_map = match mask {
-        Some(m) if m.dimensions() == (w, h) => m,
-        // Nearest keeps the mask binary, as detect's own evaluation resizes it.
-        Some(m) => image::imageops::resize(&m, w, h, FilterType::Nearest),
-        None => GrayImage::new(w, h),
-    };
+    let mask_at_map = mask_at(mask, w, h);
     Ok(Measured {
         loc,
         scores: map.pixels.iter().map(|&v| v as f32).collect(),
@@ -264,16 +230,7 @@ fn check_folder(flag: &str, p: &Path, what: &str) -> Result<()> {
 /// `--out` must be a file outside the inputs, and an existing file there must be an earlier
 /// report of this command: the tool replaces only what it wrote.
 fn check_out(out: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
-    let out_abs = absolute(out);
-    for (flag, input) in inputs {
-        if out_abs.starts_with(absolute(input)) {
-            return Err(Error::usage(format!(
-                "--out {}: must not be inside {flag} {}; write the report outside the inputs",
-                out.display(),
-                input.display()
-            )));
-        }
-    }
+    check_outside_inputs(out, inputs, "report")?;
     if out.is_dir() {
         return Err(Error::usage(format!(
             "--out {}: is a folder; give a file name, e.g. {}",
@@ -299,7 +256,7 @@ fn check_out(out: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
 /// Evaluates a folder of maps; see the module doc.
 pub fn evaluate_folders(spec: &MapsEvalSpec) -> Result<MapsEvalReport> {
     let start = Instant::now();
-    let mut items = pair_masks(spec)?;
+    let mut items = maps_with_masks(spec)?;
     let bin = Binarization::default();
     let params = Params::from(&bin);
     let range = match &spec.images {

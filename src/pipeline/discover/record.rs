@@ -124,7 +124,7 @@ pub fn fingerprints(
                 "maps_listing": d.maps, "maps_stage": upstream(&done, "maps"),
                 "images": images, "images_listing": d.images,
                 "binarization": spec.config.binarization,
-                "layout": crate::mebin::run::OUTPUT_LAYOUT,
+                "layout": crate::mebin::job::OUTPUT_LAYOUT,
             }),
             StageKind::Train => json!({
                 "config": spec.config,

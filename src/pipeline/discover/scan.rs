@@ -3,11 +3,11 @@
 
 use std::path::Path;
 
-use super::plan::{BaseInput, Digests, Inputs, NORMAL_TYPE};
+use super::plan::{BaseInput, Digests, Inputs};
 use super::record::listing_digest;
 use super::DiscoverSpec;
 use crate::error::{Error, Result, ResultExt};
-use crate::fsutil::absolute;
+use crate::fsutil::check_outside_inputs;
 use crate::imageio::{self, TypedFile, ANOMALY_MAP_EXTENSIONS, IMAGE_EXTENSIONS, MAP_EXTENSIONS};
 use crate::mebin::base::BASE_SUMMARY_FILE;
 use crate::mebin::Pairing;
@@ -34,8 +34,9 @@ pub fn scan(spec: &DiscoverSpec) -> Result<Inputs> {
         imageio::list_typed_files(images, IMAGE_EXTENSIONS)?
     };
     let digest_images = listing_digest(&files);
-    let (good, defective): (Vec<TypedFile>, Vec<TypedFile>) =
-        files.into_iter().partition(|f| f.type_name == NORMAL_TYPE);
+    let (good, defective): (Vec<TypedFile>, Vec<TypedFile>) = files
+        .into_iter()
+        .partition(|f| imageio::is_normal(&f.type_name));
     if defective.is_empty() {
         let why = if good.is_empty() {
             "--images: no images found (expected IMAGES/<type>/<stem>.<png|jpg|bmp|tif> or a flat folder of images)"
@@ -114,25 +115,16 @@ pub fn pairing() -> Pairing {
 
 /// The run folder must not sit inside an input nor contain one.
 fn check_out(spec: &DiscoverSpec) -> Result<()> {
-    let out = absolute(&spec.out);
-    let inputs = [
+    let inputs: Vec<(&str, &Path)> = [
         ("--images", Some(&spec.images)),
         ("--normal", spec.normal.as_ref()),
         ("--anomaly-maps", spec.anomaly_maps.as_ref()),
         ("--base", spec.base.as_ref()),
-    ];
-    for (flag, dir) in inputs {
-        let Some(dir) = dir else { continue };
-        let d = absolute(dir);
-        if out.starts_with(&d) || d.starts_with(&out) {
-            return Err(Error::usage(format!(
-                "--out {}: the run folder must not be inside {flag} {} (or contain it); choose a folder outside the inputs",
-                spec.out.display(),
-                dir.display()
-            )));
-        }
-    }
-    Ok(())
+    ]
+    .into_iter()
+    .filter_map(|(flag, dir)| Some((flag, dir?.as_path())))
+    .collect();
+    check_outside_inputs(&spec.out, &inputs, "run folder")
 }
 
 /// `--base DIR`: a prepare-base output (used as it is), or `images/<class>/` + `masks/<class>/`
@@ -195,21 +187,20 @@ fn scan_base(dir: &Path, digests: &mut Digests) -> Result<BaseInput> {
     let mut all = imgs.clone();
     all.extend(masks.iter().cloned());
     digests.base = listing_digest(&all);
-    let p = imageio::pair_by_stem(imgs, masks);
-    if !p.left_only.is_empty() {
-        return Err(Error::input(
+    imageio::pair_masks(&imgs, &masks, |_| false).or_error(|missing| {
+        Error::input(
             &mask_dir,
             format!(
                 "--base: images without a mask (same <class>/<stem>): {}; {layout}",
-                imageio::describe_files(&p.left_only, &img_dir, 5)
+                imageio::describe_files(missing, &img_dir, 5)
             ),
-        ));
-    }
-    let mut classes: Vec<&str> = p.pairs.iter().map(|(i, _)| i.type_name.as_str()).collect();
+        )
+    })?;
+    let mut classes: Vec<&str> = imgs.iter().map(|i| i.type_name.as_str()).collect();
     classes.dedup();
     Ok(BaseInput::Raw {
         dir: dir.to_path_buf(),
-        images: p.pairs.len(),
+        images: imgs.len(),
         classes: classes.len(),
     })
 }

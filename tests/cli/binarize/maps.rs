@@ -339,7 +339,7 @@ fn npy_and_float_tiff_sets_match_their_8_bit_export() {
         out: &p.join("one"),
         progress: false,
     };
-    let one = anomalyncd::mebin::run::run(&job).unwrap();
+    let one = job.run().unwrap();
     assert_eq!(one.float_scale, set.float_scale);
     assert_eq!(one.records[0].threshold, set.records[2].threshold);
     assert_eq!(one.records[0].crop_boxes, set.records[2].crop_boxes);

@@ -1,6 +1,8 @@
-//! MEBin over a whole set: read the maps, take the search range, binarize and crop every map in
-//! parallel, write `binary/`, `crops/`, `scores.json` and `mebin.json`. `binarize`, `train` and
-//! `predict` (with a stored range) all call [`run`].
+//! MEBin over a whole set of paired maps, a [`BinarizeJob`]: read the maps, take the search
+//! range, binarize and crop every map in parallel, write `binary/`, `crops/`, `scores.json` and
+//! `mebin.json`. The stage, [`super::run`], pairs the folders, prepares the output folder and runs
+//! the job ([`BinarizeJob::run`]); `binarize`, `train` and `predict` (with a stored range) all go
+//! through it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +17,7 @@ pub use super::read::MapItem;
 use super::resize::{nearest, BicubicView, Leveled};
 use super::{binarize_map, peak, read, BitDepth, GrayMap, MapResult, Params, SearchRange};
 use crate::error::{Error, IoContext, Result};
+use crate::fsutil::{StageOutput, StageSummary};
 use crate::imageio::{self, FloatScale};
 use crate::logging::progress_bar;
 
@@ -161,6 +164,13 @@ impl BinarizeSummary {
             }
         }
         files
+    }
+}
+
+impl StageSummary for BinarizeSummary {
+    const FILE: &'static str = SUMMARY_FILE;
+    fn written_files(&self) -> Vec<PathBuf> {
+        self.output_files()
     }
 }
 
@@ -443,147 +453,118 @@ pub fn write_png(
     })
 }
 
-/// Binarizes and crops every item but the normal ones, writes all outputs under `job.out`, and
-/// returns the summary. Files of an earlier run in `job.out` that this run does not produce again
-/// are removed (only those its `mebin.json` lists).
-pub fn run(job: &BinarizeJob) -> Result<BinarizeSummary> {
-    if job.items.is_empty() {
-        return Err(Error::usage("no anomaly maps to binarize"));
-    }
-    // With a stored range the normal maps have nothing to set: leave them unread.
-    let fixed = matches!(job.range, RangeSource::Fixed(..));
-    let items: Vec<&MapItem> = job
-        .items
-        .iter()
-        .filter(|it| !(fixed && it.normal))
-        .collect();
-    if job.items.iter().all(|it| it.normal) {
-        let mut types: Vec<&str> = job.items.iter().map(|it| it.class_name.as_str()).collect();
-        types.dedup();
-        return Err(Error::usage(format!(
-            "all {} maps are normal-image maps (type folders {}): nothing to crop; add the \
-             defective images' maps, or do not name a defect type with --normal-type",
-            job.items.len(),
-            types.join(", ")
-        )));
-    }
-    let stored_scale = match job.range {
-        RangeSource::Fixed(_, s) => s,
-        RangeSource::FromMaps { .. } => None,
-    };
-    let set = read::read_set(&items, stored_scale, &job.refine, job.progress)?;
-    if fixed && stored_scale.is_none() && set.float_scale.is_some() {
-        log::warn!(
-            "float maps, but the stored range comes from 8/16-bit maps: these maps are normalised \
-             over their own set (min-max); export them as the training maps were for the same scale"
-        );
-    }
-    let depth = set.depth;
-    let normal_maps = items.iter().filter(|it| it.normal).count();
-    let range = match job.range {
-        RangeSource::Fixed(r, _) => r,
-        RangeSource::FromMaps { min_threshold } => {
-            SearchRange::from_maxima(&set.maxima, min_threshold)?
+impl BinarizeJob<'_> {
+    /// Binarizes and crops every item but the normal ones, writes all outputs under `self.out`,
+    /// and returns the summary. Files of an earlier run in `self.out` that this run does not
+    /// produce again are removed (only those its `mebin.json` lists).
+    pub fn run(&self) -> Result<BinarizeSummary> {
+        if self.items.is_empty() {
+            return Err(Error::usage("no anomaly maps to binarize"));
         }
-    };
-    if range.is_degenerate() {
-        let why = match job.range {
-            RangeSource::FromMaps {
-                min_threshold: None,
-            } => format!("every map has the same maximum ({})", range.max_th),
-            _ => format!(
-                "the lower end of the search range equals its upper end ({})",
-                range.max_th
-            ),
+        // With a stored range the normal maps have nothing to set: leave them unread.
+        let fixed = matches!(self.range, RangeSource::Fixed(..));
+        let items: Vec<&MapItem> = self
+            .items
+            .iter()
+            .filter(|it| !(fixed && it.normal))
+            .collect();
+        if self.items.iter().all(|it| it.normal) {
+            let mut types: Vec<&str> = self.items.iter().map(|it| it.class_name.as_str()).collect();
+            types.dedup();
+            return Err(Error::usage(format!(
+                "all {} maps are normal-image maps (type folders {}): nothing to crop; add the \
+                 defective images' maps, or do not name a defect type with --normal-type",
+                self.items.len(),
+                types.join(", ")
+            )));
+        }
+        let stored_scale = match self.range {
+            RangeSource::Fixed(_, s) => s,
+            RangeSource::FromMaps { .. } => None,
         };
-        log::warn!(
-            "{why}: the threshold search range is empty, so no map has a stable interval (each is \
-             cropped around its peak, or whole under no_interval: whole_image; score 0); pass a \
-             --min-threshold below {} to search",
-            range.max_th
-        );
-    }
-    log::info!(
-        "MEBin over {} maps, search range [{}, {}]{}",
-        items.len() - normal_maps,
-        range.min_th,
-        range.max_th,
-        if normal_maps > 0 {
-            format!(" (set with {normal_maps} normal-image maps, which are not cropped)")
-        } else {
-            String::new()
+        let set = read::read_set(&items, stored_scale, &self.refine, self.progress)?;
+        if fixed && stored_scale.is_none() && set.float_scale.is_some() {
+            log::warn!(
+                "float maps, but the stored range comes from 8/16-bit maps: these maps are normalised \
+                 over their own set (min-max); export them as the training maps were for the same scale"
+            );
         }
-    );
-    let previous = read_previous_summary(job.out);
-    let pb = progress_bar(items.len() - normal_maps, "binarize", job.progress);
-    let scale = set.float_scale;
-    let records: Vec<MapRecord> = items
-        .par_iter()
-        .zip(set.maps.into_par_iter())
-        .filter(|(item, _)| !item.normal)
-        .map(|(item, map)| {
-            let map = match map {
-                Some(m) => m,
-                None => read::reread(item, scale.as_ref(), &job.refine)?,
+        let depth = set.depth;
+        let normal_maps = items.iter().filter(|it| it.normal).count();
+        let range = match self.range {
+            RangeSource::Fixed(r, _) => r,
+            RangeSource::FromMaps { min_threshold } => {
+                SearchRange::from_maxima(&set.maxima, min_threshold)?
+            }
+        };
+        if range.is_degenerate() {
+            let why = match self.range {
+                RangeSource::FromMaps {
+                    min_threshold: None,
+                } => format!("every map has the same maximum ({})", range.max_th),
+                _ => format!(
+                    "the lower end of the search range equals its upper end ({})",
+                    range.max_th
+                ),
             };
-            let o = process_map(item, &map, &range, &job.params, &job.rule)?;
-            write_map_output(job.out, &o)?;
-            pb.inc(1);
-            Ok(o.record)
-        })
-        .collect::<Result<_>>()?;
-    pb.finish_and_clear();
-    let summary = BinarizeSummary {
-        min_th: range.min_th,
-        max_th: range.max_th,
-        sample_rate: job.params.sample_rate,
-        min_interval_len: job.params.min_interval_len,
-        erode: job.params.erode,
-        bit_depth: bits(depth),
-        normal_maps,
-        float_scale: scale,
-        records,
-    };
-    let scores = serde_json::to_vec_pretty(&summary.scores()).expect("scores serialise");
-    crate::fsutil::atomic_write(&job.out.join(SCORES_FILE), &scores)?;
-    let body = serde_json::to_vec_pretty(&summary).expect("summary serialises");
-    crate::fsutil::atomic_write(&job.out.join(SUMMARY_FILE), &body)?;
-    if let Some(prev) = previous {
-        remove_stale(job.out, &prev.output_files(), &summary.output_files());
+            log::warn!(
+                "{why}: the threshold search range is empty, so no map has a stable interval (each is \
+                 cropped around its peak, or whole under no_interval: whole_image; score 0); pass a \
+                 --min-threshold below {} to search",
+                range.max_th
+            );
+        }
+        log::info!(
+            "MEBin over {} maps, search range [{}, {}]{}",
+            items.len() - normal_maps,
+            range.min_th,
+            range.max_th,
+            if normal_maps > 0 {
+                format!(" (set with {normal_maps} normal-image maps, which are not cropped)")
+            } else {
+                String::new()
+            }
+        );
+        let output = StageOutput::<BinarizeSummary>::open(self.out);
+        let pb = progress_bar(items.len() - normal_maps, "binarize", self.progress);
+        let scale = set.float_scale;
+        let records: Vec<MapRecord> = items
+            .par_iter()
+            .zip(set.maps.into_par_iter())
+            .filter(|(item, _)| !item.normal)
+            .map(|(item, map)| {
+                let map = match map {
+                    Some(m) => m,
+                    None => read::reread(item, scale.as_ref(), &self.refine)?,
+                };
+                let o = process_map(item, &map, &range, &self.params, &self.rule)?;
+                write_map_output(self.out, &o)?;
+                pb.inc(1);
+                Ok(o.record)
+            })
+            .collect::<Result<_>>()?;
+        pb.finish_and_clear();
+        let summary = BinarizeSummary {
+            min_th: range.min_th,
+            max_th: range.max_th,
+            sample_rate: self.params.sample_rate,
+            min_interval_len: self.params.min_interval_len,
+            erode: self.params.erode,
+            bit_depth: bits(depth),
+            normal_maps,
+            float_scale: scale,
+            records,
+        };
+        let scores = serde_json::to_vec_pretty(&summary.scores()).expect("scores serialise");
+        crate::fsutil::atomic_write(&self.out.join(SCORES_FILE), &scores)?;
+        output.finish(&summary)?;
+        Ok(summary)
     }
-    Ok(summary)
 }
 
 fn bits(d: BitDepth) -> u8 {
     match d {
         BitDepth::Eight => 8,
         BitDepth::Sixteen => 16,
-    }
-}
-
-fn read_previous_summary(out: &Path) -> Option<BinarizeSummary> {
-    let text = std::fs::read_to_string(out.join(SUMMARY_FILE)).ok()?;
-    serde_json::from_str(&text).ok()
-}
-
-/// Removes files an earlier run of the tool wrote (as its own summary lists them) that this run
-/// did not write again, so a rerun leaves no stale crops. Nothing else is touched.
-pub fn remove_stale(out: &Path, previous: &[PathBuf], current: &[PathBuf]) {
-    let keep: std::collections::HashSet<&PathBuf> = current.iter().collect();
-    let mut removed = 0;
-    for rel in previous {
-        if rel.is_absolute()
-            || rel
-                .components()
-                .any(|c| matches!(c, std::path::Component::ParentDir))
-        {
-            continue;
-        }
-        if !keep.contains(rel) && std::fs::remove_file(out.join(rel)).is_ok() {
-            removed += 1;
-        }
-    }
-    if removed > 0 {
-        log::info!("removed {removed} files of the previous run that this run no longer produces");
     }
 }
