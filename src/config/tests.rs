@@ -77,3 +77,54 @@ fn partial_file_takes_defaults() {
     assert_eq!(cfg.training.batch_size, 32);
     assert_eq!(cfg.binarization, Binarization::default());
 }
+
+/// Every key of the config changes its fingerprint, but for the few that only set the speed,
+/// the logging or a `train` command's folders. Each leaf of the YAML tree is set to another
+/// value its type takes; a key whose type takes none of the candidates fails the test.
+#[test]
+fn the_fingerprint_keeps_every_key_but_speed_logging_and_folders() {
+    let not_results = [
+        "training.num_workers",
+        "experiment.print_freq",
+        "experiment.exp_root",
+        "experiment.table_root",
+        "experiment.exp_name",
+    ];
+    let base = Config::default();
+    let tree = serde_yaml::to_value(&base).unwrap();
+    let candidates: Vec<serde_yaml::Value> = [
+        "7",
+        "0.25",
+        "true",
+        "false",
+        "x",
+        "auto",
+        "bf16",
+        "soft",
+        "guided",
+        "whole_image",
+        "dinov2_vits14",
+        "[3]",
+    ]
+    .iter()
+    .map(|t| serde_yaml::from_str(t).unwrap())
+    .collect();
+    let mut seen = 0;
+    for (section, keys) in tree.as_mapping().unwrap() {
+        for key in keys.as_mapping().unwrap().keys() {
+            let name = format!("{}.{}", section.as_str().unwrap(), key.as_str().unwrap());
+            let changed = candidates.iter().find_map(|v| {
+                let mut t = tree.clone();
+                t[section][key] = v.clone();
+                serde_yaml::from_value::<Config>(t)
+                    .ok()
+                    .filter(|c| *c != base)
+            });
+            let changed = changed.unwrap_or_else(|| panic!("{name}: no candidate value fits"));
+            let moved = changed.fingerprint() != base.fingerprint();
+            assert_eq!(moved, !not_results.contains(&name.as_str()), "{name}");
+            seen += 1;
+        }
+    }
+    assert!(seen > 40, "{seen} keys");
+}

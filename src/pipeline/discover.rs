@@ -229,13 +229,16 @@ pub fn prepare(spec: &DiscoverSpec) -> Result<Prepared> {
     let model_name = model_weights
         .as_ref()
         .map_or("random".into(), |p| absolute(p).display().to_string());
-    let fingerprints = record::fingerprints(
+    let fingerprints: Vec<(Value, String)> = record::fingerprints(
         spec,
         &inputs,
         &plan,
         &model_name,
         detector_weights.as_deref(),
-    );
+    )
+    .iter()
+    .map(record::StageFingerprint::stamp)
+    .collect();
     check_run_folder(spec)?;
     let done = plan
         .stages

@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use serde::Serialize;
 use serde_json::json;
 use tch::Device;
 
@@ -14,6 +15,7 @@ use crate::config::Precision;
 use crate::detect::features::{FeatureExtractor, Resize};
 use crate::detect::pooled::{pooled_features, Pooling};
 use crate::error::{Error, Result};
+use crate::fingerprint::AbsPath;
 use crate::mebin::{folders::pair_folders, Pairing};
 
 /// A validated `baseline --method pooled` request.
@@ -48,14 +50,66 @@ pub struct PooledOutcome {
     pub scores: Option<(f64, f64, f64)>,
 }
 
+/// The fingerprint of a `baseline --method pooled` output folder.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PooledFingerprint {
+    /// `pooled`.
+    pub baseline: &'static str,
+    /// [`Pooling`]'s `Debug` text, the form the markers have held.
+    pub pooling: String,
+    /// The images and the maps.
+    pub inputs: Vec<AbsPath>,
+    pub num_classes: String,
+    pub max_classes: usize,
+    /// None: the offline default file.
+    pub weights: Option<AbsPath>,
+    /// The kind the backbone runs in: `precision` resolved for the device.
+    pub precision: String,
+    pub image_size: u32,
+    pub seed: u64,
+}
+
+impl PooledSpec {
+    /// The fingerprint of this run's output folder (see [`PooledFingerprint`]).
+    pub fn fingerprint(&self) -> PooledFingerprint {
+        // Exhaustive on purpose: each field is either recorded or has a reason not to be.
+        let PooledSpec {
+            pooling,
+            inputs,
+            num_classes,
+            max_classes,
+            weights,
+            precision,
+            image_size,
+            seed,
+            device,
+            // Their folders are among `inputs`.
+            images: _,
+            maps: _,
+            // Where the outputs go, and whether an earlier run's may be replaced.
+            out: _,
+            overwrite: _,
+        } = self;
+        let kind = crate::model::precision::frozen_kind(*precision, *device);
+        PooledFingerprint {
+            baseline: "pooled",
+            pooling: format!("{pooling:?}"),
+            inputs: inputs.iter().map(|(_, p)| AbsPath::new(p)).collect(),
+            num_classes: format!("{num_classes:?}"),
+            max_classes: *max_classes,
+            weights: weights.as_deref().map(AbsPath::new),
+            precision: crate::model::precision::kind_name(kind),
+            image_size: *image_size,
+            seed: *seed,
+        }
+    }
+}
+
 /// The stage (see the module doc).
 pub fn run(spec: &PooledSpec) -> Result<PooledOutcome> {
     let inputs: Vec<(&str, &std::path::Path)> =
         spec.inputs.iter().map(|(f, p)| (*f, p.as_path())).collect();
-    let fingerprint = json!({
-        "baseline": "pooled", "pooling": format!("{:?}", spec.pooling),
-        "inputs": inputs.iter().map(|(_, p)| crate::fsutil::absolute_value(p)).collect::<Vec<_>>(),
-    });
+    let fingerprint = crate::fingerprint::to_value(&spec.fingerprint());
     crate::fsutil::prepare_output_dir(
         &spec.out,
         &inputs,
@@ -175,4 +229,51 @@ pub fn run(spec: &PooledSpec) -> Result<PooledOutcome> {
         images: items.len(),
         scores,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fingerprint::check::{fingerprint_follows, Change};
+
+    fn spec() -> PooledSpec {
+        PooledSpec {
+            images: "/d/images".into(),
+            maps: "/d/maps".into(),
+            out: "/d/out".into(),
+            num_classes: NumClasses::FromFolders,
+            max_classes: 10,
+            pooling: Pooling::Soft { tau: 1.0 },
+            weights: None,
+            precision: Precision::Fp32,
+            image_size: 448,
+            seed: 0,
+            inputs: vec![
+                ("--images", "/d/images".into()),
+                ("--anomaly-maps", "/d/maps".into()),
+            ],
+            overwrite: false,
+            device: Device::Cpu,
+        }
+    }
+
+    #[test]
+    fn the_fingerprint_follows_every_setting() {
+        let changes: &[Change<PooledSpec>] = &[
+            ("pooling", |s| s.pooling = Pooling::TopK { fraction: 0.1 }),
+            ("inputs", |s| s.inputs[0].1 = "/d/other".into()),
+            ("num_classes", |s| s.num_classes = NumClasses::Auto),
+            ("max_classes", |s| s.max_classes = 4),
+            ("weights", |s| s.weights = Some("/w.safetensors".into())),
+            ("precision", |s| s.precision = Precision::Bf16),
+            ("image_size", |s| s.image_size = 224),
+            ("seed", |s| s.seed = 1),
+        ];
+        let same: &[Change<PooledSpec>] = &[
+            ("out", |s| s.out = "/elsewhere".into()),
+            ("overwrite", |s| s.overwrite = true),
+        ];
+        // `baseline` names the method: it tells this run from a k-means one.
+        fingerprint_follows(spec, PooledSpec::fingerprint, changes, same, &["baseline"]);
+    }
 }
