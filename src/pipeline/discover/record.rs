@@ -44,9 +44,31 @@ pub struct StageRecord {
     pub summary: Value,
 }
 
+/// The record in `dir`; None when there is none, or when it does not read (logged: the stage
+/// then runs again).
 pub fn read(dir: &Path) -> Option<StageRecord> {
-    let text = std::fs::read_to_string(dir.join(STAGE_FILE)).ok()?;
-    serde_json::from_str(&text).ok()
+    let path = dir.join(STAGE_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            log::warn!(
+                "{}: cannot read ({e}); the stage runs again",
+                path.display()
+            );
+            return None;
+        }
+    };
+    match serde_json::from_str(&text) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            log::warn!(
+                "{}: not a stage record ({e}); the stage runs again",
+                path.display()
+            );
+            None
+        }
+    }
 }
 
 pub fn write(dir: &Path, rec: &StageRecord) -> Result<()> {
