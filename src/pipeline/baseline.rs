@@ -17,6 +17,7 @@ use crate::fingerprint::AbsPath;
 use crate::infer::merge::default_merge_temperature;
 use crate::infer::predict::predict_assigned;
 use crate::mebin::RangeSource;
+use crate::metrics::Scores;
 use crate::model::{resolve_backbone_weights, Model};
 
 /// A validated `baseline` request.
@@ -49,8 +50,8 @@ pub struct BaselineOutcome {
     /// The estimate when K was estimated.
     pub estimate: Option<KEstimate>,
     pub images: usize,
-    /// Image-level (NMI, ARI, F1) when the crops have labels.
-    pub scores: Option<(f64, f64, f64)>,
+    /// Image-level scores when the crops have labels.
+    pub scores: Option<Scores>,
 }
 
 /// The fingerprint of a `baseline` output folder: the method, the input folders and what

@@ -17,6 +17,7 @@ use crate::detect::pooled::{pooled_features, Pooling};
 use crate::error::{Error, Result};
 use crate::fingerprint::AbsPath;
 use crate::mebin::{folders::pair_folders, Pairing};
+use crate::metrics::Scores;
 
 /// A validated `baseline --method pooled` request.
 #[derive(Debug, Clone)]
@@ -46,8 +47,8 @@ pub struct PooledOutcome {
     pub k: usize,
     pub estimate: Option<KEstimate>,
     pub images: usize,
-    /// Image-level (NMI, ARI, F1) when the images have type folders.
-    pub scores: Option<(f64, f64, f64)>,
+    /// Image-level scores when the images have type folders.
+    pub scores: Option<Scores>,
 }
 
 /// The fingerprint of a `baseline --method pooled` output folder.
@@ -194,7 +195,7 @@ pub fn run(spec: &PooledSpec) -> Result<PooledOutcome> {
     let scores = match &truth {
         Some(t) => {
             let e = crate::metrics::evaluate(t, &fitted.assign, &vec![false; t.len()])?;
-            Some((e.nmi, e.ari, e.f1))
+            Some(e.scores())
         }
         None => None,
     };
@@ -209,7 +210,7 @@ pub fn run(spec: &PooledSpec) -> Result<PooledOutcome> {
     let metrics = json!({
         "method": "pooled", "pooling": format!("{:?}", spec.pooling), "k": k,
         "images": items.len(), "estimate": est,
-        "image_level": scores.map(|(n, a, f)| json!({"NMI": n, "ARI": a, "F1": f})),
+        "image_level": scores.map(|s| json!({"NMI": s.nmi, "ARI": s.ari, "F1": s.f1})),
     });
     let text = serde_json::to_vec_pretty(&metrics).expect("metrics serialise");
     crate::fsutil::atomic_write(&spec.out.join("metrics.json"), &text)?;
@@ -217,9 +218,9 @@ pub fn run(spec: &PooledSpec) -> Result<PooledOutcome> {
         &spec.out.join("pooled_features.safetensors"),
         features.view(),
     )?;
-    if let Some((n, a, f)) = scores {
+    if let Some(Scores { nmi, ari, f1 }) = scores {
         log::info!(
-            "pooled ({:?}, K = {k}): NMI {n:.4} ARI {a:.4} F1 {f:.4}",
+            "pooled ({:?}, K = {k}): NMI {nmi:.4} ARI {ari:.4} F1 {f1:.4}",
             spec.pooling
         );
     }

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::plan::StageKind;
 use crate::cluster::KEstimate;
+use crate::metrics::Scores;
 
 /// What a finished run found (also `train/stage.json`'s summary).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,14 +21,14 @@ pub struct Found {
     pub estimate: Option<KEstimate>,
     /// Images per cluster.
     pub cluster_sizes: Vec<usize>,
-    /// Image-level (NMI, ARI, F1) when `--images` has type folders.
-    pub scores: Option<(f64, f64, f64)>,
+    /// Image-level scores when `--images` has type folders (`[nmi, ari, f1]` in JSON).
+    pub scores: Option<Scores>,
     /// The K that `--num-classes auto` chooses on these crops, also when K was given.
     #[serde(default)]
     pub auto_k: Option<usize>,
-    /// Image-level (NMI, ARI, F1) of k-means with the same K on the pretrained class tokens.
+    /// Image-level scores of k-means with the same K on the pretrained class tokens.
     #[serde(default)]
-    pub training_free: Option<(f64, f64, f64)>,
+    pub training_free: Option<Scores>,
     /// The frozen-prefix token cache: its file, size, and whether it was reused.
     #[serde(default)]
     pub cache: Option<crate::train::cache::BankOrigin>,
@@ -181,7 +182,7 @@ mod tests {
             num_clusters: 2,
             estimate: None,
             cluster_sizes: vec![3, 5],
-            scores: Some((0.5, 0.25, 0.75)),
+            scores: Some((0.5, 0.25, 0.75).into()),
             auto_k: Some(2),
             training_free: None,
             cache: None,
