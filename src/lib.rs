@@ -59,6 +59,7 @@ pub mod detect;
 pub mod device;
 pub mod digest;
 pub mod error;
+pub mod fingerprint;
 pub mod fsutil;
 pub mod imageio;
 pub mod infer;

@@ -137,6 +137,19 @@ pub fn rate_text(per_sec: f64) -> String {
     }
 }
 
+/// The process's peak resident memory so far in MiB (`VmHWM` of `/proc/self/status`), for the
+/// run summaries; None where there is no such file (off Linux).
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_vm_hwm(&status)
+}
+
+fn parse_vm_hwm(status: &str) -> Option<f64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -147,5 +160,15 @@ mod tests {
         assert_eq!(rate_text(0.4), "2.5 s/it");
         assert_eq!(rate_text(0.0), "-/s");
         assert_eq!(rate_text(f64::NAN), "-/s");
+    }
+
+    #[test]
+    fn the_peak_memory_is_read_from_vm_hwm() {
+        let status = "Name:\tanomalyncd\nVmPeak:\t 4096 kB\nVmHWM:\t  2048 kB\nVmRSS:\t 1024 kB\n";
+        assert_eq!(super::parse_vm_hwm(status), Some(2.0));
+        assert_eq!(super::parse_vm_hwm("VmRSS:\t 1024 kB\n"), None);
+        if cfg!(target_os = "linux") {
+            assert!(super::peak_rss_mib().is_some_and(|m| m > 0.0));
+        }
     }
 }

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use pathfinding::prelude::{kuhn_munkres, Matrix};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
@@ -204,6 +205,39 @@ pub struct ConfusionMatrix {
     pub counts: Vec<Vec<usize>>,
 }
 
+/// NMI, ARI and F1 of a clustering: what a run reports (see [`Evaluation`]). In JSON the
+/// triple `[nmi, ari, f1]`, the form the run summaries have always held.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(from = "(f64, f64, f64)", into = "(f64, f64, f64)")]
+pub struct Scores {
+    pub nmi: f64,
+    pub ari: f64,
+    pub f1: f64,
+}
+
+impl From<(f64, f64, f64)> for Scores {
+    fn from((nmi, ari, f1): (f64, f64, f64)) -> Self {
+        Scores { nmi, ari, f1 }
+    }
+}
+
+impl From<Scores> for (f64, f64, f64) {
+    fn from(s: Scores) -> Self {
+        (s.nmi, s.ari, s.f1)
+    }
+}
+
+impl std::fmt::Display for Scores {
+    /// `NMI 0.1234  ARI 0.5678  F1 0.9012`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "NMI {:.4}  ARI {:.4}  F1 {:.4}",
+            self.nmi, self.ari, self.f1
+        )
+    }
+}
+
 /// Scores of a set of predictions and the matching behind them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Evaluation {
@@ -218,6 +252,17 @@ pub struct Evaluation {
     /// Per class (ascending), over the novel samples.
     pub per_class: Vec<ClassStats>,
     pub confusion: ConfusionMatrix,
+}
+
+impl Evaluation {
+    /// NMI, ARI and F1.
+    pub fn scores(&self) -> Scores {
+        Scores {
+            nmi: self.nmi,
+            ari: self.ari,
+            f1: self.f1,
+        }
+    }
 }
 
 /// Scores predicted clusters `y_pred` against true classes `y_true` as the reference does:
@@ -308,6 +353,21 @@ mod tests {
     use serde_json::Value;
 
     const GOLDEN: &str = include_str!("../tests/fixtures/metrics.json");
+
+    #[test]
+    fn scores_are_a_triple_in_json_and_print_on_one_line() {
+        let s = Scores {
+            nmi: 0.5,
+            ari: 0.25,
+            f1: 0.125,
+        };
+        let v = serde_json::to_value(s).unwrap();
+        assert_eq!(v, serde_json::json!([0.5, 0.25, 0.125]));
+        assert_eq!(serde_json::from_value::<Scores>(v).unwrap(), s);
+        assert_eq!(s.to_string(), "NMI 0.5000  ARI 0.2500  F1 0.1250");
+        let e = evaluate(&[0, 0, 1, 1], &[1, 1, 0, 0], &[false; 4]).unwrap();
+        assert_eq!(e.scores(), (1.0, 1.0, 1.0).into());
+    }
     const RANDOM: &str = include_str!("../tests/fixtures/metrics_reference_random.json");
 
     /// The reference's NMI / ARI / F1 on its golden label vectors (a copy of

@@ -43,6 +43,35 @@ pub struct MtdSpec {
     pub overwrite: bool,
 }
 
+/// The fingerprint of a `prepare-mtd` output folder.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MtdFingerprint {
+    pub raw: crate::fingerprint::AbsPath,
+    pub train_list: Option<crate::fingerprint::AbsPath>,
+    /// Not read with a train list; recorded all the same, as the markers have held it.
+    pub seed: u64,
+}
+
+impl MtdSpec {
+    /// The fingerprint of this run's output folder (see [`MtdFingerprint`]).
+    pub fn fingerprint(&self) -> MtdFingerprint {
+        // Exhaustive on purpose: each field is either recorded or has a reason not to be.
+        let MtdSpec {
+            raw,
+            train_list,
+            seed,
+            // Where the outputs go, and whether an earlier run's may be replaced.
+            out: _,
+            overwrite: _,
+        } = self;
+        MtdFingerprint {
+            raw: crate::fingerprint::AbsPath::new(raw),
+            train_list: train_list.as_deref().map(crate::fingerprint::AbsPath::new),
+            seed: *seed,
+        }
+    }
+}
+
 /// `prepare_mtd.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MtdSummary {
@@ -274,11 +303,7 @@ pub fn prepare(spec: &MtdSpec) -> Result<MtdSummary> {
     if let Some(l) = &spec.train_list {
         inputs.push(("--train-list", l.as_path()));
     }
-    let fingerprint = serde_json::json!({
-        "raw": crate::fsutil::absolute_value(&spec.raw),
-        "train_list": spec.train_list.as_deref().map(crate::fsutil::absolute_value),
-        "seed": spec.seed,
-    });
+    let fingerprint = crate::fingerprint::to_value(&spec.fingerprint());
     prepare_output_dir(
         &spec.out,
         &inputs,
@@ -327,6 +352,38 @@ mod tests {
                 .collect(),
             masks: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn the_fingerprint_follows_every_setting_and_keeps_its_old_form() {
+        use crate::fingerprint::check::{fingerprint_follows, Change};
+        let spec = || MtdSpec {
+            raw: "/m/raw".into(),
+            out: "/m/out".into(),
+            train_list: None,
+            seed: 0,
+            overwrite: false,
+        };
+        let changes: &[Change<MtdSpec>] = &[
+            ("raw", |s| s.raw = "/m/other".into()),
+            ("train_list", |s| s.train_list = Some("/m/list.txt".into())),
+            ("seed", |s| s.seed = 1),
+        ];
+        let same: &[Change<MtdSpec>] = &[
+            ("out", |s| s.out = "/elsewhere".into()),
+            ("overwrite", |s| s.overwrite = true),
+        ];
+        fingerprint_follows(spec, MtdSpec::fingerprint, changes, same, &[]);
+        let s = MtdSpec {
+            train_list: Some("/m/list.txt".into()),
+            ..spec()
+        };
+        let old = serde_json::json!({
+            "raw": crate::fsutil::absolute_value(&s.raw),
+            "train_list": s.train_list.as_deref().map(crate::fsutil::absolute_value),
+            "seed": s.seed,
+        });
+        assert_eq!(crate::fingerprint::to_value(&s.fingerprint()), old);
     }
 
     #[test]

@@ -104,8 +104,8 @@ pub fn run(a: &BaselineArgs, ctx: &Ctx) -> anyhow::Result<()> {
         None => format!("K = {}", r.k),
     };
     match r.scores {
-        Some((nmi, ari, f1)) => println!(
-            "{category} (k-means baseline, {how}): NMI {nmi:.4}  ARI {ari:.4}  F1 {f1:.4}  (image level; {})",
+        Some(s) => println!(
+            "{category} (k-means baseline, {how}): {s}  (image level; {})",
             a.out.display()
         ),
         None => println!(
@@ -150,8 +150,8 @@ fn pooled(a: &BaselineArgs, ctx: &Ctx) -> anyhow::Result<()> {
         device: ctx.device,
     })?;
     match r.scores {
-        Some((nmi, ari, f1)) => println!(
-            "pooled features ({pooling:?}, K = {}): NMI {nmi:.4}  ARI {ari:.4}  F1 {f1:.4}  (image level; {})",
+        Some(s) => println!(
+            "pooled features ({pooling:?}, K = {}): {s}  (image level; {})",
             r.k,
             a.out.display()
         ),

@@ -128,11 +128,11 @@ pub fn run(a: &DiscoverArgs, ctx: &Ctx) -> anyhow::Result<()> {
             println!("predictions: {}", predictions.display());
             println!("K = {} ({how})", found.num_clusters);
             println!("cluster sizes: {}", sizes.join(", "));
-            if let Some((nmi, ari, f1)) = found.scores {
-                println!("NMI {nmi:.4}  ARI {ari:.4}  F1 {f1:.4}  (image level, against the type folders)");
+            if let Some(s) = found.scores {
+                println!("{s}  (image level, against the type folders)");
             }
-            if let Some((nmi, ari, f1)) = found.training_free {
-                println!("training-free k-means on the pretrained class tokens: NMI {nmi:.4}  ARI {ari:.4}  F1 {f1:.4}");
+            if let Some(s) = found.training_free {
+                println!("training-free k-means on the pretrained class tokens: {s}");
             }
         }
     }

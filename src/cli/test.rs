@@ -36,11 +36,7 @@ pub fn run(a: &TestArgs, ctx: &Ctx) -> anyhow::Result<()> {
     };
     let r = pipeline::test(&spec)?;
     match r.scores {
-        Some((nmi, ari, f1)) => println!(
-            "{}: NMI {nmi:.4}  ARI {ari:.4}  F1 {f1:.4}  (image level; {})",
-            r.category,
-            r.out.display()
-        ),
+        Some(s) => println!("{}: {s}  (image level; {})", r.category, r.out.display()),
         None => println!(
             "predictions written to {}",
             r.out.join("predictions.csv").display()

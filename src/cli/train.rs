@@ -160,10 +160,10 @@ pub fn run(a: &TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
             spec.checkpoint().display()
         ),
         TrainOutcome::Finished {
-            scores: Some((nmi, ari, f1)),
+            scores: Some(s),
             ..
         } => println!(
-            "{category}: NMI {nmi:.4}  ARI {ari:.4}  F1 {f1:.4}  (image level; run folder {})",
+            "{category}: {s}  (image level; run folder {})",
             run_dir.display()
         ),
         TrainOutcome::Finished { scores: None, .. } => println!(

@@ -4,6 +4,14 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::arch::ArchSpec;
+use super::Checks;
+
+/// Largest `models.n_head` (the reference uses 4).
+pub const MAX_HEADS: usize = 64;
+/// Largest `models.image_size` (the reference uses 224).
+pub const MAX_IMAGE_SIZE: usize = 2048;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Models {
@@ -39,6 +47,91 @@ pub struct Models {
     pub guidance_lambda: f64,
 }
 
+impl Default for Models {
+    fn default() -> Self {
+        Self {
+            grad_from_block: 11,
+            pretrained_backbone: "dino_vitb8".into(),
+            mask_layers: 9,
+            n_views: 2,
+            n_head: 4,
+            backbone_weights: None,
+            image_size: 224,
+            precision: Precision::Auto,
+            thin_mask_fallback: false,
+            guidance: GuidanceMode::Hard,
+            guidance_lambda: 8.0,
+        }
+    }
+}
+
+impl Models {
+    /// The ranges serde's types cannot express, and the backbone's name and depth.
+    pub(super) fn check(&self, c: &mut Checks) {
+        c.need(
+            self.guidance_lambda.is_finite() && (0.0..=1000.0).contains(&self.guidance_lambda),
+            || {
+                format!(
+                    "models.guidance_lambda must be in [0, 1000] (got {})",
+                    self.guidance_lambda
+                )
+            },
+        );
+        match ArchSpec::by_name(&self.pretrained_backbone) {
+            None => c.need(false, || {
+                format!(
+                    "models.pretrained_backbone `{}` is not known; use one of: {}",
+                    self.pretrained_backbone,
+                    ArchSpec::names().join(", ")
+                )
+            }),
+            Some(a) => {
+                c.need(self.mask_layers <= a.depth, || {
+                    format!(
+                        "models.mask_layers ({}) exceeds the depth of {} ({})",
+                        self.mask_layers, a.name, a.depth
+                    )
+                });
+                c.need(self.grad_from_block <= a.depth, || {
+                    format!(
+                        "models.grad_from_block ({}) exceeds the depth of {} ({})",
+                        self.grad_from_block, a.name, a.depth
+                    )
+                });
+                c.need(
+                    self.image_size >= a.patch_size && self.image_size.is_multiple_of(a.patch_size),
+                    || {
+                        format!(
+                            "models.image_size ({}) must be a positive multiple of the patch size of {} ({})",
+                            self.image_size, a.name, a.patch_size
+                        )
+                    },
+                );
+            }
+        }
+        // Upper bounds on values that size allocations: beyond them a typo (an extra digit or
+        // four) would abort the process on an allocation instead of saying which key is wrong.
+        c.need((1..=MAX_HEADS).contains(&self.n_head), || {
+            format!(
+                "models.n_head must be in 1..={MAX_HEADS} (got {})",
+                self.n_head
+            )
+        });
+        c.need(self.image_size <= MAX_IMAGE_SIZE, || {
+            format!(
+                "models.image_size must be at most {MAX_IMAGE_SIZE} (got {})",
+                self.image_size
+            )
+        });
+        c.need(self.n_views == 2, || {
+            format!(
+                "models.n_views must be 2 (two augmented views per sample; got {})",
+                self.n_views
+            )
+        });
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GuidanceMode {
@@ -61,22 +154,4 @@ pub enum Precision {
     Auto,
     Fp32,
     Bf16,
-}
-
-impl Default for Models {
-    fn default() -> Self {
-        Self {
-            grad_from_block: 11,
-            pretrained_backbone: "dino_vitb8".into(),
-            mask_layers: 9,
-            n_views: 2,
-            n_head: 4,
-            backbone_weights: None,
-            image_size: 224,
-            precision: Precision::Auto,
-            thin_mask_fallback: false,
-            guidance: GuidanceMode::Hard,
-            guidance_lambda: 8.0,
-        }
-    }
 }

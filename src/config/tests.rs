@@ -77,3 +77,126 @@ fn partial_file_takes_defaults() {
     assert_eq!(cfg.training.batch_size, 32);
     assert_eq!(cfg.binarization, Binarization::default());
 }
+
+/// Every key of the config changes its fingerprint, but for the few that only set the speed,
+/// the logging or a `train` command's folders. Each leaf of the YAML tree is set to another
+/// value its type takes; a key whose type takes none of the candidates fails the test.
+#[test]
+fn the_fingerprint_keeps_every_key_but_speed_logging_and_folders() {
+    let not_results = [
+        "training.num_workers",
+        "experiment.print_freq",
+        "experiment.exp_root",
+        "experiment.table_root",
+        "experiment.exp_name",
+    ];
+    let base = Config::default();
+    let tree = serde_yaml::to_value(&base).unwrap();
+    let candidates: Vec<serde_yaml::Value> = [
+        "7",
+        "0.25",
+        "true",
+        "false",
+        "x",
+        "auto",
+        "bf16",
+        "soft",
+        "guided",
+        "whole_image",
+        "dinov2_vits14",
+        "[3]",
+    ]
+    .iter()
+    .map(|t| serde_yaml::from_str(t).unwrap())
+    .collect();
+    let mut seen = 0;
+    for (section, keys) in tree.as_mapping().unwrap() {
+        for key in keys.as_mapping().unwrap().keys() {
+            let name = format!("{}.{}", section.as_str().unwrap(), key.as_str().unwrap());
+            let changed = candidates.iter().find_map(|v| {
+                let mut t = tree.clone();
+                t[section][key] = v.clone();
+                serde_yaml::from_value::<Config>(t)
+                    .ok()
+                    .filter(|c| *c != base)
+            });
+            let changed = changed.unwrap_or_else(|| panic!("{name}: no candidate value fits"));
+            let moved = changed.fingerprint() != base.fingerprint();
+            assert_eq!(moved, !not_results.contains(&name.as_str()), "{name}");
+            seen += 1;
+        }
+    }
+    assert!(seen > 40, "{seen} keys");
+}
+
+/// Every range check at once: one message per key, each naming it.
+#[test]
+fn every_section_checks_its_own_keys() {
+    let mut c = Config::default();
+    let b = &mut c.binarization;
+    (b.sample_rate, b.min_interval_len, b.min_threshold) = (0, 0, Some(-1.0));
+    (b.refine_eps, b.refine_radius) = (0.0, Some(0));
+    let m = &mut c.models;
+    (m.guidance_lambda, m.mask_layers, m.grad_from_block) = (-1.0, 99, 99);
+    (m.image_size, m.n_head, m.n_views) = (4097, 0, 3);
+    let t = &mut c.training;
+    (t.batch_size, t.epochs, t.num_workers, t.lr, t.gamma) = (1, 0, 5000, 0.0, 0.0);
+    (t.momentum, t.weight_decay, t.cache_views) = (1.0, -1.0, 0);
+    let l = &mut c.loss;
+    (l.warmup_teacher_temp_epochs, l.sup_weight, l.memax_weight) = (MAX_EPOCHS + 1, 2.0, -1.0);
+    (
+        l.anomaly_thred,
+        l.teacher_temp,
+        l.warmup_teacher_temp,
+        l.repeat_times,
+    ) = (2.0, 0.0, 0.0, 0);
+    (c.experiment.print_freq, c.experiment.exp_name) = (0, " ".into());
+    c.inference.merge_temperature = Some(0.0);
+    let got = c.validate().unwrap_err();
+    let want = [
+        "binarization.sample_rate must be in 1..=255 (got 0)",
+        "binarization.min_interval_len must be at least 1",
+        "binarization.min_threshold must be a finite number >= 0 (got -1)",
+        "binarization.refine_eps must be a number > 0 (got 0)",
+        "binarization.refine_radius must be in 1..=256 (got 0)",
+        "models.guidance_lambda must be in [0, 1000] (got -1)",
+        "models.mask_layers (99) exceeds the depth of dino_vitb8 (12)",
+        "models.grad_from_block (99) exceeds the depth of dino_vitb8 (12)",
+        "models.image_size (4097) must be a positive multiple of the patch size of dino_vitb8 (8)",
+        "models.n_head must be in 1..=64 (got 0)",
+        "models.image_size must be at most 2048 (got 4097)",
+        "models.n_views must be 2 (two augmented views per sample; got 3)",
+        "training.batch_size must be at least 2 (got 1)",
+        "training.epochs must be in 1..=100000 (got 0)",
+        "loss.warmup_teacher_temp_epochs must be at most 100000 (got 100001)",
+        "training.num_workers must be at most 1024 (got 5000)",
+        "training.lr must be > 0 (got 0)",
+        "training.gamma must be > 0 (got 0)",
+        "training.momentum must be in [0, 1) (got 1)",
+        "training.weight_decay must be >= 0 (got -1)",
+        "training.cache_views must be in 1..=1024 (got 0)",
+        "loss.sup_weight must be in [0, 1] (got 2)",
+        "loss.memax_weight must be >= 0 (got -1)",
+        "loss.anomaly_thred must be in [0, 1] (got 2)",
+        "loss.teacher_temp must be > 0 (got 0)",
+        "loss.warmup_teacher_temp must be > 0 (got 0)",
+        "loss.repeat_times must be at least 1",
+        "experiment.print_freq must be at least 1",
+        "experiment.exp_name must not be empty",
+        "inference.merge_temperature must be > 0 (got 0)",
+    ];
+    // Each message whole (one holds a `; ` itself), and nothing else.
+    for w in want {
+        assert!(got.contains(w), "{w}: {got}");
+    }
+    assert_eq!(got.len(), want.join("; ").len(), "{got}");
+    // An unknown backbone is named with the known ones.
+    let mut c = Config::default();
+    c.models.pretrained_backbone = "resnet".into();
+    let e = c.validate().unwrap_err();
+    assert!(
+        e.starts_with("models.pretrained_backbone `resnet` is not known; use one of: "),
+        "{e}"
+    );
+    assert!(Config::default().validate().is_ok());
+}

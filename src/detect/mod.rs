@@ -41,7 +41,7 @@ mod variants;
 
 pub use run::{run, DetectReport, REPORT_FILE};
 pub use scoring::NormalFloor;
-pub use settings::{DetectSettings, DETECT_CODE};
+pub use settings::{DetectFingerprint, DetectSettings, DETECT_CODE};
 pub use spec::{
     DetectSpec, DEFAULT_BATCH_SIZE, DEFAULT_BLOCKS, DEFAULT_CNN_IMAGE_SIZE, DEFAULT_CORESET,
     DEFAULT_MAX_PATCHES, DEFAULT_STAGES, DEFAULT_VIT_IMAGE_SIZE, DEFAULT_ZERO_SHOT_FRACTION,

@@ -23,6 +23,7 @@ use super::{maps, NORMAL_TYPE};
 use crate::error::{Error, Result};
 use crate::fsutil::{prepare_output_dir, save_image_atomic, StageOutput, StageSummary};
 use crate::imageio::{is_normal, mask_at, read_mask, TypedFile};
+use crate::model::precision::kind_name;
 
 /// The run summary written into OUT.
 pub const REPORT_FILE: &str = "detect.json";
@@ -224,11 +225,7 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
     if let Some(m) = &spec.masks {
         inputs.push(("--masks", m.as_path()));
     }
-    let abs = |p: &Option<PathBuf>| p.as_deref().map(crate::fsutil::absolute_value);
-    let fingerprint = serde_json::json!({
-        "train": abs(&spec.train), "test": crate::fsutil::absolute_value(&spec.test),
-        "masks": abs(&spec.masks), "detector": spec.settings(),
-    });
+    let fingerprint = crate::fingerprint::to_value(&spec.fingerprint());
     prepare_output_dir(&spec.out, &inputs, "detect", &fingerprint, spec.overwrite)?;
     let output = StageOutput::<DetectReport>::open(&spec.out);
 
@@ -398,9 +395,4 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
 
 fn default_blur() -> f64 {
     maps::SIGMA
-}
-
-/// `float`, `bfloat16`: a kind as `detect.json` writes it.
-pub(crate) fn kind_name(kind: tch::Kind) -> String {
-    format!("{kind:?}").to_lowercase()
 }

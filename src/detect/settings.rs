@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 use tch::Kind;
 
 use super::features::Resize;
-use super::run::kind_name;
 use super::spec::DetectSpec;
-use crate::model::precision::frozen_kind;
+use crate::fingerprint::AbsPath;
+use crate::model::precision::{frozen_kind, kind_name};
 
 /// FNV-1a of the detector's source files (the list is in build.rs), fixed at build time.
 pub const DETECT_CODE: &str = env!("ANOMALYNCD_DETECT_CODE");
@@ -68,7 +68,28 @@ pub struct DetectSettings {
     pub code: String,
 }
 
+/// The fingerprint of `detect`'s output folder: the input folders and [`DetectSettings`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DetectFingerprint {
+    /// Recorded also with `zero_shot`, where it is not read (the form the markers have had).
+    pub train: Option<AbsPath>,
+    pub test: AbsPath,
+    /// `detect.json`'s metrics depend on them.
+    pub masks: Option<AbsPath>,
+    pub detector: DetectSettings,
+}
+
 impl DetectSpec {
+    /// The fingerprint of this run's output folder (see [`DetectFingerprint`]).
+    pub fn fingerprint(&self) -> DetectFingerprint {
+        DetectFingerprint {
+            train: self.train.as_deref().map(AbsPath::new),
+            test: AbsPath::new(&self.test),
+            masks: self.masks.as_deref().map(AbsPath::new),
+            detector: self.settings(),
+        }
+    }
+
     /// What this run's maps depend on (see [`DetectSettings`]).
     pub fn settings(&self) -> DetectSettings {
         // Exhaustive on purpose: each field is either a setting or has a reason not to be.
@@ -195,6 +216,36 @@ mod tests {
         assert_eq!(a.settings(), b.settings());
         assert_eq!(a.settings().code, DETECT_CODE);
         assert_eq!(DETECT_CODE.len(), 16);
+    }
+
+    #[test]
+    fn the_output_folders_fingerprint_follows_the_inputs_and_the_settings() {
+        use crate::fingerprint::check::{fingerprint_follows, Change};
+        let changes: &[Change<DetectSpec>] = &[
+            ("train", |s| s.train = Some("/data/other".into())),
+            ("test", |s| s.test = "/data/other".into()),
+            ("masks", |s| s.masks = Some("/data/masks".into())),
+            ("detector", |s| s.image_size = 224),
+            ("precision", |s| s.precision = Precision::Bf16),
+        ];
+        let same: &[Change<DetectSpec>] = &[
+            ("out", |s| s.out = "/elsewhere".into()),
+            ("batch_size", |s| s.batch_size = 3),
+            ("overwrite", |s| s.overwrite = true),
+        ];
+        let fp32 = || DetectSpec {
+            precision: Precision::Fp32,
+            ..spec()
+        };
+        fingerprint_follows(fp32, DetectSpec::fingerprint, changes, same, &[]);
+        // The record the markers of earlier runs hold.
+        let v = crate::fingerprint::to_value(&spec().fingerprint());
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["detector", "masks", "test", "train"]);
+        assert_eq!(
+            v["detector"],
+            serde_json::to_value(spec().settings()).unwrap()
+        );
     }
 
     #[test]

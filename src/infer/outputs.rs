@@ -10,7 +10,7 @@ use serde_json::json;
 use super::predict::{score, Predictions};
 use crate::error::{Error, Result};
 use crate::fsutil::atomic_write;
-use crate::metrics::Evaluation;
+use crate::metrics::{Evaluation, Scores};
 
 fn csv_bytes(header: &[&str], rows: Vec<Vec<String>>) -> Result<Vec<u8>> {
     let mut w = csv::Writer::from_writer(Vec::new());
@@ -44,7 +44,7 @@ fn eval_json(e: &Evaluation, names: &[String]) -> serde_json::Value {
 }
 
 /// Writes the prediction files into `run_dir` and, when labels exist, appends the image-level
-/// scores to `table`. Returns the image-level (NMI, ARI, F1) when labels exist.
+/// scores to `table`. Returns the image-level scores when labels exist.
 pub fn write_all(
     run_dir: &Path,
     table: &Path,
@@ -53,7 +53,7 @@ pub fn write_all(
     preds: &Predictions,
     head: usize,
     trained_names: &[String],
-) -> Result<Option<(f64, f64, f64)>> {
+) -> Result<Option<Scores>> {
     let scores = score(preds)?;
     // The class a cluster matched in training names it when known (`predict`); else this
     // run's own matching when it has labels.
@@ -157,15 +157,15 @@ pub fn write_all(
         );
         return Ok(None);
     };
-    append_table(table, category, s.image.nmi, s.image.ari, s.image.f1)?;
-    Ok(Some((s.image.nmi, s.image.ari, s.image.f1)))
+    append_table(table, category, s.image.scores())?;
+    Ok(Some(s.image.scores()))
 }
 
 /// Appends `category,NMI,ARI,F1` to the table, writing the header when the file is new.
 ///
 /// Runs of several categories at once (one per GPU) share a table: an exclusive lock on
 /// `<table>.lock` makes each read-append-replace whole, so no row is lost to a concurrent one.
-pub fn append_table(table: &Path, category: &str, nmi: f64, ari: f64, f1: f64) -> Result<()> {
+pub fn append_table(table: &Path, category: &str, scores: Scores) -> Result<()> {
     let lock_path = table.with_extension("csv.lock");
     if let Some(dir) = table.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -177,12 +177,12 @@ pub fn append_table(table: &Path, category: &str, nmi: f64, ari: f64, f1: f64) -
         .open(&lock_path)
         .map_err(|e| Error::io(&lock_path, e))?;
     lock.lock().map_err(|e| Error::io(&lock_path, e))?;
-    let r = append_row(table, category, nmi, ari, f1);
+    let r = append_row(table, category, scores);
     let _ = lock.unlock();
     r
 }
 
-fn append_row(table: &Path, category: &str, nmi: f64, ari: f64, f1: f64) -> Result<()> {
+fn append_row(table: &Path, category: &str, s: Scores) -> Result<()> {
     let mut text = match std::fs::read(table) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => b"category,NMI,ARI,F1\n".to_vec(),
@@ -195,9 +195,9 @@ fn append_row(table: &Path, category: &str, nmi: f64, ari: f64, f1: f64) -> Resu
         &["category", "NMI", "ARI", "F1"],
         vec![vec![
             category.to_string(),
-            nmi.to_string(),
-            ari.to_string(),
-            f1.to_string(),
+            s.nmi.to_string(),
+            s.ari.to_string(),
+            s.f1.to_string(),
         ]],
     )?;
     let row_only = row.splitn(2, |&b| b == b'\n').nth(1).unwrap_or_default();
@@ -218,7 +218,7 @@ mod tests {
                 let table = &table;
                 s.spawn(move || {
                     for i in 0..15 {
-                        append_table(table, &format!("c{t}_{i}"), 0.1, 0.2, 0.3).unwrap();
+                        append_table(table, &format!("c{t}_{i}"), (0.1, 0.2, 0.3).into()).unwrap();
                     }
                 });
             }

@@ -169,6 +169,37 @@ pub struct PrepareBaseSpec {
     pub overwrite: bool,
 }
 
+/// The fingerprint of a `prepare-base` output folder.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BaseFingerprint {
+    pub images: crate::fingerprint::AbsPath,
+    pub masks: crate::fingerprint::AbsPath,
+    pub max_crops: usize,
+    pub max_per_class: Option<usize>,
+}
+
+impl PrepareBaseSpec {
+    /// The fingerprint of this run's output folder (see [`BaseFingerprint`]).
+    pub fn fingerprint(&self) -> BaseFingerprint {
+        // Exhaustive on purpose: each field is either recorded or has a reason not to be.
+        let PrepareBaseSpec {
+            images,
+            masks,
+            max_crops,
+            max_per_class,
+            // Where the outputs go, and whether an earlier run's may be replaced.
+            out: _,
+            overwrite: _,
+        } = self;
+        BaseFingerprint {
+            images: crate::fingerprint::AbsPath::new(images),
+            masks: crate::fingerprint::AbsPath::new(masks),
+            max_crops: *max_crops,
+            max_per_class: *max_per_class,
+        }
+    }
+}
+
 /// The base-set stage: pairs images with masks, thins, crops and writes `spec.out`.
 pub fn run(spec: &PrepareBaseSpec) -> Result<BaseSummary> {
     if spec.max_crops == 0 {
@@ -217,12 +248,7 @@ pub fn run(spec: &PrepareBaseSpec) -> Result<BaseSummary> {
         Some(n) => thin_per_class(items, n),
         None => items,
     };
-    let fingerprint = serde_json::json!({
-        "images": crate::fsutil::absolute_value(&spec.images),
-        "masks": crate::fsutil::absolute_value(&spec.masks),
-        "max_crops": spec.max_crops,
-        "max_per_class": spec.max_per_class,
-    });
+    let fingerprint = crate::fingerprint::to_value(&spec.fingerprint());
     crate::fsutil::prepare_output_dir(
         &spec.out,
         &[("--images", &spec.images), ("--masks", &spec.masks)],
@@ -267,6 +293,38 @@ fn thin_per_class(items: Vec<BaseItem>, n: usize) -> Vec<BaseItem> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fingerprint_follows_every_setting_and_keeps_its_old_form() {
+        use crate::fingerprint::check::{fingerprint_follows, Change};
+        let spec = || PrepareBaseSpec {
+            images: "/b/images".into(),
+            masks: "/b/masks".into(),
+            out: "/b/out".into(),
+            max_crops: 2,
+            max_per_class: None,
+            overwrite: false,
+        };
+        let changes: &[Change<PrepareBaseSpec>] = &[
+            ("images", |s| s.images = "/b/other".into()),
+            ("masks", |s| s.masks = "/b/other".into()),
+            ("max_crops", |s| s.max_crops = 3),
+            ("max_per_class", |s| s.max_per_class = Some(4)),
+        ];
+        let same: &[Change<PrepareBaseSpec>] = &[
+            ("out", |s| s.out = "/elsewhere".into()),
+            ("overwrite", |s| s.overwrite = true),
+        ];
+        fingerprint_follows(spec, PrepareBaseSpec::fingerprint, changes, same, &[]);
+        let s = spec();
+        let old = serde_json::json!({
+            "images": crate::fsutil::absolute_value(&s.images),
+            "masks": crate::fsutil::absolute_value(&s.masks),
+            "max_crops": s.max_crops,
+            "max_per_class": s.max_per_class,
+        });
+        assert_eq!(crate::fingerprint::to_value(&s.fingerprint()), old);
+    }
 
     #[test]
     fn thinning_keeps_an_even_spread_per_class() {

@@ -165,20 +165,58 @@ impl BinarizeSpec {
     }
 }
 
+/// The fingerprint of a binarize output folder: the input folders and what decides the outputs.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BinarizeFingerprint {
+    pub anomaly_maps: crate::fingerprint::AbsPath,
+    pub images: crate::fingerprint::AbsPath,
+    pub binarization: Binarization,
+    /// [`RangeSource`]'s `Debug` text, the form the markers have held from the start.
+    pub range: String,
+    /// Only decides whether unpaired files are an error; kept, as the markers hold it.
+    pub skip_unpaired: bool,
+    /// Left out when empty, as the markers written before the option had none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub normal_types: Vec<String>,
+}
+
+impl BinarizeSpec {
+    /// The fingerprint of this run's output folder (see [`BinarizeFingerprint`]).
+    pub fn fingerprint(&self) -> BinarizeFingerprint {
+        // Exhaustive on purpose: each field is either recorded or has a reason not to be.
+        let BinarizeSpec {
+            maps,
+            images,
+            binarization,
+            range,
+            pairing,
+            // Where the outputs go, and whether an earlier run's may be replaced.
+            out: _,
+            overwrite: _,
+        } = self;
+        let Pairing {
+            skip_unpaired,
+            normal_types,
+            // Drops image folders no map names: without it those images are unpaired, an
+            // error or skipped, so the outputs of a finished run are the same.
+            only_map_types: _,
+        } = pairing;
+        BinarizeFingerprint {
+            anomaly_maps: crate::fingerprint::AbsPath::new(maps),
+            images: crate::fingerprint::AbsPath::new(images),
+            binarization: binarization.clone(),
+            range: format!("{range:?}"),
+            skip_unpaired: *skip_unpaired,
+            normal_types: normal_types.clone(),
+        }
+    }
+}
+
 /// Pairs the maps with their images, prepares the output folder and binarizes every map.
 pub(super) fn binarize(spec: &BinarizeSpec) -> Result<BinarizeSummary> {
     let (maps, images, how, range) = (&spec.maps, &spec.images, &spec.pairing, spec.range);
     let items = pair_folders(maps, images, how)?;
-    let mut fingerprint = serde_json::json!({
-        "anomaly_maps": crate::fsutil::absolute_value(maps),
-        "images": crate::fsutil::absolute_value(images),
-        "binarization": spec.binarization,
-        "range": format!("{range:?}"),
-        "skip_unpaired": how.skip_unpaired,
-    });
-    if !how.normal_types.is_empty() {
-        fingerprint["normal_types"] = serde_json::json!(how.normal_types);
-    }
+    let fingerprint = crate::fingerprint::to_value(&spec.fingerprint());
     prepare_output_dir(
         &spec.out,
         &[("--anomaly-maps", maps), ("--images", images)],
@@ -212,4 +250,75 @@ pub fn read_summary(out: &Path) -> Result<BinarizeSummary> {
     })?;
     serde_json::from_str(&text)
         .map_err(|e| Error::input(&path, format!("not a binarize summary: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{NoInterval, Refine};
+    use crate::fingerprint::check::{fingerprint_follows, Change};
+    use crate::fsutil::absolute_value;
+
+    fn spec() -> BinarizeSpec {
+        let b = Binarization::default();
+        BinarizeSpec::from_maps(
+            Path::new("/d/maps"),
+            Path::new("/d/images"),
+            Path::new("/d/out"),
+            &b,
+            Pairing::default(),
+            false,
+        )
+    }
+
+    #[test]
+    fn the_fingerprint_follows_every_setting_and_keeps_its_old_form() {
+        let changes: &[Change<BinarizeSpec>] = &[
+            ("maps", |s| s.maps = "/d/other".into()),
+            ("images", |s| s.images = "/d/other".into()),
+            ("sample_rate", |s| s.binarization.sample_rate = 2),
+            ("min_interval_len", |s| s.binarization.min_interval_len = 3),
+            ("erode", |s| s.binarization.erode = false),
+            ("min_threshold", |s| {
+                s.binarization.min_threshold = Some(9.0)
+            }),
+            ("no_interval", |s| {
+                s.binarization.no_interval = NoInterval::WholeImage
+            }),
+            ("refine", |s| s.binarization.refine = Refine::Guided),
+            ("refine_radius", |s| s.binarization.refine_radius = Some(4)),
+            ("refine_eps", |s| s.binarization.refine_eps = 0.5),
+            ("range", |s| {
+                s.range = RangeSource::FromMaps {
+                    min_threshold: Some(3.0),
+                }
+            }),
+            ("skip_unpaired", |s| s.pairing.skip_unpaired = true),
+            ("normal_types", |s| {
+                s.pairing.normal_types = vec!["ok".into()]
+            }),
+        ];
+        let same: &[Change<BinarizeSpec>] = &[
+            ("out", |s| s.out = "/elsewhere".into()),
+            ("overwrite", |s| s.overwrite = true),
+            ("only_map_types", |s| s.pairing.only_map_types = true),
+        ];
+        fingerprint_follows(spec, BinarizeSpec::fingerprint, changes, same, &[]);
+        // The JSON the markers have held.
+        let mut s = spec();
+        let old = |s: &BinarizeSpec| {
+            serde_json::json!({
+                "anomaly_maps": absolute_value(&s.maps),
+                "images": absolute_value(&s.images),
+                "binarization": s.binarization,
+                "range": format!("{:?}", s.range),
+                "skip_unpaired": s.pairing.skip_unpaired,
+            })
+        };
+        assert_eq!(crate::fingerprint::to_value(&s.fingerprint()), old(&s));
+        s.pairing.normal_types = vec!["ok".into()];
+        let mut want = old(&s);
+        want["normal_types"] = serde_json::json!(["ok"]);
+        assert_eq!(crate::fingerprint::to_value(&s.fingerprint()), want);
+    }
 }

@@ -23,6 +23,11 @@ use tch::{Device, Kind};
 use crate::config::Precision;
 use auto::{Decision, Machine};
 
+/// A kind as the records name it (`float`, `bfloat16`): `detect.json` and the fingerprints.
+pub fn kind_name(kind: Kind) -> String {
+    format!("{kind:?}").to_lowercase()
+}
+
 /// The kind of the frozen prefix for a precision setting on a device. `fp32` and `bf16` are
 /// taken as given; `auto` is bf16 on CUDA, measured on the CPU ([`auto_cpu`]), f32 elsewhere.
 pub fn frozen_kind(p: Precision, device: Device) -> Kind {

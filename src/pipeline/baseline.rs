@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use serde::Serialize;
 use tch::Device;
 
 use super::CropInput;
@@ -12,9 +13,11 @@ use crate::cluster::{estimate_k, fit, KEstimate, KMeansOptions, NumClasses};
 use crate::config::Config;
 use crate::data::{dataset::load_novel, CropSet, NovelSource};
 use crate::error::{Error, Result};
+use crate::fingerprint::AbsPath;
 use crate::infer::merge::default_merge_temperature;
 use crate::infer::predict::predict_assigned;
 use crate::mebin::RangeSource;
+use crate::metrics::Scores;
 use crate::model::{resolve_backbone_weights, Model};
 
 /// A validated `baseline` request.
@@ -47,8 +50,69 @@ pub struct BaselineOutcome {
     /// The estimate when K was estimated.
     pub estimate: Option<KEstimate>,
     pub images: usize,
-    /// Image-level (NMI, ARI, F1) when the crops have labels.
-    pub scores: Option<(f64, f64, f64)>,
+    /// Image-level scores when the crops have labels.
+    pub scores: Option<Scores>,
+}
+
+/// The fingerprint of a `baseline` output folder: the method, the input folders and what
+/// decides the clusters.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BaselineFingerprint {
+    /// The method.
+    pub baseline: String,
+    /// The input folders (the crops, or the maps and images; the base set).
+    pub inputs: Vec<AbsPath>,
+    /// The crops' `--normal-type` folders, when the maps are binarized here.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub normal_types: Vec<String>,
+    /// [`Config::fingerprint`].
+    pub config: Config,
+    pub num_classes: String,
+    pub max_classes: usize,
+    pub weights: Option<AbsPath>,
+    /// The name in `metrics.csv`.
+    pub category: String,
+    /// The kind the frozen backbone runs in: `models.precision` resolved for the device.
+    pub precision: String,
+}
+
+impl BaselineSpec {
+    /// The fingerprint of this run's output folder (see [`BaselineFingerprint`]).
+    pub fn fingerprint(&self) -> BaselineFingerprint {
+        // Exhaustive on purpose: each field is either recorded or has a reason not to be.
+        let BaselineSpec {
+            config,
+            crops,
+            inputs,
+            num_classes,
+            max_classes,
+            weights,
+            category,
+            method,
+            device,
+            // Their folders are among `inputs`.
+            base: _,
+            // Where the outputs go, and whether an earlier run's may be replaced.
+            out: _,
+            overwrite: _,
+        } = self;
+        let normal_types = match crops {
+            CropInput::Maps { pairing, .. } => pairing.normal_types.clone(),
+            CropInput::Folder(_) => Vec::new(),
+        };
+        let kind = crate::model::precision::frozen_kind(config.models.precision, *device);
+        BaselineFingerprint {
+            baseline: method.clone(),
+            inputs: inputs.iter().map(|(_, p)| AbsPath::new(p)).collect(),
+            normal_types,
+            config: config.fingerprint(),
+            num_classes: format!("{num_classes:?}"),
+            max_classes: *max_classes,
+            weights: weights.as_deref().map(AbsPath::new),
+            category: category.clone(),
+            precision: crate::model::precision::kind_name(kind),
+        }
+    }
 }
 
 /// The `baseline` stage.
@@ -56,10 +120,7 @@ pub fn run(spec: &BaselineSpec) -> Result<BaselineOutcome> {
     let cfg = &spec.config;
     let inputs: Vec<(&str, &std::path::Path)> =
         spec.inputs.iter().map(|(f, p)| (*f, p.as_path())).collect();
-    let fingerprint = serde_json::json!({
-        "baseline": spec.method,
-        "inputs": inputs.iter().map(|(_, p)| crate::fsutil::absolute_value(p)).collect::<Vec<_>>(),
-    });
+    let fingerprint = crate::fingerprint::to_value(&spec.fingerprint());
     crate::fsutil::prepare_output_dir(
         &spec.out,
         &inputs,
@@ -156,4 +217,65 @@ fn fixed_k(spec: &BaselineSpec, novel: &NovelSource) -> Result<Option<usize>> {
             Some(types.len())
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Precision;
+    use crate::fingerprint::check::{fingerprint_follows, Change};
+    use crate::mebin::Pairing;
+
+    fn spec() -> BaselineSpec {
+        let mut config = Config::default();
+        config.models.precision = Precision::Fp32;
+        BaselineSpec {
+            config,
+            crops: CropInput::Maps {
+                maps: "/d/maps".into(),
+                images: "/d/images".into(),
+                pairing: Pairing::default(),
+            },
+            base: None,
+            num_classes: NumClasses::FromFolders,
+            max_classes: 10,
+            weights: None,
+            out: "/d/out".into(),
+            category: "d".into(),
+            inputs: vec![
+                ("--anomaly-maps", "/d/maps".into()),
+                ("--images", "/d/images".into()),
+            ],
+            method: "Kmeans".into(),
+            overwrite: false,
+            device: Device::Cpu,
+        }
+    }
+
+    #[test]
+    fn the_fingerprint_follows_every_setting() {
+        let changes: &[Change<BaselineSpec>] = &[
+            ("method", |s| s.method = "Other".into()),
+            ("inputs", |s| s.inputs[1].1 = "/d/other".into()),
+            ("normal_types", |s| {
+                if let CropInput::Maps { pairing, .. } = &mut s.crops {
+                    pairing.normal_types = vec!["ok".into()];
+                }
+            }),
+            ("config", |s| s.config.experiment.seed = 1),
+            ("config", |s| s.config.models.mask_layers = 3),
+            ("num_classes", |s| s.num_classes = NumClasses::Fixed(3)),
+            ("max_classes", |s| s.max_classes = 4),
+            ("weights", |s| s.weights = Some("/w.pth".into())),
+            ("category", |s| s.category = "e".into()),
+            ("precision", |s| s.config.models.precision = Precision::Bf16),
+        ];
+        let same: &[Change<BaselineSpec>] = &[
+            ("out", |s| s.out = "/elsewhere".into()),
+            ("overwrite", |s| s.overwrite = true),
+            ("num_workers", |s| s.config.training.num_workers = 1),
+            ("print_freq", |s| s.config.experiment.print_freq = 1),
+        ];
+        fingerprint_follows(spec, BaselineSpec::fingerprint, changes, same, &[]);
+    }
 }

@@ -19,11 +19,11 @@ mod plan;
 mod record;
 mod scan;
 mod stages;
+mod summary;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tch::Device;
 
@@ -32,10 +32,14 @@ pub use plan::{
 };
 pub use record::{StageRecord, STAGE_FILE};
 pub use scan::{pairing, scan};
+pub use summary::{
+    BaseCounts, BinarizeCounts, DiscoverSummary, Found, MapsCounts, RunTiming, StageRun,
+    StageSummary, StageTiming,
+};
 
 use stages::{run_stage, Ran};
 
-use crate::cluster::{KEstimate, NumClasses};
+use crate::cluster::NumClasses;
 use crate::config::Config;
 use crate::detect::features::{default_weights_file, DINOV2};
 use crate::error::{Error, Result, ResultExt};
@@ -124,40 +128,6 @@ pub struct DiscoverSpec {
     pub device: Device,
 }
 
-/// What a finished run found (also `train/stage.json`'s summary).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Found {
-    /// K, the number of defect types found.
-    pub num_clusters: usize,
-    /// The estimate and its per-K table when K was estimated.
-    pub estimate: Option<KEstimate>,
-    /// Images per cluster.
-    pub cluster_sizes: Vec<usize>,
-    /// Image-level (NMI, ARI, F1) when `--images` has type folders.
-    pub scores: Option<(f64, f64, f64)>,
-    /// The K that `--num-classes auto` chooses on these crops, also when K was given.
-    #[serde(default)]
-    pub auto_k: Option<usize>,
-    /// Image-level (NMI, ARI, F1) of k-means with the same K on the pretrained class tokens.
-    #[serde(default)]
-    pub training_free: Option<(f64, f64, f64)>,
-    /// The frozen-prefix token cache: its file, size, and whether it was reused.
-    #[serde(default)]
-    pub cache: Option<crate::train::cache::BankOrigin>,
-    /// Seconds in the parts of the train stage.
-    #[serde(default)]
-    pub timing: Option<crate::pipeline::Timing>,
-}
-
-/// One stage as this run handled it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StageRun {
-    pub name: String,
-    /// Finished earlier with the same inputs.
-    pub skipped: bool,
-    pub seconds: f64,
-}
-
 // Returned once per run: the size of its largest variant does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
@@ -169,7 +139,28 @@ pub enum DiscoverOutcome {
         report: PathBuf,
         predictions: PathBuf,
         stages: Vec<StageRun>,
+        timing: RunTiming,
     },
+}
+
+/// A stage of the plan with what is known of it before the run.
+#[derive(Debug, Clone)]
+pub struct PlannedStage {
+    pub stage: Stage,
+    /// Its fingerprint as `stage.json` records it ([`record::StageFingerprint`]).
+    pub fingerprint: Value,
+    /// The fingerprint's digest, which `--resume` compares.
+    pub digest: String,
+    /// With `resume`: the stage finished earlier with the same fingerprint (it is skipped).
+    pub earlier: Option<Earlier>,
+}
+
+/// A stage finished by an earlier run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Earlier {
+    pub summary: StageSummary,
+    /// Its wall time then.
+    pub seconds: f64,
 }
 
 /// The checked inputs, the plan and what an earlier run already finished.
@@ -177,9 +168,8 @@ pub enum DiscoverOutcome {
 pub struct Prepared {
     pub inputs: Inputs,
     pub plan: Plan,
-    /// Per stage: finished earlier with the same fingerprint (skipped; only with `resume`).
-    pub done: Vec<bool>,
-    fingerprints: Vec<(Value, String)>,
+    /// The plan's stages, in order.
+    pub stages: Vec<PlannedStage>,
     model_weights: Option<PathBuf>,
     detector_weights: Option<PathBuf>,
 }
@@ -187,7 +177,13 @@ pub struct Prepared {
 impl Prepared {
     /// The plan as `--dry-run` prints it.
     pub fn describe(&self, spec: &DiscoverSpec) -> String {
-        self.plan.describe(&spec.out, &self.inputs, &self.done)
+        let done: Vec<&str> = self
+            .stages
+            .iter()
+            .filter(|s| s.earlier.is_some())
+            .map(|s| s.stage.name)
+            .collect();
+        self.plan.describe(&spec.out, &self.inputs, &done)
     }
 }
 
@@ -239,22 +235,54 @@ pub fn prepare(spec: &DiscoverSpec) -> Result<Prepared> {
         detector_weights.as_deref(),
     );
     check_run_folder(spec)?;
-    let done = plan
+    let stages = plan
         .stages
         .iter()
-        .zip(&fingerprints)
-        .map(|(st, (_, digest))| {
-            spec.resume && record::read(&st.dir).is_some_and(|r| r.finished && &r.digest == digest)
+        .zip(fingerprints)
+        .map(|(st, fp)| {
+            let (fingerprint, digest) = fp.stamp();
+            let earlier = match spec.resume {
+                true => finished_earlier(st, &digest),
+                false => None,
+            };
+            PlannedStage {
+                stage: st.clone(),
+                fingerprint,
+                digest,
+                earlier,
+            }
         })
         .collect();
     Ok(Prepared {
         inputs,
         plan,
-        done,
-        fingerprints,
+        stages,
         model_weights,
         detector_weights,
     })
+}
+
+/// What `st` reported when an earlier run finished it with the same fingerprint; None when it
+/// did not, or when its record does not read (logged: the stage then runs again).
+fn finished_earlier(st: &Stage, digest: &str) -> Option<Earlier> {
+    let r = record::read(&st.dir)?;
+    if !r.finished || r.digest != digest {
+        return None;
+    }
+    match StageSummary::parse(&st.kind, r.summary) {
+        Ok(summary) => Some(Earlier {
+            summary,
+            seconds: r.seconds,
+        }),
+        Err(e) => {
+            log::warn!(
+                "{}: the summary does not read ({e}); stage {} runs again",
+                st.dir.join(STAGE_FILE).display(),
+                st.name
+            );
+            None
+        }
+    }
 }
 
 /// A new or empty run folder; or one holding a discover run, with `resume` or `overwrite`.
@@ -304,85 +332,86 @@ pub fn run(spec: &DiscoverSpec) -> Result<DiscoverOutcome> {
     for line in p.describe(spec).lines() {
         log::info!("{line}");
     }
-    let stages = &p.plan.stages;
-    let n = stages.len();
+    let n = p.stages.len();
     let start = Instant::now();
     let (mut spent, mut spent_estimate) = (0.0f64, 0.0f64);
-    let mut runs = Vec::new();
+    let (mut runs, mut times) = (Vec::new(), Vec::new());
     let mut found = None;
-    for (i, st) in stages.iter().enumerate() {
-        let (fingerprint, digest) = &p.fingerprints[i];
+    for (i, ps) in p.stages.iter().enumerate() {
+        let st = &ps.stage;
         let label = format!("stage {}/{n}: {}", i + 1, st.name);
-        if p.done[i] {
-            log::info!(
-                "{label}: finished earlier with the same inputs, skipped ({})",
-                st.dir.display()
-            );
-            if st.kind == StageKind::Train {
-                found = record::read(&st.dir).and_then(|r| serde_json::from_value(r.summary).ok());
+        let (summary, seconds) = match &ps.earlier {
+            Some(e) => {
+                log::info!(
+                    "{label}: finished earlier with the same inputs, skipped ({})",
+                    st.dir.display()
+                );
+                (e.summary.clone(), e.seconds)
             }
-            runs.push(StageRun {
-                name: st.name.into(),
-                skipped: true,
-                seconds: 0.0,
-            });
-            continue;
-        }
-        // The estimates, scaled by how the stages run so far compared with theirs.
-        let pace = match spent_estimate > 10.0 {
-            true => (spent / spent_estimate).clamp(0.2, 5.0),
-            false => 1.0,
-        };
-        let left: f64 = (i..n)
-            .filter(|&j| !p.done[j])
-            .map(|j| stages[j].estimate_s * pace)
-            .sum();
-        log::info!(
-            "{label}: {} (~{}; ~{} left in all; {} elapsed)",
-            st.what,
-            duration_text(st.estimate_s * pace),
-            duration_text(left),
-            duration_text(start.elapsed().as_secs_f64())
-        );
-        let t = Instant::now();
-        let outcome = run_stage(spec, &p, st, fingerprint, digest)
-            .with_context(|| format!("discover {label}"));
-        if st.kind == StageKind::Train {
-            // Training logs into its own folder; the run's log takes the rest again.
-            super::add_log_file(&spec.out)?;
-        }
-        let summary = match outcome? {
-            Ran::Done(summary) => summary,
-            Ran::Stopped(detail) => {
-                return Ok(DiscoverOutcome::Stopped {
-                    stage: st.name.into(),
-                    detail,
-                })
+            None => {
+                // The estimates, scaled by how the stages run so far compared with theirs.
+                let pace = match spent_estimate > 10.0 {
+                    true => (spent / spent_estimate).clamp(0.2, 5.0),
+                    false => 1.0,
+                };
+                let left: f64 = p.stages[i..]
+                    .iter()
+                    .filter(|s| s.earlier.is_none())
+                    .map(|s| s.stage.estimate_s * pace)
+                    .sum();
+                log::info!(
+                    "{label}: {} (~{}; ~{} left in all; {} elapsed)",
+                    st.what,
+                    duration_text(st.estimate_s * pace),
+                    duration_text(left),
+                    duration_text(start.elapsed().as_secs_f64())
+                );
+                let t = Instant::now();
+                let outcome = run_stage(spec, &p, ps).with_context(|| format!("discover {label}"));
+                if st.kind == StageKind::Train {
+                    // Training logs into its own folder; the run's log takes the rest again.
+                    super::add_log_file(&spec.out)?;
+                }
+                let summary = match outcome? {
+                    Ran::Done(summary) => summary,
+                    Ran::Stopped(detail) => {
+                        return Ok(DiscoverOutcome::Stopped {
+                            stage: st.name.into(),
+                            detail,
+                        })
+                    }
+                };
+                let seconds = t.elapsed().as_secs_f64();
+                record::write(
+                    &st.dir,
+                    &StageRecord {
+                        stage: st.name.into(),
+                        digest: ps.digest.clone(),
+                        fingerprint: ps.fingerprint.clone(),
+                        finished: true,
+                        seconds,
+                        summary: summary.to_value(),
+                    },
+                )?;
+                (spent, spent_estimate) = (spent + seconds, spent_estimate + st.estimate_s);
+                (summary, seconds)
             }
         };
-        let seconds = t.elapsed().as_secs_f64();
-        if st.kind == StageKind::Train {
-            found = serde_json::from_value(summary.clone()).ok();
+        let skipped = ps.earlier.is_some();
+        let timing = StageTiming::new(st.name, skipped, seconds, summary.images());
+        if !skipped {
+            log::info!("{label}: finished in {}", throughput(&timing));
         }
-        record::write(
-            &st.dir,
-            &StageRecord {
-                stage: st.name.into(),
-                digest: digest.clone(),
-                fingerprint: fingerprint.clone(),
-                finished: true,
-                seconds,
-                summary,
-            },
-        )?;
-        log::info!("{label}: finished in {}", duration_text(seconds));
-        (spent, spent_estimate) = (spent + seconds, spent_estimate + st.estimate_s);
         runs.push(StageRun {
             name: st.name.into(),
-            skipped: false,
-            seconds,
+            skipped,
+            seconds: if skipped { 0.0 } else { seconds },
         });
-        if spec.stop_after_stage.as_deref() == Some(st.name) {
+        times.push(timing);
+        if let StageSummary::Train(f) = summary {
+            found = Some(*f);
+        }
+        if !skipped && spec.stop_after_stage.as_deref() == Some(st.name) {
             return Ok(DiscoverOutcome::Stopped {
                 stage: st.name.into(),
                 detail: format!("after stage {}/{n}", i + 1),
@@ -391,25 +420,66 @@ pub fn run(spec: &DiscoverSpec) -> Result<DiscoverOutcome> {
     }
     let found = found.ok_or_else(|| {
         Error::runtime(format!(
-            "{}: the train stage left no readable outcome in its stage.json; run again with --overwrite",
+            "{}: the plan has no train stage; run again with --overwrite",
             spec.out.display()
         ))
     })?;
+    let total_s = start.elapsed().as_secs_f64();
+    let timing = RunTiming {
+        stages: times,
+        total_s,
+        peak_rss_mb: crate::logging::peak_rss_mib(),
+    };
+    log::info!("discover: {}", run_text(&timing));
     let train = spec.out.join("train");
     let (report, predictions) = (train.join("report.html"), train.join("predictions.csv"));
-    let body = json!({
-        "report": absolute(&report), "predictions": absolute(&predictions),
-        "checkpoint": absolute(&train.join(crate::checkpoint::CHECKPOINT_FILE)),
-        "found": found, "stages": runs, "seconds": start.elapsed().as_secs_f64(),
-    });
-    let text = serde_json::to_vec_pretty(&body).expect("the summary serialises");
+    let summary = DiscoverSummary {
+        report: absolute(&report),
+        predictions: absolute(&predictions),
+        checkpoint: absolute(&train.join(crate::checkpoint::CHECKPOINT_FILE)),
+        found,
+        stages: runs,
+        seconds: total_s,
+        timing,
+    };
+    let text = serde_json::to_vec_pretty(&summary).expect("the summary serialises");
     atomic_write(&spec.out.join(SUMMARY_FILE), &text)?;
+    let DiscoverSummary {
+        found,
+        stages,
+        timing,
+        ..
+    } = summary;
     Ok(DiscoverOutcome::Finished {
         found,
         report,
         predictions,
-        stages: runs,
+        stages,
+        timing,
     })
+}
+
+/// `12.3 s (40 images, 3.25 images/s)`.
+fn throughput(t: &StageTiming) -> String {
+    let rate = match t.images_per_s {
+        Some(r) if r >= 10.0 => format!(", {r:.0} images/s"),
+        Some(r) => format!(", {r:.2} images/s"),
+        None => String::new(),
+    };
+    let wall = match t.wall_s < 90.0 {
+        true => format!("{:.1} s", t.wall_s),
+        false => duration_text(t.wall_s),
+    };
+    format!("{wall} ({} images{rate})", t.images)
+}
+
+/// `3 min in all, peak memory 812 MiB`.
+fn run_text(t: &RunTiming) -> String {
+    let memory = match t.peak_rss_mb {
+        Some(mb) => format!("peak memory {mb:.0} MiB"),
+        None => "peak memory not known on this system".to_string(),
+    };
+    format!("{} in all, {memory}", duration_text(t.total_s))
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use crate::checkpoint::CheckpointMeta;
 use crate::error::{Error, Result};
 use crate::infer::trained;
 use crate::mebin::{BinarizeSpec, Pairing, RangeSource, SearchRange};
+use crate::metrics::Scores;
 
 /// A validated `test` request.
 #[derive(Debug, Clone)]
@@ -33,8 +34,8 @@ pub struct TestSpec {
 pub struct TestOutcome {
     pub category: String,
     pub out: PathBuf,
-    /// Image-level (NMI, ARI, F1) when the crops have labels.
-    pub scores: Option<(f64, f64, f64)>,
+    /// Image-level scores when the crops have labels.
+    pub scores: Option<Scores>,
 }
 
 /// The `test` stage.

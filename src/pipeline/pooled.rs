@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use serde::Serialize;
 use serde_json::json;
 use tch::Device;
 
@@ -13,7 +14,9 @@ use crate::config::Precision;
 use crate::detect::features::{FeatureExtractor, Resize};
 use crate::detect::pooled::{pooled_features, Pooling};
 use crate::error::{Error, Result};
+use crate::fingerprint::AbsPath;
 use crate::mebin::{folders::pair_folders, Pairing};
+use crate::metrics::Scores;
 
 /// A validated `baseline --method pooled` request.
 #[derive(Debug, Clone)]
@@ -43,18 +46,70 @@ pub struct PooledOutcome {
     pub k: usize,
     pub estimate: Option<KEstimate>,
     pub images: usize,
-    /// Image-level (NMI, ARI, F1) when the images have type folders.
-    pub scores: Option<(f64, f64, f64)>,
+    /// Image-level scores when the images have type folders.
+    pub scores: Option<Scores>,
+}
+
+/// The fingerprint of a `baseline --method pooled` output folder.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PooledFingerprint {
+    /// `pooled`.
+    pub baseline: &'static str,
+    /// [`Pooling`]'s `Debug` text, the form the markers have held.
+    pub pooling: String,
+    /// The images and the maps.
+    pub inputs: Vec<AbsPath>,
+    pub num_classes: String,
+    pub max_classes: usize,
+    /// None: the offline default file.
+    pub weights: Option<AbsPath>,
+    /// The kind the backbone runs in: `precision` resolved for the device.
+    pub precision: String,
+    pub image_size: u32,
+    pub seed: u64,
+}
+
+impl PooledSpec {
+    /// The fingerprint of this run's output folder (see [`PooledFingerprint`]).
+    pub fn fingerprint(&self) -> PooledFingerprint {
+        // Exhaustive on purpose: each field is either recorded or has a reason not to be.
+        let PooledSpec {
+            pooling,
+            inputs,
+            num_classes,
+            max_classes,
+            weights,
+            precision,
+            image_size,
+            seed,
+            device,
+            // Their folders are among `inputs`.
+            images: _,
+            maps: _,
+            // Where the outputs go, and whether an earlier run's may be replaced.
+            out: _,
+            overwrite: _,
+        } = self;
+        let kind = crate::model::precision::frozen_kind(*precision, *device);
+        PooledFingerprint {
+            baseline: "pooled",
+            pooling: format!("{pooling:?}"),
+            inputs: inputs.iter().map(|(_, p)| AbsPath::new(p)).collect(),
+            num_classes: format!("{num_classes:?}"),
+            max_classes: *max_classes,
+            weights: weights.as_deref().map(AbsPath::new),
+            precision: crate::model::precision::kind_name(kind),
+            image_size: *image_size,
+            seed: *seed,
+        }
+    }
 }
 
 /// The stage (see the module doc).
 pub fn run(spec: &PooledSpec) -> Result<PooledOutcome> {
     let inputs: Vec<(&str, &std::path::Path)> =
         spec.inputs.iter().map(|(f, p)| (*f, p.as_path())).collect();
-    let fingerprint = json!({
-        "baseline": "pooled", "pooling": format!("{:?}", spec.pooling),
-        "inputs": inputs.iter().map(|(_, p)| crate::fsutil::absolute_value(p)).collect::<Vec<_>>(),
-    });
+    let fingerprint = crate::fingerprint::to_value(&spec.fingerprint());
     crate::fsutil::prepare_output_dir(
         &spec.out,
         &inputs,
@@ -137,7 +192,7 @@ pub fn run(spec: &PooledSpec) -> Result<PooledOutcome> {
     let scores = match &truth {
         Some(t) => {
             let e = crate::metrics::evaluate(t, &fitted.assign, &vec![false; t.len()])?;
-            Some((e.nmi, e.ari, e.f1))
+            Some(e.scores())
         }
         None => None,
     };
@@ -152,7 +207,7 @@ pub fn run(spec: &PooledSpec) -> Result<PooledOutcome> {
     let metrics = json!({
         "method": "pooled", "pooling": format!("{:?}", spec.pooling), "k": k,
         "images": items.len(), "estimate": est,
-        "image_level": scores.map(|(n, a, f)| json!({"NMI": n, "ARI": a, "F1": f})),
+        "image_level": scores.map(|s| json!({"NMI": s.nmi, "ARI": s.ari, "F1": s.f1})),
     });
     let text = serde_json::to_vec_pretty(&metrics).expect("metrics serialise");
     crate::fsutil::atomic_write(&spec.out.join("metrics.json"), &text)?;
@@ -160,9 +215,9 @@ pub fn run(spec: &PooledSpec) -> Result<PooledOutcome> {
         &spec.out.join("pooled_features.safetensors"),
         features.view(),
     )?;
-    if let Some((n, a, f)) = scores {
+    if let Some(Scores { nmi, ari, f1 }) = scores {
         log::info!(
-            "pooled ({:?}, K = {k}): NMI {n:.4} ARI {a:.4} F1 {f:.4}",
+            "pooled ({:?}, K = {k}): NMI {nmi:.4} ARI {ari:.4} F1 {f1:.4}",
             spec.pooling
         );
     }
@@ -172,4 +227,51 @@ pub fn run(spec: &PooledSpec) -> Result<PooledOutcome> {
         images: items.len(),
         scores,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fingerprint::check::{fingerprint_follows, Change};
+
+    fn spec() -> PooledSpec {
+        PooledSpec {
+            images: "/d/images".into(),
+            maps: "/d/maps".into(),
+            out: "/d/out".into(),
+            num_classes: NumClasses::FromFolders,
+            max_classes: 10,
+            pooling: Pooling::Soft { tau: 1.0 },
+            weights: None,
+            precision: Precision::Fp32,
+            image_size: 448,
+            seed: 0,
+            inputs: vec![
+                ("--images", "/d/images".into()),
+                ("--anomaly-maps", "/d/maps".into()),
+            ],
+            overwrite: false,
+            device: Device::Cpu,
+        }
+    }
+
+    #[test]
+    fn the_fingerprint_follows_every_setting() {
+        let changes: &[Change<PooledSpec>] = &[
+            ("pooling", |s| s.pooling = Pooling::TopK { fraction: 0.1 }),
+            ("inputs", |s| s.inputs[0].1 = "/d/other".into()),
+            ("num_classes", |s| s.num_classes = NumClasses::Auto),
+            ("max_classes", |s| s.max_classes = 4),
+            ("weights", |s| s.weights = Some("/w.safetensors".into())),
+            ("precision", |s| s.precision = Precision::Bf16),
+            ("image_size", |s| s.image_size = 224),
+            ("seed", |s| s.seed = 1),
+        ];
+        let same: &[Change<PooledSpec>] = &[
+            ("out", |s| s.out = "/elsewhere".into()),
+            ("overwrite", |s| s.overwrite = true),
+        ];
+        // `baseline` names the method: it tells this run from a k-means one.
+        fingerprint_follows(spec, PooledSpec::fingerprint, changes, same, &["baseline"]);
+    }
 }

@@ -24,6 +24,7 @@ use crate::infer::predict::{
     crop_logits, crop_logits_cached, predict, predict_assigned, score, Predictions,
 };
 use crate::mebin::{BinarizeSpec, BinarizeSummary, Pairing};
+use crate::metrics::Scores;
 use crate::model::{resolve_backbone_weights, Model};
 use crate::train::cache::{BankKey, BankOptions, BankOrigin, TokenBank};
 use crate::train::losses::Criterion;
@@ -115,9 +116,9 @@ impl TrainSpec {
 pub enum TrainOutcome {
     /// Stopped after `epoch` of `epochs` (`stop_after` or Ctrl-C); resume to finish.
     Stopped { epoch: usize, epochs: usize },
-    /// Trained and evaluated: the image-level (NMI, ARI, F1) when the crops have labels.
+    /// Trained and evaluated: the image-level scores when the crops have labels.
     Finished {
-        scores: Option<(f64, f64, f64)>,
+        scores: Option<Scores>,
         /// The number of novel clusters, and the estimate when K was estimated.
         num_clusters: usize,
         estimate: Option<KEstimate>,
@@ -126,9 +127,9 @@ pub enum TrainOutcome {
         /// The K that `--num-classes auto` chooses on these crops (computed beside a given K
         /// when the token cache makes it cheap).
         auto_k: Option<usize>,
-        /// Image-level (NMI, ARI, F1) of k-means with the same K on the pretrained class tokens
-        /// of the same crops: what training adds.
-        training_free: Option<(f64, f64, f64)>,
+        /// Image-level scores of k-means with the same K on the pretrained class tokens of the
+        /// same crops: what training adds.
+        training_free: Option<Scores>,
         /// Where the token cache came from, when training used one.
         cache: Option<BankOrigin>,
         timing: Timing,
@@ -418,7 +419,7 @@ fn training_free_scores(
     set: &CropSet,
     tokens: &SetTokens,
     merge_temperature: f64,
-) -> Result<Option<(f64, f64, f64)>> {
+) -> Result<Option<Scores>> {
     let k = set.num_novel_clusters;
     if tokens.novel.nrows() < k {
         return Ok(None);
@@ -435,8 +436,8 @@ fn training_free_scores(
         k,
         merge_temperature,
     )?;
-    let scores = score(&preds)?.map(|s| (s.image.nmi, s.image.ari, s.image.f1));
-    if let Some((nmi, ari, f1)) = scores {
+    let scores = score(&preds)?.map(|s| s.image.scores());
+    if let Some(Scores { nmi, ari, f1 }) = scores {
         log::info!(
             "training-free: k-means (K = {k}) on the pretrained class tokens: NMI {nmi:.4} ARI {ari:.4} F1 {f1:.4}"
         );

@@ -30,7 +30,7 @@ use crate::error::{Result, ResultExt};
 use crate::fsutil::{atomic_write, save_image_atomic};
 use crate::infer::predict::{score, Predictions};
 use crate::mebin::job::{binary_path, BinarizeSummary, SUMMARY_FILE};
-use crate::metrics::Evaluation;
+use crate::metrics::{Evaluation, Scores};
 use sheets::{TileSource, TileSpec, Verdict};
 
 /// The report page, in the run folder.
@@ -72,8 +72,8 @@ pub struct RunOutputs<'a> {
 }
 
 /// Writes the prediction files and metrics (see [`crate::infer::outputs::write_all`]), then
-/// `report.html` and its pictures. Returns the image-level (NMI, ARI, F1) when labels exist.
-pub fn write(o: &RunOutputs) -> Result<Option<(f64, f64, f64)>> {
+/// `report.html` and its pictures. Returns the image-level scores when labels exist.
+pub fn write(o: &RunOutputs) -> Result<Option<Scores>> {
     let novel = &o.set.novel_types;
     let res = crate::infer::outputs::write_all(
         o.out,

@@ -11,6 +11,7 @@ use std::time::SystemTime;
 use crate::common;
 
 mod lock;
+mod timing;
 
 const TINY: &str = "models:\n  pretrained_backbone: vit_tiny\n  grad_from_block: 2\n  mask_layers: 2\n  image_size: 32\n  precision: fp32\ntraining:\n  batch_size: 8\n  num_workers: 2\n  epochs: 2\n  cache_frozen: true\n  cache_views: 2\nloss:\n  warmup_teacher_temp_epochs: 1\n  repeat_times: 1\n";
 
@@ -346,6 +347,12 @@ fn normal_images_fit_the_detector_and_held_out_ones_set_the_range() {
     assert!(t.contains("NMI"), "{t}");
     let detect = json(&p.join("good/maps/detect.json"));
     assert_eq!(detect["train_images"], 3);
+    // 3 x 12 synthetic base images; 3 normal fitted and 19 scored; 16 maps; 16 clustered.
+    timing::check(
+        &p.join("good"),
+        &t,
+        &[("base", 36), ("maps", 22), ("binarize", 16), ("train", 16)],
+    );
     assert!(!p.join("good/maps/good").exists());
     assert_eq!(json(&p.join("good/binarize/mebin.json"))["normal_maps"], 0);
     // --normal beside good/: fitted on --normal, good/ scored and in MEBin's range.

@@ -125,9 +125,9 @@ impl Plan {
         self.stages.iter().map(|s| s.estimate_s).sum()
     }
 
-    /// The plan as `--dry-run` prints it; `done[i]`: stage i finished earlier with the same
+    /// The plan as `--dry-run` prints it; `done`: the stages finished earlier with the same
     /// inputs (skipped with `--resume`).
-    pub fn describe(&self, out: &Path, inputs: &Inputs, done: &[bool]) -> String {
+    pub fn describe(&self, out: &Path, inputs: &Inputs, done: &[&str]) -> String {
         let mut s = format!("discover plan for {}\n", out.display());
         let types = match inputs.types.len() {
             0 => "a flat folder: no type folders, no metrics".to_string(),
@@ -146,9 +146,9 @@ impl Plan {
         }
         let n = self.stages.len();
         for (i, st) in self.stages.iter().enumerate() {
-            let mark = match done.get(i) {
-                Some(true) => "  [done: skipped with --resume]",
-                _ => "",
+            let mark = match done.contains(&st.name) {
+                true => "  [done: skipped with --resume]",
+                false => "",
             };
             s.push_str(&format!(
                 "  stage {}/{n} {:<8} -> {}: {} (~{}){mark}\n",
@@ -162,9 +162,8 @@ impl Plan {
         let left: f64 = self
             .stages
             .iter()
-            .zip(done.iter().chain(std::iter::repeat(&false)))
-            .filter(|(_, d)| !**d)
-            .map(|(st, _)| st.estimate_s)
+            .filter(|st| !done.contains(&st.name))
+            .map(|st| st.estimate_s)
             .sum();
         s.push_str(&format!(
             "  total ~{} (rough, from the counts; 2-core CPU figures)\n",

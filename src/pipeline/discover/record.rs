@@ -8,16 +8,19 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::plan::{BaseInput, Inputs, Plan, StageKind, BASE_MAX_CROPS, NORMAL_TYPE};
 use super::plan::{SYNTH_BASE_PER_CLASS, SYNTH_BASE_SEED, SYNTH_BASE_SIZE};
 use super::stages::detect_spec;
 use super::DiscoverSpec;
+use crate::config::{Binarization, Config};
 use crate::detect::DetectSettings;
 use crate::error::Result;
-use crate::fsutil::{absolute_value, atomic_write};
+use crate::fingerprint::AbsPath;
+use crate::fsutil::atomic_write;
 use crate::imageio::TypedFile;
+use crate::model::precision::{frozen_kind, kind_name};
 
 /// The record's file name in each stage folder.
 pub const STAGE_FILE: &str = "stage.json";
@@ -41,9 +44,31 @@ pub struct StageRecord {
     pub summary: Value,
 }
 
+/// The record in `dir`; None when there is none, or when it does not read (logged: the stage
+/// then runs again).
 pub fn read(dir: &Path) -> Option<StageRecord> {
-    let text = std::fs::read_to_string(dir.join(STAGE_FILE)).ok()?;
-    serde_json::from_str(&text).ok()
+    let path = dir.join(STAGE_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            log::warn!(
+                "{}: cannot read ({e}); the stage runs again",
+                path.display()
+            );
+            return None;
+        }
+    };
+    match serde_json::from_str(&text) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            log::warn!(
+                "{}: not a stage record ({e}); the stage runs again",
+                path.display()
+            );
+            None
+        }
+    }
 }
 
 pub fn write(dir: &Path, rec: &StageRecord) -> Result<()> {
@@ -69,36 +94,126 @@ pub fn listing_digest(files: &[TypedFile]) -> String {
     fnv(text.as_bytes())
 }
 
-/// The fingerprint of each stage of `plan` and its digest, in order. `model_weights` names the
-/// resolved backbone weights; `detector_weights` is the detector's resolved weights file (None:
-/// random).
+/// What a stage's fingerprint records besides its name: per kind of stage, everything its
+/// outputs depend on (input folders by path and listing digest, settings, the digests of the
+/// stages it reads).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum StageSettings {
+    SynthBase {
+        synth: SynthBaseSettings,
+        max_crops: usize,
+    },
+    CropBase {
+        images: AbsPath,
+        masks: AbsPath,
+        listing: String,
+        max_crops: usize,
+    },
+    Maps(MapsSettings),
+    Binarize(BinarizeSettings),
+    Train(Box<TrainSettings>),
+}
+
+/// The built-in synthetic base set.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SynthBaseSettings {
+    pub seed: u64,
+    pub per_base_class: usize,
+    pub size: u32,
+}
+
+/// The maps stage: the detector's input folders (paths and listing digests) and everything else
+/// its maps depend on.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MapsSettings {
+    pub train: Option<AbsPath>,
+    pub train_listing: String,
+    pub images: AbsPath,
+    pub images_listing: String,
+    pub detector: DetectSettings,
+}
+
+/// The binarize stage: the maps (given, or the maps stage's), the images, MEBin's settings and
+/// the outputs' layout.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BinarizeSettings {
+    pub maps: AbsPath,
+    pub maps_listing: String,
+    pub maps_stage: Option<String>,
+    pub images: AbsPath,
+    pub images_listing: String,
+    pub binarization: Binarization,
+    pub layout: u32,
+}
+
+/// The train stage: the config, K, the backbone and the base and crop sets it reads.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrainSettings {
+    /// [`Config::fingerprint`].
+    pub config: Config,
+    pub num_classes: String,
+    pub max_classes: usize,
+    /// The resolved backbone weights' absolute path, or `random`.
+    pub weights: String,
+    /// The kind the frozen blocks run in: `models.precision` resolved for the device.
+    pub precision: String,
+    pub base: Option<AbsPath>,
+    pub base_listing: Option<String>,
+    pub base_stage: Option<String>,
+    pub binarize_stage: Option<String>,
+}
+
+/// A stage's fingerprint: its name, the records' [`VERSION`] and its settings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StageFingerprint {
+    pub stage: &'static str,
+    pub version: u32,
+    pub settings: StageSettings,
+}
+
+impl StageFingerprint {
+    /// The fingerprint as `stage.json` holds it, and its digest.
+    pub fn stamp(&self) -> (Value, String) {
+        let fp = crate::fingerprint::to_value(self);
+        let digest = fnv(fp.to_string().as_bytes());
+        (fp, digest)
+    }
+}
+
+/// The fingerprint of each stage of `plan`, in order. `model_weights` names the resolved
+/// backbone weights; `detector_weights` is the detector's resolved weights file (None: random).
 pub fn fingerprints(
     spec: &DiscoverSpec,
     inputs: &Inputs,
     plan: &Plan,
     model_weights: &str,
     detector_weights: Option<&Path>,
-) -> Vec<(Value, String)> {
+) -> Vec<StageFingerprint> {
     let mut done: Vec<(&str, String)> = Vec::new();
-    let upstream = |done: &[(&str, String)], name: &str| -> Value {
+    let upstream = |done: &[(&str, String)], name: &str| -> Option<String> {
         done.iter()
             .find(|(n, _)| *n == name)
-            .map_or(Value::Null, |(_, d)| json!(d))
+            .map(|(_, d)| d.clone())
     };
     let d = &inputs.digests;
-    let images = absolute_value(&spec.images);
     let mut out = Vec::new();
     for st in &plan.stages {
         let settings = match &st.kind {
-            StageKind::SynthBase => json!({
-                "synth": { "seed": SYNTH_BASE_SEED, "per_base_class": SYNTH_BASE_PER_CLASS,
-                           "size": SYNTH_BASE_SIZE },
-                "max_crops": BASE_MAX_CROPS,
-            }),
-            StageKind::CropBase { images, masks } => json!({
-                "images": absolute_value(images), "masks": absolute_value(masks),
-                "listing": d.base, "max_crops": BASE_MAX_CROPS,
-            }),
+            StageKind::SynthBase => StageSettings::SynthBase {
+                synth: SynthBaseSettings {
+                    seed: SYNTH_BASE_SEED,
+                    per_base_class: SYNTH_BASE_PER_CLASS,
+                    size: SYNTH_BASE_SIZE,
+                },
+                max_crops: BASE_MAX_CROPS,
+            },
+            StageKind::CropBase { images, masks } => StageSettings::CropBase {
+                images: AbsPath::new(images),
+                masks: AbsPath::new(masks),
+                listing: d.base.clone(),
+                max_crops: BASE_MAX_CROPS,
+            },
             StageKind::Detect {
                 train,
                 write_good_maps,
@@ -111,59 +226,50 @@ pub fn fingerprints(
                     train,
                     *write_good_maps,
                 );
-                maps_settings(
-                    job.train.as_deref(),
-                    if from_good { &d.images } else { &d.normal },
-                    &job.test,
-                    &d.images,
-                    &job.settings(),
-                )
+                StageSettings::Maps(MapsSettings {
+                    train: job.train.as_deref().map(AbsPath::new),
+                    train_listing: if from_good { &d.images } else { &d.normal }.clone(),
+                    images: AbsPath::new(&job.test),
+                    images_listing: d.images.clone(),
+                    detector: job.settings(),
+                })
             }
-            StageKind::Binarize { maps } => json!({
-                "maps": absolute_value(maps),
-                "maps_listing": d.maps, "maps_stage": upstream(&done, "maps"),
-                "images": images, "images_listing": d.images,
-                "binarization": spec.config.binarization,
-                "layout": crate::mebin::job::OUTPUT_LAYOUT,
+            StageKind::Binarize { maps } => StageSettings::Binarize(BinarizeSettings {
+                maps: AbsPath::new(maps),
+                maps_listing: d.maps.clone(),
+                maps_stage: upstream(&done, "maps"),
+                images: AbsPath::new(&spec.images),
+                images_listing: d.images.clone(),
+                binarization: spec.config.binarization.clone(),
+                layout: crate::mebin::job::OUTPUT_LAYOUT,
             }),
-            StageKind::Train => json!({
-                "config": spec.config,
-                "num_classes": format!("{:?}", spec.num_classes), "max_classes": spec.max_classes,
-                "weights": model_weights,
-                "base": plan.base.as_deref().map(absolute_value),
-                "base_listing": match inputs.base { BaseInput::Cropped { .. } => Some(&d.base), _ => None },
-                "base_stage": upstream(&done, "base"),
-                "binarize_stage": upstream(&done, "binarize"),
-            }),
+            StageKind::Train => {
+                let precision = frozen_kind(spec.config.models.precision, spec.device);
+                StageSettings::Train(Box::new(TrainSettings {
+                    config: spec.config.fingerprint(),
+                    num_classes: format!("{:?}", spec.num_classes),
+                    max_classes: spec.max_classes,
+                    weights: model_weights.to_string(),
+                    precision: kind_name(precision),
+                    base: plan.base.as_deref().map(AbsPath::new),
+                    base_listing: match inputs.base {
+                        BaseInput::Cropped { .. } => Some(d.base.clone()),
+                        _ => None,
+                    },
+                    base_stage: upstream(&done, "base"),
+                    binarize_stage: upstream(&done, "binarize"),
+                }))
+            }
         };
-        let (fp, digest) = stamp(st.name, settings);
-        done.push((st.name, digest.clone()));
-        out.push((fp, digest));
+        let fp = StageFingerprint {
+            stage: st.name,
+            version: VERSION,
+            settings,
+        };
+        done.push((st.name, fp.stamp().1));
+        out.push(fp);
     }
     out
-}
-
-/// The maps stage's settings: the detector's input folders (paths and listing digests) and
-/// everything else its maps depend on.
-fn maps_settings(
-    train: Option<&Path>,
-    train_listing: &str,
-    images: &Path,
-    images_listing: &str,
-    detector: &DetectSettings,
-) -> Value {
-    json!({
-        "train": train.map(absolute_value), "train_listing": train_listing,
-        "images": absolute_value(images), "images_listing": images_listing,
-        "detector": detector,
-    })
-}
-
-/// A stage's fingerprint and its digest.
-fn stamp(stage: &str, settings: Value) -> (Value, String) {
-    let fp = json!({ "stage": stage, "version": VERSION, "settings": settings });
-    let digest = fnv(fp.to_string().as_bytes());
-    (fp, digest)
 }
 
 #[cfg(test)]
@@ -171,11 +277,14 @@ mod tests {
     use std::collections::BTreeSet;
     use std::path::PathBuf;
 
+    use serde_json::json;
+
     use super::*;
     use crate::cluster::NumClasses;
     use crate::config::{Config, Precision};
     use crate::detect::features::Resize;
     use crate::detect::DetectSpec;
+    use crate::fsutil::absolute_value;
     use crate::pipeline::discover::{plan, DetectorSettings, Digests};
 
     fn job() -> DetectSpec {
@@ -192,8 +301,19 @@ mod tests {
     }
 
     fn digest_of(job: &DetectSpec, detector: &DetectSettings) -> String {
-        let v = maps_settings(job.train.as_deref(), "l1", &job.test, "l2", detector);
-        stamp("maps", v).1
+        let settings = StageSettings::Maps(MapsSettings {
+            train: job.train.as_deref().map(AbsPath::new),
+            train_listing: "l1".into(),
+            images: AbsPath::new(&job.test),
+            images_listing: "l2".into(),
+            detector: detector.clone(),
+        });
+        let fp = StageFingerprint {
+            stage: "maps",
+            version: VERSION,
+            settings,
+        };
+        fp.stamp().1
     }
 
     type Change = (&'static str, fn(&mut DetectSpec));
@@ -300,6 +420,103 @@ mod tests {
         let plan = plan(spec, &inputs);
         assert_eq!(plan.names(), ["base", "maps", "binarize", "train"]);
         fingerprints(spec, &inputs, &plan, "random", weights)
+            .iter()
+            .map(StageFingerprint::stamp)
+            .collect()
+    }
+
+    #[test]
+    fn the_records_keep_the_form_of_the_runs_before() {
+        // What the hand-written JSON recorded, so that finished stages of earlier runs are
+        // still found finished (the train stage's record changed: it is redone once).
+        let spec = discover_spec();
+        let w = Path::new("/weights/dinov2.safetensors");
+        let fps = run_fingerprints(&spec, Some(w));
+        let stamp = |stage: &str, settings: Value| {
+            let fp = json!({ "stage": stage, "version": VERSION, "settings": settings });
+            let digest = fnv(fp.to_string().as_bytes());
+            (fp, digest)
+        };
+        let base = json!({
+            "synth": { "seed": SYNTH_BASE_SEED, "per_base_class": SYNTH_BASE_PER_CLASS,
+                       "size": SYNTH_BASE_SIZE },
+            "max_crops": BASE_MAX_CROPS,
+        });
+        assert_eq!(fps[0], stamp("base", base));
+        let job = detect_spec(
+            &spec,
+            Some(w.to_path_buf()),
+            Path::new("/runs/r/maps"),
+            &Some("/data/normal".into()),
+            false,
+        );
+        let maps = json!({
+            "train": job.train.as_deref().map(absolute_value), "train_listing": "",
+            "images": absolute_value(&job.test), "images_listing": "",
+            "detector": job.settings(),
+        });
+        assert_eq!(fps[1], stamp("maps", maps));
+        let binarize = json!({
+            "maps": absolute_value(Path::new("/runs/r/maps")),
+            "maps_listing": "", "maps_stage": fps[1].1,
+            "images": absolute_value(&spec.images), "images_listing": "",
+            "binarization": spec.config.binarization,
+            "layout": crate::mebin::job::OUTPUT_LAYOUT,
+        });
+        assert_eq!(fps[2], stamp("binarize", binarize));
+        let keys: Vec<&String> = fps[3].0["settings"].as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            [
+                "base",
+                "base_listing",
+                "base_stage",
+                "binarize_stage",
+                "config",
+                "max_classes",
+                "num_classes",
+                "precision",
+                "weights"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_train_stage_follows_its_settings_and_not_the_workers() {
+        let spec = discover_spec();
+        let w = Some(Path::new("/weights/dinov2.safetensors"));
+        let fps = run_fingerprints(&spec, w);
+        let redone = |change: fn(&mut DiscoverSpec)| -> Vec<bool> {
+            let mut s = discover_spec();
+            change(&mut s);
+            let other = run_fingerprints(&s, w);
+            fps.iter().zip(&other).map(|(a, b)| a.1 != b.1).collect()
+        };
+        let train_only = [false, false, false, true];
+        type Edit = fn(&mut DiscoverSpec);
+        let changes: [(&str, Edit); 5] = [
+            ("num_classes", |s| s.num_classes = NumClasses::Fixed(3)),
+            ("max_classes", |s| s.max_classes = 4),
+            ("seed", |s| s.config.experiment.seed = 1),
+            ("epochs", |s| s.config.training.epochs = 3),
+            ("precision", |s| {
+                s.config.models.precision = match s.config.models.precision {
+                    Precision::Bf16 => Precision::Fp32,
+                    _ => Precision::Bf16,
+                }
+            }),
+        ];
+        for (name, change) in changes {
+            assert_eq!(redone(change), train_only, "{name}");
+        }
+        assert_eq!(
+            redone(|s| s.config.binarization.sample_rate = 2),
+            [false, false, true, true]
+        );
+        let nothing = [false; 4];
+        assert_eq!(redone(|s| s.config.training.num_workers = 1), nothing);
+        assert_eq!(redone(|s| s.resume = true), nothing);
+        assert_eq!(redone(|s| s.stop_after_epochs = Some(1)), nothing);
     }
 
     #[test]

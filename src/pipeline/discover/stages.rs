@@ -2,11 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::plan::{self, Stage, StageKind};
+use super::plan::{self, StageKind};
 use super::record::{self, StageRecord, STAGE_FILE};
-use super::{pairing, DiscoverSpec, Found, Prepared};
+use super::summary::{BaseCounts, BinarizeCounts, MapsCounts, StageSummary};
+use super::{pairing, DiscoverSpec, Found, PlannedStage, Prepared};
 use crate::detect::DetectSpec;
 use crate::error::{Error, Result};
 use crate::mebin::base::PrepareBaseSpec;
@@ -16,23 +17,21 @@ use crate::synth::SynthSpec;
 
 pub(super) enum Ran {
     /// The stage's summary for its `stage.json`.
-    Done(Value),
+    Done(StageSummary),
     Stopped(String),
 }
 
-pub(super) fn run_stage(
-    spec: &DiscoverSpec,
-    p: &Prepared,
-    st: &Stage,
-    fingerprint: &Value,
-    digest: &str,
-) -> Result<Ran> {
+pub(super) fn run_stage(spec: &DiscoverSpec, p: &Prepared, ps: &PlannedStage) -> Result<Ran> {
+    let st = &ps.stage;
     let previous = record::read(&st.dir);
     // A record of an earlier run must not outlive a stage that now runs again.
     let _ = std::fs::remove_file(st.dir.join(STAGE_FILE));
     let base_summary = |s: crate::mebin::base::BaseSummary| {
         let crops: usize = s.records.iter().map(|r| r.crop_boxes.len()).sum();
-        Ran::Done(json!({ "images": s.records.len(), "crops": crops }))
+        Ran::Done(StageSummary::Base(BaseCounts {
+            images: s.records.len(),
+            crops,
+        }))
     };
     match &st.kind {
         StageKind::SynthBase => {
@@ -64,9 +63,12 @@ pub(super) fn run_stage(
             );
             let r = crate::detect::run(&job)?;
             let maps = r.images.iter().filter(|i| i.map.is_some()).count();
-            Ok(Ran::Done(json!({
-                "maps": maps, "zero_shot": r.zero_shot, "train_images": r.train_images,
-                "image_auroc": r.metrics.image_auroc,
+            Ok(Ran::Done(StageSummary::Maps(MapsCounts {
+                maps,
+                zero_shot: r.zero_shot,
+                train_images: r.train_images,
+                image_auroc: r.metrics.image_auroc,
+                scored: r.images.len(),
             })))
         }
         StageKind::Binarize { maps } => {
@@ -93,12 +95,14 @@ pub(super) fn run_stage(
             log::info!("{}", s.describe(&st.dir));
             let crops: usize = s.records.iter().map(|r| r.crop_boxes.len()).sum();
             let peaks = s.records.iter().filter(|r| r.peak_fallback).count();
-            Ok(Ran::Done(json!({
-                "maps": s.records.len(), "crops": crops, "normal_maps": s.normal_maps,
-                "peak_fallback": peaks,
+            Ok(Ran::Done(StageSummary::Binarize(BinarizeCounts {
+                maps: s.records.len(),
+                crops,
+                normal_maps: s.normal_maps,
+                peak_fallback: peaks,
             })))
         }
-        StageKind::Train => run_train(spec, p, st, previous, fingerprint, digest),
+        StageKind::Train => run_train(spec, p, ps, previous),
     }
 }
 
@@ -143,22 +147,21 @@ pub(super) fn detect_spec(
 fn run_train(
     spec: &DiscoverSpec,
     p: &Prepared,
-    st: &Stage,
+    ps: &PlannedStage,
     previous: Option<StageRecord>,
-    fingerprint: &Value,
-    digest: &str,
 ) -> Result<Ran> {
+    let st = &ps.stage;
     let ckpt = st.dir.join(crate::checkpoint::CHECKPOINT_FILE);
     let resume = spec.resume
         && ckpt.is_file()
-        && previous.is_some_and(|r| !r.finished && r.digest == digest);
+        && previous.is_some_and(|r| !r.finished && r.digest == ps.digest);
     std::fs::create_dir_all(&st.dir).map_err(|e| Error::io(&st.dir, e))?;
     record::write(
         &st.dir,
         &StageRecord {
             stage: st.name.into(),
-            digest: digest.into(),
-            fingerprint: fingerprint.clone(),
+            digest: ps.digest.clone(),
+            fingerprint: ps.fingerprint.clone(),
             finished: false,
             seconds: 0.0,
             summary: Value::Null,
@@ -217,9 +220,7 @@ fn run_train(
                 cache,
                 timing: Some(timing),
             };
-            Ok(Ran::Done(
-                serde_json::to_value(&found).expect("the outcome serialises"),
-            ))
+            Ok(Ran::Done(StageSummary::Train(Box::new(found))))
         }
     }
 }

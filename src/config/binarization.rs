@@ -1,0 +1,98 @@
+//! The `binarization` section: MEBin's settings, and ours around it (the search range's floor,
+//! the crop of a map without a stable interval, the maps' refinement).
+
+use serde::{Deserialize, Serialize};
+
+use super::Checks;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Binarization {
+    /// Step between tried thresholds on the normalised 0..255 scale.
+    pub sample_rate: u32,
+    /// Shortest run of equal component counts that counts as stable.
+    pub min_interval_len: usize,
+    /// Erode each binary map with a 6×6 kernel before counting components.
+    pub erode: bool,
+    /// Ours: lower end of the threshold search range (raw map scale) instead of the smallest
+    /// per-map maximum; for sets without normal images (the reference's issue #8).
+    pub min_threshold: Option<f64>,
+    /// Ours: what a map with no stable interval is cropped to. `peak` (default): the region
+    /// around the map's maximum; `whole_image`: the reference's whole image with an empty mask.
+    pub no_interval: NoInterval,
+    /// Ours: refine each map before MEBin. `none` (default): the reference's maps; `guided`: the
+    /// guided filter with the image as guide (`mebin::refine`).
+    pub refine: Refine,
+    /// Ours: the guided filter's window radius in map pixels; `null`: 1/64 of the map's shorter
+    /// side, at least 2.
+    pub refine_radius: Option<usize>,
+    /// Ours: the guided filter's regularisation, a variance of the image's 0..1 brightness:
+    /// image edges of lower contrast are smoothed over.
+    pub refine_eps: f64,
+}
+
+impl Default for Binarization {
+    fn default() -> Self {
+        Self {
+            sample_rate: 4,
+            min_interval_len: 4,
+            erode: true,
+            min_threshold: None,
+            no_interval: NoInterval::Peak,
+            refine: Refine::None,
+            refine_radius: None,
+            refine_eps: 1e-3,
+        }
+    }
+}
+
+impl Binarization {
+    /// The ranges serde's types cannot express.
+    pub(super) fn check(&self, c: &mut Checks) {
+        c.need((1..=255).contains(&self.sample_rate), || {
+            format!(
+                "binarization.sample_rate must be in 1..=255 (got {})",
+                self.sample_rate
+            )
+        });
+        c.need(self.min_interval_len >= 1, || {
+            "binarization.min_interval_len must be at least 1".into()
+        });
+        if let Some(v) = self.min_threshold {
+            c.need(v.is_finite() && v >= 0.0, || {
+                format!("binarization.min_threshold must be a finite number >= 0 (got {v})")
+            });
+        }
+        c.need(self.refine_eps.is_finite() && self.refine_eps > 0.0, || {
+            format!(
+                "binarization.refine_eps must be a number > 0 (got {})",
+                self.refine_eps
+            )
+        });
+        if let Some(r) = self.refine_radius {
+            c.need((1..=256).contains(&r), || {
+                format!("binarization.refine_radius must be in 1..=256 (got {r})")
+            });
+        }
+    }
+}
+
+/// `binarization.refine`: what is done to a map before MEBin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Refine {
+    #[default]
+    None,
+    Guided,
+}
+
+/// `binarization.no_interval`: the crop of a map whose component counts have no stable interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NoInterval {
+    /// The connected region around the map's maximum (see `mebin::peak`).
+    #[default]
+    Peak,
+    /// The reference's behaviour: threshold at the top level, whole-image crop, empty mask.
+    WholeImage,
+}

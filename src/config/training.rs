@@ -1,0 +1,173 @@
+//! The `training` and `loss` sections: the optimiser's schedule, the frozen-prefix cache, and
+//! the loss terms' weights and temperatures.
+
+use serde::{Deserialize, Serialize};
+
+use super::{CacheFrozen, Checks, Experiment};
+
+/// Largest `training.epochs` and `loss.warmup_teacher_temp_epochs`.
+pub const MAX_EPOCHS: usize = 100_000;
+/// Largest `training.num_workers`.
+pub const MAX_WORKERS: usize = 1024;
+/// Largest `training.cache_views`.
+pub const MAX_CACHE_VIEWS: usize = 1024;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Training {
+    pub batch_size: usize,
+    pub num_workers: usize,
+    pub lr: f64,
+    pub gamma: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub epochs: usize,
+    /// Ours: train the unfrozen blocks on cached frozen-prefix tokens of a fixed bank of views
+    /// (`true`, `false`, or `auto`: on the CPU only).
+    pub cache_frozen: CacheFrozen,
+    /// Ours: augmented views per crop in that bank.
+    pub cache_views: usize,
+    /// Ours: the seed of that bank's views; `null`: `experiment.seed`. Fixing it lets runs that
+    /// differ only in `experiment.seed` share one token cache.
+    pub view_seed: Option<u64>,
+}
+
+impl Default for Training {
+    fn default() -> Self {
+        Self {
+            batch_size: 32,
+            num_workers: 8,
+            lr: 0.003,
+            gamma: 0.1,
+            momentum: 0.9,
+            weight_decay: 5e-5,
+            epochs: 50,
+            cache_frozen: CacheFrozen::Off,
+            cache_views: 8,
+            view_seed: None,
+        }
+    }
+}
+
+impl Training {
+    /// The seed of the frozen-prefix cache's augmented views.
+    pub fn view_seed(&self, experiment: &Experiment) -> u64 {
+        self.view_seed.unwrap_or(experiment.seed)
+    }
+
+    /// The ranges serde's types cannot express. Upper bounds on values that size allocations or
+    /// loops: beyond them a typo (an extra digit or four) would abort the process on an
+    /// allocation instead of saying which key is wrong.
+    pub(super) fn check(&self, c: &mut Checks) {
+        c.need(self.batch_size >= 2, || {
+            format!(
+                "training.batch_size must be at least 2 (got {})",
+                self.batch_size
+            )
+        });
+        c.need((1..=MAX_EPOCHS).contains(&self.epochs), || {
+            format!(
+                "training.epochs must be in 1..={MAX_EPOCHS} (got {})",
+                self.epochs
+            )
+        });
+        c.need(self.num_workers <= MAX_WORKERS, || {
+            format!(
+                "training.num_workers must be at most {MAX_WORKERS} (got {})",
+                self.num_workers
+            )
+        });
+        c.need(self.lr.is_finite() && self.lr > 0.0, || {
+            format!("training.lr must be > 0 (got {})", self.lr)
+        });
+        c.need(self.gamma.is_finite() && self.gamma > 0.0, || {
+            format!("training.gamma must be > 0 (got {})", self.gamma)
+        });
+        c.need((0.0..1.0).contains(&self.momentum), || {
+            format!(
+                "training.momentum must be in [0, 1) (got {})",
+                self.momentum
+            )
+        });
+        c.need(
+            self.weight_decay.is_finite() && self.weight_decay >= 0.0,
+            || {
+                format!(
+                    "training.weight_decay must be >= 0 (got {})",
+                    self.weight_decay
+                )
+            },
+        );
+        c.need((1..=MAX_CACHE_VIEWS).contains(&self.cache_views), || {
+            format!(
+                "training.cache_views must be in 1..={MAX_CACHE_VIEWS} (got {})",
+                self.cache_views
+            )
+        });
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Loss {
+    pub sup_weight: f64,
+    pub memax_weight: f64,
+    pub anomaly_thred: f64,
+    pub teacher_temp: f64,
+    pub warmup_teacher_temp: f64,
+    pub warmup_teacher_temp_epochs: usize,
+    pub repeat_times: usize,
+}
+
+impl Default for Loss {
+    fn default() -> Self {
+        Self {
+            sup_weight: 0.3,
+            memax_weight: 4.0,
+            anomaly_thred: 0.5,
+            teacher_temp: 0.04,
+            warmup_teacher_temp: 0.07,
+            warmup_teacher_temp_epochs: 40,
+            repeat_times: 4,
+        }
+    }
+}
+
+impl Loss {
+    /// The ranges serde's types cannot express.
+    pub(super) fn check(&self, c: &mut Checks) {
+        c.need(self.warmup_teacher_temp_epochs <= MAX_EPOCHS, || {
+            format!(
+                "loss.warmup_teacher_temp_epochs must be at most {MAX_EPOCHS} (got {})",
+                self.warmup_teacher_temp_epochs
+            )
+        });
+        c.need((0.0..=1.0).contains(&self.sup_weight), || {
+            format!(
+                "loss.sup_weight must be in [0, 1] (got {})",
+                self.sup_weight
+            )
+        });
+        c.need(
+            self.memax_weight.is_finite() && self.memax_weight >= 0.0,
+            || format!("loss.memax_weight must be >= 0 (got {})", self.memax_weight),
+        );
+        c.need((0.0..=1.0).contains(&self.anomaly_thred), || {
+            format!(
+                "loss.anomaly_thred must be in [0, 1] (got {})",
+                self.anomaly_thred
+            )
+        });
+        for (k, v) in [
+            ("teacher_temp", self.teacher_temp),
+            ("warmup_teacher_temp", self.warmup_teacher_temp),
+        ] {
+            c.need(v.is_finite() && v > 0.0, || {
+                format!("loss.{k} must be > 0 (got {v})")
+            });
+        }
+        c.need(self.repeat_times >= 1, || {
+            "loss.repeat_times must be at least 1".into()
+        });
+    }
+}
