@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::Ctx;
-use anomalyncd::config::Precision;
+use anomalyncd::config::{ImageSize, Precision};
 use anomalyncd::detect::features::{
     backbone_name, resolve_weights, Resize, BACKBONES, BACKBONE_ALIASES, EFFICIENTNET,
 };
@@ -47,10 +47,11 @@ pub struct DetectArgs {
     /// Random backbone weights (tests only: the maps are meaningless).
     #[arg(long, hide = true, conflicts_with = "weights")]
     pub random_weights: bool,
-    /// The backbone input's longer side (both sides with --resize square); the maps have the
-    /// input's size. Default 448 for dinov2-vits14 (a 32-patch side), 256 for efficientnet-lite0.
-    #[arg(long, value_name = "SIZE")]
-    pub image_size: Option<u32>,
+    /// The backbone input's longer side in pixels (both sides with --resize square), or `auto`;
+    /// the maps have the input's size. Default for dinov2-vits14: auto, 672 when the test
+    /// images' median longer side is at least 672, else 448; for efficientnet-lite0: 256.
+    #[arg(long, value_name = "SIZE|auto")]
+    pub image_size: Option<ImageSize>,
     /// aspect: keep the aspect ratio; square: squash to SIZE x SIZE (PatchCore). Default aspect
     /// for dinov2-vits14, square for efficientnet-lite0.
     #[arg(long, value_parser = ["aspect", "square"])]
@@ -147,6 +148,10 @@ pub fn run(a: &DetectArgs, ctx: &Ctx) -> anyhow::Result<()> {
         None if vit => Resize::Aspect,
         None => Resize::Square,
     };
+    let image_size = match (a.image_size.unwrap_or_default(), vit) {
+        (ImageSize::Auto, false) => detect::DEFAULT_CNN_IMAGE_SIZE,
+        (size, _) => detect::resolve_image_size_of(size, &a.test, "--image-size")?,
+    };
     let precision = match a.precision.as_str() {
         "fp32" => Precision::Fp32,
         "bf16" => Precision::Bf16,
@@ -159,11 +164,7 @@ pub fn run(a: &DetectArgs, ctx: &Ctx) -> anyhow::Result<()> {
         masks: a.masks.clone(),
         backbone: a.backbone.clone(),
         weights,
-        image_size: a.image_size.unwrap_or(if vit {
-            detect::DEFAULT_VIT_IMAGE_SIZE
-        } else {
-            detect::DEFAULT_CNN_IMAGE_SIZE
-        }),
+        image_size,
         resize,
         stages: a.stages.clone(),
         blocks: a.blocks.clone(),

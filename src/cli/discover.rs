@@ -69,9 +69,9 @@ pub struct DiscoverArgs {
     /// Stop training after N epochs (tests of --resume).
     #[arg(long, hide = true, value_name = "N")]
     pub stop_after_epochs: Option<usize>,
-    /// The detector's backbone input side.
-    #[arg(long, hide = true, default_value_t = anomalyncd::detect::DEFAULT_VIT_IMAGE_SIZE)]
-    pub detector_image_size: u32,
+    /// The detector's backbone input side, overriding the config's `detect.image_size`.
+    #[arg(long, hide = true)]
+    pub detector_image_size: Option<u32>,
     /// Random detector weights (tests only: the maps are meaningless).
     #[arg(long, hide = true)]
     pub detector_random_weights: bool,

@@ -3,7 +3,7 @@
 //! section gives today's maps; `detect::MapVariants::apply` copies the section into a detector
 //! run (the struct lives here so that the config does not depend on the detector).
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The maps' Gaussian blur sigma at a 256-pixel side (the detector's default).
 pub const DEFAULT_BLUR: f64 = 4.0;
@@ -23,6 +23,62 @@ pub struct MapVariants {
     pub holdout: f64,
     /// The maps' blur sigma at 256 pixels.
     pub blur: f64,
+    /// The backbone input's longer side: `auto` (from the images' own size, see
+    /// `detect::auto_image_size`) or a number of pixels.
+    pub image_size: ImageSize,
+}
+
+/// `detect.image_size`: a fixed input side, or `auto`, which follows the images' size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ImageSize {
+    #[default]
+    Auto,
+    Fixed(u32),
+}
+
+impl std::fmt::Display for ImageSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImageSize::Auto => f.write_str("auto"),
+            ImageSize::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for ImageSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "auto" => Ok(ImageSize::Auto),
+            n => n.parse().map(ImageSize::Fixed).map_err(|_| {
+                format!("{s:?}: give `auto` or the input's longer side in pixels, e.g. 448")
+            }),
+        }
+    }
+}
+
+impl Serialize for ImageSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ImageSize::Auto => s.serialize_str("auto"),
+            ImageSize::Fixed(n) => s.serialize_u32(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ImageSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u32),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(ImageSize::Fixed(n)),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 impl Default for MapVariants {
@@ -33,6 +89,28 @@ impl Default for MapVariants {
             fuse_mutual: 0.0,
             holdout: 0.0,
             blur: DEFAULT_BLUR,
+            image_size: ImageSize::Auto,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_size_reads_auto_or_pixels_and_nothing_else() {
+        let v: MapVariants = serde_yaml::from_str("image_size: 672").unwrap();
+        assert_eq!(v.image_size, ImageSize::Fixed(672));
+        let v: MapVariants = serde_yaml::from_str("image_size: auto").unwrap();
+        assert_eq!(v.image_size, ImageSize::Auto);
+        assert_eq!(MapVariants::default().image_size, ImageSize::Auto);
+        let e = serde_yaml::from_str::<MapVariants>("image_size: big").unwrap_err();
+        assert!(e.to_string().contains("give `auto`"), "{e}");
+        assert!(serde_yaml::from_str::<MapVariants>("image_size: -4").is_err());
+        for v in [ImageSize::Auto, ImageSize::Fixed(448)] {
+            let text = serde_json::to_string(&v).unwrap();
+            assert_eq!(serde_json::from_str::<ImageSize>(&text).unwrap(), v);
         }
     }
 }

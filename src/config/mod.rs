@@ -18,7 +18,7 @@ mod experiment;
 mod models;
 mod training;
 pub use binarization::{Binarization, NoInterval, Refine};
-pub use detect::{MapVariants, DEFAULT_BLUR};
+pub use detect::{ImageSize, MapVariants, DEFAULT_BLUR};
 pub use experiment::{Experiment, Inference};
 pub use models::{GuidanceMode, Models, Precision, MAX_HEADS, MAX_IMAGE_SIZE};
 pub use training::{Loss, Training, MAX_CACHE_VIEWS, MAX_EPOCHS, MAX_WORKERS};

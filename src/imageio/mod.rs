@@ -110,6 +110,28 @@ pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The image's size (width, height) from its header, without decoding it; a missing, empty or
+/// unreadable file is an input error naming it.
+pub fn dimensions(path: &Path) -> Result<(u32, u32)> {
+    let len = std::fs::metadata(path).at(path)?.len();
+    if len == 0 {
+        return Err(Error::input(
+            path,
+            "empty file (0 bytes); replace it with a valid image",
+        ));
+    }
+    image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| Error::input(path, format!("cannot read: {e}")))?
+        .into_dimensions()
+        .map_err(|e| {
+            Error::input(
+                path,
+                format!("cannot read the image size ({e}); re-export or remove the file"),
+            )
+        })
+}
+
 /// Decodes any supported image format, with errors that say whether the file is not an image at
 /// all or a damaged one.
 pub fn decode(path: &Path) -> Result<DynamicImage> {

@@ -88,15 +88,16 @@ pub enum DetectorWeights {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DetectorSettings {
     pub weights: DetectorWeights,
-    /// The backbone input's longer side (`detect --image-size`).
-    pub image_size: u32,
+    /// The backbone input's longer side (`detect --image-size`), overriding the config's
+    /// `detect.image_size` (None: the config's, by default `auto`).
+    pub image_size: Option<u32>,
 }
 
 impl Default for DetectorSettings {
     fn default() -> Self {
         Self {
             weights: DetectorWeights::Default,
-            image_size: crate::detect::DEFAULT_VIT_IMAGE_SIZE,
+            image_size: None,
         }
     }
 }

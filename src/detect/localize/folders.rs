@@ -103,20 +103,6 @@ fn maps_with_masks(spec: &MapsEvalSpec) -> Result<Vec<Item>> {
     Ok(items)
 }
 
-/// The image's size from its header, without decoding it.
-fn image_size(path: &Path) -> Result<(u32, u32)> {
-    image::ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(|e| Error::input(path, format!("cannot read: {e}")))?
-        .into_dimensions()
-        .map_err(|e| {
-            Error::input(
-                path,
-                format!("cannot read the image size ({e}); re-export or remove the file"),
-            )
-        })
-}
-
 /// MEBin's search range over the maps that have an image, as `binarize` takes it.
 fn search_range(items: &[Item], bin: &Binarization) -> Result<SearchRange> {
     let read: Vec<(u16, imageio::BitDepth)> = items
@@ -157,7 +143,7 @@ fn measure_item(it: &Item, mebin: Option<(&SearchRange, &Params)>) -> Result<Mea
     let (w, h) = (map.width as u32, map.height as u32);
     let mask = it.mask.as_deref().map(read_mask).transpose()?;
     if let (Some(mask), Some(image), Some(_)) = (&mask, &it.image, mebin) {
-        let size = image_size(image)?;
+        let size = crate::imageio::dimensions(image)?;
         if size != mask.dimensions() {
             return Err(Error::input(
                 it.mask.as_deref().unwrap_or(&it.map),

@@ -57,6 +57,10 @@ pub struct Inputs {
     pub base: BaseInput,
     /// Digests of the listings (names, sizes, modification times), for the stage fingerprints.
     pub digests: Digests,
+    /// The built-in detector's input side: `--detector-image-size`, else the config's
+    /// `detect.image_size` (`auto`: from the defective images' sizes); unused with
+    /// `--anomaly-maps`.
+    pub detector_image_size: u32,
 }
 
 /// Listing digests of the input folders (empty when not given).
@@ -80,6 +84,8 @@ pub enum StageKind {
     Detect {
         train: Option<PathBuf>,
         write_good_maps: bool,
+        /// The backbone input's longer side, resolved from the images when `auto`.
+        image_size: u32,
     },
     /// MEBin over these maps and `--images`.
     Binarize { maps: PathBuf },
@@ -363,19 +369,24 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
                 ),
             };
             let scored = images + inputs.good as f64;
+            let what = format!(
+                "{what}; input side {} px (detect.image_size)",
+                inputs.detector_image_size
+            );
             stages.push(Stage {
                 name: "maps",
                 kind: StageKind::Detect {
                     train,
                     write_good_maps: good_maps,
+                    image_size: inputs.detector_image_size,
                 },
                 dir: out.join("maps"),
                 what,
                 estimate_s: Costs::detect_variants(
-                    Costs::detect(fit, scored, spec.detector.image_size),
+                    Costs::detect(fit, scored, inputs.detector_image_size),
                     fit,
                     scored,
-                    spec.detector.image_size,
+                    inputs.detector_image_size,
                     &spec.config.detect,
                 ),
             });

@@ -52,6 +52,7 @@ fn inputs(s: &DiscoverSpec, typed: bool, good: usize, cropped_base: bool) -> Inp
         maps: if s.anomaly_maps.is_some() { 40 } else { 0 },
         base,
         digests: Digests::default(),
+        detector_image_size: 448,
     }
 }
 
@@ -60,6 +61,7 @@ fn detect(p: &Plan) -> Option<(Option<PathBuf>, bool)> {
         StageKind::Detect {
             train,
             write_good_maps,
+            ..
         } => Some((train.clone(), *write_good_maps)),
         k => panic!("maps stage of kind {k:?}"),
     }

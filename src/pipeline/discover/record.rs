@@ -217,6 +217,7 @@ pub fn fingerprints(
             StageKind::Detect {
                 train,
                 write_good_maps,
+                image_size,
             } => {
                 let from_good = train.as_ref() == Some(&spec.images.join(NORMAL_TYPE));
                 let job = detect_spec(
@@ -225,6 +226,7 @@ pub fn fingerprints(
                     &st.dir,
                     train,
                     *write_good_maps,
+                    *image_size,
                 );
                 StageSettings::Maps(MapsSettings {
                     train: job.train.as_deref().map(AbsPath::new),
@@ -284,6 +286,7 @@ mod tests {
     use crate::config::{Config, Precision};
     use crate::detect::features::Resize;
     use crate::detect::DetectSpec;
+    use crate::detect::DEFAULT_VIT_IMAGE_SIZE;
     use crate::fsutil::absolute_value;
     use crate::pipeline::discover::{plan, DetectorSettings, Digests};
 
@@ -416,6 +419,7 @@ mod tests {
             maps: 0,
             base: BaseInput::Synthetic,
             digests: Digests::default(),
+            detector_image_size: spec.detector.image_size.unwrap_or(DEFAULT_VIT_IMAGE_SIZE),
         };
         let plan = plan(spec, &inputs);
         assert_eq!(plan.names(), ["base", "maps", "binarize", "train"]);
@@ -449,6 +453,7 @@ mod tests {
             Path::new("/runs/r/maps"),
             &Some("/data/normal".into()),
             false,
+            DEFAULT_VIT_IMAGE_SIZE,
         );
         let maps = json!({
             "train": job.train.as_deref().map(absolute_value), "train_listing": "",
@@ -526,7 +531,7 @@ mod tests {
         let fps = run_fingerprints(&spec, Some(w));
         let maps_dir = PathBuf::from("/runs/r/maps");
         let normal = Some(PathBuf::from("/data/normal"));
-        let job = detect_spec(&spec, Some(w.to_path_buf()), &maps_dir, &normal, false);
+        let job = detect_spec(&spec, Some(w.to_path_buf()), &maps_dir, &normal, false, 448);
         assert_eq!(
             fps[1].0["settings"]["detector"],
             serde_json::to_value(job.settings()).unwrap()
@@ -536,7 +541,7 @@ mod tests {
             fps.iter().zip(other).map(|(a, b)| a.1 != b.1).collect()
         };
         let mut small = discover_spec();
-        small.detector.image_size = 224;
+        small.detector.image_size = Some(224);
         assert_eq!(
             redone(&run_fingerprints(&small, Some(w))),
             [false, true, true, true]
@@ -546,7 +551,14 @@ mod tests {
         // The config's `detect` section reaches the detector's job and its fingerprint.
         let mut per_block = discover_spec();
         per_block.config.detect.per_block = true;
-        let job = detect_spec(&per_block, Some(w.to_path_buf()), &maps_dir, &normal, false);
+        let job = detect_spec(
+            &per_block,
+            Some(w.to_path_buf()),
+            &maps_dir,
+            &normal,
+            false,
+            448,
+        );
         assert!(job.per_block);
         assert_eq!(
             redone(&run_fingerprints(&per_block, Some(w))),

@@ -96,6 +96,18 @@ pub fn scan(spec: &DiscoverSpec) -> Result<Inputs> {
         None if spec.no_base => BaseInput::None,
         None => BaseInput::Synthetic,
     };
+    let detector_image_size = match (&spec.anomaly_maps, spec.detector.image_size) {
+        (Some(_), _) => crate::detect::DEFAULT_VIT_IMAGE_SIZE,
+        (None, Some(n)) => n,
+        (None, None) => {
+            let paths: Vec<_> = defective.iter().map(|f| f.path.clone()).collect();
+            crate::detect::resolve_image_size(
+                spec.config.detect.image_size,
+                &paths,
+                "detect.image_size",
+            )?
+        }
+    };
     Ok(Inputs {
         images: defective.len(),
         types,
@@ -104,6 +116,7 @@ pub fn scan(spec: &DiscoverSpec) -> Result<Inputs> {
         maps,
         base,
         digests,
+        detector_image_size,
     })
 }
 

@@ -53,6 +53,7 @@ pub(super) fn run_stage(spec: &DiscoverSpec, p: &Prepared, ps: &PlannedStage) ->
         StageKind::Detect {
             train,
             write_good_maps,
+            image_size,
         } => {
             let job = detect_spec(
                 spec,
@@ -60,6 +61,7 @@ pub(super) fn run_stage(spec: &DiscoverSpec, p: &Prepared, ps: &PlannedStage) ->
                 &st.dir,
                 train,
                 *write_good_maps,
+                *image_size,
             );
             let r = crate::detect::run(&job)?;
             let maps = r.images.iter().filter(|i| i.map.is_some()).count();
@@ -126,9 +128,10 @@ pub(super) fn detect_spec(
     dir: &Path,
     train: &Option<PathBuf>,
     write_good_maps: bool,
+    image_size: u32,
 ) -> DetectSpec {
     let mut job = DetectSpec {
-        image_size: spec.detector.image_size,
+        image_size,
         write_good_maps,
         overwrite: true,
         ..DetectSpec::with_defaults(

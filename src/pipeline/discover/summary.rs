@@ -197,6 +197,7 @@ mod tests {
             StageKind::Detect {
                 train: None,
                 write_good_maps: false,
+                image_size: 448,
             },
             StageKind::Binarize { maps: "/m".into() },
             StageKind::Train,
