@@ -106,11 +106,18 @@ fn interrupted() -> Error {
     )
 }
 
-fn tensor_bytes(t: &Tensor) -> Vec<u8> {
-    let t = t.contiguous();
-    let mut buf = vec![0u8; t.numel() * t.kind().elt_size_in_bytes()];
-    t.copy_data_u8(&mut buf, t.numel());
-    buf
+/// Calls `f` with the bytes of `t` (on the CPU, in row-major order) without copying them out
+/// when `t` is already a contiguous CPU tensor.
+fn with_bytes<R>(t: &Tensor, f: impl FnOnce(&[u8]) -> R) -> R {
+    let t = t.to_device(Device::Cpu).contiguous();
+    let len = t.numel() * t.kind().elt_size_in_bytes();
+    if len == 0 {
+        return f(&[]);
+    }
+    // SAFETY: `t` is a contiguous CPU tensor of `len` bytes that lives, unchanged, until `f`
+    // returns; the slice does not outlive it.
+    let bytes = unsafe { std::slice::from_raw_parts(t.data_ptr() as *const u8, len) };
+    f(bytes)
 }
 
 impl TokenBank {
