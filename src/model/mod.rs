@@ -22,7 +22,7 @@ use tch::{nn::VarStore, Device, Tensor};
 use crate::config::{Config, Models};
 use crate::error::{Error, Result};
 pub use arch::ArchSpec;
-pub use guide::Guidance;
+pub use guide::{Guidance, GuideSettings};
 pub use mgvit::{AttnImpl, MgVit};
 pub use multihead::{MultiHead, MultiHeadConfig};
 
