@@ -13,9 +13,11 @@
 //!   every repetition), medians of BENCH_REPS, with where the build's time went and the CPU
 //!   time per view (steadier than the wall clock when other processes load the machine).
 //!
-//!     cargo bench --bench frozen
-//!     BENCH_CASES=build BENCH_PRECISION=fp32,bf16 BENCH_REPS=5 cargo bench --bench frozen
-//!     BENCH_CASES=forward BENCH_BATCH=32 BENCH_REPS=3 cargo bench --bench frozen
+//! ```text
+//! cargo bench --bench frozen
+//! BENCH_CASES=build BENCH_PRECISION=fp32,bf16 BENCH_REPS=5 cargo bench --bench frozen
+//! BENCH_CASES=forward BENCH_BATCH=32 BENCH_REPS=3 cargo bench --bench frozen
+//! ```
 //!
 //! BENCH_PRECISION defaults to what `precision: auto` picks on this CPU; BENCH_CROPS to 32,
 //! BENCH_VIEWS to 3, BENCH_REPS to 3. The load average is printed at the start and the end.
@@ -291,6 +293,9 @@ mod build {
         }
     }
 
+    /// A repetition: the build, and the plain forward's (wall, CPU) seconds.
+    type Run = (Build, (f64, f64));
+
     /// One timed build: seconds in all, and in decoding, the key and the bank's phases.
     struct Build {
         total: f64,
@@ -412,8 +417,7 @@ mod build {
                 runs.push((b, p));
             }
             let rate = |s: f64| total_views as f64 / s;
-            let med =
-                |f: &dyn Fn(&(Build, (f64, f64))) -> f64| median(runs.iter().map(f).collect());
+            let med = |f: &dyn Fn(&Run) -> f64| median(runs.iter().map(f).collect());
             let (rb, rp) = (med(&|r| rate(r.0.total)), med(&|r| rate(r.1 .0)));
             println!("  {name}  build (decode + key + augment + forward + store) {rb:8.2} views/s");
             println!("  {name}  plain libtorch, the same batches                 {rp:8.2} views/s");
