@@ -264,7 +264,7 @@ mod build {
     use anomalyncd::config::{Config, Precision};
     use anomalyncd::data::{CropCache, TransformSpec, ViewSource};
     use anomalyncd::model::Model;
-    use anomalyncd::train::cache::{build_batch, BankKey, BankOptions, BuildPhases, TokenBank};
+    use anomalyncd::train::cache::{BankKey, BankOptions, BuildPhases, TokenBank, BUILD_BATCH};
     use tch::{Device, Kind, Tensor};
 
     use super::{data_fixture, env_or, kind_name, kinds, Plain, SIDE};
@@ -355,9 +355,7 @@ mod build {
         ));
         let n = set.len();
         let total_views = n * (views + 1);
-        let spec = anomalyncd::model::ArchSpec::by_name("dinov2_vits14").expect("known arch");
-        let grid = SIDE / spec.patch_size as i64;
-        let batch = build_batch(1 + grid * grid);
+        let batch = BUILD_BATCH;
         // The build's batches: the augmented views, then the plain ones.
         let sizes: Vec<i64> = [n * views, n]
             .iter()

@@ -11,19 +11,12 @@ use crate::data::ViewSource;
 use crate::error::{Error, Result};
 use crate::model::Model;
 
-/// Tokens pushed through the frozen blocks at once while building the bank: 64 views of
-/// ViT-S/14 at 224. Per view, batches of 64 of them took 6 % (fp32) to 12 % (bf16) less CPU
-/// time than batches of 32, and 128 little less again (`cargo bench --bench frozen`).
-const BUILD_TOKENS: i64 = 64 * 257;
-/// Views per batch, at least (what a build took before the token budget; larger models and
-/// sides keep it, so their peak memory does not grow) and at most.
-const BUILD_BATCH: (usize, usize) = (32, 128);
-
-/// Views per batch of a build whose rows hold `tokens` tokens. A row's tokens do not depend on
-/// the batch it was computed in, beyond float rounding (on the CPUs tried, not even that).
-pub fn build_batch(tokens: i64) -> usize {
-    ((BUILD_TOKENS / tokens.max(1)) as usize).clamp(BUILD_BATCH.0, BUILD_BATCH.1)
-}
+/// Views pushed through the frozen blocks at once while building the bank. Which batch is
+/// fastest depends on the machine's load (ViT-S/14 at 224, 2-core Xeon, fp32 and bf16): with
+/// the cores to itself 16 was fastest and 64 10–20 % slower than 32; beside other jobs 64 was
+/// 6–12 % faster than 32 and 16 the slowest. No size wins both, so 32 stays, the batch every
+/// earlier cache was built with.
+pub const BUILD_BATCH: usize = 32;
 
 /// Free space kept beyond the cache file when one is written.
 const DISK_MARGIN: u64 = 1 << 30;
@@ -59,7 +52,6 @@ impl TokenBank {
         let (n, views, block) = (key.num_crops, key.views, key.block);
         let side = src.spec().image_size as i64;
         let [l, d] = model.backbone.token_shape(side, side)?;
-        let batch = build_batch(l);
         let header = file::Header {
             digest: key.digest(),
             key: key.clone(),
@@ -124,7 +116,7 @@ impl TokenBank {
             .flat_map(|i| (0..views).map(move |s| (i, s)))
             .collect();
         let chunks: Arc<Vec<Vec<(usize, usize)>>> =
-            Arc::new(pairs.chunks(batch).map(<[_]>::to_vec).collect());
+            Arc::new(pairs.chunks(BUILD_BATCH).map(<[_]>::to_vec).collect());
         let make = {
             let (src, chunks) = (src.clone(), chunks.clone());
             move |c: usize| src.augmented(&chunks[c])
@@ -139,7 +131,7 @@ impl TokenBank {
         let items: Arc<Vec<Vec<usize>>> = Arc::new(
             (0..n)
                 .collect::<Vec<_>>()
-                .chunks(batch)
+                .chunks(BUILD_BATCH)
                 .map(<[_]>::to_vec)
                 .collect(),
         );

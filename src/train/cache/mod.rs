@@ -27,7 +27,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
-pub use build::{build_batch, BuildPhases};
+pub use build::{BuildPhases, BUILD_BATCH};
 pub use key::BankKey;
 
 use crate::data::{mix_seed, ViewSource};

@@ -45,15 +45,3 @@ fn picks_two_distinct_views_of_each_sample_deterministically() {
     assert!(b.plain(&[10], Device::Cpu).is_err());
     assert!(b.plain(&[9], Device::Cpu).is_ok());
 }
-
-#[test]
-fn build_batches_follow_the_token_budget_within_bounds() {
-    // ViT-S/14 at 224 (257 tokens): 64 views.
-    assert_eq!(super::build_batch(257), 64);
-    // ViT-B/8 at 224 (785 tokens) and ViT-S/14 at 448: never fewer than 32.
-    assert_eq!(super::build_batch(785), 32);
-    assert_eq!(super::build_batch(1025), 32);
-    // Tiny models and sides: at most 128.
-    assert_eq!(super::build_batch(17), 128);
-    assert_eq!(super::build_batch(0), 128);
-}
