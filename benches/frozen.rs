@@ -1,16 +1,29 @@
-//! Our frozen-prefix forward (`MgVit::tokens_before`, what the token cache runs) against a plain
-//! libtorch forward of the same shapes and weights, side by side in one run: a DINOv2
-//! ViT-S/14-shaped model with random weights, 224×224 input, blocks before
-//! `grad_from_block` (11), at one batch and precision. The plain forward is what libtorch
-//! gives with no mask guidance, no position-embedding resize and nothing else of ours: the
-//! rate the cache build could reach.
+//! The frozen prefix against a plain libtorch forward of the same shapes and weights, side by
+//! side in one run: a DINOv2 ViT-S/14-shaped model with random weights, 224×224 input, blocks
+//! before `grad_from_block` (11). The plain forward is what libtorch gives with no mask
+//! guidance, no position-embedding resize and nothing else of ours: the rate the cache build
+//! could reach.
 //!
-//!     cargo bench --bench frozen
-//!     BENCH_PRECISION=fp32,bf16 BENCH_BATCH=32 BENCH_REPS=3 cargo bench --bench frozen
+//! - `forward`: our `MgVit::tokens_before` (what the token cache runs) on one batch; each rate
+//!   is the best of BENCH_REPS, runs alternating (ours, plain, ours, …).
+//! - `build`: the whole path `train` takes to build the token cache (decode the crops, the key,
+//!   augment BENCH_VIEWS views + the plain view of BENCH_CROPS ~200 px crops, batch, frozen
+//!   forward, store the rows in memory and in the cache file) against the plain forward of as
+//!   many views in the same batches; builds and plain runs alternate (which goes first swaps
+//!   every repetition), medians of BENCH_REPS, with where the build's time went and the CPU
+//!   time per view (steadier than the wall clock when other processes load the machine).
 //!
-//! BENCH_PRECISION defaults to what `precision: auto` picks on this CPU. Runs alternate
-//! (ours, plain, ours, …) so that load from other processes hits both alike; each rate is the
-//! best of BENCH_REPS.
+//! ```text
+//! cargo bench --bench frozen
+//! BENCH_CASES=build BENCH_PRECISION=fp32,bf16 BENCH_REPS=5 cargo bench --bench frozen
+//! BENCH_CASES=forward BENCH_BATCH=32 BENCH_REPS=3 cargo bench --bench frozen
+//! ```
+//!
+//! BENCH_PRECISION defaults to what `precision: auto` picks on this CPU; BENCH_CROPS to 32,
+//! BENCH_VIEWS to 3, BENCH_REPS to 3. The load average is printed at the start and the end.
+
+#[path = "../tests/data_fixture/mod.rs"]
+mod data_fixture;
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -56,11 +69,11 @@ struct Plain {
 }
 
 impl Plain {
-    /// The same weights as `vs` holds under `backbone.`-less names, in `kind`.
-    fn from_vs(vs: &VarStore, spec: &ArchSpec, kind: Kind) -> Plain {
+    /// The same weights as `vs` holds under names starting with `prefix`, in `kind`.
+    fn from_vs(vs: &VarStore, prefix: &str, spec: &ArchSpec, kind: Kind) -> Plain {
         let vars: HashMap<String, Tensor> = vs.variables();
         let get = |name: &str| {
-            vars.get(name)
+            vars.get(&format!("{prefix}{name}"))
                 .unwrap_or_else(|| panic!("no variable {name}"))
                 .detach()
                 .to_kind(kind)
@@ -149,10 +162,9 @@ fn rate(batch: i64, f: &dyn Fn() -> Tensor) -> f64 {
     batch as f64 / t.elapsed().as_secs_f64()
 }
 
-fn main() {
-    let batch: i64 = env_or("BENCH_BATCH", 32);
-    let reps: usize = env_or("BENCH_REPS", 3).max(1);
-    let kinds: Vec<Kind> = match std::env::var("BENCH_PRECISION") {
+/// `BENCH_PRECISION`: the kinds to run, by default what `precision: auto` picks here.
+fn kinds() -> Vec<Kind> {
+    match std::env::var("BENCH_PRECISION") {
         Ok(s) => s
             .split(',')
             .map(|p| match p.trim() {
@@ -165,7 +177,47 @@ fn main() {
             })
             .collect(),
         Err(_) => vec![frozen_kind(Precision::Auto, Device::Cpu)],
-    };
+    }
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    if kind == Kind::BFloat16 {
+        "bf16"
+    } else {
+        "fp32"
+    }
+}
+
+fn main() {
+    let cases = std::env::var("BENCH_CASES").unwrap_or_else(|_| "forward,build".into());
+    let reps: usize = env_or("BENCH_REPS", 3).max(1);
+    println!(
+        "load average at the start: {}",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
+    for case in cases.split(',') {
+        match case.trim() {
+            "forward" => forward_case(reps),
+            "build" => build::case(reps),
+            other => {
+                eprintln!("BENCH_CASES: forward and/or build, not {other}");
+                std::process::exit(2);
+            }
+        }
+    }
+    println!(
+        "load average at the end: {}",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
+}
+
+/// Case 1: our frozen-prefix forward against the plain one, on one batch.
+fn forward_case(reps: usize) {
+    let batch: i64 = env_or("BENCH_BATCH", 32);
     let spec = ArchSpec::by_name("dinov2_vits14").expect("known arch");
     tch::manual_seed(0);
     let vs = VarStore::new(Device::Cpu);
@@ -180,14 +232,10 @@ fn main() {
         UPTO.saturating_sub(spec.depth - MASK_LAYERS),
         tch::get_num_threads()
     );
-    for kind in kinds {
-        let name = if kind == Kind::BFloat16 {
-            "bf16"
-        } else {
-            "fp32"
-        };
+    for kind in kinds() {
+        let name = kind_name(kind);
         ours.set_frozen_kind(kind, UPTO);
-        let plain = Plain::from_vs(&vs, spec, kind);
+        let plain = Plain::from_vs(&vs, "", spec, kind);
         let run_ours = || tch::no_grad(|| ours.tokens_before(&x, &mask, UPTO).expect("forward"));
         let run_plain = || tch::no_grad(|| plain.forward(&x));
         // Warm-up on 2 views (oneDNN primitives, allocator).
@@ -205,5 +253,202 @@ fn main() {
             "  {name}  ours / plain                {:8.2}",
             best_ours / best_plain
         );
+    }
+}
+
+/// Case 2: the whole path `train` takes to build the token cache, against the plain forward.
+mod build {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use anomalyncd::config::{Config, Precision};
+    use anomalyncd::data::{CropCache, TransformSpec, ViewSource};
+    use anomalyncd::model::Model;
+    use anomalyncd::train::cache::{BankKey, BankOptions, BuildPhases, TokenBank, BUILD_BATCH};
+    use tch::{Device, Kind, Tensor};
+
+    use super::{data_fixture, env_or, kind_name, kinds, Plain, SIDE};
+
+    /// CPU seconds this process has used (all threads): under load from other processes the
+    /// wall clock counts their time slices too, this does not.
+    fn cpu_s() -> f64 {
+        let mut u = std::mem::MaybeUninit::<libc::rusage>::uninit();
+        // SAFETY: getrusage fills the out-parameter on success; it is read only then.
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, u.as_mut_ptr()) } != 0 {
+            return f64::NAN;
+        }
+        // SAFETY: getrusage returned 0.
+        let u = unsafe { u.assume_init() };
+        let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+        s(u.ru_utime) + s(u.ru_stime)
+    }
+
+    fn median(mut v: Vec<f64>) -> f64 {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    }
+
+    /// A repetition: the build, and the plain forward's (wall, CPU) seconds.
+    type Run = (Build, (f64, f64));
+
+    /// One timed build: seconds in all, and in decoding, the key and the bank's phases.
+    struct Build {
+        total: f64,
+        cpu: f64,
+        decode: f64,
+        key: f64,
+        phases: BuildPhases,
+    }
+
+    fn build(
+        cfg: &Config,
+        set: &Arc<anomalyncd::data::CropSet>,
+        model: &Model,
+        cache: &std::path::Path,
+    ) -> Build {
+        let spec = TransformSpec::new(cfg.models.image_size as u32);
+        let workers = cfg.training.num_workers;
+        let (t, cpu) = (Instant::now(), cpu_s());
+        let crops = Arc::new(CropCache::build(set, &spec, workers).expect("crop cache"));
+        let decode = t.elapsed().as_secs_f64();
+        let key = BankKey::new(cfg, set, None, Device::Cpu).expect("key");
+        let key_s = t.elapsed().as_secs_f64() - decode;
+        let src =
+            ViewSource::new(set.clone(), spec, key.view_seed, workers, Some(crops)).expect("views");
+        let opts = BankOptions {
+            key,
+            cache_dir: Some(cache.to_path_buf()),
+            spill_dir: cache.to_path_buf(),
+            ram_budget: None,
+        };
+        let bank =
+            TokenBank::open_or_build(model, Arc::new(src), &opts, Device::Cpu).expect("bank");
+        let (total, cpu) = (t.elapsed().as_secs_f64(), cpu_s() - cpu);
+        assert!(!bank.origin().reused, "a fresh cache folder per build");
+        let phases = bank.build_phases().expect("built");
+        drop(bank);
+        let _ = std::fs::remove_dir_all(cache);
+        Build {
+            total,
+            cpu,
+            decode,
+            key: key_s,
+            phases,
+        }
+    }
+
+    pub fn case(reps: usize) {
+        let crops: usize = env_or("BENCH_CROPS", 32).max(2);
+        let views: usize = env_or("BENCH_VIEWS", 3).max(1);
+        let dir = tempfile::tempdir().expect("temp dir");
+        // ~200 px crops, what binarize cuts from MTD tiles.
+        let set = Arc::new(data_fixture::crop_set(
+            dir.path(),
+            &[("a", crops / 2)],
+            &[("x", crops - crops / 2)],
+            200,
+        ));
+        let n = set.len();
+        let total_views = n * (views + 1);
+        let batch = BUILD_BATCH;
+        // The build's batches: the augmented views, then the plain ones.
+        let sizes: Vec<i64> = [n * views, n]
+            .iter()
+            .flat_map(|&m| {
+                (0..m)
+                    .step_by(batch)
+                    .map(move |s| (m - s).min(batch) as i64)
+            })
+            .collect();
+        for kind in kinds() {
+            let name = kind_name(kind);
+            let mut cfg = Config::default();
+            cfg.models.pretrained_backbone = "dinov2_vits14".into();
+            cfg.models.image_size = SIDE as usize;
+            cfg.models.precision = match kind {
+                Kind::BFloat16 => Precision::Bf16,
+                _ => Precision::Fp32,
+            };
+            cfg.training.cache_views = views;
+            tch::manual_seed(0);
+            let model = Model::new(&cfg, set.num_classes(), None, Device::Cpu).expect("model");
+            let plain = Plain::from_vs(&model.vs, "backbone.", cfg.arch(), kind);
+            let x = Tensor::randn([batch as i64, 3, SIDE, SIDE], (Kind::Float, Device::Cpu));
+            let run_plain = || {
+                let (t, cpu) = (Instant::now(), cpu_s());
+                for &b in &sizes {
+                    let _ =
+                        std::hint::black_box(tch::no_grad(|| plain.forward(&x.narrow(0, 0, b))));
+                }
+                (t.elapsed().as_secs_f64(), cpu_s() - cpu)
+            };
+            println!(
+                "cache build: {n} crops (~200 px) x ({views} augmented + 1 plain) views = {total_views} views in batches of {batch}, {name}, {} loader workers, {} libtorch threads, cache file written; median of {reps}",
+                cfg.training.num_workers,
+                tch::get_num_threads()
+            );
+            // Warm-up (oneDNN primitives, allocator), then builds and plain forwards alternate,
+            // the first of each pair swapped every repetition.
+            let _ = tch::no_grad(|| plain.forward(&x.narrow(0, 0, 2)));
+            let mut runs = Vec::new();
+            for rep in 0..reps {
+                let cache = dir.path().join(format!("cache-{rep}"));
+                let (b, p) = if rep % 2 == 0 {
+                    let b = build(&cfg, &set, &model, &cache);
+                    (b, run_plain())
+                } else {
+                    let p = run_plain();
+                    (build(&cfg, &set, &model, &cache), p)
+                };
+                let (rb, rp) = (total_views as f64 / b.total, total_views as f64 / p.0);
+                println!(
+                    "  rep {rep}: build {rb:6.2} views/s, plain {rp:6.2} views/s, ratio {:.3}; CPU s/view build {:.3}, plain {:.3}",
+                    rb / rp,
+                    b.cpu / total_views as f64,
+                    p.1 / total_views as f64,
+                );
+                runs.push((b, p));
+            }
+            let rate = |s: f64| total_views as f64 / s;
+            let med = |f: &dyn Fn(&Run) -> f64| median(runs.iter().map(f).collect());
+            let (rb, rp) = (med(&|r| rate(r.0.total)), med(&|r| rate(r.1 .0)));
+            println!("  {name}  build (decode + key + augment + forward + store) {rb:8.2} views/s");
+            println!("  {name}  plain libtorch, the same batches                 {rp:8.2} views/s");
+            println!(
+                "  {name}  build / plain (median of the per-rep ratios)     {:8.3}",
+                med(&|r| r.1 .0 / r.0.total)
+            );
+            println!(
+                "  {name}  CPU seconds per view: build {:.3}, plain {:.3} (median); plain / build {:.3}",
+                med(&|r| r.0.cpu / total_views as f64),
+                med(&|r| r.1 .1 / total_views as f64),
+                med(&|r| r.1 .1 / r.0.cpu)
+            );
+            println!(
+                "  {name}  phases (s, median): decode {:.2}, key {:.2}, prepare {:.2}, views {:.2} (waited for {:.2}), forward {:.2}, store {:.2}, finish {:.2}, rest {:.2}; plain forward {:.2}",
+                med(&|r| r.0.decode),
+                med(&|r| r.0.key),
+                med(&|r| r.0.phases.prepare),
+                med(&|r| r.0.phases.views),
+                med(&|r| r.0.phases.waited),
+                med(&|r| r.0.phases.forward),
+                med(&|r| r.0.phases.store),
+                med(&|r| r.0.phases.finish),
+                med(&|r| r.0.total
+                    - r.0.decode
+                    - r.0.key
+                    - r.0.phases.prepare
+                    - r.0.phases.finish
+                    - r.0.phases.waited
+                    - r.0.phases.forward
+                    - r.0.phases.store),
+                med(&|r| r.1 .0),
+            );
+        }
     }
 }

@@ -43,13 +43,45 @@ impl Guidance {
             }
         }
     }
+}
 
-    /// A short name for logs and keys: `hard`, `soft(λ=8)`.
-    pub fn describe(&self) -> String {
+/// A short name for logs and keys: `hard`, `soft(λ=8)`.
+impl std::fmt::Display for Guidance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Guidance::Hard => "hard".into(),
-            Guidance::Soft { lambda } => format!("soft(λ={lambda})"),
+            Guidance::Hard => f.write_str("hard"),
+            Guidance::Soft { lambda } => write!(f, "soft(λ={lambda})"),
         }
+    }
+}
+
+/// Everything `models.guidance` and `models.guidance_lambda` decide about what guides the
+/// class token: how the blocks use a crop's guide, and whether the crop's map is first set to 0
+/// outside its binary mask (`soft_masked`; the crop set applies it when decoding).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GuideSettings {
+    pub guidance: Guidance,
+    pub map_within_mask: bool,
+}
+
+impl GuideSettings {
+    /// The settings `models` asks for.
+    pub fn of(m: &crate::config::Models) -> GuideSettings {
+        GuideSettings {
+            guidance: Guidance::of(m),
+            map_within_mask: m.guidance == crate::config::GuidanceMode::SoftMasked,
+        }
+    }
+}
+
+/// `hard`, `soft(λ=8)`, `masked soft(λ=8)`: the token cache's key holds this string, so it must
+/// not change for settings that exist (their caches would be rebuilt).
+impl std::fmt::Display for GuideSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.map_within_mask {
+            f.write_str("masked ")?;
+        }
+        self.guidance.fmt(f)
     }
 }
 
@@ -222,6 +254,24 @@ mod tests {
         assert_eq!(hidden(&thick, true), hidden(&thick, false));
         let empty = Tensor::zeros([1, 1, 16, 16], tch::kind::FLOAT_CPU);
         assert_eq!(hidden(&empty, true), [false, true, true, true, true]);
+    }
+
+    #[test]
+    fn settings_read_as_the_token_cache_keys_of_existing_caches() {
+        use crate::config::{GuidanceMode, Models};
+        let name = |guidance, guidance_lambda| {
+            GuideSettings::of(&Models {
+                guidance,
+                guidance_lambda,
+                ..Models::default()
+            })
+            .to_string()
+        };
+        assert_eq!(name(GuidanceMode::Hard, 8.0), "hard");
+        assert_eq!(name(GuidanceMode::Soft, 8.0), "soft(λ=8)");
+        assert_eq!(name(GuidanceMode::SoftMasked, 8.0), "masked soft(λ=8)");
+        assert_eq!(name(GuidanceMode::Soft, 2.5), "soft(λ=2.5)");
+        assert_eq!(name(GuidanceMode::SoftMasked, 0.5), "masked soft(λ=0.5)");
     }
 
     #[test]

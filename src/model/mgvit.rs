@@ -267,6 +267,19 @@ impl MgVit {
         Ok(self.finish(self.run(t, &guide, 0..self.depth(), true)))
     }
 
+    /// `[1 + N, D]` of the tokens an `h`×`w` input makes (what [`Self::tokens_before`] gives
+    /// per view), without running the model; an error for a side that is not a multiple of the
+    /// patch size.
+    pub fn token_shape(&self, h: i64, w: i64) -> Result<[i64; 2]> {
+        let p = self.embed.patch;
+        if h < p || w < p || h % p != 0 || w % p != 0 {
+            return Err(Error::runtime(format!(
+                "MGViT input: expected sides that are multiples of {p}; got {h}×{w}"
+            )));
+        }
+        Ok([1 + (h / p) * (w / p), self.embed_dim() as i64])
+    }
+
     /// The tokens entering block `block_idx`, `[B, 1+N, D]`, without gradients, in the frozen
     /// kind: patch embedding, position embedding and blocks `< block_idx`.
     pub fn tokens_before(&self, x: &Tensor, mask: &Tensor, block_idx: usize) -> Result<Tensor> {
@@ -541,6 +554,17 @@ mod tests {
             vars.contains_key("blocks.0.attn.qkv.weight")
                 && vars.contains_key("patch_embed.proj.bias")
         );
+    }
+
+    #[test]
+    fn token_shape_is_that_of_the_tokens() {
+        let (_vs, m) = tiny();
+        let x = Tensor::randn([2, 3, 32, 48], tch::kind::FLOAT_CPU);
+        let mask = Tensor::ones([2, 1, 32, 48], tch::kind::FLOAT_CPU);
+        let t = m.tokens_before(&x, &mask, 1).unwrap();
+        assert_eq!(m.token_shape(32, 48).unwrap(), [t.size()[1], t.size()[2]]);
+        assert!(m.token_shape(30, 48).is_err());
+        assert!(m.token_shape(0, 48).is_err());
     }
 
     #[test]

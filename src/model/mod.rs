@@ -23,7 +23,7 @@ use crate::config::{Config, Models};
 use crate::error::{Error, Result};
 pub use arch::ArchSpec;
 use arch::DINOV2_VITS14;
-pub use guide::Guidance;
+pub use guide::{Guidance, GuideSettings};
 pub use mgvit::{AttnImpl, MgVit};
 pub use multihead::{MultiHead, MultiHeadConfig};
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anomalyncd::model::arch::{ArchSpec, PosInterp};
 use anomalyncd::model::mgvit::IGNORED_TENSORS;
 use anomalyncd::model::weights::load_into;
-use anomalyncd::model::{AttnImpl, MgVit, MultiHead, MultiHeadConfig};
+use anomalyncd::model::{AttnImpl, Guidance, MgVit, MultiHead, MultiHeadConfig};
 use serde_json::Value;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
@@ -115,6 +115,45 @@ fn shared_golden_batch_of_one_gives_the_same_rows() {
             .unwrap();
         let d = max_abs(&one, &batch.narrow(0, i, 1));
         assert!(d < 1e-5, "row {i}: {d}");
+    }
+}
+
+/// `precision: bf16` on the golden tiny model: with the frozen prefix (blocks before
+/// `grad_from_block` 2, as training runs it) or every block (as `detect` runs it) in bf16, each
+/// class token stays within cosine 0.999 of the fp32 one, under hard and soft guidance.
+#[test]
+fn shared_golden_bf16_class_tokens_keep_their_direction() {
+    let Some(dir) = shared_model_dir() else {
+        return;
+    };
+    let g = golden(&dir);
+    let (x, mask) = (json_tensor(&g["input"]), json_tensor(&g["mask"]));
+    let active = g["config"]["active_depth"].as_u64().unwrap() as usize;
+    let (_vs, mut m) = tiny_mgvit(&dir.join("mgvit_tiny.safetensors"), active);
+    for guidance in [Guidance::Hard, Guidance::Soft { lambda: 8.0 }] {
+        m.set_guidance(guidance);
+        m.set_frozen_kind(Kind::Float, m.depth());
+        let fp32 = m.forward(&x, &mask).unwrap();
+        for upto in [2, m.depth()] {
+            m.set_frozen_kind(Kind::BFloat16, upto);
+            assert_eq!(m.frozen_kind(), Kind::BFloat16);
+            let bf16 = m.forward(&x, &mask).unwrap();
+            assert_eq!(bf16.kind(), Kind::Float);
+            let cos = Vec::<f64>::try_from(
+                Tensor::cosine_similarity(&fp32, &bf16, 1, 1e-12).to_kind(Kind::Double),
+            )
+            .unwrap();
+            eprintln!("{guidance:?}, blocks 0..{upto} in bf16: cosine per class token {cos:?}");
+            assert_eq!(cos.len(), 4);
+            for (i, c) in cos.iter().enumerate() {
+                assert!(
+                    *c >= 0.999,
+                    "{guidance:?}, blocks 0..{upto}, row {i}: cosine {c}"
+                );
+            }
+            // Not the fp32 path under another name.
+            assert!(!fp32.allclose(&bf16, 1e-7, 1e-7, false));
+        }
     }
 }
 

@@ -43,7 +43,8 @@ pub struct BankKey {
     /// The mask guidance inside the prefix.
     pub mask_layers: usize,
     pub thin_mask_fallback: bool,
-    /// `models.guidance` and its λ (`hard`, `soft(λ=8)`).
+    /// `models.guidance` and its λ ([`crate::model::GuideSettings`]: `hard`, `soft(λ=8)`,
+    /// `masked soft(λ=8)`).
     pub guidance: String,
 }
 
@@ -75,12 +76,7 @@ impl BankKey {
             image_size: m.image_size,
             mask_layers: m.mask_layers,
             thin_mask_fallback: m.thin_mask_fallback,
-            guidance: match m.guidance {
-                crate::config::GuidanceMode::SoftMasked => {
-                    format!("masked {}", crate::model::Guidance::of(m).describe())
-                }
-                _ => crate::model::Guidance::of(m).describe(),
-            },
+            guidance: crate::model::GuideSettings::of(m).to_string(),
         })
     }
 
@@ -179,10 +175,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn training_only_settings_leave_the_key_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let (img, mask) = (dir.path().join("a.png"), dir.path().join("m.png"));
+    /// A set of one crop whose image and mask files are in `dir`.
+    fn one_crop(dir: &Path) -> (CropSet, std::path::PathBuf) {
+        let (img, mask) = (dir.join("a.png"), dir.join("m.png"));
         std::fs::write(&img, b"image").unwrap();
         std::fs::write(&mask, b"mask").unwrap();
         let set = CropSet {
@@ -200,6 +195,13 @@ mod tests {
             novel_types: vec!["x".into()],
             num_novel_clusters: 1,
         };
+        (set, img)
+    }
+
+    #[test]
+    fn training_only_settings_leave_the_key_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (set, img) = one_crop(dir.path());
         let mut cfg = Config::default();
         cfg.training.view_seed = Some(5);
         let k = |cfg: &Config| BankKey::new(cfg, &set, None, Device::Cpu).unwrap();
@@ -217,5 +219,22 @@ mod tests {
         // The crops' bytes are.
         std::fs::write(&img, b"imagf").unwrap();
         assert_ne!(k(&cfg).crops, base.crops);
+    }
+
+    #[test]
+    fn guidance_keys_are_those_existing_caches_were_written_with() {
+        use crate::config::GuidanceMode;
+        let dir = tempfile::tempdir().unwrap();
+        let (set, _) = one_crop(dir.path());
+        for (mode, want) in [
+            (GuidanceMode::Hard, "hard"),
+            (GuidanceMode::Soft, "soft(λ=8)"),
+            (GuidanceMode::SoftMasked, "masked soft(λ=8)"),
+        ] {
+            let mut cfg = Config::default();
+            cfg.models.guidance = mode;
+            let key = BankKey::new(&cfg, &set, None, Device::Cpu).unwrap();
+            assert_eq!(key.guidance, want);
+        }
     }
 }

@@ -13,6 +13,7 @@
 //! evaluation from the cache equals a full forward within f32 rounding. The rows stay in memory
 //! when they fit in half of the available memory, else they are read from the file.
 
+mod build;
 mod file;
 pub mod key;
 
@@ -26,6 +27,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
+pub use build::{BuildPhases, BUILD_BATCH};
 pub use key::BankKey;
 
 use crate::data::{mix_seed, ViewSource};
@@ -34,10 +36,6 @@ use crate::model::Model;
 
 /// Stream tag of the per-step choice of bank views.
 const PICK_STREAM: u64 = 0x5049_434b;
-/// Views pushed through the frozen blocks at once while building the bank.
-const BUILD_BATCH: usize = 32;
-/// Free space kept beyond the cache file when one is written.
-const DISK_MARGIN: u64 = 1 << 30;
 
 enum Store {
     /// Augmented rows `[N·R, L, D]` f16 and plain rows `[N, L, D]` f32.
@@ -90,6 +88,8 @@ pub struct TokenBank {
     guide_plain: Tensor,
     store: Store,
     origin: BankOrigin,
+    /// Where a build's time went (`None`: read from a file).
+    phases: Option<BuildPhases>,
 }
 
 /// Memory the kernel says new allocations can take without swapping, in bytes.
@@ -106,11 +106,18 @@ fn interrupted() -> Error {
     )
 }
 
-fn tensor_bytes(t: &Tensor) -> Vec<u8> {
-    let t = t.contiguous();
-    let mut buf = vec![0u8; t.numel() * t.kind().elt_size_in_bytes()];
-    t.copy_data_u8(&mut buf, t.numel());
-    buf
+/// Calls `f` with the bytes of `t` (on the CPU, in row-major order) without copying them out
+/// when `t` is already a contiguous CPU tensor.
+fn with_bytes<R>(t: &Tensor, f: impl FnOnce(&[u8]) -> R) -> R {
+    let t = t.to_device(Device::Cpu).contiguous();
+    let len = t.numel() * t.kind().elt_size_in_bytes();
+    if len == 0 {
+        return f(&[]);
+    }
+    // SAFETY: `t` is a contiguous CPU tensor of `len` bytes that lives, unchanged, until `f`
+    // returns; the slice does not outlive it.
+    let bytes = unsafe { std::slice::from_raw_parts(t.data_ptr() as *const u8, len) };
+    f(bytes)
 }
 
 impl TokenBank {
@@ -239,154 +246,7 @@ impl TokenBank {
                 seconds: 0.0,
                 precision: header.key.precision.clone(),
             },
-        })
-    }
-
-    fn build(
-        model: &Model,
-        src: Arc<ViewSource>,
-        opts: &BankOptions,
-        device: Device,
-    ) -> Result<Self> {
-        let key = &opts.key;
-        let (n, views, block) = (key.num_crops, key.views, key.block);
-        // One plain view first: its shape sizes the rows and the file.
-        let (v, m) = src.plain(&[0])?;
-        let probe =
-            model
-                .backbone
-                .tokens_before(&v.to_device(device), &m.to_device(device), block)?;
-        let (l, d) = (probe.size()[1], probe.size()[2]);
-        let header = file::Header {
-            digest: key.digest(),
-            key: key.clone(),
-            tokens: l,
-            dim: d,
-        };
-        let total = file::file_bytes(&header);
-        let layout = file::Layout::new(0, n as u64, views as u64, l as u64, d as u64);
-        let rows_bytes = layout.end - layout.aug;
-        let fits = Self::budget(opts).is_none_or(|b| rows_bytes <= b);
-        let target = match (&opts.cache_dir, fits) {
-            (Some(dir), _) => Some((file::path_in(dir, key), true)),
-            (None, false) => Some((opts.spill_dir.join(".anomalyncd-token-cache.bin"), false)),
-            (None, true) => None,
-        };
-        let writer = match &target {
-            Some((path, _)) => {
-                let dir = path.parent().unwrap_or(std::path::Path::new("."));
-                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-                if let Some(free) = file::free_bytes(dir) {
-                    if free < total + DISK_MARGIN {
-                        return Err(Error::runtime(format!(
-                            "the token cache needs {:.1} GB in {} but only {:.1} GB are free: free some space, give --cache-dir on another disk, or pass --no-token-cache",
-                            total as f64 / 1e9,
-                            dir.display(),
-                            free as f64 / 1e9
-                        )));
-                    }
-                }
-                if !fits {
-                    log::info!(
-                        "token cache of {:.1} GB exceeds its memory budget: its rows are read from {}",
-                        total as f64 / 1e9,
-                        path.display()
-                    );
-                }
-                Some(file::Writer::create(path, &header)?)
-            }
-            None => None,
-        };
-        let ram = fits.then(|| {
-            (
-                Tensor::empty([(n * views) as i64, l, d], (Kind::Half, Device::Cpu)),
-                Tensor::empty([n as i64, l, d], (Kind::Float, Device::Cpu)),
-            )
-        });
-        let pb = crate::logging::progress((n * (views + 1)) as u64, "frozen-prefix cache");
-        let run = Prefix {
-            model,
-            device,
-            block,
-            writer: writer.as_ref(),
-            pb: &pb,
-        };
-        // The augmented views, then the plain ones; rows are written where they belong.
-        let pairs: Vec<(usize, usize)> = (0..n)
-            .flat_map(|i| (0..views).map(move |s| (i, s)))
-            .collect();
-        let chunks: Arc<Vec<Vec<(usize, usize)>>> =
-            Arc::new(pairs.chunks(BUILD_BATCH).map(<[_]>::to_vec).collect());
-        let make = {
-            let (src, chunks) = (src.clone(), chunks.clone());
-            move |c: usize| src.augmented(&chunks[c])
-        };
-        let guide_aug = run.rows(
-            chunks.len(),
-            make,
-            Kind::Half,
-            ram.as_ref().map(|r| &r.0),
-            writer.as_ref().map(|w| (w.layout.aug, w.layout.aug_row)),
-        )?;
-        let items: Arc<Vec<Vec<usize>>> = Arc::new(
-            (0..n)
-                .collect::<Vec<_>>()
-                .chunks(BUILD_BATCH)
-                .map(<[_]>::to_vec)
-                .collect(),
-        );
-        let make = {
-            let (src, items) = (src.clone(), items.clone());
-            move |c: usize| src.plain(&items[c])
-        };
-        let guide_plain = run.rows(
-            items.len(),
-            make,
-            Kind::Float,
-            ram.as_ref().map(|r| &r.1),
-            writer
-                .as_ref()
-                .map(|w| (w.layout.plain, w.layout.plain_row)),
-        )?;
-        pb.finish_and_clear();
-        let persist = matches!(target, Some((_, true)));
-        let file = match writer {
-            Some(w) => {
-                let layout = w.layout;
-                let (f, path) = w.finish(
-                    &tensor_bytes(&guide_aug),
-                    &tensor_bytes(&guide_plain),
-                    persist,
-                )?;
-                Some((f, path, layout))
-            }
-            None => None,
-        };
-        let path = file.as_ref().filter(|_| persist).map(|(_, p, _)| p.clone());
-        let store = match (ram, file) {
-            (Some((aug, plain)), _) => Store::Ram { aug, plain },
-            (None, Some((file, path, layout))) => Store::Disk {
-                file,
-                path,
-                layout,
-                remove: !persist,
-            },
-            (None, None) => unreachable!("a bank that does not fit in memory has a file"),
-        };
-        Ok(Self {
-            views,
-            block,
-            row: [l, d],
-            guide_aug,
-            guide_plain,
-            store,
-            origin: BankOrigin {
-                path,
-                bytes: total,
-                reused: false,
-                seconds: 0.0,
-                precision: key.precision.clone(),
-            },
+            phases: None,
         })
     }
 
@@ -397,6 +257,11 @@ impl TokenBank {
 
     pub fn origin(&self) -> &BankOrigin {
         &self.origin
+    }
+
+    /// Where the build's time went; `None` for a bank read from its file.
+    pub fn build_phases(&self) -> Option<BuildPhases> {
+        self.phases
     }
 
     /// The block the cached tokens enter.
@@ -492,58 +357,6 @@ impl TokenBank {
             crate::device::upload(&tokens, device).to_kind(Kind::Float),
             crate::device::upload(&guide.index_select(0, &index), device),
         ))
-    }
-}
-
-/// The frozen prefix run over batches of views while a bank is built.
-struct Prefix<'a> {
-    model: &'a Model,
-    device: Device,
-    block: usize,
-    writer: Option<&'a file::Writer>,
-    pb: &'a indicatif::ProgressBar,
-}
-
-impl Prefix<'_> {
-    /// Runs the prefix over `count` batches of `(views, masks)` from `make` and stores each
-    /// batch's tokens, as `kind`, at the next rows of `ram` and of the file section `(offset,
-    /// row bytes)`. Returns the token masks of all rows `[rows, L]` bool.
-    fn rows(
-        &self,
-        count: usize,
-        make: impl FnMut(usize) -> Result<(Tensor, Tensor)> + Send + 'static,
-        kind: Kind,
-        ram: Option<&Tensor>,
-        section: Option<(u64, u64)>,
-    ) -> Result<Tensor> {
-        let mut guide = Vec::with_capacity(count);
-        let mut start = 0i64;
-        for batch in crate::data::loader::Prefetch::spawn(count, 1, make) {
-            if super::interrupt::requested() {
-                return Err(interrupted());
-            }
-            let (v, m) = batch?;
-            let d = self.device;
-            let tokens = self
-                .model
-                .backbone
-                .tokens_before(&v.to_device(d), &m.to_device(d), self.block)?
-                .to_kind(kind)
-                .to_device(Device::Cpu)
-                .contiguous();
-            let b = tokens.size()[0];
-            if let Some(all) = ram {
-                all.narrow(0, start, b).copy_(&tokens);
-            }
-            if let (Some(w), Some((offset, row))) = (self.writer, section) {
-                w.at(offset + start as u64 * row, &tensor_bytes(&tokens))?;
-            }
-            guide.push(self.model.backbone.token_guide(&m).to_device(Device::Cpu));
-            start += b;
-            self.pb.inc(b as u64);
-            crate::threads::tick();
-        }
-        Ok(Tensor::cat(&guide, 0).to_kind(Kind::Uint8))
     }
 }
 

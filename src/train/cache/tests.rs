@@ -19,6 +19,7 @@ fn bank(views: usize, items: usize) -> TokenBank {
             seconds: 0.0,
             precision: "Float".into(),
         },
+        phases: None,
     }
 }
 
