@@ -102,13 +102,14 @@ impl Config {
     }
 
     /// The config as far as it decides a run's results, for fingerprints: the keys that only
-    /// set the speed (`training.num_workers`: the batches are the same with any number of
+    /// set the speed (`training.num_workers`, `training.cache_ram_gb`: the batches are the same with any number of
     /// workers), the logging (`experiment.print_freq`) or where a `train` command's run goes
     /// (`experiment.exp_root`, `table_root`, `exp_name`: a fingerprinted run is given its folder)
     /// are set to their defaults. Every other key, and so every key added later, is recorded.
     pub fn fingerprint(&self) -> Config {
         let (d, mut c) = (Config::default(), self.clone());
         c.training.num_workers = d.training.num_workers;
+        c.training.cache_ram_gb = d.training.cache_ram_gb;
         c.experiment.print_freq = d.experiment.print_freq;
         c.experiment.exp_root = d.experiment.exp_root;
         c.experiment.table_root = d.experiment.table_root;

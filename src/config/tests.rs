@@ -85,6 +85,7 @@ fn partial_file_takes_defaults() {
 fn the_fingerprint_keeps_every_key_but_speed_logging_and_folders() {
     let not_results = [
         "training.num_workers",
+        "training.cache_ram_gb",
         "experiment.print_freq",
         "experiment.exp_root",
         "experiment.table_root",

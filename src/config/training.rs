@@ -30,6 +30,9 @@ pub struct Training {
     /// Ours: the seed of that bank's views; `null`: `experiment.seed`. Fixing it lets runs that
     /// differ only in `experiment.seed` share one token cache.
     pub view_seed: Option<u64>,
+    /// Ours: the most memory (GB) the cache's rows may take; beyond it they are read from the
+    /// cache file. `null`: 1 GB, or half of the memory available when that is less.
+    pub cache_ram_gb: Option<f64>,
 }
 
 impl Default for Training {
@@ -45,6 +48,7 @@ impl Default for Training {
             cache_frozen: CacheFrozen::Off,
             cache_views: 8,
             view_seed: None,
+            cache_ram_gb: None,
         }
     }
 }
@@ -98,6 +102,12 @@ impl Training {
                 )
             },
         );
+        c.need(self.cache_ram_gb.is_none_or(|g| g >= 0.0), || {
+            format!(
+                "training.cache_ram_gb must be >= 0 or null (got {:?})",
+                self.cache_ram_gb
+            )
+        });
         c.need((1..=MAX_CACHE_VIEWS).contains(&self.cache_views), || {
             format!(
                 "training.cache_views must be in 1..={MAX_CACHE_VIEWS} (got {})",

@@ -363,7 +363,7 @@ fn open_bank(
         key,
         cache_dir: spec.token_cache.dir(&spec.run_dir),
         spill_dir: spec.run_dir.clone(),
-        ram_budget: None,
+        ram_budget: cfg.training.cache_ram_gb.map(|g| (g * 1e9) as u64),
     };
     TokenBank::open_or_build(model, Arc::new(src), &opts, spec.device)
 }

@@ -45,3 +45,10 @@ fn picks_two_distinct_views_of_each_sample_deterministically() {
     assert!(b.plain(&[10], Device::Cpu).is_err());
     assert!(b.plain(&[9], Device::Cpu).is_ok());
 }
+
+#[test]
+fn the_default_budget_is_1_gb_or_half_the_free_memory() {
+    assert_eq!(super::default_budget(None), super::DEFAULT_RAM_BUDGET);
+    assert_eq!(super::default_budget(Some(24_000_000_000)), 1_000_000_000);
+    assert_eq!(super::default_budget(Some(1_200_000_000)), 600_000_000);
+}
