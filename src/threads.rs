@@ -5,7 +5,7 @@
 //! Why: the training step is many small parallel regions, and each waits at its barrier for its
 //! slowest thread. With as many threads as cores and one core taken by another process, every
 //! region waits for a thread that is not running, and throughput fell to 29 % of idle beside a
-//! single busy process (`scripts/thread_probe.sh`). One thread fewer than the cores keeps about
+//! single busy process (`experiments/thread_probe.sh`). One thread fewer than the cores keeps about
 //! 60 %.
 //!
 //! How: [`tick`], called once per step by the long loops (training, the frozen-prefix cache,

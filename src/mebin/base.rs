@@ -1,5 +1,7 @@
 //! Cropping a labelled base set by its ground-truth masks with MEBin's cropping rule (the
 //! reference's `datasets/aebad_preprocess.py`: at most 2 crops per image).
+//! Its masks are read by `mask_for_image`, not `imageio::read_mask`: the reference keeps the
+//! mask's grey levels here (no threshold at half), and so does this stage.
 
 use std::path::{Path, PathBuf};
 
