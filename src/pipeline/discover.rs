@@ -385,14 +385,7 @@ pub fn run(spec: &DiscoverSpec) -> Result<DiscoverOutcome> {
                 let seconds = t.elapsed().as_secs_f64();
                 record::write(
                     &st.dir,
-                    &StageRecord {
-                        stage: st.name.into(),
-                        digest: ps.digest.clone(),
-                        fingerprint: ps.fingerprint.clone(),
-                        finished: true,
-                        seconds,
-                        summary: summary.to_value(),
-                    },
+                    &StageRecord::of(ps, true, seconds, summary.to_value()),
                 )?;
                 (spent, spent_estimate) = (spent + seconds, spent_estimate + st.estimate_s);
                 (summary, seconds)

@@ -106,6 +106,21 @@ fn report(out: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(out.join("detect.json")).unwrap()).unwrap()
 }
 
+/// The map's maximum (the first in raster order) in the mask's pixel coordinates, and the
+/// tolerance `argmax_in_defect` allows around it: 2 % of the mask's larger side.
+fn argmax_on_mask(map: &GrayImage, mask: &GrayImage) -> (f64, f64, f64) {
+    let (mut best, mut at) = (0u8, (0, 0));
+    for (x, y, p) in map.enumerate_pixels() {
+        if p[0] > best {
+            (best, at) = (p[0], (x, y));
+        }
+    }
+    let (w, h) = mask.dimensions();
+    let cx = (at.0 as f64 + 0.5) * w as f64 / map.width() as f64;
+    let cy = (at.1 as f64 + 0.5) * h as f64 / map.height() as f64;
+    (cx, cy, (0.02 * w.max(h) as f64).round().max(1.0))
+}
+
 fn read_l8(p: &Path) -> GrayImage {
     match image::open(p).unwrap() {
         image::DynamicImage::ImageLuma8(g) => g,
@@ -408,16 +423,7 @@ fn argmax_in_defect(maps: &Path, masks: &Path) -> f64 {
                     .join(t.file_name().unwrap())
                     .join(m.file_name().unwrap()),
             );
-            let (mut best, mut at) = (0u8, (0, 0));
-            for (x, y, p) in map.enumerate_pixels() {
-                if p[0] > best {
-                    (best, at) = (p[0], (x, y));
-                }
-            }
-            let (w, h) = mask.dimensions();
-            let cx = (at.0 as f64 + 0.5) * w as f64 / map.width() as f64;
-            let cy = (at.1 as f64 + 0.5) * h as f64 / map.height() as f64;
-            let r = (0.02 * w.max(h) as f64).round().max(1.0);
+            let (cx, cy, r) = argmax_on_mask(&map, &mask);
             let inside = mask.enumerate_pixels().any(|(x, y, p)| {
                 p[0] > 127 && (x as f64 - cx).abs() <= r + 0.5 && (y as f64 - cy).abs() <= r + 0.5
             });

@@ -44,6 +44,20 @@ pub struct StageRecord {
     pub summary: Value,
 }
 
+impl StageRecord {
+    /// The record of the planned stage `ps`, finished or not, with what it reported.
+    pub fn of(ps: &super::PlannedStage, finished: bool, seconds: f64, summary: Value) -> Self {
+        StageRecord {
+            stage: ps.stage.name.into(),
+            digest: ps.digest.clone(),
+            fingerprint: ps.fingerprint.clone(),
+            finished,
+            seconds,
+            summary,
+        }
+    }
+}
+
 /// The record in `dir`; None when there is none, or when it does not read (logged: the stage
 /// then runs again).
 pub fn read(dir: &Path) -> Option<StageRecord> {

@@ -159,17 +159,7 @@ fn run_train(
         && ckpt.is_file()
         && previous.is_some_and(|r| !r.finished && r.digest == ps.digest);
     std::fs::create_dir_all(&st.dir).map_err(|e| Error::io(&st.dir, e))?;
-    record::write(
-        &st.dir,
-        &StageRecord {
-            stage: st.name.into(),
-            digest: ps.digest.clone(),
-            fingerprint: ps.fingerprint.clone(),
-            finished: false,
-            seconds: 0.0,
-            summary: Value::Null,
-        },
-    )?;
+    record::write(&st.dir, &StageRecord::of(ps, false, 0.0, Value::Null))?;
     if resume {
         log::info!("continuing the training from {}", ckpt.display());
     }

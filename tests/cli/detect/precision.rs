@@ -113,16 +113,8 @@ fn auto_is_measured_logged_stored_and_reused_only_on_the_same_cpu() {
 fn defect_at_argmax(map: &GrayImage, mask: &GrayImage) -> Option<u32> {
     use imageproc::region_labelling::{connected_components, Connectivity};
     let labels = connected_components(mask, Connectivity::Eight, Luma([0u8]));
-    let (mut best, mut at) = (0u8, (0, 0));
-    for (x, y, p) in map.enumerate_pixels() {
-        if p[0] > best {
-            (best, at) = (p[0], (x, y));
-        }
-    }
-    let (w, h) = mask.dimensions();
-    let cx = (at.0 as f64 + 0.5) * w as f64 / map.width() as f64;
-    let cy = (at.1 as f64 + 0.5) * h as f64 / map.height() as f64;
-    let r = (0.02 * w.max(h) as f64).round().max(1.0) + 0.5;
+    let (cx, cy, r) = super::argmax_on_mask(map, mask);
+    let r = r + 0.5;
     labels
         .enumerate_pixels()
         .filter(|(_, _, l)| l[0] > 0)
