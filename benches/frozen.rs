@@ -11,7 +11,9 @@
 //!   forward, store the rows in memory and in the cache file) against the plain forward of as
 //!   many views in the same batches; builds and plain runs alternate (which goes first swaps
 //!   every repetition), medians of BENCH_REPS, with where the build's time went and the CPU
-//!   time per view (steadier than the wall clock when other processes load the machine).
+//!   time per view (steadier than the wall clock when other processes load the machine); then
+//!   our forward alone on the build's own batches, made beforehand (best of BENCH_REPS): the
+//!   build's cost beyond the forward is its distance from this line.
 //!
 //! ```text
 //! cargo bench --bench frozen
@@ -414,8 +416,43 @@ mod build {
                 );
                 runs.push((b, p));
             }
+            // Our forward alone on the build's own batches (made beforehand, no loader running
+            // beside it): tells the forward's cost from the overlap with decoding and augmenting.
+            let alone = {
+                let spec = TransformSpec::new(cfg.models.image_size as u32);
+                let workers = cfg.training.num_workers;
+                let crops = Arc::new(CropCache::build(&set, &spec, workers).expect("crop cache"));
+                let key = BankKey::new(&cfg, &set, None, Device::Cpu).expect("key");
+                let src = ViewSource::new(set.clone(), spec, key.view_seed, workers, Some(crops))
+                    .expect("views");
+                let pairs: Vec<(usize, usize)> = (0..n)
+                    .flat_map(|i| (0..views).map(move |s| (i, s)))
+                    .collect();
+                let items: Vec<usize> = (0..n).collect();
+                let mut batches: Vec<(Tensor, Tensor)> = pairs
+                    .chunks(batch)
+                    .map(|c| src.augmented(c).expect("views"))
+                    .collect();
+                batches.extend(items.chunks(batch).map(|c| src.plain(c).expect("views")));
+                let block = cfg.models.grad_from_block;
+                let mut best = f64::INFINITY;
+                for _ in 0..reps {
+                    let t = Instant::now();
+                    for (v, m) in &batches {
+                        let _ = std::hint::black_box(
+                            model.backbone.tokens_before(v, m, block).expect("forward"),
+                        );
+                    }
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                best
+            };
             let rate = |s: f64| total_views as f64 / s;
             let med = |f: &dyn Fn(&Run) -> f64| median(runs.iter().map(f).collect());
+            println!(
+                "  {name}  ours alone on the build's batches (best of {reps})  {:8.2} views/s",
+                rate(alone)
+            );
             let (rb, rp) = (med(&|r| rate(r.0.total)), med(&|r| rate(r.1 .0)));
             println!("  {name}  build (decode + key + augment + forward + store) {rb:8.2} views/s");
             println!("  {name}  plain libtorch, the same batches                 {rp:8.2} views/s");
