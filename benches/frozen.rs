@@ -307,21 +307,32 @@ mod build {
         phases: BuildPhases,
     }
 
-    fn build(
+    /// What the build reads its views from, as `train` makes it: the decoded crops, the bank's
+    /// key, and the seconds spent decoding and keying.
+    fn source(
         cfg: &Config,
         set: &Arc<anomalyncd::data::CropSet>,
-        model: &Model,
-        cache: &std::path::Path,
-    ) -> Build {
+    ) -> (ViewSource, BankKey, f64, f64) {
         let spec = TransformSpec::new(cfg.models.image_size as u32);
         let workers = cfg.training.num_workers;
-        let (t, cpu) = (Instant::now(), cpu_s());
+        let t = Instant::now();
         let crops = Arc::new(CropCache::build(set, &spec, workers).expect("crop cache"));
         let decode = t.elapsed().as_secs_f64();
         let key = BankKey::new(cfg, set, None, Device::Cpu).expect("key");
         let key_s = t.elapsed().as_secs_f64() - decode;
         let src =
             ViewSource::new(set.clone(), spec, key.view_seed, workers, Some(crops)).expect("views");
+        (src, key, decode, key_s)
+    }
+
+    fn build(
+        cfg: &Config,
+        set: &Arc<anomalyncd::data::CropSet>,
+        model: &Model,
+        cache: &std::path::Path,
+    ) -> Build {
+        let (t, cpu) = (Instant::now(), cpu_s());
+        let (src, key, decode, key_s) = source(cfg, set);
         let opts = BankOptions {
             key,
             cache_dir: Some(cache.to_path_buf()),
@@ -419,12 +430,7 @@ mod build {
             // Our forward alone on the build's own batches (made beforehand, no loader running
             // beside it): tells the forward's cost from the overlap with decoding and augmenting.
             let alone = {
-                let spec = TransformSpec::new(cfg.models.image_size as u32);
-                let workers = cfg.training.num_workers;
-                let crops = Arc::new(CropCache::build(&set, &spec, workers).expect("crop cache"));
-                let key = BankKey::new(&cfg, &set, None, Device::Cpu).expect("key");
-                let src = ViewSource::new(set.clone(), spec, key.view_seed, workers, Some(crops))
-                    .expect("views");
+                let (src, ..) = source(&cfg, &set);
                 let pairs: Vec<(usize, usize)> = (0..n)
                     .flat_map(|i| (0..views).map(move |s| (i, s)))
                     .collect();
