@@ -19,7 +19,8 @@ pub struct PredictArgs {
     /// Their anomaly maps, same layout and stems.
     #[arg(long, value_name = "DIR")]
     pub anomaly_maps: PathBuf,
-    /// Output folder: predictions.csv, crop_predictions.csv, report.html, binarize/.
+    /// Output folder: predictions.csv, crop_predictions.csv, class_tokens.safetensors, report.html,
+    /// binarize/.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Skip maps without an image (and images without a map) with a warning.

@@ -1,6 +1,6 @@
 //! What a run writes after prediction: `predictions.csv` (one row per image),
-//! `crop_predictions.csv`, `metrics.json` (both levels, per-class precision/recall, confusion
-//! matrix) and one row `category,NMI,ARI,F1` appended to the runner's `metrics.csv` (the
+//! `crop_predictions.csv`, `class_tokens.safetensors` (the trained models' crop tokens),
+//! `metrics.json` (both levels, per-class precision/recall, confusion matrix) and one row `category,NMI,ARI,F1` appended to the runner's `metrics.csv` (the
 //! reference's table; header once).
 
 use std::path::Path;
@@ -41,6 +41,25 @@ fn eval_json(e: &Evaluation, names: &[String]) -> serde_json::Value {
             "counts": e.confusion.counts,
         },
     })
+}
+
+/// `class_tokens.safetensors`: the trained class token of each crop, in the order of
+/// `crop_predictions.csv`, for the user's own analysis (as `baseline` writes the pretrained
+/// ones). Nothing when the predictions carry no tokens.
+fn write_class_tokens(run_dir: &Path, preds: &Predictions) -> Result<()> {
+    let tokens = &preds.class_tokens;
+    let Some(d) = tokens.first().map(Vec::len) else {
+        return Ok(());
+    };
+    if tokens.len() != preds.crops.len() || tokens.iter().any(|t| t.len() != d) {
+        return Err(Error::runtime(
+            "class tokens do not match the crop predictions",
+        ));
+    }
+    let flat: Vec<f32> = tokens.iter().flatten().copied().collect();
+    let a = ndarray::Array2::from_shape_vec((tokens.len(), d), flat)
+        .map_err(|e| Error::runtime(format!("class tokens: {e}")))?;
+    crate::cluster::features::save_tokens(&run_dir.join("class_tokens.safetensors"), a.view())
 }
 
 /// Writes the prediction files into `run_dir` and, when labels exist, appends the image-level
@@ -120,6 +139,7 @@ pub fn write_all(
         &run_dir.join("crop_predictions.csv"),
         &csv_bytes(&header, rows)?,
     )?;
+    write_class_tokens(run_dir, preds)?;
 
     let mut doc = json!({
         "category": category,
@@ -208,6 +228,44 @@ fn append_row(table: &Path, category: &str, s: Scores) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::infer::predict::CropRow;
+
+    #[test]
+    fn class_tokens_are_written_in_crop_order_or_not_at_all() {
+        let d = tempfile::tempdir().unwrap();
+        let row = |item: usize| CropRow {
+            item,
+            id: format!("a/{item}.png"),
+            image: format!("a/{item}"),
+            cluster: 0,
+            confidence: 1.0,
+            truth: None,
+        };
+        let mut p = Predictions {
+            crops: vec![row(0), row(1)],
+            images: Vec::new(),
+            num_base: 0,
+            num_clusters: 1,
+            class_tokens: Vec::new(),
+        };
+        let file = d.path().join("class_tokens.safetensors");
+        write_class_tokens(d.path(), &p).unwrap();
+        assert!(!file.exists());
+        p.class_tokens = vec![vec![1.0, 2.0, 3.0], vec![4.0, 5.0, 6.0]];
+        write_class_tokens(d.path(), &p).unwrap();
+        let bytes = std::fs::read(&file).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let t = st.tensor("class_tokens").unwrap();
+        assert_eq!(t.shape(), [2, 3]);
+        let v: Vec<f32> = t
+            .data()
+            .chunks(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(v, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        p.class_tokens.pop();
+        assert!(write_class_tokens(d.path(), &p).is_err());
+    }
 
     #[test]
     fn concurrent_appends_keep_every_row() {

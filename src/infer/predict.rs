@@ -19,6 +19,8 @@ pub struct CropOutput {
     pub item: usize,
     /// `[n_head][C]`.
     pub logits: Vec<Vec<f32>>,
+    /// The backbone's class token `[D]` the heads read (before the projector).
+    pub class_token: Vec<f32>,
 }
 
 /// Runs the model (no gradients) over the loader's crops.
@@ -27,14 +29,14 @@ pub fn crop_logits(model: &Model, loader: &EvalLoader, device: Device) -> Result
     let pb = crate::logging::progress(loader.len() as u64, "predict");
     for batch in loader.iter() {
         let batch = batch?;
-        let logits = tch::no_grad(|| -> Result<Vec<Tensor>> {
-            let (_, _, logits) = model.forward(
+        let (cls, logits) = tch::no_grad(|| -> Result<(Tensor, Vec<Tensor>)> {
+            let (cls, _, logits) = model.forward(
                 &batch.images.to_device(device),
                 &batch.masks.to_device(device),
             )?;
-            Ok(logits)
+            Ok((cls, logits))
         })?;
-        push_outputs(&logits, &batch.ids, &mut out)?;
+        push_outputs(&cls, &logits, &batch.ids, &mut out)?;
         pb.inc(batch.ids.len() as u64);
         crate::threads::tick();
     }
@@ -55,13 +57,14 @@ pub fn crop_logits_cached(
     let pb = crate::logging::progress(items.len() as u64, "predict");
     for chunk in items.chunks(batch_size.max(1)) {
         let (tokens, hidden) = bank.plain(chunk, device)?;
-        let logits = tch::no_grad(|| -> Result<Vec<Tensor>> {
+        let (cls, logits) = tch::no_grad(|| -> Result<(Tensor, Vec<Tensor>)> {
             let cls = model
                 .backbone
                 .forward_from_guide(&tokens, &hidden, bank.block())?;
-            Ok(model.projector.forward(&cls).1)
+            let logits = model.projector.forward(&cls).1;
+            Ok((cls, logits))
         })?;
-        push_outputs(&logits, chunk, &mut out)?;
+        push_outputs(&cls, &logits, chunk, &mut out)?;
         pb.inc(chunk.len() as u64);
         crate::threads::tick();
     }
@@ -69,8 +72,17 @@ pub fn crop_logits_cached(
     Ok(out)
 }
 
-/// Appends one [`CropOutput`] per crop of `ids` from the heads' `[B, C]` logits.
-fn push_outputs(logits: &[Tensor], ids: &[usize], out: &mut Vec<CropOutput>) -> Result<()> {
+/// Appends one [`CropOutput`] per crop of `ids` from the class tokens `[B, D]` and the heads'
+/// `[B, C]` logits.
+fn push_outputs(
+    cls: &Tensor,
+    logits: &[Tensor],
+    ids: &[usize],
+    out: &mut Vec<CropOutput>,
+) -> Result<()> {
+    let cls = cls.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+    let d = cls.size().last().copied().unwrap_or(0) as usize;
+    let tokens: Vec<f32> = Vec::<f32>::try_from(cls.view(-1))?;
     let logits = Tensor::stack(logits, 1)
         .to_device(Device::Cpu)
         .to_kind(Kind::Float)
@@ -84,7 +96,12 @@ fn push_outputs(logits: &[Tensor], ids: &[usize], out: &mut Vec<CropOutput>) -> 
         let rows = (0..h)
             .map(|j| flat[(k * h + j) * c..(k * h + j + 1) * c].to_vec())
             .collect();
-        out.push(CropOutput { item, logits: rows });
+        let class_token = tokens.get(k * d..(k + 1) * d).unwrap_or_default().to_vec();
+        out.push(CropOutput {
+            item,
+            logits: rows,
+            class_token,
+        });
     }
     Ok(())
 }
@@ -120,6 +137,9 @@ pub struct Predictions {
     pub images: Vec<ImageRow>,
     pub num_base: usize,
     pub num_clusters: usize,
+    /// The trained model's class token of each crop, in the order of `crops` (written as
+    /// `class_tokens.safetensors`); empty when the predictions come from elsewhere (k-means).
+    pub class_tokens: Vec<Vec<f32>>,
 }
 
 impl Predictions {
@@ -173,7 +193,9 @@ pub fn predict(
             mask_pixels: mask_pixel_count(&mask),
         });
     }
-    merged_predictions(rows, &merge_in, nb, set.num_novel_clusters, temperature)
+    let mut preds = merged_predictions(rows, &merge_in, nb, set.num_novel_clusters, temperature)?;
+    preds.class_tokens = outputs.iter().map(|o| o.class_token.clone()).collect();
+    Ok(preds)
 }
 
 /// Predictions from hard cluster assignments (e.g. k-means, no trained head): each crop's
@@ -249,6 +271,7 @@ fn merged_predictions(
         images,
         num_base: nb,
         num_clusters,
+        class_tokens: Vec::new(),
     })
 }
 

@@ -60,6 +60,7 @@ fn preds(truth: &[Option<usize>], pred: &[usize], k: usize) -> Predictions {
         images,
         num_base: 0,
         num_clusters: k,
+        class_tokens: Vec::new(),
     }
 }
 

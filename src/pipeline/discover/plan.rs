@@ -61,6 +61,47 @@ pub struct Inputs {
     /// `detect.image_size` (`auto`: from the defective images' sizes); unused with
     /// `--anomaly-maps`.
     pub detector_image_size: u32,
+    /// This machine's speed against the CPU [`Costs`] were measured on, for the estimates.
+    pub speed: Speed,
+}
+
+/// How fast this machine runs the estimates' work relative to the CPU [`Costs`] were measured on
+/// (1 there), from the GEMM rates `precision: auto` measures or has stored. Rough on purpose:
+/// the estimates are for planning, within about 2×.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Speed {
+    /// Backbone forwards (and the coreset) in the run's precision.
+    pub forward: f64,
+    /// The detector's fp32 similarity GEMMs (the zero-shot scoring).
+    pub gemm: f64,
+}
+
+impl Speed {
+    /// The CPU of [`Costs`].
+    pub const REFERENCE: Speed = Speed {
+        forward: 1.0,
+        gemm: 1.0,
+    };
+    /// The fp32 GEMM rate (GFLOP/s, as `precision: auto` measures it) that [`Costs`]'
+    /// zero-shot scoring figure implies for its CPU: 2256 image pairs of 1024 × 1024 × 384 in
+    /// about 70 s.
+    const REFERENCE_FP32_GFLOPS: f64 = 50.0;
+
+    /// From this machine's fp32 GEMM rate and the rate of the kind its ViT blocks run in
+    /// (GFLOP/s). A forward is only partly GEMM-bound (attention, norms, the input pipeline):
+    /// on the AMX Xeon of docs/performance.md forwards and the coreset sped up by about the
+    /// square root of the GEMM rates' ratio (2–5× at 8× in fp32), the similarity GEMMs by the
+    /// ratio itself (9×). Rates that are not positive numbers give the reference.
+    pub fn from_rates(fp32: f64, run: f64) -> Speed {
+        if !(fp32 > 0.0 && run > 0.0 && fp32.is_finite() && run.is_finite()) {
+            return Speed::REFERENCE;
+        }
+        let ratio = |r: f64| (r / Self::REFERENCE_FP32_GFLOPS).clamp(0.02, 200.0);
+        Speed {
+            forward: ratio(run).sqrt(),
+            gemm: ratio(fp32),
+        }
+    }
 }
 
 /// Listing digests of the input folders (empty when not given).
@@ -102,7 +143,7 @@ pub struct Stage {
     pub dir: PathBuf,
     /// One line on what it does, with the counts.
     pub what: String,
-    /// Rough seconds (2-core CPU figures, see [`Costs`]).
+    /// Rough seconds on this machine (see [`Costs`] and [`Speed`]).
     pub estimate_s: f64,
 }
 
@@ -172,7 +213,7 @@ impl Plan {
             .map(|st| st.estimate_s)
             .sum();
         s.push_str(&format!(
-            "  total ~{} (rough, from the counts; 2-core CPU figures)\n",
+            "  total ~{} (rough: from the counts and this machine's speed)\n",
             duration_text(left)
         ));
         for note in &self.notes {
@@ -192,21 +233,22 @@ pub fn duration_text(s: f64) -> String {
     }
 }
 
-/// Seconds per unit on the 2-core CPU the README's tables were measured on (DINOv2 ViT-S/14,
-/// fp32): rough, for the plan and the ETA only.
+/// Seconds per unit on the 2-core CPU the README's first tables were measured on (DINOv2
+/// ViT-S/14, fp32), scaled to this machine by [`Speed`]: rough, for the plan and the ETA only.
 pub struct Costs;
 
 impl Costs {
     /// The detector over `fit` normal and `scored` test images (zero-shot: `fit` 0) at a
     /// side of `size` pixels.
-    fn detect(fit: f64, scored: f64, size: u32) -> f64 {
+    fn detect(fit: f64, scored: f64, size: u32, speed: Speed) -> f64 {
         let patches = (size as f64 / 14.0).powi(2);
-        let forwards = Self::DETECT_IMAGE * (fit + scored) * patches / 1024.0;
+        let forwards = Self::DETECT_IMAGE * (fit + scored) * patches / 1024.0 / speed.forward;
         let extra = if fit > 0.0 {
             let pool = (fit * patches).min(100_000.0);
-            pool * 0.1 * pool * Self::CORESET_PAIR
+            pool * 0.1 * pool * Self::CORESET_PAIR / speed.forward
         } else {
             scored * (scored - 1.0).clamp(0.0, 64.0) * patches * patches * Self::MUTUAL_PAIR
+                / speed.gemm
         };
         forwards + extra + 5.0
     }
@@ -220,10 +262,11 @@ impl Costs {
         scored: f64,
         size: u32,
         v: &crate::config::MapVariants,
+        speed: Speed,
     ) -> f64 {
         let mut s = plain * if v.per_block { 1.3 } else { 1.0 };
         if fit > 0.0 && v.fuse_mutual > 0.0 {
-            s += Self::detect(0.0, scored, size) - 5.0;
+            s += Self::detect(0.0, scored, size, speed) - 5.0;
         }
         s
     }
@@ -246,15 +289,16 @@ impl Costs {
     const NOVEL_CROPS: f64 = 1.2;
     const BASE_CROPS: f64 = 1.2;
 
-    /// One forward of the config's backbone relative to ViT-S/14 at 224 (tokens x width² x depth).
-    fn view(cfg: &Config) -> f64 {
+    /// One forward of the config's backbone relative to ViT-S/14 at 224 (tokens x width² x
+    /// depth), on this machine.
+    fn view(cfg: &Config, speed: Speed) -> f64 {
         let Some(a) = ArchSpec::by_name(&cfg.models.pretrained_backbone) else {
-            return Self::VIEW;
+            return Self::VIEW / speed.forward;
         };
         let side = cfg.models.image_size as f64 / a.patch_size as f64;
         let tokens = side * side + 1.0;
         let width = a.embed_dim as f64 / 384.0;
-        Self::VIEW * tokens / 257.0 * width * width * a.depth as f64 / 12.0
+        Self::VIEW * tokens / 257.0 * width * width * a.depth as f64 / 12.0 / speed.forward
     }
 }
 
@@ -264,7 +308,7 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
     let cfg = &spec.config;
     let mut stages = Vec::new();
     let mut notes = Vec::new();
-    let view = Costs::view(cfg);
+    let view = Costs::view(cfg, inputs.speed);
     let (base, base_crops) = match &inputs.base {
         BaseInput::Synthetic => {
             let n = 3 * SYNTH_BASE_PER_CLASS;
@@ -383,11 +427,12 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
                 dir: out.join("maps"),
                 what,
                 estimate_s: Costs::detect_variants(
-                    Costs::detect(fit, scored, inputs.detector_image_size),
+                    Costs::detect(fit, scored, inputs.detector_image_size, inputs.speed),
                     fit,
                     scored,
                     inputs.detector_image_size,
                     &spec.config.detect,
+                    inputs.speed,
                 ),
             });
             out.join("maps")

@@ -53,6 +53,7 @@ fn inputs(s: &DiscoverSpec, typed: bool, good: usize, cropped_base: bool) -> Inp
         base,
         digests: Digests::default(),
         detector_image_size: 448,
+        speed: Speed::REFERENCE,
     }
 }
 
@@ -192,6 +193,36 @@ fn estimates_grow_with_the_counts_and_the_settings() {
     let mut gpu = spec(false, false, false);
     gpu.device = tch::Device::Cuda(0);
     assert!(plan(&gpu, &small).estimate_s() < plan(&s, &small).estimate_s());
+    // A machine with 8× the reference's fp32 GEMM rate running its blocks in bf16 at 6× that:
+    // forwards about 7× faster, the zero-shot similarity GEMMs 8×.
+    let fast = Speed::from_rates(400.0, 2400.0);
+    assert!((fast.forward - 48f64.sqrt()).abs() < 1e-9 && (fast.gemm - 8.0).abs() < 1e-9);
+    let on = |speed: Speed| Inputs {
+        speed,
+        ..small.clone()
+    };
+    let (slow_s, fast_s) = (
+        plan(&s, &small).estimate_s(),
+        plan(&s, &on(fast)).estimate_s(),
+    );
+    assert!(
+        fast_s < slow_s / 3.0 && fast_s > slow_s / 50.0,
+        "{fast_s} vs {slow_s}"
+    );
+    let zs = spec(false, false, false);
+    let maps = |speed: Speed| plan(&zs, &on(speed)).stage("maps").unwrap().estimate_s;
+    let gemm_only = Speed {
+        forward: 1.0,
+        gemm: 8.0,
+    };
+    assert!(
+        maps(gemm_only) < maps(Speed::REFERENCE),
+        "zero-shot scoring follows the GEMM rate"
+    );
+    for bad in [0.0, f64::NAN, -1.0, f64::INFINITY] {
+        assert_eq!(Speed::from_rates(bad, 100.0), Speed::REFERENCE);
+        assert_eq!(Speed::from_rates(100.0, bad), Speed::REFERENCE);
+    }
     assert_eq!(duration_text(12.0), "12 s");
     assert_eq!(duration_text(600.0), "10 min");
     assert_eq!(duration_text(3900.0), "1 h 5 min");
@@ -224,20 +255,24 @@ fn no_base_has_no_base_stage_and_trains_on_the_novel_crops_alone() {
 
 #[test]
 fn map_variants_raise_the_maps_estimate() {
-    let plain = Costs::detect(100.0, 50.0, 448);
+    const R: Speed = Speed::REFERENCE;
+    let plain = Costs::detect(100.0, 50.0, 448, R);
     let v = crate::config::MapVariants::default();
-    assert_eq!(Costs::detect_variants(plain, 100.0, 50.0, 448, &v), plain);
+    assert_eq!(
+        Costs::detect_variants(plain, 100.0, 50.0, 448, &v, R),
+        plain
+    );
     let per_block = crate::config::MapVariants {
         per_block: true,
         ..v.clone()
     };
-    assert!(Costs::detect_variants(plain, 100.0, 50.0, 448, &per_block) > plain);
+    assert!(Costs::detect_variants(plain, 100.0, 50.0, 448, &per_block, R) > plain);
     let fused = crate::config::MapVariants {
         fuse_mutual: 0.5,
         ..v
     };
-    assert!(Costs::detect_variants(plain, 100.0, 50.0, 448, &fused) > plain);
+    assert!(Costs::detect_variants(plain, 100.0, 50.0, 448, &fused, R) > plain);
     // Zero-shot maps have nothing to fuse.
-    let zs = Costs::detect(0.0, 50.0, 448);
-    assert_eq!(Costs::detect_variants(zs, 0.0, 50.0, 448, &fused), zs);
+    let zs = Costs::detect(0.0, 50.0, 448, R);
+    assert_eq!(Costs::detect_variants(zs, 0.0, 50.0, 448, &fused, R), zs);
 }

@@ -434,6 +434,7 @@ mod tests {
             base: BaseInput::Synthetic,
             digests: Digests::default(),
             detector_image_size: spec.detector.image_size.unwrap_or(DEFAULT_VIT_IMAGE_SIZE),
+            speed: crate::pipeline::discover::plan::Speed::REFERENCE,
         };
         let plan = plan(spec, &inputs);
         assert_eq!(plan.names(), ["base", "maps", "binarize", "train"]);
@@ -513,21 +514,30 @@ mod tests {
         };
         let train_only = [false, false, false, true];
         type Edit = fn(&mut DiscoverSpec);
-        let changes: [(&str, Edit); 5] = [
+        let changes: [(&str, Edit); 4] = [
             ("num_classes", |s| s.num_classes = NumClasses::Fixed(3)),
             ("max_classes", |s| s.max_classes = 4),
             ("seed", |s| s.config.experiment.seed = 1),
             ("epochs", |s| s.config.training.epochs = 3),
-            ("precision", |s| {
-                s.config.models.precision = match s.config.models.precision {
-                    Precision::Bf16 => Precision::Fp32,
-                    _ => Precision::Bf16,
-                }
-            }),
         ];
         for (name, change) in changes {
             assert_eq!(redone(change), train_only, "{name}");
         }
+        // The precision is the detector's too: a forced one that resolves to another kind
+        // redoes the maps and everything after them.
+        // (Both forced: `auto` resolves by a measurement on this machine.)
+        let forced = |p: Precision| {
+            let mut s = discover_spec();
+            s.config.models.precision = p;
+            run_fingerprints(&s, w)
+        };
+        let (f32_run, bf16_run) = (forced(Precision::Fp32), forced(Precision::Bf16));
+        let moved: Vec<bool> = f32_run
+            .iter()
+            .zip(&bf16_run)
+            .map(|(a, b)| a.1 != b.1)
+            .collect();
+        assert_eq!(moved, [false, true, true, true]);
         assert_eq!(
             redone(|s| s.config.binarization.sample_rate = 2),
             [false, false, true, true]

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::plan::{BaseInput, Digests, Inputs};
+use super::plan::{BaseInput, Digests, Inputs, Speed};
 use super::record::listing_digest;
 use super::DiscoverSpec;
 use crate::error::{Error, Result, ResultExt};
@@ -117,7 +117,24 @@ pub fn scan(spec: &DiscoverSpec) -> Result<Inputs> {
         base,
         digests,
         detector_image_size,
+        speed: machine_speed(spec),
     })
+}
+
+/// This machine's [`Speed`] for the estimates: on the CPU from the GEMM rates `precision: auto`
+/// measures once (or has stored); CUDA has its own factor in the plan.
+fn machine_speed(spec: &DiscoverSpec) -> Speed {
+    if spec.device != tch::Device::Cpu {
+        return Speed::REFERENCE;
+    }
+    let rates = crate::model::precision::auto_cpu().rates;
+    let kind = crate::model::precision::frozen_kind(spec.config.models.precision, spec.device);
+    let run = if kind == tch::Kind::BFloat16 {
+        rates.bf16
+    } else {
+        rates.fp32
+    };
+    Speed::from_rates(rates.fp32, run)
 }
 
 /// How MEBin pairs maps with `--images`: every defective image needs its map; `good` maps

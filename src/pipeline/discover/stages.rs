@@ -134,6 +134,8 @@ pub(super) fn detect_spec(
         image_size,
         write_good_maps,
         overwrite: true,
+        // One setting for the run's ViT blocks: the detector's and the frozen prefix's.
+        precision: spec.config.models.precision,
         ..DetectSpec::with_defaults(
             train.clone(),
             spec.images.clone(),
