@@ -144,8 +144,32 @@ pub fn peak_rss_mib() -> Option<f64> {
     parse_vm_hwm(&status)
 }
 
+/// Hands the heap's free pages back to the system (glibc's `malloc_trim`), between stages of
+/// one process: without it the pages a finished stage freed (the detector's features, its
+/// memory bank) stay resident under glibc's grown mmap threshold, and the next stage's peak
+/// adds to them (`discover` on MTD fitted peaked at 3.0 GB; its maps stage alone and its train
+/// stage alone peak at 2.1 GB each).
+/// Nothing elsewhere.
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory of the allocator's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// The process's resident memory now in MiB (`VmRSS`); None off Linux.
+pub fn rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_status_kib(&status, "VmRSS:")
+}
+
 fn parse_vm_hwm(status: &str) -> Option<f64> {
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    parse_status_kib(status, "VmHWM:")
+}
+
+fn parse_status_kib(status: &str, key: &str) -> Option<f64> {
+    let line = status.lines().find(|l| l.starts_with(key))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }
@@ -167,8 +191,15 @@ mod tests {
         let status = "Name:\tanomalyncd\nVmPeak:\t 4096 kB\nVmHWM:\t  2048 kB\nVmRSS:\t 1024 kB\n";
         assert_eq!(super::parse_vm_hwm(status), Some(2.0));
         assert_eq!(super::parse_vm_hwm("VmRSS:\t 1024 kB\n"), None);
+        assert_eq!(super::parse_status_kib(status, "VmRSS:"), Some(1.0));
         if cfg!(target_os = "linux") {
             assert!(super::peak_rss_mib().is_some_and(|m| m > 0.0));
+            // Freed pages handed back: resident memory never above the peak.
+            let big = vec![1u8; 64 << 20];
+            drop(std::hint::black_box(big));
+            super::release_freed_memory();
+            let (now, peak) = (super::rss_mib().unwrap(), super::peak_rss_mib().unwrap());
+            assert!(now > 0.0 && now <= peak, "{now} {peak}");
         }
     }
 }

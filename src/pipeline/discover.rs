@@ -369,6 +369,14 @@ pub fn run(spec: &DiscoverSpec) -> Result<DiscoverOutcome> {
                 );
                 let t = Instant::now();
                 let outcome = run_stage(spec, &p, ps).with_context(|| format!("discover {label}"));
+                crate::logging::release_freed_memory();
+                if let (Some(now), Some(peak)) =
+                    (crate::logging::rss_mib(), crate::logging::peak_rss_mib())
+                {
+                    log::debug!(
+                        "{label}: {now:.0} MiB resident after it, peak so far {peak:.0} MiB"
+                    );
+                }
                 if st.kind == StageKind::Train {
                     // Training logs into its own folder; the run's log takes the rest again.
                     super::add_log_file(&spec.out)?;
