@@ -10,6 +10,8 @@ it scores, at the image level (micro F1 after Hungarian matching, as the product
   head           the trained heads' region-merged predictions (what `discover` answers)
   trained        k-means (true K) on the image's mean unit trained crop token
   pooled         k-means on the pooled detector feature (the same for every seed)
+  refined        Lloyd iterations on the trained image tokens started from the heads' answer
+                 (to convergence; `refined 1`: one step)
   fused w        k-means on [sqrt(w) trained, sqrt(1 - w) pooled], both unit vectors, so w is
                  each part's share of the squared distance
 
@@ -32,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from k_study import assignment_max, kmeans, read_tokens, unit  # noqa: E402
 
 WEIGHTS = (0.25, 0.5, 0.75)
+REFINE_ITERS = 100
 
 
 def rows(path: Path):
@@ -101,6 +104,22 @@ def pooled(dir_: Path):
     return dict(zip(keys, x))
 
 
+def refine(x, start, iters):
+    """Lloyd iterations on `x` from the partition `start` (the heads' answer): each cluster's
+    centroid, then every image to its nearest centroid, `iters` times or until nothing moves."""
+    labels = sorted(set(start))
+    a = np.array([labels.index(v) for v in start])
+    for _ in range(iters):
+        c = np.stack([x[a == j].mean(0) if (a == j).any() else np.full(x.shape[1], np.inf)
+                      for j in range(len(labels))])
+        d = ((x[:, None, :] - c[None]) ** 2).sum(-1)
+        na = np.where(np.isfinite(d), d, np.inf).argmin(1)
+        if (na == a).all():
+            break
+        a = na
+    return a
+
+
 def study(name, pooled_dir, runs):
     pool = pooled(Path(pooled_dir))
     scores = {}
@@ -115,6 +134,8 @@ def study(name, pooled_dir, runs):
         variants = {"head": head}
         variants["trained"] = kmeans(trained, k, rng)[0]
         variants["pooled"] = kmeans(p, k, rng)[0]
+        variants["refined"] = refine(trained, head, REFINE_ITERS)
+        variants["refined 1"] = refine(trained, head, 1)
         for w in WEIGHTS:
             x = np.hstack([math.sqrt(w) * trained, math.sqrt(1 - w) * p])
             variants[f"fused {w}"] = kmeans(x, k, rng)[0]

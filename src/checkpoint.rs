@@ -66,6 +66,11 @@ pub struct CheckpointMeta {
     /// for an unmatched cluster); empty when the training images had no labels.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cluster_classes: Vec<String>,
+    /// With `inference.refine_steps`: each novel cluster's centroid of the image features
+    /// ([`crate::infer::refine`]; an empty row for a cluster without images), which `test` and
+    /// `predict` assign images to; empty without refinement.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_centroids: Vec<Vec<f32>>,
 }
 
 pub struct Checkpoint {

@@ -48,6 +48,9 @@ pub struct Inference {
     /// Temperature T of the softmax over sqrt(mask area) / T; unset = 100 for MVTec-style data,
     /// 50 otherwise (the reference's values).
     pub merge_temperature: Option<f64>,
+    /// Steps of refinement of the merged image clusters in the trained feature space
+    /// ([`crate::infer::refine`]); 0: the region-merged answer as it is (the reference).
+    pub refine_steps: usize,
 }
 
 impl Inference {
@@ -58,5 +61,12 @@ impl Inference {
                 format!("inference.merge_temperature must be > 0 (got {tm})")
             });
         }
+        let max = crate::infer::refine::MAX_REFINE_STEPS;
+        c.need(self.refine_steps <= max, || {
+            format!(
+                "inference.refine_steps must be at most {max} (got {})",
+                self.refine_steps
+            )
+        });
     }
 }

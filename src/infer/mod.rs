@@ -4,6 +4,7 @@
 pub mod merge;
 pub mod outputs;
 pub mod predict;
+pub mod refine;
 pub mod trained;
 
 /// The head used at test time: the one with the smallest mean cluster loss over the last

@@ -129,6 +129,8 @@ pub struct ImageRow {
     pub truth: Option<usize>,
     /// Indices into the crop rows.
     pub crops: Vec<usize>,
+    /// The region-merged probability of each novel cluster.
+    pub merged: Vec<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -262,6 +264,7 @@ fn merged_predictions(
                 image: m.image,
                 cluster: m.class - nb,
                 confidence: conf,
+                merged: m.probs.get(nb..).unwrap_or_default().to_vec(),
                 crops: m.crops,
             }
         })

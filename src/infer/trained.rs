@@ -58,7 +58,8 @@ pub fn novel_set(meta: &CheckpointMeta, binarize_out: &Path) -> Result<CropSet> 
     })
 }
 
-/// Runs the chosen head over every crop of `set` and merges per image.
+/// Runs the chosen head over every crop of `set` and merges per image; a refined checkpoint
+/// then assigns the images to its stored centroids.
 pub fn run(t: &Trained, set: Arc<CropSet>, device: Device) -> Result<Predictions> {
     let cfg = &t.meta.config;
     let spec = TransformSpec::new(cfg.models.image_size as u32);
@@ -72,5 +73,9 @@ pub fn run(t: &Trained, set: Arc<CropSet>, device: Device) -> Result<Predictions
         None,
     )?;
     let outputs = crop_logits(&t.model, &eval, device)?;
-    predict(&set, &outputs, t.meta.chosen_head, t.meta.merge_temperature)
+    let mut preds = predict(&set, &outputs, t.meta.chosen_head, t.meta.merge_temperature)?;
+    if !t.meta.image_centroids.is_empty() {
+        super::refine::assign_stored(&mut preds, &t.meta.image_centroids)?;
+    }
+    Ok(preds)
 }

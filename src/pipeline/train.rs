@@ -314,7 +314,21 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
     };
     timing.eval_s = t.elapsed().as_secs_f64();
     let head = outcome.meta.chosen_head;
-    let preds = predict(&set, &outputs, head, merge_temperature)?;
+    let mut preds = predict(&set, &outputs, head, merge_temperature)?;
+    let merged: Vec<usize> = preds.images.iter().map(|i| i.cluster).collect();
+    let centroids = crate::infer::refine::refine(&mut preds, cfg.inference.refine_steps)?;
+    if !centroids.is_empty() {
+        let moved = preds
+            .images
+            .iter()
+            .zip(&merged)
+            .filter(|(i, &c)| i.cluster != c)
+            .count();
+        log::info!(
+            "refined the image clusters in the trained feature space: {moved} of {} images moved",
+            merged.len()
+        );
+    }
     let scores = crate::report::write(&crate::report::RunOutputs {
         out: run_dir,
         table: &spec.table,
@@ -325,9 +339,7 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
         binarize_out: &spec.binarize_out,
         trained_names: &[],
     })?;
-    if scores.is_some() {
-        remember_cluster_classes(&ckpt_path, &set.novel_types, &preds)?;
-    }
+    remember_answer(&ckpt_path, &set.novel_types, &preds, centroids)?;
     log::info!("checkpoint: {}", ckpt_path.display());
     Ok(TrainOutcome::Finished {
         scores,
@@ -523,29 +535,39 @@ fn new_meta(
         history: Vec::new(),
         num_classes_estimate,
         cluster_classes: Vec::new(),
+        image_centroids: Vec::new(),
     }
 }
 
-/// Stores in the checkpoint the class each cluster matched in this evaluation, so that
-/// `predict` can name its clusters.
-fn remember_cluster_classes(ckpt_path: &Path, novel: &[String], preds: &Predictions) -> Result<()> {
-    let Some(scores) = crate::infer::predict::score(preds)? else {
+/// Stores in the checkpoint what `test` and `predict` need of this evaluation: the class each
+/// cluster matched (when labels exist), so `predict` can name its clusters, and the refined
+/// image clusters' centroids (when refined).
+fn remember_answer(
+    ckpt_path: &Path,
+    novel: &[String],
+    preds: &Predictions,
+    centroids: Vec<Vec<f32>>,
+) -> Result<()> {
+    let scores = crate::infer::predict::score(preds)?;
+    if scores.is_none() && centroids.is_empty() {
         return Ok(());
-    };
-    let names: Vec<String> = (0..preds.num_clusters)
-        .map(|k| {
-            scores
-                .image
-                .cluster_to_class
-                .get(k)
-                .and_then(|&c| novel.get(c).cloned())
-                .unwrap_or_default()
-        })
-        .collect();
+    }
     let mut ck = checkpoint::load(ckpt_path)?;
-    ck.meta.cluster_classes = names;
+    if let Some(scores) = scores {
+        ck.meta.cluster_classes = (0..preds.num_clusters)
+            .map(|k| {
+                scores
+                    .image
+                    .cluster_to_class
+                    .get(k)
+                    .and_then(|&c| novel.get(c).cloned())
+                    .unwrap_or_default()
+            })
+            .collect();
+    }
+    ck.meta.image_centroids = centroids;
     checkpoint::save(ckpt_path, &ck)
-        .with_context(|| format!("storing the matched classes in {}", ckpt_path.display()))?;
+        .with_context(|| format!("storing the answer in {}", ckpt_path.display()))?;
     Ok(())
 }
 

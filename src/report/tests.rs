@@ -53,6 +53,7 @@ fn preds(truth: &[Option<usize>], pred: &[usize], k: usize) -> Predictions {
             confidence: 0.5 + i as f64 / 100.0,
             truth: c.truth,
             crops: vec![i],
+            merged: vec![0.5; k],
         })
         .collect();
     Predictions {

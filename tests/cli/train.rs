@@ -211,6 +211,76 @@ fn train_resume_test_predict() {
     }
 }
 
+/// The `predicted_cluster` column of a predictions file, by image.
+fn clusters_of(csv: &Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(csv).unwrap_or_else(|e| panic!("{}: {e}", csv.display()));
+    let mut rows: Vec<(String, String)> = text
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[0].to_string(), f[1].to_string())
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[test]
+fn refined_image_clusters_are_stored_and_reproduced_by_test_and_predict() {
+    let d = setup();
+    let p = d.path();
+    ok(
+        p,
+        &train_args("refined", &["--set", "inference.refine_steps=2"]),
+    );
+    let run_dir = p.join("out/refined/synth");
+    let meta = json(run_dir.join("checkpoint.json"));
+    let clusters = json(run_dir.join("metrics.json"))["num_clusters"]
+        .as_u64()
+        .unwrap() as usize;
+    let centroids = meta["image_centroids"]
+        .as_array()
+        .expect("centroids stored");
+    assert_eq!(centroids.len(), clusters, "{meta}");
+    // The trained crop tokens are written beside the predictions, one row per crop.
+    let tokens = std::fs::read(run_dir.join("class_tokens.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&tokens).unwrap();
+    let crops = std::fs::read_to_string(run_dir.join("crop_predictions.csv"))
+        .unwrap()
+        .lines()
+        .count()
+        - 1;
+    assert_eq!(st.tensor("class_tokens").unwrap().shape()[0], crops);
+    // `test` assigns the images to the stored centroids: the same answer as training.
+    ok(
+        p,
+        &[
+            "test",
+            "--checkpoint",
+            "out/refined/synth",
+            "--out",
+            "tested",
+            "-q",
+        ],
+    );
+    assert_eq!(
+        clusters_of(&p.join("tested/predictions.csv")),
+        clusters_of(&run_dir.join("predictions.csv"))
+    );
+    // A config without refinement stores none (the reference's answer).
+    ok(p, &train_args("plain", &[]));
+    let plain = json(p.join("out/plain/synth/checkpoint.json"));
+    assert!(plain.get("image_centroids").is_none(), "{plain}");
+    // An out-of-range value is a config error naming the key.
+    let o = run(
+        p,
+        &train_args("bad", &["--set", "inference.refine_steps=1000"]),
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(common::text(&o).contains("inference.refine_steps"));
+}
+
 #[test]
 fn train_bad_inputs_are_clear_errors() {
     let d = setup();

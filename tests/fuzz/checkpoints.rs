@@ -44,6 +44,7 @@ fn valid_checkpoint() -> &'static (Vec<u8>, usize) {
             history: vec![],
             num_classes_estimate: None,
             cluster_classes: vec![],
+            image_centroids: vec![],
         };
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("c.safetensors");
