@@ -41,6 +41,9 @@ impl Experiment {
     }
 }
 
+/// Largest `inference.refine_steps`.
+pub const MAX_REFINE_STEPS: usize = 100;
+
 /// Ours: region merging at image level.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -61,7 +64,7 @@ impl Inference {
                 format!("inference.merge_temperature must be > 0 (got {tm})")
             });
         }
-        let max = crate::infer::refine::MAX_REFINE_STEPS;
+        let max = MAX_REFINE_STEPS;
         c.need(self.refine_steps <= max, || {
             format!(
                 "inference.refine_steps must be at most {max} (got {})",

@@ -8,7 +8,7 @@ use std::path::Path;
 use serde_json::json;
 
 use super::predict::{score, Predictions};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ResultExt};
 use crate::fsutil::atomic_write;
 use crate::metrics::{Evaluation, Scores};
 
@@ -60,6 +60,38 @@ fn write_class_tokens(run_dir: &Path, preds: &Predictions) -> Result<()> {
     let a = ndarray::Array2::from_shape_vec((tokens.len(), d), flat)
         .map_err(|e| Error::runtime(format!("class tokens: {e}")))?;
     crate::cluster::features::save_tokens(&run_dir.join("class_tokens.safetensors"), a.view())
+}
+
+/// Stores in the checkpoint what `test` and `predict` need of this evaluation: the class each
+/// cluster matched (when labels exist), so `predict` can name its clusters, and the refined
+/// image clusters' centroids (when refined).
+pub fn store_in_checkpoint(
+    ckpt_path: &Path,
+    novel: &[String],
+    preds: &Predictions,
+    centroids: Vec<Vec<f32>>,
+) -> Result<()> {
+    let scores = score(preds)?;
+    if scores.is_none() && centroids.is_empty() {
+        return Ok(());
+    }
+    let mut ck = crate::checkpoint::load(ckpt_path)?;
+    if let Some(scores) = scores {
+        ck.meta.cluster_classes = (0..preds.num_clusters)
+            .map(|k| {
+                scores
+                    .image
+                    .cluster_to_class
+                    .get(k)
+                    .and_then(|&c| novel.get(c).cloned())
+                    .unwrap_or_default()
+            })
+            .collect();
+    }
+    ck.meta.image_centroids = centroids;
+    crate::checkpoint::save(ckpt_path, &ck)
+        .with_context(|| format!("storing the answer in {}", ckpt_path.display()))?;
+    Ok(())
 }
 
 /// Writes the prediction files into `run_dir` and, when labels exist, appends the image-level

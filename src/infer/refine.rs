@@ -15,9 +15,6 @@
 use super::predict::Predictions;
 use crate::error::{Error, Result};
 
-/// Largest `inference.refine_steps`.
-pub const MAX_REFINE_STEPS: usize = 100;
-
 /// Each image's unit feature: the normalised mean of its crops' unit class tokens, in the order
 /// of `preds.images`. An error when the predictions carry no tokens.
 pub fn image_features(preds: &Predictions) -> Result<Vec<Vec<f32>>> {
@@ -102,6 +99,7 @@ pub fn refine(preds: &mut Predictions, steps: usize) -> Result<Vec<Vec<f32>>> {
     }
     let features = image_features(preds)?;
     let k = preds.num_clusters;
+    let merged: Vec<usize> = preds.images.iter().map(|i| i.cluster).collect();
     let mut last = Vec::new();
     for _ in 0..steps {
         let clusters: Vec<usize> = preds.images.iter().map(|i| i.cluster).collect();
@@ -116,6 +114,16 @@ pub fn refine(preds: &mut Predictions, steps: usize) -> Result<Vec<Vec<f32>>> {
             break;
         }
     }
+    let moved = preds
+        .images
+        .iter()
+        .zip(&merged)
+        .filter(|(i, &c)| i.cluster != c)
+        .count();
+    log::info!(
+        "refined the image clusters in the trained feature space: {moved} of {} images moved",
+        merged.len()
+    );
     Ok(last.into_iter().map(Option::unwrap_or_default).collect())
 }
 

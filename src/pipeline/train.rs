@@ -20,9 +20,7 @@ use crate::data::{
 };
 use crate::error::{Error, Result, ResultExt};
 use crate::infer::merge::default_merge_temperature;
-use crate::infer::predict::{
-    crop_logits, crop_logits_cached, predict, predict_assigned, score, Predictions,
-};
+use crate::infer::predict::{crop_logits, crop_logits_cached, predict, predict_assigned, score};
 use crate::mebin::{BinarizeSpec, BinarizeSummary, Pairing};
 use crate::metrics::Scores;
 use crate::model::{resolve_backbone_weights, Model};
@@ -315,20 +313,7 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
     timing.eval_s = t.elapsed().as_secs_f64();
     let head = outcome.meta.chosen_head;
     let mut preds = predict(&set, &outputs, head, merge_temperature)?;
-    let merged: Vec<usize> = preds.images.iter().map(|i| i.cluster).collect();
     let centroids = crate::infer::refine::refine(&mut preds, cfg.inference.refine_steps)?;
-    if !centroids.is_empty() {
-        let moved = preds
-            .images
-            .iter()
-            .zip(&merged)
-            .filter(|(i, &c)| i.cluster != c)
-            .count();
-        log::info!(
-            "refined the image clusters in the trained feature space: {moved} of {} images moved",
-            merged.len()
-        );
-    }
     let scores = crate::report::write(&crate::report::RunOutputs {
         out: run_dir,
         table: &spec.table,
@@ -339,7 +324,7 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
         binarize_out: &spec.binarize_out,
         trained_names: &[],
     })?;
-    remember_answer(&ckpt_path, &set.novel_types, &preds, centroids)?;
+    crate::infer::outputs::store_in_checkpoint(&ckpt_path, &set.novel_types, &preds, centroids)?;
     log::info!("checkpoint: {}", ckpt_path.display());
     Ok(TrainOutcome::Finished {
         scores,
@@ -537,38 +522,6 @@ fn new_meta(
         cluster_classes: Vec::new(),
         image_centroids: Vec::new(),
     }
-}
-
-/// Stores in the checkpoint what `test` and `predict` need of this evaluation: the class each
-/// cluster matched (when labels exist), so `predict` can name its clusters, and the refined
-/// image clusters' centroids (when refined).
-fn remember_answer(
-    ckpt_path: &Path,
-    novel: &[String],
-    preds: &Predictions,
-    centroids: Vec<Vec<f32>>,
-) -> Result<()> {
-    let scores = crate::infer::predict::score(preds)?;
-    if scores.is_none() && centroids.is_empty() {
-        return Ok(());
-    }
-    let mut ck = checkpoint::load(ckpt_path)?;
-    if let Some(scores) = scores {
-        ck.meta.cluster_classes = (0..preds.num_clusters)
-            .map(|k| {
-                scores
-                    .image
-                    .cluster_to_class
-                    .get(k)
-                    .and_then(|&c| novel.get(c).cloned())
-                    .unwrap_or_default()
-            })
-            .collect();
-    }
-    ck.meta.image_centroids = centroids;
-    checkpoint::save(ckpt_path, &ck)
-        .with_context(|| format!("storing the answer in {}", ckpt_path.display()))?;
-    Ok(())
 }
 
 fn check_resumable(meta: &CheckpointMeta, cfg: &Config, set: &CropSet, path: &Path) -> Result<()> {
