@@ -14,6 +14,7 @@ it scores, at the image level (micro F1 after Hungarian matching, as the product
                  (to convergence; `refined 1`: one step)
   fused w        k-means on [sqrt(w) trained, sqrt(1 - w) pooled], both unit vectors, so w is
                  each part's share of the squared distance
+  consensus      of the rows above, the partition with the highest mean ARI to the others
 
 and prints mean +- sd over the seeds. k-means: k-means++ with 10 restarts, seeded per seed.
 
@@ -73,6 +74,17 @@ def f1_nmi(truth, pred):
     h = lambda p: -sum(v * math.log(v) for v in p if v > 0)  # noqa: E731
     denom = (h(pi_) + h(pj_)) / 2
     return f1, (mi / denom if denom > 0 else 0.0)
+
+
+def ari(a, b):
+    """Adjusted Rand index of two integer labelings."""
+    n = len(a)
+    c = np.zeros((a.max() + 1, b.max() + 1))
+    np.add.at(c, (a, b), 1)
+    pairs = lambda x: (x * (x - 1) / 2).sum()  # noqa: E731
+    s, sa, sb, t = pairs(c), pairs(c.sum(1)), pairs(c.sum(0)), n * (n - 1) / 2
+    expected, top = sa * sb / t, (sa + sb) / 2
+    return (s - expected) / (top - expected) if top != expected else 0.0
 
 
 def train_dir(run: Path) -> Path:
@@ -139,6 +151,11 @@ def study(name, pooled_dir, runs):
         for w in WEIGHTS:
             x = np.hstack([math.sqrt(w) * trained, math.sqrt(1 - w) * p])
             variants[f"fused {w}"] = kmeans(x, k, rng)[0]
+        # An unsupervised choice: the candidate partition that agrees most (mean ARI) with the
+        # others, the consensus medoid.
+        cands = {v: np.unique(np.asarray(pr), return_inverse=True)[1] for v, pr in variants.items()}
+        agree = {v: np.mean([ari(cands[v], cands[u]) for u in cands if u != v]) for v in cands}
+        variants["consensus"] = cands[max(agree, key=agree.get)]
         for v, pred in variants.items():
             scores.setdefault(v, []).append(f1_nmi(truth, list(pred)))
     return scores
