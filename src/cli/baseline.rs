@@ -143,7 +143,14 @@ fn pooled(a: &BaselineArgs, ctx: &Ctx) -> anyhow::Result<()> {
         pooling,
         weights: a.backbone_weights.clone(),
         precision: cfg.models.precision,
-        image_size: anomalyncd::detect::DEFAULT_VIT_IMAGE_SIZE,
+        // The detector's rule (`detect.image_size`, auto by default): the features then come at
+        // the resolution the built-in detector scores such images at.
+        image_size: anomalyncd::detect::resolve_image_size_of(
+            cfg.detect.image_size,
+            images,
+            "--images",
+            "detect.image_size",
+        )?,
         seed: cfg.experiment.seed,
         inputs: c.inputs(),
         overwrite: a.overwrite,

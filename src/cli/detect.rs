@@ -150,7 +150,7 @@ pub fn run(a: &DetectArgs, ctx: &Ctx) -> anyhow::Result<()> {
     };
     let image_size = match (a.image_size.unwrap_or_default(), vit) {
         (ImageSize::Auto, false) => detect::DEFAULT_CNN_IMAGE_SIZE,
-        (size, _) => detect::resolve_image_size_of(size, &a.test, "--image-size")?,
+        (size, _) => detect::resolve_image_size_of(size, &a.test, "--test", "--image-size")?,
     };
     let precision = match a.precision.as_str() {
         "fp32" => Precision::Fp32,

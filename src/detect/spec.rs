@@ -95,13 +95,13 @@ pub fn auto_image_size(long_sides: &[u32]) -> u32 {
     }
 }
 
-/// [`resolve_image_size`] for the images of the folder `test` (`--test`), its defective
-/// ones when it has any; the folder is listed only for `auto`.
-pub fn resolve_image_size_of(size: ImageSize, test: &Path, what: &str) -> Result<u32> {
+/// [`resolve_image_size`] for the images of the folder `test` (given as the flag `flag`), its
+/// defective ones when it has any; the folder is listed only for `auto`.
+pub fn resolve_image_size_of(size: ImageSize, test: &Path, flag: &str, what: &str) -> Result<u32> {
     if size != ImageSize::Auto {
         return resolve_image_size(size, &[], what);
     }
-    let files = super::inputs::list_images(test, "--test")?;
+    let files = super::inputs::list_images(test, flag)?;
     let defective: Vec<PathBuf> = files
         .iter()
         .filter(|f| !crate::imageio::is_normal(&f.type_name))

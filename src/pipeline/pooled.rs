@@ -1,7 +1,8 @@
 //! `baseline --method pooled`: training-free defect types from the detector backbone's patch
 //! features pooled under each image's anomaly map ([`crate::detect::pooled`]), clustered with
 //! k-means. It works for any map source (the built-in detector's, the user's, oracle maps): the
-//! features are computed here with the detector's backbone (DINOv2 ViT-S/14, blocks 6, 9, 12).
+//! features are computed here with the detector's backbone (DINOv2 ViT-S/14, blocks 6, 9, 12), at
+//! the input side the caller resolves with the detector's rule (`detect.image_size`).
 
 use std::path::PathBuf;
 
