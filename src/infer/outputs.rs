@@ -260,26 +260,11 @@ fn append_row(table: &Path, category: &str, s: Scores) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::infer::predict::CropRow;
 
     #[test]
     fn class_tokens_are_written_in_crop_order_or_not_at_all() {
         let d = tempfile::tempdir().unwrap();
-        let row = |item: usize| CropRow {
-            item,
-            id: format!("a/{item}.png"),
-            image: format!("a/{item}"),
-            cluster: 0,
-            confidence: 1.0,
-            truth: None,
-        };
-        let mut p = Predictions {
-            crops: vec![row(0), row(1)],
-            images: Vec::new(),
-            num_base: 0,
-            num_clusters: 1,
-            class_tokens: Vec::new(),
-        };
+        let mut p = Predictions::one_crop_per_image(&[None, None], &[0, 0], 1);
         let file = d.path().join("class_tokens.safetensors");
         write_class_tokens(d.path(), &p).unwrap();
         assert!(!file.exists());

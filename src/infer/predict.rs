@@ -145,6 +145,48 @@ pub struct Predictions {
 }
 
 impl Predictions {
+    /// Test data: `n` images, image `i` with true class `truth[i]` predicted as `pred[i]`, one
+    /// crop each.
+    #[cfg(test)]
+    pub(crate) fn one_crop_per_image(
+        truth: &[Option<usize>],
+        pred: &[usize],
+        k: usize,
+    ) -> Predictions {
+        let crops = truth
+            .iter()
+            .zip(pred)
+            .enumerate()
+            .map(|(i, (&t, &c))| CropRow {
+                item: i,
+                id: format!("t{}/img{i}_crop0.png", t.unwrap_or(0)),
+                image: format!("t{}/img{i}.png", t.unwrap_or(0)),
+                cluster: c,
+                confidence: 0.5,
+                truth: t,
+            })
+            .collect::<Vec<_>>();
+        let images = crops
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ImageRow {
+                image: c.image.clone(),
+                cluster: c.cluster,
+                confidence: 0.5 + i as f64 / 100.0,
+                truth: c.truth,
+                crops: vec![i],
+                merged: vec![0.5; k],
+            })
+            .collect();
+        Predictions {
+            crops,
+            images,
+            num_base: 0,
+            num_clusters: k,
+            class_tokens: Vec::new(),
+        }
+    }
+
     /// Images per novel cluster.
     pub fn cluster_sizes(&self) -> Vec<usize> {
         let mut sizes = vec![0usize; self.num_clusters];

@@ -155,39 +155,19 @@ pub fn assign_stored(preds: &mut Predictions, centroids: &[Vec<f32>]) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::infer::predict::{CropRow, ImageRow};
 
-    /// One crop per image; image `i` has token `tokens[i]` and the heads' cluster `heads[i]`.
+    /// One crop per image; image `i` has token `tokens[i]` and the heads' cluster `heads[i]`,
+    /// merged with probability 0.9 (0.05 for every other cluster).
     fn preds(tokens: &[[f32; 2]], heads: &[usize], k: usize) -> Predictions {
-        let crops = (0..tokens.len())
-            .map(|i| CropRow {
-                item: i,
-                id: format!("a/{i}_crop0.png"),
-                image: format!("a/{i}.png"),
-                cluster: heads[i],
-                confidence: 0.9,
-                truth: None,
-            })
-            .collect();
-        let images = (0..tokens.len())
-            .map(|i| ImageRow {
-                image: format!("a/{i}.png"),
-                cluster: heads[i],
-                confidence: 0.9,
-                truth: None,
-                crops: vec![i],
-                merged: (0..k)
-                    .map(|j| if j == heads[i] { 0.9 } else { 0.05 })
-                    .collect(),
-            })
-            .collect();
-        Predictions {
-            crops,
-            images,
-            num_base: 0,
-            num_clusters: k,
-            class_tokens: tokens.iter().map(|t| t.to_vec()).collect(),
+        let mut p = Predictions::one_crop_per_image(&vec![None; tokens.len()], heads, k);
+        for img in &mut p.images {
+            img.confidence = 0.9;
+            img.merged = (0..k)
+                .map(|j| if j == img.cluster { 0.9 } else { 0.05 })
+                .collect();
         }
+        p.class_tokens = tokens.iter().map(|t| t.to_vec()).collect();
+        p
     }
 
     #[test]

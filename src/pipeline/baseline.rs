@@ -173,11 +173,9 @@ pub fn run(spec: &BaselineSpec) -> Result<BaselineOutcome> {
         .inference
         .merge_temperature
         .unwrap_or(default_merge_temperature(false));
-    let preds = predict_assigned(&set, &tokens.novel_items, &fitted.assign, k, temperature)?;
-    crate::cluster::features::save_tokens(
-        &spec.out.join("class_tokens.safetensors"),
-        tokens.novel.view(),
-    )?;
+    let mut preds = predict_assigned(&set, &tokens.novel_items, &fitted.assign, k, temperature)?;
+    // The clustered tokens, in crop order: the report writes them as `class_tokens.safetensors`.
+    preds.class_tokens = tokens.novel.outer_iter().map(|r| r.to_vec()).collect();
     if let Some(est) = &estimate {
         let text = serde_json::to_string_pretty(est)
             .map_err(|e| Error::runtime(format!("serialising the K estimate: {e}")))?;

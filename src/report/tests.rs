@@ -4,7 +4,6 @@ use image::{GrayImage, Luma, Rgb, RgbImage};
 
 use super::*;
 use crate::data::CropItem;
-use crate::infer::predict::{CropRow, ImageRow};
 use crate::mebin::crop::CropBox;
 use crate::mebin::job::MapRecord;
 
@@ -29,40 +28,9 @@ fn even_sample_is_deterministic_and_bounded() {
     assert_eq!(s, sample_evenly(200, 64));
 }
 
-/// `n` images, image `i` with true class `truth[i]` predicted as `pred[i]`, one crop each.
+/// `n` images, one crop each ([`Predictions::one_crop_per_image`]).
 fn preds(truth: &[Option<usize>], pred: &[usize], k: usize) -> Predictions {
-    let crops = truth
-        .iter()
-        .zip(pred)
-        .enumerate()
-        .map(|(i, (&t, &c))| CropRow {
-            item: i,
-            id: format!("t{}/img{i}_crop0.png", t.unwrap_or(0)),
-            image: format!("t{}/img{i}.png", t.unwrap_or(0)),
-            cluster: c,
-            confidence: 0.5,
-            truth: t,
-        })
-        .collect::<Vec<_>>();
-    let images = crops
-        .iter()
-        .enumerate()
-        .map(|(i, c)| ImageRow {
-            image: c.image.clone(),
-            cluster: c.cluster,
-            confidence: 0.5 + i as f64 / 100.0,
-            truth: c.truth,
-            crops: vec![i],
-            merged: vec![0.5; k],
-        })
-        .collect();
-    Predictions {
-        crops,
-        images,
-        num_base: 0,
-        num_clusters: k,
-        class_tokens: Vec::new(),
-    }
+    Predictions::one_crop_per_image(truth, pred, k)
 }
 
 #[test]
