@@ -105,7 +105,7 @@ impl TokenRows {
 }
 
 /// Appends `v` / |v| (or `v` when it is zero) to `out`.
-fn normalise_into(v: &[f32], out: &mut Vec<f32>) {
+pub(crate) fn normalise_into(v: &[f32], out: &mut Vec<f32>) {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     if norm > 0.0 {
         out.extend(v.iter().map(|x| x / norm));

@@ -171,6 +171,12 @@ fn one_line(text: &str) -> String {
         .collect()
 }
 
+/// An override `section.key=value` (`--set`) split as [`Config::load`] reads it: the trimmed
+/// `section.key` and the value's text; None without a `=`.
+pub fn split_override(ov: &str) -> Option<(&str, &str)> {
+    ov.split_once('=').map(|(key, val)| (key.trim(), val))
+}
+
 /// `section.key=value` → sets that key in the YAML tree; the value is parsed as YAML.
 fn apply_override(root: &mut serde_yaml::Value, ov: &str) -> Result<()> {
     let bad = |m: &str| {
@@ -180,8 +186,8 @@ fn apply_override(root: &mut serde_yaml::Value, ov: &str) -> Result<()> {
             one_line(m)
         ))
     };
-    let (key, val) = ov.split_once('=').ok_or_else(|| bad("no `=`"))?;
-    let parts: Vec<&str> = key.trim().split('.').collect();
+    let (key, val) = split_override(ov).ok_or_else(|| bad("no `=`"))?;
+    let parts: Vec<&str> = key.split('.').collect();
     if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
         return Err(bad("the key must have exactly one dot"));
     }

@@ -41,12 +41,9 @@ pub fn image_features(preds: &Predictions) -> Result<Vec<Vec<f32>>> {
 }
 
 fn unit(v: &[f32]) -> Vec<f32> {
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if n > 0.0 {
-        v.iter().map(|x| x / n).collect()
-    } else {
-        v.to_vec()
-    }
+    let mut out = Vec::with_capacity(v.len());
+    crate::cluster::features::normalise_into(v, &mut out);
+    out
 }
 
 /// The mean feature of each cluster's images; `None` for a cluster without images.

@@ -81,8 +81,7 @@ pub fn config(path: Option<&Path>, overrides: &[String]) -> Result<Config> {
             all.extend_from_slice(overrides);
             let mut cfg = Config::load(None, &all)?;
             let sized = overrides.iter().any(|o| {
-                o.split_once('=')
-                    .is_some_and(|(k, _)| k.trim() == "models.image_size")
+                crate::config::split_override(o).is_some_and(|(k, _)| k == "models.image_size")
             });
             if !sized {
                 // Within the config's bounds for every backbone (patches of 8 to 16 px).
