@@ -147,6 +147,7 @@ pub fn run(a: &TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         weights: a.backbone_weights.clone(),
         resume: a.resume,
         overwrite: a.overwrite,
+        evaluate_only: false,
         stop_after: a.stop_after,
         pairing: a.normal.pairing(false, true),
         mvtec_style: a.dataset == DatasetLayout::Mvtec,

@@ -63,19 +63,20 @@ fn write_class_tokens(run_dir: &Path, preds: &Predictions) -> Result<()> {
 }
 
 /// Stores in the checkpoint what `test` and `predict` need of this evaluation: the class each
-/// cluster matched (when labels exist), so `predict` can name its clusters, and the refined
-/// image clusters' centroids (when refined).
+/// cluster matched (when labels exist), so `predict` can name its clusters, the refined image
+/// clusters' centroids (when refined), and the `inference` settings and merge temperature the
+/// answer was made with (an evaluation redone with other settings replaces them). The file is
+/// rewritten only when one of them changes.
 pub fn store_in_checkpoint(
     ckpt_path: &Path,
     novel: &[String],
     preds: &Predictions,
     centroids: Vec<Vec<f32>>,
+    (inference, merge_temperature): (&crate::config::Inference, f64),
 ) -> Result<()> {
     let scores = score(preds)?;
-    if scores.is_none() && centroids.is_empty() {
-        return Ok(());
-    }
     let mut ck = crate::checkpoint::load(ckpt_path)?;
+    let before = ck.meta.clone();
     if let Some(scores) = scores {
         ck.meta.cluster_classes = (0..preds.num_clusters)
             .map(|k| {
@@ -89,6 +90,11 @@ pub fn store_in_checkpoint(
             .collect();
     }
     ck.meta.image_centroids = centroids;
+    ck.meta.config.inference = inference.clone();
+    ck.meta.merge_temperature = merge_temperature;
+    if ck.meta == before {
+        return Ok(());
+    }
     crate::checkpoint::save(ckpt_path, &ck)
         .with_context(|| format!("storing the answer in {}", ckpt_path.display()))?;
     Ok(())

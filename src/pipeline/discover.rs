@@ -171,6 +171,20 @@ pub struct PlannedStage {
     pub digest: String,
     /// With `resume`: the stage finished earlier with the same fingerprint (it is skipped).
     pub earlier: Option<Earlier>,
+    /// With `resume`, the train stage only: it finished earlier with the same fingerprint but
+    /// other `inference` settings, so its checkpoint is evaluated again, not retrained. Holds
+    /// what it reported then.
+    pub evaluated_earlier: Option<StageSummary>,
+}
+
+impl PlannedStage {
+    /// Rough seconds it will take: its evaluation alone when only that runs again.
+    pub fn estimate_s(&self) -> f64 {
+        match self.evaluated_earlier {
+            Some(_) => self.stage.evaluate_s,
+            None => self.stage.estimate_s,
+        }
+    }
 }
 
 /// A stage finished by an earlier run.
@@ -195,13 +209,17 @@ pub struct Prepared {
 impl Prepared {
     /// The plan as `--dry-run` prints it.
     pub fn describe(&self, spec: &DiscoverSpec) -> String {
-        let done: Vec<&str> = self
-            .stages
-            .iter()
-            .filter(|s| s.earlier.is_some())
-            .map(|s| s.stage.name)
-            .collect();
-        self.plan.describe(&spec.out, &self.inputs, &done)
+        let names = |pick: fn(&PlannedStage) -> bool| -> Vec<&str> {
+            self.stages
+                .iter()
+                .filter(|s| pick(s))
+                .map(|s| s.stage.name)
+                .collect()
+        };
+        let done = names(|s| s.earlier.is_some());
+        let evaluate_only = names(|s| s.evaluated_earlier.is_some());
+        self.plan
+            .describe(&spec.out, &self.inputs, &done, &evaluate_only)
     }
 }
 
@@ -263,11 +281,16 @@ pub fn prepare(spec: &DiscoverSpec) -> Result<Prepared> {
                 true => finished_earlier(st, &digest),
                 false => None,
             };
+            let (earlier, evaluated_earlier) = match earlier {
+                Some(e) if evaluated_otherwise(&e.summary, &spec.config) => (None, Some(e.summary)),
+                e => (e, None),
+            };
             PlannedStage {
                 stage: st.clone(),
                 fingerprint,
                 digest,
                 earlier,
+                evaluated_earlier,
             }
         })
         .collect();
@@ -278,6 +301,15 @@ pub fn prepare(spec: &DiscoverSpec) -> Result<Prepared> {
         model_weights,
         detector_weights,
     })
+}
+
+/// Whether a finished train stage's answer was made with other `inference` settings than
+/// `config`'s (its fingerprint leaves them out: see [`record::training_config`]).
+fn evaluated_otherwise(summary: &StageSummary, config: &crate::config::Config) -> bool {
+    match summary {
+        StageSummary::Train(f) => f.inference.as_ref() != Some(&config.inference),
+        _ => false,
+    }
 }
 
 /// What `st` reported when an earlier run finished it with the same fingerprint; None when it
@@ -375,12 +407,19 @@ pub fn run(spec: &DiscoverSpec) -> Result<DiscoverOutcome> {
                 let left: f64 = p.stages[i..]
                     .iter()
                     .filter(|s| s.earlier.is_none())
-                    .map(|s| s.stage.estimate_s * pace)
+                    .map(|s| s.estimate_s() * pace)
                     .sum();
+                let what = match ps.evaluated_earlier {
+                    Some(_) => {
+                        "trained earlier with the same inputs; inference.* changed, so only \
+                                the evaluation runs again"
+                            .to_string()
+                    }
+                    None => st.what.clone(),
+                };
                 log::info!(
-                    "{label}: {} (~{}; ~{} left in all; {} elapsed)",
-                    st.what,
-                    duration_text(st.estimate_s * pace),
+                    "{label}: {what} (~{}; ~{} left in all; {} elapsed)",
+                    duration_text(ps.estimate_s() * pace),
                     duration_text(left),
                     duration_text(start.elapsed().as_secs_f64())
                 );
@@ -412,7 +451,7 @@ pub fn run(spec: &DiscoverSpec) -> Result<DiscoverOutcome> {
                     &st.dir,
                     &StageRecord::of(ps, true, seconds, summary.to_value()),
                 )?;
-                (spent, spent_estimate) = (spent + seconds, spent_estimate + st.estimate_s);
+                (spent, spent_estimate) = (spent + seconds, spent_estimate + ps.estimate_s());
                 (summary, seconds)
             }
         };

@@ -15,6 +15,7 @@ mod baseline;
 pub mod discover;
 mod evaluate;
 mod pooled;
+mod pretrained;
 mod train;
 
 use std::path::{Path, PathBuf};

@@ -8,11 +8,10 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
+use super::pretrained::{pretrained_view, training_free_scores};
 use super::{add_log_file, io_context};
 use crate::checkpoint::{self, CheckpointMeta, CHECKPOINT_FILE};
-use crate::cluster::{
-    estimate, estimate_k, fit, set_tokens, KEstimate, KMeansOptions, NumClasses, SetTokens,
-};
+use crate::cluster::{KEstimate, NumClasses};
 use crate::config::Config;
 use crate::data::{
     CropCache, CropSet, EvalLoader, LoaderOptions, NovelSource, TrainLoader, TransformSpec,
@@ -20,7 +19,7 @@ use crate::data::{
 };
 use crate::error::{Error, Result, ResultExt};
 use crate::infer::merge::default_merge_temperature;
-use crate::infer::predict::{crop_logits, crop_logits_cached, predict, predict_assigned, score};
+use crate::infer::predict::{crop_logits, crop_logits_cached, predict};
 use crate::mebin::{BinarizeSpec, BinarizeSummary, Pairing};
 use crate::metrics::Scores;
 use crate::model::{resolve_backbone_weights, Model};
@@ -54,6 +53,10 @@ pub struct TrainSpec {
     pub weights: Option<PathBuf>,
     pub resume: bool,
     pub overwrite: bool,
+    /// Train nothing: evaluate the finished checkpoint in `run_dir` again, with this spec's
+    /// `inference` settings (`discover --resume` after only they changed). The checkpoint's
+    /// stored answer and inference settings are replaced, so `test` and `predict` follow.
+    pub evaluate_only: bool,
     /// Stop after this many epochs (checkpoint written).
     pub stop_after: Option<usize>,
     /// How maps pair with images (MVTec's `test/good` images have no maps: `only_map_types`).
@@ -155,7 +158,7 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
     }
 
     // 2. Data, and the number of novel clusters.
-    let resume = if spec.resume {
+    let resume = if spec.resume || spec.evaluate_only {
         Some(checkpoint::load(&ckpt_path)?)
     } else {
         None
@@ -193,14 +196,7 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
     tch::manual_seed(cfg.experiment.seed as i64);
     let pretrained = Model::new(&cfg, set.num_classes(), weights.as_deref(), spec.device)?;
     let bank = match cfg.training.cache_frozen.enabled(spec.device) {
-        true => Some(open_bank(
-            spec,
-            &cfg,
-            &set,
-            &crops,
-            &pretrained,
-            weights.as_deref(),
-        )?),
+        true => open_bank(spec, &cfg, &set, &crops, &pretrained, weights.as_deref())?,
         false => None,
     };
     timing.cache_s = t.elapsed().as_secs_f64();
@@ -268,25 +264,33 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
         merge_temperature,
         k_estimate.clone(),
     );
-    let plan = TrainPlan {
-        cfg: &cfg,
-        device: spec.device,
-        checkpoint: ckpt_path.clone(),
-        meta,
-        resume,
-        stop_after: spec.stop_after,
-        bank: bank.as_ref(),
+    let head = match resume {
+        Some(ck) if spec.evaluate_only => {
+            trained_weights(&mut model, &ck, &cfg, &ckpt_path, spec.device)?
+        }
+        resume => {
+            let plan = TrainPlan {
+                cfg: &cfg,
+                device: spec.device,
+                checkpoint: ckpt_path.clone(),
+                meta,
+                resume,
+                stop_after: spec.stop_after,
+                bank: bank.as_ref(),
+            };
+            crate::train::interrupt::install();
+            let t = Instant::now();
+            let outcome = trainer::train(&mut model, &loader, &criterion, plan)?;
+            timing.train_s = t.elapsed().as_secs_f64();
+            if outcome.stopped {
+                return Ok(TrainOutcome::Stopped {
+                    epoch: outcome.meta.epoch,
+                    epochs: cfg.training.epochs,
+                });
+            }
+            outcome.meta.chosen_head
+        }
     };
-    crate::train::interrupt::install();
-    let t = Instant::now();
-    let outcome = trainer::train(&mut model, &loader, &criterion, plan)?;
-    timing.train_s = t.elapsed().as_secs_f64();
-    if outcome.stopped {
-        return Ok(TrainOutcome::Stopped {
-            epoch: outcome.meta.epoch,
-            epochs: cfg.training.epochs,
-        });
-    }
 
     // 5. Evaluation on the novel crops, as the reference does at the end of training.
     let t = Instant::now();
@@ -311,7 +315,6 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
         }
     };
     timing.eval_s = t.elapsed().as_secs_f64();
-    let head = outcome.meta.chosen_head;
     let mut preds = predict(&set, &outputs, head, merge_temperature)?;
     let centroids = crate::infer::refine::refine(&mut preds, cfg.inference.refine_steps)?;
     let scores = crate::report::write(&crate::report::RunOutputs {
@@ -324,7 +327,13 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
         binarize_out: &spec.binarize_out,
         trained_names: &[],
     })?;
-    crate::infer::outputs::store_in_checkpoint(&ckpt_path, &set.novel_types, &preds, centroids)?;
+    crate::infer::outputs::store_in_checkpoint(
+        &ckpt_path,
+        &set.novel_types,
+        &preds,
+        centroids,
+        (&cfg.inference, merge_temperature),
+    )?;
     log::info!("checkpoint: {}", ckpt_path.display());
     Ok(TrainOutcome::Finished {
         scores,
@@ -338,8 +347,38 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
     })
 }
 
+/// The weights of the finished checkpoint `ck` in `model`, for [`TrainSpec::evaluate_only`];
+/// returns its chosen head. A checkpoint that stopped before its last epoch is an error: it
+/// needs `--resume`, not a new evaluation.
+fn trained_weights(
+    model: &mut Model,
+    ck: &checkpoint::Checkpoint,
+    cfg: &Config,
+    path: &Path,
+    device: Device,
+) -> Result<usize> {
+    if ck.meta.epoch < cfg.training.epochs {
+        return Err(Error::input(
+            path,
+            format!(
+                "the checkpoint stopped after epoch {} of {}: continue its training with --resume before evaluating it again",
+                ck.meta.epoch, cfg.training.epochs
+            ),
+        ));
+    }
+    checkpoint::load_model_state(model, &ck.model, path)?;
+    checkpoint::refresh_frozen_copies(model, cfg, device);
+    log::info!(
+        "evaluating the trained checkpoint {} again (no training): only inference settings changed",
+        path.display()
+    );
+    Ok(ck.meta.chosen_head)
+}
+
 /// The frozen-prefix cache of `set`: read from the cache folder when an earlier run built it
-/// with the same key, else built with `model`'s frozen prefix.
+/// with the same key, else built with `model`'s frozen prefix. With
+/// [`TrainSpec::evaluate_only`] an absent cache is not built (`None`: the evaluation runs the
+/// whole backbone once per crop, cheaper than a bank of views).
 fn open_bank(
     spec: &TrainSpec,
     cfg: &Config,
@@ -347,8 +386,15 @@ fn open_bank(
     crops: &Arc<CropCache>,
     model: &Model,
     weights: Option<&Path>,
-) -> Result<TokenBank> {
+) -> Result<Option<TokenBank>> {
     let key = BankKey::new(cfg, set, weights, spec.device)?;
+    let cache_dir = spec.token_cache.dir(&spec.run_dir);
+    let on_disk = cache_dir
+        .as_ref()
+        .is_some_and(|d| crate::train::cache::file_exists(d, &key));
+    if spec.evaluate_only && !on_disk {
+        return Ok(None);
+    }
     let src = ViewSource::new(
         set.clone(),
         TransformSpec::new(cfg.models.image_size as u32),
@@ -358,88 +404,11 @@ fn open_bank(
     )?;
     let opts = BankOptions {
         key,
-        cache_dir: spec.token_cache.dir(&spec.run_dir),
+        cache_dir,
         spill_dir: spec.run_dir.clone(),
         ram_budget: cfg.training.cache_ram_gb.map(|g| (g * 1e9) as u64),
     };
-    TokenBank::open_or_build(model, Arc::new(src), &opts, spec.device)
-}
-
-/// The pretrained class tokens of the novel crops (and of some base crops) and the K estimate
-/// on them. With `required` false (K is given) an estimate that cannot be made is skipped.
-fn pretrained_view(
-    spec: &TrainSpec,
-    cfg: &Config,
-    set: &Arc<CropSet>,
-    model: &Model,
-    bank: Option<&dyn crate::model::PrefixTokens>,
-    required: bool,
-) -> Result<Option<(KEstimate, SetTokens)>> {
-    if required {
-        return estimate_k(model, set, cfg, spec.max_classes, bank, spec.device).map(Some);
-    }
-    let tokens = set_tokens(
-        model,
-        set,
-        cfg,
-        bank,
-        spec.device,
-        set.num_base_classes() > 0,
-    )?;
-    let est = estimate(
-        tokens.novel.view(),
-        tokens.base.view(),
-        &tokens.base_labels,
-        spec.max_classes,
-        cfg.experiment.seed,
-    );
-    match est {
-        Ok(est) => {
-            log::info!(
-                "K is given ({}); --num-classes auto would choose {} on these crops",
-                set.num_novel_clusters,
-                est.chosen
-            );
-            Ok(Some((est, tokens)))
-        }
-        Err(e) => {
-            log::debug!("no K estimate beside the given K: {e}");
-            Ok(None)
-        }
-    }
-}
-
-/// k-means with the set's K on the pretrained novel tokens, merged per image and scored like
-/// the trained model (the same merge temperature); `None` without true types.
-fn training_free_scores(
-    cfg: &Config,
-    set: &CropSet,
-    tokens: &SetTokens,
-    merge_temperature: f64,
-) -> Result<Option<Scores>> {
-    let k = set.num_novel_clusters;
-    if tokens.novel.nrows() < k {
-        return Ok(None);
-    }
-    let fitted = fit(
-        tokens.novel.view(),
-        &vec![None; tokens.novel.nrows()],
-        KMeansOptions::new(k, cfg.experiment.seed),
-    )?;
-    let preds = predict_assigned(
-        set,
-        &tokens.novel_items,
-        &fitted.assign,
-        k,
-        merge_temperature,
-    )?;
-    let scores = score(&preds)?.map(|s| s.image.scores());
-    if let Some(Scores { nmi, ari, f1 }) = scores {
-        log::info!(
-            "training-free: k-means (K = {k}) on the pretrained class tokens: NMI {nmi:.4} ARI {ari:.4} F1 {f1:.4}"
-        );
-    }
-    Ok(scores)
+    TokenBank::open_or_build(model, Arc::new(src), &opts, spec.device).map(Some)
 }
 
 /// The checks that need no heavy work: the base folder, and the checkpoint against
@@ -451,13 +420,13 @@ fn check_inputs(spec: &TrainSpec, ckpt_path: &Path) -> Result<()> {
             "--base-data-path: folder not found (expected images/<class>/ and masks/<class>/)",
         ));
     }
-    if spec.resume && !ckpt_path.is_file() {
+    if (spec.resume || spec.evaluate_only) && !ckpt_path.is_file() {
         return Err(Error::usage(format!(
             "--resume: no checkpoint at {}; start without --resume",
             ckpt_path.display()
         )));
     }
-    if !spec.resume && ckpt_path.is_file() && !spec.overwrite {
+    if !spec.resume && !spec.evaluate_only && ckpt_path.is_file() && !spec.overwrite {
         return Err(Error::usage(format!(
             "{} already holds a trained model; pass --resume to continue it, --overwrite to train anew, or another --runner-name",
             spec.run_dir.display()

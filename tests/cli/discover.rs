@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use crate::common;
 
+mod evaluate_again;
 mod image_size;
 mod lock;
 mod timing;

@@ -145,6 +145,9 @@ pub struct Stage {
     pub what: String,
     /// Rough seconds on this machine (see [`Costs`] and [`Speed`]).
     pub estimate_s: f64,
+    /// Of them, the evaluation at the end (the train stage; 0 elsewhere): what a resumed run
+    /// whose `inference` settings changed spends.
+    pub evaluate_s: f64,
 }
 
 /// The stages of a run, in order.
@@ -172,9 +175,15 @@ impl Plan {
         self.stages.iter().map(|s| s.estimate_s).sum()
     }
 
-    /// The plan as `--dry-run` prints it; `done`: the stages finished earlier with the same
-    /// inputs (skipped with `--resume`).
-    pub fn describe(&self, out: &Path, inputs: &Inputs, done: &[&str]) -> String {
+    /// The plan as `--dry-run` prints it: `done` names the stages a resumed run skips,
+    /// `evaluate_only` those whose training is kept and whose evaluation runs again.
+    pub fn describe(
+        &self,
+        out: &Path,
+        inputs: &Inputs,
+        done: &[&str],
+        evaluate_only: &[&str],
+    ) -> String {
         let mut s = format!("discover plan for {}\n", out.display());
         let types = match inputs.types.len() {
             0 => "a flat folder: no type folders, no metrics".to_string(),
@@ -193,9 +202,13 @@ impl Plan {
         }
         let n = self.stages.len();
         for (i, st) in self.stages.iter().enumerate() {
-            let mark = match done.contains(&st.name) {
-                true => "  [done: skipped with --resume]",
-                false => "",
+            let mark = match (done.contains(&st.name), evaluate_only.contains(&st.name)) {
+                (true, _) => "  [done: skipped with --resume]".to_string(),
+                (false, true) => format!(
+                    "  [trained earlier: with --resume only the evaluation runs again, ~{}: inference.* changed]",
+                    duration_text(st.evaluate_s)
+                ),
+                (false, false) => String::new(),
             };
             s.push_str(&format!(
                 "  stage {}/{n} {:<8} -> {}: {} (~{}){mark}\n",
@@ -210,7 +223,10 @@ impl Plan {
             .stages
             .iter()
             .filter(|st| !done.contains(&st.name))
-            .map(|st| st.estimate_s)
+            .map(|st| match evaluate_only.contains(&st.name) {
+                true => st.evaluate_s,
+                false => st.estimate_s,
+            })
             .sum();
         s.push_str(&format!(
             "  total ~{} (rough: from the counts and this machine's speed)\n",
@@ -322,6 +338,7 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
                     out.join("synth_base").display()
                 ),
                 estimate_s: 0.05 * n as f64 + 2.0,
+                evaluate_s: 0.0,
             });
             (Some(out.join("base")), Costs::BASE_CROPS * n as f64)
         }
@@ -348,6 +365,7 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
                     dir.display()
                 ),
                 estimate_s: 0.01 * *images as f64 + 1.0,
+                evaluate_s: 0.0,
             });
             (Some(out.join("base")), Costs::BASE_CROPS * *images as f64)
         }
@@ -434,6 +452,7 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
                     &spec.config.detect,
                     inputs.speed,
                 ),
+                evaluate_s: 0.0,
             });
             out.join("maps")
         }
@@ -447,6 +466,7 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
             inputs.images
         ),
         estimate_s: 0.01 * images + 1.0,
+        evaluate_s: 0.0,
     });
     let novel = Costs::NOVEL_CROPS * images;
     let all = novel + base_crops;
@@ -461,6 +481,7 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
     } else {
         t.epochs as f64 * all * 2.0 * view
     };
+    let evaluate_s = novel * view + 5.0;
     stages.push(Stage {
         name: "train",
         kind: StageKind::Train,
@@ -471,11 +492,13 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
             cfg.models.pretrained_backbone,
             all.round()
         ),
-        estimate_s: k_cost + train_cost + novel * view + 5.0,
+        estimate_s: k_cost + train_cost + evaluate_s,
+        evaluate_s,
     });
     if spec.device.is_cuda() {
         for s in &mut stages {
             s.estimate_s *= 0.05;
+            s.evaluate_s *= 0.05;
         }
     }
     Plan {

@@ -161,10 +161,20 @@ pub struct BinarizeSettings {
     pub layout: u32,
 }
 
+/// The config as the train stage's fingerprint holds it: [`Config::fingerprint`] without the
+/// `inference` section, which changes only the evaluation at the stage's end. `discover
+/// --resume` after a change there evaluates the checkpoint again instead of retraining it (the
+/// stage's summary records the settings it was evaluated with, [`super::Found::inference`]).
+pub fn training_config(config: &Config) -> Config {
+    let mut c = config.fingerprint();
+    c.inference = Default::default();
+    c
+}
+
 /// The train stage: the config, K, the backbone and the base and crop sets it reads.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TrainSettings {
-    /// [`Config::fingerprint`].
+    /// [`training_config`].
     pub config: Config,
     pub num_classes: String,
     pub max_classes: usize,
@@ -262,7 +272,7 @@ pub fn fingerprints(
             StageKind::Train => {
                 let precision = frozen_kind(spec.config.models.precision, spec.device);
                 StageSettings::Train(Box::new(TrainSettings {
-                    config: spec.config.fingerprint(),
+                    config: training_config(&spec.config),
                     num_classes: format!("{:?}", spec.num_classes),
                     max_classes: spec.max_classes,
                     weights: model_weights.to_string(),
@@ -544,6 +554,13 @@ mod tests {
         );
         let nothing = [false; 4];
         assert_eq!(redone(|s| s.config.training.num_workers = 1), nothing);
+        // Inference settings change only the evaluation: `discover` evaluates the checkpoint
+        // again (the train stage's summary records them), the fingerprints stay.
+        assert_eq!(
+            redone(|s| s.config.inference.merge_temperature = Some(5.0)),
+            nothing
+        );
+        assert_eq!(redone(|s| s.config.inference.refine_steps = 1), nothing);
         assert_eq!(redone(|s| s.resume = true), nothing);
         assert_eq!(redone(|s| s.stop_after_epochs = Some(1)), nothing);
     }

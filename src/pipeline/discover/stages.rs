@@ -160,6 +160,8 @@ fn run_train(
     let resume = spec.resume
         && ckpt.is_file()
         && previous.is_some_and(|r| !r.finished && r.digest == ps.digest);
+    // Trained earlier with the same fingerprint; only `inference` changed.
+    let evaluate_only = ps.evaluated_earlier.is_some() && ckpt.is_file();
     std::fs::create_dir_all(&st.dir).map_err(|e| Error::io(&st.dir, e))?;
     record::write(&st.dir, &StageRecord::of(ps, false, 0.0, Value::Null))?;
     if resume {
@@ -182,7 +184,8 @@ fn run_train(
         max_classes: spec.max_classes,
         weights: p.model_weights.clone(),
         resume,
-        overwrite: !resume,
+        overwrite: !resume && !evaluate_only,
+        evaluate_only,
         stop_after: spec.stop_after_epochs,
         pairing: pairing(),
         mvtec_style: false,
@@ -205,15 +208,22 @@ fn run_train(
             cache,
             timing,
         } => {
+            // An evaluation redone without the token cache cannot redo the estimate beside a
+            // given K; it does not depend on `inference`, so the earlier one stands.
+            let earlier_auto_k = match &ps.evaluated_earlier {
+                Some(StageSummary::Train(f)) if evaluate_only => f.auto_k,
+                _ => None,
+            };
             let found = Found {
                 num_clusters,
                 estimate,
                 cluster_sizes,
                 scores,
-                auto_k,
+                auto_k: auto_k.or(earlier_auto_k),
                 training_free,
                 cache,
                 timing: Some(timing),
+                inference: Some(spec.config.inference.clone()),
             };
             Ok(Ran::Done(StageSummary::Train(Box::new(found))))
         }

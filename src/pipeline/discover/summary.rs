@@ -35,6 +35,10 @@ pub struct Found {
     /// Seconds in the parts of the train stage.
     #[serde(default)]
     pub timing: Option<crate::pipeline::Timing>,
+    /// The `inference` settings the answer was made with: `--resume` with others evaluates the
+    /// trained checkpoint again (`None` in records of earlier versions).
+    #[serde(default)]
+    pub inference: Option<crate::config::Inference>,
 }
 
 /// The base stage's counts.
@@ -187,6 +191,7 @@ mod tests {
             training_free: None,
             cache: None,
             timing: None,
+            inference: Some(crate::config::Inference::default()),
         }
     }
 

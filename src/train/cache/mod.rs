@@ -19,7 +19,7 @@ pub mod key;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,6 +29,11 @@ use tch::{Device, Kind, Tensor};
 
 pub use build::{BuildPhases, BUILD_BATCH};
 pub use key::BankKey;
+
+/// Whether `dir` holds a cache file named for `key` (opening it checks that it is valid).
+pub fn file_exists(dir: &Path, key: &BankKey) -> bool {
+    file::path_in(dir, key).is_file()
+}
 
 use crate::data::{mix_seed, ViewSource};
 use crate::error::{Error, Result};

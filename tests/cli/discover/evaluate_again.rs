@@ -1,0 +1,108 @@
+//! `discover --resume` after a change of `inference.*` alone: the trained checkpoint is
+//! evaluated again, not retrained, and the checkpoint then holds the new settings, so `test`
+//! follows; going back to the first settings gives the first answer again, byte for byte.
+
+use super::*;
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn a_changed_inference_setting_evaluates_the_checkpoint_again_without_training() {
+    let d = setup();
+    let p = d.path();
+    let base = [
+        "--images",
+        "synth/test",
+        "--anomaly-maps",
+        "synth/anomaly_maps",
+        "--out",
+        "run",
+        "--config",
+        "tiny.yaml",
+        "--num-classes",
+        "4",
+    ];
+    let with = |extra: &[&'static str]| -> Vec<&str> {
+        let mut v: Vec<&str> = base.to_vec();
+        v.extend_from_slice(extra);
+        v
+    };
+    let run = p.join("run");
+    let train = run.join("train");
+    ok(p, &with(&[]));
+    let first = read(&train.join("predictions.csv"));
+    let history = json(&train.join("checkpoint.json"))["history"].clone();
+    assert_eq!(history.as_array().unwrap().len(), 2, "two epochs");
+    let earlier = stage_times(&run, &["base", "binarize"]);
+
+    // The plan says so before anything runs.
+    let temperature = ["--set", "inference.merge_temperature=0.5"];
+    let plan = ok(
+        p,
+        &with(&[&["--resume", "--dry-run"][..], &temperature].concat()),
+    );
+    assert!(
+        plan.contains("[trained earlier: with --resume only the evaluation runs again"),
+        "{plan}"
+    );
+    assert_eq!(
+        plan.matches("[done: skipped with --resume]").count(),
+        2,
+        "{plan}"
+    );
+
+    // Resumed with another merge temperature: no epoch more, the new setting recorded.
+    let t = ok(p, &with(&[&["--resume"][..], &temperature].concat()));
+    assert!(t.contains("only the evaluation runs again"), "{t}");
+    assert_eq!(stage_times(&run, &["base", "binarize"]), earlier);
+    let meta = json(&train.join("checkpoint.json"));
+    assert_eq!(meta["history"], history, "no training");
+    assert_eq!(meta["merge_temperature"], 0.5);
+    assert_eq!(meta["config"]["inference"]["merge_temperature"], 0.5);
+    let summary = json(&run.join("discover.json"));
+    let found = &summary["found"];
+    assert_eq!(found["timing"]["train_s"], 0.0);
+    assert_eq!(found["inference"]["merge_temperature"], 0.5);
+    assert!(found["auto_k"].is_u64(), "the estimate beside K is kept");
+    assert_eq!(
+        found["cluster_sizes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .sum::<u64>(),
+        16
+    );
+    let stages = summary["stages"].as_array().unwrap();
+    let skipped: Vec<bool> = stages.iter().map(|s| s["skipped"] == true).collect();
+    assert_eq!(skipped, [true, true, false]);
+
+    // `test` evaluates the checkpoint with what it now holds: the re-evaluated answer.
+    let o = run_in(
+        p,
+        &["test", "--checkpoint", "run/train", "--out", "tested", "-q"],
+    );
+    common::assert_ok(&o, "test");
+    assert_eq!(
+        read(&p.join("tested/predictions.csv")),
+        read(&train.join("predictions.csv"))
+    );
+
+    // The same settings again: nothing runs.
+    let t = ok(p, &with(&[&["--resume"][..], &temperature].concat()));
+    assert!(t.contains("stage 3/3: train: finished earlier"), "{t}");
+
+    // Back to the defaults: the first answer, from the same checkpoint.
+    let t = ok(p, &with(&["--resume"]));
+    assert!(t.contains("only the evaluation runs again"), "{t}");
+    assert_eq!(read(&train.join("predictions.csv")), first);
+    assert_eq!(json(&train.join("checkpoint.json"))["history"], history);
+
+    // A changed training setting still retrains.
+    let t = ok(p, &with(&["--resume", "--set", "training.epochs=1"]));
+    assert!(!t.contains("only the evaluation runs again"), "{t}");
+    let meta = json(&train.join("checkpoint.json"));
+    assert_eq!(meta["history"].as_array().unwrap().len(), 1);
+}
