@@ -117,11 +117,10 @@ const DETECTOR: [&str; 5] = [
     "tiny.yaml",
 ];
 
-#[test]
-fn typed_folders_with_given_maps_resume_after_a_stop_in_each_stage() {
-    let d = setup();
-    let p = d.path();
-    let base = [
+/// `discover`'s arguments for the tiny run on the synthetic set's own maps into `run/`, then
+/// `extra`.
+fn given_maps<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
         "--images",
         "synth/test",
         "--anomaly-maps",
@@ -131,11 +130,15 @@ fn typed_folders_with_given_maps_resume_after_a_stop_in_each_stage() {
         "--config",
         "tiny.yaml",
     ];
-    let with = |extra: &[&'static str]| -> Vec<&str> {
-        let mut v: Vec<&str> = base.to_vec();
-        v.extend_from_slice(extra);
-        v
-    };
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn typed_folders_with_given_maps_resume_after_a_stop_in_each_stage() {
+    let d = setup();
+    let p = d.path();
+    let with = given_maps;
     let run = p.join("run");
     // Stop after the base set: nothing of the later stages exists.
     let t = ok(p, &with(&["--stop-after-stage", "base"]));

@@ -12,23 +12,7 @@ fn read(p: &Path) -> String {
 fn a_changed_inference_setting_evaluates_the_checkpoint_again_without_training() {
     let d = setup();
     let p = d.path();
-    let base = [
-        "--images",
-        "synth/test",
-        "--anomaly-maps",
-        "synth/anomaly_maps",
-        "--out",
-        "run",
-        "--config",
-        "tiny.yaml",
-        "--num-classes",
-        "4",
-    ];
-    let with = |extra: &[&'static str]| -> Vec<&str> {
-        let mut v: Vec<&str> = base.to_vec();
-        v.extend_from_slice(extra);
-        v
-    };
+    let with = |extra: &[&'static str]| given_maps(&[&["--num-classes", "4"][..], extra].concat());
     let run = p.join("run");
     let train = run.join("train");
     ok(p, &with(&[]));

@@ -9,18 +9,11 @@ use super::*;
 fn a_second_discover_is_refused_while_the_first_works_and_a_killed_ones_lock_is_taken_over() {
     let d = setup();
     let p = d.path();
-    let args = [
-        "discover",
-        "--images",
-        "synth/test",
-        "--anomaly-maps",
-        "synth/anomaly_maps",
-        "--out",
-        "run",
-        "--config",
-        "tiny.yaml",
-    ];
-    let long = [&args[..], &["--set", "training.epochs=400"]].concat();
+    let long = [
+        &["discover"][..],
+        &given_maps(&["--set", "training.epochs=400"]),
+    ]
+    .concat();
     let lock = p.join("run/.anomalyncd.lock");
     let mut first = common::bin()
         .current_dir(p)
@@ -43,7 +36,7 @@ fn a_second_discover_is_refused_while_the_first_works_and_a_killed_ones_lock_is_
     first.wait().unwrap();
     assert!(lock.is_file(), "a killed run cannot remove its lock file");
     // Two epochs (tiny.yaml's): a new training, whatever stage the killed run was in.
-    let t = ok(p, &[&args[1..], &["--resume"]].concat());
+    let t = ok(p, &given_maps(&["--resume"]));
     assert!(
         t.contains("taking over the lock") && t.contains(&pid),
         "{t}"
