@@ -281,8 +281,15 @@ pub fn prepare(spec: &DiscoverSpec) -> Result<Prepared> {
                 true => finished_earlier(st, &digest),
                 false => None,
             };
+            // A train stage whose answer was made with other `inference` settings is evaluated
+            // again from its checkpoint, or trained anew when the checkpoint is gone.
             let (earlier, evaluated_earlier) = match earlier {
-                Some(e) if evaluated_otherwise(&e.summary, &spec.config) => (None, Some(e.summary)),
+                Some(e) if evaluated_otherwise(&e.summary, &spec.config) => {
+                    match st.dir.join(crate::checkpoint::CHECKPOINT_FILE).is_file() {
+                        true => (None, Some(e.summary)),
+                        false => (None, None),
+                    }
+                }
                 e => (e, None),
             };
             PlannedStage {

@@ -160,8 +160,9 @@ fn run_train(
     let resume = spec.resume
         && ckpt.is_file()
         && previous.is_some_and(|r| !r.finished && r.digest == ps.digest);
-    // Trained earlier with the same fingerprint; only `inference` changed.
-    let evaluate_only = ps.evaluated_earlier.is_some() && ckpt.is_file();
+    // Trained earlier with the same fingerprint; only `inference` changed (the plan saw the
+    // checkpoint; should it be gone by now, the train stage says so).
+    let evaluate_only = ps.evaluated_earlier.is_some();
     std::fs::create_dir_all(&st.dir).map_err(|e| Error::io(&st.dir, e))?;
     record::write(&st.dir, &StageRecord::of(ps, false, 0.0, Value::Null))?;
     if resume {

@@ -1,6 +1,7 @@
 //! `discover --resume` after a change of `inference.*` alone: the trained checkpoint is
 //! evaluated again, not retrained, and the checkpoint then holds the new settings, so `test`
-//! follows; going back to the first settings gives the first answer again, byte for byte.
+//! follows; going back to the first settings gives the first answer again, byte for byte; a
+//! changed training setting, or a missing checkpoint, trains anew.
 
 use super::*;
 
@@ -89,4 +90,15 @@ fn a_changed_inference_setting_evaluates_the_checkpoint_again_without_training()
     assert!(!t.contains("only the evaluation runs again"), "{t}");
     let meta = json(&train.join("checkpoint.json"));
     assert_eq!(meta["history"].as_array().unwrap().len(), 1);
+
+    // Without its checkpoint a finished stage cannot be evaluated again: it trains anew.
+    std::fs::remove_file(train.join("checkpoint.safetensors")).unwrap();
+    let again = [
+        &["--resume", "--set", "training.epochs=1"][..],
+        &temperature,
+    ]
+    .concat();
+    let t = ok(p, &with(&again));
+    assert!(!t.contains("only the evaluation runs again"), "{t}");
+    assert!(train.join("checkpoint.safetensors").is_file());
 }
