@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use tch::Device;
 
 pub use plan::{
-    duration_text, plan, BaseInput, Digests, Inputs, Plan, Stage, StageKind, NORMAL_TYPE,
+    duration_text, plan, BaseInput, Digests, Inputs, Plan, Resumed, Stage, StageKind, NORMAL_TYPE,
 };
 pub use record::{StageRecord, STAGE_FILE};
 pub use scan::{pairing, scan};
@@ -178,12 +178,18 @@ pub struct PlannedStage {
 }
 
 impl PlannedStage {
-    /// Rough seconds it will take: its evaluation alone when only that runs again.
-    pub fn estimate_s(&self) -> f64 {
-        match self.evaluated_earlier {
-            Some(_) => self.stage.evaluate_s,
-            None => self.stage.estimate_s,
+    /// What this run does with it.
+    pub fn resumed(&self) -> Resumed {
+        match (&self.earlier, &self.evaluated_earlier) {
+            (Some(_), _) => Resumed::Skipped,
+            (None, Some(_)) => Resumed::EvaluatedAgain,
+            (None, None) => Resumed::Runs,
         }
+    }
+
+    /// Rough seconds it will take ([`Stage::estimate_as`]).
+    pub fn estimate_s(&self) -> f64 {
+        self.stage.estimate_as(self.resumed())
     }
 }
 
@@ -209,17 +215,8 @@ pub struct Prepared {
 impl Prepared {
     /// The plan as `--dry-run` prints it.
     pub fn describe(&self, spec: &DiscoverSpec) -> String {
-        let names = |pick: fn(&PlannedStage) -> bool| -> Vec<&str> {
-            self.stages
-                .iter()
-                .filter(|s| pick(s))
-                .map(|s| s.stage.name)
-                .collect()
-        };
-        let done = names(|s| s.earlier.is_some());
-        let evaluate_only = names(|s| s.evaluated_earlier.is_some());
-        self.plan
-            .describe(&spec.out, &self.inputs, &done, &evaluate_only)
+        let resumed: Vec<Resumed> = self.stages.iter().map(PlannedStage::resumed).collect();
+        self.plan.describe(&spec.out, &self.inputs, &resumed)
     }
 }
 
@@ -411,18 +408,14 @@ pub fn run(spec: &DiscoverSpec) -> Result<DiscoverOutcome> {
                     true => (spent / spent_estimate).clamp(0.2, 5.0),
                     false => 1.0,
                 };
-                let left: f64 = p.stages[i..]
-                    .iter()
-                    .filter(|s| s.earlier.is_none())
-                    .map(|s| s.estimate_s() * pace)
-                    .sum();
-                let what = match ps.evaluated_earlier {
-                    Some(_) => {
+                let left: f64 = p.stages[i..].iter().map(|s| s.estimate_s() * pace).sum();
+                let what = match ps.resumed() {
+                    Resumed::EvaluatedAgain => {
                         "trained earlier with the same inputs; inference.* changed, so only \
                                 the evaluation runs again"
                             .to_string()
                     }
-                    None => st.what.clone(),
+                    _ => st.what.clone(),
                 };
                 log::info!(
                     "{label}: {what} (~{}; ~{} left in all; {} elapsed)",

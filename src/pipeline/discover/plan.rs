@@ -150,6 +150,29 @@ pub struct Stage {
     pub evaluate_s: f64,
 }
 
+/// What a resumed run does with a stage finished earlier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resumed {
+    /// It runs (not finished, or its inputs changed).
+    Runs,
+    /// Finished with the same inputs: skipped.
+    Skipped,
+    /// The train stage finished with the same inputs but other `inference` settings: only its
+    /// evaluation runs again.
+    EvaluatedAgain,
+}
+
+impl Stage {
+    /// Rough seconds it takes as `resumed` says: all of it, nothing, or its evaluation.
+    pub fn estimate_as(&self, resumed: Resumed) -> f64 {
+        match resumed {
+            Resumed::Runs => self.estimate_s,
+            Resumed::Skipped => 0.0,
+            Resumed::EvaluatedAgain => self.evaluate_s,
+        }
+    }
+}
+
 /// The stages of a run, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
@@ -175,15 +198,10 @@ impl Plan {
         self.stages.iter().map(|s| s.estimate_s).sum()
     }
 
-    /// The plan as `--dry-run` prints it: `done` names the stages a resumed run skips,
-    /// `evaluate_only` those whose training is kept and whose evaluation runs again.
-    pub fn describe(
-        &self,
-        out: &Path,
-        inputs: &Inputs,
-        done: &[&str],
-        evaluate_only: &[&str],
-    ) -> String {
+    /// The plan as `--dry-run` prints it, with what a resumed run does with each stage
+    /// (`resumed`, in the stages' order; a stage beyond its end runs).
+    pub fn describe(&self, out: &Path, inputs: &Inputs, resumed: &[Resumed]) -> String {
+        let resumed = |i: usize| resumed.get(i).copied().unwrap_or(Resumed::Runs);
         let mut s = format!("discover plan for {}\n", out.display());
         let types = match inputs.types.len() {
             0 => "a flat folder: no type folders, no metrics".to_string(),
@@ -202,13 +220,13 @@ impl Plan {
         }
         let n = self.stages.len();
         for (i, st) in self.stages.iter().enumerate() {
-            let mark = match (done.contains(&st.name), evaluate_only.contains(&st.name)) {
-                (true, _) => "  [done: skipped with --resume]".to_string(),
-                (false, true) => format!(
+            let mark = match resumed(i) {
+                Resumed::Skipped => "  [done: skipped with --resume]".to_string(),
+                Resumed::EvaluatedAgain => format!(
                     "  [trained earlier: with --resume only the evaluation runs again, ~{}: inference.* changed]",
                     duration_text(st.evaluate_s)
                 ),
-                (false, false) => String::new(),
+                Resumed::Runs => String::new(),
             };
             s.push_str(&format!(
                 "  stage {}/{n} {:<8} -> {}: {} (~{}){mark}\n",
@@ -219,14 +237,8 @@ impl Plan {
                 duration_text(st.estimate_s)
             ));
         }
-        let left: f64 = self
-            .stages
-            .iter()
-            .filter(|st| !done.contains(&st.name))
-            .map(|st| match evaluate_only.contains(&st.name) {
-                true => st.evaluate_s,
-                false => st.estimate_s,
-            })
+        let left: f64 = (self.stages.iter().enumerate())
+            .map(|(i, st)| st.estimate_as(resumed(i)))
             .sum();
         s.push_str(&format!(
             "  total ~{} (rough: from the counts and this machine's speed)\n",
