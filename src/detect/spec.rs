@@ -127,15 +127,39 @@ pub fn resolve_image_size(size: ImageSize, images: &[PathBuf], what: &str) -> Re
             "{what} {n}: use 32..=2048 pixels or auto (e.g. {DEFAULT_VIT_IMAGE_SIZE})"
         ))),
         ImageSize::Auto => {
-            let step = images.len().div_ceil(SIZE_SAMPLE).max(1);
-            let sides = images
-                .iter()
-                .step_by(step)
-                .map(|p| crate::imageio::dimensions(p).map(|(w, h)| w.max(h)))
-                .collect::<Result<Vec<u32>>>()?;
+            let sides: Vec<u32> = sample_dimensions(images)?
+                .into_iter()
+                .map(|(w, h)| w.max(h))
+                .collect();
             Ok(auto_image_size(&sides))
         }
     }
+}
+
+/// The sizes of an evenly spaced sample of at most [`SIZE_SAMPLE`] of `images` (headers only).
+fn sample_dimensions(images: &[PathBuf]) -> Result<Vec<(u32, u32)>> {
+    let step = images.len().div_ceil(SIZE_SAMPLE).max(1);
+    images
+        .iter()
+        .step_by(step)
+        .map(|p| crate::imageio::dimensions(p))
+        .collect()
+}
+
+/// The default ViT's mean patches per image at an input side of `side` (`Resize::Aspect`),
+/// over a sample of `images` (headers only; 0 without images): what a forward of the detector
+/// costs, for `discover`'s time estimates. MTD's tiles average 657 patches at 448, not 1024.
+pub fn mean_patches(images: &[PathBuf], side: u32) -> Result<f64> {
+    let dims = sample_dimensions(images)?;
+    let patch = super::features::dinov2_arch().patch_size as u32;
+    let total: f64 = dims
+        .iter()
+        .map(|&(w, h)| {
+            let (iw, ih) = super::features::input_size(w, h, side, Resize::Aspect, patch);
+            f64::from(iw / patch) * f64::from(ih / patch)
+        })
+        .sum();
+    Ok(total / dims.len().max(1) as f64)
 }
 
 impl DetectSpec {

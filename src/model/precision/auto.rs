@@ -134,6 +134,10 @@ struct Stored {
     fp32_gflops: f64,
     bf16_gflops: f64,
     precision: Choice,
+    /// The rows the fp32 rate was timed at: files from before it was always the full size
+    /// (0 here) hold a probe's lower rate, which `discover`'s estimates would inherit.
+    #[serde(default)]
+    fp32_rows: i64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -213,6 +217,15 @@ fn load(path: &Path, machine: &Machine) -> Result<Option<Decision>> {
     if !rates.usable() {
         return Err(Error::input(path, "rates are not positive numbers"));
     }
+    if s.fp32_rows != super::gemm::ROWS {
+        log::debug!(
+            "precision auto: {} timed fp32 at {} rows, not {}; measuring again",
+            path.display(),
+            s.fp32_rows,
+            super::gemm::ROWS
+        );
+        return Ok(None);
+    }
     let same = machine.cpu.as_deref() == Some(s.cpu.as_str())
         && machine.libtorch == s.libtorch
         && machine.threads == s.threads;
@@ -252,6 +265,7 @@ fn save(path: &Path, machine: &Machine, rates: Rates, kind: Kind) -> Result<()> 
         } else {
             Choice::Fp32
         },
+        fp32_rows: super::gemm::ROWS,
     };
     let json = serde_json::to_string_pretty(&s).map_err(|e| Error::runtime(e.to_string()))?;
     crate::fsutil::atomic_write(path, json.as_bytes())

@@ -102,6 +102,25 @@ fn a_decision_from_another_cpu_libtorch_or_thread_count_is_not_reused() {
 }
 
 #[test]
+fn a_file_whose_fp32_rate_was_a_probes_is_measured_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = machine("x");
+    // As written before the fp32 rate was always timed at full size: no `fp32_rows`.
+    let before = r#"{"cpu":"x","libtorch":"2.9.0","threads":2,"fp32_gflops":43,"bf16_gflops":10,"precision":"fp32"}"#;
+    std::fs::write(dir.path().join(FILE), before).unwrap();
+    let (d, measured) = run(Some(dir.path()), &m, SLOW_BF16);
+    assert!(measured);
+    assert_eq!(d.rates, SLOW_BF16);
+    assert_eq!(
+        stored_json(dir.path())["fp32_rows"],
+        super::super::gemm::ROWS
+    );
+    let (again, measured) = run(Some(dir.path()), &m, FAST_BF16);
+    assert!(!measured);
+    assert_eq!(again.rates, SLOW_BF16);
+}
+
+#[test]
 fn a_corrupt_or_unwritable_store_only_means_measuring() {
     let dir = tempfile::tempdir().unwrap();
     let m = machine("x");

@@ -61,45 +61,48 @@ pub struct Inputs {
     /// `detect.image_size` (`auto`: from the defective images' sizes); unused with
     /// `--anomaly-maps`.
     pub detector_image_size: u32,
+    /// The defective images' mean patches at that side (a sample's headers; 0 with
+    /// `--anomaly-maps`): what one of the detector's forwards costs.
+    pub detector_patches: f64,
     /// This machine's speed against the CPU [`Costs`] were measured on, for the estimates.
     pub speed: Speed,
 }
 
-/// How fast this machine runs the estimates' work relative to the CPU [`Costs`] were measured on
-/// (1 there), from the GEMM rates `precision: auto` measures or has stored. Rough on purpose:
-/// the estimates are for planning, within about 2×.
+/// How fast this machine runs the estimates' work, from the GEMM rates `precision: auto`
+/// measures once per machine (or has stored). Rough on purpose: the estimates are for
+/// planning; on the two CPUs measured (docs/discover.md) they came within about 1.4×.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Speed {
-    /// Backbone forwards (and the coreset) in the run's precision.
+    /// GFLOP/s of a ViT forward in the run's precision: its GEMMs at the run's rate, plus the
+    /// work around them (attention softmax, norms, activations, the input pipeline).
     pub forward: f64,
-    /// The detector's fp32 similarity GEMMs (the zero-shot scoring).
-    pub gemm: f64,
+    /// The full-size fp32 GEMM rate (GFLOP/s): the detector's nearest-neighbour searches and
+    /// the cached training steps, which run in fp32.
+    pub fp32: f64,
 }
 
 impl Speed {
-    /// The CPU of [`Costs`].
+    /// The CPU [`Costs`] were measured on: a 2-core AVX2-only AMD EPYC, fp32 GEMMs at 66
+    /// GFLOP/s.
     pub const REFERENCE: Speed = Speed {
-        forward: 1.0,
-        gemm: 1.0,
+        forward: 66.0 / (1.0 + Self::AROUND_GEMMS),
+        fp32: 66.0,
     };
-    /// The fp32 GEMM rate (GFLOP/s, as `precision: auto` measures it) that [`Costs`]'
-    /// zero-shot scoring figure implies for its CPU: 2256 image pairs of 1024 × 1024 × 384 in
-    /// about 70 s.
-    const REFERENCE_FP32_GFLOPS: f64 = 50.0;
+    /// The work around a forward's GEMMs, in seconds per GEMM GFLOP at the fp32 rate: fitted
+    /// to the measured forward rates, 48–50 GFLOP/s at an fp32 GEMM rate of 66 on the EPYC,
+    /// 244 at 306 in fp32 and ~750 at 2534 in bf16 on the AMX Xeon (0.25–0.37). bf16 speeds
+    /// up only the GEMMs.
+    const AROUND_GEMMS: f64 = 0.3;
 
     /// From this machine's fp32 GEMM rate and the rate of the kind its ViT blocks run in
-    /// (GFLOP/s). A forward is only partly GEMM-bound (attention, norms, the input pipeline):
-    /// on the AMX Xeon of docs/performance.md forwards and the coreset sped up by about the
-    /// square root of the GEMM rates' ratio (2–5× at 8× in fp32), the similarity GEMMs by the
-    /// ratio itself (9×). Rates that are not positive numbers give the reference.
+    /// (GFLOP/s). Rates that are not positive numbers give the reference.
     pub fn from_rates(fp32: f64, run: f64) -> Speed {
         if !(fp32 > 0.0 && run > 0.0 && fp32.is_finite() && run.is_finite()) {
             return Speed::REFERENCE;
         }
-        let ratio = |r: f64| (r / Self::REFERENCE_FP32_GFLOPS).clamp(0.02, 200.0);
         Speed {
-            forward: ratio(run).sqrt(),
-            gemm: ratio(fp32),
+            forward: 1.0 / (1.0 / run + Self::AROUND_GEMMS / fp32),
+            fp32,
         }
     }
 }
@@ -266,17 +269,22 @@ pub fn duration_text(s: f64) -> String {
 pub struct Costs;
 
 impl Costs {
-    /// The detector over `fit` normal and `scored` test images (zero-shot: `fit` 0) at a
-    /// side of `size` pixels.
-    fn detect(fit: f64, scored: f64, size: u32, speed: Speed) -> f64 {
-        let patches = (size as f64 / 14.0).powi(2);
-        let forwards = Self::DETECT_IMAGE * (fit + scored) * patches / 1024.0 / speed.forward;
+    /// The detector over `fit` normal and `scored` test images (zero-shot: `fit` 0) of
+    /// `patches` patches each on average: a forward to the last tapped block (12) per image,
+    /// then the coreset and each test patch's search of the memory bank, or, zero-shot, the
+    /// mutual scoring against up to 64 references.
+    fn detect(fit: f64, scored: f64, patches: f64, speed: Speed) -> f64 {
+        let vit = crate::detect::features::dinov2_arch();
+        let forwards = (fit + scored) * vit.blocks_gflop(patches + 1.0, vit.depth) / speed.forward;
         let extra = if fit > 0.0 {
-            let pool = (fit * patches).min(100_000.0);
-            pool * 0.1 * pool * Self::CORESET_PAIR / speed.forward
+            let pool = (fit * patches).min(crate::detect::DEFAULT_MAX_PATCHES as f64);
+            let bank = crate::detect::DEFAULT_CORESET * pool;
+            let search = scored * patches * bank * 2.0 * vit.embed_dim as f64 / 1e9 / speed.fp32;
+            pool * bank * Self::CORESET_PAIR + search
         } else {
-            scored * (scored - 1.0).clamp(0.0, 64.0) * patches * patches * Self::MUTUAL_PAIR
-                / speed.gemm
+            let refs = (scored - 1.0).clamp(0.0, 64.0);
+            let per_pair = Self::MUTUAL_PAIR * (Speed::REFERENCE.fp32 / speed.fp32).powf(1.6);
+            scored * refs * patches * patches * per_pair
         };
         forwards + extra + 5.0
     }
@@ -288,45 +296,58 @@ impl Costs {
         plain: f64,
         fit: f64,
         scored: f64,
-        size: u32,
+        patches: f64,
         v: &crate::config::MapVariants,
         speed: Speed,
     ) -> f64 {
         let mut s = plain * if v.per_block { 1.3 } else { 1.0 };
         if fit > 0.0 && v.fuse_mutual > 0.0 {
-            s += Self::detect(0.0, scored, size, speed) - 5.0;
+            s += Self::detect(0.0, scored, patches, speed) - 5.0;
         }
         s
     }
 
-    /// `detect`: one image's forward at a 448 side (1024 patches).
-    const DETECT_IMAGE: f64 = 0.2;
-    /// `detect`'s greedy k-center coreset, per (pooled patch, bank patch) pair: with the
-    /// forwards, the fp32 MTD run (952 normal + 392 test images, a 100 000-patch pool, a
-    /// 10 000-patch bank) in 498 s.
-    const CORESET_PAIR: f64 = 2.3e-7;
-    /// Zero-shot scoring per (patch, reference patch) pair (the synthetic set: 48 images against
-    /// 47 references each, ~80 s idle, 3 min loaded).
-    const MUTUAL_PAIR: f64 = 3e-8;
-    /// One uncached forward of ViT-S/14 at 224 (5.6 views/s).
-    const VIEW: f64 = 0.18;
-    /// A cached training step per sample over an uncached view (`cargo bench --bench train`).
-    const CACHED_SPEEDUP: f64 = 58.0;
+    /// The greedy k-center coreset, per (pooled patch, bank patch) pair: 21 s for 97 656 ×
+    /// 9 766 on the EPYC, about as long on the AMX Xeon (bound by memory, not by GEMMs).
+    const CORESET_PAIR: f64 = 2.2e-8;
+    /// Zero-shot scoring per (patch, reference patch) pair on the reference CPU: 36 s for 40
+    /// MTD tiles against 39 references each. It scales faster than the fp32 rate (about its
+    /// 1.6th power: 3.9e-9 s on the AMX Xeon at 5.1× the rate), so that power is used.
+    const MUTUAL_PAIR: f64 = 5.3e-8;
+    /// A cached training step per sample, in fp32-GEMM GFLOP: 14 ms at 257 tokens and 19 ms at
+    /// 785 on the reference CPU (the trainable tail, heads and losses, mostly not GEMMs).
+    const STEP: f64 = 0.77;
+    const STEP_PER_TOKEN: f64 = 6.3e-4;
     /// Crops per defective image (MTD: 416–520 for 392 images) and per base image (SD-900: 377
     /// for 300; the synthetic base set: 1 each).
     const NOVEL_CROPS: f64 = 1.2;
     const BASE_CROPS: f64 = 1.2;
+}
 
-    /// One forward of the config's backbone relative to ViT-S/14 at 224 (tokens x width² x
-    /// depth), on this machine.
-    fn view(cfg: &Config, speed: Speed) -> f64 {
-        let Some(a) = ArchSpec::by_name(&cfg.models.pretrained_backbone) else {
-            return Self::VIEW / speed.forward;
-        };
+/// What one crop costs in the train stage on this machine, from the config's backbone and
+/// input size.
+struct CropCosts {
+    /// A forward of the frozen prefix (blocks before `models.grad_from_block`): a cached view.
+    prefix_s: f64,
+    /// A forward of the whole backbone: an uncached view.
+    full_s: f64,
+    /// A cached training step.
+    step_s: f64,
+}
+
+impl CropCosts {
+    fn new(cfg: &Config, speed: Speed) -> CropCosts {
+        let a = ArchSpec::by_name(&cfg.models.pretrained_backbone)
+            .unwrap_or_else(crate::detect::features::dinov2_arch);
         let side = cfg.models.image_size as f64 / a.patch_size as f64;
         let tokens = side * side + 1.0;
-        let width = a.embed_dim as f64 / 384.0;
-        Self::VIEW * tokens / 257.0 * width * width * a.depth as f64 / 12.0 / speed.forward
+        let width = (a.embed_dim as f64 / 384.0).powi(2);
+        CropCosts {
+            prefix_s: a.blocks_gflop(tokens, cfg.models.grad_from_block.min(a.depth))
+                / speed.forward,
+            full_s: a.blocks_gflop(tokens, a.depth) / speed.forward,
+            step_s: (Costs::STEP + Costs::STEP_PER_TOKEN * tokens) * width / speed.fp32,
+        }
     }
 }
 
@@ -336,7 +357,7 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
     let cfg = &spec.config;
     let mut stages = Vec::new();
     let mut notes = Vec::new();
-    let view = Costs::view(cfg, inputs.speed);
+    let crop = CropCosts::new(cfg, inputs.speed);
     let (base, base_crops) = match &inputs.base {
         BaseInput::Synthetic => {
             let n = 3 * SYNTH_BASE_PER_CLASS;
@@ -457,10 +478,10 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
                 dir: out.join("maps"),
                 what,
                 estimate_s: Costs::detect_variants(
-                    Costs::detect(fit, scored, inputs.detector_image_size, inputs.speed),
+                    Costs::detect(fit, scored, inputs.detector_patches, inputs.speed),
                     fit,
                     scored,
-                    inputs.detector_image_size,
+                    inputs.detector_patches,
                     &spec.config.detect,
                     inputs.speed,
                 ),
@@ -483,17 +504,32 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
     let novel = Costs::NOVEL_CROPS * images;
     let all = novel + base_crops;
     let t = &cfg.training;
-    let (k_what, k_cost) = match spec.num_classes {
-        NumClasses::Auto => (format!("estimate K (2..={})", spec.max_classes), all * view),
-        NumClasses::Fixed(k) => (format!("K = {k}"), 0.0),
-        NumClasses::FromFolders => (format!("K = {} (type folders)", inputs.types.len()), 0.0),
+    let cached = t.cache_frozen.enabled(spec.device);
+    let k_what = match spec.num_classes {
+        NumClasses::Auto => format!("estimate K (2..={})", spec.max_classes),
+        NumClasses::Fixed(k) => format!("K = {k}"),
+        NumClasses::FromFolders => format!("K = {} (type folders)", inputs.types.len()),
     };
-    let train_cost = if t.cache_frozen.enabled(spec.device) {
-        all * t.cache_views as f64 * view + t.epochs as f64 * all * view / Costs::CACHED_SPEEDUP
+    // With the cache, the K estimate and the evaluation read the plain view's cached tokens;
+    // without it, each is one forward per crop.
+    let (k_cost, train_cost, evaluate_s) = if cached {
+        let views = t.cache_views as f64 + 1.0;
+        (
+            0.0,
+            all * views * crop.prefix_s + t.epochs as f64 * all * crop.step_s,
+            novel * crop.step_s + 5.0,
+        )
     } else {
-        t.epochs as f64 * all * 2.0 * view
+        let k = match spec.num_classes {
+            NumClasses::Auto => all * crop.full_s,
+            _ => 0.0,
+        };
+        (
+            k,
+            t.epochs as f64 * all * 2.0 * crop.full_s,
+            novel * crop.full_s + 5.0,
+        )
     };
-    let evaluate_s = novel * view + 5.0;
     stages.push(Stage {
         name: "train",
         kind: StageKind::Train,

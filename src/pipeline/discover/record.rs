@@ -444,6 +444,7 @@ mod tests {
             base: BaseInput::Synthetic,
             digests: Digests::default(),
             detector_image_size: spec.detector.image_size.unwrap_or(DEFAULT_VIT_IMAGE_SIZE),
+            detector_patches: 1024.0,
             speed: crate::pipeline::discover::plan::Speed::REFERENCE,
         };
         let plan = plan(spec, &inputs);

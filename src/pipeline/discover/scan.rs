@@ -96,16 +96,19 @@ pub fn scan(spec: &DiscoverSpec) -> Result<Inputs> {
         None if spec.no_base => BaseInput::None,
         None => BaseInput::Synthetic,
     };
-    let detector_image_size = match (&spec.anomaly_maps, spec.detector.image_size) {
-        (Some(_), _) => crate::detect::DEFAULT_VIT_IMAGE_SIZE,
-        (None, Some(n)) => n,
-        (None, None) => {
-            let paths: Vec<_> = defective.iter().map(|f| f.path.clone()).collect();
-            crate::detect::resolve_image_size(
-                spec.config.detect.image_size,
-                &paths,
-                "detect.image_size",
-            )?
+    let paths: Vec<_> = defective.iter().map(|f| f.path.clone()).collect();
+    let (detector_image_size, detector_patches) = match &spec.anomaly_maps {
+        Some(_) => (crate::detect::DEFAULT_VIT_IMAGE_SIZE, 0.0),
+        None => {
+            let side = match spec.detector.image_size {
+                Some(n) => n,
+                None => crate::detect::resolve_image_size(
+                    spec.config.detect.image_size,
+                    &paths,
+                    "detect.image_size",
+                )?,
+            };
+            (side, crate::detect::mean_patches(&paths, side)?)
         }
     };
     Ok(Inputs {
@@ -117,6 +120,7 @@ pub fn scan(spec: &DiscoverSpec) -> Result<Inputs> {
         base,
         digests,
         detector_image_size,
+        detector_patches,
         speed: machine_speed(spec),
     })
 }
