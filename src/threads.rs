@@ -150,13 +150,8 @@ impl Governor {
     /// for a change.
     fn observe(&mut self, s: Sample) -> Option<usize> {
         let l = self.last.replace(s)?;
+        let others = others_between(l, s)?;
         let secs = s.at.duration_since(l.at).as_secs_f64();
-        if secs <= 0.0 {
-            return None;
-        }
-        let others = (s.busy.saturating_sub(l.busy) as f64 - s.own.saturating_sub(l.own) as f64)
-            / TICKS_PER_S
-            / secs;
         let want = choose(others, self.cores, self.max);
         log::debug!("threads: other processes used {others:.2} cores over {secs:.1} s");
         if want == self.current {
@@ -171,6 +166,27 @@ impl Governor {
         self.current = want;
         Some(want)
     }
+}
+
+/// The cores other processes kept busy on average from `a` to `b`; None over no time.
+fn others_between(a: Sample, b: Sample) -> Option<f64> {
+    let secs = b.at.duration_since(a.at).as_secs_f64();
+    (secs > 0.0).then(|| {
+        (b.busy.saturating_sub(a.busy) as f64 - b.own.saturating_sub(a.own) as f64)
+            / TICKS_PER_S
+            / secs
+    })
+}
+
+/// Runs `f` and says how many cores other processes kept busy meanwhile (None where `/proc`
+/// cannot tell): for timings that should not be kept when taken beside other work. The
+/// counters tick every 10 ms, so over a fraction of a second the figure is coarse.
+pub fn others_during<T>(f: impl FnOnce() -> T) -> (T, Option<f64>) {
+    let before = Governor::sample(Instant::now());
+    let out = f();
+    let after = Governor::sample(Instant::now());
+    let others = before.zip(after).and_then(|(a, b)| others_between(a, b));
+    (out, others)
 }
 
 /// (busy ticks of all CPUs, number of `cpuN` lines) from `/proc/stat`: user + nice + system +

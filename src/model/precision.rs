@@ -58,12 +58,13 @@ pub fn auto_cpu() -> &'static Decision {
         };
         let d = auto::decide(store.as_deref(), &machine, || {
             let t = std::time::Instant::now();
-            let r = gemm::measure();
+            let (r, others) = crate::threads::others_during(gemm::measure);
             log::debug!(
-                "precision auto: GEMMs timed in {:.0} ms",
-                t.elapsed().as_secs_f64() * 1e3
+                "precision auto: GEMMs timed in {:.0} ms, other processes on {:?} cores",
+                t.elapsed().as_secs_f64() * 1e3,
+                others
             );
-            r
+            Ok(auto::Measured { rates: r?, others })
         });
         log::info!("{d}");
         d

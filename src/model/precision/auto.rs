@@ -40,6 +40,19 @@ impl Rates {
     }
 }
 
+/// Other processes keeping this many cores busy while the GEMMs are timed make the rates too
+/// low to keep: the decision is used for the run but not stored. A stored rate taken beside a
+/// build read 23 GFLOP/s on a CPU that does 66 alone, and `discover`'s estimates follow it.
+pub const BUSY_CORES: f64 = 0.5;
+
+/// One timing of the GEMMs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Measured {
+    pub rates: Rates,
+    /// The cores other processes kept busy meanwhile (None where that cannot be seen).
+    pub others: Option<f64>,
+}
+
 /// What a stored decision must match to be reused: another CPU, libtorch or thread count can
 /// turn the ratio around.
 #[derive(Debug, Clone, PartialEq)]
@@ -148,12 +161,13 @@ enum Choice {
 }
 
 /// The decision for `machine`: the one stored in `store` (a folder) when it was made on the
-/// same CPU model, libtorch and thread count; otherwise `measure`'s, then stored there. A
-/// failing measurement gives fp32 (logged at debug, not stored).
+/// same CPU model, libtorch and thread count; otherwise `measure`'s, then stored there unless
+/// other processes kept [`BUSY_CORES`] or more busy meanwhile. A failing measurement gives fp32
+/// (logged at debug, not stored).
 pub fn decide(
     store: Option<&Path>,
     machine: &Machine,
-    measure: impl FnOnce() -> Result<Rates>,
+    measure: impl FnOnce() -> Result<Measured>,
 ) -> Decision {
     let path = store.map(|d| d.join(FILE));
     if let Some(p) = &path {
@@ -163,10 +177,10 @@ pub fn decide(
             Err(e) => log::debug!("precision auto: not using {}: {e}", p.display()),
         }
     }
-    let rates = match measure() {
-        Ok(r) if r.usable() => r,
-        Ok(r) => {
-            log::debug!("precision auto: unusable rates {r:?}; fp32");
+    let (rates, others) = match measure() {
+        Ok(m) if m.rates.usable() => (m.rates, m.others),
+        Ok(m) => {
+            log::debug!("precision auto: unusable rates {:?}; fp32", m.rates);
             return fallback(machine);
         }
         Err(e) => {
@@ -175,7 +189,15 @@ pub fn decide(
         }
     };
     let kind = rates.kind();
-    let saved = path.filter(|p| match save(p, machine, rates, kind) {
+    let busy = others.filter(|&o| o >= BUSY_CORES);
+    if let Some(o) = busy {
+        log::info!(
+            "precision auto: other processes kept {o:.1} cores busy while the GEMMs were timed: \
+             the rates are not stored, the next run times them again"
+        );
+    }
+    let saved = path.filter(|_| busy.is_none());
+    let saved = saved.filter(|p| match save(p, machine, rates, kind) {
         Ok(()) => true,
         Err(e) => {
             log::debug!("precision auto: decision not stored: {e}");

@@ -24,7 +24,10 @@ fn run(store: Option<&Path>, m: &Machine, rates: Rates) -> (Decision, bool) {
     let called = Cell::new(false);
     let d = decide(store, m, || {
         called.set(true);
-        Ok(rates)
+        Ok(Measured {
+            rates,
+            others: Some(0.0),
+        })
     });
     (d, called.get())
 }
@@ -98,6 +101,35 @@ fn a_decision_from_another_cpu_libtorch_or_thread_count_is_not_reused() {
         assert_eq!(j["threads"], 2);
         assert_eq!(j["libtorch"], "2.9.0");
         assert_eq!(j["precision"], "fp32");
+    }
+}
+
+#[test]
+fn rates_timed_beside_other_work_are_used_but_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = machine("x");
+    let timed = |others: Option<f64>| {
+        decide(Some(dir.path()), &m, || {
+            Ok(Measured {
+                rates: FAST_BF16,
+                others,
+            })
+        })
+    };
+    let busy = timed(Some(1.0));
+    assert_eq!((busy.kind, busy.rates), (Kind::BFloat16, FAST_BF16));
+    assert_eq!(busy.source, Source::Measured { saved: None });
+    assert!(!dir.path().join(FILE).exists());
+    // Unknown load (no /proc) or a quiet machine: stored as before.
+    for others in [None, Some(0.2)] {
+        let d = timed(others);
+        assert_eq!(
+            d.source,
+            Source::Measured {
+                saved: Some(dir.path().join(FILE))
+            }
+        );
+        std::fs::remove_file(dir.path().join(FILE)).unwrap();
     }
 }
 
