@@ -56,7 +56,8 @@ pub fn auto_cpu() -> &'static Decision {
         } else {
             machine.store_dir()
         };
-        let d = auto::decide(store.as_deref(), &machine, || {
+        let busy = auto::busy_cores(std::env::var(auto::BUSY_CORES_ENV).ok().as_deref());
+        let d = auto::decide(store.as_deref(), &machine, busy, || {
             let t = std::time::Instant::now();
             let (r, others) = crate::threads::others_during(gemm::measure);
             log::debug!(

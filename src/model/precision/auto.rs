@@ -43,7 +43,26 @@ impl Rates {
 /// Other processes keeping this many cores busy while the GEMMs are timed make the rates too
 /// low to keep: the decision is used for the run but not stored. A stored rate taken beside a
 /// build read 23 GFLOP/s on a CPU that does 66 alone, and `discover`'s estimates follow it.
+/// [`BUSY_CORES_ENV`] sets another threshold (a machine that is never idle stores anyway).
 pub const BUSY_CORES: f64 = 0.5;
+/// The environment variable that replaces [`BUSY_CORES`].
+pub const BUSY_CORES_ENV: &str = "ANOMALYNCD_PRECISION_BUSY_CORES";
+
+/// The threshold from the environment's [`BUSY_CORES_ENV`] value, if set: a bad value is
+/// warned about (naming the variable) and the default kept, since the decision cannot fail.
+pub fn busy_cores(value: Option<&str>) -> f64 {
+    let Some(v) = value else { return BUSY_CORES };
+    match v.trim().parse::<f64>() {
+        Ok(x) if x >= 0.0 => x,
+        _ => {
+            log::warn!(
+                "{BUSY_CORES_ENV}={v}: expected a number of cores >= 0 (e.g. 0.5, or 100 to store \
+                 whatever the load); using {BUSY_CORES}"
+            );
+            BUSY_CORES
+        }
+    }
+}
 
 /// One timing of the GEMMs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -98,6 +117,11 @@ pub enum Source {
     Measured {
         saved: Option<PathBuf>,
     },
+    /// Timed in this process while other processes kept `others` cores busy: used for this
+    /// run, not stored.
+    Busy {
+        others: f64,
+    },
     Stored(PathBuf),
 }
 
@@ -124,6 +148,11 @@ impl fmt::Display for Decision {
         match &self.source {
             Source::Measured { saved: None } => write!(f, "measured)"),
             Source::Measured { saved: Some(p) } => write!(f, "measured, saved in {})", p.display()),
+            Source::Busy { others } => write!(
+                f,
+                "measured beside other work keeping {others:.1} cores busy: not stored, timed \
+                 again next run; {BUSY_CORES_ENV} sets that threshold)"
+            ),
             Source::Stored(p) => write!(f, "stored in {})", p.display()),
         }
     }
@@ -162,11 +191,12 @@ enum Choice {
 
 /// The decision for `machine`: the one stored in `store` (a folder) when it was made on the
 /// same CPU model, libtorch and thread count; otherwise `measure`'s, then stored there unless
-/// other processes kept [`BUSY_CORES`] or more busy meanwhile. A failing measurement gives fp32
-/// (logged at debug, not stored).
+/// other processes kept `busy_cores` ([`BUSY_CORES`]) or more busy meanwhile. A failing
+/// measurement gives fp32 (logged at debug, not stored).
 pub fn decide(
     store: Option<&Path>,
     machine: &Machine,
+    busy_cores: f64,
     measure: impl FnOnce() -> Result<Measured>,
 ) -> Decision {
     let path = store.map(|d| d.join(FILE));
@@ -189,15 +219,15 @@ pub fn decide(
         }
     };
     let kind = rates.kind();
-    let busy = others.filter(|&o| o >= BUSY_CORES);
-    if let Some(o) = busy {
-        log::info!(
-            "precision auto: other processes kept {o:.1} cores busy while the GEMMs were timed: \
-             the rates are not stored, the next run times them again"
-        );
+    if let Some(others) = others.filter(|&o| o >= busy_cores) {
+        return Decision {
+            kind,
+            rates,
+            threads: machine.threads,
+            source: Source::Busy { others },
+        };
     }
-    let saved = path.filter(|_| busy.is_none());
-    let saved = saved.filter(|p| match save(p, machine, rates, kind) {
+    let saved = path.filter(|p| match save(p, machine, rates, kind) {
         Ok(()) => true,
         Err(e) => {
             log::debug!("precision auto: decision not stored: {e}");

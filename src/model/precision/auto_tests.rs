@@ -22,7 +22,7 @@ const SLOW_BF16: Rates = Rates {
 /// `decide` with a fake measurement; also returns whether it was called.
 fn run(store: Option<&Path>, m: &Machine, rates: Rates) -> (Decision, bool) {
     let called = Cell::new(false);
-    let d = decide(store, m, || {
+    let d = decide(store, m, BUSY_CORES, || {
         called.set(true);
         Ok(Measured {
             rates,
@@ -109,7 +109,7 @@ fn rates_timed_beside_other_work_are_used_but_not_stored() {
     let dir = tempfile::tempdir().unwrap();
     let m = machine("x");
     let timed = |others: Option<f64>| {
-        decide(Some(dir.path()), &m, || {
+        decide(Some(dir.path()), &m, BUSY_CORES, || {
             Ok(Measured {
                 rates: FAST_BF16,
                 others,
@@ -118,8 +118,22 @@ fn rates_timed_beside_other_work_are_used_but_not_stored() {
     };
     let busy = timed(Some(1.0));
     assert_eq!((busy.kind, busy.rates), (Kind::BFloat16, FAST_BF16));
-    assert_eq!(busy.source, Source::Measured { saved: None });
+    assert_eq!(busy.source, Source::Busy { others: 1.0 });
     assert!(!dir.path().join(FILE).exists());
+    // A higher threshold (the environment's) stores it.
+    let d = decide(Some(dir.path()), &m, 2.0, || {
+        Ok(Measured {
+            rates: FAST_BF16,
+            others: Some(1.0),
+        })
+    });
+    assert!(matches!(d.source, Source::Measured { saved: Some(_) }));
+    std::fs::remove_file(dir.path().join(FILE)).unwrap();
+    assert_eq!(busy_cores(None), BUSY_CORES);
+    assert_eq!(busy_cores(Some(" 100 ")), 100.0);
+    for bad in ["-1", "lots", "", "NaN"] {
+        assert_eq!(busy_cores(Some(bad)), BUSY_CORES, "{bad}");
+    }
     // Unknown load (no /proc) or a quiet machine: stored as before.
     for others in [None, Some(0.2)] {
         let d = timed(others);
@@ -180,7 +194,7 @@ fn a_corrupt_or_unwritable_store_only_means_measuring() {
 fn a_failed_measurement_is_fp32_and_not_stored() {
     let dir = tempfile::tempdir().unwrap();
     let m = machine("x");
-    let d = decide(Some(dir.path()), &m, || {
+    let d = decide(Some(dir.path()), &m, BUSY_CORES, || {
         Err(Error::runtime("no bf16 kernel"))
     });
     assert_eq!(d.kind, Kind::Float);
@@ -215,6 +229,13 @@ fn the_log_line_names_the_choice_both_rates_and_where_it_came_from() {
     assert_eq!(
         d.to_string(),
         "precision auto: bf16 (bf16 311 GFLOP/s, fp32 118 GFLOP/s, 2 threads; measured)"
+    );
+    d.source = Source::Busy { others: 0.94 };
+    assert_eq!(
+        d.to_string(),
+        "precision auto: bf16 (bf16 311 GFLOP/s, fp32 118 GFLOP/s, 2 threads; measured beside \
+         other work keeping 0.9 cores busy: not stored, timed again next run; \
+         ANOMALYNCD_PRECISION_BUSY_CORES sets that threshold)"
     );
     d.kind = Kind::Float;
     d.threads = 1;
