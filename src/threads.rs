@@ -178,10 +178,20 @@ fn others_between(a: Sample, b: Sample) -> Option<f64> {
     })
 }
 
-/// Runs `f` and says how many cores other processes kept busy meanwhile (None where `/proc`
-/// cannot tell): for timings that should not be kept when taken beside other work. The
-/// counters tick every 10 ms, so over a fraction of a second the figure is coarse.
+/// Runs `f` and says how many cores other processes kept busy meanwhile: for timings that
+/// should not be kept when taken beside other work. None where `/proc` cannot tell, as for the
+/// policy: no `/proc`, or a CPU-limited container, whose `/proc/stat` counts the host's other
+/// tenants. The counters tick every 10 ms, so over a fraction of a second the figure is coarse.
 pub fn others_during<T>(f: impl FnOnce() -> T) -> (T, Option<f64>) {
+    let seen = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|t| parse_proc_stat(&t))
+        .is_some_and(|(_, listed)| {
+            std::thread::available_parallelism().is_ok_and(|n| n.get() == listed)
+        });
+    if !seen {
+        return (f(), None);
+    }
     let before = Governor::sample(Instant::now());
     let out = f();
     let after = Governor::sample(Instant::now());
@@ -249,6 +259,24 @@ mod tests {
         assert_eq!(choose(1.2, 8, 8), 7);
         assert_eq!(choose(2.6, 8, 4), 4);
         assert_eq!(choose(-0.5, 4, 4), 4);
+    }
+
+    #[test]
+    fn others_are_the_machines_busy_time_less_our_own_over_the_interval() {
+        let t0 = Instant::now();
+        let at = |ms: u64, busy: u64, own: u64| Sample {
+            at: t0 + Duration::from_millis(ms),
+            busy,
+            own,
+        };
+        // 0.5 s: the machine busy for 100 ticks, 60 of them ours: 0.8 cores of others.
+        let o = others_between(at(0, 1000, 500), at(500, 1100, 560)).unwrap();
+        assert!((o - 0.8).abs() < 1e-9, "{o}");
+        assert_eq!(others_between(at(0, 0, 0), at(0, 5, 0)), None);
+        // Whatever /proc says here, the closure's value comes back.
+        let (v, others) = others_during(|| 7);
+        assert_eq!(v, 7);
+        assert!(others.is_none_or(f64::is_finite));
     }
 
     #[test]
