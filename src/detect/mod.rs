@@ -42,7 +42,7 @@ mod variants;
 pub use run::{run, DetectReport, REPORT_FILE};
 pub use scoring::NormalFloor;
 pub use settings::{DetectFingerprint, DetectSettings, DETECT_CODE};
-pub use spec::{auto_image_size, mean_patches, resolve_image_size, resolve_image_size_of};
+pub use spec::{auto_image_size, resolve_image_size, resolve_image_size_of, side_and_patches};
 pub use spec::{
     DetectSpec, DEFAULT_BATCH_SIZE, DEFAULT_BLOCKS, DEFAULT_CNN_IMAGE_SIZE, DEFAULT_CORESET,
     DEFAULT_MAX_PATCHES, DEFAULT_STAGES, DEFAULT_VIT_IMAGE_SIZE, DEFAULT_ZERO_SHOT_FRACTION,

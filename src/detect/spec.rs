@@ -122,18 +122,23 @@ pub fn resolve_image_size_of(size: ImageSize, test: &Path, flag: &str, what: &st
 /// [`SIZE_SAMPLE`] of the images (headers only).
 pub fn resolve_image_size(size: ImageSize, images: &[PathBuf], what: &str) -> Result<u32> {
     match size {
-        ImageSize::Fixed(n) if (32..=2048).contains(&n) => Ok(n),
-        ImageSize::Fixed(n) => Err(Error::usage(format!(
+        ImageSize::Auto => Ok(auto_side(&sample_dimensions(images)?)),
+        ImageSize::Fixed(n) => checked_side(n, what),
+    }
+}
+
+fn checked_side(n: u32, what: &str) -> Result<u32> {
+    match n {
+        32..=2048 => Ok(n),
+        _ => Err(Error::usage(format!(
             "{what} {n}: use 32..=2048 pixels or auto (e.g. {DEFAULT_VIT_IMAGE_SIZE})"
         ))),
-        ImageSize::Auto => {
-            let sides: Vec<u32> = sample_dimensions(images)?
-                .into_iter()
-                .map(|(w, h)| w.max(h))
-                .collect();
-            Ok(auto_image_size(&sides))
-        }
     }
+}
+
+fn auto_side(dims: &[(u32, u32)]) -> u32 {
+    let sides: Vec<u32> = dims.iter().map(|&(w, h)| w.max(h)).collect();
+    auto_image_size(&sides)
 }
 
 /// The sizes of an evenly spaced sample of at most [`SIZE_SAMPLE`] of `images` (headers only).
@@ -146,11 +151,22 @@ fn sample_dimensions(images: &[PathBuf]) -> Result<Vec<(u32, u32)>> {
         .collect()
 }
 
-/// The default ViT's mean patches per image at an input side of `side` (`Resize::Aspect`),
-/// over a sample of `images` (headers only; 0 without images): what a forward of the detector
-/// costs, for `discover`'s time estimates. MTD's tiles average 657 patches at 448, not 1024.
-pub fn mean_patches(images: &[PathBuf], side: u32) -> Result<f64> {
+/// The detector's input side for `images` ([`resolve_image_size`], or `given` when set) and
+/// the default ViT's mean patches per image at that side (`Resize::Aspect`; 0 without images),
+/// from one sample of their headers: what a forward of the detector costs, for `discover`'s
+/// time estimates. MTD's tiles average 657 patches at 448, not 1024.
+pub fn side_and_patches(
+    size: ImageSize,
+    given: Option<u32>,
+    images: &[PathBuf],
+    what: &str,
+) -> Result<(u32, f64)> {
     let dims = sample_dimensions(images)?;
+    let side = match (given, size) {
+        (Some(n), _) => n,
+        (None, ImageSize::Auto) => auto_side(&dims),
+        (None, ImageSize::Fixed(n)) => checked_side(n, what)?,
+    };
     let patch = super::features::dinov2_arch().patch_size as u32;
     let total: f64 = dims
         .iter()
@@ -159,7 +175,7 @@ pub fn mean_patches(images: &[PathBuf], side: u32) -> Result<f64> {
             f64::from(iw / patch) * f64::from(ih / patch)
         })
         .sum();
-    Ok(total / dims.len().max(1) as f64)
+    Ok((side, total / dims.len().max(1) as f64))
 }
 
 impl DetectSpec {
@@ -337,6 +353,22 @@ mod tests {
             518
         );
         let e = resolve_image_size(ImageSize::Fixed(9999), &files, what).unwrap_err();
+        assert!(e.to_string().contains("detect.image_size 9999"), "{e}");
+        // The side and the mean patches at it, from the same headers: 100x50 at 448 is 32x16.
+        let one = &files[2..];
+        assert_eq!(
+            side_and_patches(ImageSize::Auto, None, one, what).unwrap(),
+            (448, 512.0)
+        );
+        assert_eq!(
+            side_and_patches(ImageSize::Auto, Some(224), one, what).unwrap(),
+            (224, 128.0)
+        );
+        assert_eq!(
+            side_and_patches(ImageSize::Fixed(448), None, &[], what).unwrap(),
+            (448, 0.0)
+        );
+        let e = side_and_patches(ImageSize::Fixed(9999), None, one, what).unwrap_err();
         assert!(e.to_string().contains("detect.image_size 9999"), "{e}");
         let bad = dir.join("bad.png");
         std::fs::write(&bad, b"not a png").unwrap();

@@ -561,4 +561,4 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
 
 #[cfg(test)]
 #[path = "plan_tests.rs"]
-mod tests;
+pub(super) mod tests;

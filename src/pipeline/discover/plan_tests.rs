@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use super::*;
 use crate::pipeline::discover::{DetectorSettings, DiscoverSpec};
 
-fn spec(normal: bool, maps: bool, base: bool) -> DiscoverSpec {
+/// A spec for these flags (also the stage records' tests').
+pub(in crate::pipeline::discover) fn spec(normal: bool, maps: bool, base: bool) -> DiscoverSpec {
     DiscoverSpec {
         config: Config::default(),
         images: "/data/images".into(),
@@ -26,7 +27,13 @@ fn spec(normal: bool, maps: bool, base: bool) -> DiscoverSpec {
     }
 }
 
-fn inputs(s: &DiscoverSpec, typed: bool, good: usize, cropped_base: bool) -> Inputs {
+/// Counts for `s`: 40 images, 8 normal ones when `--normal` is given (also the records' tests').
+pub(in crate::pipeline::discover) fn inputs(
+    s: &DiscoverSpec,
+    typed: bool,
+    good: usize,
+    cropped_base: bool,
+) -> Inputs {
     let base = match (&s.base, cropped_base) {
         (None, _) if s.no_base => BaseInput::None,
         (None, _) => BaseInput::Synthetic,

@@ -7,12 +7,13 @@ use serde_json::json;
 
 use super::*;
 use crate::cluster::NumClasses;
-use crate::config::{Config, Precision};
+use crate::config::Precision;
 use crate::detect::features::Resize;
 use crate::detect::DetectSpec;
 use crate::detect::DEFAULT_VIT_IMAGE_SIZE;
 use crate::fsutil::absolute_value;
-use crate::pipeline::discover::{plan, DetectorSettings, Digests};
+use crate::pipeline::discover::plan;
+use crate::pipeline::discover::plan::tests as plan_tests;
 
 fn job() -> DetectSpec {
     DetectSpec {
@@ -114,38 +115,13 @@ fn every_detector_setting_and_its_code_change_the_maps_digest() {
 }
 
 fn discover_spec() -> DiscoverSpec {
-    DiscoverSpec {
-        config: Config::default(),
-        images: "/data/images".into(),
-        out: "/runs/r".into(),
-        normal: Some(PathBuf::from("/data/normal")),
-        anomaly_maps: None,
-        base: None,
-        no_base: false,
-        num_classes: NumClasses::Auto,
-        max_classes: 10,
-        detector: DetectorSettings::default(),
-        resume: false,
-        overwrite: false,
-        stop_after_stage: None,
-        stop_after_epochs: None,
-        token_cache: crate::pipeline::TokenCache::InRunFolder,
-        device: tch::Device::Cpu,
-    }
+    plan_tests::spec(true, false, false)
 }
 
 fn run_fingerprints(spec: &DiscoverSpec, weights: Option<&Path>) -> Vec<(Value, String)> {
     let inputs = Inputs {
-        images: 40,
-        types: vec!["crack".into(), "hole".into()],
-        good: 0,
-        normal: 8,
-        maps: 0,
-        base: BaseInput::Synthetic,
-        digests: Digests::default(),
         detector_image_size: spec.detector.image_size.unwrap_or(DEFAULT_VIT_IMAGE_SIZE),
-        detector_patches: 1024.0,
-        speed: crate::pipeline::discover::plan::Speed::REFERENCE,
+        ..plan_tests::inputs(spec, true, 0, false)
     };
     let plan = plan(spec, &inputs);
     assert_eq!(plan.names(), ["base", "maps", "binarize", "train"]);

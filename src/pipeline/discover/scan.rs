@@ -99,17 +99,12 @@ pub fn scan(spec: &DiscoverSpec) -> Result<Inputs> {
     let paths: Vec<_> = defective.iter().map(|f| f.path.clone()).collect();
     let (detector_image_size, detector_patches) = match &spec.anomaly_maps {
         Some(_) => (crate::detect::DEFAULT_VIT_IMAGE_SIZE, 0.0),
-        None => {
-            let side = match spec.detector.image_size {
-                Some(n) => n,
-                None => crate::detect::resolve_image_size(
-                    spec.config.detect.image_size,
-                    &paths,
-                    "detect.image_size",
-                )?,
-            };
-            (side, crate::detect::mean_patches(&paths, side)?)
-        }
+        None => crate::detect::side_and_patches(
+            spec.config.detect.image_size,
+            spec.detector.image_size,
+            &paths,
+            "detect.image_size",
+        )?,
     };
     Ok(Inputs {
         images: defective.len(),

@@ -45,20 +45,10 @@ fn ctrl_c_in_training_then_resume_continues_from_the_checkpoint() {
     let d = setup();
     let p = d.path();
     let args = [
-        "discover",
-        "--images",
-        "synth/test",
-        "--anomaly-maps",
-        "synth/anomaly_maps",
-        "--out",
-        "run",
-        "--config",
-        "tiny.yaml",
-        "--set",
-        "training.epochs=400",
-        "--num-classes",
-        "4",
-    ];
+        &["discover"][..],
+        &given_maps(&["--set", "training.epochs=400", "--num-classes", "4"]),
+    ]
+    .concat();
     let ckpt = p.join("run/train/checkpoint.json");
     let o = interrupted(p, &args, || ckpt.is_file());
     common::assert_no_crash(&o, "interrupted run");
