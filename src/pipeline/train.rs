@@ -236,39 +236,40 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
         set.novel_indices().len(),
         set.num_novel_clusters
     );
-    let loader = TrainLoader::new(
-        set.clone(),
-        transform,
-        LoaderOptions::from_config(&cfg),
-        Some(crops.clone()),
-    )?;
 
-    // 4. Model, loss and training.
+    // 4. Model, loss and training (an evaluation of a finished checkpoint needs neither the
+    // loader nor the loss).
     // Seed libtorch too: the projector (and a backbone without weights) is randomly initialised.
     tch::manual_seed(cfg.experiment.seed as i64);
     let mut model = Model::new(&cfg, set.num_classes(), weights.as_deref(), spec.device)?;
-    let criterion = Criterion::new(
-        &cfg.loss,
-        set.num_base_classes(),
-        set.num_classes(),
-        cfg.training.epochs,
-    )?;
     if let Some(ck) = &resume {
         check_resumable(&ck.meta, &cfg, &set, &ckpt_path)?;
     }
-    let meta = new_meta(
-        spec,
-        &cfg,
-        &set,
-        &summary,
-        merge_temperature,
-        k_estimate.clone(),
-    );
     let head = match resume {
         Some(ck) if spec.evaluate_only => {
             trained_weights(&mut model, &ck, &cfg, &ckpt_path, spec.device)?
         }
         resume => {
+            let loader = TrainLoader::new(
+                set.clone(),
+                transform,
+                LoaderOptions::from_config(&cfg),
+                Some(crops.clone()),
+            )?;
+            let criterion = Criterion::new(
+                &cfg.loss,
+                set.num_base_classes(),
+                set.num_classes(),
+                cfg.training.epochs,
+            )?;
+            let meta = new_meta(
+                spec,
+                &cfg,
+                &set,
+                &summary,
+                merge_temperature,
+                k_estimate.clone(),
+            );
             let plan = TrainPlan {
                 cfg: &cfg,
                 device: spec.device,
