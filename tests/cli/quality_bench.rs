@@ -2,7 +2,8 @@
 //! `experiments/quality_report.py` (its table and JSON) on the synthetic protocol with the tiny
 //! ViT and the random-weight detector (no `../shared`, no weights): two training seeds and the
 //! view-seed check, the maps reused, mean / sd from the per-seed values, a second invocation
-//! that skips every finished unit, and bad settings refused with exit 2.
+//! that skips every finished unit, and bad settings refused with exit 2; then
+//! `experiments/inference_sweep.sh` on the finished runs.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -244,4 +245,78 @@ fn quality_bench_runs_resumes_and_reports_on_the_synthetic_set() {
     let o = bench(&variant, &[("BASE_OUT", "/no/such/bench")]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("BASE_OUT"), "{}", text(&o));
+
+    inference_sweep_evaluates_the_runs_again(&out, &d.path().join("sweep"), &units, &per_seed);
+}
+
+fn sweep(out: &Path, sweep: &Path, settings: &[&str]) -> Output {
+    Command::new("bash")
+        .arg(root().join("experiments/inference_sweep.sh"))
+        .arg(out)
+        .arg(sweep)
+        .args(settings)
+        .current_dir(root())
+        .env_remove("BIN")
+        .env_remove("UNITS")
+        .output()
+        .expect("run bash")
+}
+
+/// The scores in a run folder's (or a saved copy's) discover.json.
+fn scores_of(p: &Path) -> Vec<f64> {
+    json(p)["found"]["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect()
+}
+
+/// `experiments/inference_sweep.sh` on the finished bench: the default's merge temperature
+/// written out evaluates every run again and gives back its scores; another setting evaluates
+/// again too; afterwards every run holds its own answer again.
+fn inference_sweep_evaluates_the_runs_again(
+    out: &Path,
+    dir: &Path,
+    units: &[&str],
+    per_seed: &[Vec<f64>],
+) {
+    let proto = out.join("synth");
+    let same = "inference.merge_temperature=50";
+    let refine = "inference.refine_steps=1";
+    let o = sweep(out, dir, &[same, refine]);
+    let t = text(&o);
+    assert!(o.status.success(), "sweep:\n{t}");
+    for (u, scores) in units[..2].iter().zip(per_seed) {
+        for s in [same, refine] {
+            let log = std::fs::read_to_string(dir.join(s).join("synth").join(format!("{u}.log")))
+                .unwrap();
+            assert!(
+                log.contains("only the evaluation runs again"),
+                "{s} {u}: {log}"
+            );
+        }
+        let again = scores_of(&dir.join(same).join("synth").join(format!("{u}.json")));
+        assert_eq!(
+            &again, scores,
+            "{u}: the re-evaluation must reproduce the run"
+        );
+        assert_eq!(
+            &scores_of(&proto.join(u).join("discover.json")),
+            scores,
+            "{u}: the run must hold its own answer after the sweep"
+        );
+    }
+    assert!(
+        t.contains(&format!("| {same} | 3 |")) && t.contains(&format!("| {refine} | 3 |")),
+        "{t}"
+    );
+
+    // Settings outside `inference` (they would retrain) and a folder inside the bench's are refused.
+    let o = sweep(out, dir, &["training.epochs=3"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("inference"), "{}", text(&o));
+    let o = sweep(out, &out.join("sweep"), &[refine]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(!out.join("sweep").exists());
 }
