@@ -5,7 +5,8 @@
 # docs/discover.md "Resume"). A run folder cannot be copied instead: its stage records hold
 # absolute paths, so a copy would redo MEBin and training. So the runs are evaluated in place,
 # each answer is kept under SWEEP_OUT, and every run is then evaluated again with its own
-# settings; the script checks that this gives back the run's scores (exit 1 if not).
+# settings; the script checks that this gives back the run's scores (exit 1 if not) and puts
+# back the run's discover.json and train/stage.json, whose timings an evaluation rewrites.
 #
 #   experiments/inference_sweep.sh OUT SWEEP_OUT "inference.refine_steps=1" "inference.merge_temperature=100" ...
 #
@@ -49,10 +50,17 @@ for run in "$OUT"/*/$UNITS; do
   cmd=()
   for w in "${words[@]}"; do [ "$w" = --resume ] || cmd+=("$w"); done
   cmd+=(--resume)
-  # A sweep stopped halfway leaves a run under another setting: its own answer is kept aside.
-  mkdir -p "$SWEEP/own/$proto"
-  [ -f "$SWEEP/own/$proto/$unit.json" ] || cp "$run/discover.json" "$SWEEP/own/$proto/$unit.json"
-  own=$(scores "$SWEEP/own/$proto/$unit.json")
+  # The run's own records are kept aside first (a sweep stopped halfway leaves the run under
+  # another setting) and put back at the end: an evaluation rewrites their timings.
+  keep="$SWEEP/own/$proto/$unit"
+  mkdir -p "$(dirname "$keep")"
+  if [ ! -f "$keep.json" ]; then
+    cp "$run/train/stage.json" "$keep.train_stage.json.tmp"
+    cp "$run/discover.json" "$keep.json.tmp"
+    mv "$keep.train_stage.json.tmp" "$keep.train_stage.json"
+    mv "$keep.json.tmp" "$keep.json"
+  fi
+  own=$(scores "$keep.json")
   ran=0
   for s in "$@"; do
     dst="$SWEEP/$s/$proto/$unit"
@@ -71,14 +79,21 @@ for run in "$OUT"/*/$UNITS; do
   done
   now=$(scores "$run/discover.json")
   if [ $ran = 1 ] || [ "$now" != "$own" ]; then
-    if ! "${cmd[@]}" >"$SWEEP/own/$proto/$unit.restore.log" 2>&1; then
-      echo "$proto $unit: evaluating it again with its own settings failed (log: $SWEEP/own/$proto/$unit.restore.log)" >&2
+    if ! "${cmd[@]}" >"$keep.restore.log" 2>&1; then
+      echo "$proto $unit: evaluating it again with its own settings failed (log: $keep.restore.log)" >&2
       failed=1
+      continue
     elif [ "$(scores "$run/discover.json")" != "$own" ]; then
       echo "$proto $unit: evaluated again with its own settings it gives $(scores "$run/discover.json"), not its scores $own" >&2
       failed=1
+      continue
     fi
   fi
+  # Same answer again: the run's own records (with the timings of its training) go back.
+  cp "$keep.train_stage.json" "$run/train/.stage.json.sweep.tmp"
+  mv "$run/train/.stage.json.sweep.tmp" "$run/train/stage.json"
+  cp "$keep.json" "$run/.discover.json.sweep.tmp"
+  mv "$run/.discover.json.sweep.tmp" "$run/discover.json"
 done
 python3 - "$OUT" "$SWEEP" "$UNITS" "$@" <<'EOF'
 import json, statistics as st, sys
