@@ -36,6 +36,8 @@ for s in "$@"; do
     die2 "setting '$s' is not inference.key=value (only inference settings are evaluated again without retraining)"
 done
 UNITS=${UNITS:-seed*}
+# put SRC DST: DST replaced by a copy of SRC in one rename.
+put() { cp "$1" "$2.sweep.tmp" && mv "$2.sweep.tmp" "$2"; }
 scores() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["found"]["scores"])' "$1"; }
 failed=0
 for run in "$OUT"/*/$UNITS; do
@@ -55,10 +57,8 @@ for run in "$OUT"/*/$UNITS; do
   keep="$SWEEP/own/$proto/$unit"
   mkdir -p "$(dirname "$keep")"
   if [ ! -f "$keep.json" ]; then
-    cp "$run/train/stage.json" "$keep.train_stage.json.tmp"
-    cp "$run/discover.json" "$keep.json.tmp"
-    mv "$keep.train_stage.json.tmp" "$keep.train_stage.json"
-    mv "$keep.json.tmp" "$keep.json"
+    put "$run/train/stage.json" "$keep.train_stage.json"
+    put "$run/discover.json" "$keep.json" # last: its presence says both are kept
   fi
   own=$(scores "$keep.json")
   ran=0
@@ -67,14 +67,13 @@ for run in "$OUT"/*/$UNITS; do
     [ -f "$dst.json" ] && continue
     mkdir -p "$(dirname "$dst")"
     t0=$(date +%s.%N)
+    ran=1
     if "${cmd[@]}" --set "$s" >"$dst.log" 2>&1; then
-      cp "$run/discover.json" "$dst.json.tmp" && mv "$dst.json.tmp" "$dst.json"
-      ran=1
+      put "$run/discover.json" "$dst.json"
       awk -v a="$t0" -v b="$(date +%s.%N)" -v l="$proto $unit $s" 'BEGIN{printf "%s: %.1f s\n", l, b-a}'
     else
       echo "$proto $unit $s: failed (log: $dst.log)" >&2
       failed=1
-      ran=1
     fi
   done
   now=$(scores "$run/discover.json")
@@ -90,10 +89,8 @@ for run in "$OUT"/*/$UNITS; do
     fi
   fi
   # Same answer again: the run's own records (with the timings of its training) go back.
-  cp "$keep.train_stage.json" "$run/train/.stage.json.sweep.tmp"
-  mv "$run/train/.stage.json.sweep.tmp" "$run/train/stage.json"
-  cp "$keep.json" "$run/.discover.json.sweep.tmp"
-  mv "$run/.discover.json.sweep.tmp" "$run/discover.json"
+  put "$keep.train_stage.json" "$run/train/stage.json"
+  put "$keep.json" "$run/discover.json"
 done
 python3 - "$OUT" "$SWEEP" "$UNITS" "$@" <<'EOF'
 import json, statistics as st, sys

@@ -135,14 +135,7 @@ fn quality_bench_runs_resumes_and_reports_on_the_synthetic_set() {
     // Mean and sample sd from the per-seed values, each read from its run's discover.json.
     let per_seed: Vec<Vec<f64>> = units[..2]
         .iter()
-        .map(|u| {
-            json(&proto.join(u).join("discover.json"))["found"]["scores"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap())
-                .collect()
-        })
+        .map(|u| scores_of(&proto.join(u).join("discover.json")))
         .collect();
     for (i, key) in ["nmi", "ari", "f1"].iter().enumerate() {
         let a = &p["aggregate"][key];
