@@ -47,7 +47,7 @@ pub struct DiscoverArgs {
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub max_classes: usize,
     /// Config file (default: the defaults with configs/demo.yaml's settings: the offline
-    /// DINOv2 ViT-S/14 on the frozen-prefix cache, with 392-pixel crops).
+    /// DINOv2 ViT-S/14 on the frozen-prefix cache of 4 views per crop, with 392-pixel crops).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Override a config key, e.g. --set training.epochs=20 (repeatable).
