@@ -13,13 +13,28 @@ use std::path::{Path, PathBuf};
 use serde::{Serialize, Serializer};
 
 /// A path as fingerprints name their inputs: absolute, symlinks resolved, written as
-/// [`crate::fsutil::path_value`] writes it.
+/// [`crate::fsutil::path_value`] writes it; or, for a run's own outputs, relative to the run
+/// folder ([`AbsPath::in_run`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AbsPath(PathBuf);
+
+/// How [`AbsPath::in_run`] writes the run folder: `<run>/maps`.
+pub const RUN_FOLDER: &str = "<run>";
 
 impl AbsPath {
     pub fn new(path: &Path) -> Self {
         AbsPath(crate::fsutil::absolute(path))
+    }
+
+    /// `path` as `<run>/…` when it lies inside the run folder `run`, else [`AbsPath::new`]: a
+    /// run folder that is moved or copied keeps its stages' digests, so `--resume` there
+    /// finds them finished; what lies outside it (the user's inputs) keeps its absolute path.
+    pub fn in_run(path: &Path, run: &Path) -> Self {
+        let abs = crate::fsutil::absolute(path);
+        match abs.strip_prefix(crate::fsutil::absolute(run)) {
+            Ok(rel) => AbsPath(Path::new(RUN_FOLDER).join(rel)),
+            Err(_) => AbsPath(abs),
+        }
     }
 }
 

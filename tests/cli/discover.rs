@@ -1,8 +1,8 @@
 //! `discover` end to end on a tiny synthetic set with the tiny ViT (no weights needed): given
 //! maps and the built-in detector (random weights), type folders and a flat folder, with and
-//! without normal images; `--resume` after a stop in each stage redoes no finished stage;
-//! `--dry-run` writes nothing; bad inputs are exit-2 errors before any work. Self-contained
-//! (std, tempfile, serde_json, the binary and `common`).
+//! without normal images; `--resume` after a stop in each stage redoes no finished stage, also
+//! in a moved run folder; `--dry-run` writes nothing; bad inputs are exit-2 errors before any
+//! work. Self-contained (std, tempfile, serde_json, the binary and `common`).
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -271,6 +271,22 @@ fn flat_folder_zero_shot_detector_with_a_base_set_resumes_after_the_maps() {
         .sum();
     assert_eq!(sizes, 16);
     assert!(run.join("train/predictions.csv").is_file());
+    // Moved elsewhere, the run folder resumes with every stage finished: its records name
+    // its own folders relative to it.
+    let plan_here = ok(p, &[&args[..], &["--dry-run", "--resume"]].concat());
+    let done = plan_here.matches("[done: skipped with --resume]").count();
+    assert_eq!(done, 4, "{plan_here}");
+    std::fs::rename(&run, p.join("moved")).unwrap();
+    let moved: Vec<&str> = args
+        .iter()
+        .map(|a| if *a == "flatrun" { "moved" } else { a })
+        .collect();
+    let plan_moved = ok(p, &[&moved[..], &["--dry-run", "--resume"]].concat());
+    assert_eq!(
+        plan_moved.matches("[done: skipped with --resume]").count(),
+        done,
+        "{plan_moved}"
+    );
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! What makes `discover --resume` skip a stage: each stage folder gets a `stage.json` with the
-//! fingerprint of the stage's inputs (absolute paths, listing digests of the input folders,
-//! settings, and the digests of the stages it reads). A stage whose `stage.json` says finished
+//! fingerprint of the stage's inputs (absolute paths of the inputs, paths inside the run folder
+//! relative to it, listing digests of the input folders, settings, and the digests of the
+//! stages it reads). A stage whose `stage.json` says finished
 //! with the same digest is not run again; anything else is redone. The maps stage records the
 //! detector job's whole [`DetectSettings`], its resolved precision and the digest of the
 //! detector's code among them, so no other detector's maps are ever reused.
@@ -261,7 +262,7 @@ pub fn fingerprints(
                 })
             }
             StageKind::Binarize { maps } => StageSettings::Binarize(BinarizeSettings {
-                maps: AbsPath::new(maps),
+                maps: AbsPath::in_run(maps, &spec.out),
                 maps_listing: d.maps.clone(),
                 maps_stage: upstream(&done, "maps"),
                 images: AbsPath::new(&spec.images),
@@ -277,7 +278,7 @@ pub fn fingerprints(
                     max_classes: spec.max_classes,
                     weights: model_weights.to_string(),
                     precision: kind_name(precision),
-                    base: plan.base.as_deref().map(AbsPath::new),
+                    base: plan.base.as_deref().map(|b| AbsPath::in_run(b, &spec.out)),
                     base_listing: match inputs.base {
                         BaseInput::Cropped { .. } => Some(d.base.clone()),
                         _ => None,

@@ -134,7 +134,8 @@ fn run_fingerprints(spec: &DiscoverSpec, weights: Option<&Path>) -> Vec<(Value, 
 #[test]
 fn the_records_keep_the_form_of_the_runs_before() {
     // What the hand-written JSON recorded, so that finished stages of earlier runs are
-    // still found finished (the train stage's record changed: it is redone once).
+    // still found finished; but binarize names the run's own maps as `<run>/maps` since
+    // 2026-12-05 (absolute before), so binarize and train are redone once in older runs.
     let spec = discover_spec();
     let w = Path::new("/weights/dinov2.safetensors");
     let fps = run_fingerprints(&spec, Some(w));
@@ -164,7 +165,7 @@ fn the_records_keep_the_form_of_the_runs_before() {
     });
     assert_eq!(fps[1], stamp("maps", maps));
     let binarize = json!({
-        "maps": absolute_value(Path::new("/runs/r/maps")),
+        "maps": "<run>/maps",
         "maps_listing": "", "maps_stage": fps[1].1,
         "images": absolute_value(&spec.images), "images_listing": "",
         "binarization": spec.config.binarization,
@@ -186,6 +187,38 @@ fn the_records_keep_the_form_of_the_runs_before() {
             "weights"
         ]
     );
+}
+
+#[test]
+fn a_moved_run_folder_keeps_its_digests_and_given_inputs_keep_their_paths() {
+    let w = Some(Path::new("/weights/dinov2.safetensors"));
+    let here = run_fingerprints(&discover_spec(), w);
+    let mut moved = discover_spec();
+    moved.out = "/elsewhere/copy".into();
+    assert_eq!(run_fingerprints(&moved, w), here);
+    assert_eq!(here[3].0["settings"]["base"], "<run>/base");
+    // Maps and a cropped base set the user gives lie outside the run: absolute paths, and
+    // other folders are other inputs.
+    let given = |out: &str, maps: &str| {
+        let mut s = plan_tests::spec(true, true, true);
+        (s.out, s.anomaly_maps) = (out.into(), Some(maps.into()));
+        let inputs = plan_tests::inputs(&s, true, 0, true);
+        let p = plan(&s, &inputs);
+        assert_eq!(p.names(), ["binarize", "train"]);
+        let fps: Vec<_> = fingerprints(&s, &inputs, &p, "random", None);
+        fps.iter().map(StageFingerprint::stamp).collect::<Vec<_>>()
+    };
+    let a = given("/runs/r", "/data/maps");
+    assert_eq!(
+        a[0].0["settings"]["maps"],
+        absolute_value(Path::new("/data/maps"))
+    );
+    assert_eq!(
+        a[1].0["settings"]["base"],
+        absolute_value(Path::new("/data/base"))
+    );
+    assert_eq!(given("/elsewhere/copy", "/data/maps"), a);
+    assert_ne!(given("/runs/r", "/data/other_maps")[0].1, a[0].1);
 }
 
 #[test]
