@@ -287,6 +287,11 @@ fn flat_folder_zero_shot_detector_with_a_base_set_resumes_after_the_maps() {
         done,
         "{plan_moved}"
     );
+    let stages = ["base", "maps", "binarize", "train"];
+    let before = stage_times(&p.join("moved"), &stages);
+    let t = ok(p, &[&moved[..], &["--resume"]].concat());
+    assert_eq!(stage_times(&p.join("moved"), &stages), before, "{t}");
+    assert!(t.contains("K = 3 (given)"), "{t}");
 }
 
 #[test]

@@ -1,10 +1,10 @@
 //! What makes `discover --resume` skip a stage: each stage folder gets a `stage.json` with the
 //! fingerprint of the stage's inputs (absolute paths of the inputs, paths inside the run folder
 //! relative to it, listing digests of the input folders, settings, and the digests of the
-//! stages it reads). A stage whose `stage.json` says finished
-//! with the same digest is not run again; anything else is redone. The maps stage records the
-//! detector job's whole [`DetectSettings`], its resolved precision and the digest of the
-//! detector's code among them, so no other detector's maps are ever reused.
+//! stages it reads). A stage whose `stage.json` says finished with the same digest is not run
+//! again; anything else is redone. The maps stage records the detector job's whole
+//! [`DetectSettings`], its resolved precision and the digest of the detector's code among them,
+//! so no other detector's maps are ever reused.
 
 use std::path::Path;
 
