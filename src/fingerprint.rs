@@ -19,7 +19,7 @@ use serde::{Serialize, Serializer};
 pub struct AbsPath(PathBuf);
 
 /// How [`AbsPath::in_run`] writes the run folder: `<run>/maps`.
-pub const RUN_FOLDER: &str = "<run>";
+const RUN_FOLDER: &str = "<run>";
 
 impl AbsPath {
     pub fn new(path: &Path) -> Self {
