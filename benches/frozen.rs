@@ -191,6 +191,8 @@ fn kind_name(kind: Kind) -> &'static str {
 }
 
 fn main() {
+    // The command line's heap policy, so that the steps are timed as `anomalyncd` runs them.
+    anomalyncd::malloc::tune();
     let cases = std::env::var("BENCH_CASES").unwrap_or_else(|_| "forward,build".into());
     let reps: usize = env_or("BENCH_REPS", 3).max(1);
     println!(

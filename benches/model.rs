@@ -55,6 +55,8 @@ fn time_forward(m: &MgVit, x: &Tensor, batch: i64) -> (f64, f64, Tensor) {
 }
 
 fn main() {
+    // The command line's heap policy, so that the steps are timed as `anomalyncd` runs them.
+    anomalyncd::malloc::tune();
     let archs = std::env::var("BENCH_ARCHS").unwrap_or_else(|_| "dinov2_vits14,dino_vitb8".into());
     let batch: i64 = std::env::var("BENCH_BATCH")
         .ok()

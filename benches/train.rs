@@ -129,6 +129,8 @@ fn time_steps(
 }
 
 fn main() {
+    // The command line's heap policy, so that the steps are timed as `anomalyncd` runs them.
+    anomalyncd::malloc::tune();
     let threads = std::env::var("BENCH_THREADS").unwrap_or_else(|_| "auto".into());
     let threads: anomalyncd::threads::ThreadSetting = threads.parse().expect("BENCH_THREADS");
     anomalyncd::threads::configure(threads).expect("threads");

@@ -64,6 +64,7 @@ pub mod fsutil;
 pub mod imageio;
 pub mod infer;
 pub mod logging;
+pub mod malloc;
 pub mod mebin;
 pub mod metrics;
 pub mod model;

@@ -144,20 +144,6 @@ pub fn peak_rss_mib() -> Option<f64> {
     parse_vm_hwm(&status)
 }
 
-/// Hands the heap's free pages back to the system (glibc's `malloc_trim`), between stages of
-/// one process: without it the pages a finished stage freed (the detector's features, its
-/// memory bank) stay resident under glibc's grown mmap threshold, and the next stage's peak
-/// adds to them (`discover` on MTD fitted peaked at 3.0 GB; its maps stage alone and its train
-/// stage alone peak at 2.1 GB each).
-/// Nothing elsewhere.
-pub fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free memory of the allocator's own arenas.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// The process's resident memory now in MiB (`VmRSS`); None off Linux.
 pub fn rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -197,7 +183,7 @@ mod tests {
             // Freed pages handed back: resident memory never above the peak.
             let big = vec![1u8; 64 << 20];
             drop(std::hint::black_box(big));
-            super::release_freed_memory();
+            crate::malloc::release_freed_memory();
             let (now, peak) = (super::rss_mib().unwrap(), super::peak_rss_mib().unwrap());
             assert!(now > 0.0 && now <= peak, "{now} {peak}");
         }

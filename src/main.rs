@@ -6,6 +6,8 @@ mod cli;
 use clap::Parser;
 
 fn main() {
+    // Before any thread or tensor: large freed blocks stay in the heap (see the module doc).
+    anomalyncd::malloc::tune();
     std::panic::set_hook(Box::new(|info| {
         eprintln!("anomalyncd: internal error: {info}\nThis is a bug in anomalyncd; please report it with the command you ran.");
     }));

@@ -73,7 +73,7 @@ pub const DEFAULT_SETTINGS: &[&str] = &[
 /// 224 px), 392 px for the default DINOv2 ViT-S/14. Over six seeds it raised tire's NMI from
 /// 0.117 to 0.155 and MTD fitted's F1 from 0.559 to 0.593 against 224 px, and the mean F1 of
 /// the five benchmark protocols from 0.594 to 0.616, at about twice `discover`'s wall time with
-/// 8 cached views, about 1.5× with the 4 of [`DEFAULT_SETTINGS`] (docs/results.md).
+/// 8 cached views, about 1.4× with the 4 of [`DEFAULT_SETTINGS`] (docs/results.md).
 pub const MASK_GRID: usize = 28;
 
 /// The run's config: `path` as it is, or the defaults with [`DEFAULT_SETTINGS`] and a
@@ -430,7 +430,7 @@ pub fn run(spec: &DiscoverSpec) -> Result<DiscoverOutcome> {
                 );
                 let t = Instant::now();
                 let outcome = run_stage(spec, &p, ps).with_context(|| format!("discover {label}"));
-                crate::logging::release_freed_memory();
+                crate::malloc::release_freed_memory();
                 if let (Some(now), Some(peak)) =
                     (crate::logging::rss_mib(), crate::logging::peak_rss_mib())
                 {
