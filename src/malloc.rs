@@ -5,10 +5,11 @@
 //! mmap threshold (at most 32 MB) with a fresh `mmap` that `free` unmaps again. At the 392-px
 //! default one training batch's tokens are `32 × 785 × 384` f32, 38.6 MB, so every such tensor of
 //! every step came as new pages, each faulted in and zeroed by the kernel: 86 million page faults
-//! and 159 s of system time in a 189 s training stage on MTD (2-core EPYC), and a stage that ran
-//! anywhere from 105 to 190 s with the same work. With mmap off and the heap's top kept, the same
-//! stage took 103–112 s with 0.36 million faults, the same answer, and 0.2 GB more peak memory;
-//! the detector's maps took 0.8× the time (docs/performance.md, "Page faults").
+//! and 159 s of system time in a training stage on MTD whose 50 epochs took 189 s (2-core EPYC),
+//! and epochs that took anywhere from 105 to 190 s for the same work. With mmap off and the heap's
+//! top kept, the same epochs took 103–112 s with 0.36 million faults, the same answer, and 0.2 GB
+//! more peak memory; the detector's maps took 0.8× the time (docs/performance.md, "Page
+//! faults").
 //!
 //! How: [`tune`] (called once by the command line, before any work) sets glibc's `M_MMAP_MAX` to 0
 //! and `M_TRIM_THRESHOLD` to [`KEEP_TOP`]. Freed blocks then stay in the heap and serve the next
@@ -34,7 +35,7 @@ pub const KEEP_TOP: i32 = 2_000_000_000;
 pub enum HeapPolicy {
     /// Large blocks come from the heap, which keeps freed memory for reuse.
     Kept,
-    /// The user's own malloc settings (named) are left in force.
+    /// The user's own malloc settings are left in force.
     UserSettings,
     /// Not glibc, or glibc refused a setting: its defaults stay.
     Default,
@@ -80,8 +81,8 @@ pub fn release_freed_memory() {
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn set_glibc() -> HeapPolicy {
-    // SAFETY: `mallopt` only changes allocator parameters; it is called before the program
-    // starts any thread of its own, and glibc takes the arena lock while it does.
+    // SAFETY: `mallopt` only changes allocator parameters, under glibc's arena lock; blocks
+    // allocated before keep working under the new ones.
     let ok = unsafe {
         libc::mallopt(libc::M_TRIM_THRESHOLD, KEEP_TOP) == 1
             && libc::mallopt(libc::M_MMAP_MAX, 0) == 1
