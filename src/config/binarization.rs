@@ -29,6 +29,18 @@ pub struct Binarization {
     /// Ours: the guided filter's regularisation, a variance of the image's 0..1 brightness:
     /// image edges of lower contrast are smoothed over.
     pub refine_eps: f64,
+    /// Ours: where in the stable interval the threshold is taken, from its start (0: the highest
+    /// threshold of the run, the tightest mask) to its end (1: the lowest, the loosest mask, the
+    /// reference's choice). Every threshold of the interval gives the same component count, so
+    /// only the masks' extent changes.
+    #[serde(skip_serializing_if = "is_interval_end")]
+    pub interval_position: f64,
+}
+
+/// The reference's `interval_position`: left out of the serialised section so that the
+/// fingerprints of runs with the reference's settings keep their earlier form.
+pub(crate) fn is_interval_end(v: &f64) -> bool {
+    *v == 1.0
 }
 
 impl Default for Binarization {
@@ -42,6 +54,7 @@ impl Default for Binarization {
             refine: Refine::None,
             refine_radius: None,
             refine_eps: 1e-3,
+            interval_position: 1.0,
         }
     }
 }
@@ -67,6 +80,13 @@ impl Binarization {
             format!(
                 "binarization.refine_eps must be a number > 0 (got {})",
                 self.refine_eps
+            )
+        });
+        c.need((0.0..=1.0).contains(&self.interval_position), || {
+            format!(
+                "binarization.interval_position must be in 0..=1 (got {}); 1 is the reference's \
+                 end of the stable interval",
+                self.interval_position
             )
         });
         if let Some(r) = self.refine_radius {

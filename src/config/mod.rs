@@ -17,6 +17,7 @@ mod detect;
 mod experiment;
 mod models;
 mod training;
+pub(crate) use binarization::is_interval_end;
 pub use binarization::{Binarization, NoInterval, Refine};
 pub use detect::{ImageSize, MapVariants, DEFAULT_BLUR};
 pub use experiment::{Experiment, Inference};

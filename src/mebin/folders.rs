@@ -288,6 +288,9 @@ mod tests {
             ("refine", |s| s.binarization.refine = Refine::Guided),
             ("refine_radius", |s| s.binarization.refine_radius = Some(4)),
             ("refine_eps", |s| s.binarization.refine_eps = 0.5),
+            ("interval_position", |s| {
+                s.binarization.interval_position = 0.5
+            }),
             ("range", |s| {
                 s.range = RangeSource::FromMaps {
                     min_threshold: Some(3.0),
@@ -320,5 +323,33 @@ mod tests {
         let mut want = old(&s);
         want["normal_types"] = serde_json::json!(["ok"]);
         assert_eq!(crate::fingerprint::to_value(&s.fingerprint()), want);
+    }
+
+    #[test]
+    fn mebin_json_names_the_interval_position_only_when_it_is_not_the_references() {
+        let mut summary = BinarizeSummary {
+            min_th: 1.0,
+            max_th: 9.0,
+            sample_rate: 4,
+            min_interval_len: 4,
+            erode: true,
+            interval_position: 1.0,
+            bit_depth: 8,
+            normal_maps: 0,
+            float_scale: None,
+            records: vec![],
+        };
+        let reference = serde_json::to_value(&summary).unwrap();
+        assert!(reference.get("interval_position").is_none());
+        // the summaries of earlier versions read back with the reference's end
+        let back: BinarizeSummary = serde_json::from_value(reference).unwrap();
+        assert_eq!(back, summary);
+        summary.interval_position = 0.5;
+        let ours = serde_json::to_value(&summary).unwrap();
+        assert_eq!(ours["interval_position"], 0.5);
+        assert_eq!(
+            serde_json::from_value::<BinarizeSummary>(ours).unwrap(),
+            summary
+        );
     }
 }

@@ -89,6 +89,10 @@ impl MapRecord {
     }
 }
 
+fn interval_end() -> f64 {
+    1.0
+}
+
 /// `mebin.json`: the range and settings used, and one record per map sorted by (type, stem).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BinarizeSummary {
@@ -97,6 +101,12 @@ pub struct BinarizeSummary {
     pub sample_rate: u32,
     pub min_interval_len: usize,
     pub erode: bool,
+    /// Ours: `binarization.interval_position`; left out when it is the reference's 1.
+    #[serde(
+        default = "interval_end",
+        skip_serializing_if = "crate::config::is_interval_end"
+    )]
+    pub interval_position: f64,
     /// 8 or 16: the maps' bit depth (8 for float maps, after normalisation).
     pub bit_depth: u8,
     /// Ours: normal images' maps that entered the search range (never cropped).
@@ -550,6 +560,7 @@ impl BinarizeJob<'_> {
             sample_rate: self.params.sample_rate,
             min_interval_len: self.params.min_interval_len,
             erode: self.params.erode,
+            interval_position: self.params.interval_position,
             bit_depth: bits(depth),
             normal_maps,
             float_scale: scale,

@@ -134,7 +134,16 @@ pub fn binarize_map(map: &GrayMap, range: &SearchRange, params: &Params) -> MapR
         counts.push(count_components(&bin, w, h));
     }
     let (threshold, est) = match get_threshold(&counts, params.min_interval_len) {
-        Some((index, count)) => {
+        Some((end, count)) => {
+            // The interval's run is walked back here on its own, not through the fast path's
+            // helper, so that the property tests compare two derivations.
+            let mut start = end;
+            while start > 0 && counts[start - 1] == count {
+                start -= 1;
+            }
+            let index = start
+                + ((end - start) as f64 * params.interval_position.clamp(0.0, 1.0)).round()
+                    as usize;
             let score = 255 - index as u32 * params.sample_rate;
             (range.raw_threshold(score), count as usize)
         }

@@ -125,6 +125,7 @@ fn report_files_cover_every_cluster_and_survive_bad_images() {
         sample_rate: 1,
         min_interval_len: 1,
         erode: true,
+        interval_position: 1.0,
         bit_depth: 8,
         normal_maps: 0,
         float_scale: None,

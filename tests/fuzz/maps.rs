@@ -153,6 +153,7 @@ proptest! {
         sample_rate in 1u32..=255,
         min_interval_len in 1usize..12,
         erode in any::<bool>(),
+        interval_position in 0.0f64..=1.0,
     ) {
         let depth = if sixteen { BitDepth::Sixteen } else { BitDepth::Eight };
         let pixels: Vec<u16> = levels
@@ -163,7 +164,7 @@ proptest! {
             .collect();
         let map = GrayMap { width: w, height: h, depth, pixels };
         let range = SearchRange::new(lo, lo + span).unwrap();
-        let params = Params { sample_rate, min_interval_len, erode };
+        let params = Params { sample_rate, min_interval_len, erode, interval_position };
         let r = binarize_map(&map, &range, &params);
         prop_assert_eq!(r.binary.dimensions(), (w as u32, h as u32));
         prop_assert_eq!(r.component_counts.len(), params.scores().len());

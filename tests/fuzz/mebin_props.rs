@@ -29,6 +29,7 @@ proptest! {
         sample_rate in prop::sample::select(vec![1u32, 2, 3, 4, 5, 8, 17, 64, 255]),
         min_interval_len in 1usize..7,
         erode in any::<bool>(),
+        position in prop::sample::select(vec![0.0f64, 0.25, 0.5, 0.7, 1.0]),
     ) {
         let depth = if sixteen { BitDepth::Sixteen } else { BitDepth::Eight };
         let map = make_map(kind, w, h, seed, depth);
@@ -37,7 +38,7 @@ proptest! {
         let maxima = [map.max(), other];
         let hi = *maxima.iter().max().unwrap() as f64;
         let range = SearchRange::from_maxima(&maxima, floor_frac.map(|f| (f * hi).floor())).unwrap();
-        let params = Params { sample_rate, min_interval_len, erode };
+        let params = Params { sample_rate, min_interval_len, erode, interval_position: position };
         let fast = mebin::binarize_map(&map, &range, &params);
         let slow = oracle::binarize_map(&map, &range, &params);
         prop_assert_eq!(&fast.component_counts, &slow.component_counts);
