@@ -6,15 +6,30 @@ use std::sync::Arc;
 
 use super::TrainSpec;
 use crate::cluster::{estimate, estimate_k, fit, set_tokens, KEstimate, KMeansOptions, SetTokens};
-use crate::config::Config;
-use crate::data::CropSet;
+use crate::config::{Config, GuidanceMode};
+use crate::data::{CropSet, NovelSource};
 use crate::error::Result;
 use crate::infer::predict::{predict_assigned, score};
 use crate::metrics::Scores;
 use crate::model::Model;
 
+/// The guidance whose pretrained class tokens `--num-classes auto` reads K from: the crop's map
+/// within its binary mask when training guides by the map over the whole crop (`soft`), else the
+/// training's own. Over the whole crop the tokens' eigengap chose 3 of MTD's 5 types on the
+/// fitted and zero-shot protocols, within the mask 4 (and K within ±1 on all five benchmark
+/// protocols; docs/results.md, "soft guidance over the whole crop").
+pub(super) fn estimate_guidance(training: GuidanceMode) -> GuidanceMode {
+    match training {
+        GuidanceMode::Soft => GuidanceMode::SoftMasked,
+        other => other,
+    }
+}
+
 /// The pretrained class tokens of the novel crops (and of some base crops) and the K estimate
-/// on them. With `required` false (K is given) an estimate that cannot be made is skipped.
+/// on them. With `required` false (K is given) an estimate that cannot be made is skipped, and
+/// so is one whose tokens would not be `auto`'s ([`estimate_guidance`]): computing those would
+/// cost a backbone pass over every crop. When `required` and the guidances differ, the tokens
+/// (and the training-free row on them) come from that extra pass, without the bank.
 pub(super) fn pretrained_view(
     spec: &TrainSpec,
     cfg: &Config,
@@ -22,9 +37,22 @@ pub(super) fn pretrained_view(
     model: &Model,
     bank: Option<&dyn crate::model::PrefixTokens>,
     required: bool,
-) -> Result<Option<(KEstimate, SetTokens)>> {
+) -> Result<Option<(Option<KEstimate>, SetTokens)>> {
+    let guidance = estimate_guidance(cfg.models.guidance);
     if required {
-        return estimate_k(model, set, cfg, spec.max_classes, bank, spec.device).map(Some);
+        if guidance == cfg.models.guidance {
+            let (est, tokens) = estimate_k(model, set, cfg, spec.max_classes, bank, spec.device)?;
+            return Ok(Some((Some(est), tokens)));
+        }
+        log::info!(
+            "K is estimated on the crops' maps within their masks (models.guidance \
+             {guidance:?} for the estimate; training uses {:?}): one backbone pass over the crops",
+            cfg.models.guidance
+        );
+        let novel = NovelSource::from_binarize_out(&spec.binarize_out).with_guidance(guidance);
+        let masked = Arc::new(CropSet::load(spec.base.as_deref(), &novel, Some(1))?);
+        let (est, tokens) = estimate_k(model, &masked, cfg, spec.max_classes, None, spec.device)?;
+        return Ok(Some((Some(est), tokens)));
     }
     let tokens = set_tokens(
         model,
@@ -34,6 +62,14 @@ pub(super) fn pretrained_view(
         spec.device,
         set.num_base_classes() > 0,
     )?;
+    if guidance != cfg.models.guidance {
+        log::info!(
+            "K is given ({}); not estimated beside it: `auto` reads K from tokens guided within \
+             the masks, which would cost another backbone pass",
+            set.num_novel_clusters
+        );
+        return Ok(Some((None, tokens)));
+    }
     let est = estimate(
         tokens.novel.view(),
         tokens.base.view(),
@@ -48,7 +84,7 @@ pub(super) fn pretrained_view(
                 set.num_novel_clusters,
                 est.chosen
             );
-            Ok(Some((est, tokens)))
+            Ok(Some((Some(est), tokens)))
         }
         Err(e) => {
             log::debug!("no K estimate beside the given K: {e}");

@@ -210,8 +210,8 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
         let cached = bank.as_ref().map(|b| b as &dyn crate::model::PrefixTokens);
         let view = pretrained_view(spec, &cfg, &set, &pretrained, cached, estimate_needed)?;
         if let Some((est, tokens)) = view {
-            auto_k = Some(est.chosen);
-            if estimate_needed {
+            auto_k = est.as_ref().map(|e| e.chosen);
+            if let Some(est) = est.filter(|_| estimate_needed) {
                 let again = CropSet::load(spec.base.as_deref(), &novel, Some(est.chosen))?;
                 if again.items != set.items {
                     return Err(Error::runtime(

@@ -150,6 +150,37 @@ fn auto_estimates_k_stores_it_and_resumes_with_it() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("--max-classes"));
 }
 
+/// Under `soft` guidance (the map over the whole crop), `auto` reads K from the tokens guided
+/// within the masks, as under `soft_masked`: the same estimate, from one extra pass.
+#[test]
+fn auto_under_soft_guidance_estimates_k_within_the_masks() {
+    let d = setup();
+    let p = d.path();
+    let estimate = |name: &str, guidance: &str| {
+        let set = format!("models.guidance={guidance}");
+        let args = [
+            "--num-classes",
+            "auto",
+            "--max-classes",
+            "5",
+            "--stop-after",
+            "1",
+        ];
+        let text = ok(
+            p,
+            &train_flat(name, &[&args[..], &["--set", &set]].concat()),
+        );
+        let meta = json(&p.join(format!("out/{name}/flat/checkpoint.json")));
+        (text, meta["num_classes_estimate"].clone())
+    };
+    let (masked_log, masked) = estimate("masked", "soft_masked");
+    let (soft_log, soft) = estimate("soft", "soft");
+    assert!(!masked_log.contains("within their masks"), "{masked_log}");
+    assert!(soft_log.contains("within their masks"), "{soft_log}");
+    assert!(masked["chosen"].is_u64(), "{masked}");
+    assert_eq!(soft, masked);
+}
+
 #[test]
 fn kmeans_baseline_scores_labelled_crops_and_clusters_flat_ones() {
     let d = setup();

@@ -514,8 +514,16 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
     // without it, each is one forward per crop.
     let (k_cost, train_cost, evaluate_s) = if cached {
         let views = t.cache_views as f64 + 1.0;
+        // `auto` under `soft` guidance reads K from tokens guided within the masks: one more
+        // forward per crop, outside the cache.
+        let own = crate::pipeline::pretrained::estimate_guidance(cfg.models.guidance)
+            == cfg.models.guidance;
+        let k = match spec.num_classes {
+            NumClasses::Auto if !own => all * crop.full_s,
+            _ => 0.0,
+        };
         (
-            0.0,
+            k,
             all * views * crop.prefix_s + t.epochs as f64 * all * crop.step_s,
             novel * crop.step_s + 5.0,
         )

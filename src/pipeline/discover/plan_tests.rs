@@ -210,6 +210,14 @@ fn estimates_grow_with_the_counts_and_the_settings() {
         train(&cached(s.clone())) < train(&s),
         "the cache pays for itself"
     );
+    // `auto` under `soft` guidance estimates K on tokens guided within the masks: one more
+    // forward per crop, which a given K does not pay.
+    let soft = |mut s: DiscoverSpec| {
+        s.config.models.guidance = crate::config::GuidanceMode::Soft;
+        cached(s)
+    };
+    assert!(train(&soft(s.clone())) > train(&cached(s.clone())));
+    assert_eq!(train(&soft(fixed.clone())), train(&cached(fixed.clone())));
     assert!(plan(&fixed, &small)
         .stage("train")
         .unwrap()
