@@ -45,9 +45,9 @@ pub(super) fn pretrained_view(
             return Ok(Some((Some(est), tokens)));
         }
         log::info!(
-            "K is estimated on the crops' maps within their masks (models.guidance \
-             {guidance:?} for the estimate; training uses {:?}): one backbone pass over the crops",
-            cfg.models.guidance
+            "K is estimated on tokens guided by the crops' maps within their masks (as \
+             models.guidance=soft_masked; training guides over the whole crop): one backbone pass \
+             over the crops"
         );
         let novel = NovelSource::from_binarize_out(&spec.binarize_out).with_guidance(guidance);
         let masked = Arc::new(CropSet::load(spec.base.as_deref(), &novel, Some(1))?);
