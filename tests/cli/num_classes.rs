@@ -48,6 +48,16 @@ fn setup() -> tempfile::TempDir {
     d
 }
 
+/// `auto` up to 5 types, stopped after the first epoch.
+const AUTO_ONE_EPOCH: [&str; 6] = [
+    "--num-classes",
+    "auto",
+    "--max-classes",
+    "5",
+    "--stop-after",
+    "1",
+];
+
 fn train_flat(runner: &str, extra: &[&str]) -> Vec<std::ffi::OsString> {
     common::train_args_on("flat", "flat/images", "flat/maps", runner, extra)
 }
@@ -103,20 +113,7 @@ fn flat_folders_train_test_and_predict_without_labels() {
 fn auto_estimates_k_stores_it_and_resumes_with_it() {
     let d = setup();
     let p = d.path();
-    let text = ok(
-        p,
-        &train_flat(
-            "auto",
-            &[
-                "--num-classes",
-                "auto",
-                "--max-classes",
-                "5",
-                "--stop-after",
-                "1",
-            ],
-        ),
-    );
+    let text = ok(p, &train_flat("auto", &AUTO_ONE_EPOCH));
     assert!(
         text.contains("--num-classes auto:") && text.contains("<- chosen"),
         "{text}"
@@ -158,17 +155,9 @@ fn auto_under_soft_guidance_estimates_k_within_the_masks() {
     let p = d.path();
     let estimate = |name: &str, guidance: &str| {
         let set = format!("models.guidance={guidance}");
-        let args = [
-            "--num-classes",
-            "auto",
-            "--max-classes",
-            "5",
-            "--stop-after",
-            "1",
-        ];
         let text = ok(
             p,
-            &train_flat(name, &[&args[..], &["--set", &set]].concat()),
+            &train_flat(name, &[&AUTO_ONE_EPOCH[..], &["--set", &set]].concat()),
         );
         let meta = json(&p.join(format!("out/{name}/flat/checkpoint.json")));
         (text, meta["num_classes_estimate"].clone())
