@@ -37,10 +37,18 @@ pub struct Binarization {
     pub interval_position: f64,
 }
 
-/// The reference's `interval_position`: left out of the serialised section so that the
-/// fingerprints of runs with the reference's settings keep their earlier form.
+/// The reference's `interval_position`: the end of the stable interval.
+pub const INTERVAL_END: f64 = 1.0;
+
+/// Left out of the serialised section (and of `mebin.json`) at the reference's value, so that
+/// the fingerprints of runs with the reference's settings keep their earlier form.
 pub(crate) fn is_interval_end(v: &f64) -> bool {
-    *v == 1.0
+    *v == INTERVAL_END
+}
+
+/// Serde's default where the key is absent: the reference's.
+pub(crate) fn interval_end() -> f64 {
+    INTERVAL_END
 }
 
 impl Default for Binarization {
@@ -54,7 +62,7 @@ impl Default for Binarization {
             refine: Refine::None,
             refine_radius: None,
             refine_eps: 1e-3,
-            interval_position: 1.0,
+            interval_position: INTERVAL_END,
         }
     }
 }

@@ -89,10 +89,6 @@ impl MapRecord {
     }
 }
 
-fn interval_end() -> f64 {
-    1.0
-}
-
 /// `mebin.json`: the range and settings used, and one record per map sorted by (type, stem).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BinarizeSummary {
@@ -103,7 +99,7 @@ pub struct BinarizeSummary {
     pub erode: bool,
     /// Ours: `binarization.interval_position`; left out when it is the reference's 1.
     #[serde(
-        default = "interval_end",
+        default = "crate::config::interval_end",
         skip_serializing_if = "crate::config::is_interval_end"
     )]
     pub interval_position: f64,

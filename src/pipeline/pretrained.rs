@@ -13,21 +13,18 @@ use crate::infer::predict::{predict_assigned, score};
 use crate::metrics::Scores;
 use crate::model::Model;
 
-/// The guidance whose pretrained class tokens `--num-classes auto` reads K from: the crop's map
-/// within its binary mask when training guides by the map over the whole crop (`soft`), else the
-/// training's own. Over the whole crop the tokens' eigengap chose 3 of MTD's 5 types on the
-/// fitted and zero-shot protocols, within the mask 4 (and K within ±1 on all five benchmark
-/// protocols; docs/results.md, "soft guidance over the whole crop").
-pub(super) fn estimate_guidance(training: GuidanceMode) -> GuidanceMode {
-    match training {
-        GuidanceMode::Soft => GuidanceMode::SoftMasked,
-        other => other,
-    }
+/// The guidance `--num-classes auto` reads K under when it is not the training's own, which
+/// costs a separate backbone pass: the crop's map within its binary mask when training guides
+/// by the map over the whole crop (`soft`). Over the whole crop the tokens' eigengap chose 3 of
+/// MTD's 5 types on the fitted and zero-shot protocols, within the mask 4 (and K within ±1 on
+/// all five benchmark protocols; docs/results.md, "soft guidance over the whole crop").
+pub(super) fn separate_estimate_guidance(training: GuidanceMode) -> Option<GuidanceMode> {
+    (training == GuidanceMode::Soft).then_some(GuidanceMode::SoftMasked)
 }
 
 /// The pretrained class tokens of the novel crops (and of some base crops) and the K estimate
 /// on them. With `required` false (K is given) an estimate that cannot be made is skipped, and
-/// so is one whose tokens would not be `auto`'s ([`estimate_guidance`]): computing those would
+/// so is one whose tokens would not be `auto`'s ([`separate_estimate_guidance`]): computing those would
 /// cost a backbone pass over every crop. When `required` and the guidances differ, the tokens
 /// (and the training-free row on them) come from that extra pass, without the bank.
 pub(super) fn pretrained_view(
@@ -38,12 +35,12 @@ pub(super) fn pretrained_view(
     bank: Option<&dyn crate::model::PrefixTokens>,
     required: bool,
 ) -> Result<Option<(Option<KEstimate>, SetTokens)>> {
-    let guidance = estimate_guidance(cfg.models.guidance);
+    let separate = separate_estimate_guidance(cfg.models.guidance);
     if required {
-        if guidance == cfg.models.guidance {
+        let Some(guidance) = separate else {
             let (est, tokens) = estimate_k(model, set, cfg, spec.max_classes, bank, spec.device)?;
             return Ok(Some((Some(est), tokens)));
-        }
+        };
         log::info!(
             "K is estimated on tokens guided by the crops' maps within their masks (as \
              models.guidance=soft_masked; training guides over the whole crop): one backbone pass \
@@ -62,7 +59,7 @@ pub(super) fn pretrained_view(
         spec.device,
         set.num_base_classes() > 0,
     )?;
-    if guidance != cfg.models.guidance {
+    if separate.is_some() {
         log::info!(
             "K is given ({}); not estimated beside it: `auto` reads K from tokens guided within \
              the masks, which would cost another backbone pass",

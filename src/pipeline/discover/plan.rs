@@ -516,10 +516,10 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
         let views = t.cache_views as f64 + 1.0;
         // `auto` under `soft` guidance reads K from tokens guided within the masks: one more
         // forward per crop, outside the cache.
-        let own = crate::pipeline::pretrained::estimate_guidance(cfg.models.guidance)
-            == cfg.models.guidance;
+        let separate =
+            crate::pipeline::pretrained::separate_estimate_guidance(cfg.models.guidance).is_some();
         let k = match spec.num_classes {
-            NumClasses::Auto if !own => all * crop.full_s,
+            NumClasses::Auto if separate => all * crop.full_s,
             _ => 0.0,
         };
         (
