@@ -146,6 +146,15 @@ impl GuidanceMode {
     pub fn uses_maps(self) -> bool {
         self != GuidanceMode::Hard
     }
+
+    /// The config value (`models.guidance`), for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            GuidanceMode::Hard => "hard",
+            GuidanceMode::Soft => "soft",
+            GuidanceMode::SoftMasked => "soft_masked",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,15 +18,25 @@ use crate::model::Model;
 /// by the map over the whole crop (`soft`). Over the whole crop the tokens' eigengap chose 3 of
 /// MTD's 5 types on the fitted and zero-shot protocols, within the mask 4 (and K within ±1 on
 /// all five benchmark protocols; docs/results.md, "soft guidance over the whole crop").
+/// What [`pretrained_view`] found: the K estimate (if made) and the pretrained tokens with the
+/// guidance they were computed under.
+pub(super) struct PretrainedView {
+    pub estimate: Option<KEstimate>,
+    pub tokens: SetTokens,
+    pub guidance: GuidanceMode,
+}
+
 pub(super) fn separate_estimate_guidance(training: GuidanceMode) -> Option<GuidanceMode> {
     (training == GuidanceMode::Soft).then_some(GuidanceMode::SoftMasked)
 }
 
-/// The pretrained class tokens of the novel crops (and of some base crops) and the K estimate
-/// on them. With `required` false (K is given) an estimate that cannot be made is skipped, and
-/// so is one whose tokens would not be `auto`'s ([`separate_estimate_guidance`]): computing those would
-/// cost a backbone pass over every crop. When `required` and the guidances differ, the tokens
-/// (and the training-free row on them) come from that extra pass, without the bank.
+/// The K estimate and the pretrained class tokens of the novel crops (and of some base crops)
+/// under the training's own guidance, for the training-free row. With `required` false (K is
+/// given) an estimate that cannot be made is skipped, and so is one whose tokens would not be
+/// `auto`'s ([`separate_estimate_guidance`]): computing those would cost a backbone pass over
+/// every crop. When `required` and the guidances differ, K comes from that extra pass (without
+/// the bank) and the returned tokens from the bank; without a bank they are the extra pass's,
+/// as a second pass would cost as much again (the training-free row's log line says which).
 pub(super) fn pretrained_view(
     spec: &TrainSpec,
     cfg: &Config,
@@ -34,12 +44,20 @@ pub(super) fn pretrained_view(
     model: &Model,
     bank: Option<&dyn crate::model::PrefixTokens>,
     required: bool,
-) -> Result<Option<(Option<KEstimate>, SetTokens)>> {
-    let separate = separate_estimate_guidance(cfg.models.guidance);
+) -> Result<Option<PretrainedView>> {
+    let own = cfg.models.guidance;
+    let separate = separate_estimate_guidance(own);
+    let view = |estimate, tokens, guidance| {
+        Ok(Some(PretrainedView {
+            estimate,
+            tokens,
+            guidance,
+        }))
+    };
     if required {
         let Some(guidance) = separate else {
             let (est, tokens) = estimate_k(model, set, cfg, spec.max_classes, bank, spec.device)?;
-            return Ok(Some((Some(est), tokens)));
+            return view(Some(est), tokens, own);
         };
         log::info!(
             "K is estimated on tokens guided by the crops' maps within their masks (as \
@@ -48,8 +66,15 @@ pub(super) fn pretrained_view(
         );
         let novel = NovelSource::from_binarize_out(&spec.binarize_out).with_guidance(guidance);
         let masked = Arc::new(CropSet::load(spec.base.as_deref(), &novel, Some(1))?);
-        let (est, tokens) = estimate_k(model, &masked, cfg, spec.max_classes, None, spec.device)?;
-        return Ok(Some((Some(est), tokens)));
+        let (est, masked_tokens) =
+            estimate_k(model, &masked, cfg, spec.max_classes, None, spec.device)?;
+        return match bank {
+            Some(bank) => {
+                let tokens = set_tokens(model, set, cfg, Some(bank), spec.device, false)?;
+                view(Some(est), tokens, own)
+            }
+            None => view(Some(est), masked_tokens, guidance),
+        };
     }
     let tokens = set_tokens(
         model,
@@ -65,7 +90,7 @@ pub(super) fn pretrained_view(
              the masks, which would cost another backbone pass",
             set.num_novel_clusters
         );
-        return Ok(Some((None, tokens)));
+        return view(None, tokens, own);
     }
     let est = estimate(
         tokens.novel.view(),
@@ -81,7 +106,7 @@ pub(super) fn pretrained_view(
                 set.num_novel_clusters,
                 est.chosen
             );
-            Ok(Some((Some(est), tokens)))
+            view(Some(est), tokens, own)
         }
         Err(e) => {
             log::debug!("no K estimate beside the given K: {e}");
@@ -90,12 +115,14 @@ pub(super) fn pretrained_view(
     }
 }
 
-/// k-means with the set's K on the pretrained novel tokens, merged per image and scored like
-/// the trained model (the same merge temperature); `None` without true types.
+/// k-means with the set's K on the pretrained novel tokens (computed under `guidance`), merged
+/// per image and scored like the trained model (the same merge temperature); `None` without true
+/// types.
 pub(super) fn training_free_scores(
     cfg: &Config,
     set: &CropSet,
     tokens: &SetTokens,
+    guidance: GuidanceMode,
     merge_temperature: f64,
 ) -> Result<Option<Scores>> {
     let k = set.num_novel_clusters;
@@ -117,7 +144,9 @@ pub(super) fn training_free_scores(
     let scores = score(&preds)?.map(|s| s.image.scores());
     if let Some(Scores { nmi, ari, f1 }) = scores {
         log::info!(
-            "training-free: k-means (K = {k}) on the pretrained class tokens: NMI {nmi:.4} ARI {ari:.4} F1 {f1:.4}"
+            "training-free: k-means (K = {k}) on the pretrained class tokens ({} guidance): NMI \
+             {nmi:.4} ARI {ari:.4} F1 {f1:.4}",
+            guidance.name()
         );
     }
     Ok(scores)

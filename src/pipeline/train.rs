@@ -209,9 +209,9 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
     if estimate_needed || bank.is_some() {
         let cached = bank.as_ref().map(|b| b as &dyn crate::model::PrefixTokens);
         let view = pretrained_view(spec, &cfg, &set, &pretrained, cached, estimate_needed)?;
-        if let Some((est, tokens)) = view {
-            auto_k = est.as_ref().map(|e| e.chosen);
-            if let Some(est) = est.filter(|_| estimate_needed) {
+        if let Some(view) = view {
+            auto_k = view.estimate.as_ref().map(|e| e.chosen);
+            if let Some(est) = view.estimate.filter(|_| estimate_needed) {
                 let again = CropSet::load(spec.base.as_deref(), &novel, Some(est.chosen))?;
                 if again.items != set.items {
                     return Err(Error::runtime(
@@ -221,7 +221,8 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
                 set = Arc::new(again);
                 k_estimate = Some(est);
             }
-            training_free = training_free_scores(&cfg, &set, &tokens, merge_temperature)?;
+            training_free =
+                training_free_scores(&cfg, &set, &view.tokens, view.guidance, merge_temperature)?;
         }
     }
     drop(pretrained);

@@ -308,3 +308,42 @@ fn pooled_baseline_groups_images_by_their_weighted_patch_features() {
     assert_eq!(o.status.code(), Some(2));
     assert!(common::text(&o).contains("--anomaly-maps"));
 }
+
+/// With the token bank, a given K under `soft` guidance makes no estimate beside it (`auto`
+/// would read K from tokens guided within the masks, another backbone pass), while under
+/// `soft_masked` it says what `auto` would choose. The training-free row is always on the
+/// training's own guidance, also when `auto` estimated K under another one.
+#[test]
+fn the_pretrained_view_under_soft_guidance_with_the_bank() {
+    let d = setup();
+    let p = d.path();
+    let log = |name: &str, guidance: &str, k: &str| {
+        let set = format!("models.guidance={guidance}");
+        let args = [
+            "--num-classes",
+            k,
+            "--max-classes",
+            "5",
+            "--stop-after",
+            "1",
+            "--set",
+            "training.cache_frozen=true",
+            "--set",
+            &set,
+        ];
+        ok(p, &common::train_args(name, &args))
+    };
+    let soft = log("given_soft", "soft", "4");
+    assert!(soft.contains("not estimated beside it"), "{soft}");
+    assert!(!soft.contains("would choose"), "{soft}");
+    assert!(soft.contains("(soft guidance): NMI"), "{soft}");
+    let masked = log("given_masked", "soft_masked", "4");
+    assert!(
+        masked.contains("--num-classes auto would choose"),
+        "{masked}"
+    );
+    assert!(masked.contains("(soft_masked guidance): NMI"), "{masked}");
+    let auto = log("auto_soft", "soft", "auto");
+    assert!(auto.contains("within their masks"), "{auto}");
+    assert!(auto.contains("(soft guidance): NMI"), "{auto}");
+}

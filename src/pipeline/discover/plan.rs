@@ -358,7 +358,7 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
     let mut stages = Vec::new();
     let mut notes = Vec::new();
     let crop = CropCosts::new(cfg, inputs.speed);
-    let (base, base_crops) = match &inputs.base {
+    let (base, base_crops, base_classes) = match &inputs.base {
         BaseInput::Synthetic => {
             let n = 3 * SYNTH_BASE_PER_CLASS;
             stages.push(Stage {
@@ -373,13 +373,13 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
                 estimate_s: 0.05 * n as f64 + 2.0,
                 evaluate_s: 0.0,
             });
-            (Some(out.join("base")), Costs::BASE_CROPS * n as f64)
+            (Some(out.join("base")), Costs::BASE_CROPS * n as f64, 3.0)
         }
         BaseInput::None => {
             notes.push(
                 "no base set (--no-base): training without the supervised base terms".to_string(),
             );
-            (None, 0.0)
+            (None, 0.0, 0.0)
         }
         BaseInput::Raw {
             dir,
@@ -400,7 +400,11 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
                 estimate_s: 0.01 * *images as f64 + 1.0,
                 evaluate_s: 0.0,
             });
-            (Some(out.join("base")), Costs::BASE_CROPS * *images as f64)
+            (
+                Some(out.join("base")),
+                Costs::BASE_CROPS * *images as f64,
+                *classes as f64,
+            )
         }
         BaseInput::Cropped {
             dir,
@@ -411,7 +415,7 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
                 "base set: {} is a prepare-base output ({crops} crops in {classes} classes): used as it is",
                 dir.display()
             ));
-            (Some(dir.clone()), *crops as f64)
+            (Some(dir.clone()), *crops as f64, *classes as f64)
         }
     };
     let images = inputs.images as f64;
@@ -503,6 +507,9 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
     });
     let novel = Costs::NOVEL_CROPS * images;
     let all = novel + base_crops;
+    // The K estimate's pass reads the novel crops and at most BASE_PER_CLASS crops per base class.
+    let estimate_crops =
+        novel + base_crops.min(crate::cluster::BASE_PER_CLASS as f64 * base_classes);
     let t = &cfg.training;
     let cached = t.cache_frozen.enabled(spec.device);
     let k_what = match spec.num_classes {
@@ -519,7 +526,7 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
         let separate =
             crate::pipeline::pretrained::separate_estimate_guidance(cfg.models.guidance).is_some();
         let k = match spec.num_classes {
-            NumClasses::Auto if separate => all * crop.full_s,
+            NumClasses::Auto if separate => estimate_crops * crop.full_s,
             _ => 0.0,
         };
         (
@@ -529,7 +536,7 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
         )
     } else {
         let k = match spec.num_classes {
-            NumClasses::Auto => all * crop.full_s,
+            NumClasses::Auto => estimate_crops * crop.full_s,
             _ => 0.0,
         };
         (

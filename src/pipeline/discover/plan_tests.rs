@@ -218,6 +218,21 @@ fn estimates_grow_with_the_counts_and_the_settings() {
     };
     assert!(train(&soft(s.clone())) > train(&cached(s.clone())));
     assert_eq!(train(&soft(fixed.clone())), train(&cached(fixed.clone())));
+    // That forward reads the novel crops and at most BASE_PER_CLASS crops per base class: a
+    // base set of 1000 crops in 3 classes costs the estimate 150 of them, not 1000.
+    let big_base = Inputs {
+        base: BaseInput::Cropped {
+            dir: "/data/base".into(),
+            crops: 1000,
+            classes: 3,
+        },
+        ..small.clone()
+    };
+    let on_big = |s: &DiscoverSpec| plan(s, &big_base).stage("train").unwrap().estimate_s;
+    let full_s = CropCosts::new(&soft(s.clone()).config, Speed::REFERENCE).full_s;
+    let extra = on_big(&soft(s.clone())) - on_big(&cached(s.clone()));
+    let want = (Costs::NOVEL_CROPS * 40.0 + 150.0) * full_s;
+    assert!((extra - want).abs() < 1e-6 * want, "{extra} vs {want}");
     assert!(plan(&fixed, &small)
         .stage("train")
         .unwrap()
