@@ -397,7 +397,7 @@ def protocol_md(p):
     if p.get("command"):
         out += ["First run: `" + p["command"] + "`", ""]
     out.append(f"True K = {fmt(p['k'])}; K that `auto` would choose: "
-               f"{', '.join(map(str, p['auto_k'])) or '– (not reported by this binary)'}; "
+               f"{', '.join(map(str, p['auto_k'])) or '– (not estimated: under `soft` guidance a given K makes no estimate beside it, and older binaries do not report one)'}; "
                f"view seed of the training runs: {fmt(p['view_seed'])}; precision: "
                f"{', '.join(p['precision']) or '–'}"
                + (f" (log: {p['precision_log']})" if p.get("precision_log") else "")

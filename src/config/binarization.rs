@@ -35,6 +35,17 @@ pub struct Binarization {
     /// only the masks' extent changes.
     #[serde(skip_serializing_if = "is_interval_end")]
     pub interval_position: f64,
+    /// Ours: a factor on every crop's side (the reference's padded component box, or its
+    /// smallest crop, whichever is larger; still at most the image's larger side): above 1 a
+    /// crop shows more of the defect's surroundings. 1 is the reference's crop.
+    #[serde(skip_serializing_if = "is_reference_crop_scale")]
+    pub crop_scale: f64,
+}
+
+/// Left out of the serialised section at the reference's 1, so that earlier fingerprints keep
+/// their form.
+fn is_reference_crop_scale(v: &f64) -> bool {
+    *v == 1.0
 }
 
 /// The reference's `interval_position`: the end of the stable interval.
@@ -63,6 +74,7 @@ impl Default for Binarization {
             refine_radius: None,
             refine_eps: 1e-3,
             interval_position: INTERVAL_END,
+            crop_scale: 1.0,
         }
     }
 }
@@ -95,6 +107,12 @@ impl Binarization {
                 "binarization.interval_position must be in 0..=1 (got {}); 1 is the reference's \
                  end of the stable interval",
                 self.interval_position
+            )
+        });
+        c.need((0.25..=4.0).contains(&self.crop_scale), || {
+            format!(
+                "binarization.crop_scale must be in 0.25..=4 (got {}); 1 is the reference's crop",
+                self.crop_scale
             )
         });
         if let Some(r) = self.refine_radius {

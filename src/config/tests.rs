@@ -137,6 +137,7 @@ fn every_section_checks_its_own_keys() {
     let b = &mut c.binarization;
     (b.sample_rate, b.min_interval_len, b.min_threshold) = (0, 0, Some(-1.0));
     (b.refine_eps, b.refine_radius, b.interval_position) = (0.0, Some(0), 1.5);
+    b.crop_scale = 5.0;
     let m = &mut c.models;
     (m.guidance_lambda, m.mask_layers, m.grad_from_block) = (-1.0, 99, 99);
     (m.image_size, m.n_head, m.n_views) = (4097, 0, 3);
@@ -161,6 +162,7 @@ fn every_section_checks_its_own_keys() {
         "binarization.refine_eps must be a number > 0 (got 0)",
         "binarization.interval_position must be in 0..=1 (got 1.5); 1 is the reference's end of \
          the stable interval",
+        "binarization.crop_scale must be in 0.25..=4 (got 5); 1 is the reference's crop",
         "binarization.refine_radius must be in 1..=256 (got 0)",
         "models.guidance_lambda must be in [0, 1000] (got -1)",
         "models.mask_layers (99) exceeds the depth of dino_vitb8 (12)",

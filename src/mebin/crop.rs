@@ -22,6 +22,8 @@ pub struct CropRule {
     pub min_crop_size: f64,
     /// Ours: the crop of a map without a stable interval (`binarization.no_interval`).
     pub no_interval: NoInterval,
+    /// Ours: a factor on the crop's side (`binarization.crop_scale`; 1 = the reference's).
+    pub scale: f64,
 }
 
 impl Default for CropRule {
@@ -31,6 +33,7 @@ impl Default for CropRule {
             max_merge_dist: 0.01,
             min_crop_size: 0.1,
             no_interval: NoInterval::default(),
+            scale: 1.0,
         }
     }
 }
@@ -245,6 +248,9 @@ fn square_box(
     let cx = ((x + x + rw) as f64 * 0.5) as i64;
     let padded = (rh.max(rw) as f64 * (1.0 + rule.padding) * 0.5) as i64;
     let mut radius = padded.max((side as f64 * rule.min_crop_size) as i64);
+    if rule.scale != 1.0 {
+        radius = (radius as f64 * rule.scale) as i64;
+    }
     // At least 1: in an image under 10 pixels a side a one-pixel component gives radius 0 by
     // the reference's rule, an empty crop that no image format can hold (found by fuzzing).
     radius = radius.max(1).min((side as f64 * 0.5) as i64);
@@ -453,5 +459,44 @@ mod tests {
         }
         let b1 = crop_boxes(&m, 0, &CropRule::default());
         assert_eq!(b1.len(), 1);
+    }
+
+    #[test]
+    fn the_crop_scale_widens_the_square_around_the_same_centre() {
+        // A 30 x 10 component in a 400 x 400 image: padded radius 30 * 1.1 / 2 = 16, below the
+        // smallest crop's 0.1 * 400 = 40, so the reference's square is 80 px wide.
+        let mut m = GrayImage::new(400, 400);
+        for x in 185..215 {
+            for y in 195..205 {
+                m.put_pixel(x, y, image::Luma([255]));
+            }
+        }
+        let side = |scale: f64| {
+            let rule = CropRule {
+                scale,
+                ..CropRule::default()
+            };
+            let b = crop_boxes(&m, 1, &rule);
+            assert_eq!(b.len(), 1);
+            let b = b[0];
+            assert_eq!(
+                ((b.left + b.right) / 2.0, (b.up + b.bottom) / 2.0),
+                (200.0, 200.0)
+            );
+            b.right - b.left
+        };
+        assert_eq!(side(1.0), 80.0);
+        assert_eq!(side(2.0), 160.0);
+        assert_eq!(side(0.5), 40.0);
+        // Never beyond the image's larger side.
+        assert_eq!(side(4.0), 320.0);
+        let rule = CropRule {
+            scale: 8.0,
+            ..CropRule::default()
+        };
+        assert_eq!(
+            crop_boxes(&m, 1, &rule)[0].right - crop_boxes(&m, 1, &rule)[0].left,
+            400.0
+        );
     }
 }

@@ -231,6 +231,7 @@ pub(super) fn binarize(spec: &BinarizeSpec) -> Result<BinarizeSummary> {
         range,
         rule: CropRule {
             no_interval: spec.binarization.no_interval,
+            scale: spec.binarization.crop_scale,
             ..CropRule::default()
         },
         out: &spec.out,
@@ -291,6 +292,7 @@ mod tests {
             ("interval_position", |s| {
                 s.binarization.interval_position = 0.5
             }),
+            ("crop_scale", |s| s.binarization.crop_scale = 2.0),
             ("range", |s| {
                 s.range = RangeSource::FromMaps {
                     min_threshold: Some(3.0),
