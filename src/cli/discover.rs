@@ -128,6 +128,9 @@ pub fn run(a: &DiscoverArgs, ctx: &Ctx) -> anyhow::Result<()> {
             println!("predictions: {}", predictions.display());
             println!("K = {} ({how})", found.num_clusters);
             println!("cluster sizes: {}", sizes.join(", "));
+            if let Some(note) = found.empty_clusters_note() {
+                println!("{note}");
+            }
             if let Some(s) = found.scores {
                 println!("{s}  (image level, against the type folders)");
             }

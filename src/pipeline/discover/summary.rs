@@ -41,6 +41,24 @@ pub struct Found {
     pub inference: Option<crate::config::Inference>,
 }
 
+impl Found {
+    /// A note when some clusters received no image: the answer then has fewer groups than K,
+    /// which the cluster sizes alone leave the reader to notice (on tire, K = 3 given, every
+    /// seed answered with two groups).
+    pub fn empty_clusters_note(&self) -> Option<String> {
+        let empty = self.cluster_sizes.iter().filter(|&&n| n == 0).count();
+        (empty > 0).then(|| {
+            let k = self.cluster_sizes.len();
+            let groups = k - empty;
+            format!(
+                "note: {empty} of the {k} clusters received no image, so the answer has {groups} \
+                 group{}: the model did not separate {k} types in these images",
+                if groups == 1 { "" } else { "s" }
+            )
+        })
+    }
+}
+
 /// The base stage's counts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BaseCounts {
@@ -246,6 +264,30 @@ mod tests {
             panic!("maps")
         };
         assert_eq!(m.scored, 0);
+    }
+
+    #[test]
+    fn empty_clusters_are_named_and_full_ones_are_not() {
+        assert_eq!(found().empty_clusters_note(), None);
+        let f = Found {
+            num_clusters: 3,
+            cluster_sizes: vec![59, 0, 23],
+            ..found()
+        };
+        assert_eq!(
+            f.empty_clusters_note().unwrap(),
+            "note: 1 of the 3 clusters received no image, so the answer has 2 groups: the model \
+             did not separate 3 types in these images"
+        );
+        let f = Found {
+            cluster_sizes: vec![0, 7, 0],
+            ..f
+        };
+        let note = f.empty_clusters_note().unwrap();
+        assert!(
+            note.contains("2 of the 3 clusters") && note.contains("has 1 group:"),
+            "{note}"
+        );
     }
 
     #[test]
