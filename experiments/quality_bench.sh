@@ -40,6 +40,11 @@
 #   CACHE       auto (default: --cache-dir OUT/<protocol>/token_cache when discover has the flag) | 1 | 0
 #   LOC         1 (default): localisation (maps-eval, crops_vs_gt.py) | 0
 #   BASELINE    auto (default: k-means baseline only when discover.json lacks training_free) | 1 | 0
+#   AUTO_K      auto (default: when the first run reports no `auto` K, as under `soft` guidance with
+#               the true K given, one more discover with --num-classes auto on its maps, stopped
+#               after one epoch, reads the K that `auto` chooses: OUT/<protocol>/auto_k.json) | 1
+#               (that run also when the runs report a K: runs of older binaries estimated it beside
+#               a given K on the training's own tokens, which `auto` under `soft` no longer reads) | 0
 #   EXTRA_SET   extra "section.key=value ..." passed as --set to every discover (and the baseline)
 #   EXTRA_ARGS  extra discover flags (e.g. the hidden --detector-random-weights of the tests)
 #   CONFIG      --config FILE for discover (default: none, discover's defaults)
@@ -89,6 +94,7 @@ VIEW_SEED=${VIEW_SEED:-1000}
 CACHE=${CACHE:-auto}
 LOC=${LOC:-1}
 BASELINE=${BASELINE:-auto}
+AUTO_K=${AUTO_K:-auto}
 EXTRA_SET=${EXTRA_SET:-}
 EXTRA_ARGS=${EXTRA_ARGS:-}
 CONFIG=${CONFIG:-}
@@ -117,6 +123,7 @@ case $VIEW_CHECK in 0|1) ;; *) die2 "VIEW_CHECK=$VIEW_CHECK: expected 0 or 1" ;;
 case $CACHE in auto|0|1) ;; *) die2 "CACHE=$CACHE: expected auto, 0 or 1" ;; esac
 case $LOC in 0|1) ;; *) die2 "LOC=$LOC: expected 0 or 1" ;; esac
 case $BASELINE in auto|0|1) ;; *) die2 "BASELINE=$BASELINE: expected auto, 0 or 1" ;; esac
+case $AUTO_K in auto|0|1) ;; *) die2 "AUTO_K=$AUTO_K: expected auto, 0 or 1" ;; esac
 [ -z "$THREADS" ] || [ "$THREADS" = auto ] || { is_uint "$THREADS" && [ "$THREADS" -ge 1 ]; } \
   || die2 "THREADS=$THREADS: expected auto or a positive integer"
 # Split on blanks without glob expansion.
@@ -336,6 +343,40 @@ protocol_extras() {
   fi
 }
 
+# ---- once per protocol: the K that `--num-classes auto` chooses, beside the true one (issue 25,
+# item 4). The runs give the true K; under `soft` guidance a given K makes no estimate beside it
+# (`auto` reads K from tokens guided within the masks, a backbone pass of its own), so one more
+# discover with `auto` on the first run's maps and token cache, stopped after one epoch, reads it
+# from its checkpoint.
+auto_k() {
+  local proto=$1 first=$2 pdir=$OUT/$1 maps run=$OUT/$1/auto_k
+  maps=${P_MAPS:-${BASE_MAPS:-$first/maps}}
+  [ "$AUTO_K" = 0 ] && return 0
+  [ -f "$pdir/auto_k.json" ] && return 0
+  [ "$AUTO_K" = auto ] && grep -q '"auto_k": *[0-9]' "$first/discover.json" 2>/dev/null && return 0
+  local a=(discover --images "$P_IMAGES" --out "$run" --num-classes auto --stop-after-epochs 1
+    --set "experiment.seed=${SEEDS%% *}" --anomaly-maps "$maps")
+  [ "$VIEW_SEED" = none ] || a+=(--set "training.view_seed=$VIEW_SEED")
+  [ -z "$CONFIG" ] || a+=(--config "$CONFIG")
+  local kv
+  for kv in "${EXTRA_SET_A[@]}"; do a+=(--set "$kv"); done
+  a+=("${EXTRA_ARGS_A[@]}")
+  [ "$CACHE" = 0 ] || a+=(--cache-dir "${BASE_OUT:-$OUT}/$proto/token_cache")
+  [ -d "$run" ] && a+=(--resume)
+  say "$proto: the K that auto chooses: discover --num-classes auto, one epoch, on $maps | $(uptime)"
+  { echo "# $(date -Is) $BIN ${GLOBAL[*]} ${a[*]}"; } >>"$pdir/auto_k.log"
+  local k
+  if "$BIN" "${GLOBAL[@]}" "${a[@]}" >>"$pdir/auto_k.log" 2>&1 \
+      && k=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["num_classes_estimate"]["chosen"])' \
+        "$run/train/checkpoint.json" 2>>"$pdir/auto_k.log"); then
+    printf '{"auto_k": %s, "true_k": %s}\n' "$k" "$P_K" >"$pdir/auto_k.json"
+    say "$proto: auto chooses K = $k (true $P_K)"
+  else
+    say "$proto: the auto K run FAILED (log $pdir/auto_k.log)"; tail -n 3 "$pdir/auto_k.log" | sed 's/^/    /'
+    FAILED+=("$proto:auto_k")
+  fi
+}
+
 run_protocol() {
   local proto=$1 pdir=$OUT/$1
   mkdir -p "$pdir"
@@ -382,6 +423,7 @@ run_protocol() {
     fi
   done
   protocol_extras "$proto" "$first"
+  auto_k "$proto" "$first"
 }
 
 for p in $PROTOCOLS; do

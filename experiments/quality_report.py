@@ -333,7 +333,11 @@ def protocol_summary(out, name, pev, unit_events, loc_events):
                              if res["f1_range"] else None,
                              "seed_f1_mean": agg["f1"]["mean"], "seed_f1_sd": agg["f1"]["sd"]}
     done = [u for u in res["units"] if u["done"]]
-    res["auto_k"] = sorted({u["result"]["auto_k"] for u in done if u["result"]["auto_k"] is not None})
+    # The bench's own `auto` run (quality_bench.sh's auto_k) when there is one: what `auto`
+    # chooses. Else what the runs, given K, say `auto` would choose (none under `soft`).
+    k = (load_json(pdir / "auto_k.json") or {}).get("auto_k")
+    res["auto_k"] = [k] if k is not None else sorted(
+        {u["result"]["auto_k"] for u in done if u["result"]["auto_k"] is not None})
     # Training-free: k-means on the pretrained class tokens with the true K, per run from discover
     # (found.training_free; its k-means is seeded by the run's seed), else once from the bench's
     # own `baseline --method kmeans` run when the binary has no such field.
@@ -397,7 +401,7 @@ def protocol_md(p):
     if p.get("command"):
         out += ["First run: `" + p["command"] + "`", ""]
     out.append(f"True K = {fmt(p['k'])}; K that `auto` would choose: "
-               f"{', '.join(map(str, p['auto_k'])) or '– (not estimated: under `soft` guidance a given K makes no estimate beside it, and older binaries do not report one)'}; "
+               f"{', '.join(map(str, p['auto_k'])) or '– (not estimated: the runs give K, and under `soft` guidance a given K makes no estimate beside it; run the bench with AUTO_K=auto or 1)'}; "
                f"view seed of the training runs: {fmt(p['view_seed'])}; precision: "
                f"{', '.join(p['precision']) or '–'}"
                + (f" (log: {p['precision_log']})" if p.get("precision_log") else "")

@@ -1,7 +1,8 @@
 //! `experiments/quality_bench.sh` (the quality benchmark's driver) and
 //! `experiments/quality_report.py` (its table and JSON) on the synthetic protocol with the tiny
 //! ViT and the random-weight detector (no `../shared`, no weights): two training seeds and the
-//! view-seed check, the maps reused, mean / sd from the per-seed values, a second invocation
+//! view-seed check, the maps reused, mean / sd from the per-seed values, the K that `auto`
+//! chooses from the bench's own `auto` run, a second invocation
 //! that skips every finished unit, and bad settings refused with exit 2; then
 //! `experiments/inference_sweep.sh` on the finished runs.
 
@@ -130,6 +131,19 @@ fn quality_bench_runs_resumes_and_reports_on_the_synthetic_set() {
     assert_eq!(
         p["crops_identical"], true,
         "every seed must see the first run's crops: {p}"
+    );
+    // Under `soft` guidance (discover's default) the runs, given K, report no `auto` K: the
+    // bench's own `auto` run, stopped after one epoch, does.
+    let seed1 = json(&proto.join("seed1_view1000/discover.json"));
+    assert!(seed1["found"]["auto_k"].is_null(), "{seed1}");
+    let auto = json(&proto.join("auto_k.json"));
+    let k = auto["auto_k"].as_u64().unwrap();
+    assert!((2..=10).contains(&k), "{auto}");
+    assert_eq!(auto["true_k"], 4);
+    assert_eq!(p["auto_k"], serde_json::json!([k]), "{p}");
+    assert!(
+        t.contains(&format!("synth: auto chooses K = {k} (true 4)")),
+        "{t}"
     );
 
     // Mean and sample sd from the per-seed values, each read from its run's discover.json.
