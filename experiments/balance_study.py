@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fusion_study import f1_nmi, fmt  # noqa: E402
+from fusion_study import f1_nmi, fmt, protocol_args  # noqa: E402
 from k_study import read_tokens  # noqa: E402
 
 LOGIT_TEMP = 0.1
@@ -109,13 +109,10 @@ def balance_offsets(p, iters=SINKHORN_ITERS):
 
 
 def main(argv):
-    if not argv:
-        sys.exit(__doc__)
     table = OrderedDict()
-    for arg in argv:
-        name, _, runs = arg.partition("=")
+    for name, _, runs in protocol_args(argv, __doc__, pooled=False):
         rows = {}
-        for run in runs.split(","):
+        for run in runs:
             p, truth, answer = image_probs(Path(run))
             lp = np.log(np.maximum(p, 1e-300))
             am = lp.argmax(1)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fusion_study import ari, f1_nmi, pooled, run_images  # noqa: E402
+from fusion_study import ari, f1_nmi, pooled, protocol_args, run_images  # noqa: E402
 from k_study import kmeans  # noqa: E402
 
 WEIGHTS = (0.25, 0.5)
@@ -106,13 +106,9 @@ def rule_score(table, signal, thr, w):
 
 
 def main(argv):
-    if not argv:
-        sys.exit(__doc__)
     table = {}
-    for arg in argv:
-        name, _, rest = arg.partition("=")
-        pooled_dir, _, runs = rest.partition(":")
-        table[name] = study(name, pooled_dir, runs.split(","))
+    for name, pooled_dir, runs in protocol_args(argv, __doc__, pooled=True):
+        table[name] = study(name, pooled_dir, runs)
     cols = ["head", "pooled"] + [f"fused {w}" for w in WEIGHTS] + list(SIGNALS) + [
         "sil_fused 0.5", "agree_f 0.5"]
     print("| protocol | seed | " + " | ".join(cols) + " |")

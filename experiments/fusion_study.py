@@ -167,16 +167,26 @@ def fmt(vals):
     return f"{a.mean():.3f} ± {sd:.3f}"
 
 
-def main(argv):
+def protocol_args(argv, doc, pooled):
+    """[(protocol, pooled dir or None, [run, ...])] from `PROTOCOL=[POOLED_DIR:]RUN1,RUN2,...`
+    arguments (the pooled dir when `pooled`); the usage `doc` when there are none."""
     if not argv:
-        sys.exit(__doc__)
-    table = OrderedDict()
+        sys.exit(doc)
+    out = []
     for arg in argv:
         name, _, rest = arg.partition("=")
-        pooled_dir, _, runs = rest.partition(":")
-        if not runs:
-            sys.exit(f"{arg}: expected PROTOCOL=POOLED_DIR:RUN1,RUN2,...")
-        table[name] = study(name, pooled_dir, runs.split(","))
+        pooled_dir, runs = rest.partition(":")[::2] if pooled else (None, rest)
+        if not name or not runs:
+            form = "POOLED_DIR:RUN1,RUN2,..." if pooled else "RUN1,RUN2,..."
+            sys.exit(f"{arg}: expected PROTOCOL={form}")
+        out.append((name, pooled_dir, runs.split(",")))
+    return out
+
+
+def main(argv):
+    table = OrderedDict()
+    for name, pooled_dir, runs in protocol_args(argv, __doc__, pooled=True):
+        table[name] = study(name, pooled_dir, runs)
     variants = list(next(iter(table.values())))
     print("| variant | " + " | ".join(table) + " | mean F1 |")
     print("|---|" + "---|" * (len(table) + 1))

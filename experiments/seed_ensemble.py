@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fusion_study import f1_nmi  # noqa: E402
+from fusion_study import f1_nmi, protocol_args  # noqa: E402
 from k_study import kmeans  # noqa: E402
 
 
@@ -53,13 +53,11 @@ def average_linkage(dist, k):
 
 
 def main(argv):
-    if not argv:
-        sys.exit(__doc__)
+    protocols = protocol_args(argv, __doc__, pooled=False)
     print("| protocol | seeds' F1 | mean | avg-link | kmeans |")
     print("|---|---|---|---|---|")
-    for arg in argv:
-        name, _, runs = arg.partition("=")
-        res = [answers(Path(r)) for r in runs.split(",")]
+    for name, _, runs in protocols:
+        res = [answers(Path(r)) for r in runs]
         keys = sorted(res[0])
         truth = [res[0][k][0] for k in keys]
         k = len(set(truth))

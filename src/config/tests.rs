@@ -205,3 +205,15 @@ fn every_section_checks_its_own_keys() {
     );
     assert!(Config::default().validate().is_ok());
 }
+
+/// The guidance's name in logs is the value the config file takes.
+#[test]
+fn guidance_names_are_the_config_values() {
+    for g in [
+        GuidanceMode::Hard,
+        GuidanceMode::Soft,
+        GuidanceMode::SoftMasked,
+    ] {
+        assert_eq!(serde_json::to_value(g).unwrap(), g.name(), "{g:?}");
+    }
+}

@@ -247,10 +247,9 @@ fn square_box(
     let cy = ((y + y + rh) as f64 * 0.5) as i64;
     let cx = ((x + x + rw) as f64 * 0.5) as i64;
     let padded = (rh.max(rw) as f64 * (1.0 + rule.padding) * 0.5) as i64;
-    let mut radius = padded.max((side as f64 * rule.min_crop_size) as i64);
-    if rule.scale != 1.0 {
-        radius = (radius as f64 * rule.scale) as i64;
-    }
+    // × 1.0 (the reference's) leaves the integer radius as it is.
+    let mut radius =
+        (padded.max((side as f64 * rule.min_crop_size) as i64) as f64 * rule.scale) as i64;
     // At least 1: in an image under 10 pixels a side a one-pixel component gives radius 0 by
     // the reference's rule, an empty crop that no image format can hold (found by fuzzing).
     radius = radius.max(1).min((side as f64 * 0.5) as i64);

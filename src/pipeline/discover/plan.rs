@@ -360,20 +360,25 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
     let crop = CropCosts::new(cfg, inputs.speed);
     let (base, base_crops, base_classes) = match &inputs.base {
         BaseInput::Synthetic => {
-            let n = 3 * SYNTH_BASE_PER_CLASS;
+            let classes = crate::synth::Defect::BASE.len();
+            let n = classes * SYNTH_BASE_PER_CLASS;
             stages.push(Stage {
                 name: "base",
                 kind: StageKind::SynthBase,
                 dir: out.join("base"),
                 what: format!(
-                    "the built-in synthetic base set (3 classes x {SYNTH_BASE_PER_CLASS} images, \
+                    "the built-in synthetic base set ({classes} classes x {SYNTH_BASE_PER_CLASS} images, \
                      written to {}) cropped by its masks",
                     out.join("synth_base").display()
                 ),
                 estimate_s: 0.05 * n as f64 + 2.0,
                 evaluate_s: 0.0,
             });
-            (Some(out.join("base")), Costs::BASE_CROPS * n as f64, 3.0)
+            (
+                Some(out.join("base")),
+                Costs::BASE_CROPS * n as f64,
+                classes as f64,
+            )
         }
         BaseInput::None => {
             notes.push(
