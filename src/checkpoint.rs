@@ -77,6 +77,10 @@ pub struct Checkpoint {
     pub meta: CheckpointMeta,
     pub model: BTreeMap<String, Tensor>,
     pub optim: BTreeMap<String, Tensor>,
+    /// What reproduces the image clusters beyond the meta (`answer.` tensors): the training
+    /// images' features and clusters under `inference.assign: spectral`
+    /// ([`crate::infer::spectral::Neighbours`]); empty otherwise.
+    pub answer: BTreeMap<String, Tensor>,
 }
 
 fn tensor_bytes(t: &Tensor) -> Result<(Vec<u8>, Vec<usize>)> {
@@ -94,7 +98,11 @@ fn tensor_bytes(t: &Tensor) -> Result<(Vec<u8>, Vec<usize>)> {
 /// Writes `path` (the .safetensors) atomically, then the readable `.json` copy beside it.
 pub fn save(path: &Path, ckpt: &Checkpoint) -> Result<()> {
     let mut named: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
-    for (prefix, map) in [("model.", &ckpt.model), ("optim.", &ckpt.optim)] {
+    for (prefix, map) in [
+        ("model.", &ckpt.model),
+        ("optim.", &ckpt.optim),
+        ("answer.", &ckpt.answer),
+    ] {
         for (k, t) in map {
             let (b, s) = tensor_bytes(t)?;
             named.push((format!("{prefix}{k}"), b, s));
@@ -166,6 +174,7 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         .map_err(|e| bad(format!("corrupt checkpoint tensors: {e}")))?;
     let mut model = BTreeMap::new();
     let mut optim = BTreeMap::new();
+    let mut answer = BTreeMap::new();
     for (name, view) in st.tensors() {
         if view.dtype() != safetensors::Dtype::F32 {
             return Err(bad(format!(
@@ -182,11 +191,18 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
             model.insert(k.to_string(), t);
         } else if let Some(k) = name.strip_prefix("optim.") {
             optim.insert(k.to_string(), t);
+        } else if let Some(k) = name.strip_prefix("answer.") {
+            answer.insert(k.to_string(), t);
         } else {
             return Err(bad(format!("unexpected tensor {name}")));
         }
     }
-    Ok(Checkpoint { meta, model, optim })
+    Ok(Checkpoint {
+        meta,
+        model,
+        optim,
+        answer,
+    })
 }
 
 /// Copies checkpoint tensors into the model; every variable must be present with its shape.

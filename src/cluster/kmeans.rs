@@ -45,7 +45,8 @@ pub struct KMeansFit {
     pub inertia: f64,
 }
 
-fn sq_dist(a: &[f32], b: &[f32]) -> f64 {
+/// Squared Euclidean distance, summed in f64.
+pub(crate) fn sq_dist(a: &[f32], b: &[f32]) -> f64 {
     a.iter()
         .zip(b)
         .map(|(x, y)| {

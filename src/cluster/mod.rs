@@ -5,6 +5,7 @@
 pub(crate) mod estimate;
 pub(crate) mod features;
 pub(crate) mod kmeans;
+pub mod spectral;
 
 pub use estimate::{estimate, KEstimate, KScore};
 pub use kmeans::{fit, KMeansFit, KMeansOptions};

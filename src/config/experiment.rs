@@ -1,5 +1,6 @@
 //! The `experiment` and `inference` sections: the seed and the `train` command's folders, and
-//! region merging's temperature.
+//! how the images are put into clusters at the end (region merging's temperature, the heads or
+//! spectral clustering).
 
 use std::path::PathBuf;
 
@@ -43,9 +44,23 @@ impl Experiment {
 
 /// Largest `inference.refine_steps`.
 pub const MAX_REFINE_STEPS: usize = 100;
+/// Range of `inference.spectral_neighbors`.
+pub const SPECTRAL_NEIGHBORS: std::ops::RangeInclusive<usize> = 2..=100;
+
+/// How the images are put into clusters at the end (`inference.assign`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageAssign {
+    /// The chosen head's region-merged answer (the reference).
+    #[default]
+    Heads,
+    /// Spectral clustering of the images' trained features on their nearest-neighbour graph
+    /// ([`crate::infer::spectral`]).
+    Spectral,
+}
 
 /// Ours: region merging at image level.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Inference {
     /// Temperature T of the softmax over sqrt(mask area) / T; unset = 100 for MVTec-style data,
@@ -54,6 +69,22 @@ pub struct Inference {
     /// Steps of refinement of the merged image clusters in the trained feature space
     /// ([`crate::infer::refine`]); 0: the region-merged answer as it is (the reference).
     pub refine_steps: usize,
+    /// Who puts the images into clusters: the heads (the reference) or spectral clustering of
+    /// the trained image features.
+    pub assign: ImageAssign,
+    /// `assign: spectral`: the nearest neighbours that join an image in the graph.
+    pub spectral_neighbors: usize,
+}
+
+impl Default for Inference {
+    fn default() -> Self {
+        Self {
+            merge_temperature: None,
+            refine_steps: 0,
+            assign: ImageAssign::default(),
+            spectral_neighbors: 10,
+        }
+    }
 }
 
 impl Inference {
@@ -71,5 +102,22 @@ impl Inference {
                 self.refine_steps
             )
         });
+        let r = SPECTRAL_NEIGHBORS;
+        c.need(r.contains(&self.spectral_neighbors), || {
+            format!(
+                "inference.spectral_neighbors must be in {}..={} (got {})",
+                r.start(),
+                r.end(),
+                self.spectral_neighbors
+            )
+        });
+        c.need(
+            self.assign == ImageAssign::Heads || self.refine_steps == 0,
+            || {
+                "inference.refine_steps refines the heads' answer; set it to 0 with \
+                 inference.assign: spectral"
+                    .into()
+            },
+        );
     }
 }

@@ -102,6 +102,7 @@ fn the_fingerprint_keeps_every_key_but_speed_logging_and_folders() {
         "auto",
         "bf16",
         "soft",
+        "spectral",
         "guided",
         "whole_image",
         "dinov2_vits14",
@@ -154,6 +155,8 @@ fn every_section_checks_its_own_keys() {
     ) = (2.0, 0.0, 0.0, 0);
     (c.experiment.print_freq, c.experiment.exp_name) = (0, " ".into());
     c.inference.merge_temperature = Some(0.0);
+    (c.inference.refine_steps, c.inference.spectral_neighbors) = (1, 1);
+    c.inference.assign = crate::config::ImageAssign::Spectral;
     let got = c.validate().unwrap_err();
     let want = [
         "binarization.sample_rate must be in 1..=255 (got 0)",
@@ -189,6 +192,9 @@ fn every_section_checks_its_own_keys() {
         "experiment.print_freq must be at least 1",
         "experiment.exp_name must not be empty",
         "inference.merge_temperature must be > 0 (got 0)",
+        "inference.spectral_neighbors must be in 2..=100 (got 1)",
+        "inference.refine_steps refines the heads' answer; set it to 0 with inference.assign: \
+         spectral",
     ];
     // Each message whole (one holds a `; ` itself), and nothing else.
     for w in want {

@@ -1,11 +1,41 @@
 //! Inference on the test crops: per-crop (sub-image) predictions and their merging into one
-//! prediction per image ([`merge`]), then scoring with [`crate::metrics`].
+//! prediction per image ([`merge`]), the images' clusters as `inference.assign` says ([`answer`]),
+//! then scoring with [`crate::metrics`].
 
 pub mod merge;
 pub mod outputs;
 pub mod predict;
 pub mod refine;
+pub mod spectral;
 pub mod trained;
+
+use crate::config::{ImageAssign, Inference};
+use crate::error::Result;
+use predict::Predictions;
+
+/// What the checkpoint stores so that `test` and `predict` reproduce the image clusters: the
+/// refined clusters' centroids ([`refine`]) or the training images' features and clusters
+/// ([`spectral`]); neither for the heads' answer as it is.
+#[derive(Debug, Default)]
+pub struct StoredAnswer {
+    pub centroids: Vec<Vec<f32>>,
+    pub neighbours: Option<spectral::Neighbours>,
+}
+
+/// Puts the images of `preds` (the heads' region-merged answer) into clusters as `inference`
+/// says; `seed` seeds spectral clustering's k-means.
+pub fn answer(preds: &mut Predictions, inference: &Inference, seed: u64) -> Result<StoredAnswer> {
+    Ok(match inference.assign {
+        ImageAssign::Heads => StoredAnswer {
+            centroids: refine::refine(preds, inference.refine_steps)?,
+            neighbours: None,
+        },
+        ImageAssign::Spectral => StoredAnswer {
+            centroids: Vec::new(),
+            neighbours: Some(spectral::assign(preds, inference.spectral_neighbors, seed)?),
+        },
+    })
+}
 
 /// The head used at test time: the one with the smallest mean cluster loss over the last
 /// training epoch. Among equal losses the last head wins, as in the reference's region merging.

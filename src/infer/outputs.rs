@@ -64,19 +64,21 @@ fn write_class_tokens(run_dir: &Path, preds: &Predictions) -> Result<()> {
 
 /// Stores in the checkpoint what `test` and `predict` need of this evaluation: the class each
 /// cluster matched (when labels exist), so `predict` can name its clusters, the refined image
-/// clusters' centroids (when refined), and the `inference` settings and merge temperature the
+/// clusters' centroids (when refined) or the training images' features and clusters (spectral
+/// clustering), and the `inference` settings and merge temperature the
 /// answer was made with (an evaluation redone with other settings replaces them). The file is
 /// rewritten only when one of them changes.
 pub fn store_in_checkpoint(
     ckpt_path: &Path,
     novel: &[String],
     preds: &Predictions,
-    centroids: Vec<Vec<f32>>,
+    answer: super::StoredAnswer,
     (inference, merge_temperature): (&crate::config::Inference, f64),
 ) -> Result<()> {
     let scores = score(preds)?;
     let mut ck = crate::checkpoint::load(ckpt_path)?;
     let before = ck.meta.clone();
+    let neighbours_before = super::spectral::Neighbours::from_tensors(&ck.answer, ckpt_path)?;
     if let Some(scores) = scores {
         ck.meta.cluster_classes = (0..preds.num_clusters)
             .map(|k| {
@@ -89,12 +91,17 @@ pub fn store_in_checkpoint(
             })
             .collect();
     }
-    ck.meta.image_centroids = centroids;
+    ck.meta.image_centroids = answer.centroids;
     ck.meta.config.inference = inference.clone();
     ck.meta.merge_temperature = merge_temperature;
-    if ck.meta == before {
+    if ck.meta == before && answer.neighbours == neighbours_before {
         return Ok(());
     }
+    ck.answer = answer
+        .neighbours
+        .as_ref()
+        .map(super::spectral::Neighbours::to_tensors)
+        .unwrap_or_default();
     crate::checkpoint::save(ckpt_path, &ck)
         .with_context(|| format!("storing the answer in {}", ckpt_path.display()))?;
     Ok(())

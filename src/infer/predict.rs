@@ -145,6 +145,21 @@ pub struct Predictions {
 }
 
 impl Predictions {
+    /// Test data: one crop per image; image `i` has class token `tokens[i]` and the heads'
+    /// cluster `heads[i]`, merged with probability 0.9 (0.05 for every other cluster).
+    #[cfg(test)]
+    pub(crate) fn with_tokens(tokens: &[[f32; 2]], heads: &[usize], k: usize) -> Predictions {
+        let mut p = Predictions::one_crop_per_image(&vec![None; tokens.len()], heads, k);
+        for img in &mut p.images {
+            img.confidence = 0.9;
+            img.merged = (0..k)
+                .map(|j| if j == img.cluster { 0.9 } else { 0.05 })
+                .collect();
+        }
+        p.class_tokens = tokens.iter().map(|t| t.to_vec()).collect();
+        p
+    }
+
     /// Test data: `n` images, image `i` with true class `truth[i]` predicted as `pred[i]`, one
     /// crop each.
     #[cfg(test)]

@@ -153,18 +153,8 @@ pub fn assign_stored(preds: &mut Predictions, centroids: &[Vec<f32>]) -> Result<
 mod tests {
     use super::*;
 
-    /// One crop per image; image `i` has token `tokens[i]` and the heads' cluster `heads[i]`,
-    /// merged with probability 0.9 (0.05 for every other cluster).
     fn preds(tokens: &[[f32; 2]], heads: &[usize], k: usize) -> Predictions {
-        let mut p = Predictions::one_crop_per_image(&vec![None; tokens.len()], heads, k);
-        for img in &mut p.images {
-            img.confidence = 0.9;
-            img.merged = (0..k)
-                .map(|j| if j == img.cluster { 0.9 } else { 0.05 })
-                .collect();
-        }
-        p.class_tokens = tokens.iter().map(|t| t.to_vec()).collect();
-        p
+        Predictions::with_tokens(tokens, heads, k)
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::TrainSpec;
 use crate::cluster::{estimate, estimate_k, fit, set_tokens, KEstimate, KMeansOptions, SetTokens};
-use crate::config::{Config, GuidanceMode};
+use crate::config::{Config, GuidanceMode, ImageAssign};
 use crate::data::{CropSet, NovelSource};
 use crate::error::Result;
 use crate::infer::predict::{predict_assigned, score};
@@ -116,8 +116,9 @@ pub(super) fn pretrained_view(
 }
 
 /// k-means with the set's K on the pretrained novel tokens (computed under `guidance`), merged
-/// per image and scored like the trained model (the same merge temperature); `None` without true
-/// types.
+/// per image and scored like the trained model (the same merge temperature and, under
+/// `inference.assign: spectral`, the images then clustered by their pretrained features as the
+/// trained model's are by its own); `None` without true types.
 pub(super) fn training_free_scores(
     cfg: &Config,
     set: &CropSet,
@@ -134,17 +135,31 @@ pub(super) fn training_free_scores(
         &vec![None; tokens.novel.nrows()],
         KMeansOptions::new(k, cfg.experiment.seed),
     )?;
-    let preds = predict_assigned(
+    let mut preds = predict_assigned(
         set,
         &tokens.novel_items,
         &fitted.assign,
         k,
         merge_temperature,
     )?;
+    let how = match cfg.inference.assign {
+        ImageAssign::Heads => "k-means",
+        ImageAssign::Spectral => {
+            preds.class_tokens = tokens
+                .novel
+                .rows()
+                .into_iter()
+                .map(|r| r.to_vec())
+                .collect();
+            let (n, seed) = (cfg.inference.spectral_neighbors, cfg.experiment.seed);
+            crate::infer::spectral::assign(&mut preds, n, seed)?;
+            "spectral clustering of the images"
+        }
+    };
     let scores = score(&preds)?.map(|s| s.image.scores());
     if let Some(Scores { nmi, ari, f1 }) = scores {
         log::info!(
-            "training-free: k-means (K = {k}) on the pretrained class tokens ({} guidance): NMI \
+            "training-free: {how} (K = {k}) on the pretrained class tokens ({} guidance): NMI \
              {nmi:.4} ARI {ari:.4} F1 {f1:.4}",
             guidance.name()
         );

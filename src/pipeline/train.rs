@@ -318,7 +318,7 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
     };
     timing.eval_s = t.elapsed().as_secs_f64();
     let mut preds = predict(&set, &outputs, head, merge_temperature)?;
-    let centroids = crate::infer::refine::refine(&mut preds, cfg.inference.refine_steps)?;
+    let answer = crate::infer::answer(&mut preds, &cfg.inference, cfg.experiment.seed)?;
     let scores = crate::report::write(&crate::report::RunOutputs {
         out: run_dir,
         table: &spec.table,
@@ -333,7 +333,7 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
         &ckpt_path,
         &set.novel_types,
         &preds,
-        centroids,
+        answer,
         (&cfg.inference, merge_temperature),
     )?;
     log::info!("checkpoint: {}", ckpt_path.display());

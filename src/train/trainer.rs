@@ -367,6 +367,7 @@ pub fn train(
             meta: plan.meta.clone(),
             model: model_state(model),
             optim,
+            answer: Default::default(),
         };
         checkpoint::save(&plan.checkpoint, &ck)?;
         if plan.stop_after == Some(epoch + 1) && epoch + 1 < epochs {

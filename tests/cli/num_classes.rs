@@ -346,4 +346,22 @@ fn the_pretrained_view_under_soft_guidance_with_the_bank() {
     let auto = log("auto_soft", "soft", "auto");
     assert!(auto.contains("within their masks"), "{auto}");
     assert!(auto.contains("(soft guidance): NMI"), "{auto}");
+    assert!(soft.contains("training-free: k-means (K = 4)"), "{soft}");
+    // Under `inference.assign: spectral` the training-free row groups the images as the trained
+    // model's are grouped: spectral clustering of their pretrained features.
+    let args = [
+        "--num-classes",
+        "4",
+        "--stop-after",
+        "1",
+        "--set",
+        "training.cache_frozen=true",
+        "--set",
+        "inference.assign=spectral",
+    ];
+    let spectral = ok(p, &common::train_args("given_spectral", &args));
+    assert!(
+        spectral.contains("training-free: spectral clustering of the images (K = 4)"),
+        "{spectral}"
+    );
 }

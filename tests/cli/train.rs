@@ -282,6 +282,62 @@ fn refined_image_clusters_are_stored_and_reproduced_by_test_and_predict() {
 }
 
 #[test]
+fn spectral_image_clusters_are_stored_and_reproduced_by_test() {
+    let d = setup();
+    let p = d.path();
+    ok(
+        p,
+        &train_args("spectral", &["--set", "inference.assign=spectral"]),
+    );
+    let run_dir = p.join("out/spectral/synth");
+    let meta = json(run_dir.join("checkpoint.json"));
+    assert_eq!(meta["config"]["inference"]["assign"], "spectral", "{meta}");
+    assert!(meta.get("image_centroids").is_none(), "{meta}");
+    // The checkpoint stores one feature and one cluster per training image.
+    let images = clusters_of(&run_dir.join("predictions.csv"));
+    let bytes = std::fs::read(run_dir.join("checkpoint.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let features = st.tensor("answer.image_features").unwrap();
+    assert_eq!(features.shape()[0], images.len());
+    assert_eq!(
+        st.tensor("answer.image_clusters").unwrap().shape(),
+        [images.len()]
+    );
+    // `test` gives each image its nearest stored image's cluster: the same answer as training.
+    ok(
+        p,
+        &[
+            "test",
+            "--checkpoint",
+            "out/spectral/synth",
+            "--out",
+            "tested",
+            "-q",
+        ],
+    );
+    assert_eq!(clusters_of(&p.join("tested/predictions.csv")), images);
+    // Refining the heads' answer does not combine with it: a config error naming both keys.
+    let o = run(
+        p,
+        &train_args(
+            "both",
+            &[
+                "--set",
+                "inference.assign=spectral",
+                "--set",
+                "inference.refine_steps=1",
+            ],
+        ),
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let text = common::text(&o);
+    assert!(
+        text.contains("inference.refine_steps") && text.contains("inference.assign"),
+        "{text}"
+    );
+}
+
+#[test]
 fn train_bad_inputs_are_clear_errors() {
     let d = setup();
     let p = d.path();

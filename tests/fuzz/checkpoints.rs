@@ -54,6 +54,7 @@ fn valid_checkpoint() -> &'static (Vec<u8>, usize) {
                 meta,
                 model,
                 optim: Default::default(),
+                answer: Default::default(),
             },
         )
         .unwrap();

@@ -1,0 +1,257 @@
+//! Putting the images into clusters by spectral clustering of their trained features (ours,
+//! issue 25; `inference.assign: spectral`).
+//!
+//! Each image's feature is the one [`super::refine`] uses: the normalised mean of its crops'
+//! unit class tokens from the trained model. The images are split into the run's K clusters by
+//! [`crate::cluster::spectral`] on their nearest-neighbour graph, and each spectral cluster takes
+//! the number of the heads' cluster it overlaps most (one-to-one), so that the crop rows, which
+//! keep the heads' answer, and the image rows mostly agree. An image whose cluster changed gets
+//! its merged probability of the new cluster as its confidence, as a refined one does.
+//!
+//! The features and clusters of the training images are stored in the checkpoint. `test` and
+//! `predict` give each image the cluster of its nearest stored image: on the training images
+//! themselves that is their own answer, and a new image follows the graph's clusters, where a
+//! centroid would cut across them (measured: nearest centroids after the spectral answer lost
+//! up to 0.02 F1, docs/results.md).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use tch::{Kind, Tensor};
+
+use super::predict::Predictions;
+use super::refine::image_features;
+use crate::cluster::spectral::{self, SpectralOptions};
+use crate::error::{Error, Result};
+
+/// Checkpoint tensor names (under the `answer.` prefix) of the stored training images.
+const FEATURES: &str = "image_features";
+const CLUSTERS: &str = "image_clusters";
+
+/// The training images' features and clusters, which `test` and `predict` assign images by.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Neighbours {
+    pub features: Vec<Vec<f32>>,
+    pub clusters: Vec<usize>,
+}
+
+/// Replaces the image clusters of `preds` by spectral clustering of the images' trained
+/// features with `neighbors` graph neighbours (k-means seeded by `seed`), and returns what the
+/// checkpoint stores to reproduce the answer.
+pub fn assign(preds: &mut Predictions, neighbors: usize, seed: u64) -> Result<Neighbours> {
+    let features = image_features(preds)?;
+    let n = features.len();
+    let k = preds.num_clusters.min(n);
+    let d = features.first().map_or(0, Vec::len);
+    let flat: Vec<f32> = features.iter().flatten().copied().collect();
+    let points = ndarray::ArrayView2::from_shape((n, d), &flat)
+        .map_err(|e| Error::runtime(format!("image features: {e}")))?;
+    let found = if n < 2 {
+        vec![0; n]
+    } else {
+        spectral::fit(points, SpectralOptions::new(k, neighbors, seed))?
+    };
+    let heads: Vec<usize> = preds.images.iter().map(|i| i.cluster).collect();
+    let to_heads = crate::metrics::hungarian_match(&heads, &found)?;
+    let clusters: Vec<usize> = found.iter().map(|&c| to_heads[c]).collect();
+    let stored = Neighbours { features, clusters };
+    let moved = set_clusters(preds, &stored.clusters);
+    log::info!(
+        "image clusters by spectral clustering of the images' features ({neighbors} neighbours): \
+         {moved} of {n} images differ from the region-merged answer"
+    );
+    Ok(stored)
+}
+
+/// Gives each image `clusters[i]`; a changed image's confidence becomes its merged probability
+/// of the new cluster. Returns how many changed.
+fn set_clusters(preds: &mut Predictions, clusters: &[usize]) -> usize {
+    let mut moved = 0;
+    for (img, &j) in preds.images.iter_mut().zip(clusters) {
+        if j != img.cluster {
+            img.confidence = img.merged.get(j).copied().unwrap_or(0.0);
+            img.cluster = j;
+            moved += 1;
+        }
+    }
+    moved
+}
+
+/// Assigns the images of `preds` the cluster of their nearest stored training image (squared
+/// Euclidean distance; the first among equals), as `test` and `predict` reproduce a checkpoint
+/// made with `inference.assign: spectral`.
+pub fn assign_stored(preds: &mut Predictions, stored: &Neighbours) -> Result<()> {
+    let features = image_features(preds)?;
+    let d = features.first().map_or(0, Vec::len);
+    if stored.features.is_empty() || stored.features.iter().any(|f| f.len() != d) {
+        return Err(Error::runtime(format!(
+            "the checkpoint's stored image features do not have the model's {d} dimensions"
+        )));
+    }
+    if let Some(&c) = stored.clusters.iter().find(|&&c| c >= preds.num_clusters) {
+        return Err(Error::runtime(format!(
+            "the checkpoint stores cluster {c} of {}",
+            preds.num_clusters
+        )));
+    }
+    let clusters: Vec<usize> = features
+        .iter()
+        .map(|f| {
+            let dist =
+                |s: &Vec<f32>| -> f32 { f.iter().zip(s).map(|(a, b)| (a - b) * (a - b)).sum() };
+            let mut best = (0, f32::INFINITY);
+            for (i, s) in stored.features.iter().enumerate() {
+                let v = dist(s);
+                if v < best.1 {
+                    best = (i, v);
+                }
+            }
+            stored.clusters[best.0]
+        })
+        .collect();
+    set_clusters(preds, &clusters);
+    Ok(())
+}
+
+impl Neighbours {
+    /// The checkpoint tensors (names without the `answer.` prefix).
+    pub fn to_tensors(&self) -> BTreeMap<String, Tensor> {
+        let n = self.features.len() as i64;
+        let d = self.features.first().map_or(0, Vec::len) as i64;
+        let flat: Vec<f32> = self.features.iter().flatten().copied().collect();
+        let clusters: Vec<f32> = self.clusters.iter().map(|&c| c as f32).collect();
+        BTreeMap::from([
+            (FEATURES.to_string(), Tensor::from_slice(&flat).view([n, d])),
+            (CLUSTERS.to_string(), Tensor::from_slice(&clusters)),
+        ])
+    }
+
+    /// Reads them back; `None` when the checkpoint stores none, an input error naming `origin`
+    /// when they are inconsistent.
+    pub fn from_tensors(t: &BTreeMap<String, Tensor>, origin: &Path) -> Result<Option<Self>> {
+        let (Some(f), Some(c)) = (t.get(FEATURES), t.get(CLUSTERS)) else {
+            return match t.is_empty() {
+                true => Ok(None),
+                false => Err(Error::input(
+                    origin,
+                    "the checkpoint's stored answer is incomplete; was the file edited?",
+                )),
+            };
+        };
+        let (n, d) = match f.size()[..] {
+            [n, d] if n > 0 && c.size() == [n] => (n as usize, d as usize),
+            _ => {
+                return Err(Error::input(
+                    origin,
+                    format!(
+                    "the checkpoint's stored answer has shapes {:?} and {:?}; was the file edited?",
+                    f.size(),
+                    c.size()
+                ),
+                ))
+            }
+        };
+        let mut flat = vec![0f32; n * d];
+        f.to_kind(Kind::Float).f_copy_data(&mut flat, n * d)?;
+        let mut cl = vec![0f32; n];
+        c.to_kind(Kind::Float).f_copy_data(&mut cl, n)?;
+        if cl.iter().any(|&v| v < 0.0 || v.fract() != 0.0) {
+            return Err(Error::input(
+                origin,
+                "the checkpoint's stored image clusters are not cluster numbers",
+            ));
+        }
+        Ok(Some(Self {
+            features: flat.chunks(d.max(1)).map(<[f32]>::to_vec).collect(),
+            clusters: cl.iter().map(|&v| v as usize).collect(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn preds(tokens: &[[f32; 2]], heads: &[usize], k: usize) -> Predictions {
+        Predictions::with_tokens(tokens, heads, k)
+    }
+
+    /// Two tight groups of directions, six images each, around 10° and 80°.
+    fn two_groups() -> Vec<[f32; 2]> {
+        (0..12)
+            .map(|i| {
+                let deg = if i < 6 { 10.0 } else { 80.0 } + (i % 6) as f32;
+                let r = deg.to_radians();
+                [r.cos(), r.sin()]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_graph_decides_and_clusters_keep_the_heads_numbers() {
+        let t = two_groups();
+        // The heads number the groups 1 and 0 and put image 3 with the second group.
+        let heads = [1, 1, 1, 0, 1, 1, 0, 0, 0, 0, 0, 0];
+        let mut p = preds(&t, &heads, 2);
+        let stored = assign(&mut p, 4, 0).unwrap();
+        let got: Vec<usize> = p.images.iter().map(|i| i.cluster).collect();
+        assert_eq!(got, [1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0]);
+        // The moved image's confidence is its merged probability of its new cluster; the crop
+        // rows keep the heads' answer.
+        assert_eq!(p.images[3].confidence, 0.05);
+        assert_eq!(p.images[0].confidence, 0.9);
+        assert_eq!(p.crops[3].cluster, 0);
+        assert_eq!(stored.clusters, got);
+        // The stored neighbours reproduce the answer on the same images, through the
+        // checkpoint's tensors.
+        let back = Neighbours::from_tensors(&stored.to_tensors(), Path::new("ck")).unwrap();
+        assert_eq!(back.as_ref(), Some(&stored));
+        let mut q = preds(&t, &heads, 2);
+        assign_stored(&mut q, &back.unwrap()).unwrap();
+        assert_eq!(q.images, p.images);
+    }
+
+    #[test]
+    fn a_new_image_takes_its_nearest_stored_images_cluster() {
+        let t = two_groups();
+        let mut p = preds(&t, &[0; 12], 2);
+        let stored = assign(&mut p, 4, 0).unwrap();
+        let second = stored.clusters[11];
+        let r = 79f32.to_radians();
+        let mut q = preds(&[[r.cos(), r.sin()]], &[1 - second], 2);
+        assign_stored(&mut q, &stored).unwrap();
+        assert_eq!(q.images[0].cluster, second);
+    }
+
+    #[test]
+    fn bad_stored_answers_are_errors_not_panics() {
+        let mut p = preds(&two_groups(), &[0; 12], 2);
+        let origin = Path::new("ck");
+        assert_eq!(
+            Neighbours::from_tensors(&BTreeMap::new(), origin).unwrap(),
+            None
+        );
+        let good = assign(&mut p, 4, 0).unwrap();
+        let mut t = good.to_tensors();
+        t.remove(CLUSTERS);
+        assert!(Neighbours::from_tensors(&t, origin).is_err());
+        let mut t = good.to_tensors();
+        t.insert(CLUSTERS.into(), Tensor::from_slice(&[0.5f32; 12]));
+        assert!(Neighbours::from_tensors(&t, origin).is_err());
+        let mut t = good.to_tensors();
+        t.insert(CLUSTERS.into(), Tensor::from_slice(&[0f32; 3]));
+        assert!(Neighbours::from_tensors(&t, origin).is_err());
+        let wrong_dim = Neighbours {
+            features: vec![vec![1.0; 3]],
+            clusters: vec![0],
+        };
+        assert!(assign_stored(&mut p, &wrong_dim).is_err());
+        let wrong_cluster = Neighbours {
+            features: vec![vec![1.0, 0.0]],
+            clusters: vec![2],
+        };
+        assert!(assign_stored(&mut p, &wrong_cluster).is_err());
+        p.class_tokens.clear();
+        assert!(assign(&mut p, 4, 0).is_err());
+    }
+}
