@@ -8,7 +8,7 @@
 # settings; the script checks that this gives back the run's scores (exit 1 if not) and puts
 # back the run's discover.json and train/stage.json, whose timings an evaluation rewrites.
 #
-#   experiments/inference_sweep.sh OUT SWEEP_OUT "inference.refine_steps=1" "inference.merge_temperature=100" ...
+#   experiments/inference_sweep.sh OUT SWEEP_OUT "inference.assign=heads" "inference.merge_temperature=100" ...
 #
 # OUT        a folder of experiments/quality_bench.sh (OUT/<protocol>/<unit>/discover.json and
 #            OUT/<protocol>/<unit>.log, whose first "# <date> <binary> ... discover ..." line is the

@@ -536,7 +536,9 @@ def cmd_report(args):
           "Image-level NMI / ARI / F1 (Hungarian-matched micro F1) as mean ± sample sd over the "
           "training seeds; the view check trains the first seed on another bank of augmented "
           "views; training-free: k-means on the pretrained class tokens of the same crops with "
-          "the true K; localisation: `maps-eval` overall and MEBin's mask IoU.", "",
+          "the true K (under `inference.assign: spectral`, the images then clustered by "
+          "spectral clustering of their pretrained features, as the runs' are by their trained "
+          "ones); localisation: `maps-eval` overall and MEBin's mask IoU.", "",
           table(["protocol", "K", "auto K", "seeds", "NMI", "ARI", "F1", "F1 range",
                  "view check F1", "training-free F1", "argmax in defect", "crops touching",
                  "best IoU", "MEBin mask IoU", "wall"], [headline_row(p) for p in summaries]), ""]

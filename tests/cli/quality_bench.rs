@@ -294,12 +294,13 @@ fn inference_sweep_evaluates_the_runs_again(
     };
     let before: Vec<_> = units.iter().map(|u| records(u)).collect();
     let same = "inference.merge_temperature=50";
-    let refine = "inference.refine_steps=1";
-    let o = sweep(out, dir, &[same, refine]);
+    // The heads' answer (the reference's) in place of discover's spectral assignment.
+    let heads = "inference.assign=heads";
+    let o = sweep(out, dir, &[same, heads]);
     let t = text(&o);
     assert!(o.status.success(), "sweep:\n{t}");
     for (u, scores) in units[..2].iter().zip(per_seed) {
-        for s in [same, refine] {
+        for s in [same, heads] {
             let log = std::fs::read_to_string(dir.join(s).join("synth").join(format!("{u}.log")))
                 .unwrap();
             assert!(
@@ -319,7 +320,7 @@ fn inference_sweep_evaluates_the_runs_again(
         "every run must hold its own records again after the sweep"
     );
     assert!(
-        t.contains(&format!("| {same} | 3 |")) && t.contains(&format!("| {refine} | 3 |")),
+        t.contains(&format!("| {same} | 3 |")) && t.contains(&format!("| {heads} | 3 |")),
         "{t}"
     );
 
@@ -327,7 +328,7 @@ fn inference_sweep_evaluates_the_runs_again(
     let o = sweep(out, dir, &["training.epochs=3"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("inference"), "{}", text(&o));
-    let o = sweep(out, &out.join("sweep"), &[refine]);
+    let o = sweep(out, &out.join("sweep"), &[heads]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(!out.join("sweep").exists());
 }
