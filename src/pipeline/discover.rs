@@ -59,7 +59,7 @@ use crate::fsutil::{
 /// Its bank holds 4 views per crop, not the demo's 8: level with 8 on the five benchmark
 /// protocols at 5/9 of the build (docs/results.md, "four cached views on all five protocols").
 /// Spectral clustering of the trained image features assigns the images, not the heads: mean F1
-/// of the five protocols 0.595 → 0.623 on the same models, SD-900 −0.015 (docs/results.md).
+/// of the five protocols +0.027 on the same models; SD-900 −0.015, tire −0.045 under `auto` K.
 /// The crops' input side is set after these, from the backbone ([`MASK_GRID`]).
 pub const DEFAULT_SETTINGS: &[&str] = &[
     "models.pretrained_backbone=dinov2_vits14",
