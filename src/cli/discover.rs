@@ -135,7 +135,9 @@ pub fn run(a: &DiscoverArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 println!("{s}  (image level, against the type folders)");
             }
             if let Some(s) = found.training_free {
-                println!("training-free k-means on the pretrained class tokens: {s}");
+                println!(
+                    "training-free (the pretrained class tokens, clustered as the answer is): {s}"
+                );
             }
         }
     }

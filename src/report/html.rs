@@ -66,10 +66,7 @@ fn pct(v: f64) -> String {
 fn scores_table(s: &Scores) -> String {
     let mut t =
         String::from("<table><tr><th class=l>level</th><th>NMI</th><th>ARI</th><th>F1</th></tr>");
-    for (name, e) in [
-        ("image (region merged)", &s.image),
-        ("crop (sub-image)", &s.sub_image),
-    ] {
+    for (name, e) in [("image", &s.image), ("crop (sub-image)", &s.sub_image)] {
         let _ = write!(
             t,
             "<tr><td class=l>{name}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td></tr>",
