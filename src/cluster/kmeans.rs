@@ -56,7 +56,8 @@ pub(crate) fn sq_dist(a: &[f32], b: &[f32]) -> f64 {
         .sum()
 }
 
-fn nearest(p: &[f32], centroids: &[Vec<f32>]) -> (usize, f64) {
+/// The nearest of `centroids` to `p` and its squared distance (the first among equals).
+pub(crate) fn nearest(p: &[f32], centroids: &[Vec<f32>]) -> (usize, f64) {
     let mut best = (0, f64::INFINITY);
     for (c, m) in centroids.iter().enumerate() {
         let d = sq_dist(p, m);
@@ -68,7 +69,10 @@ fn nearest(p: &[f32], centroids: &[Vec<f32>]) -> (usize, f64) {
 }
 
 /// The rows of `points` as slices (a copy only when the view is not in row-major order).
-fn rows<'a>(points: &'a ArrayView2<'_, f32>, owned: &'a mut Option<Array2<f32>>) -> Vec<&'a [f32]> {
+pub(crate) fn rows<'a>(
+    points: &'a ArrayView2<'_, f32>,
+    owned: &'a mut Option<Array2<f32>>,
+) -> Vec<&'a [f32]> {
     let flat: &'a [f32] = match points.as_slice() {
         Some(s) => s,
         None => owned

@@ -78,8 +78,14 @@ fn nearest_neighbours(rows: &[&[f32]], m: usize) -> Vec<Vec<(usize, f64)>> {
                 .filter(|&(j, _)| j != i)
                 .map(|(j, q)| (j, sq_dist(p, q)))
                 .collect();
-            d.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
-            d.truncate(m);
+            // Only the m nearest are sorted: the selection is linear in n.
+            let order =
+                |a: &(usize, f64), b: &(usize, f64)| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0));
+            if m < d.len() {
+                d.select_nth_unstable_by(m - 1, order);
+                d.truncate(m);
+            }
+            d.sort_by(order);
             d
         })
         .collect()
@@ -94,13 +100,8 @@ pub fn graph(points: ArrayView2<f32>, neighbors: usize) -> Result<Graph> {
             "spectral clustering needs at least two points and one neighbour",
         ));
     }
-    let owned = points.as_standard_layout().into_owned();
-    let d = owned.ncols().max(1);
-    let rows: Vec<&[f32]> = owned
-        .as_slice()
-        .expect("a standard-layout matrix is one slice")
-        .chunks(d)
-        .collect();
+    let mut owned = None;
+    let rows = kmeans::rows(&points, &mut owned);
     if rows.iter().flat_map(|r| r.iter()).any(|v| !v.is_finite()) {
         return Err(Error::runtime(
             "spectral clustering: a feature is not finite",

@@ -77,14 +77,23 @@ fn nearest(f: &[f32], centroids: &[Option<Vec<f32>>]) -> Option<usize> {
 /// Moves each image of `preds` to its nearest centroid and sets its confidence to its merged
 /// probability of that cluster (how much the heads agree with the move).
 fn assign(preds: &mut Predictions, features: &[Vec<f32>], centroids: &[Option<Vec<f32>>]) {
-    for (img, f) in preds.images.iter_mut().zip(features) {
-        if let Some(j) = nearest(f, centroids) {
-            if j != img.cluster {
-                img.confidence = img.merged.get(j).copied().unwrap_or(0.0);
-                img.cluster = j;
-            }
+    let clusters: Vec<Option<usize>> = features.iter().map(|f| nearest(f, centroids)).collect();
+    move_images(preds, &clusters);
+}
+
+/// Moves image `i` of `preds` to `clusters[i]` (`None`: it stays); a moved image's confidence
+/// becomes its merged probability of the new cluster (how much the heads agree with the move).
+/// Returns how many moved. Shared with [`super::spectral`].
+pub(super) fn move_images(preds: &mut Predictions, clusters: &[Option<usize>]) -> usize {
+    let mut moved = 0;
+    for (img, &j) in preds.images.iter_mut().zip(clusters) {
+        if let Some(j) = j.filter(|&j| j != img.cluster) {
+            img.confidence = img.merged.get(j).copied().unwrap_or(0.0);
+            img.cluster = j;
+            moved += 1;
         }
     }
+    moved
 }
 
 /// Applies `steps` refinement steps to `preds` (stopping early when no image moves) and returns

@@ -20,7 +20,8 @@ use std::path::Path;
 use tch::{Kind, Tensor};
 
 use super::predict::Predictions;
-use super::refine::image_features;
+use super::refine::{image_features, move_images};
+use crate::cluster::kmeans::nearest;
 use crate::cluster::spectral::{self, SpectralOptions};
 use crate::error::{Error, Result};
 
@@ -55,26 +56,15 @@ pub fn assign(preds: &mut Predictions, neighbors: usize, seed: u64) -> Result<Ne
     let to_heads = crate::metrics::hungarian_match(&heads, &found)?;
     let clusters: Vec<usize> = found.iter().map(|&c| to_heads[c]).collect();
     let stored = Neighbours { features, clusters };
-    let moved = set_clusters(preds, &stored.clusters);
+    let moved = move_images(
+        preds,
+        &stored.clusters.iter().map(|&c| Some(c)).collect::<Vec<_>>(),
+    );
     log::info!(
         "image clusters by spectral clustering of the images' features ({neighbors} neighbours): \
          {moved} of {n} images differ from the region-merged answer"
     );
     Ok(stored)
-}
-
-/// Gives each image `clusters[i]`; a changed image's confidence becomes its merged probability
-/// of the new cluster. Returns how many changed.
-fn set_clusters(preds: &mut Predictions, clusters: &[usize]) -> usize {
-    let mut moved = 0;
-    for (img, &j) in preds.images.iter_mut().zip(clusters) {
-        if j != img.cluster {
-            img.confidence = img.merged.get(j).copied().unwrap_or(0.0);
-            img.cluster = j;
-            moved += 1;
-        }
-    }
-    moved
 }
 
 /// Assigns the images of `preds` the cluster of their nearest stored training image (squared
@@ -94,22 +84,11 @@ pub fn assign_stored(preds: &mut Predictions, stored: &Neighbours) -> Result<()>
             preds.num_clusters
         )));
     }
-    let clusters: Vec<usize> = features
+    let clusters: Vec<Option<usize>> = features
         .iter()
-        .map(|f| {
-            let dist =
-                |s: &Vec<f32>| -> f32 { f.iter().zip(s).map(|(a, b)| (a - b) * (a - b)).sum() };
-            let mut best = (0, f32::INFINITY);
-            for (i, s) in stored.features.iter().enumerate() {
-                let v = dist(s);
-                if v < best.1 {
-                    best = (i, v);
-                }
-            }
-            stored.clusters[best.0]
-        })
+        .map(|f| Some(stored.clusters[nearest(f, &stored.features).0]))
         .collect();
-    set_clusters(preds, &clusters);
+    move_images(preds, &clusters);
     Ok(())
 }
 
