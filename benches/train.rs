@@ -104,6 +104,7 @@ fn time_steps(
         loader,
         criterion: &criterion,
         bank,
+        neighbours: None,
         device: Device::Cpu,
         last_good,
     };

@@ -91,6 +91,27 @@ fn nearest_neighbours(rows: &[&[f32]], m: usize) -> Vec<Vec<(usize, f64)>> {
         .collect()
 }
 
+/// For each row of `points`, its `count` nearest other rows by cosine (all others when there are
+/// fewer), nearest first: what `training.neighbor_views` draws a crop's neighbours from.
+pub fn cosine_neighbours(points: ArrayView2<f32>, count: usize) -> Vec<Vec<usize>> {
+    let unit: Vec<Vec<f32>> = points
+        .rows()
+        .into_iter()
+        .map(|r| {
+            let n = r.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+            r.iter().map(|v| v / n).collect()
+        })
+        .collect();
+    let rows: Vec<&[f32]> = unit.iter().map(|r| r.as_slice()).collect();
+    if rows.len() < 2 || count == 0 {
+        return vec![Vec::new(); rows.len()];
+    }
+    nearest_neighbours(&rows, count.min(rows.len() - 1))
+        .into_iter()
+        .map(|l| l.into_iter().map(|(j, _)| j).collect())
+        .collect()
+}
+
 /// The locally scaled k-nearest-neighbour graph of the rows of `points`: i and j are joined when
 /// either is among the other's `neighbors` nearest, with weight exp(−d²ᵢⱼ / σᵢσⱼ).
 pub fn graph(points: ArrayView2<f32>, neighbors: usize) -> Result<Graph> {
@@ -352,6 +373,18 @@ mod tests {
         let dot = |a: usize, b: usize| u.row(a).dot(&u.row(b));
         assert!((dot(0, 1) - 1.0).abs() < 1e-5 && (dot(2, 3) - 1.0).abs() < 1e-5);
         assert!(dot(0, 2).abs() < 1e-5);
+    }
+
+    #[test]
+    fn cosine_neighbours_go_by_angle_not_length() {
+        let p = ndarray::array![[1.0f32, 0.0], [10.0, 1.0], [0.0, 1.0], [0.1, 2.0]];
+        let nb = cosine_neighbours(p.view(), 1);
+        assert_eq!(nb, vec![vec![1], vec![0], vec![3], vec![2]]);
+        assert_eq!(cosine_neighbours(p.view(), 9)[0], vec![1, 3, 2]);
+        assert_eq!(
+            cosine_neighbours(p.slice(ndarray::s![..1, ..]), 3),
+            vec![Vec::<usize>::new()]
+        );
     }
 
     #[test]

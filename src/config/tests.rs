@@ -145,6 +145,7 @@ fn every_section_checks_its_own_keys() {
     let t = &mut c.training;
     (t.batch_size, t.epochs, t.num_workers, t.lr, t.gamma) = (1, 0, 5000, 0.0, 0.0);
     (t.momentum, t.weight_decay, t.cache_views) = (1.0, -1.0, 0);
+    (t.neighbor_views, t.neighbor_count) = (1.5, 0);
     let l = &mut c.loss;
     (l.warmup_teacher_temp_epochs, l.sup_weight, l.memax_weight) = (MAX_EPOCHS + 1, 2.0, -1.0);
     (
@@ -182,6 +183,8 @@ fn every_section_checks_its_own_keys() {
         "training.gamma must be > 0 (got 0)",
         "training.momentum must be in [0, 1) (got 1)",
         "training.weight_decay must be >= 0 (got -1)",
+        "training.neighbor_views must be in [0, 1] (got 1.5)",
+        "training.neighbor_count must be in 1..=100 (got 0)",
         "training.cache_views must be in 1..=1024 (got 0)",
         "loss.sup_weight must be in [0, 1] (got 2)",
         "loss.memax_weight must be >= 0 (got -1)",

@@ -11,6 +11,8 @@ pub const MAX_EPOCHS: usize = 100_000;
 pub const MAX_WORKERS: usize = 1024;
 /// Largest `training.cache_views`.
 pub const MAX_CACHE_VIEWS: usize = 1024;
+/// Largest `training.neighbor_count`.
+pub const MAX_NEIGHBOR_COUNT: usize = 100;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -33,7 +35,32 @@ pub struct Training {
     /// Ours: the most memory (GB) the cache's rows may take; beyond it they are read from the
     /// cache file. `null`: 1 GB, or half of the memory available when that is less.
     pub cache_ram_gb: Option<f64>,
+    /// Ours: the probability that an unlabelled crop's second view in a training sample is a
+    /// view of one of its nearest neighbours (by the pretrained class tokens) instead of its
+    /// own. 0: the reference's pairs of a crop's own views.
+    #[serde(skip_serializing_if = "is_no_neighbour_views")]
+    pub neighbor_views: f64,
+    /// Ours: how many nearest neighbours that view is drawn from.
+    #[serde(skip_serializing_if = "is_default_neighbor_count")]
+    pub neighbor_count: usize,
+    /// Ours: find the neighbours by the images' features in this `baseline --method pooled`
+    /// output folder instead of by the crops' pretrained class tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub neighbor_features: Option<std::path::PathBuf>,
 }
+
+/// The neighbour-view keys are left out of the serialised section at their defaults, so that
+/// earlier fingerprints (and `discover --resume` of earlier runs) keep their form.
+fn is_no_neighbour_views(v: &f64) -> bool {
+    *v == 0.0
+}
+
+fn is_default_neighbor_count(v: &usize) -> bool {
+    *v == DEFAULT_NEIGHBOR_COUNT
+}
+
+/// `training.neighbor_count`'s default.
+pub const DEFAULT_NEIGHBOR_COUNT: usize = 5;
 
 impl Default for Training {
     fn default() -> Self {
@@ -49,6 +76,9 @@ impl Default for Training {
             cache_views: 8,
             view_seed: None,
             cache_ram_gb: None,
+            neighbor_views: 0.0,
+            neighbor_count: DEFAULT_NEIGHBOR_COUNT,
+            neighbor_features: None,
         }
     }
 }
@@ -108,6 +138,25 @@ impl Training {
                 self.cache_ram_gb
             )
         });
+        c.need((0.0..=1.0).contains(&self.neighbor_views), || {
+            format!(
+                "training.neighbor_views must be in [0, 1] (got {})",
+                self.neighbor_views
+            )
+        });
+        c.need(
+            (1..=MAX_NEIGHBOR_COUNT).contains(&self.neighbor_count),
+            || {
+                format!(
+                    "training.neighbor_count must be in 1..={MAX_NEIGHBOR_COUNT} (got {})",
+                    self.neighbor_count
+                )
+            },
+        );
+        c.need(
+            self.neighbor_features.is_none() || self.neighbor_views > 0.0,
+            || "training.neighbor_features is read only with training.neighbor_views > 0".into(),
+        );
         c.need((1..=MAX_CACHE_VIEWS).contains(&self.cache_views), || {
             format!(
                 "training.cache_views must be in 1..={MAX_CACHE_VIEWS} (got {})",

@@ -15,6 +15,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::dataset::{decode_pair, CropItem, CropSet};
 use super::mix_seed;
+use super::neighbours::NeighbourViews;
 pub use super::prefetch::Prefetch;
 use super::sampler::BalancedSampler;
 use super::transform::{apply_test, apply_train, prepare, Prepared, TrainParams, TransformSpec};
@@ -257,6 +258,9 @@ pub struct TrainLoader {
 
 struct TrainInner {
     src: Source,
+    /// Neighbour views (`training.neighbor_views`): a sample's second view may be a
+    /// neighbour's.
+    neighbours: Option<NeighbourViews>,
     sampler: BalancedSampler,
     seed: u64,
     prefetch: usize,
@@ -270,11 +274,32 @@ impl TrainLoader {
         opts: LoaderOptions,
         cache: Option<Arc<CropCache>>,
     ) -> Result<Self> {
+        Self::with_neighbours(set, spec, opts, cache, None)
+    }
+
+    /// [`TrainLoader::new`] whose samples may pair a crop's view with a neighbour's.
+    pub fn with_neighbours(
+        set: Arc<CropSet>,
+        spec: TransformSpec,
+        opts: LoaderOptions,
+        cache: Option<Arc<CropCache>>,
+        neighbours: Option<NeighbourViews>,
+    ) -> Result<Self> {
+        if let Some(nv) = &neighbours {
+            if nv.len() != set.len() {
+                return Err(Error::runtime(format!(
+                    "neighbour views for {} crops in a set of {}",
+                    nv.len(),
+                    set.len()
+                )));
+            }
+        }
         let sampler = BalancedSampler::new(&set.labelled_flags(), opts.batch_size, opts.seed)?;
         let src = Source::new(set, cache, spec, opts.num_workers)?;
         Ok(Self {
             inner: Arc::new(TrainInner {
                 src,
+                neighbours,
                 sampler,
                 seed: opts.seed,
                 prefetch: opts.prefetch.max(1),
@@ -364,12 +389,25 @@ impl TrainInner {
                             j as u64,
                         ];
                         let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(&words));
+                        let first = TrainParams::sample(&mut rng, &spec);
+                        let second = TrainParams::sample(&mut rng, &spec);
+                        // Drawn after both views' parameters: without neighbours the stream is
+                        // the reference pairs'.
+                        let partner = self
+                            .neighbours
+                            .as_ref()
+                            .map_or(i, |nv| nv.partner(i, &mut rng));
                         self.src.with(i, |p| {
-                            let first = TrainParams::sample(&mut rng, &spec);
                             apply_train(p, &first, &spec, a, ma);
-                            let second = TrainParams::sample(&mut rng, &spec);
-                            apply_train(p, &second, &spec, b, mb);
-                        })
+                            if partner == i {
+                                apply_train(p, &second, &spec, b, mb);
+                            }
+                        })?;
+                        if partner == i {
+                            return Ok(());
+                        }
+                        self.src
+                            .with(partner, |p| apply_train(p, &second, &spec, b, mb))
                     })
             })
         })?;

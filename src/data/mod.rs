@@ -34,6 +34,7 @@
 pub mod dataset;
 mod enhance;
 pub mod loader;
+pub mod neighbours;
 pub mod prefetch;
 pub mod sampler;
 pub mod transform;
@@ -42,6 +43,7 @@ pub use dataset::{decode_pair, CropItem, CropSet, NovelSource};
 pub use loader::{
     CropCache, EvalBatch, EvalLoader, LoaderOptions, Prefetch, TrainBatch, TrainLoader, ViewSource,
 };
+pub use neighbours::NeighbourViews;
 pub use sampler::BalancedSampler;
 pub use transform::{
     apply_test, apply_train, prepare, Geometry, Jitter, Photometric, Prepared, TrainParams,

@@ -14,6 +14,7 @@
 mod baseline;
 pub mod discover;
 mod evaluate;
+mod neighbours;
 mod pooled;
 mod pretrained;
 mod train;
@@ -22,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 pub use baseline::{run as baseline, BaselineOutcome, BaselineSpec};
 pub use evaluate::{predict, test, PredictOutcome, PredictSpec, TestOutcome, TestSpec};
+pub use neighbours::NEIGHBOUR_FEATURES_FILES;
 pub use pooled::{run as pooled, PooledOutcome, PooledSpec};
 pub use train::{run as train, Timing, TokenCache, TrainOutcome, TrainSpec};
 

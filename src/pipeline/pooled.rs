@@ -19,6 +19,11 @@ use crate::fingerprint::AbsPath;
 use crate::mebin::{folders::pair_folders, Pairing};
 use crate::metrics::Scores;
 
+/// The output folder's features (one f32 row per image) and its image list (`image` column,
+/// the rows' order); `training.neighbor_features` reads both.
+pub const POOLED_FEATURES: &str = "pooled_features.safetensors";
+pub const POOLED_IMAGES: &str = "predictions.csv";
+
 /// A validated `baseline --method pooled` request.
 #[derive(Debug, Clone)]
 pub struct PooledSpec {
@@ -204,7 +209,7 @@ pub fn run(spec: &PooledSpec) -> Result<PooledOutcome> {
             it.class_name, it.stem, it.class_name
         ));
     }
-    crate::fsutil::atomic_write(&spec.out.join("predictions.csv"), csv.as_bytes())?;
+    crate::fsutil::atomic_write(&spec.out.join(POOLED_IMAGES), csv.as_bytes())?;
     let metrics = json!({
         "method": "pooled", "pooling": format!("{:?}", spec.pooling), "k": k,
         "images": items.len(), "estimate": est,
@@ -212,10 +217,7 @@ pub fn run(spec: &PooledSpec) -> Result<PooledOutcome> {
     });
     let text = serde_json::to_vec_pretty(&metrics).expect("metrics serialise");
     crate::fsutil::atomic_write(&spec.out.join("metrics.json"), &text)?;
-    crate::cluster::features::save_tokens(
-        &spec.out.join("pooled_features.safetensors"),
-        features.view(),
-    )?;
+    crate::cluster::features::save_tokens(&spec.out.join(POOLED_FEATURES), features.view())?;
     if let Some(Scores { nmi, ari, f1 }) = scores {
         log::info!(
             "pooled ({:?}, K = {k}): NMI {nmi:.4} ARI {ari:.4} F1 {f1:.4}",

@@ -204,9 +204,11 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
     let mut k_estimate = resume
         .as_ref()
         .and_then(|ck| ck.meta.num_classes_estimate.clone());
-    let (mut auto_k, mut training_free) = (None, None);
-    // Without a cache the pretrained tokens cost a whole backbone pass: only `auto` pays it.
-    if estimate_needed || bank.is_some() {
+    let (mut auto_k, mut training_free, mut neighbours) = (None, None, None);
+    // Without a cache the pretrained tokens cost a whole backbone pass: only `auto` and
+    // neighbour views pay it.
+    let neighbours_needed = cfg.training.neighbor_views > 0.0 && !spec.evaluate_only;
+    if estimate_needed || bank.is_some() || neighbours_needed {
         let cached = bank.as_ref().map(|b| b as &dyn crate::model::PrefixTokens);
         let view = pretrained_view(spec, &cfg, &set, &pretrained, cached, estimate_needed)?;
         if let Some(view) = view {
@@ -223,8 +225,10 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
             }
             training_free =
                 training_free_scores(&cfg, &set, &view.tokens, view.guidance, merge_temperature)?;
+            neighbours = super::neighbours::neighbour_views(&cfg, &set, &view.tokens)?;
         }
     }
+
     drop(pretrained);
     timing.estimate_s = t.elapsed().as_secs_f64();
     if set.num_base_classes() == 0 {
@@ -251,11 +255,14 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
             trained_weights(&mut model, &ck, &cfg, &ckpt_path, spec.device)?
         }
         resume => {
-            let loader = TrainLoader::new(
+            // With the bank the neighbours' views come from it; the loader's batches are not
+            // read then.
+            let loader = TrainLoader::with_neighbours(
                 set.clone(),
                 transform,
                 LoaderOptions::from_config(&cfg),
                 Some(crops.clone()),
+                neighbours.clone().filter(|_| bank.is_none()),
             )?;
             let criterion = Criterion::new(
                 &cfg.loss,
@@ -279,6 +286,7 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
                 resume,
                 stop_after: spec.stop_after,
                 bank: bank.as_ref(),
+                neighbours: neighbours.as_ref(),
             };
             crate::train::interrupt::install();
             let t = Instant::now();

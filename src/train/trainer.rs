@@ -15,7 +15,7 @@ use crate::checkpoint::{
     self, load_model_state, refresh_frozen_copies, Checkpoint, CheckpointMeta, EpochRecord,
 };
 use crate::config::Config;
-use crate::data::TrainLoader;
+use crate::data::{NeighbourViews, TrainLoader};
 use crate::device::upload;
 use crate::error::{Error, Result};
 use crate::model::{param_groups, Model};
@@ -34,6 +34,8 @@ pub struct TrainPlan<'a> {
     pub stop_after: Option<usize>,
     /// The frozen-prefix cache to train on (`training.cache_frozen`); `None`: fresh views.
     pub bank: Option<&'a TokenBank>,
+    /// Neighbour views (`training.neighbor_views`), drawn from the bank.
+    pub neighbours: Option<&'a NeighbourViews>,
 }
 
 /// The result of training: the history and the head chosen for prediction.
@@ -116,6 +118,7 @@ impl Step {
 fn steps_of<'a>(
     loader: &'a TrainLoader,
     bank: Option<&'a TokenBank>,
+    neighbours: Option<&'a NeighbourViews>,
     epoch: usize,
     seed: u64,
     device: Device,
@@ -135,7 +138,7 @@ fn steps_of<'a>(
         })),
         Some(bank) => Box::new(loader.sampler().epoch(epoch).into_iter().enumerate().map(
             move |(b, idx)| {
-                let (first, second) = bank.pick(seed, epoch, b, &idx);
+                let (first, second) = bank.pick(seed, epoch, b, &idx, neighbours);
                 let rows: Vec<i64> = first.into_iter().chain(second).collect();
                 let (tokens, hidden) = bank.gather(&rows, device)?;
                 let (labels, labelled, scores) = loader.targets(&idx);
@@ -162,6 +165,8 @@ pub struct EpochData<'a> {
     pub criterion: &'a Criterion,
     /// The frozen-prefix cache, when training on it.
     pub bank: Option<&'a TokenBank>,
+    /// Neighbour views (`training.neighbor_views`), drawn from the bank.
+    pub neighbours: Option<&'a NeighbourViews>,
     pub device: Device,
     /// The checkpoint a NaN loss message points to.
     pub last_good: &'a std::path::Path,
@@ -193,8 +198,15 @@ pub fn run_epoch(
     let epochs = cfg.training.epochs;
     let n_head = cfg.models.n_head;
     let t0 = Instant::now();
-    let steps_iter = steps_of(loader, data.bank, epoch, cfg.experiment.seed, dev)
-        .take(limit.unwrap_or(usize::MAX));
+    let steps_iter = steps_of(
+        loader,
+        data.bank,
+        data.neighbours,
+        epoch,
+        cfg.experiment.seed,
+        dev,
+    )
+    .take(limit.unwrap_or(usize::MAX));
     let mut head_sums = vec![0.0f64; n_head];
     let (mut loss_sum, mut samples, mut steps) = (0.0f64, 0usize, 0usize);
     for (b, batch) in steps_iter.enumerate() {
@@ -321,6 +333,7 @@ pub fn train(
             loader,
             criterion,
             bank,
+            neighbours: plan.neighbours,
             device: dev,
             last_good: &plan.checkpoint,
         };

@@ -280,6 +280,29 @@ fn pooled_baseline_groups_images_by_their_weighted_patch_features() {
     let csv = std::fs::read_to_string(p.join("pooled/predictions.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 16, "{csv}");
     assert!(p.join("pooled/pooled_features.safetensors").is_file());
+    // The same folder as the neighbours' features in training (`training.neighbor_features`).
+    let nv = |runner: &str, dir: &str| {
+        let set = format!("training.neighbor_features={dir}");
+        let extra = ["--set", "training.neighbor_views=1", "--set", &set];
+        run(p, &common::train_args(runner, &extra))
+    };
+    common::assert_ok(
+        &nv("nf", "pooled"),
+        "neighbour views by the pooled features",
+    );
+    let log = std::fs::read_to_string(p.join("out/nf/synth/log.txt")).unwrap();
+    assert!(
+        log.contains("(by their images' features in pooled)"),
+        "{log}"
+    );
+    // A folder without them: an input error naming the file and the command that makes it.
+    let o = nv("nf_bad", "synth");
+    assert_eq!(o.status.code(), Some(2));
+    let text = common::text(&o);
+    assert!(
+        text.contains("pooled_features.safetensors") && text.contains("baseline --method pooled"),
+        "{text}"
+    );
 
     let mut top = base.to_vec();
     top.extend([

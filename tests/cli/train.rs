@@ -337,6 +337,40 @@ fn spectral_image_clusters_are_stored_and_reproduced_by_test() {
     );
 }
 
+/// `training.neighbor_views`: a novel crop's second view is sometimes one of its nearest
+/// neighbours' (by the pretrained class tokens); without the token cache the loader draws it.
+/// `training.neighbor_features` without neighbour views is a config error.
+#[test]
+fn neighbour_views_train_and_their_features_need_them() {
+    let d = setup();
+    let p = d.path();
+    let extra = [
+        "--set",
+        "training.neighbor_views=1",
+        "--set",
+        "training.neighbor_count=2",
+    ];
+    ok(p, &common::train_args("nv", &extra));
+    let log = std::fs::read_to_string(p.join("out/nv/synth/log.txt")).unwrap();
+    assert!(
+        log.contains("neighbour views: 100 % of the novel samples")
+            && log.contains("2 nearest crops' (by the pretrained class tokens)"),
+        "{log}"
+    );
+    let meta = json(p.join("out/nv/synth/checkpoint.json"));
+    assert_eq!(meta["config"]["training"]["neighbor_views"], 1.0, "{meta}");
+    let o = run(
+        p,
+        &train_args("nf", &["--set", "training.neighbor_features=somewhere"]),
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let text = common::text(&o);
+    assert!(
+        text.contains("training.neighbor_features is read only with training.neighbor_views > 0"),
+        "{text}"
+    );
+}
+
 #[test]
 fn train_bad_inputs_are_clear_errors() {
     let d = setup();

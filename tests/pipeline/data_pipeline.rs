@@ -408,3 +408,43 @@ fn shared_sd900_loads_as_a_base_set_and_feeds_the_loader() {
         }
     }
 }
+
+#[test]
+fn neighbour_views_change_only_the_novel_samples_second_views() {
+    let c = standard();
+    let set = Arc::new(CropSet::load(Some(&c.base), &c.novel, None).unwrap());
+    let spec = TransformSpec::new(24);
+    let novel = set.novel_indices();
+    // Each novel crop's neighbour: the next novel crop (cyclically); base crops have none.
+    let mut of = vec![Vec::new(); set.len()];
+    for (k, &i) in novel.iter().enumerate() {
+        of[i] = vec![novel[(k + 1) % novel.len()]];
+    }
+    let with = |share: f64| {
+        let nv = NeighbourViews::new(share, of.clone()).unwrap();
+        TrainLoader::with_neighbours(set.clone(), spec, opts(14, 2, 3), None, Some(nv)).unwrap()
+    };
+    let plain = TrainLoader::new(set.clone(), spec, opts(14, 2, 3), None).unwrap();
+    let batch = |l: &TrainLoader| l.epoch(1).next().unwrap().unwrap();
+    let (p, never, always) = (batch(&plain), batch(&with(0.0)), batch(&with(1.0)));
+    assert_eq!(p.index, always.index);
+    for v in 0..2 {
+        assert!(p.views[v].equal(&never.views[v]) && p.masks[v].equal(&never.masks[v]));
+    }
+    assert!(
+        p.views[0].equal(&always.views[0]),
+        "first views stay the crops' own"
+    );
+    for (k, &i) in p.index.iter().enumerate() {
+        let same = p.views[1]
+            .get(k as i64)
+            .equal(&always.views[1].get(k as i64));
+        assert_eq!(
+            same, set.items[i].labelled,
+            "sample {k}: only novel crops pair"
+        );
+    }
+    // The set's size must match the lists'.
+    let short = NeighbourViews::new(0.5, vec![Vec::new(); 3]).unwrap();
+    assert!(TrainLoader::with_neighbours(set, spec, opts(4, 2, 0), None, Some(short)).is_err());
+}

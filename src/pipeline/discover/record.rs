@@ -172,6 +172,18 @@ pub fn training_config(config: &Config) -> Config {
     c
 }
 
+/// The digest of a `baseline --method pooled` folder's features and image list.
+fn features_digest(dir: &std::path::Path) -> String {
+    let mut d = crate::digest::Fnv::default();
+    for name in crate::pipeline::NEIGHBOUR_FEATURES_FILES {
+        match std::fs::read(dir.join(name)) {
+            Ok(bytes) => d.update(&bytes),
+            Err(_) => return "missing".into(),
+        };
+    }
+    d.hex()
+}
+
 /// The train stage: the config, K, the backbone and the base and crop sets it reads.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TrainSettings {
@@ -187,6 +199,11 @@ pub struct TrainSettings {
     pub base_listing: Option<String>,
     pub base_stage: Option<String>,
     pub binarize_stage: Option<String>,
+    /// The digest of `training.neighbor_features`' two files (their bytes; `missing` when
+    /// unreadable, which the stage then reports), so new features there retrain; left out
+    /// without them, so earlier fingerprints keep their form.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub neighbor_features: Option<String>,
 }
 
 /// A stage's fingerprint: its name, the records' [`VERSION`] and its settings.
@@ -285,6 +302,12 @@ pub fn fingerprints(
                     },
                     base_stage: upstream(&done, "base"),
                     binarize_stage: upstream(&done, "binarize"),
+                    neighbor_features: spec
+                        .config
+                        .training
+                        .neighbor_features
+                        .as_deref()
+                        .map(features_digest),
                 }))
             }
         };

@@ -316,3 +316,42 @@ fn the_maps_stage_records_the_job_it_runs_and_a_change_redoes_what_follows() {
         [false, true, true, true]
     );
 }
+
+#[test]
+fn neighbour_views_and_their_features_redo_only_the_train_stage() {
+    let w = Some(Path::new("/weights/dinov2.safetensors"));
+    let plain = run_fingerprints(&discover_spec(), w);
+    let d = tempfile::tempdir().unwrap();
+    let with = |views: f64| {
+        let mut s = discover_spec();
+        s.config.training.neighbor_views = views;
+        s.config.training.neighbor_features = Some(d.path().to_path_buf());
+        run_fingerprints(&s, w)
+    };
+    let moved = |other: &[(Value, String)]| -> Vec<bool> {
+        plain.iter().zip(other).map(|(a, b)| a.1 != b.1).collect()
+    };
+    let before = with(0.5);
+    assert_eq!(moved(&before), [false, false, false, true]);
+    assert_eq!(before[3].0["settings"]["neighbor_features"], "missing");
+    // The files' contents, not only the folder's name, enter the digest.
+    for name in crate::pipeline::NEIGHBOUR_FEATURES_FILES {
+        std::fs::write(d.path().join(name), b"one").unwrap();
+    }
+    let one = with(0.5);
+    std::fs::write(
+        d.path().join(crate::pipeline::NEIGHBOUR_FEATURES_FILES[1]),
+        b"two",
+    )
+    .unwrap();
+    let two = with(0.5);
+    assert_ne!(one[3].1, before[3].1);
+    assert_ne!(two[3].1, one[3].1);
+    assert_eq!(one[..3], two[..3]);
+    assert_ne!(with(1.0)[3].1, two[3].1);
+    // Without neighbour views the keys are left out: earlier fingerprints keep their form.
+    assert!(plain[3].0["settings"].get("neighbor_features").is_none());
+    assert!(plain[3].0["settings"]["config"]["training"]
+        .get("neighbor_views")
+        .is_none());
+}

@@ -35,7 +35,7 @@ pub fn file_exists(dir: &Path, key: &BankKey) -> bool {
     file::path_in(dir, key).is_file()
 }
 
-use crate::data::{mix_seed, ViewSource};
+use crate::data::{mix_seed, NeighbourViews, ViewSource};
 use crate::error::{Error, Result};
 use crate::model::Model;
 
@@ -299,13 +299,16 @@ impl TokenBank {
 
     /// Two distinct bank slots for each sample of batch `batch_no` of `epoch` (the same slot
     /// twice only when the bank holds one view): `(first views, second views)` as row indices.
-    /// The plain view is never drawn.
+    /// The plain view is never drawn. With `neighbours`, a sample's second view may be one of
+    /// its neighbours' ([`NeighbourViews::partner`]); without, the draws are those of the
+    /// reference's pairs of a crop's own views.
     pub fn pick(
         &self,
         seed: u64,
         epoch: usize,
         batch_no: usize,
         idx: &[usize],
+        neighbours: Option<&NeighbourViews>,
     ) -> (Vec<i64>, Vec<i64>) {
         let r = self.views;
         idx.iter()
@@ -319,7 +322,8 @@ impl TokenBank {
                 } else {
                     a
                 };
-                ((i * r + a) as i64, (i * r + b) as i64)
+                let partner = neighbours.map_or(i, |nv| nv.partner(i, &mut rng));
+                ((i * r + a) as i64, (partner * r + b) as i64)
             })
             .unzip()
     }

@@ -1,0 +1,219 @@
+//! The novel crops' neighbours for `training.neighbor_views` ([`crate::data::NeighbourViews`]):
+//! by the pretrained class tokens of the crops, or, with `training.neighbor_features`, by their
+//! images' features in a `baseline --method pooled` output folder (the detector backbone's patch
+//! features pooled under each image's anomaly map). Part of the `train` stage.
+//!
+//! Why a second source: an image's nearest neighbour by the pooled detector features has its
+//! type more often than by the class tokens on every benchmark protocol (MTD fitted 0.94
+//! against 0.88, SD-900 1.00 against 0.93, tire 0.52 against 0.37; docs/results.md), though
+//! k-means or a graph cut on them alone groups the types worse: as neighbours they give purer
+//! pairs, and training turns the pairs into K groups.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use ndarray::Array2;
+
+use crate::cluster::SetTokens;
+use crate::config::Config;
+use crate::data::{CropSet, NeighbourViews};
+use crate::error::{Error, Result};
+
+use super::pooled::{POOLED_FEATURES, POOLED_IMAGES};
+
+/// The files of `training.neighbor_features` that the train stage's fingerprint digests.
+pub const NEIGHBOUR_FEATURES_FILES: [&str; 2] = [POOLED_FEATURES, POOLED_IMAGES];
+
+/// The novel crops' nearest neighbours, when `training.neighbor_views` asks for neighbour views:
+/// by `tokens` (the pretrained class tokens of `tokens.novel_items`), or by the images' features
+/// of `training.neighbor_features`.
+pub(super) fn neighbour_views(
+    cfg: &Config,
+    set: &CropSet,
+    tokens: &SetTokens,
+) -> Result<Option<NeighbourViews>> {
+    let t = &cfg.training;
+    if t.neighbor_views <= 0.0 {
+        return Ok(None);
+    }
+    let items = &tokens.novel_items;
+    let near = match &t.neighbor_features {
+        Some(dir) => {
+            let rows = image_features_of_crops(dir, set, items)?;
+            crate::cluster::spectral::cosine_neighbours(rows.view(), t.neighbor_count)
+        }
+        None => crate::cluster::spectral::cosine_neighbours(tokens.novel.view(), t.neighbor_count),
+    };
+    let mut of = vec![Vec::new(); set.items.len()];
+    for (row, list) in near.into_iter().enumerate() {
+        of[items[row]] = list.into_iter().map(|j| items[j]).collect();
+    }
+    let by = match &t.neighbor_features {
+        Some(dir) => format!("their images' features in {}", dir.display()),
+        None => "the pretrained class tokens".to_string(),
+    };
+    log::info!(
+        "neighbour views: {:.0} % of the novel samples pair a view with one of their {} nearest \
+         crops' (by {by})",
+        t.neighbor_views * 100.0,
+        t.neighbor_count
+    );
+    Ok(Some(NeighbourViews::new(t.neighbor_views, of)?))
+}
+
+/// `<type>/<stem>` of an image or crop name, without extension or a leading `/` (a flat
+/// folder's images have no type).
+fn image_stem_key(name: &str) -> String {
+    let p = Path::new(name.trim_start_matches('/'));
+    p.with_extension("").to_string_lossy().into_owned()
+}
+
+/// The rows of `dir`'s pooled features for the crops `items` of `set`: each crop gets its
+/// image's row (crops name their image as [`crate::infer::merge::image_key`] reads it).
+pub(super) fn image_features_of_crops(
+    dir: &Path,
+    set: &CropSet,
+    items: &[usize],
+) -> Result<Array2<f32>> {
+    let (keys, feats) = read_pooled(dir)?;
+    let index: HashMap<&str, usize> = keys
+        .iter()
+        .enumerate()
+        .map(|(r, k)| (k.as_str(), r))
+        .collect();
+    let mut rows = Array2::<f32>::zeros((items.len(), feats.ncols()));
+    for (r, &i) in items.iter().enumerate() {
+        let id = &set.items[i].id;
+        let key = image_stem_key(&crate::infer::merge::image_key(Path::new(id)));
+        let Some(&src) = index.get(key.as_str()) else {
+            return Err(Error::input(
+                dir,
+                format!(
+                    "training.neighbor_features: no feature for {key} (the image of crop {id}); \
+                     make the features from the same images and maps with `anomalyncd baseline \
+                     --method pooled --images IMAGES --anomaly-maps MAPS --out DIR`"
+                ),
+            ));
+        };
+        rows.row_mut(r).assign(&feats.row(src));
+    }
+    Ok(rows)
+}
+
+/// The image keys (`predictions.csv`'s `image` column) and the features (one row each) of a
+/// `baseline --method pooled` output folder.
+fn read_pooled(dir: &Path) -> Result<(Vec<String>, Array2<f32>)> {
+    let (feats_path, csv_path): (PathBuf, PathBuf) =
+        (dir.join(POOLED_FEATURES), dir.join(POOLED_IMAGES));
+    let bad = |path: &Path, what: String| {
+        Error::input(
+            path,
+            format!(
+                "training.neighbor_features: {what}; give the output folder of `anomalyncd \
+                 baseline --method pooled`"
+            ),
+        )
+    };
+    let bytes = std::fs::read(&feats_path).map_err(|e| bad(&feats_path, e.to_string()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| bad(&feats_path, format!("not a safetensors file ({e})")))?;
+    let names = st.names();
+    let [name] = names.as_slice() else {
+        return Err(bad(
+            &feats_path,
+            format!("{} tensors, expected one", names.len()),
+        ));
+    };
+    let view = st
+        .tensor(name)
+        .map_err(|e| bad(&feats_path, e.to_string()))?;
+    let shape = view.shape().to_vec();
+    if view.dtype() != safetensors::Dtype::F32 || shape.len() != 2 || shape[1] == 0 {
+        return Err(bad(
+            &feats_path,
+            format!("expected one f32 matrix, got {:?} {shape:?}", view.dtype()),
+        ));
+    }
+    let values: Vec<f32> = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    if values.iter().any(|v| !v.is_finite()) {
+        return Err(bad(&feats_path, "a feature is not finite".into()));
+    }
+    let feats = Array2::from_shape_vec((shape[0], shape[1]), values)
+        .map_err(|e| bad(&feats_path, e.to_string()))?;
+    let mut reader =
+        csv::Reader::from_path(&csv_path).map_err(|e| bad(&csv_path, e.to_string()))?;
+    let column = reader
+        .headers()
+        .map_err(|e| bad(&csv_path, e.to_string()))?
+        .iter()
+        .position(|h| h == "image")
+        .ok_or_else(|| bad(&csv_path, "no `image` column".into()))?;
+    let mut keys = Vec::new();
+    for rec in reader.records() {
+        let rec = rec.map_err(|e| bad(&csv_path, e.to_string()))?;
+        keys.push(image_stem_key(rec.get(column).unwrap_or_default()));
+    }
+    if keys.len() != feats.nrows() {
+        return Err(bad(
+            &feats_path,
+            format!(
+                "{} rows for the {} images of {POOLED_IMAGES}",
+                feats.nrows(),
+                keys.len()
+            ),
+        ));
+    }
+    Ok((keys, feats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_keys_drop_the_extension_and_a_flat_folders_slash() {
+        assert_eq!(
+            image_stem_key("MT_Crack/exp3_num_42.png"),
+            "MT_Crack/exp3_num_42"
+        );
+        assert_eq!(
+            image_stem_key("MT_Crack/exp3_num_42"),
+            "MT_Crack/exp3_num_42"
+        );
+        assert_eq!(image_stem_key("/a.b_1"), "a");
+        let crop = crate::infer::merge::image_key(Path::new("MT_Crack/exp3_num_42_crop1.png"));
+        assert_eq!(image_stem_key(&crop), "MT_Crack/exp3_num_42");
+    }
+
+    #[test]
+    fn a_pooled_folder_is_read_and_bad_ones_name_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let feats = ndarray::array![[1.0f32, 0.0], [0.0, 1.0], [0.6, 0.8]];
+        crate::cluster::features::save_tokens(&d.path().join(POOLED_FEATURES), feats.view())
+            .unwrap();
+        let csv = "image,type,cluster\nhole/a,hole,0\ncrack/b,crack,1\n/flat,,0\n";
+        std::fs::write(d.path().join(POOLED_IMAGES), csv).unwrap();
+        let (keys, got) = read_pooled(d.path()).unwrap();
+        assert_eq!(keys, ["hole/a", "crack/b", "flat"]);
+        assert_eq!(got, feats);
+        // One image fewer than rows.
+        std::fs::write(
+            d.path().join(POOLED_IMAGES),
+            "image,type,cluster\nhole/a,hole,0\n",
+        )
+        .unwrap();
+        let e = read_pooled(d.path()).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("3 rows for the 1 images"), "{e}");
+        std::fs::remove_file(d.path().join(POOLED_FEATURES)).unwrap();
+        let e = read_pooled(d.path()).unwrap_err();
+        assert!(
+            e.to_string().contains(POOLED_FEATURES) && e.exit_code() == 2,
+            "{e}"
+        );
+    }
+}
