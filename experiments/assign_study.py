@@ -43,9 +43,9 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import squareform
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fusion_study import f1_nmi, fmt, pooled, protocol_args, run_images  # noqa: E402
+from fusion_study import f1_nmi, pooled, protocol_args, run_images  # noqa: E402
 from k_study import kmeans  # noqa: E402
-from spectral_study import affinity, knn_accuracy, spectral  # noqa: E402
+from spectral_study import affinity, knn_accuracy, print_table, spectral  # noqa: E402
 
 
 def unit(x):
@@ -180,22 +180,8 @@ def study(pooled_dir, runs, quick):
 def main(argv):
     quick = "--quick" in argv
     argv = [a for a in argv if a != "--quick"]
-    table = OrderedDict((name, study(pdir, runs, quick))
-                        for name, pdir, runs in protocol_args(argv, __doc__, pooled=True))
-    print("| variant | " + " | ".join(table) + " | mean F1 |")
-    print("|---|" + "---|" * (len(table) + 1))
-    for v in next(iter(table.values())):
-        cells, means = [], []
-        for rows in table.values():
-            r = rows[v]
-            if isinstance(r[0], float):
-                cells.append(f"{np.mean(r):.3f}")
-                continue
-            f1 = np.array([a for a, _ in r])
-            means.append(f1.mean())
-            cells.append(f"{fmt(f1)} / {np.mean([b for _, b in r]):.3f}")
-        mean = f"{np.mean(means):.3f}" if means else ""
-        print(f"| {v} | " + " | ".join(cells) + f" | {mean} |")
+    print_table(OrderedDict((name, study(pdir, runs, quick))
+                            for name, pdir, runs in protocol_args(argv, __doc__, pooled=True)))
 
 
 if __name__ == "__main__":

@@ -89,8 +89,9 @@ def study(runs):
     return rows
 
 
-def main(argv):
-    table = OrderedDict((name, study(runs)) for name, _, runs in protocol_args(argv, __doc__, pooled=False))
+def print_table(table):
+    """One markdown row per variant, one column per protocol: the mean of the probes, or F1 ± sd
+    / NMI of the partitions, and the partitions' mean F1 over the protocols."""
     print("| variant | " + " | ".join(table) + " | mean F1 |")
     print("|---|" + "---|" * (len(table) + 1))
     for v in next(iter(table.values())):
@@ -105,6 +106,11 @@ def main(argv):
             cells.append(f"{fmt(f1)} / {np.mean([b for _, b in r]):.3f}")
         mean = f"{np.mean(means):.3f}" if means else ""
         print(f"| {v} | " + " | ".join(cells) + f" | {mean} |")
+
+
+def main(argv):
+    print_table(OrderedDict((name, study(runs))
+                            for name, _, runs in protocol_args(argv, __doc__, pooled=False)))
 
 
 if __name__ == "__main__":

@@ -98,8 +98,9 @@ pub fn cosine_neighbours(points: ArrayView2<f32>, count: usize) -> Vec<Vec<usize
         .rows()
         .into_iter()
         .map(|r| {
-            let n = r.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-            r.iter().map(|v| v / n).collect()
+            let mut out = Vec::with_capacity(r.len());
+            super::features::normalise_into(&r.to_vec(), &mut out);
+            out
         })
         .collect();
     let rows: Vec<&[f32]> = unit.iter().map(|r| r.as_slice()).collect();
