@@ -138,6 +138,7 @@ pub fn run(a: &TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         category: category.clone(),
         images,
         maps,
+        source_maps: None,
         run_dir: run_dir.clone(),
         binarize_out,
         binary_copy: a.binary_data_path.as_ref().map(|d| d.join(&category)),

@@ -226,3 +226,32 @@ fn guidance_names_are_the_config_values() {
         assert_eq!(serde_json::to_value(g).unwrap(), g.name(), "{g:?}");
     }
 }
+
+#[test]
+fn neighbor_features_read_pooled_or_a_folder() {
+    use crate::config::NeighbourFeatures;
+    let read = |v: &str| {
+        Config::load(
+            None,
+            &[
+                format!("training.neighbor_features={v}"),
+                "training.neighbor_views=0.5".into(),
+            ],
+        )
+    };
+    let c = read("pooled").unwrap();
+    assert_eq!(
+        c.training.neighbor_features,
+        Some(NeighbourFeatures::Pooled)
+    );
+    let c = read("runs/pooled").unwrap();
+    assert_eq!(
+        c.training.neighbor_features,
+        Some(NeighbourFeatures::Folder("runs/pooled".into()))
+    );
+    // A folder named `pooled` is written with its path; both keep their form when written back.
+    let c = read("./pooled").unwrap();
+    let text = serde_yaml::to_string(&c.training).unwrap();
+    assert!(text.contains("neighbor_features: ./pooled"), "{text}");
+    assert!(read("''").is_err());
+}

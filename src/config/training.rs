@@ -43,10 +43,43 @@ pub struct Training {
     /// Ours: how many nearest neighbours that view is drawn from.
     #[serde(skip_serializing_if = "is_default_neighbor_count")]
     pub neighbor_count: usize,
-    /// Ours: find the neighbours by the images' features in this `baseline --method pooled`
-    /// output folder instead of by the crops' pretrained class tokens.
+    /// Ours: find the neighbours by their images' pooled detector features instead of by the
+    /// crops' pretrained class tokens: computed in the run (`pooled`) or read from a
+    /// `baseline --method pooled` output folder.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub neighbor_features: Option<std::path::PathBuf>,
+    pub neighbor_features: Option<NeighbourFeatures>,
+}
+
+/// Where `training.neighbor_features` takes the images' features from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum NeighbourFeatures {
+    /// `pooled`: the train stage pools the detector backbone's patch features of the novel
+    /// images under their maps (one backbone pass over them).
+    Pooled,
+    /// Any other value: a `baseline --method pooled` output folder (write `./pooled` for a
+    /// folder of that name).
+    Folder(std::path::PathBuf),
+}
+
+impl TryFrom<String> for NeighbourFeatures {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        match s.as_str() {
+            "" => Err("training.neighbor_features: give `pooled` or a folder".into()),
+            "pooled" => Ok(Self::Pooled),
+            _ => Ok(Self::Folder(s.into())),
+        }
+    }
+}
+
+impl From<NeighbourFeatures> for String {
+    fn from(f: NeighbourFeatures) -> String {
+        match f {
+            NeighbourFeatures::Pooled => "pooled".into(),
+            NeighbourFeatures::Folder(p) => p.to_string_lossy().into_owned(),
+        }
+    }
 }
 
 /// The neighbour-view keys are left out of the serialised section at their defaults, so that

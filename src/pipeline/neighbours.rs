@@ -1,7 +1,8 @@
 //! The novel crops' neighbours for `training.neighbor_views` ([`crate::data::NeighbourViews`]):
 //! by the pretrained class tokens of the crops, or, with `training.neighbor_features`, by their
-//! images' features in a `baseline --method pooled` output folder (the detector backbone's patch
-//! features pooled under each image's anomaly map). Part of the `train` stage.
+//! images' pooled detector features (the detector backbone's patch features pooled under each
+//! image's anomaly map, as `baseline --method pooled` computes them): computed here (`pooled`)
+//! or read from a `baseline --method pooled` output folder. Part of the `train` stage.
 //!
 //! Why a second source: an image's nearest neighbour by the pooled detector features has its
 //! type more often than by the class tokens on every benchmark protocol (MTD fitted 0.94
@@ -14,20 +15,27 @@ use std::path::{Path, PathBuf};
 
 use ndarray::Array2;
 
+use super::pooled::{default_dinov2_weights, image_features, POOLED_FEATURES, POOLED_IMAGES};
+use super::TrainSpec;
 use crate::cluster::SetTokens;
-use crate::config::Config;
+use crate::config::{Config, NeighbourFeatures};
 use crate::data::{CropSet, NeighbourViews};
+use crate::detect::pooled::Pooling;
 use crate::error::{Error, Result};
-
-use super::pooled::{POOLED_FEATURES, POOLED_IMAGES};
+use crate::mebin::{folders::pair_folders, MapItem};
 
 /// The files of `training.neighbor_features` that the train stage's fingerprint digests.
 pub const NEIGHBOUR_FEATURES_FILES: [&str; 2] = [POOLED_FEATURES, POOLED_IMAGES];
 
+/// The softmax temperature of the pooled features computed in the run (`baseline --method
+/// pooled`'s default, the setting the benchmark measured).
+const POOLING: Pooling = Pooling::Soft { tau: 1.0 };
+
 /// The novel crops' nearest neighbours, when `training.neighbor_views` asks for neighbour views:
-/// by `tokens` (the pretrained class tokens of `tokens.novel_items`), or by the images' features
-/// of `training.neighbor_features`.
+/// by `tokens` (the pretrained class tokens of `tokens.novel_items`), or by their images'
+/// pooled features (`training.neighbor_features`).
 pub(super) fn neighbour_views(
+    spec: &TrainSpec,
     cfg: &Config,
     set: &CropSet,
     tokens: &SetTokens,
@@ -37,21 +45,25 @@ pub(super) fn neighbour_views(
         return Ok(None);
     }
     let items = &tokens.novel_items;
-    let near = match &t.neighbor_features {
-        Some(dir) => {
-            let rows = image_features_of_crops(dir, set, items)?;
-            crate::cluster::spectral::cosine_neighbours(rows.view(), t.neighbor_count)
-        }
-        None => crate::cluster::spectral::cosine_neighbours(tokens.novel.view(), t.neighbor_count),
+    let (rows, by) = match &t.neighbor_features {
+        Some(NeighbourFeatures::Folder(dir)) => (
+            crops_rows(read_pooled(dir)?, dir, set, items)?,
+            format!("their images' features in {}", dir.display()),
+        ),
+        Some(NeighbourFeatures::Pooled) => (
+            crops_rows(pooled_here(spec, cfg)?, &spec.images, set, items)?,
+            "their images' pooled detector features".to_string(),
+        ),
+        None => (
+            tokens.novel.clone(),
+            "the pretrained class tokens".to_string(),
+        ),
     };
+    let near = crate::cluster::spectral::cosine_neighbours(rows.view(), t.neighbor_count);
     let mut of = vec![Vec::new(); set.items.len()];
     for (row, list) in near.into_iter().enumerate() {
         of[items[row]] = list.into_iter().map(|j| items[j]).collect();
     }
-    let by = match &t.neighbor_features {
-        Some(dir) => format!("their images' features in {}", dir.display()),
-        None => "the pretrained class tokens".to_string(),
-    };
     log::info!(
         "neighbour views: {:.0} % of the novel samples pair a view with one of their {} nearest \
          crops' (by {by})",
@@ -61,6 +73,48 @@ pub(super) fn neighbour_views(
     Ok(Some(NeighbourViews::new(t.neighbor_views, of)?))
 }
 
+/// The pooled features of the run's defective images under their maps (`training.neighbor_features:
+/// pooled`): one pass of the detector backbone at the detector's input side
+/// (`detect.image_size`), keyed `<type>/<stem>`.
+fn pooled_here(spec: &TrainSpec, cfg: &Config) -> Result<(Vec<String>, Array2<f32>)> {
+    let Some(maps) = spec.maps.as_ref().or(spec.source_maps.as_ref()) else {
+        return Err(Error::usage(
+            "training.neighbor_features: pooled reads the images' anomaly maps: give them \
+             (not --skip-binarize), or a `baseline --method pooled` folder",
+        ));
+    };
+    let items: Vec<MapItem> = pair_folders(maps, &spec.images, &spec.pairing)?
+        .into_iter()
+        .filter(|it| !it.normal)
+        .collect();
+    let weights = default_dinov2_weights(
+        "set training.neighbor_features to the folder of a `baseline --method pooled` run",
+    )?;
+    let size = crate::detect::resolve_image_size_of(
+        cfg.detect.image_size,
+        &spec.images,
+        "--dataset-path",
+        "detect.image_size",
+    )?;
+    log::info!(
+        "pooled detector features of {} images at {size} px for the neighbour views",
+        items.len()
+    );
+    let feats = image_features(
+        &items,
+        &weights,
+        cfg.models.precision,
+        size,
+        POOLING,
+        spec.device,
+    )?;
+    let keys = items
+        .iter()
+        .map(|it| image_stem_key(&format!("{}/{}", it.class_name, it.stem)))
+        .collect();
+    Ok((keys, feats))
+}
+
 /// `<type>/<stem>` of an image or crop name, without extension or a leading `/` (a flat
 /// folder's images have no type).
 fn image_stem_key(name: &str) -> String {
@@ -68,14 +122,15 @@ fn image_stem_key(name: &str) -> String {
     p.with_extension("").to_string_lossy().into_owned()
 }
 
-/// The rows of `dir`'s pooled features for the crops `items` of `set`: each crop gets its
-/// image's row (crops name their image as [`crate::infer::merge::image_key`] reads it).
-pub(super) fn image_features_of_crops(
-    dir: &Path,
+/// The rows of the images' features `(keys, feats)` (from `source`, named in errors) for the
+/// crops `items` of `set`: each crop gets its image's row (crops name their image as
+/// [`crate::infer::merge::image_key`] reads it).
+fn crops_rows(
+    (keys, feats): (Vec<String>, Array2<f32>),
+    source: &Path,
     set: &CropSet,
     items: &[usize],
 ) -> Result<Array2<f32>> {
-    let (keys, feats) = read_pooled(dir)?;
     let index: HashMap<&str, usize> = keys
         .iter()
         .enumerate()
@@ -87,7 +142,7 @@ pub(super) fn image_features_of_crops(
         let key = image_stem_key(&crate::infer::merge::image_key(Path::new(id)));
         let Some(&src) = index.get(key.as_str()) else {
             return Err(Error::input(
-                dir,
+                source,
                 format!(
                     "training.neighbor_features: no feature for {key} (the image of crop {id}); \
                      make the features from the same images and maps with `anomalyncd baseline \

@@ -16,7 +16,7 @@ use crate::detect::features::{FeatureExtractor, Resize};
 use crate::detect::pooled::{pooled_features, Pooling};
 use crate::error::{Error, Result};
 use crate::fingerprint::AbsPath;
-use crate::mebin::{folders::pair_folders, Pairing};
+use crate::mebin::{folders::pair_folders, MapItem, Pairing};
 use crate::metrics::Scores;
 
 /// The output folder's features (one f32 row per image) and its image list (`image` column,
@@ -54,6 +54,43 @@ pub struct PooledOutcome {
     pub images: usize,
     /// Image-level scores when the images have type folders.
     pub scores: Option<Scores>,
+}
+
+/// The offline DINOv2 ViT-S/14 weights the pooled features need; `fix` says in the error how
+/// else to give them.
+pub(crate) fn default_dinov2_weights(fix: &str) -> Result<PathBuf> {
+    let file = crate::detect::features::default_weights_file(crate::detect::features::DINOV2);
+    crate::model::find_in_weights_dir(&file).ok_or_else(|| {
+        Error::usage(format!(
+            "the pooled features need {}/{file}: run scripts/prepare_weights.sh, or {fix}",
+            crate::model::DEFAULT_WEIGHTS_DIR
+        ))
+    })
+}
+
+/// One L2-normalised pooled feature per map item, in order: the detector backbone (DINOv2
+/// ViT-S/14, its blocks) with `weights` at input side `image_size`, its patches weighted by the
+/// item's map.
+pub(crate) fn image_features(
+    items: &[MapItem],
+    weights: &std::path::Path,
+    precision: Precision,
+    image_size: u32,
+    pooling: Pooling,
+    device: Device,
+) -> Result<ndarray::Array2<f32>> {
+    let fx = FeatureExtractor::vit(
+        crate::detect::features::dinov2_arch(),
+        &crate::detect::DEFAULT_BLOCKS,
+        Some(weights),
+        crate::model::precision::frozen_kind(precision, device),
+        device,
+    )?;
+    let pairs: Vec<(&std::path::Path, &std::path::Path)> = items
+        .iter()
+        .map(|it| (it.image.as_path(), it.map.as_path()))
+        .collect();
+    pooled_features(&fx, &pairs, image_size, Resize::Aspect, pooling)
 }
 
 /// The fingerprint of a `baseline --method pooled` output folder.
@@ -130,29 +167,16 @@ pub fn run(spec: &PooledSpec) -> Result<PooledOutcome> {
         .collect();
     let weights = match &spec.weights {
         Some(w) => w.clone(),
-        None => {
-            let file =
-                crate::detect::features::default_weights_file(crate::detect::features::DINOV2);
-            crate::model::find_in_weights_dir(&file).ok_or_else(|| {
-                Error::usage(format!(
-                    "the pooled features need {}/{file}: run scripts/prepare_weights.sh, or give --backbone-weights",
-                    crate::model::DEFAULT_WEIGHTS_DIR
-                ))
-            })?
-        }
+        None => default_dinov2_weights("give --backbone-weights")?,
     };
-    let fx = FeatureExtractor::vit(
-        crate::detect::features::dinov2_arch(),
-        &crate::detect::DEFAULT_BLOCKS,
-        Some(&weights),
-        crate::model::precision::frozen_kind(spec.precision, spec.device),
+    let features = image_features(
+        &items,
+        &weights,
+        spec.precision,
+        spec.image_size,
+        spec.pooling,
         spec.device,
     )?;
-    let pairs: Vec<(&std::path::Path, &std::path::Path)> = items
-        .iter()
-        .map(|it| (it.image.as_path(), it.map.as_path()))
-        .collect();
-    let features = pooled_features(&fx, &pairs, spec.image_size, Resize::Aspect, spec.pooling)?;
     let mut types: Vec<String> = items.iter().map(|it| it.class_name.clone()).collect();
     types.sort();
     types.dedup();

@@ -37,6 +37,9 @@ pub struct TrainSpec {
     pub images: PathBuf,
     /// Their anomaly maps; `None` reuses the crops already in `binarize_out` (`--skip-binarize`).
     pub maps: Option<PathBuf>,
+    /// With `maps` `None`: the maps those crops were made from, when known (`discover`'s), for
+    /// `training.neighbor_features: pooled`.
+    pub source_maps: Option<PathBuf>,
     /// The run folder: checkpoint, log, predictions, report.
     pub run_dir: PathBuf,
     /// Where MEBin writes its crops.
@@ -225,7 +228,9 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
             }
             training_free =
                 training_free_scores(&cfg, &set, &view.tokens, view.guidance, merge_temperature)?;
-            neighbours = super::neighbours::neighbour_views(&cfg, &set, &view.tokens)?;
+            if !spec.evaluate_only {
+                neighbours = super::neighbours::neighbour_views(spec, &cfg, &set, &view.tokens)?;
+            }
         }
     }
 

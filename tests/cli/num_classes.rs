@@ -286,13 +286,24 @@ fn pooled_baseline_groups_images_by_their_weighted_patch_features() {
         let extra = ["--set", "training.neighbor_views=1", "--set", &set];
         run(p, &common::train_args(runner, &extra))
     };
+    // (`./pooled`: the bare word `pooled` asks for the features to be computed in the run.)
     common::assert_ok(
-        &nv("nf", "pooled"),
-        "neighbour views by the pooled features",
+        &nv("nf", "./pooled"),
+        "neighbour views by the pooled folder",
     );
     let log = std::fs::read_to_string(p.join("out/nf/synth/log.txt")).unwrap();
     assert!(
-        log.contains("(by their images' features in pooled)"),
+        log.contains("(by their images' features in ./pooled)"),
+        "{log}"
+    );
+    common::assert_ok(
+        &nv("here", "pooled"),
+        "neighbour views by features made here",
+    );
+    let log = std::fs::read_to_string(p.join("out/here/synth/log.txt")).unwrap();
+    assert!(
+        log.contains("pooled detector features of 16 images")
+            && log.contains("(by their images' pooled detector features)"),
         "{log}"
     );
     // A folder without them: an input error naming the file and the command that makes it.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::DiscoverSpec;
 use crate::cluster::NumClasses;
-use crate::config::{arch::ArchSpec, Config};
+use crate::config::{arch::ArchSpec, Config, NeighbourFeatures};
 
 /// The type folder of `--images` that holds normal images.
 pub use crate::imageio::NORMAL_TYPE;
@@ -273,9 +273,15 @@ impl Costs {
     /// `patches` patches each on average: a forward to the last tapped block (12) per image,
     /// then the coreset and each test patch's search of the memory bank, or, zero-shot, the
     /// mutual scoring against up to 64 references.
+    /// Seconds of `images` forwards of the detector backbone at `patches` patches each.
+    fn detect_forwards(images: f64, patches: f64, speed: Speed) -> f64 {
+        let vit = crate::detect::features::dinov2_arch();
+        images * vit.blocks_gflop(patches + 1.0, vit.depth) / speed.forward
+    }
+
     fn detect(fit: f64, scored: f64, patches: f64, speed: Speed) -> f64 {
         let vit = crate::detect::features::dinov2_arch();
-        let forwards = (fit + scored) * vit.blocks_gflop(patches + 1.0, vit.depth) / speed.forward;
+        let forwards = Self::detect_forwards(fit + scored, patches, speed);
         let extra = if fit > 0.0 {
             let pool = (fit * patches).min(crate::detect::DEFAULT_MAX_PATCHES as f64);
             let bank = crate::detect::DEFAULT_CORESET * pool;
@@ -550,6 +556,14 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
             novel * crop.full_s + 5.0,
         )
     };
+    // `training.neighbor_features: pooled`: a detector forward per defective image (with the
+    // user's maps none was sampled: 448 px, 32 × 32 patches).
+    let pooled = t.neighbor_views > 0.0 && t.neighbor_features == Some(NeighbourFeatures::Pooled);
+    let patches = Some(inputs.detector_patches).filter(|&p| p > 0.0);
+    let pooled_s = match pooled {
+        true => Costs::detect_forwards(images, patches.unwrap_or(1024.0), inputs.speed),
+        false => 0.0,
+    };
     stages.push(Stage {
         name: "train",
         kind: StageKind::Train,
@@ -560,7 +574,7 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
             cfg.models.pretrained_backbone,
             all.round()
         ),
-        estimate_s: k_cost + train_cost + evaluate_s,
+        estimate_s: k_cost + pooled_s + train_cost + evaluate_s,
         evaluate_s,
     });
     // Not measured on a GPU: 1/40 of the reference CPU keeps the CUDA estimates where they

@@ -15,7 +15,7 @@ use super::plan::{BaseInput, Inputs, Plan, StageKind, BASE_MAX_CROPS, NORMAL_TYP
 use super::plan::{SYNTH_BASE_PER_CLASS, SYNTH_BASE_SEED, SYNTH_BASE_SIZE};
 use super::stages::detect_spec;
 use super::DiscoverSpec;
-use crate::config::{Binarization, Config};
+use crate::config::{Binarization, Config, NeighbourFeatures};
 use crate::detect::DetectSettings;
 use crate::error::Result;
 use crate::fingerprint::AbsPath;
@@ -302,12 +302,11 @@ pub fn fingerprints(
                     },
                     base_stage: upstream(&done, "base"),
                     binarize_stage: upstream(&done, "binarize"),
-                    neighbor_features: spec
-                        .config
-                        .training
-                        .neighbor_features
-                        .as_deref()
-                        .map(features_digest),
+                    neighbor_features: match &spec.config.training.neighbor_features {
+                        Some(NeighbourFeatures::Folder(dir)) => Some(features_digest(dir)),
+                        // Computed from the maps and images the stage's other fields hold.
+                        Some(NeighbourFeatures::Pooled) | None => None,
+                    },
                 }))
             }
         };

@@ -319,13 +319,15 @@ fn the_maps_stage_records_the_job_it_runs_and_a_change_redoes_what_follows() {
 
 #[test]
 fn neighbour_views_and_their_features_redo_only_the_train_stage() {
+    use crate::config::NeighbourFeatures;
     let w = Some(Path::new("/weights/dinov2.safetensors"));
     let plain = run_fingerprints(&discover_spec(), w);
     let d = tempfile::tempdir().unwrap();
     let with = |views: f64| {
         let mut s = discover_spec();
         s.config.training.neighbor_views = views;
-        s.config.training.neighbor_features = Some(d.path().to_path_buf());
+        s.config.training.neighbor_features =
+            Some(NeighbourFeatures::Folder(d.path().to_path_buf()));
         run_fingerprints(&s, w)
     };
     let moved = |other: &[(Value, String)]| -> Vec<bool> {
@@ -351,6 +353,17 @@ fn neighbour_views_and_their_features_redo_only_the_train_stage() {
     assert_ne!(with(1.0)[3].1, two[3].1);
     // Without neighbour views the keys are left out: earlier fingerprints keep their form.
     assert!(plain[3].0["settings"].get("neighbor_features").is_none());
+    // Computed in the run: from the inputs the other fields hold; the config names it.
+    let mut s = discover_spec();
+    s.config.training.neighbor_views = 0.5;
+    s.config.training.neighbor_features = Some(NeighbourFeatures::Pooled);
+    let here = run_fingerprints(&s, w);
+    assert!(here[3].0["settings"].get("neighbor_features").is_none());
+    assert_eq!(
+        here[3].0["settings"]["config"]["training"]["neighbor_features"],
+        "pooled"
+    );
+    assert_ne!(here[3].1, before[3].1);
     assert!(plain[3].0["settings"]["config"]["training"]
         .get("neighbor_views")
         .is_none());

@@ -177,6 +177,7 @@ fn run_train(
         category,
         images: spec.images.clone(),
         maps: None,
+        source_maps: Some(p.plan.maps.clone()),
         run_dir: st.dir.clone(),
         binarize_out: spec.out.join("binarize"),
         binary_copy: None,
