@@ -114,6 +114,37 @@ pub(crate) fn normalise_into(v: &[f32], out: &mut Vec<f32>) {
     }
 }
 
+/// Reads back a file of one f32 matrix as [`save_tokens`] writes it (any tensor name): the
+/// rows, checked finite. A missing file, another layout or a non-finite value is an input
+/// error naming the file.
+pub fn load_tokens(path: &std::path::Path) -> Result<Array2<f32>> {
+    let bad = |what: String| Error::input(path, what);
+    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| bad(format!("not a safetensors file ({e})")))?;
+    let names = st.names();
+    let [name] = names.as_slice() else {
+        return Err(bad(format!("{} tensors, expected one", names.len())));
+    };
+    let view = st.tensor(name).map_err(|e| bad(e.to_string()))?;
+    let shape = view.shape().to_vec();
+    if view.dtype() != safetensors::Dtype::F32 || shape.len() != 2 || shape[1] == 0 {
+        return Err(bad(format!(
+            "expected one f32 matrix, got {:?} {shape:?}",
+            view.dtype()
+        )));
+    }
+    let values: Vec<f32> = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    if values.iter().any(|v| !v.is_finite()) {
+        return Err(bad("a value is not finite".into()));
+    }
+    Array2::from_shape_vec((shape[0], shape[1]), values).map_err(|e| bad(e.to_string()))
+}
+
 /// Writes `tokens` as one f32 tensor `class_tokens` `[n, D]` in a safetensors file,
 /// atomically, for the user's own analysis (rows in the order of `crop_predictions.csv`).
 pub fn save_tokens(path: &std::path::Path, tokens: ArrayView2<f32>) -> Result<()> {
@@ -127,4 +158,32 @@ pub fn save_tokens(path: &std::path::Path, tokens: ArrayView2<f32>) -> Result<()
     let out = safetensors::serialize(vec![("class_tokens".to_string(), view)], &None)
         .map_err(|e| Error::runtime(format!("class tokens: {e}")))?;
     crate::fsutil::atomic_write(path, &out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saved_tokens_load_back_and_bad_files_are_input_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("t.safetensors");
+        let t = ndarray::array![[1.0f32, -2.0, 0.5], [3.0, 0.0, 4.0]];
+        save_tokens(&p, t.view()).unwrap();
+        assert_eq!(load_tokens(&p).unwrap(), t);
+        let nan = ndarray::array![[f32::NAN, 1.0]];
+        save_tokens(&p, nan.view()).unwrap();
+        let e = load_tokens(&p).unwrap_err();
+        assert!(
+            e.exit_code() == 2 && e.to_string().contains("not finite"),
+            "{e}"
+        );
+        std::fs::write(&p, b"not a tensor file").unwrap();
+        let e = load_tokens(&p).unwrap_err();
+        assert!(
+            e.exit_code() == 2 && e.to_string().contains("t.safetensors"),
+            "{e}"
+        );
+        assert!(load_tokens(&d.path().join("absent")).is_err());
+    }
 }

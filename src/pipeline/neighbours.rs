@@ -169,35 +169,7 @@ fn read_pooled(dir: &Path) -> Result<(Vec<String>, Array2<f32>)> {
             ),
         )
     };
-    let bytes = std::fs::read(&feats_path).map_err(|e| bad(&feats_path, e.to_string()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| bad(&feats_path, format!("not a safetensors file ({e})")))?;
-    let names = st.names();
-    let [name] = names.as_slice() else {
-        return Err(bad(
-            &feats_path,
-            format!("{} tensors, expected one", names.len()),
-        ));
-    };
-    let view = st
-        .tensor(name)
-        .map_err(|e| bad(&feats_path, e.to_string()))?;
-    let shape = view.shape().to_vec();
-    if view.dtype() != safetensors::Dtype::F32 || shape.len() != 2 || shape[1] == 0 {
-        return Err(bad(
-            &feats_path,
-            format!("expected one f32 matrix, got {:?} {shape:?}", view.dtype()),
-        ));
-    }
-    let values: Vec<f32> = view
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    if values.iter().any(|v| !v.is_finite()) {
-        return Err(bad(&feats_path, "a feature is not finite".into()));
-    }
-    let feats = Array2::from_shape_vec((shape[0], shape[1]), values)
+    let feats = crate::cluster::features::load_tokens(&feats_path)
         .map_err(|e| bad(&feats_path, e.to_string()))?;
     let mut reader =
         csv::Reader::from_path(&csv_path).map_err(|e| bad(&csv_path, e.to_string()))?;
