@@ -40,7 +40,9 @@ pub struct DiscoverArgs {
     /// supervised base terms are dropped).
     #[arg(long, conflicts_with = "base")]
     pub no_base: bool,
-    /// Number of defect types: N, or `auto` to estimate it.
+    /// Number of defect types: N, or `auto` to estimate it. Give N when you know it: with a
+    /// given N (and no --config), training also pairs each crop with its nearest neighbours by
+    /// the detector's pooled features, which pays only when K is right.
     #[arg(long, value_name = "N|auto", default_value = "auto")]
     pub num_classes: String,
     /// Largest K that --num-classes auto considers.
@@ -78,15 +80,17 @@ pub struct DiscoverArgs {
 }
 
 pub fn run(a: &DiscoverArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let num_classes = NumClasses::parse(Some(&a.num_classes))?;
+    let k_given = num_classes != NumClasses::Auto;
     let spec = DiscoverSpec {
-        config: discover::config(a.config.as_deref(), &a.set)?,
+        config: discover::config(a.config.as_deref(), &a.set, k_given)?,
         images: a.images.clone(),
         out: a.out.clone(),
         normal: a.normal.clone(),
         anomaly_maps: a.anomaly_maps.clone(),
         base: a.base.clone(),
         no_base: a.no_base,
-        num_classes: NumClasses::parse(Some(&a.num_classes))?,
+        num_classes,
         max_classes: a.max_classes,
         detector: DetectorSettings {
             weights: match a.detector_random_weights {

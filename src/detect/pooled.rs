@@ -16,6 +16,17 @@ use super::features::{FeatureExtractor, Resize};
 use crate::error::{Error, Result};
 use crate::imageio::RawMap;
 
+/// The pooling the detector applies to the features it writes beside its maps
+/// ([`DETECT_FEATURES_FILE`]) and `training.neighbor_features: pooled` uses: `baseline --method
+/// pooled`'s default, the setting the benchmark measured.
+pub const DEFAULT_POOLING: Pooling = Pooling::Soft { tau: 1.0 };
+
+/// The detector's pooled features, beside its maps: one L2-normalised f32 row per test image
+/// ([`crate::cluster::features::save_tokens`]'s format), the images in [`DETECT_IMAGES_FILE`].
+pub const DETECT_FEATURES_FILE: &str = "pooled_features.safetensors";
+/// The rows' images: a CSV with an `image` column, `<type>/<stem>` (a flat folder: `<stem>`).
+pub const DETECT_IMAGES_FILE: &str = "pooled_features.csv";
+
 /// How the patch features of an image are weighted.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Pooling {
@@ -105,6 +116,35 @@ pub fn map_to_grid(map: &RawMap, rows: usize, cols: usize) -> Vec<f64> {
         .collect()
 }
 
+/// `patches [P, D]` of a `grid` (rows × cols = P) pooled under `map [H, W]` (the image's
+/// anomaly map at the backbone input, any scale: the weights depend on the scores' spread only),
+/// each patch scored by the mean of the map over its cell; L2-normalised.
+pub fn pool_under_map(
+    patches: &Tensor,
+    grid: (i64, i64),
+    map: &Tensor,
+    pooling: Pooling,
+) -> Result<Vec<f32>> {
+    let cells = map
+        .to_kind(Kind::Float)
+        .unsqueeze(0)
+        .adaptive_avg_pool2d([grid.0, grid.1])
+        .to_kind(Kind::Double)
+        .to_device(Device::Cpu)
+        .flatten(0, -1);
+    let scores = Vec::<f64>::try_from(&cells)?;
+    Ok(unit(Vec::<f32>::try_from(&pool(
+        patches, &scores, pooling,
+    )?)?))
+}
+
+/// `v` over its length (a zero vector stays zero).
+fn unit(mut v: Vec<f32>) -> Vec<f32> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= norm);
+    v
+}
+
 /// One L2-normalised pooled feature per `(image, map)` pair, rows in order.
 pub fn pooled_features(
     fx: &FeatureExtractor,
@@ -124,10 +164,9 @@ pub fn pooled_features(
         let raw = crate::imageio::read_anomaly_map(map)?;
         let scores = map_to_grid(&raw, f.grid.0 as usize, f.grid.1 as usize);
         let v = pool(&f.patches, &scores, pooling)?;
-        let v = Vec::<f32>::try_from(&v)?;
+        let v = unit(Vec::<f32>::try_from(&v)?);
         dim = v.len();
-        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-        rows.extend(v.iter().map(|x| x / norm));
+        rows.extend(v);
         pb.inc(1);
         crate::threads::tick();
     }
@@ -168,6 +207,27 @@ mod tests {
         let w = weights(&s, Pooling::Soft { tau: 2.0 });
         assert!(w[3] < 0.99 && w.iter().all(|&v| v > 0.0));
         assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn pooling_under_a_map_scores_each_patch_by_its_cell() {
+        // A 6×4 map over a 2×3 grid (2×2 pixels a cell), on any scale: the same pooled feature
+        // as the cells' means, unit length.
+        let mut px = vec![10.0f32; 24];
+        (px[0], px[1], px[6], px[7], px[10]) = (90.0, 70.0, 50.0, 30.0, 40.0);
+        let map = Tensor::from_slice(&px).view([4, 6]);
+        let x = patches(6, 5);
+        let cells = [60.0, 10.0, 17.5, 10.0, 10.0, 10.0];
+        let want = Vec::<f32>::try_from(&pool(&x, &cells, DEFAULT_POOLING).unwrap()).unwrap();
+        let got = pool_under_map(&x, (2, 3), &map, DEFAULT_POOLING).unwrap();
+        let scaled = pool_under_map(&x, (2, 3), &(&map * 3.0 + 7.0), DEFAULT_POOLING).unwrap();
+        let norm = want.iter().map(|v| v * v).sum::<f32>().sqrt();
+        for ((g, s), w) in got.iter().zip(&scaled).zip(&want) {
+            assert!(
+                (g - w / norm).abs() < 1e-5 && (s - g).abs() < 1e-5,
+                "{got:?}"
+            );
+        }
     }
 
     #[test]

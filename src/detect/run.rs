@@ -13,6 +13,7 @@ use super::eval::{auroc, PixelSet};
 use super::features::{dinov2_arch, FeatureExtractor, Resize, EFFICIENTNET};
 use super::inputs::{list_images, masks_of, split_holdout};
 use super::localize::{LocReport, MapsEvalSpec};
+use super::pooled::{DETECT_FEATURES_FILE, DETECT_IMAGES_FILE};
 use super::reference::{self, Inputs, Reference};
 use super::scoring::{self, NormalFloor};
 use super::slices::Slicing;
@@ -88,6 +89,10 @@ pub struct DetectReport {
     /// `normal_floor.floor` is the floor for MEBin (`binarization.min_threshold`).
     #[serde(default)]
     pub normal_floor: Option<NormalFloor>,
+    /// The test images' patch features pooled under their maps (`<file>`, beside
+    /// [`DETECT_IMAGES_FILE`]; [`super::pooled::DEFAULT_POOLING`]); `None` when fusing.
+    #[serde(default)]
+    pub pooled_features: Option<PathBuf>,
     pub pool_patches: usize,
     pub memory_bank: usize,
     /// Range of the raw map values mapped to 0..=255 (over all test maps).
@@ -307,6 +312,10 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
         &spec.out,
     )?;
     let (maps_spill, scores, normal_floor) = (scored.maps, scored.scores, scored.normal_floor);
+    let pooled_features = match &scored.pooled {
+        Some(rows) => Some(write_pooled(&spec.out, &test, rows)?),
+        None => None,
+    };
     drop(reference);
     drop(mutual);
     seconds.insert("scoring".to_string(), t.elapsed().as_secs_f64());
@@ -357,6 +366,11 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
     seconds.insert("evaluation".to_string(), t.elapsed().as_secs_f64());
 
     let mut output_files: Vec<PathBuf> = images.iter().filter_map(|i| i.map.clone()).collect();
+    output_files.extend(
+        pooled_features
+            .iter()
+            .flat_map(|_| [DETECT_FEATURES_FILE, DETECT_IMAGES_FILE].map(PathBuf::from)),
+    );
     output_files.push(PathBuf::from(REPORT_FILE));
     let report = DetectReport {
         backbone: spec.backbone.clone(),
@@ -380,6 +394,7 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
         seed: spec.seed,
         train_images: fitted.len(),
         normal_floor,
+        pooled_features,
         pool_patches: n_pool,
         memory_bank: n_bank,
         scale: (lo, hi),
@@ -391,6 +406,25 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
     };
     output.finish(&report)?;
     Ok(report)
+}
+
+/// Writes the test images' pooled features and their images' list into `out`; returns the
+/// features' file name.
+fn write_pooled(out: &Path, test: &[TypedFile], rows: &ndarray::Array2<f32>) -> Result<PathBuf> {
+    crate::cluster::features::save_tokens(&out.join(DETECT_FEATURES_FILE), rows.view())?;
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let bad = |e: csv::Error| Error::runtime(format!("{DETECT_IMAGES_FILE}: {e}"));
+    w.write_record(["image"]).map_err(bad)?;
+    for f in test {
+        let key = map_path(f).with_extension("");
+        w.write_record([key.to_string_lossy().as_ref()])
+            .map_err(bad)?;
+    }
+    let bytes = w
+        .into_inner()
+        .map_err(|e| Error::runtime(format!("{DETECT_IMAGES_FILE}: {e}")))?;
+    crate::fsutil::atomic_write(&out.join(DETECT_IMAGES_FILE), &bytes)?;
+    Ok(PathBuf::from(DETECT_FEATURES_FILE))
 }
 
 fn default_blur() -> f64 {

@@ -10,6 +10,11 @@
 //!   ([`NormalFloor`]) give MEBin a floor for its threshold range (after RoBiS, which floors
 //!   it with the normal images' statistics). The fitted detector's own normal images would
 //!   score near zero.
+//!
+//! Beside the maps, each test image's patch features are pooled under its map
+//! ([`super::pooled::DEFAULT_POOLING`]) while they are at hand, so `training.neighbor_features:
+//! pooled` needs no second backbone pass. Not when fusing: the fused map needs every image's
+//! scores first, and keeping every image's patch features would not bound the memory.
 
 use std::path::Path;
 
@@ -18,6 +23,7 @@ use tch::Tensor;
 
 use super::features::FeatureExtractor;
 use super::maps;
+use super::pooled::{pool_under_map, DEFAULT_POOLING};
 use super::reference::{Inputs, Reference};
 use super::spill::MapSpill;
 use crate::error::{Error, Result};
@@ -52,6 +58,9 @@ pub(crate) struct Scored {
     pub maps: MapSpill,
     pub scores: Vec<f32>,
     pub normal_floor: Option<NormalFloor>,
+    /// The test images' pooled features (`[test images, D]`, L2-normalised rows); `None` when
+    /// fusing.
+    pub pooled: Option<ndarray::Array2<f32>>,
 }
 
 /// One image's patch scores `[G_h, G_w]` (fitted, and mutual when fusing) and input size.
@@ -172,6 +181,8 @@ pub(crate) fn score(
     let all: Vec<&Path> = test.iter().chain(held).copied().collect();
     let pb = crate::logging::progress(all.len() as u64, "scoring");
     let mut grids = Vec::with_capacity(all.len());
+    let mut pooled = mutual.is_none().then(Vec::<f32>::new);
+    let mut dim = 0;
     for (c, chunk) in all.chunks(inp.batch_size).enumerate() {
         let feats = fx.images(chunk, inp.size, inp.resize)?;
         for (i, f) in feats.into_iter().enumerate() {
@@ -181,11 +192,27 @@ pub(crate) fn score(
                     .view([f.grid.0, f.grid.1])
                     .to_device(tch::Device::Cpu)
             };
-            grids.push(Grid {
+            let g = Grid {
                 fitted: at(reference),
                 mutual: mutual.map(|(m, _)| at(m)),
                 input: f.input,
-            });
+            };
+            if let (Some(rows), true) = (pooled.as_mut(), idx < test.len()) {
+                // The map as written, up to the global 8-bit scale the weights ignore.
+                let (wd, ht) = g.input;
+                let map = tch::no_grad(|| {
+                    maps::patch_scores_to_maps_blur(
+                        &g.fitted.unsqueeze(0),
+                        ht as i64,
+                        wd as i64,
+                        inp.blur,
+                    )
+                });
+                let v = pool_under_map(&f.patches, f.grid, &map.squeeze_dim(0), DEFAULT_POOLING)?;
+                dim = v.len();
+                rows.extend(v);
+            }
+            grids.push(g);
         }
         pb.inc(chunk.len() as u64);
         crate::threads::tick();
@@ -226,10 +253,18 @@ pub(crate) fn score(
         }
     }
     let normal_floor = normal.levels(spill.lo, spill.hi, maps_min);
+    let pooled = match pooled {
+        Some(rows) => Some(
+            ndarray::Array2::from_shape_vec((test.len(), dim), rows)
+                .map_err(|e| Error::runtime(format!("pooled features: {e}")))?,
+        ),
+        None => None,
+    };
     Ok(Scored {
         maps: spill,
         scores,
         normal_floor,
+        pooled,
     })
 }
 

@@ -15,18 +15,20 @@
 //! the fingerprint of its inputs ([`record`]); with `resume` a stage finished with the same
 //! fingerprint is skipped and training continues from its checkpoint.
 
+mod defaults;
 mod plan;
 mod record;
 mod scan;
 mod stages;
 mod summary;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use serde_json::{json, Value};
 use tch::Device;
 
+pub use defaults::{config, DEFAULT_SETTINGS, MASK_GRID};
 pub use plan::{
     duration_text, plan, BaseInput, Digests, Inputs, Plan, Resumed, Stage, StageKind, NORMAL_TYPE,
 };
@@ -46,59 +48,6 @@ use crate::error::{Error, Result, ResultExt};
 use crate::fsutil::{
     absolute, atomic_write, different_run, not_ours, output_marker, prepare_output_dir,
 };
-
-/// The config keys `discover` sets when no `--config` is given: `configs/demo.yaml`'s settings
-/// (the offline DINOv2 ViT-S/14, the thin-mask fallback, soft guidance by each crop's map), so
-/// that a first answer needs no download and runs on a CPU. Soft guidance over the whole crop
-/// (λ = 8) was ahead of soft guidance within the binary mask at 392-px crops on four benchmark
-/// protocols and level on the fifth (mean F1 0.595 against 0.586, NMI 0.377 against 0.351;
-/// docs/results.md, "soft guidance over the whole crop"): MEBin's mask hides context the class
-/// token uses. `auto` still reads K within the masks (`pipeline::pretrained`). The hard mask
-/// stays the config's default, the reference's behaviour. The frozen-prefix cache is `auto`: on
-/// a CPU it makes training affordable, on CUDA fresh augmentations follow the reference.
-/// Its bank holds 4 views per crop, not the demo's 8: level with 8 on the five benchmark
-/// protocols at 5/9 of the build (docs/results.md, "four cached views on all five protocols").
-/// Spectral clustering of the trained image features assigns the images, not the heads: mean F1
-/// of the five protocols +0.027 on the same models; SD-900 −0.015, tire −0.045 under `auto` K.
-/// The crops' input side is set after these, from the backbone ([`MASK_GRID`]).
-pub const DEFAULT_SETTINGS: &[&str] = &[
-    "models.pretrained_backbone=dinov2_vits14",
-    "models.thin_mask_fallback=true",
-    "models.guidance=soft",
-    "training.cache_frozen=auto",
-    "training.cache_views=4",
-    "training.num_workers=2",
-    "inference.assign=spectral",
-];
-
-/// Patches per side of the crops' grid that `discover` gives the mask-guided blocks unless a
-/// config file or `--set models.image_size` says otherwise: the paper's grid (DINO ViT-B/8 at
-/// 224 px), 392 px for the default DINOv2 ViT-S/14. Over six seeds it raised tire's NMI from
-/// 0.117 to 0.155 and MTD fitted's F1 from 0.559 to 0.593 against 224 px, and the mean F1 of
-/// the five benchmark protocols from 0.594 to 0.616, at about twice `discover`'s wall time with
-/// 8 cached views, about 1.4× with the 4 of [`DEFAULT_SETTINGS`] (docs/results.md).
-pub const MASK_GRID: usize = 28;
-
-/// The run's config: `path` as it is, or the defaults with [`DEFAULT_SETTINGS`] and a
-/// [`MASK_GRID`]-patch input side for the chosen backbone; `overrides` (`--set`) last.
-pub fn config(path: Option<&Path>, overrides: &[String]) -> Result<Config> {
-    match path {
-        Some(p) => Config::load(Some(p), overrides),
-        None => {
-            let mut all: Vec<String> = DEFAULT_SETTINGS.iter().map(|s| s.to_string()).collect();
-            all.extend_from_slice(overrides);
-            let mut cfg = Config::load(None, &all)?;
-            let sized = overrides.iter().any(|o| {
-                crate::config::split_override(o).is_some_and(|(k, _)| k == "models.image_size")
-            });
-            if !sized {
-                // Within the config's bounds for every backbone (patches of 8 to 16 px).
-                cfg.models.image_size = MASK_GRID * cfg.arch().patch_size;
-            }
-            Ok(cfg)
-        }
-    }
-}
 
 /// The built-in detector's weights.
 #[derive(Debug, Clone, PartialEq)]
@@ -546,55 +495,4 @@ fn run_text(t: &RunTiming) -> String {
         None => "peak memory not known on this system".to_string(),
     };
     format!("{} in all, {memory}", duration_text(t.total_s))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::CacheFrozen;
-
-    #[test]
-    fn the_default_config_caches_the_frozen_prefix_on_a_cpu_only() {
-        let cfg = config(None, &[]).unwrap();
-        assert_eq!(cfg.training.cache_frozen, CacheFrozen::Auto);
-        assert!(cfg.training.cache_frozen.enabled(Device::Cpu));
-        assert!(!cfg.training.cache_frozen.enabled(Device::Cuda(0)));
-        let set = config(None, &["training.cache_frozen=false".into()]).unwrap();
-        assert_eq!(set.training.cache_frozen, CacheFrozen::Off, "--set wins");
-        assert_eq!(cfg.training.cache_views, 4, "discover's bank of views");
-        let eight = config(None, &["training.cache_views=8".into()]).unwrap();
-        assert_eq!(eight.training.cache_views, 8, "--set wins");
-        // The default backbone is the detector's model, whose weights discover checks for.
-        let arch = crate::config::arch::DINOV2_VITS14;
-        assert_eq!(cfg.models.pretrained_backbone, arch);
-        assert_eq!(crate::detect::features::dinov2_arch().name, arch);
-    }
-
-    #[test]
-    fn the_default_input_side_gives_the_papers_patch_grid_unless_set() {
-        let side = |set: &[&str]| {
-            let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
-            config(None, &set).unwrap().models.image_size
-        };
-        assert_eq!(side(&[]), 392, "28 patches of 14 px");
-        assert_eq!(
-            side(&["models.pretrained_backbone=dino_vitb8"]),
-            224,
-            "the paper's own: 28 patches of 8 px"
-        );
-        assert_eq!(side(&["models.image_size=224"]), 224, "--set wins");
-        assert_eq!(
-            side(&[" models.image_size = 308"]),
-            308,
-            "spaces around the key"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("c.yaml");
-        std::fs::write(&file, "models:\n  pretrained_backbone: dinov2_vits14\n").unwrap();
-        let from_file = config(Some(&file), &[]).unwrap();
-        assert_eq!(
-            from_file.models.image_size, 224,
-            "a config file keeps its own default"
-        );
-    }
 }

@@ -1,7 +1,8 @@
 //! The novel crops' neighbours for `training.neighbor_views` ([`crate::data::NeighbourViews`]):
 //! by the pretrained class tokens of the crops, or, with `training.neighbor_features`, by their
 //! images' pooled detector features (the detector backbone's patch features pooled under each
-//! image's anomaly map, as `baseline --method pooled` computes them): computed here (`pooled`)
+//! image's anomaly map, as `baseline --method pooled` computes them): with `pooled`, the ones the
+//! built-in detector wrote beside its maps, or computed here when the maps came from elsewhere;
 //! or read from a `baseline --method pooled` output folder. Part of the `train` stage.
 //!
 //! Why a second source: an image's nearest neighbour by the pooled detector features has its
@@ -20,16 +21,12 @@ use super::TrainSpec;
 use crate::cluster::SetTokens;
 use crate::config::{Config, NeighbourFeatures};
 use crate::data::{CropSet, NeighbourViews};
-use crate::detect::pooled::Pooling;
+use crate::detect::pooled::{DEFAULT_POOLING, DETECT_FEATURES_FILE, DETECT_IMAGES_FILE};
 use crate::error::{Error, Result};
 use crate::mebin::{folders::pair_folders, MapItem};
 
 /// The files of `training.neighbor_features` that the train stage's fingerprint digests.
 pub const NEIGHBOUR_FEATURES_FILES: [&str; 2] = [POOLED_FEATURES, POOLED_IMAGES];
-
-/// The softmax temperature of the pooled features computed in the run (`baseline --method
-/// pooled`'s default, the setting the benchmark measured).
-const POOLING: Pooling = Pooling::Soft { tau: 1.0 };
 
 /// The novel crops' nearest neighbours, when `training.neighbor_views` asks for neighbour views:
 /// by `tokens` (the pretrained class tokens of `tokens.novel_items`), or by their images'
@@ -47,13 +44,27 @@ pub(super) fn neighbour_views(
     let items = &tokens.novel_items;
     let (rows, by) = match &t.neighbor_features {
         Some(NeighbourFeatures::Folder(dir)) => (
-            crops_rows(read_pooled(dir)?, dir, set, items)?,
+            crops_rows(
+                read_pooled(&dir.join(POOLED_FEATURES), &dir.join(POOLED_IMAGES))?,
+                dir,
+                set,
+                items,
+            )?,
             format!("their images' features in {}", dir.display()),
         ),
-        Some(NeighbourFeatures::Pooled) => (
-            crops_rows(pooled_here(spec, cfg)?, &spec.images, set, items)?,
-            "their images' pooled detector features".to_string(),
-        ),
+        Some(NeighbourFeatures::Pooled) => match detector_rows(spec, set, items) {
+            Some((rows, maps)) => (
+                rows,
+                format!(
+                    "their images' pooled features that the detector wrote in {}",
+                    maps.display()
+                ),
+            ),
+            None => (
+                crops_rows(pooled_here(spec, cfg)?, &spec.images, set, items)?,
+                "their images' pooled detector features".to_string(),
+            ),
+        },
         None => (
             tokens.novel.clone(),
             "the pretrained class tokens".to_string(),
@@ -73,8 +84,33 @@ pub(super) fn neighbour_views(
     Ok(Some(NeighbourViews::new(t.neighbor_views, of)?))
 }
 
+/// The maps folder's pooled features, when the built-in detector wrote them there
+/// ([`DETECT_FEATURES_FILE`]) for every image of the crops; `None` (logged when the files are
+/// there) otherwise.
+fn detector_rows(
+    spec: &TrainSpec,
+    set: &CropSet,
+    items: &[usize],
+) -> Option<(Array2<f32>, PathBuf)> {
+    let maps = spec.maps.as_ref().or(spec.source_maps.as_ref())?;
+    let (feats, list) = (
+        maps.join(DETECT_FEATURES_FILE),
+        maps.join(DETECT_IMAGES_FILE),
+    );
+    if !feats.is_file() {
+        return None;
+    }
+    match read_pooled(&feats, &list).and_then(|r| crops_rows(r, maps, set, items)) {
+        Ok(rows) => Some((rows, maps.clone())),
+        Err(e) => {
+            log::info!("the detector's pooled features are not used ({e}); computing them");
+            None
+        }
+    }
+}
+
 /// The pooled features of the run's defective images under their maps (`training.neighbor_features:
-/// pooled`): one pass of the detector backbone at the detector's input side
+/// pooled`, when the detector wrote none): one pass of the detector backbone at the detector's input side
 /// (`detect.image_size`), keyed `<type>/<stem>`.
 fn pooled_here(spec: &TrainSpec, cfg: &Config) -> Result<(Vec<String>, Array2<f32>)> {
     let Some(maps) = spec.maps.as_ref().or(spec.source_maps.as_ref()) else {
@@ -105,7 +141,7 @@ fn pooled_here(spec: &TrainSpec, cfg: &Config) -> Result<(Vec<String>, Array2<f3
         &weights,
         cfg.models.precision,
         size,
-        POOLING,
+        DEFAULT_POOLING,
         spec.device,
     )?;
     let keys = items
@@ -155,11 +191,9 @@ fn crops_rows(
     Ok(rows)
 }
 
-/// The image keys (`predictions.csv`'s `image` column) and the features (one row each) of a
-/// `baseline --method pooled` output folder.
-fn read_pooled(dir: &Path) -> Result<(Vec<String>, Array2<f32>)> {
-    let (feats_path, csv_path): (PathBuf, PathBuf) =
-        (dir.join(POOLED_FEATURES), dir.join(POOLED_IMAGES));
+/// The image keys (the `image` column of `csv_path`) and the features (one row each, in
+/// `feats_path`) of a `baseline --method pooled` output folder or of the detector's maps folder.
+fn read_pooled(feats_path: &Path, csv_path: &Path) -> Result<(Vec<String>, Array2<f32>)> {
     let bad = |path: &Path, what: String| {
         Error::input(
             path,
@@ -169,28 +203,28 @@ fn read_pooled(dir: &Path) -> Result<(Vec<String>, Array2<f32>)> {
             ),
         )
     };
-    let feats = crate::cluster::features::load_tokens(&feats_path)
-        .map_err(|e| bad(&feats_path, e.to_string()))?;
-    let mut reader =
-        csv::Reader::from_path(&csv_path).map_err(|e| bad(&csv_path, e.to_string()))?;
+    let feats = crate::cluster::features::load_tokens(feats_path)
+        .map_err(|e| bad(feats_path, e.to_string()))?;
+    let mut reader = csv::Reader::from_path(csv_path).map_err(|e| bad(csv_path, e.to_string()))?;
     let column = reader
         .headers()
-        .map_err(|e| bad(&csv_path, e.to_string()))?
+        .map_err(|e| bad(csv_path, e.to_string()))?
         .iter()
         .position(|h| h == "image")
-        .ok_or_else(|| bad(&csv_path, "no `image` column".into()))?;
+        .ok_or_else(|| bad(csv_path, "no `image` column".into()))?;
     let mut keys = Vec::new();
     for rec in reader.records() {
-        let rec = rec.map_err(|e| bad(&csv_path, e.to_string()))?;
+        let rec = rec.map_err(|e| bad(csv_path, e.to_string()))?;
         keys.push(image_stem_key(rec.get(column).unwrap_or_default()));
     }
     if keys.len() != feats.nrows() {
         return Err(bad(
-            &feats_path,
+            feats_path,
             format!(
-                "{} rows for the {} images of {POOLED_IMAGES}",
+                "{} rows for the {} images of {}",
                 feats.nrows(),
-                keys.len()
+                keys.len(),
+                csv_path.display()
             ),
         ));
     }
@@ -224,7 +258,13 @@ mod tests {
             .unwrap();
         let csv = "image,type,cluster\nhole/a,hole,0\ncrack/b,crack,1\n/flat,,0\n";
         std::fs::write(d.path().join(POOLED_IMAGES), csv).unwrap();
-        let (keys, got) = read_pooled(d.path()).unwrap();
+        let read = || {
+            read_pooled(
+                &d.path().join(POOLED_FEATURES),
+                &d.path().join(POOLED_IMAGES),
+            )
+        };
+        let (keys, got) = read().unwrap();
         assert_eq!(keys, ["hole/a", "crack/b", "flat"]);
         assert_eq!(got, feats);
         // One image fewer than rows.
@@ -233,11 +273,11 @@ mod tests {
             "image,type,cluster\nhole/a,hole,0\n",
         )
         .unwrap();
-        let e = read_pooled(d.path()).unwrap_err();
+        let e = read().unwrap_err();
         assert_eq!(e.exit_code(), 2);
         assert!(e.to_string().contains("3 rows for the 1 images"), "{e}");
         std::fs::remove_file(d.path().join(POOLED_FEATURES)).unwrap();
-        let e = read_pooled(d.path()).unwrap_err();
+        let e = read().unwrap_err();
         assert!(
             e.to_string().contains(POOLED_FEATURES) && e.exit_code() == 2,
             "{e}"

@@ -315,6 +315,79 @@ fn pooled_baseline_groups_images_by_their_weighted_patch_features() {
         "{text}"
     );
 
+    // The built-in detector writes the same features beside its maps, pooled under each map
+    // while it scores, and training with `pooled` reads them there instead of another pass.
+    let wt = w.to_str().unwrap();
+    let det = [
+        "detect",
+        "--zero-shot",
+        "--test",
+        "synth/test",
+        "--out",
+        "det",
+        "--weights",
+        wt,
+    ];
+    ok(p, &det);
+    let rows = |dir: &str, file: &str, list: &str| {
+        let t = tch::Tensor::read_safetensors(p.join(dir).join(file)).unwrap();
+        let (n, d) = (t[0].1.size()[0], t[0].1.size()[1]);
+        let flat = Vec::<f32>::try_from(t[0].1.flatten(0, -1)).unwrap();
+        let feats = ndarray::Array2::from_shape_vec((n as usize, d as usize), flat).unwrap();
+        let csv = std::fs::read_to_string(p.join(dir).join(list)).unwrap();
+        let keys = csv.lines().skip(1).map(|l| {
+            let image = l.split(',').next().unwrap();
+            image
+                .trim_start_matches('/')
+                .trim_end_matches(".png")
+                .to_string()
+        });
+        keys.zip(feats.rows().into_iter().map(|r| r.to_vec()))
+            .collect::<std::collections::HashMap<_, _>>()
+    };
+    let by_detector = rows("det", "pooled_features.safetensors", "pooled_features.csv");
+    assert_eq!(
+        json(&p.join("det/detect.json"))["pooled_features"],
+        "pooled_features.safetensors"
+    );
+    let mut again = base.to_vec();
+    again[4] = "det";
+    again.extend(["--num-classes", "4", "--out", "pooled_det"]);
+    ok(p, &again);
+    let by_pass = rows(
+        "pooled_det",
+        "pooled_features.safetensors",
+        "predictions.csv",
+    );
+    assert_eq!(by_pass.len(), 16);
+    for (key, v) in &by_pass {
+        let u = by_detector
+            .get(key)
+            .unwrap_or_else(|| panic!("{key}: {by_detector:?}"));
+        // The pass weighs by the 8-bit maps, the detector by its float maps (same scale).
+        let cos: f32 = u.iter().zip(v).map(|(a, b)| a * b).sum();
+        assert!(cos > 0.995, "{key}: cosine {cos}");
+    }
+    let det_maps = common::train_args_on(
+        "synth",
+        "synth/test",
+        "det",
+        "det_nv",
+        &[
+            "--set",
+            "training.neighbor_views=1",
+            "--set",
+            "training.neighbor_features=pooled",
+        ],
+    );
+    ok(p, &det_maps);
+    let log = std::fs::read_to_string(p.join("out/det_nv/synth/log.txt")).unwrap();
+    assert!(
+        log.contains("pooled features that the detector wrote in det")
+            && !log.contains("pooled detector features of"),
+        "{log}"
+    );
+
     let mut top = base.to_vec();
     top.extend([
         "--pool-top",

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use super::DiscoverSpec;
 use crate::cluster::NumClasses;
 use crate::config::{arch::ArchSpec, Config, NeighbourFeatures};
+use crate::detect::pooled::DETECT_FEATURES_FILE;
 
 /// The type folder of `--images` that holds normal images.
 pub use crate::imageio::NORMAL_TYPE;
@@ -556,14 +557,14 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
             novel * crop.full_s + 5.0,
         )
     };
-    // `training.neighbor_features: pooled`: a detector forward per defective image (with the
-    // user's maps none was sampled: 448 px, 32 × 32 patches).
-    let pooled = t.neighbor_views > 0.0 && t.neighbor_features == Some(NeighbourFeatures::Pooled);
+    // `neighbor_features: pooled`: a detector forward per defective image, unless the detector
+    // wrote them (it does unless it fuses); user's maps: 448 px, 32 × 32 patches.
+    let written = |m: &Path| m.join(DETECT_FEATURES_FILE).is_file();
+    let pass = (spec.anomaly_maps.as_deref()).map_or(cfg.detect.fuse_mutual > 0.0, |m| !written(m));
+    let pooled = t.neighbor_features == Some(NeighbourFeatures::Pooled) && pass;
     let patches = Some(inputs.detector_patches).filter(|&p| p > 0.0);
-    let pooled_s = match pooled {
-        true => Costs::detect_forwards(images, patches.unwrap_or(1024.0), inputs.speed),
-        false => 0.0,
-    };
+    let pooled_s = (pooled && t.neighbor_views > 0.0) as u8 as f64
+        * Costs::detect_forwards(images, patches.unwrap_or(1024.0), inputs.speed);
     stages.push(Stage {
         name: "train",
         kind: StageKind::Train,

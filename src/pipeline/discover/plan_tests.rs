@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use super::*;
+use crate::config::NeighbourFeatures;
 use crate::pipeline::discover::{DetectorSettings, DiscoverSpec};
 
 /// A spec for these flags (also the stage records' tests').
@@ -238,26 +239,38 @@ fn estimates_grow_with_the_counts_and_the_settings() {
         .unwrap()
         .what
         .contains("K = 4"));
-    // Neighbour views by pooled features computed in the run: one detector forward per image;
-    // by the class tokens or a given folder, nothing more.
-    let neighbours = |views: f64, features: Option<crate::config::NeighbourFeatures>| {
-        let mut s = cached(fixed.clone());
+    // Neighbour views by pooled features: the detector writes them beside its maps, so they
+    // cost nothing more unless it fuses; with the user's maps, a detector forward per image.
+    let neighbours = |s: &DiscoverSpec, views: f64, features: Option<NeighbourFeatures>| {
+        let mut s = cached(s.clone());
         (
             s.config.training.neighbor_views,
             s.config.training.neighbor_features,
         ) = (views, features);
         train(&s)
     };
-    let pooled = Some(crate::config::NeighbourFeatures::Pooled);
-    assert_eq!(neighbours(0.5, None), train(&cached(fixed.clone())));
-    let folder = Some(crate::config::NeighbourFeatures::Folder("/p".into()));
-    assert_eq!(neighbours(0.5, folder), neighbours(0.5, None));
+    let pooled = Some(NeighbourFeatures::Pooled);
+    assert_eq!(neighbours(&fixed, 0.5, None), train(&cached(fixed.clone())));
+    let folder = Some(NeighbourFeatures::Folder("/p".into()));
+    assert_eq!(
+        neighbours(&fixed, 0.5, folder),
+        neighbours(&fixed, 0.5, None)
+    );
+    assert_eq!(
+        neighbours(&fixed, 0.5, pooled.clone()),
+        neighbours(&fixed, 0.5, None)
+    );
+    let mut given = spec(false, true, false);
+    given.num_classes = NumClasses::Fixed(4);
     let forwards = Costs::detect_forwards(40.0, 1024.0, Speed::REFERENCE);
-    let extra = neighbours(0.5, pooled.clone()) - neighbours(0.5, None);
+    let extra = neighbours(&given, 0.5, pooled.clone()) - neighbours(&given, 0.5, None);
     assert!(
         forwards > 0.0 && (extra - forwards).abs() < 1e-6 * forwards,
         "{extra}"
     );
+    let mut fused = fixed.clone();
+    (fused.normal, fused.config.detect.fuse_mutual) = (Some("/data/normal".into()), 0.5);
+    assert!(neighbours(&fused, 0.5, pooled.clone()) > neighbours(&fused, 0.5, None));
     // The crops' input side: the frozen prefix's attention grows with the square of the
     // tokens, so 392 px costs more than its 3.05× the tokens.
     let mut big_crops = cached(spec(false, false, false));
