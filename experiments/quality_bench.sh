@@ -52,9 +52,9 @@
 #   BIN         the binary (default target/release/anomalyncd)
 #   SHARED      the real data sets (default ../shared/data)
 #   SYNTH_ARGS  flags of `anomalyncd synth` for the synth protocol (default: none)
-#   BASE_OUT    an earlier benchmark folder: every protocol takes its maps (and shares its token
-#               caches) from there, so a variant of training alone (EXTRA_SET of training or loss
-#               keys) re-runs only training; its MEBin settings must be the earlier ones'
+#   BASE_OUT    an earlier benchmark folder: every protocol takes its maps (its first run's, for any
+#               SEEDS) and shares its token caches, so a variant of training alone (EXTRA_SET of
+#               training or loss keys) re-runs only training; its MEBin settings must be the earlier ones'
 #   GT_PYTHON   a Python with numpy and Pillow for experiments/crops_vs_gt.py (default: .venv/bin/python,
 #               else python3; without one the MEBin mask IoU is left out, with a note)
 # OUT records the settings that change results (EPOCHS, EXTRA_SET, EXTRA_ARGS, CONFIG, VIEW_SEED,
@@ -399,6 +399,8 @@ run_protocol() {
   BASE_MAPS=
   if [ -n "$BASE_OUT" ] && [ -z "$P_MAPS" ]; then
     BASE_MAPS=$BASE_OUT/$proto/$first_name/maps
+    # Other seeds than the base's: its first run is the one that holds the maps.
+    [ -d "$BASE_MAPS" ] || BASE_MAPS=$(ls -d "$BASE_OUT/$proto"/seed*/maps 2>/dev/null | head -1)
     [ -d "$BASE_MAPS" ] || die2 "BASE_OUT: $BASE_MAPS is absent (run the base benchmark's $proto first)"
   fi
   local cmd="anomalyncd discover --images $P_IMAGES${P_NORMAL:+ --normal $P_NORMAL}${P_MAPS:+ --anomaly-maps $P_MAPS} --num-classes $P_K"

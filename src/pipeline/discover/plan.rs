@@ -570,10 +570,11 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
         kind: StageKind::Train,
         dir: out.join("train"),
         what: format!(
-            "{k_what}, train {} epochs ({}, ~{} crops), evaluate, predictions and report.html",
+            "{k_what}, train {} epochs ({}, ~{} crops{}), evaluate, predictions and report.html",
             t.epochs,
             cfg.models.pretrained_backbone,
-            all.round()
+            all.round(),
+            ["", ", neighbour views"][(t.neighbor_views > 0.0) as usize]
         ),
         estimate_s: k_cost + pooled_s + train_cost + evaluate_s,
         evaluate_s,

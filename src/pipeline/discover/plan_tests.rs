@@ -268,6 +268,15 @@ fn estimates_grow_with_the_counts_and_the_settings() {
         forwards > 0.0 && (extra - forwards).abs() < 1e-6 * forwards,
         "{extra}"
     );
+    let what = |s: &DiscoverSpec| plan(s, &small).stage("train").unwrap().what.clone();
+    assert!(!what(&fixed).contains("neighbour views"));
+    let mut nv = fixed.clone();
+    nv.config.training.neighbor_views = 0.5;
+    assert!(
+        what(&nv).contains("crops, neighbour views)"),
+        "{}",
+        what(&nv)
+    );
     let mut fused = fixed.clone();
     (fused.normal, fused.config.detect.fuse_mutual) = (Some("/data/normal".into()), 0.5);
     assert!(neighbours(&fused, 0.5, pooled.clone()) > neighbours(&fused, 0.5, None));
