@@ -42,10 +42,10 @@ pub const MASK_GRID: usize = 28;
 /// time a novel crop's second view is one of its 5 nearest crops' (`training.neighbor_views`),
 /// nearest by their images' pooled detector features (`training.neighbor_features: pooled`,
 /// which the built-in detector writes beside its maps). With the true K this raised the mean F1
-/// of the five benchmark protocols from 0.622 to 0.654 (MTD fitted 0.605 → 0.679, SD-900 0.718
-/// → 0.816, tire 0.508 → 0.467 within its sd). Under `auto`'s K, one type short on every
-/// protocol, it did not pay (0.610 → 0.607, MTD zero-shot 0.594 → 0.548), so an estimated K
-/// trains without it.
+/// of the five benchmark protocols from 0.614 to 0.642 over six seeds (MTD fitted 0.582 →
+/// 0.640, SD-900 0.723 → 0.816, tire 0.490 → 0.467 within its sd). Under `auto`'s K, one type
+/// short on every protocol, it did not pay (0.610 → 0.607, MTD zero-shot 0.594 → 0.548), so an
+/// estimated K trains without it.
 pub const NEIGHBOUR_VIEWS: f64 = 0.5;
 
 /// The run's config: `path` as it is, or the defaults with [`DEFAULT_SETTINGS`], a
