@@ -38,7 +38,7 @@ pub const DEFAULT_SETTINGS: &[&str] = &[
 /// 8 cached views, about 1.4× with the 4 of [`DEFAULT_SETTINGS`] (docs/results.md).
 pub const MASK_GRID: usize = 28;
 
-/// With a given K (`--num-classes N`, or one type per folder), and no `--config`: half the
+/// With a given K (`--num-classes N`) and no `--config`: half the
 /// time a novel crop's second view is one of its 5 nearest crops' (`training.neighbor_views`),
 /// nearest by their images' pooled detector features (`training.neighbor_features: pooled`,
 /// which the built-in detector writes beside its maps). With the true K this raised the mean F1
