@@ -36,8 +36,8 @@ pub struct Training {
     /// cache file. `null`: 1 GB, or half of the memory available when that is less.
     pub cache_ram_gb: Option<f64>,
     /// Ours: the probability that an unlabelled crop's second view in a training sample is a
-    /// view of one of its nearest neighbours (by the pretrained class tokens) instead of its
-    /// own. 0: the reference's pairs of a crop's own views.
+    /// view of one of its nearest neighbours (by the pretrained class tokens, or by
+    /// `neighbor_features`) instead of its own. 0: the reference's pairs of a crop's own views.
     #[serde(skip_serializing_if = "is_no_neighbour_views")]
     pub neighbor_views: f64,
     /// Ours: how many nearest neighbours that view is drawn from.
@@ -54,8 +54,9 @@ pub struct Training {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum NeighbourFeatures {
-    /// `pooled`: the train stage pools the detector backbone's patch features of the novel
-    /// images under their maps (one backbone pass over them).
+    /// `pooled`: the detector backbone's patch features of the novel images pooled under their
+    /// maps: the ones the built-in detector wrote beside its maps, else pooled in the train stage
+    /// (one backbone pass over the images).
     Pooled,
     /// Any other value: a `baseline --method pooled` output folder (write `./pooled` for a
     /// folder of that name).

@@ -8,7 +8,8 @@
 //! neighbour has its type 88 % of the time on MTD, 93 % on SD-900) while they do not form K
 //! round groups; training on pairs of neighbours passes that local structure on to the
 //! training. The neighbours are found once, before training
-//! ([`crate::cluster::spectral::cosine_neighbours`] on the pretrained class tokens); the draw
+//! ([`crate::cluster::spectral::cosine_neighbours`] on the pretrained class tokens or on the
+//! images' pooled detector features, `training.neighbor_features`); the draw
 //! happens per sample, with the sample's own random stream, in the loader and the token bank.
 
 use rand::Rng;

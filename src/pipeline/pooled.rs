@@ -19,9 +19,10 @@ use crate::fingerprint::AbsPath;
 use crate::mebin::{folders::pair_folders, MapItem, Pairing};
 use crate::metrics::Scores;
 
-/// The output folder's features (one f32 row per image) and its image list (`image` column,
-/// the rows' order); `training.neighbor_features` reads both.
-pub const POOLED_FEATURES: &str = "pooled_features.safetensors";
+/// The output folder's features (one f32 row per image; the file the detector writes beside its
+/// maps, in the same format) and its image list (`image` column, the rows' order);
+/// `training.neighbor_features` reads both.
+pub const POOLED_FEATURES: &str = crate::detect::pooled::DETECT_FEATURES_FILE;
 pub const POOLED_IMAGES: &str = "predictions.csv";
 
 /// A validated `baseline --method pooled` request.

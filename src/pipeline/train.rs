@@ -233,7 +233,6 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
             }
         }
     }
-
     drop(pretrained);
     timing.estimate_s = t.elapsed().as_secs_f64();
     if set.num_base_classes() == 0 {
