@@ -28,6 +28,9 @@ die2() { echo "inference_sweep.sh: $*" >&2; exit 2; }
 OUT=$1 SWEEP=$2
 shift 2
 [ -d "$OUT" ] || die2 "OUT=$OUT is not a folder (give a quality_bench.sh output folder)"
+if ! compgen -G "$OUT/*/${UNITS:-seed*}/train/checkpoint.safetensors" >/dev/null; then
+  die2 "no trained weights under $OUT/<protocol>/${UNITS:-seed*}/train/: quality_bench.sh removes them unless run with KEEP_CHECKPOINTS=1; re-run the bench that way into another OUT"
+fi
 case "$(realpath -m "$SWEEP")/" in
   "$(realpath "$OUT")"/*) die2 "SWEEP_OUT=$SWEEP lies inside OUT=$OUT: give another folder" ;;
 esac

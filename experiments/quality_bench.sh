@@ -55,6 +55,10 @@
 #   BASE_OUT    an earlier benchmark folder: every protocol takes its maps (its first run's, for any
 #               SEEDS) and shares its token caches, so a variant of training alone (EXTRA_SET of
 #               training or loss keys) re-runs only training; its MEBin settings must be the earlier ones'
+#   KEEP_CHECKPOINTS 0 (default): a finished unit's train/checkpoint.safetensors (the trained
+#               weights, ~90 MB with ViT-S/14) is removed once its scores are in discover.json, so
+#               a long series of runs cannot fill the disk; checkpoint.json stays | 1: kept (what
+#               experiments/inference_sweep.sh needs)
 #   GT_PYTHON   a Python with numpy and Pillow for experiments/crops_vs_gt.py (default: .venv/bin/python,
 #               else python3; without one the MEBin mask IoU is left out, with a note)
 # OUT records the settings that change results (EPOCHS, EXTRA_SET, EXTRA_ARGS, CONFIG, VIEW_SEED,
@@ -103,6 +107,7 @@ SHARED=${SHARED:-../shared/data}
 SYNTH_ARGS=${SYNTH_ARGS:-}
 GT_PYTHON=${GT_PYTHON:-}
 BASE_OUT=${BASE_OUT:-}
+KEEP_CHECKPOINTS=${KEEP_CHECKPOINTS:-0}
 
 # ---- checks of the settings, before anything runs
 [ -n "$OUT" ] || die2 "OUT is empty: give an output folder"
@@ -124,6 +129,7 @@ case $CACHE in auto|0|1) ;; *) die2 "CACHE=$CACHE: expected auto, 0 or 1" ;; esa
 case $LOC in 0|1) ;; *) die2 "LOC=$LOC: expected 0 or 1" ;; esac
 case $BASELINE in auto|0|1) ;; *) die2 "BASELINE=$BASELINE: expected auto, 0 or 1" ;; esac
 case $AUTO_K in auto|0|1) ;; *) die2 "AUTO_K=$AUTO_K: expected auto, 0 or 1" ;; esac
+case $KEEP_CHECKPOINTS in 0|1) ;; *) die2 "KEEP_CHECKPOINTS=$KEEP_CHECKPOINTS: expected 0 or 1" ;; esac
 [ -z "$THREADS" ] || [ "$THREADS" = auto ] || { is_uint "$THREADS" && [ "$THREADS" -ge 1 ]; } \
   || die2 "THREADS=$THREADS: expected auto or a positive integer"
 # Split on blanks without glob expansion.
@@ -273,6 +279,7 @@ run_unit() {
   local result
   result=$(grep -a '^NMI ' "$pdir/$unit.log" | tail -1 || true)
   if [ $rc = 0 ] && [ -f "$run/discover.json" ]; then
+    [ "$KEEP_CHECKPOINTS" = 1 ] || rm -f "$run/train/checkpoint.safetensors"
     say "$proto $unit: done in ${wall} s: ${result:-no scores} | $(uptime)"
     return 0
   fi

@@ -162,9 +162,40 @@ pub(crate) struct ToScore<'a> {
     pub written: &'a [bool],
 }
 
+/// Where the scored maps go, in scoring order: the test images' maps into the spill (and
+/// their image scores), the held-out normals' into their moments.
+struct Sink<'a> {
+    spill: MapSpill,
+    scores: Vec<f32>,
+    normal: Moments,
+    maps_min: f64,
+    tests: usize,
+    written: &'a [bool],
+}
+
+impl Sink<'_> {
+    /// Takes image `i`'s patch scores `s` `[1, h, w]` and its blurred map `m` `[1, H, W]`.
+    fn take(&mut self, i: usize, s: &Tensor, m: &Tensor, input: (u32, u32)) -> Result<()> {
+        let v: Vec<f32> = Vec::try_from(m.flatten(0, -1))
+            .map_err(|e| Error::runtime(format!("reading a map: {e}")))?;
+        if i < self.tests {
+            self.scores.push(s.max().double_value(&[]) as f32);
+            if self.written.get(i).copied().unwrap_or(true) {
+                let top = v.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+                self.maps_min = self.maps_min.min(top);
+            }
+            self.spill.push(&v, input.0, input.1)
+        } else {
+            self.normal.add(&v);
+            Ok(())
+        }
+    }
+}
+
 /// Scores the test images (then the held-out normals) against `reference`, and against
 /// `mutual` mixed in with its weight when given; `batch_size` images per forward; the float
-/// maps are spilled into `out`.
+/// maps are spilled into `out`. Without fusion each map is made, pooled under and spilled as
+/// its image is scored; with it, once every image's scores give the two scales.
 pub(crate) fn score(
     fx: &FeatureExtractor,
     reference: &Reference,
@@ -179,8 +210,20 @@ pub(crate) fn score(
         written,
     } = images;
     let all: Vec<&Path> = test.iter().chain(held).copied().collect();
+    let blur = |s: &Tensor, (wd, ht): (u32, u32)| {
+        tch::no_grad(|| maps::patch_scores_to_maps_blur(s, ht as i64, wd as i64, inp.blur))
+    };
+    let mut sink = Sink {
+        spill: MapSpill::create(out)?,
+        scores: Vec::with_capacity(test.len()),
+        normal: Moments::default(),
+        maps_min: f64::INFINITY,
+        tests: test.len(),
+        written,
+    };
     let pb = crate::logging::progress(all.len() as u64, "scoring");
-    let mut grids = Vec::with_capacity(all.len());
+    // Kept only when fusing: the fused scores need the scales over all test images.
+    let mut grids = Vec::new();
     let mut pooled = mutual.is_none().then(Vec::<f32>::new);
     let mut dim = 0;
     for (c, chunk) in all.chunks(inp.batch_size).enumerate() {
@@ -192,66 +235,48 @@ pub(crate) fn score(
                     .view([f.grid.0, f.grid.1])
                     .to_device(tch::Device::Cpu)
             };
-            let g = Grid {
-                fitted: at(reference),
-                mutual: mutual.map(|(m, _)| at(m)),
-                input: f.input,
-            };
-            if let (Some(rows), true) = (pooled.as_mut(), idx < test.len()) {
-                // The map as written, up to the global 8-bit scale the weights ignore.
-                let (wd, ht) = g.input;
-                let map = tch::no_grad(|| {
-                    maps::patch_scores_to_maps_blur(
-                        &g.fitted.unsqueeze(0),
-                        ht as i64,
-                        wd as i64,
-                        inp.blur,
-                    )
+            let fitted = at(reference);
+            let Some(rows) = pooled.as_mut() else {
+                grids.push(Grid {
+                    mutual: mutual.map(|(m, _)| at(m)),
+                    fitted,
+                    input: f.input,
                 });
+                continue;
+            };
+            let s = fitted.unsqueeze(0);
+            let map = blur(&s, f.input);
+            if idx < test.len() {
+                // The map as written, up to the global 8-bit scale the weights ignore.
                 let v = pool_under_map(&f.patches, f.grid, &map.squeeze_dim(0), DEFAULT_POOLING)?;
                 dim = v.len();
                 rows.extend(v);
             }
-            grids.push(g);
+            sink.take(idx, &s, &map, f.input)?;
         }
         pb.inc(chunk.len() as u64);
         crate::threads::tick();
     }
     pb.finish_and_clear();
-    let (w, scales) = match mutual {
-        Some((_, w)) => {
-            let t = &grids[..test.len()];
-            let sf = mean_max(t.iter().map(|g| &g.fitted), "fitted")?;
-            let sm = mean_max(t.iter().filter_map(|g| g.mutual.as_ref()), "mutual")?;
-            log::info!(
-                "fusing fitted and mutual scores (weight {w}; mean image scores {sf:.4} / {sm:.4})"
-            );
-            (w, (sf, sm))
-        }
-        None => (0.0, (1.0, 1.0)),
-    };
-    let mut spill = MapSpill::create(out)?;
-    let mut scores = Vec::with_capacity(test.len());
-    let mut normal = Moments::default();
-    let mut maps_min = f64::INFINITY;
-    for (i, g) in grids.iter().enumerate() {
-        let s = fuse(g, w, scales).unsqueeze(0);
-        let (wd, ht) = g.input;
-        let m =
-            tch::no_grad(|| maps::patch_scores_to_maps_blur(&s, ht as i64, wd as i64, inp.blur));
-        let v: Vec<f32> = Vec::try_from(m.flatten(0, -1))
-            .map_err(|e| Error::runtime(format!("reading a map: {e}")))?;
-        if i < test.len() {
-            scores.push(s.max().double_value(&[]) as f32);
-            if written.get(i).copied().unwrap_or(true) {
-                let top = v.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-                maps_min = maps_min.min(top);
-            }
-            spill.push(&v, wd, ht)?;
-        } else {
-            normal.add(&v);
+    if let Some((_, w)) = mutual {
+        let t = &grids[..test.len()];
+        let sf = mean_max(t.iter().map(|g| &g.fitted), "fitted")?;
+        let sm = mean_max(t.iter().filter_map(|g| g.mutual.as_ref()), "mutual")?;
+        log::info!(
+            "fusing fitted and mutual scores (weight {w}; mean image scores {sf:.4} / {sm:.4})"
+        );
+        for (i, g) in grids.iter().enumerate() {
+            let s = fuse(g, w, (sf, sm)).unsqueeze(0);
+            sink.take(i, &s, &blur(&s, g.input), g.input)?;
         }
     }
+    let Sink {
+        spill,
+        scores,
+        normal,
+        maps_min,
+        ..
+    } = sink;
     let normal_floor = normal.levels(spill.lo, spill.hi, maps_min);
     let pooled = match pooled {
         Some(rows) => Some(

@@ -30,18 +30,25 @@ pub const NEIGHBOUR_FEATURES_FILES: [&str; 2] = [POOLED_FEATURES, POOLED_IMAGES]
 
 /// The novel crops' nearest neighbours, when `training.neighbor_views` asks for neighbour views:
 /// by `tokens` (the pretrained class tokens of `tokens.novel_items`), or by their images'
-/// pooled features (`training.neighbor_features`).
+/// pooled features (`training.neighbor_features`), which need no `tokens`.
 pub(super) fn neighbour_views(
     spec: &TrainSpec,
     cfg: &Config,
     set: &CropSet,
-    tokens: &SetTokens,
+    tokens: Option<&SetTokens>,
 ) -> Result<Option<NeighbourViews>> {
     let t = &cfg.training;
     if t.neighbor_views <= 0.0 {
         return Ok(None);
     }
-    let items = &tokens.novel_items;
+    let own;
+    let items = match tokens {
+        Some(tokens) => &tokens.novel_items,
+        None => {
+            own = set.novel_indices();
+            &own
+        }
+    };
     let (rows, by) = match &t.neighbor_features {
         Some(NeighbourFeatures::Folder(dir)) => (
             crops_rows(
@@ -66,7 +73,12 @@ pub(super) fn neighbour_views(
             ),
         },
         None => (
-            tokens.novel.clone(),
+            tokens
+                .ok_or_else(|| {
+                    Error::runtime("neighbour views by the class tokens need the pretrained tokens")
+                })?
+                .novel
+                .clone(),
             "the pretrained class tokens".to_string(),
         ),
     };

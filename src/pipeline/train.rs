@@ -209,9 +209,14 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
         .and_then(|ck| ck.meta.num_classes_estimate.clone());
     let (mut auto_k, mut training_free, mut neighbours) = (None, None, None);
     // Without a cache the pretrained tokens cost a whole backbone pass: only `auto` and
-    // neighbour views pay it.
+    // neighbour views by the class tokens pay it (the training-free row comes with them).
     let neighbours_needed = cfg.training.neighbor_views > 0.0 && !spec.evaluate_only;
-    if estimate_needed || bank.is_some() || neighbours_needed {
+    let by_tokens = cfg.training.neighbor_features.is_none();
+    if !(estimate_needed || bank.is_some() || neighbours_needed && by_tokens) {
+        if neighbours_needed {
+            neighbours = super::neighbours::neighbour_views(spec, &cfg, &set, None)?;
+        }
+    } else {
         let cached = bank.as_ref().map(|b| b as &dyn crate::model::PrefixTokens);
         let view = pretrained_view(spec, &cfg, &set, &pretrained, cached, estimate_needed)?;
         if let Some(view) = view {
@@ -229,7 +234,8 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
             training_free =
                 training_free_scores(&cfg, &set, &view.tokens, view.guidance, merge_temperature)?;
             if !spec.evaluate_only {
-                neighbours = super::neighbours::neighbour_views(spec, &cfg, &set, &view.tokens)?;
+                neighbours =
+                    super::neighbours::neighbour_views(spec, &cfg, &set, Some(&view.tokens))?;
             }
         }
     }

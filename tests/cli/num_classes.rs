@@ -378,6 +378,8 @@ fn pooled_baseline_groups_images_by_their_weighted_patch_features() {
             "training.neighbor_views=1",
             "--set",
             "training.neighbor_features=pooled",
+            "--set",
+            "training.cache_frozen=false",
         ],
     );
     ok(p, &det_maps);
@@ -387,6 +389,9 @@ fn pooled_baseline_groups_images_by_their_weighted_patch_features() {
             && !log.contains("pooled detector features of"),
         "{log}"
     );
+    // K given, no cache, neighbours by pooled features: no backbone pass over the crops for
+    // pretrained class tokens, so no training-free row.
+    assert!(!log.contains("training-free:"), "{log}");
 
     let mut top = base.to_vec();
     top.extend([

@@ -36,6 +36,8 @@ fn bench(out: &Path, extra: &[(&str, &str)]) -> Output {
             "--per-type 4 --per-base-class 3 --normal 3 --size 96",
         )
         .env("EXTRA_SET", TINY_SET)
+        // The sweep below evaluates the runs' weights again; the variant checks the default.
+        .env("KEEP_CHECKPOINTS", "1")
         .env(
             "EXTRA_ARGS",
             "--detector-random-weights --detector-image-size 64",
@@ -229,6 +231,7 @@ fn quality_bench_runs_resumes_and_reports_on_the_synthetic_set() {
             ("SEEDS", "1"),
             ("VIEW_CHECK", "0"),
             ("EPOCHS", "3"),
+            ("KEEP_CHECKPOINTS", "0"),
         ],
     );
     let t = text(&o);
@@ -249,6 +252,18 @@ fn quality_bench_runs_resumes_and_reports_on_the_synthetic_set() {
         std::fs::read(unit.join("binarize/scores.json")).unwrap(),
         std::fs::read(first.join("binarize/scores.json")).unwrap()
     );
+    // By default a finished unit's weights go (its checkpoint.json stays), and the sweep,
+    // which needs them, says how to keep them.
+    assert!(unit.join("train/checkpoint.json").is_file());
+    assert!(!unit.join("train/checkpoint.safetensors").exists());
+    assert!(first.join("train/checkpoint.safetensors").is_file());
+    let o = sweep(
+        &variant,
+        &d.path().join("no_sweep"),
+        &["inference.assign=heads"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("KEEP_CHECKPOINTS=1"), "{}", text(&o));
     let o = bench(&variant, &[("BASE_OUT", "/no/such/bench")]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("BASE_OUT"), "{}", text(&o));
