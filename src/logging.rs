@@ -123,6 +123,16 @@ pub fn progress(len: u64, what: &str) -> ProgressBar {
     pb
 }
 
+/// `12 s`, `3 min`, `1 h 5 min`.
+pub fn duration_text(s: f64) -> String {
+    let s = s.max(0.0).round() as u64;
+    match s {
+        0..=89 => format!("{s} s"),
+        90..=3599 => format!("{} min", (s + 30) / 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600 + 30) / 60),
+    }
+}
+
 /// A rate with at most one decimal (indicatif's `{per_sec}` prints four): `12/s`, `3.4/s`, and
 /// below one item a second the seconds per item, `2.5 s/it`.
 pub fn rate_text(per_sec: f64) -> String {

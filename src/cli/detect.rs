@@ -80,6 +80,11 @@ pub struct DetectArgs {
     /// other test images) into the fitted score, each on its own scale (0: off).
     #[arg(long, default_value_t = 0.0, value_name = "W")]
     pub fuse_mutual: f64,
+    /// With --train and the ViT: fit a second detector on EfficientNet-Lite0 (its weights from
+    /// data/weights/) and mix this weight of its maps into the ViT's, each on its own scale
+    /// (0: off; e.g. 0.5). The CNN localises better on some objects, the ViT on textures.
+    #[arg(long, default_value_t = 0.0, value_name = "W")]
+    pub fuse_cnn: f64,
     /// With --train: hold this fraction of the normal images out of the memory bank and score
     /// them; detect.json's `normal_floor.floor` (the mean of their maps' maxima on the maps'
     /// 8-bit scale, at least MEBin's own lower end) is then a floor for MEBin
@@ -172,6 +177,11 @@ pub fn run(a: &DetectArgs, ctx: &Ctx) -> anyhow::Result<()> {
         per_block: a.per_block,
         aggregate_sizes: a.aggregate_sizes.clone(),
         fuse_mutual: a.fuse_mutual,
+        fuse_cnn: a.fuse_cnn,
+        cnn_weights: match a.random_weights || a.fuse_cnn == 0.0 {
+            true => None,
+            false => Some(resolve_weights(EFFICIENTNET, None)?),
+        },
         holdout: a.holdout_normals,
         blur: a.blur,
         precision,

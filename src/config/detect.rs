@@ -8,7 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// The maps' Gaussian blur sigma at a 256-pixel side (the detector's default).
 pub const DEFAULT_BLUR: f64 = 4.0;
 
-/// What `detect --per-block / --aggregate-sizes / --fuse-mutual / --holdout-normals / --blur`
+/// What `detect --per-block / --aggregate-sizes / --fuse-mutual / --fuse-cnn / --holdout-normals / --blur`
 /// set, with the command's defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -19,6 +19,9 @@ pub struct MapVariants {
     pub aggregate_sizes: Vec<i64>,
     /// Weight of the mutual (zero-shot) score fused into the fitted one (0: none).
     pub fuse_mutual: f64,
+    /// Weight of the CNN detector's maps (EfficientNet-Lite0) mixed into the ViT's, with normal
+    /// images (0: none).
+    pub fuse_cnn: f64,
     /// Share of the normal images held out of the bank to set MEBin's floor (0: none).
     pub holdout: f64,
     /// The maps' blur sigma at 256 pixels.
@@ -87,6 +90,7 @@ impl Default for MapVariants {
             per_block: false,
             aggregate_sizes: Vec::new(),
             fuse_mutual: 0.0,
+            fuse_cnn: 0.0,
             holdout: 0.0,
             blur: DEFAULT_BLUR,
             image_size: ImageSize::Auto,

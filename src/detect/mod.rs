@@ -23,6 +23,7 @@
 //! bytes: 64 x 1024 x 384 x 4 = 100 MB), and one test map at a time: the float maps wait in a
 //! spill file in OUT until the global scale is known.
 
+mod cnn_fusion;
 pub(crate) mod coreset;
 pub(crate) mod eval;
 pub mod features;

@@ -69,6 +69,9 @@ pub struct DetectReport {
     pub aggregate_sizes: Vec<i64>,
     #[serde(default)]
     pub fuse_mutual: f64,
+    /// The CNN detector's weight in the maps (0: none).
+    #[serde(default)]
+    pub fuse_cnn: f64,
     /// The fraction of the normal images held out of the bank.
     #[serde(default)]
     pub holdout: f64,
@@ -307,17 +310,34 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
             test: &test_paths,
             held: &held,
             written: &written,
+            // Pooled under the map as written: not when the CNN's maps are mixed in after.
+            pool: spec.fuse_cnn == 0.0,
+            spill: MapSpill::FILE,
         },
         inp,
         &spec.out,
     )?;
-    let (maps_spill, scores, normal_floor) = (scored.maps, scored.scores, scored.normal_floor);
+    drop(reference);
+    drop(mutual);
+    let (maps_spill, scores, normal_floor) = match spec.fuse_cnn > 0.0 {
+        true => {
+            let (m, s) = super::cnn_fusion::fuse(
+                spec,
+                &fitted,
+                &test_paths,
+                &written,
+                inp,
+                scored.maps,
+                &spec.out,
+            )?;
+            (m, s, scored.normal_floor)
+        }
+        false => (scored.maps, scored.scores, scored.normal_floor),
+    };
     let pooled_features = match &scored.pooled {
         Some(rows) => Some(write_pooled(&spec.out, &test, rows)?),
         None => None,
     };
-    drop(reference);
-    drop(mutual);
     seconds.insert("scoring".to_string(), t.elapsed().as_secs_f64());
 
     let t = Instant::now();
@@ -383,6 +403,7 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
         per_block: spec.per_block,
         aggregate_sizes: spec.aggregate_sizes.clone(),
         fuse_mutual: spec.fuse_mutual,
+        fuse_cnn: spec.fuse_cnn,
         holdout: spec.holdout,
         blur: spec.blur,
         precision: kind_name(fx.kind()),

@@ -153,13 +153,17 @@ fn fuse(g: &Grid, w: f64, scales: (f64, f64)) -> Tensor {
     }
 }
 
-/// The images one scoring pass takes.
+/// The images one scoring pass takes, and where its maps go.
 pub(crate) struct ToScore<'a> {
     pub test: &'a [&'a Path],
     /// Held-out normal images: scored, not written, summarised as [`NormalFloor`].
     pub held: &'a [&'a Path],
     /// Per test image: whether its map is written (and so enters MEBin's range).
     pub written: &'a [bool],
+    /// Pool each test image's patch features under its map (not when fusing).
+    pub pool: bool,
+    /// The spill file's name in `out`.
+    pub spill: &'a str,
 }
 
 /// Where the scored maps go, in scoring order: the test images' maps into the spill (and
@@ -194,8 +198,9 @@ impl Sink<'_> {
 
 /// Scores the test images (then the held-out normals) against `reference`, and against
 /// `mutual` mixed in with its weight when given; `batch_size` images per forward; the float
-/// maps are spilled into `out`. Without fusion each map is made, pooled under and spilled as
-/// its image is scored; with it, once every image's scores give the two scales.
+/// maps are spilled into `out` (`images.spill`). Without fusion each map is made, pooled under
+/// (`images.pool`) and spilled as its image is scored; with it, once every image's scores give
+/// the two scales.
 pub(crate) fn score(
     fx: &FeatureExtractor,
     reference: &Reference,
@@ -208,13 +213,15 @@ pub(crate) fn score(
         test,
         held,
         written,
+        pool,
+        spill,
     } = images;
     let all: Vec<&Path> = test.iter().chain(held).copied().collect();
     let blur = |s: &Tensor, (wd, ht): (u32, u32)| {
         tch::no_grad(|| maps::patch_scores_to_maps_blur(s, ht as i64, wd as i64, inp.blur))
     };
     let mut sink = Sink {
-        spill: MapSpill::create(out)?,
+        spill: MapSpill::create_named(out, spill)?,
         scores: Vec::with_capacity(test.len()),
         normal: Moments::default(),
         maps_min: f64::INFINITY,
@@ -224,7 +231,7 @@ pub(crate) fn score(
     let pb = crate::logging::progress(all.len() as u64, "scoring");
     // Kept only when fusing: the fused scores need the scales over all test images.
     let mut grids = Vec::new();
-    let mut pooled = mutual.is_none().then(Vec::<f32>::new);
+    let mut pooled = (pool && mutual.is_none()).then(Vec::<f32>::new);
     let mut dim = 0;
     for (c, chunk) in all.chunks(inp.batch_size).enumerate() {
         let feats = fx.images(chunk, inp.size, inp.resize)?;
@@ -236,17 +243,17 @@ pub(crate) fn score(
                     .to_device(tch::Device::Cpu)
             };
             let fitted = at(reference);
-            let Some(rows) = pooled.as_mut() else {
+            if let Some((m, _)) = mutual {
                 grids.push(Grid {
-                    mutual: mutual.map(|(m, _)| at(m)),
+                    mutual: Some(at(m)),
                     fitted,
                     input: f.input,
                 });
                 continue;
-            };
+            }
             let s = fitted.unsqueeze(0);
             let map = blur(&s, f.input);
-            if idx < test.len() {
+            if let (Some(rows), true) = (pooled.as_mut(), idx < test.len()) {
                 // The map as written, up to the global 8-bit scale the weights ignore.
                 let v = pool_under_map(&f.patches, f.grid, &map.squeeze_dim(0), DEFAULT_POOLING)?;
                 dim = v.len();

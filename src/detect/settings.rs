@@ -51,6 +51,11 @@ pub struct DetectSettings {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub fuse_mutual: f64,
     #[serde(default, skip_serializing_if = "is_zero")]
+    pub fuse_cnn: f64,
+    /// The CNN's weights by their absolute path, when `fuse_cnn` > 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnn_weights: Option<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub holdout: f64,
     #[serde(default = "default_blur", skip_serializing_if = "is_default_blur")]
     pub blur: f64,
@@ -119,6 +124,8 @@ impl DetectSpec {
             per_block,
             aggregate_sizes,
             fuse_mutual,
+            fuse_cnn,
+            cnn_weights,
             holdout,
             blur,
             coreset,
@@ -140,6 +147,14 @@ impl DetectSpec {
             per_block: *per_block,
             aggregate_sizes: aggregate_sizes.clone(),
             fuse_mutual: *fuse_mutual,
+            fuse_cnn: *fuse_cnn,
+            cnn_weights: (*fuse_cnn > 0.0).then(|| {
+                cnn_weights
+                    .as_ref()
+                    .map_or("random (test only)".into(), |p| {
+                        crate::fsutil::absolute(p).display().to_string()
+                    })
+            }),
             holdout: *holdout,
             blur: *blur,
             precision: kind_name(self.run_kind()),
@@ -255,17 +270,20 @@ mod tests {
             "per_block",
             "aggregate_sizes",
             "fuse_mutual",
+            "fuse_cnn",
+            "cnn_weights",
             "holdout",
             "blur",
         ] {
             assert!(base.get(key).is_none(), "{key} recorded at its default");
         }
         type Change = fn(&mut DetectSpec);
-        let changes: [(&str, Change); 5] = [
+        let changes: [(&str, Change); 6] = [
             ("blur", |s| s.blur = 2.0),
             ("per_block", |s| s.per_block = true),
             ("aggregate_sizes", |s| s.aggregate_sizes = vec![1, 3, 5]),
             ("fuse_mutual", |s| s.fuse_mutual = 0.5),
+            ("fuse_cnn", |s| s.fuse_cnn = 0.5),
             ("holdout", |s| s.holdout = 0.1),
         ];
         for (key, change) in changes {

@@ -41,6 +41,12 @@ pub struct DetectSpec {
     /// With normal images: the weight of the zero-shot mutual score mixed into the fitted
     /// score (0: off; see [`super::scoring`]).
     pub fuse_mutual: f64,
+    /// With normal images and the ViT: the weight of a second, CNN detector's maps
+    /// (EfficientNet-Lite0, stages 2 and 4, PatchCore's 3×3 mean) mixed into the ViT's (0: off;
+    /// see [`super::cnn_fusion`]).
+    pub fuse_cnn: f64,
+    /// The CNN's weights when `fuse_cnn` > 0; None: random (tests only).
+    pub cnn_weights: Option<PathBuf>,
     /// The fraction of the normal images kept out of the memory bank and scored as held-out
     /// normals: `detect.json` then gives MEBin's floor (`normal_floor`). 0: off.
     pub holdout: f64,
@@ -204,6 +210,8 @@ impl DetectSpec {
             per_block: false,
             aggregate_sizes: Vec::new(),
             fuse_mutual: 0.0,
+            fuse_cnn: 0.0,
+            cnn_weights: None,
             holdout: 0.0,
             blur: maps::SIGMA,
             precision: Precision::Auto,
@@ -286,6 +294,28 @@ fn check_variants(s: &DetectSpec) -> Result<()> {
             "--fuse-mutual: --zero-shot-refs {} / --zero-shot-fraction {}: give at least 2 references and a fraction in (0, 1]",
             s.zero_shot_refs, s.zero_shot_fraction
         )));
+    }
+    if !(0.0..=1.0).contains(&s.fuse_cnn) {
+        return Err(Error::usage(format!(
+            "--fuse-cnn {}: give a weight in [0, 1] (0: off, e.g. 0.5)",
+            s.fuse_cnn
+        )));
+    }
+    if s.fuse_cnn > 0.0 {
+        let why = if s.zero_shot {
+            Some("fits the CNN on the normal images: give --train, not --zero-shot")
+        } else if s.backbone != super::features::DINOV2 {
+            Some("mixes the CNN's maps into the ViT's: leave --backbone at dinov2-vits14")
+        } else if s.weights.is_some() && s.cnn_weights.is_none() {
+            Some("needs the EfficientNet-Lite0 weights (data/weights/efficientnet_lite0.pth): run scripts/prepare_weights.sh")
+        } else if s.holdout > 0.0 {
+            Some("and --holdout-normals: the floor is not computed on fused maps; give one of the two")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(Error::usage(format!("--fuse-cnn {why}")));
+        }
     }
     if !(0.0..=0.5).contains(&s.holdout) {
         return Err(Error::usage(format!(
@@ -391,7 +421,7 @@ mod tests {
         };
         assert!(check_spec(&spec()).is_ok());
         type Change = fn(&mut DetectSpec);
-        let bad: [Change; 8] = [
+        let bad: [Change; 12] = [
             |s| s.blur = -1.0,
             |s| s.blur = f64::NAN,
             |s| s.fuse_mutual = 1.5,
@@ -410,6 +440,19 @@ mod tests {
                 s.train = None;
                 s.holdout = 0.1;
             },
+            |s| s.fuse_cnn = 1.5,
+            |s| {
+                s.fuse_cnn = 0.5;
+                s.zero_shot = true;
+            },
+            |s| {
+                s.fuse_cnn = 0.5;
+                s.backbone = super::super::features::EFFICIENTNET.into();
+            },
+            |s| {
+                s.fuse_cnn = 0.5;
+                s.holdout = 0.1;
+            },
         ];
         for (i, change) in bad.iter().enumerate() {
             let mut s = spec();
@@ -419,6 +462,8 @@ mod tests {
         let mut s = spec();
         (s.fuse_mutual, s.holdout, s.per_block) = (0.5, 0.1, true);
         s.aggregate_sizes = vec![1, 3, 5];
+        assert!(check_spec(&s).is_ok());
+        (s.fuse_cnn, s.holdout) = (0.5, 0.0);
         assert!(check_spec(&s).is_ok());
     }
 }

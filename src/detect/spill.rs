@@ -18,10 +18,12 @@ pub(crate) struct MapSpill {
 }
 
 impl MapSpill {
-    const FILE: &'static str = ".anomalyncd-detect-maps.f32";
+    pub(crate) const FILE: &'static str = ".anomalyncd-detect-maps.f32";
 
-    pub(crate) fn create(dir: &Path) -> Result<MapSpill> {
-        let path = dir.join(Self::FILE);
+    /// A spill file `name` in `dir` ([`Self::FILE`] for the detector's maps; other names for a
+    /// second detector's beside them).
+    pub(crate) fn create_named(dir: &Path, name: &str) -> Result<MapSpill> {
+        let path = dir.join(name);
         let file = std::fs::File::options()
             .create(true)
             .truncate(true)
@@ -91,7 +93,7 @@ mod tests {
     #[test]
     fn maps_of_different_sizes_come_back_and_the_file_goes() {
         let d = tempfile::tempdir().unwrap();
-        let mut s = MapSpill::create(d.path()).unwrap();
+        let mut s = MapSpill::create_named(d.path(), MapSpill::FILE).unwrap();
         s.push(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 3, 2).unwrap();
         s.push(&[-1.0, 9.0], 1, 2).unwrap();
         assert_eq!(s.read(1).unwrap(), (vec![-1.0, 9.0], 1, 2));

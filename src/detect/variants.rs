@@ -20,6 +20,7 @@ impl MapVariants {
         let fitted = !spec.zero_shot;
         spec.fuse_mutual = if fitted { self.fuse_mutual } else { 0.0 };
         spec.holdout = if fitted { self.holdout } else { 0.0 };
+        spec.fuse_cnn = if fitted { self.fuse_cnn } else { 0.0 };
     }
 }
 

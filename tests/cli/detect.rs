@@ -409,6 +409,67 @@ fn vit_maps_keep_the_aspect_ratio_and_zero_shot_needs_two_images() {
     assert!(stderr(&o).contains("--blocks"), "{}", stderr(&o));
 }
 
+#[test]
+fn the_cnn_beside_the_vit_mixes_its_maps_in() {
+    let d = tempfile::tempdir().unwrap();
+    make_set(d.path());
+    let vit = ["--backbone", "dinov2-vits14", "--random-weights"];
+    let plain = d.path().join("plain");
+    assert!(detect(d.path(), &plain, &vit).status.success());
+    let out = d.path().join("fused");
+    let o = detect(d.path(), &out, &[&vit[..], &["--fuse-cnn", "0.5"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = report(&out);
+    assert_eq!(
+        (r["fuse_cnn"].as_f64(), r["backbone"].as_str()),
+        (Some(0.5), Some("dinov2-vits14"))
+    );
+    // The ViT's map size; other values than the ViT's alone; no pooled features (they would
+    // not be under the maps as written); no spill file left.
+    let (a, b) = (
+        read_l8(&plain.join("spot/000.png")),
+        read_l8(&out.join("spot/000.png")),
+    );
+    assert_eq!(a.dimensions(), b.dimensions());
+    assert_ne!(a, b);
+    assert!(plain.join("pooled_features.safetensors").is_file());
+    assert!(!out.join("pooled_features.safetensors").exists());
+    let hidden: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".f32"))
+        .collect();
+    assert!(hidden.is_empty(), "{hidden:?}");
+    // Only with normal images, the ViT, and without held-out normals; the weight in [0, 1].
+    for (extra, names) in [
+        (vec!["--fuse-cnn", "1.5"], "[0, 1]"),
+        (
+            vec!["--fuse-cnn", "0.5", "--holdout-normals", "0.1"],
+            "--holdout-normals",
+        ),
+    ] {
+        let o = detect(
+            d.path(),
+            &d.path().join("bad"),
+            &[&vit[..], &extra].concat(),
+        );
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("--fuse-cnn") && stderr(&o).contains(names),
+            "{}",
+            stderr(&o)
+        );
+    }
+    let o = detect(
+        d.path(),
+        &d.path().join("bad"),
+        &["--random-weights", "--fuse-cnn", "0.5"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("dinov2-vits14"), "{}", stderr(&o));
+    assert!(!d.path().join("bad").exists());
+}
+
 /// The share of the defective test images whose map maximum lies inside the mask dilated by
 /// 2 % of the image's larger side (the maps may have another size than the masks).
 fn argmax_in_defect(maps: &Path, masks: &Path) -> f64 {

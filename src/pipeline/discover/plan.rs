@@ -11,6 +11,7 @@ use crate::detect::pooled::DETECT_FEATURES_FILE;
 
 /// The type folder of `--images` that holds normal images.
 pub use crate::imageio::NORMAL_TYPE;
+pub use crate::logging::duration_text;
 
 /// The built-in base set: `synth`'s three base classes, this many images each.
 pub const SYNTH_BASE_PER_CLASS: usize = 12;
@@ -255,16 +256,6 @@ impl Plan {
     }
 }
 
-/// `12 s`, `3 min`, `1 h 5 min`.
-pub fn duration_text(s: f64) -> String {
-    let s = s.max(0.0).round() as u64;
-    match s {
-        0..=89 => format!("{s} s"),
-        90..=3599 => format!("{} min", (s + 30) / 60),
-        _ => format!("{} h {} min", s / 3600, (s % 3600 + 30) / 60),
-    }
-}
-
 /// Seconds per unit on the 2-core CPU the README's first tables were measured on (DINOv2
 /// ViT-S/14, fp32), scaled to this machine by [`Speed`]: rough, for the plan and the ETA only.
 pub struct Costs;
@@ -298,7 +289,8 @@ impl Costs {
 
     /// The detector's `plain` estimate with the config's map variants: per-block scoring
     /// measured 1.0–1.3× the default run (a bank and a search per tapped block); fusing the
-    /// mutual score adds the zero-shot scoring of the test images.
+    /// mutual score adds the zero-shot scoring of the test images; the CNN beside the ViT
+    /// measured 0.38× (MTD) and 0.49× (tire) of the ViT's detector.
     fn detect_variants(
         plain: f64,
         fit: f64,
@@ -311,7 +303,7 @@ impl Costs {
         if fit > 0.0 && v.fuse_mutual > 0.0 {
             s += Self::detect(0.0, scored, patches, speed) - 5.0;
         }
-        s
+        s + (fit > 0.0 && v.fuse_cnn > 0.0) as u8 as f64 * 0.45 * plain
     }
 
     /// The greedy k-center coreset, per (pooled patch, bank patch) pair: 21 s for 97 656 ×
@@ -560,7 +552,8 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
     // `neighbor_features: pooled`: a detector forward per defective image, unless the detector
     // wrote them (it does unless it fuses); user's maps: 448 px, 32 × 32 patches.
     let written = |m: &Path| m.join(DETECT_FEATURES_FILE).is_file();
-    let pass = (spec.anomaly_maps.as_deref()).map_or(cfg.detect.fuse_mutual > 0.0, |m| !written(m));
+    let fuses = spec.normal.is_some() && cfg.detect.fuse_mutual + cfg.detect.fuse_cnn > 0.0;
+    let pass = (spec.anomaly_maps.as_deref()).map_or(fuses, |m| !written(m));
     let pooled = t.neighbor_features == Some(NeighbourFeatures::Pooled) && pass;
     let patches = Some(inputs.detector_patches).filter(|&p| p > 0.0);
     let pooled_s = (pooled && t.neighbor_views > 0.0) as u8 as f64

@@ -145,6 +145,13 @@ pub(super) fn detect_spec(
         )
     };
     spec.config.detect.apply(&mut job);
+    // The CNN beside the ViT: random with a random ViT (tests), else the offline default file
+    // (the detector refuses to run without it).
+    if job.fuse_cnn > 0.0 && job.weights.is_some() {
+        let file =
+            crate::detect::features::default_weights_file(crate::detect::features::EFFICIENTNET);
+        job.cnn_weights = crate::model::find_in_weights_dir(&file);
+    }
     job
 }
 
