@@ -472,8 +472,14 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
                 ),
             };
             let scored = images + inputs.good as f64;
+            let cnn = match cfg.detect.fuse_cnn {
+                w if w > 0.0 && fit > 0.0 => format!(
+                    ", an EfficientNet-Lite0 detector's maps mixed in at {w} (detect.fuse_cnn)"
+                ),
+                _ => String::new(),
+            };
             let what = format!(
-                "{what}; input side {} px (detect.image_size)",
+                "{what}; input side {} px (detect.image_size){cnn}",
                 inputs.detector_image_size
             );
             stages.push(Stage {

@@ -280,6 +280,20 @@ fn estimates_grow_with_the_counts_and_the_settings() {
     let mut fused = fixed.clone();
     (fused.normal, fused.config.detect.fuse_mutual) = (Some("/data/normal".into()), 0.5);
     assert!(neighbours(&fused, 0.5, pooled.clone()) > neighbours(&fused, 0.5, None));
+    // The CNN's maps mixed in: no pooled features beside them either, and the maps stage says so.
+    let mut cnn = fixed.clone();
+    (cnn.normal, cnn.config.detect.fuse_cnn) = (Some("/data/normal".into()), 0.5);
+    assert!(neighbours(&cnn, 0.5, pooled.clone()) > neighbours(&cnn, 0.5, None));
+    let fitted = Inputs {
+        normal: 10,
+        ..small.clone()
+    };
+    let maps = plan(&cnn, &fitted).stage("maps").map(|m| m.what.clone());
+    assert!(
+        maps.as_deref()
+            .is_some_and(|w| w.contains("detect.fuse_cnn")),
+        "{maps:?}"
+    );
     // The crops' input side: the frozen prefix's attention grows with the square of the
     // tokens, so 392 px costs more than its 3.05× the tokens.
     let mut big_crops = cached(spec(false, false, false));
@@ -375,10 +389,15 @@ fn map_variants_raise_the_maps_estimate() {
     assert!(Costs::detect_variants(plain, 100.0, 50.0, 1024.0, &per_block, R) > plain);
     let fused = crate::config::MapVariants {
         fuse_mutual: 0.5,
-        ..v
+        ..v.clone()
     };
     assert!(Costs::detect_variants(plain, 100.0, 50.0, 1024.0, &fused, R) > plain);
+    // The CNN beside the ViT: 0.45× the ViT's detector more.
+    let cnn = crate::config::MapVariants { fuse_cnn: 0.5, ..v };
+    let with_cnn = Costs::detect_variants(plain, 100.0, 50.0, 1024.0, &cnn, R);
+    assert!((with_cnn / plain - 1.45).abs() < 1e-9, "{with_cnn} {plain}");
     // Zero-shot maps have nothing to fuse.
     let zs = Costs::detect(0.0, 50.0, 1024.0, R);
     assert_eq!(Costs::detect_variants(zs, 0.0, 50.0, 1024.0, &fused, R), zs);
+    assert_eq!(Costs::detect_variants(zs, 0.0, 50.0, 1024.0, &cnn, R), zs);
 }
