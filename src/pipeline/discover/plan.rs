@@ -472,15 +472,14 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
                 ),
             };
             let scored = images + inputs.good as f64;
-            let cnn = match cfg.detect.fuse_cnn {
-                w if w > 0.0 && fit > 0.0 => format!(
-                    ", an EfficientNet-Lite0 detector's maps mixed in at {w} (detect.fuse_cnn)"
-                ),
-                _ => String::new(),
-            };
+            let w = cfg.detect.fuse_cnn;
+            let cnn = (w > 0.0 && fit > 0.0).then(|| {
+                format!(", an EfficientNet-Lite0 detector's maps mixed in at {w} (detect.fuse_cnn)")
+            });
             let what = format!(
-                "{what}; input side {} px (detect.image_size){cnn}",
-                inputs.detector_image_size
+                "{what}; input side {} px (detect.image_size){}",
+                inputs.detector_image_size,
+                cnn.unwrap_or_default()
             );
             stages.push(Stage {
                 name: "maps",
@@ -556,9 +555,11 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
         )
     };
     // `neighbor_features: pooled`: a detector forward per defective image, unless the detector
-    // wrote them (it does unless it fuses); user's maps: 448 px, 32 × 32 patches.
+    // wrote them: not when it fuses, which needs normal images (--normal or --images/good);
+    // user's maps: 448 px, 32 × 32 patches.
     let written = |m: &Path| m.join(DETECT_FEATURES_FILE).is_file();
-    let fuses = spec.normal.is_some() && cfg.detect.fuse_mutual + cfg.detect.fuse_cnn > 0.0;
+    let fuses = (spec.normal.is_some() || inputs.good > 0)
+        && cfg.detect.fuse_mutual + cfg.detect.fuse_cnn > 0.0;
     let pass = (spec.anomaly_maps.as_deref()).map_or(fuses, |m| !written(m));
     let pooled = t.neighbor_features == Some(NeighbourFeatures::Pooled) && pass;
     let patches = Some(inputs.detector_patches).filter(|&p| p > 0.0);

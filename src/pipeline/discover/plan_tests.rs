@@ -288,6 +288,21 @@ fn estimates_grow_with_the_counts_and_the_settings() {
         normal: 10,
         ..small.clone()
     };
+    // Normal images in --images/good fit the detector too; none at all: nothing is mixed.
+    let mut good_only = cnn.clone();
+    good_only.normal = None;
+    let with_good = Inputs {
+        good: 3,
+        ..small.clone()
+    };
+    let pass = |s: &DiscoverSpec, i: &Inputs| {
+        let mut s = cached(s.clone());
+        s.config.training.neighbor_views = 0.5;
+        s.config.training.neighbor_features = pooled.clone();
+        plan(&s, i).stage("train").unwrap().estimate_s
+    };
+    assert!(pass(&good_only, &with_good) > pass(&fixed, &with_good));
+    assert_eq!(pass(&good_only, &small), pass(&fixed, &small));
     let maps = plan(&cnn, &fitted).stage("maps").map(|m| m.what.clone());
     assert!(
         maps.as_deref()
