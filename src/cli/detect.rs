@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::Ctx;
-use anomalyncd::config::{ImageSize, Precision};
+use anomalyncd::config::{CnnMix, ImageSize, Precision};
 use anomalyncd::detect::features::{
     backbone_name, resolve_weights, Resize, BACKBONES, BACKBONE_ALIASES, EFFICIENTNET,
 };
@@ -83,8 +83,11 @@ pub struct DetectArgs {
     /// With --train and the ViT: fit a second detector on EfficientNet-Lite0 (its weights from
     /// data/weights/) and mix this weight of its maps into the ViT's, each on its own scale
     /// (0: off; e.g. 0.5). The CNN localises better on some objects, the ViT on textures.
-    #[arg(long, default_value_t = 0.0, value_name = "W")]
-    pub fuse_cnn: f64,
+    /// `auto`: score a few normal images as if held out (against the banks without their own
+    /// patches) and mix the CNN in at 0.5 only where
+    /// they show it separating normal from flagged images clearly better than the ViT.
+    #[arg(long, default_value_t = CnnMix::OFF, value_name = "W|auto")]
+    pub fuse_cnn: CnnMix,
     /// With --train: hold this fraction of the normal images out of the memory bank and score
     /// them; detect.json's `normal_floor.floor` (the mean of their maps' maxima on the maps'
     /// 8-bit scale, at least MEBin's own lower end) is then a floor for MEBin
@@ -178,9 +181,11 @@ pub fn run(a: &DetectArgs, ctx: &Ctx) -> anyhow::Result<()> {
         aggregate_sizes: a.aggregate_sizes.clone(),
         fuse_mutual: a.fuse_mutual,
         fuse_cnn: a.fuse_cnn,
-        cnn_weights: match a.random_weights || a.fuse_cnn == 0.0 {
-            true => None,
-            false => Some(resolve_weights(EFFICIENTNET, None)?),
+        cnn_weights: match (a.random_weights, a.fuse_cnn) {
+            (true, _) => None,
+            (false, CnnMix::Auto) => anomalyncd::detect::find_cnn_weights(),
+            (false, w) if w.is_on() => Some(resolve_weights(EFFICIENTNET, None)?),
+            (false, _) => None,
         },
         holdout: a.holdout_normals,
         blur: a.blur,

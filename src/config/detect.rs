@@ -20,8 +20,9 @@ pub struct MapVariants {
     /// Weight of the mutual (zero-shot) score fused into the fitted one (0: none).
     pub fuse_mutual: f64,
     /// Weight of the CNN detector's maps (EfficientNet-Lite0) mixed into the ViT's, with normal
-    /// images (0: none).
-    pub fuse_cnn: f64,
+    /// images (0: none), or `auto`: mixed in where held-out normal images show the CNN
+    /// separating them from the flagged images better (see [`CnnMix`]).
+    pub fuse_cnn: CnnMix,
     /// Share of the normal images held out of the bank to set MEBin's floor (0: none).
     pub holdout: f64,
     /// The maps' blur sigma at 256 pixels.
@@ -84,13 +85,95 @@ impl<'de> Deserialize<'de> for ImageSize {
     }
 }
 
+/// `detect.fuse_cnn`: a fixed weight for the CNN detector's maps (0: off), or `auto`: the
+/// detector scores a few normal images against its banks without their own patches and mixes
+/// the CNN in at
+/// [`CnnMix::AUTO_WEIGHT`] only where the held-out normals show the CNN separating normal from
+/// flagged images clearly better than the ViT (`detect::cnn_fusion`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CnnMix {
+    Weight(f64),
+    Auto,
+}
+
+impl CnnMix {
+    pub const OFF: CnnMix = CnnMix::Weight(0.0);
+    /// The weight `auto` mixes the CNN in with when it chooses to: the weight measured on tire
+    /// (docs/results.md, "a CNN beside the ViT").
+    pub const AUTO_WEIGHT: f64 = 0.5;
+
+    /// Whether the CNN detector is fitted at all (a weight above 0, or `auto`).
+    pub fn is_on(&self) -> bool {
+        !matches!(self, CnnMix::Weight(w) if *w == 0.0)
+    }
+
+    /// The weight of the CNN's maps when they are mixed in.
+    pub fn weight(&self) -> f64 {
+        match self {
+            CnnMix::Weight(w) => *w,
+            CnnMix::Auto => Self::AUTO_WEIGHT,
+        }
+    }
+}
+
+impl Default for CnnMix {
+    fn default() -> Self {
+        CnnMix::OFF
+    }
+}
+
+impl std::fmt::Display for CnnMix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CnnMix::Auto => f.write_str("auto"),
+            CnnMix::Weight(w) => write!(f, "{w}"),
+        }
+    }
+}
+
+impl std::str::FromStr for CnnMix {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "auto" => Ok(CnnMix::Auto),
+            w => w.parse().map(CnnMix::Weight).map_err(|_| {
+                format!("{s:?}: give `auto` or the CNN maps' weight in [0, 1], e.g. 0.5 (0: off)")
+            }),
+        }
+    }
+}
+
+impl Serialize for CnnMix {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            CnnMix::Auto => s.serialize_str("auto"),
+            CnnMix::Weight(w) => s.serialize_f64(*w),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CnnMix {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(f64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(w) => Ok(CnnMix::Weight(w)),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 impl Default for MapVariants {
     fn default() -> Self {
         MapVariants {
             per_block: false,
             aggregate_sizes: Vec::new(),
             fuse_mutual: 0.0,
-            fuse_cnn: 0.0,
+            fuse_cnn: CnnMix::OFF,
             holdout: 0.0,
             blur: DEFAULT_BLUR,
             image_size: ImageSize::Auto,

@@ -19,7 +19,7 @@ mod models;
 mod training;
 pub(crate) use binarization::{interval_end, is_interval_end};
 pub use binarization::{Binarization, NoInterval, Refine, INTERVAL_END};
-pub use detect::{ImageSize, MapVariants, DEFAULT_BLUR};
+pub use detect::{CnnMix, ImageSize, MapVariants, DEFAULT_BLUR};
 pub use experiment::{Experiment, ImageAssign, Inference};
 pub use models::{GuidanceMode, Models, Precision, MAX_HEADS, MAX_IMAGE_SIZE};
 pub use training::{Loss, NeighbourFeatures, Training, MAX_CACHE_VIEWS, MAX_EPOCHS, MAX_WORKERS};

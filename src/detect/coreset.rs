@@ -122,12 +122,18 @@ pub fn coreset_size(n: usize, fraction: f64) -> usize {
 }
 
 /// The PatchCore memory bank: the rows of `features [N, D]` picked by greedy k-center in a random
-/// projection, starting from a seeded random row. Returns the selected rows `[k, D]`.
-pub fn subsample(features: &Tensor, fraction: f64, seed: u64, tick: impl FnMut()) -> Tensor {
+/// projection, starting from a seeded random row. Returns the indices of the
+/// selected rows, in the order picked; None: all `N` rows are kept.
+pub fn subsample_rows(
+    features: &Tensor,
+    fraction: f64,
+    seed: u64,
+    tick: impl FnMut(),
+) -> Option<Vec<i64>> {
     let (n, dim) = (features.size()[0], features.size()[1]);
     let k = coreset_size(n as usize, fraction);
     if k as i64 >= n {
-        return features.shallow_clone();
+        return None;
     }
     let projected = match random_projection(dim, seed, features.device()) {
         Some(p) => features.matmul(&p),
@@ -142,12 +148,12 @@ pub fn subsample(features: &Tensor, fraction: f64, seed: u64, tick: impl FnMut()
     )
     .expect("a float tensor converts to Vec<f32>");
     let start = (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as usize % n as usize;
-    let idx: Vec<i64> = greedy_k_center(&flat, d, k, start, tick)
-        .into_iter()
-        .map(|i| i as i64)
-        .collect();
-    let idx = Tensor::from_slice(&idx).to_device(features.device());
-    features.index_select(0, &idx)
+    Some(
+        greedy_k_center(&flat, d, k, start, tick)
+            .into_iter()
+            .map(|i| i as i64)
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -219,7 +225,8 @@ mod tests {
             let _ = far.get(i).get(i * 50).fill_(50.0 * (i + 1) as f64);
         }
         let all = Tensor::cat(&[blob, far.shallow_clone()], 0);
-        let bank = subsample(&all, 4.0 / 303.0, 7, || {});
+        let rows = subsample_rows(&all, 4.0 / 303.0, 7, || {}).unwrap();
+        let bank = all.index_select(0, &Tensor::from_slice(&rows));
         assert_eq!(bank.size(), [4, 200]);
         for i in 0..3 {
             let row = far.get(i);

@@ -40,6 +40,7 @@ mod spec;
 mod spill;
 mod variants;
 
+pub use cnn_fusion::{find_cnn_weights, held_out_normals, CnnChoice};
 pub use run::{run, DetectReport, REPORT_FILE};
 pub use scoring::NormalFloor;
 pub use settings::{DetectFingerprint, DetectSettings, DETECT_CODE};

@@ -120,26 +120,52 @@ pub(crate) struct Inputs {
     pub blur: f64,
 }
 
-/// The pool of normal patches, then its greedy k-center coreset: `(bank, pool size)`. The
-/// images are streamed in batches; when all their patches would exceed `max_patches`, each
-/// image keeps its `max_patches / n` most spread-out patches, so the pool stays bounded.
+/// A fitted memory bank.
+pub(crate) struct Bank {
+    /// `[K, S·d]`.
+    pub bank: Tensor,
+    /// Patches pooled before the coreset.
+    pub pool: usize,
+    /// Per bank row: the index (in the fitted list) of the image it came from.
+    pub owners: Vec<u32>,
+}
+
+impl Bank {
+    /// The bank without image `image`'s rows, as a [`Reference`] of `s` slices: how a fitted
+    /// normal image scores as if it had been held out.
+    pub(crate) fn without(&self, image: usize, s: usize) -> Reference {
+        let keep: Vec<i64> = (self.owners.iter().enumerate())
+            .filter(|(_, &o)| o as usize != image)
+            .map(|(i, _)| i as i64)
+            .collect();
+        let idx = Tensor::from_slice(&keep).to_device(self.bank.device());
+        Reference::bank(self.bank.index_select(0, &idx), s)
+    }
+}
+
+/// The pool of normal patches, then its greedy k-center coreset. The images are streamed in
+/// batches; when all their patches would exceed `max_patches`, each image keeps its
+/// `max_patches / n` most spread-out patches, so the pool stays bounded.
 pub(crate) fn fit_bank(
     fx: &FeatureExtractor,
     paths: &[&Path],
     inp: Inputs,
     max_patches: usize,
     coreset_fraction: f64,
-) -> Result<(Tensor, usize)> {
+) -> Result<Bank> {
     let pb = crate::logging::progress(paths.len() as u64, "features");
     let dim = fx.dim() as usize;
     let mut pool: Vec<f32> = Vec::new();
+    let mut owners: Vec<u32> = Vec::new();
     for (b, chunk) in paths.chunks(inp.batch_size).enumerate() {
         let feats = fx.images(chunk, inp.size, inp.resize)?;
         for (i, f) in feats.iter().enumerate() {
             let rows: Vec<f32> = Vec::try_from(f.patches.to_device(Device::Cpu).flatten(0, -1))
                 .map_err(|e| Error::runtime(format!("reading patch features: {e}")))?;
             let keep = per_image_keep(paths.len(), rows.len() / dim, max_patches);
-            let share = image_share(&rows, dim, keep, inp.seed, b * inp.batch_size + i);
+            let img = b * inp.batch_size + i;
+            let share = image_share(&rows, dim, keep, inp.seed, img);
+            owners.extend(std::iter::repeat_n(img as u32, share.len() / dim));
             pool.extend_from_slice(&share);
         }
         pb.inc(chunk.len() as u64);
@@ -152,9 +178,21 @@ pub(crate) fn fit_bank(
         .to_device(fx.device);
     let k = coreset::coreset_size(n, coreset_fraction);
     let pb = crate::logging::progress(k as u64, "coreset");
-    let bank = coreset::subsample(&pool, coreset_fraction, inp.seed, || pb.inc(1));
+    let rows = coreset::subsample_rows(&pool, coreset_fraction, inp.seed, || pb.inc(1));
     pb.finish_and_clear();
-    Ok((bank, n))
+    let (bank, owners) = match rows {
+        None => (pool, owners),
+        Some(idx) => {
+            let owners = idx.iter().map(|&i| owners[i as usize]).collect();
+            let idx = Tensor::from_slice(&idx).to_device(pool.device());
+            (pool.index_select(0, &idx), owners)
+        }
+    };
+    Ok(Bank {
+        bank,
+        pool: n,
+        owners,
+    })
 }
 
 /// Zero-shot references: the features of up to `count` test images drawn with the seed

@@ -9,6 +9,7 @@ use image::GrayImage;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::cnn_fusion::{beside_vit, held_out_indices, held_out_scores, CnnChoice, Images, Scores};
 use super::eval::{auroc, PixelSet};
 use super::features::{dinov2_arch, FeatureExtractor, Resize, EFFICIENTNET};
 use super::inputs::{list_images, masks_of, split_holdout};
@@ -21,6 +22,7 @@ use super::spec::check_spec;
 use super::spec::DetectSpec;
 use super::spill::MapSpill;
 use super::{maps, NORMAL_TYPE};
+use crate::config::CnnMix;
 use crate::error::{Error, Result};
 use crate::fsutil::{prepare_output_dir, save_image_atomic, StageOutput, StageSummary};
 use crate::imageio::{is_normal, mask_at, read_mask, TypedFile};
@@ -69,9 +71,12 @@ pub struct DetectReport {
     pub aggregate_sizes: Vec<i64>,
     #[serde(default)]
     pub fuse_mutual: f64,
-    /// The CNN detector's weight in the maps (0: none).
+    /// The CNN detector's weight in the maps as written (0: none).
     #[serde(default)]
     pub fuse_cnn: f64,
+    /// What `fuse_cnn: auto` saw and chose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnn_choice: Option<CnnChoice>,
     /// The fraction of the normal images held out of the bank.
     #[serde(default)]
     pub holdout: f64,
@@ -248,6 +253,12 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
     let mut seconds = HashMap::new();
     let t = Instant::now();
     let (fitted, held) = split_holdout(&train, spec.holdout, spec.seed)?;
+    // `fuse_cnn: auto`: fitted normals scored as if held out (check_spec keeps it from `holdout`).
+    let auto_held = match (spec.fuse_cnn, spec.zero_shot) {
+        (CnnMix::Auto, false) => held_out_indices(fitted.len(), spec.seed),
+        _ => Vec::new(),
+    };
+    let mut vit_bank = None;
     let (reference, n_pool, n_bank, n_refs) = if spec.zero_shot {
         log::info!(
             "zero-shot: scoring {} test images against up to {} of the others",
@@ -279,11 +290,12 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
                 train.len()
             );
         }
-        let (bank, n_pool) =
-            reference::fit_bank(&fx, &fitted, inp, spec.max_patches, spec.coreset)?;
-        let k = bank.size()[0] as usize;
+        let bank = reference::fit_bank(&fx, &fitted, inp, spec.max_patches, spec.coreset)?;
+        let (k, n_pool) = (bank.bank.size()[0] as usize, bank.pool);
         log::info!("memory bank: {k} of {n_pool} patches ({} dims)", fx.dim());
-        (Reference::bank(bank, fx.slices()), n_pool, k, 0)
+        let r = Reference::bank(bank.bank.shallow_clone(), fx.slices());
+        vit_bank = Some(bank).filter(|_| !auto_held.is_empty());
+        (r, n_pool, k, 0)
     };
     let mutual = match spec.fuse_mutual > 0.0 {
         true => Some(reference::mutual(
@@ -310,8 +322,9 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
             test: &test_paths,
             held: &held,
             written: &written,
-            // Pooled under the map as written: not when the CNN's maps are mixed in after.
-            pool: spec.fuse_cnn == 0.0,
+            // Pooled under the map as written: not when the CNN's maps are mixed in after
+            // (under `auto`, dropped if they are).
+            pool: !matches!(spec.fuse_cnn, CnnMix::Weight(w) if w > 0.0),
             spill: MapSpill::FILE,
         },
         inp,
@@ -319,24 +332,37 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
     )?;
     drop(reference);
     drop(mutual);
-    let (maps_spill, scores, normal_floor) = match spec.fuse_cnn > 0.0 {
-        true => {
-            let (m, s) = super::cnn_fusion::fuse(
-                spec,
-                &fitted,
-                &test_paths,
-                &written,
-                inp,
-                scored.maps,
-                &spec.out,
-            )?;
-            (m, s, scored.normal_floor)
-        }
-        false => (scored.maps, scored.scores, scored.normal_floor),
+    let th = Instant::now();
+    let vit_held = match &vit_bank {
+        Some(b) => held_out_scores(&fx, b, &fitted, &auto_held, inp)?,
+        None => Vec::new(),
     };
-    let pooled_features = match &scored.pooled {
-        Some(rows) => Some(write_pooled(&spec.out, &test, rows)?),
-        None => None,
+    drop(vit_bank);
+    if !auto_held.is_empty() {
+        seconds.insert("held_out".to_string(), th.elapsed().as_secs_f64());
+    }
+    let flagged: Vec<bool> = test.iter().map(|f| !is_normal(&f.type_name)).collect();
+    let images = Images {
+        fitted: &fitted,
+        test: &test_paths,
+        held: &auto_held,
+        written: &written,
+        flagged: &flagged,
+    };
+    let vit = Scores {
+        maps: scored.maps,
+        test: scored.scores,
+        held: vit_held,
+    };
+    let (maps_spill, scores, cnn_choice) = beside_vit(spec, &images, inp, vit, &spec.out)?;
+    let mixed = cnn_choice
+        .as_ref()
+        .map_or(spec.fuse_cnn.weight(), |c| c.weight);
+    // The floor is `holdout`'s: `auto`'s held-out normals only choose the CNN.
+    let normal_floor = scored.normal_floor.filter(|_| spec.holdout > 0.0);
+    let pooled_features = match (&scored.pooled, mixed > 0.0) {
+        (Some(rows), false) => Some(write_pooled(&spec.out, &test, rows)?),
+        _ => None,
     };
     seconds.insert("scoring".to_string(), t.elapsed().as_secs_f64());
 
@@ -403,7 +429,8 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
         per_block: spec.per_block,
         aggregate_sizes: spec.aggregate_sizes.clone(),
         fuse_mutual: spec.fuse_mutual,
-        fuse_cnn: spec.fuse_cnn,
+        fuse_cnn: mixed,
+        cnn_choice,
         holdout: spec.holdout,
         blur: spec.blur,
         precision: kind_name(fx.kind()),

@@ -9,6 +9,7 @@ use tch::Kind;
 
 use super::features::Resize;
 use super::spec::DetectSpec;
+use crate::config::CnnMix;
 use crate::fingerprint::AbsPath;
 use crate::model::precision::{frozen_kind, kind_name};
 
@@ -21,6 +22,10 @@ fn is_false(v: &bool) -> bool {
 
 fn is_zero(v: &f64) -> bool {
     *v == 0.0
+}
+
+fn is_off(v: &CnnMix) -> bool {
+    !v.is_on()
 }
 
 fn default_blur() -> f64 {
@@ -50,9 +55,10 @@ pub struct DetectSettings {
     pub aggregate_sizes: Vec<i64>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub fuse_mutual: f64,
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub fuse_cnn: f64,
-    /// The CNN's weights by their absolute path, when `fuse_cnn` > 0.
+    #[serde(default, skip_serializing_if = "is_off")]
+    pub fuse_cnn: CnnMix,
+    /// The CNN's weights by their absolute path, when `fuse_cnn` is on (`none` under `auto`
+    /// when none were found).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cnn_weights: Option<String>,
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -148,12 +154,10 @@ impl DetectSpec {
             aggregate_sizes: aggregate_sizes.clone(),
             fuse_mutual: *fuse_mutual,
             fuse_cnn: *fuse_cnn,
-            cnn_weights: (*fuse_cnn > 0.0).then(|| {
-                cnn_weights
-                    .as_ref()
-                    .map_or("random (test only)".into(), |p| {
-                        crate::fsutil::absolute(p).display().to_string()
-                    })
+            cnn_weights: fuse_cnn.is_on().then(|| match cnn_weights {
+                Some(p) => crate::fsutil::absolute(p).display().to_string(),
+                None if self.weights.is_some() => "none".into(),
+                None => "random (test only)".into(),
             }),
             holdout: *holdout,
             blur: *blur,
@@ -278,12 +282,13 @@ mod tests {
             assert!(base.get(key).is_none(), "{key} recorded at its default");
         }
         type Change = fn(&mut DetectSpec);
-        let changes: [(&str, Change); 6] = [
+        let changes: [(&str, Change); 7] = [
             ("blur", |s| s.blur = 2.0),
             ("per_block", |s| s.per_block = true),
             ("aggregate_sizes", |s| s.aggregate_sizes = vec![1, 3, 5]),
             ("fuse_mutual", |s| s.fuse_mutual = 0.5),
-            ("fuse_cnn", |s| s.fuse_cnn = 0.5),
+            ("fuse_cnn", |s| s.fuse_cnn = CnnMix::Weight(0.5)),
+            ("fuse_cnn", |s| s.fuse_cnn = CnnMix::Auto),
             ("holdout", |s| s.holdout = 0.1),
         ];
         for (key, change) in changes {
@@ -295,5 +300,16 @@ mod tests {
             let back: DetectSettings = serde_json::from_value(v).unwrap();
             assert_eq!(back, s.settings(), "{key} round trip");
         }
+        let mut auto = spec();
+        auto.fuse_cnn = CnnMix::Auto;
+        let v = serde_json::to_value(auto.settings()).unwrap();
+        assert_eq!(v["fuse_cnn"], "auto");
+        let mut fixed = spec();
+        fixed.fuse_cnn = CnnMix::Weight(0.5);
+        let v = serde_json::to_value(fixed.settings()).unwrap();
+        assert_eq!(
+            v["fuse_cnn"], 0.5,
+            "a weight keeps the record's earlier form"
+        );
     }
 }

@@ -7,7 +7,7 @@ use tch::Device;
 
 use super::features::Resize;
 use super::maps;
-use crate::config::{ImageSize, Precision};
+use crate::config::{CnnMix, ImageSize, Precision};
 use crate::error::{Error, Result};
 
 /// What to run.
@@ -42,10 +42,11 @@ pub struct DetectSpec {
     /// score (0: off; see [`super::scoring`]).
     pub fuse_mutual: f64,
     /// With normal images and the ViT: the weight of a second, CNN detector's maps
-    /// (EfficientNet-Lite0, stages 2 and 4, PatchCore's 3×3 mean) mixed into the ViT's (0: off;
-    /// see [`super::cnn_fusion`]).
-    pub fuse_cnn: f64,
-    /// The CNN's weights when `fuse_cnn` > 0; None: random (tests only).
+    /// (EfficientNet-Lite0, stages 2 and 4, PatchCore's 3×3 mean) mixed into the ViT's (0: off),
+    /// or `auto`: chosen by held-out normal images (see [`super::cnn_fusion`]).
+    pub fuse_cnn: CnnMix,
+    /// The CNN's weights when `fuse_cnn` is on; None: random (tests only), or, under `auto`
+    /// with real ViT weights, none to be found (the ViT alone).
     pub cnn_weights: Option<PathBuf>,
     /// The fraction of the normal images kept out of the memory bank and scored as held-out
     /// normals: `detect.json` then gives MEBin's floor (`normal_floor`). 0: off.
@@ -210,7 +211,7 @@ impl DetectSpec {
             per_block: false,
             aggregate_sizes: Vec::new(),
             fuse_mutual: 0.0,
-            fuse_cnn: 0.0,
+            fuse_cnn: CnnMix::OFF,
             cnn_weights: None,
             holdout: 0.0,
             blur: maps::SIGMA,
@@ -295,18 +296,19 @@ fn check_variants(s: &DetectSpec) -> Result<()> {
             s.zero_shot_refs, s.zero_shot_fraction
         )));
     }
-    if !(0.0..=1.0).contains(&s.fuse_cnn) {
-        return Err(Error::usage(format!(
-            "--fuse-cnn {}: give a weight in [0, 1] (0: off, e.g. 0.5)",
-            s.fuse_cnn
-        )));
+    if let CnnMix::Weight(w) = s.fuse_cnn {
+        if !(0.0..=1.0).contains(&w) {
+            return Err(Error::usage(format!(
+                "--fuse-cnn {w}: give a weight in [0, 1] (0: off, e.g. 0.5) or `auto`"
+            )));
+        }
     }
-    if s.fuse_cnn > 0.0 {
+    if s.fuse_cnn.is_on() {
         let why = if s.zero_shot {
             Some("fits the CNN on the normal images: give --train, not --zero-shot")
         } else if s.backbone != super::features::DINOV2 {
             Some("mixes the CNN's maps into the ViT's: leave --backbone at dinov2-vits14")
-        } else if s.weights.is_some() && s.cnn_weights.is_none() {
+        } else if s.weights.is_some() && s.cnn_weights.is_none() && s.fuse_cnn != CnnMix::Auto {
             Some("needs the EfficientNet-Lite0 weights (data/weights/efficientnet_lite0.pth): run scripts/prepare_weights.sh")
         } else if s.holdout > 0.0 {
             Some("and --holdout-normals: the floor is not computed on fused maps; give one of the two")
@@ -421,7 +423,7 @@ mod tests {
         };
         assert!(check_spec(&spec()).is_ok());
         type Change = fn(&mut DetectSpec);
-        let bad: [Change; 12] = [
+        let bad: [Change; 14] = [
             |s| s.blur = -1.0,
             |s| s.blur = f64::NAN,
             |s| s.fuse_mutual = 1.5,
@@ -440,17 +442,22 @@ mod tests {
                 s.train = None;
                 s.holdout = 0.1;
             },
-            |s| s.fuse_cnn = 1.5,
+            |s| s.fuse_cnn = CnnMix::Weight(1.5),
+            |s| s.fuse_cnn = CnnMix::Weight(f64::NAN),
             |s| {
-                s.fuse_cnn = 0.5;
+                s.fuse_cnn = CnnMix::Weight(0.5);
                 s.zero_shot = true;
             },
             |s| {
-                s.fuse_cnn = 0.5;
+                s.fuse_cnn = CnnMix::Auto;
+                s.zero_shot = true;
+            },
+            |s| {
+                s.fuse_cnn = CnnMix::Weight(0.5);
                 s.backbone = super::super::features::EFFICIENTNET.into();
             },
             |s| {
-                s.fuse_cnn = 0.5;
+                s.fuse_cnn = CnnMix::Auto;
                 s.holdout = 0.1;
             },
         ];
@@ -463,7 +470,12 @@ mod tests {
         (s.fuse_mutual, s.holdout, s.per_block) = (0.5, 0.1, true);
         s.aggregate_sizes = vec![1, 3, 5];
         assert!(check_spec(&s).is_ok());
-        (s.fuse_cnn, s.holdout) = (0.5, 0.0);
+        (s.fuse_cnn, s.holdout) = (CnnMix::Weight(0.5), 0.0);
+        assert!(check_spec(&s).is_ok());
+        // Real ViT weights: a fixed weight needs the CNN's file, `auto` falls back to the ViT.
+        s.weights = Some("/w/dinov2.safetensors".into());
+        assert_eq!(check_spec(&s).unwrap_err().exit_code(), 2);
+        s.fuse_cnn = CnnMix::Auto;
         assert!(check_spec(&s).is_ok());
     }
 }

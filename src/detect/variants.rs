@@ -7,6 +7,7 @@ use std::path::Path;
 
 use super::run::{DetectReport, REPORT_FILE};
 use super::spec::DetectSpec;
+use crate::config::CnnMix;
 pub use crate::config::MapVariants;
 use crate::error::{Error, Result};
 
@@ -20,7 +21,7 @@ impl MapVariants {
         let fitted = !spec.zero_shot;
         spec.fuse_mutual = if fitted { self.fuse_mutual } else { 0.0 };
         spec.holdout = if fitted { self.holdout } else { 0.0 };
-        spec.fuse_cnn = if fitted { self.fuse_cnn } else { 0.0 };
+        spec.fuse_cnn = if fitted { self.fuse_cnn } else { CnnMix::OFF };
     }
 }
 
@@ -65,6 +66,19 @@ mod tests {
         v.apply(&mut z);
         assert_eq!(z.holdout, 0.0);
         assert!(serde_json::from_str::<MapVariants>(r#"{"per_blok": true}"#).is_err());
+        // `fuse_cnn`: a weight or `auto`, left off without normal images.
+        let auto: MapVariants = serde_json::from_str(r#"{"fuse_cnn": "auto"}"#).unwrap();
+        let half: MapVariants = serde_json::from_str(r#"{"fuse_cnn": 0.5}"#).unwrap();
+        assert_eq!(
+            (auto.fuse_cnn, half.fuse_cnn),
+            (CnnMix::Auto, CnnMix::Weight(0.5))
+        );
+        let e = serde_json::from_str::<MapVariants>(r#"{"fuse_cnn": "half"}"#).unwrap_err();
+        assert!(e.to_string().contains("`auto`"), "{e}");
+        let (mut s, mut z) = (spec(true), spec(false));
+        auto.apply(&mut s);
+        auto.apply(&mut z);
+        assert_eq!((s.fuse_cnn, z.fuse_cnn), (CnnMix::Auto, CnnMix::OFF));
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! the fingerprint of its inputs ([`record`]); with `resume` a stage finished with the same
 //! fingerprint is skipped and training continues from its checkpoint.
 
+mod costs;
 mod defaults;
 mod plan;
 mod record;

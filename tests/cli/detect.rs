@@ -470,6 +470,89 @@ fn the_cnn_beside_the_vit_mixes_its_maps_in() {
     assert!(!d.path().join("bad").exists());
 }
 
+#[test]
+fn the_cnn_beside_the_vit_under_auto_is_chosen_by_held_out_normals() {
+    let d = tempfile::tempdir().unwrap();
+    make_set(d.path());
+    for i in 8..12 {
+        tile(i, None)
+            .0
+            .save(d.path().join(format!("train/good/{i:03}.png")))
+            .unwrap();
+    }
+    let vit = ["--backbone", "dinov2-vits14", "--random-weights"];
+    let out = d.path().join("auto");
+    let o = detect(
+        d.path(),
+        &out,
+        &[&vit[..], &["--fuse-cnn", "auto"]].concat(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // What any `auto` run must hold: the weight as written, the CNN tried only where the ViT
+    // orders fewer than 9 in 10 (held-out, flagged) pairs and mixed in only 0.05 above it, the
+    // ViT's pooled features only under its own maps, no floor and no spill file left.
+    let check = |out: &Path| -> serde_json::Value {
+        let r = report(out);
+        let c = r["cnn_choice"].clone();
+        // One of the 12 normal images scored as if held out (a tenth); the bank holds all 12.
+        assert_eq!(
+            (c["held_out"].as_u64(), r["train_images"].as_u64()),
+            (Some(1), Some(12))
+        );
+        assert!(r["normal_floor"].is_null());
+        let (v, w) = (
+            c["vit_auroc"].as_f64().unwrap(),
+            c["weight"].as_f64().unwrap(),
+        );
+        assert_eq!(r["fuse_cnn"].as_f64(), Some(w), "{c}");
+        match c["cnn_auroc"].as_f64() {
+            None => assert!(v >= 0.9 && w == 0.0, "{c}"),
+            Some(cnn) => assert!(v < 0.9 && (w > 0.0) == (cnn >= v + 0.05), "{c}"),
+        }
+        assert_eq!(out.join("pooled_features.safetensors").is_file(), w == 0.0);
+        let spills = std::fs::read_dir(out)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".f32"))
+            .count();
+        assert_eq!(spills, 0);
+        c
+    };
+    // The synthetic spots stand out to the ViT: it stays alone, the CNN untried.
+    assert!(check(&out)["cnn_auroc"].is_null());
+    // Normal images with the same spots as the flagged ones: the ViT cannot order them, so the
+    // CNN is fitted and scored too; here it orders them and its maps are mixed in.
+    for i in 0..12 {
+        let spot = (16 + 3 * i, 40 - 2 * i, 6);
+        tile(300 + i as u32, Some(spot))
+            .0
+            .save(d.path().join(format!("train/good/{i:03}.png")))
+            .unwrap();
+    }
+    let spotted = d.path().join("spotted");
+    let o = detect(
+        d.path(),
+        &spotted,
+        &[&vit[..], &["--fuse-cnn", "auto"]].concat(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let c = check(&spotted);
+    assert!(c["vit_auroc"].as_f64().unwrap() < 0.9, "{c}");
+    assert!(c["weight"].as_f64().unwrap() > 0.0, "{c}");
+    // Not with --holdout-normals (its floor would not be on mixed maps); a bad value names `auto`.
+    let both = ["--fuse-cnn", "auto", "--holdout-normals", "0.1"];
+    let o = detect(d.path(), &d.path().join("bad"), &[&vit[..], &both].concat());
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--holdout-normals"), "{}", stderr(&o));
+    let o = detect(
+        d.path(),
+        &d.path().join("bad"),
+        &[&vit[..], &["--fuse-cnn", "half"]].concat(),
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("auto"), "{}", stderr(&o));
+}
+
 /// The share of the defective test images whose map maximum lies inside the mask dilated by
 /// 2 % of the image's larger side (the maps may have another size than the masks).
 fn argmax_in_defect(maps: &Path, masks: &Path) -> f64 {

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use super::*;
-use crate::config::NeighbourFeatures;
+use crate::config::{CnnMix, Config, NeighbourFeatures};
 use crate::pipeline::discover::{DetectorSettings, DiscoverSpec};
 
 /// A spec for these flags (also the stage records' tests').
@@ -282,7 +282,7 @@ fn estimates_grow_with_the_counts_and_the_settings() {
     assert!(neighbours(&fused, 0.5, pooled.clone()) > neighbours(&fused, 0.5, None));
     // The CNN's maps mixed in: no pooled features beside them either, and the maps stage says so.
     let mut cnn = fixed.clone();
-    (cnn.normal, cnn.config.detect.fuse_cnn) = (Some("/data/normal".into()), 0.5);
+    (cnn.normal, cnn.config.detect.fuse_cnn) = (Some("/data/normal".into()), CnnMix::Weight(0.5));
     assert!(neighbours(&cnn, 0.5, pooled.clone()) > neighbours(&cnn, 0.5, None));
     let fitted = Inputs {
         normal: 10,
@@ -308,6 +308,26 @@ fn estimates_grow_with_the_counts_and_the_settings() {
         maps.as_deref()
             .is_some_and(|w| w.contains("detect.fuse_cnn")),
         "{maps:?}"
+    );
+    // `auto`: the held-out normals named, and no pooled pass counted (the ViT's own features
+    // stand unless the CNN is chosen).
+    let mut auto = cnn.clone();
+    auto.config.detect.fuse_cnn = CnnMix::Auto;
+    assert_eq!(pass(&auto, &fitted), pass(&fixed, &fitted));
+    let maps = plan(&auto, &fitted).stage("maps").map(|m| m.what.clone());
+    assert!(
+        maps.as_deref()
+            .is_some_and(|w| w.contains("where 1 held-out normal images favour it")),
+        "{maps:?}"
+    );
+    let few = Inputs {
+        normal: 9,
+        ..small.clone()
+    };
+    let maps = plan(&auto, &few).stage("maps").map(|m| m.what.clone());
+    assert!(
+        !maps.unwrap().contains("fuse_cnn"),
+        "too few normals to hold out"
     );
     // The crops' input side: the frozen prefix's attention grows with the square of the
     // tokens, so 392 px costs more than its 3.05× the tokens.
@@ -408,9 +428,22 @@ fn map_variants_raise_the_maps_estimate() {
     };
     assert!(Costs::detect_variants(plain, 100.0, 50.0, 1024.0, &fused, R) > plain);
     // The CNN beside the ViT: 0.45× the ViT's detector more.
-    let cnn = crate::config::MapVariants { fuse_cnn: 0.5, ..v };
+    let cnn = crate::config::MapVariants {
+        fuse_cnn: CnnMix::Weight(0.5),
+        ..v.clone()
+    };
     let with_cnn = Costs::detect_variants(plain, 100.0, 50.0, 1024.0, &cnn, R);
     assert!((with_cnn / plain - 1.45).abs() < 1e-9, "{with_cnn} {plain}");
+    // `auto`: only the held-out normals' scoring (10 of the 100 normals; 150 images fitted or scored).
+    let auto = crate::config::MapVariants {
+        fuse_cnn: CnnMix::Auto,
+        ..v
+    };
+    let with_auto = Costs::detect_variants(plain, 100.0, 50.0, 1024.0, &auto, R);
+    assert!(
+        (with_auto / plain - (1.0 + 10.0 / 150.0)).abs() < 1e-9,
+        "{with_auto}"
+    );
     // Zero-shot maps have nothing to fuse.
     let zs = Costs::detect(0.0, 50.0, 1024.0, R);
     assert_eq!(Costs::detect_variants(zs, 0.0, 50.0, 1024.0, &fused, R), zs);

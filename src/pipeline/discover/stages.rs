@@ -71,6 +71,7 @@ pub(super) fn run_stage(spec: &DiscoverSpec, p: &Prepared, ps: &PlannedStage) ->
                 train_images: r.train_images,
                 image_auroc: r.metrics.image_auroc,
                 scored: r.images.len(),
+                cnn_choice: r.cnn_choice.clone(),
             })))
         }
         StageKind::Binarize { maps } => {
@@ -146,11 +147,9 @@ pub(super) fn detect_spec(
     };
     spec.config.detect.apply(&mut job);
     // The CNN beside the ViT: random with a random ViT (tests), else the offline default file
-    // (the detector refuses to run without it).
-    if job.fuse_cnn > 0.0 && job.weights.is_some() {
-        let file =
-            crate::detect::features::default_weights_file(crate::detect::features::EFFICIENTNET);
-        job.cnn_weights = crate::model::find_in_weights_dir(&file);
+    // (a fixed weight refuses to run without it, `auto` keeps the ViT alone).
+    if job.fuse_cnn.is_on() && job.weights.is_some() {
+        job.cnn_weights = crate::detect::find_cnn_weights();
     }
     job
 }

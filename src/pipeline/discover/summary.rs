@@ -78,6 +78,9 @@ pub struct MapsCounts {
     /// Test images scored (0 in the records of earlier versions).
     #[serde(default)]
     pub scored: usize,
+    /// What `detect.fuse_cnn: auto` saw and chose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnn_choice: Option<crate::detect::CnnChoice>,
 }
 
 /// The binarize stage's counts.
@@ -236,6 +239,13 @@ mod tests {
                 train_images: 3,
                 image_auroc: Some(0.9),
                 scored: 6,
+                cnn_choice: Some(crate::detect::CnnChoice {
+                    held_out: 2,
+                    vit_auroc: Some(0.7),
+                    cnn_auroc: Some(0.9),
+                    weight: 0.5,
+                    why: "held-out image AUROC".into(),
+                }),
             }),
             StageSummary::Binarize(BinarizeCounts {
                 maps: 4,
@@ -263,7 +273,7 @@ mod tests {
         let StageSummary::Maps(m) = StageSummary::parse(&kinds[1], old).unwrap() else {
             panic!("maps")
         };
-        assert_eq!(m.scored, 0);
+        assert_eq!((m.scored, m.cnn_choice), (0, None));
     }
 
     #[test]
