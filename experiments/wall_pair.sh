@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 25's cost target, measured side by side: `discover` from scratch on the benchmark's MTD fitted
 # protocol with the baseline's settings (the reference's hard mask, 224-px crops, 448-px detector, 8
-# cached views, no neighbour views: `discover`'s defaults of 2026-12-03) and then with today's defaults, one after the
+# cached views, no neighbour views, no CNN choice: `discover`'s defaults of 2026-12-03) and then with today's defaults, one after the
 # other, each under `/usr/bin/time -v`. Prints both wall times, their ratio (target <= 1.5) and the
 # peak resident memory of each (target <= 3 GB; printed in GiB), with the load average before and
 # after each run; the same table goes to OUT/wall_pair.md. Run it on an idle machine (check
@@ -34,7 +34,7 @@ mkdir -p "$OUT" || exit 1
 common=(discover --images "$SHARED/mtd/test" --normal "$SHARED/mtd/train/MT_Free" --num-classes 5
   --set "experiment.seed=$SEED" --set training.view_seed=1000)
 baseline=(--set models.guidance=hard --set models.image_size=224 --set training.cache_views=8
-  --set detect.image_size=448 --set training.neighbor_views=0)
+  --set detect.image_size=448 --set training.neighbor_views=0 --set detect.fuse_cnn=0)
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 field() { grep -F "$1" "$2" | sed 's/.*: //'; }
 seconds() { # h:mm:ss or m:ss(.ss) as seconds

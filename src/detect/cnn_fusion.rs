@@ -116,8 +116,13 @@ pub struct CnnChoice {
     pub why: String,
 }
 
-/// The images a detector run scores, by role.
-pub(crate) struct Images<'a> {
+/// What the CNN beside the ViT works on: the run's spec, its images by role, how their
+/// features are taken and where the spills go.
+#[derive(Clone, Copy)]
+pub(crate) struct Job<'a> {
+    pub spec: &'a DetectSpec,
+    pub inp: Inputs,
+    pub out: &'a Path,
     /// The normal images the banks are fitted on.
     pub fitted: &'a [&'a Path],
     pub test: &'a [&'a Path],
@@ -139,36 +144,27 @@ pub(crate) struct Scores {
 /// The maps to write after the ViT has scored: its own, or with `spec.fuse_cnn` the CNN's
 /// mixed in (a fixed weight, or where `auto` chooses it); with each test image's score and,
 /// under `auto`, what it chose.
-pub(crate) fn beside_vit(
-    spec: &DetectSpec,
-    images: &Images<'_>,
-    inp: Inputs,
-    vit: Scores,
-    out: &Path,
-) -> Result<(MapSpill, Vec<f32>, Option<CnnChoice>)> {
-    let w = match spec.fuse_cnn {
-        CnnMix::Auto => return choose(spec, images, inp, vit, out),
+pub(crate) fn beside_vit(job: Job<'_>, vit: Scores) -> Result<Written> {
+    let w = match job.spec.fuse_cnn {
+        CnnMix::Auto => return choose(job, vit),
         w => w.weight(),
     };
     if w == 0.0 {
         return Ok((vit.maps, vit.test, None));
     }
-    let cnn = cnn_scores(spec, images, &[], inp, out)?;
-    let (m, s) = mix(&vit.maps, &cnn.maps, images.test.len(), w, out)?;
+    let cnn = cnn_scores(job, &[])?;
+    let (m, s) = mix(&vit.maps, &cnn.maps, job.test.len(), w, job.out)?;
     Ok((m, s, None))
 }
 
+/// The maps to write, each test image's score, and what `auto` chose.
+type Written = (MapSpill, Vec<f32>, Option<CnnChoice>);
+
 /// `auto`: the ViT alone unless the held-out normals favour the CNN (module doc).
-fn choose(
-    spec: &DetectSpec,
-    images: &Images<'_>,
-    inp: Inputs,
-    vit: Scores,
-    out: &Path,
-) -> Result<(MapSpill, Vec<f32>, Option<CnnChoice>)> {
+fn choose(job: Job<'_>, vit: Scores) -> Result<Written> {
     let held_auroc = |test: &[f32], held: &[f32]| -> Option<f64> {
         let (mut s, mut positive) = (held.to_vec(), vec![false; held.len()]);
-        for (&t, &f) in test.iter().zip(images.flagged) {
+        for (&t, &f) in test.iter().zip(job.flagged) {
             if f {
                 s.push(t);
                 positive.push(true);
@@ -178,7 +174,7 @@ fn choose(
     };
     let vit_auroc = held_auroc(&vit.test, &vit.held);
     let mut choice = CnnChoice {
-        held_out: images.held.len(),
+        held_out: job.held.len(),
         vit_auroc,
         cnn_auroc: None,
         weight: 0.0,
@@ -190,7 +186,7 @@ fn choose(
         Ok((vit.maps, vit.test, Some(c)))
     };
     let Some(v) = vit_auroc else {
-        let why = match images.held.len() {
+        let why = match job.held.len() {
             0 => format!("fewer than {MIN_NORMALS} normal images to hold some out"),
             _ => "no flagged image to set against the held-out normals".into(),
         };
@@ -202,14 +198,14 @@ fn choose(
         );
         return alone(choice, why, vit);
     }
-    if spec.weights.is_some() && spec.cnn_weights.is_none() {
+    if job.spec.weights.is_some() && job.spec.cnn_weights.is_none() {
         let why = format!(
             "its held-out image AUROC is {v:.3}, but no EfficientNet-Lite0 weights are in data/weights/ to try the CNN: run scripts/prepare_weights.sh"
         );
         log::warn!("detect.fuse_cnn auto: {why}");
         return alone(choice, why, vit);
     }
-    let cnn = cnn_scores(spec, images, images.held, inp, out)?;
+    let cnn = cnn_scores(job, job.held)?;
     let c = held_auroc(&cnn.test, &cnn.held).unwrap_or(0.0);
     choice.cnn_auroc = Some(c);
     if c < v + CNN_MARGIN {
@@ -224,36 +220,31 @@ fn choose(
         "detect.fuse_cnn auto: the CNN's maps mixed in at {w} ({})",
         choice.why
     );
-    let (m, s) = mix(&vit.maps, &cnn.maps, images.test.len(), w, out)?;
+    let (m, s) = mix(&vit.maps, &cnn.maps, job.test.len(), w, job.out)?;
     Ok((m, s, Some(choice)))
 }
 
-/// Fits the CNN on `images.fitted` and scores the test images with it, and the fitted images
+/// Fits the CNN on `job.fitted` and scores the test images with it, and the fitted images
 /// `held` as if held out.
-fn cnn_scores(
-    spec: &DetectSpec,
-    images: &Images<'_>,
-    held: &[usize],
-    inp: Inputs,
-    out: &Path,
-) -> Result<Scores> {
+fn cnn_scores(job: Job<'_>, held: &[usize]) -> Result<Scores> {
+    let (spec, out) = (job.spec, job.out);
     let fx =
         FeatureExtractor::efficientnet(&DEFAULT_STAGES, spec.cnn_weights.as_deref(), spec.device)?;
     log::info!(
         "the CNN beside the ViT: EfficientNet-Lite0 fitted on the same {} normal images",
-        images.fitted.len(),
+        job.fitted.len(),
     );
     // Squashed to the side, as `detect --backbone efficientnet-lite0` takes its input.
     let inp = Inputs {
         resize: Resize::Square,
-        ..inp
+        ..job.inp
     };
-    let bank = fit_bank(&fx, images.fitted, inp, spec.max_patches, spec.coreset)?;
+    let bank = fit_bank(&fx, job.fitted, inp, spec.max_patches, spec.coreset)?;
     let reference = Reference::bank(bank.bank.shallow_clone(), fx.slices());
     let to_score = ToScore {
-        test: images.test,
+        test: job.test,
         held: &[],
-        written: images.written,
+        written: job.written,
         pool: false,
         spill: CNN_FILE,
     };
@@ -262,7 +253,7 @@ fn cnn_scores(
     Ok(Scores {
         maps: s.maps,
         test: s.scores,
-        held: held_out_scores(&fx, &bank, images.fitted, held, inp)?,
+        held: held_out_scores(&fx, &bank, job.fitted, held, inp)?,
     })
 }
 
@@ -396,13 +387,7 @@ mod tests {
         maps.push(&[1.0], 1, 1).unwrap();
         maps.push(&[0.0], 1, 1).unwrap();
         let held: Vec<usize> = (0..vit_held.len()).collect();
-        let images = Images {
-            fitted: &[],
-            test: &[Path::new("/t/a"), Path::new("/t/b")],
-            held: &held,
-            written: &[true, false],
-            flagged: &[true, false],
-        };
+
         let vit = Scores {
             maps,
             test: vit_test.to_vec(),
@@ -415,7 +400,17 @@ mod tests {
             seed: 0,
             blur: 0.0,
         };
-        let (m, scores, choice) = beside_vit(&spec, &images, inp, vit, d.path()).unwrap();
+        let job = Job {
+            spec: &spec,
+            inp,
+            out: d.path(),
+            fitted: &[],
+            test: &[Path::new("/t/a"), Path::new("/t/b")],
+            held: &held,
+            written: &[true, false],
+            flagged: &[true, false],
+        };
+        let (m, scores, choice) = beside_vit(job, vit).unwrap();
         assert_eq!(scores, vit_test, "the ViT's own scores");
         assert_eq!(m.read(0).unwrap().0, [1.0]);
         choice.unwrap()

@@ -9,7 +9,7 @@ use image::GrayImage;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::cnn_fusion::{beside_vit, held_out_indices, held_out_scores, CnnChoice, Images, Scores};
+use super::cnn_fusion::{beside_vit, held_out_indices, held_out_scores, CnnChoice, Job, Scores};
 use super::eval::{auroc, PixelSet};
 use super::features::{dinov2_arch, FeatureExtractor, Resize, EFFICIENTNET};
 use super::inputs::{list_images, masks_of, split_holdout};
@@ -342,7 +342,10 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
         seconds.insert("held_out".to_string(), th.elapsed().as_secs_f64());
     }
     let flagged: Vec<bool> = test.iter().map(|f| !is_normal(&f.type_name)).collect();
-    let images = Images {
+    let job = Job {
+        spec,
+        inp,
+        out: &spec.out,
         fitted: &fitted,
         test: &test_paths,
         held: &auto_held,
@@ -354,12 +357,12 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
         test: scored.scores,
         held: vit_held,
     };
-    let (maps_spill, scores, cnn_choice) = beside_vit(spec, &images, inp, vit, &spec.out)?;
+    let (maps_spill, scores, cnn_choice) = beside_vit(job, vit)?;
     let mixed = cnn_choice
         .as_ref()
         .map_or(spec.fuse_cnn.weight(), |c| c.weight);
-    // The floor is `holdout`'s: `auto`'s held-out normals only choose the CNN.
-    let normal_floor = scored.normal_floor.filter(|_| spec.holdout > 0.0);
+    // `holdout`'s floor, from the ViT's maps (the CNN's mix is refused beside it).
+    let normal_floor = scored.normal_floor;
     let pooled_features = match (&scored.pooled, mixed > 0.0) {
         (Some(rows), false) => Some(write_pooled(&spec.out, &test, rows)?),
         _ => None,
