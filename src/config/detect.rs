@@ -107,6 +107,12 @@ impl CnnMix {
         !matches!(self, CnnMix::Weight(w) if *w == 0.0)
     }
 
+    /// Whether the CNN's maps are mixed in whatever the data (a weight above 0): the ViT's
+    /// own pooled features then never stand beside the maps.
+    pub fn always(&self) -> bool {
+        matches!(self, CnnMix::Weight(w) if *w > 0.0)
+    }
+
     /// The weight of the CNN's maps when they are mixed in.
     pub fn weight(&self) -> f64 {
         match self {

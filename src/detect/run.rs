@@ -324,7 +324,7 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
             written: &written,
             // Pooled under the map as written: not when the CNN's maps are mixed in after
             // (under `auto`, dropped if they are).
-            pool: !matches!(spec.fuse_cnn, CnnMix::Weight(w) if w > 0.0),
+            pool: !spec.fuse_cnn.always(),
             spill: MapSpill::FILE,
         },
         inp,

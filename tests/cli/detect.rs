@@ -434,12 +434,7 @@ fn the_cnn_beside_the_vit_mixes_its_maps_in() {
     assert_ne!(a, b);
     assert!(plain.join("pooled_features.safetensors").is_file());
     assert!(!out.join("pooled_features.safetensors").exists());
-    let hidden: Vec<_> = std::fs::read_dir(&out)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".f32"))
-        .collect();
-    assert!(hidden.is_empty(), "{hidden:?}");
+    assert_eq!(spills(&out), 0);
     // Only with normal images, the ViT, and without held-out normals; the weight in [0, 1].
     for (extra, names) in [
         (vec!["--fuse-cnn", "1.5"], "[0, 1]"),
@@ -474,20 +469,23 @@ fn the_cnn_beside_the_vit_mixes_its_maps_in() {
 fn the_cnn_beside_the_vit_under_auto_is_chosen_by_held_out_normals() {
     let d = tempfile::tempdir().unwrap();
     make_set(d.path());
-    for i in 8..12 {
-        tile(i, None)
+    let normal = |i: u32, spot: Option<(i32, i32, i32)>| {
+        let p = d.path().join(format!("train/good/{i:03}.png"));
+        tile(if spot.is_some() { 300 + i } else { i }, spot)
             .0
-            .save(d.path().join(format!("train/good/{i:03}.png")))
+            .save(p)
             .unwrap();
+    };
+    for i in 8..12 {
+        normal(i, None);
     }
     let vit = ["--backbone", "dinov2-vits14", "--random-weights"];
+    let auto = |out: &Path| {
+        let o = detect(d.path(), out, &[&vit[..], &["--fuse-cnn", "auto"]].concat());
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
     let out = d.path().join("auto");
-    let o = detect(
-        d.path(),
-        &out,
-        &[&vit[..], &["--fuse-cnn", "auto"]].concat(),
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
+    auto(&out);
     // What any `auto` run must hold: the weight as written, the CNN tried only where the ViT
     // orders fewer than 9 in 10 (held-out, flagged) pairs and mixed in only 0.05 above it, the
     // ViT's pooled features only under its own maps, no floor and no spill file left.
@@ -510,12 +508,7 @@ fn the_cnn_beside_the_vit_under_auto_is_chosen_by_held_out_normals() {
             Some(cnn) => assert!(v < 0.9 && (w > 0.0) == (cnn >= v + 0.05), "{c}"),
         }
         assert_eq!(out.join("pooled_features.safetensors").is_file(), w == 0.0);
-        let spills = std::fs::read_dir(out)
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".f32"))
-            .count();
-        assert_eq!(spills, 0);
+        assert_eq!(spills(out), 0);
         c
     };
     // The synthetic spots stand out to the ViT: it stays alone, the CNN untried.
@@ -523,19 +516,10 @@ fn the_cnn_beside_the_vit_under_auto_is_chosen_by_held_out_normals() {
     // Normal images with the same spots as the flagged ones: the ViT cannot order them, so the
     // CNN is fitted and scored too; here it orders them and its maps are mixed in.
     for i in 0..12 {
-        let spot = (16 + 3 * i, 40 - 2 * i, 6);
-        tile(300 + i as u32, Some(spot))
-            .0
-            .save(d.path().join(format!("train/good/{i:03}.png")))
-            .unwrap();
+        normal(i as u32, Some((16 + 3 * i, 40 - 2 * i, 6)));
     }
     let spotted = d.path().join("spotted");
-    let o = detect(
-        d.path(),
-        &spotted,
-        &[&vit[..], &["--fuse-cnn", "auto"]].concat(),
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
+    auto(&spotted);
     let c = check(&spotted);
     assert!(c["vit_auroc"].as_f64().unwrap() < 0.9, "{c}");
     assert!(c["weight"].as_f64().unwrap() > 0.0, "{c}");
@@ -551,6 +535,15 @@ fn the_cnn_beside_the_vit_under_auto_is_chosen_by_held_out_normals() {
     );
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("auto"), "{}", stderr(&o));
+}
+
+/// Float-map spill files (`*.f32`) left in a detector's output folder.
+fn spills(out: &Path) -> usize {
+    std::fs::read_dir(out)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".f32"))
+        .count()
 }
 
 /// The share of the defective test images whose map maximum lies inside the mask dilated by

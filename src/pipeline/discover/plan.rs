@@ -477,8 +477,7 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
     // user's maps: 448 px, 32 × 32 patches.
     let written = |m: &Path| m.join(DETECT_FEATURES_FILE).is_file();
     let fuses = (spec.normal.is_some() || inputs.good > 0)
-        && (cfg.detect.fuse_mutual > 0.0
-            || matches!(cfg.detect.fuse_cnn, CnnMix::Weight(w) if w > 0.0));
+        && (cfg.detect.fuse_mutual > 0.0 || cfg.detect.fuse_cnn.always());
     let pass = (spec.anomaly_maps.as_deref()).map_or(fuses, |m| !written(m));
     let pooled = t.neighbor_features == Some(NeighbourFeatures::Pooled) && pass;
     let patches = Some(inputs.detector_patches).filter(|&p| p > 0.0);
