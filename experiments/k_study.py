@@ -17,7 +17,8 @@ levels: the crops, and the images (the mean of an image's crop tokens, L2-normal
 No constant below was fitted to these sets; each is the cited paper's default or a Monte Carlo
 count (more only reduces noise), or follows from the K range:
 
-- eigengap: the product's criterion (src/cluster/estimate.rs): symmetric kNN graph with
+- eigengap: the product's criterion until 2026-12-06 (`training.k_criterion: eigengap`; the default
+  now averages three graphs' gaps, experiments/k_subsets.py): symmetric kNN graph with
   k = round(sqrt n) (cosine = Euclidean on unit vectors), normalised Laplacian, K at the largest
   lambda_K - lambda_{K-1} (0-based, ascending).
 - gap: the gap statistic (Tibshirani, Walther & Hastie 2001): W_K the k-means within-cluster sum of

@@ -140,6 +140,7 @@ fn pooled(a: &BaselineArgs, ctx: &Ctx) -> anyhow::Result<()> {
         out: a.out.clone(),
         num_classes: NumClasses::parse(a.num_classes.as_deref())?,
         max_classes: a.max_classes,
+        k_criterion: cfg.training.k_criterion(),
         pooling,
         weights: a.backbone_weights.clone(),
         precision: cfg.models.precision,

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use ndarray::{Array2, Axis};
 use tch::Device;
 
-use crate::config::Config;
+use crate::config::{Config, KCriterion};
 use crate::data::CropSet;
 use crate::error::{Error, Result};
 use crate::model::{Model, PrefixTokens};
@@ -31,6 +31,16 @@ pub enum NumClasses {
 }
 
 impl NumClasses {
+    /// The form an output folder's fingerprint records: with `auto` under the default
+    /// criterion it names the criterion, which then reads K; otherwise the form such folders
+    /// have held (the earlier rule's runs included).
+    pub fn recorded(&self, criterion: KCriterion) -> String {
+        match (self, criterion) {
+            (Self::Auto, KCriterion::EigengapScales) => format!("{self:?} ({criterion:?})"),
+            _ => format!("{self:?}"),
+        }
+    }
+
     /// `--num-classes`: absent, `auto`, or a positive whole number.
     pub fn parse(v: Option<&str>) -> Result<Self> {
         match v {
@@ -63,6 +73,7 @@ pub fn estimate_k(
         tokens.base.view(),
         &tokens.base_labels,
         max_classes,
+        cfg.training.k_criterion(),
         cfg.experiment.seed,
     )?;
     log::info!(

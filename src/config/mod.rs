@@ -22,7 +22,9 @@ pub use binarization::{Binarization, NoInterval, Refine, INTERVAL_END};
 pub use detect::{CnnMix, ImageSize, MapVariants, DEFAULT_BLUR};
 pub use experiment::{Experiment, ImageAssign, Inference};
 pub use models::{GuidanceMode, Models, Precision, MAX_HEADS, MAX_IMAGE_SIZE};
-pub use training::{Loss, NeighbourFeatures, Training, MAX_CACHE_VIEWS, MAX_EPOCHS, MAX_WORKERS};
+pub use training::{
+    KCriterion, Loss, NeighbourFeatures, Training, MAX_CACHE_VIEWS, MAX_EPOCHS, MAX_WORKERS,
+};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]

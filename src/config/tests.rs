@@ -105,6 +105,7 @@ fn the_fingerprint_keeps_every_key_but_speed_logging_and_folders() {
         "spectral",
         "guided",
         "whole_image",
+        "eigengap",
         "dinov2_vits14",
         "[3]",
     ]

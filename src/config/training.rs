@@ -48,6 +48,24 @@ pub struct Training {
     /// `baseline --method pooled` output folder.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub neighbor_features: Option<NeighbourFeatures>,
+    /// Ours: how `--num-classes auto` reads K from the kNN graph of the crops' pretrained class
+    /// tokens (`cluster::estimate`); `null`: [`KCriterion::default`]. Left out of the serialised
+    /// section when unset, so that earlier fingerprints keep their form; the train stage records
+    /// the criterion it reads K by on its own (`TrainSettings::k_criterion`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub k_criterion: Option<KCriterion>,
+}
+
+/// `training.k_criterion`: where the largest eigengap is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KCriterion {
+    /// `eigengap`: on one graph of round(√n) neighbours (the rule until 2026-12-06).
+    Eigengap,
+    /// `eigengap_scales`: on the gaps averaged over three graphs, of √n/2, √n and 2√n
+    /// neighbours, so that a near tie between two peaks goes to the one every scale shows.
+    #[default]
+    EigengapScales,
 }
 
 /// Where `training.neighbor_features` takes the images' features from.
@@ -113,11 +131,17 @@ impl Default for Training {
             neighbor_views: 0.0,
             neighbor_count: DEFAULT_NEIGHBOR_COUNT,
             neighbor_features: None,
+            k_criterion: None,
         }
     }
 }
 
 impl Training {
+    /// `k_criterion`, or the default where it is unset.
+    pub fn k_criterion(&self) -> KCriterion {
+        self.k_criterion.unwrap_or_default()
+    }
+
     /// The seed of the frozen-prefix cache's augmented views.
     pub fn view_seed(&self, experiment: &Experiment) -> u64 {
         self.view_seed.unwrap_or(experiment.seed)

@@ -106,7 +106,7 @@ impl BaselineSpec {
             inputs: inputs.iter().map(|(_, p)| AbsPath::new(p)).collect(),
             normal_types,
             config: config.fingerprint(),
-            num_classes: format!("{num_classes:?}"),
+            num_classes: num_classes.recorded(config.training.k_criterion()),
             max_classes: *max_classes,
             weights: weights.as_deref().map(AbsPath::new),
             category: category.clone(),

@@ -11,7 +11,7 @@ use serde_json::json;
 use tch::Device;
 
 use crate::cluster::{estimate, fit, KEstimate, KMeansOptions, NumClasses};
-use crate::config::Precision;
+use crate::config::{KCriterion, Precision};
 use crate::detect::features::{FeatureExtractor, Resize};
 use crate::detect::pooled::{pooled_features, Pooling};
 use crate::error::{Error, Result};
@@ -35,6 +35,8 @@ pub struct PooledSpec {
     pub out: PathBuf,
     pub num_classes: NumClasses,
     pub max_classes: usize,
+    /// How `auto` reads K (`training.k_criterion`).
+    pub k_criterion: KCriterion,
     pub pooling: Pooling,
     /// DINOv2 ViT-S/14 weights; `None`: the offline default file.
     pub weights: Option<PathBuf>,
@@ -122,6 +124,7 @@ impl PooledSpec {
             inputs,
             num_classes,
             max_classes,
+            k_criterion,
             weights,
             precision,
             image_size,
@@ -139,7 +142,7 @@ impl PooledSpec {
             baseline: "pooled",
             pooling: format!("{pooling:?}"),
             inputs: inputs.iter().map(|(_, p)| AbsPath::new(p)).collect(),
-            num_classes: format!("{num_classes:?}"),
+            num_classes: num_classes.recorded(*k_criterion),
             max_classes: *max_classes,
             weights: weights.as_deref().map(AbsPath::new),
             precision: crate::model::precision::kind_name(kind),
@@ -197,6 +200,7 @@ pub fn run(spec: &PooledSpec) -> Result<PooledOutcome> {
                 none.view(),
                 &[],
                 spec.max_classes,
+                spec.k_criterion,
                 spec.seed,
             )?;
             log::info!("--num-classes auto on the pooled features:\n{}", e.table());
@@ -269,6 +273,7 @@ mod tests {
             out: "/d/out".into(),
             num_classes: NumClasses::FromFolders,
             max_classes: 10,
+            k_criterion: KCriterion::default(),
             pooling: Pooling::Soft { tau: 1.0 },
             weights: None,
             precision: Precision::Fp32,
@@ -301,5 +306,28 @@ mod tests {
         ];
         // `baseline` names the method: it tells this run from a k-means one.
         fingerprint_follows(spec, PooledSpec::fingerprint, changes, same, &["baseline"]);
+    }
+
+    #[test]
+    fn the_k_criterion_counts_only_where_k_is_estimated() {
+        let fp = |k, c| {
+            let s = PooledSpec {
+                num_classes: k,
+                k_criterion: c,
+                ..spec()
+            };
+            crate::fingerprint::to_value(&s.fingerprint())
+        };
+        let (one, scales) = (KCriterion::Eigengap, KCriterion::EigengapScales);
+        assert_ne!(fp(NumClasses::Auto, one), fp(NumClasses::Auto, scales));
+        assert_eq!(
+            fp(NumClasses::Auto, one)["num_classes"],
+            "Auto",
+            "the earlier form"
+        );
+        assert_eq!(
+            fp(NumClasses::Fixed(3), one),
+            fp(NumClasses::Fixed(3), scales)
+        );
     }
 }

@@ -97,6 +97,7 @@ pub(super) fn pretrained_view(
         tokens.base.view(),
         &tokens.base_labels,
         spec.max_classes,
+        cfg.training.k_criterion(),
         cfg.experiment.seed,
     );
     match est {

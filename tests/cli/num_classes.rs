@@ -123,6 +123,8 @@ fn auto_estimates_k_stores_it_and_resumes_with_it() {
     let k = est["chosen"].as_u64().unwrap();
     assert!((2..=5).contains(&k), "{est}");
     assert_eq!(meta["num_novel_clusters"].as_u64(), Some(k));
+    let criterion = est["criterion"].as_str().unwrap();
+    assert!(criterion.contains("averaged over k = sqrt n / 2"), "{est}");
     let scores = est["scores"].as_array().unwrap();
     assert_eq!(scores.len(), 4);
     assert!(scores.iter().all(|s| s["base_accuracy"].is_number()));
@@ -145,6 +147,19 @@ fn auto_estimates_k_stores_it_and_resumes_with_it() {
     );
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--max-classes"));
+    let bad = [
+        "--num-classes",
+        "auto",
+        "--set",
+        "training.k_criterion=median",
+    ];
+    let o = run(p, &train_flat("bad", &bad));
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("training.k_criterion=median") && err.contains("eigengap_scales"),
+        "{err}"
+    );
 }
 
 /// Under `soft` guidance (the map over the whole crop), `auto` reads K from the tokens guided

@@ -15,7 +15,8 @@ use super::plan::{BaseInput, Inputs, Plan, StageKind, BASE_MAX_CROPS, NORMAL_TYP
 use super::plan::{SYNTH_BASE_PER_CLASS, SYNTH_BASE_SEED, SYNTH_BASE_SIZE};
 use super::stages::detect_spec;
 use super::DiscoverSpec;
-use crate::config::{Binarization, Config, NeighbourFeatures};
+use crate::cluster::NumClasses;
+use crate::config::{Binarization, Config, KCriterion, NeighbourFeatures};
 use crate::detect::DetectSettings;
 use crate::error::Result;
 use crate::fingerprint::AbsPath;
@@ -204,6 +205,10 @@ pub struct TrainSettings {
     /// without them, so earlier fingerprints keep their form.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub neighbor_features: Option<String>,
+    /// How `--num-classes auto` reads K, the default resolved; left out with a given K, where
+    /// nothing reads it, so that those runs' earlier fingerprints keep their form.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub k_criterion: Option<KCriterion>,
 }
 
 /// A stage's fingerprint: its name, the records' [`VERSION`] and its settings.
@@ -291,6 +296,8 @@ pub fn fingerprints(
                 let precision = frozen_kind(spec.config.models.precision, spec.device);
                 StageSettings::Train(Box::new(TrainSettings {
                     config: training_config(&spec.config),
+                    k_criterion: matches!(spec.num_classes, NumClasses::Auto)
+                        .then(|| spec.config.training.k_criterion()),
                     num_classes: format!("{:?}", spec.num_classes),
                     max_classes: spec.max_classes,
                     weights: model_weights.to_string(),

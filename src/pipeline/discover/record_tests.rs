@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::*;
 use crate::cluster::NumClasses;
-use crate::config::Precision;
+use crate::config::{KCriterion, Precision};
 use crate::detect::features::Resize;
 use crate::detect::DetectSpec;
 use crate::detect::DEFAULT_VIT_IMAGE_SIZE;
@@ -181,6 +181,7 @@ fn the_records_keep_the_form_of_the_runs_before() {
             "base_stage",
             "binarize_stage",
             "config",
+            "k_criterion",
             "max_classes",
             "num_classes",
             "precision",
@@ -262,6 +263,17 @@ fn the_train_stage_follows_its_settings_and_not_the_workers() {
         redone(|s| s.config.binarization.sample_rate = 2),
         [false, false, true, true]
     );
+    // The spec estimates K: the criterion is recorded resolved, and a change retrains.
+    assert_eq!(fps[3].0["settings"]["k_criterion"], "eigengap_scales");
+    let one_graph =
+        |s: &mut DiscoverSpec| s.config.training.k_criterion = Some(KCriterion::Eigengap);
+    assert_eq!(redone(one_graph), train_only);
+    // With a given K nothing reads it: left out, as in the runs from before the key.
+    let mut given = discover_spec();
+    given.num_classes = NumClasses::Fixed(3);
+    let settings = &run_fingerprints(&given, w)[3].0["settings"];
+    assert!(settings.get("k_criterion").is_none(), "{settings}");
+    assert!(settings["config"]["training"].get("k_criterion").is_none());
     let nothing = [false; 4];
     assert_eq!(redone(|s| s.config.training.num_workers = 1), nothing);
     // Inference settings change only the evaluation: `discover` evaluates the checkpoint

@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Does `--num-classes auto` read K from the data? The K estimate on every subset of a set's types.
+
+    .venv/bin/python experiments/k_subsets.py NAME=DIR [NAME=DIR ...] [--slow]
+
+Each DIR is a `baseline --num-classes auto` output (class_tokens.safetensors and
+crop_predictions.csv, read as experiments/k_study.py reads them). For every subset of at least two
+of the set's true types, the crops of those types' images are kept and each estimator picks K
+from 2..10; its error against the subset's true K is tallied. A set of 5 types gives 26 subsets
+(K = 2, 3, 4, 5), so the estimators meet a spread of true K, which the five benchmark protocols
+(true K 5, 5, 5, 3, 3) do not give: there a constant guess of 4 is within +-1 everywhere
+(docs/results.md, "K on real crops").
+
+Estimators (all deterministic; none has a constant fitted to these sets):
+- eigengap: the rule until 2026-12-06 (`training.k_criterion: eigengap`; k_study.eigengap):
+  crops, k = round(sqrt n).
+- eigengap/images: the same on the images (the mean of an image's crop tokens).
+- eigengap/k10, eigengap/images/k10: the same graph with 10 neighbours.
+- eigengap/bagged: the crops' gap curves of 20 seeded subsamples of 80 % averaged, then the
+  largest gap (a near tie between two peaks then goes to the one that holds across draws).
+- eigengap/multi-k: the crops' gap curves with round(sqrt n)/2, sqrt n and 2 sqrt n neighbours
+  (at least 2) averaged: the product's default since 2026-12-06 (`eigengap_scales`).
+- with --slow, ps, stab, pac, bic, gmeans on the images: experiments/k_study.py's criteria of
+  those names (seed 0), each as that script describes it.
+- const3, const4: the same guess for every subset, for scale.
+
+Printed per set and over all sets: the mean absolute error, the share within +-1, the mean signed
+error (negative: too few types), and the estimate for each true K.
+"""
+import itertools
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import k_study as ks  # noqa: E402
+
+
+def gap_curve(x, nn_fixed=None):
+    """k_study.eigengap's gaps {K: lambda_K - lambda_{K-1}}, with an optional fixed neighbour
+    count (it uses round(sqrt n))."""
+    n = len(x)
+    nn = nn_fixed if nn_fixed else int(round(np.sqrt(n)))
+    nn = int(np.clip(nn, 1, n - 1))
+    d = ks.sqdist(x, x)
+    np.fill_diagonal(d, np.inf)
+    a = np.zeros((n, n))
+    idx = np.argsort(d, axis=1, kind="stable")[:, :nn]
+    a[np.repeat(np.arange(n), nn), idx.ravel()] = 1
+    a = np.maximum(a, a.T)
+    s = 1 / np.sqrt(a.sum(1))
+    ev = np.linalg.eigvalsh(np.eye(n) - s[:, None] * a * s[None, :])
+    top = min(ks.KMAX, n - 1)
+    return {k: ev[k] - ev[k - 1] for k in range(ks.KMIN, top + 1)}
+
+
+def argmax_k(gaps):
+    return max(gaps, key=lambda k: (gaps[k], -k))
+
+
+def eigengap_nn(x, nn_fixed=None):
+    return argmax_k(gap_curve(x, nn_fixed))
+
+
+def mean_curve(curves):
+    ks_ = set.intersection(*(set(c) for c in curves))
+    return {k: float(np.mean([c[k] for c in curves])) for k in ks_}
+
+
+def bagged(x, draws=20, frac=0.8, seed=0):
+    """The gap curves of `draws` seeded subsamples of `frac` of the points, averaged."""
+    rng = np.random.default_rng(seed)
+    m = max(3, int(round(frac * len(x))))
+    return argmax_k(mean_curve([gap_curve(x[rng.choice(len(x), m, replace=False)]) for _ in range(draws)]))
+
+
+def multi_k(x):
+    """The gap curves of the graphs with sqrt(n)/2, sqrt(n) and 2 sqrt(n) neighbours, averaged."""
+    r = np.sqrt(len(x))
+    return argmax_k(mean_curve([gap_curve(x, max(2, int(round(f * r)))) for f in (0.5, 1, 2)]))
+
+
+ESTIMATORS = {
+    "eigengap": lambda c, i: eigengap_nn(c),
+    "eigengap/images": lambda c, i: eigengap_nn(i),
+    "eigengap/k10": lambda c, i: eigengap_nn(c, 10),
+    "eigengap/images/k10": lambda c, i: eigengap_nn(i, 10),
+    "eigengap/bagged": lambda c, i: bagged(c),
+    "eigengap/multi-k": lambda c, i: multi_k(c),
+}
+SLOW = {
+    **{f"{c}/images": (lambda c: lambda _c, i: ks.run_all(i, 0, {c})[c][0])(c)
+       for c in ("ps", "stab", "pac", "bic", "gmeans")},
+}
+CONSTANTS = {
+    "const3": lambda c, i: 3,
+    "const4": lambda c, i: 4,
+}
+
+
+def subsets(types, min_k=2):
+    for k in range(min_k, len(types) + 1):
+        yield from itertools.combinations(types, k)
+
+
+def main(argv):
+    global ESTIMATORS
+    ESTIMATORS = {**ESTIMATORS, **(SLOW if "--slow" in argv else {}), **CONSTANTS}
+    sets = [a.split("=", 1) for a in argv if "=" in a]
+    if not sets:
+        sys.exit(__doc__)
+    tally = defaultdict(lambda: defaultdict(list))  # estimator -> set -> [(true, est)]
+    for name, d in sets:
+        xc, yc, xi, yi = ks.load(Path(d))
+        yc, yi = np.array(yc), np.array(yi)
+        types = sorted(set(yi))
+        for sub in subsets(types):
+            mc, mi = np.isin(yc, sub), np.isin(yi, sub)
+            c, i = ks.unit(xc[mc]), ks.unit(xi[mi])
+            row = []
+            for e, f in ESTIMATORS.items():
+                k = f(c, i)
+                tally[e][name].append((len(sub), k))
+                row.append(f"{e}={k}")
+            print(f"{name} K={len(sub)} {'+'.join(sub)} crops={len(c)} images={len(i)}: {' '.join(row)}",
+                  file=sys.stderr, flush=True)
+    names = [n for n, _ in sets]
+    print("| estimator | " + " | ".join(f"{n}: mean abs err / within +-1 / bias" for n in names)
+          + " | all sets (each set weighted equally) |")
+    print("|---" * (len(names) + 2) + "|")
+    for e in ESTIMATORS:
+        cells, errs, within, bias = [], [], [], []
+        for n in names:
+            t = np.array(tally[e][n])
+            err = t[:, 1] - t[:, 0]
+            cells.append(f"{np.abs(err).mean():.2f} / {np.mean(np.abs(err) <= 1):.0%} / {err.mean():+.2f}")
+            errs.append(np.abs(err).mean())
+            within.append(np.mean(np.abs(err) <= 1))
+            bias.append(err.mean())
+        cells.append(f"{np.mean(errs):.2f} / {np.mean(within):.0%} / {np.mean(bias):+.2f}")
+        print(f"| {e} | " + " | ".join(cells) + " |")
+    print()
+    print("Estimates by true K (each subset's estimate; all sets):")
+    for e in ESTIMATORS:
+        by = defaultdict(list)
+        for n in names:
+            for t, k in tally[e][n]:
+                by[t].append(k)
+        print(f"- {e}: " + "; ".join(f"K={t}: {sorted(v)}" for t, v in sorted(by.items())))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
