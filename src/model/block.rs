@@ -96,6 +96,17 @@ impl LayerNorm {
         )
     }
 
+    /// `[.., D] -> [.., D]` normalised without the affine step: `(x − μ) / σ`.
+    pub(crate) fn normalize(&self, x: &Tensor) -> Tensor {
+        x.layer_norm(
+            [self.w.size()[0]],
+            None::<&Tensor>,
+            None::<&Tensor>,
+            LN_EPS,
+            false,
+        )
+    }
+
     pub(crate) fn to_kind(&self, k: Kind) -> Self {
         LayerNorm {
             w: self.w.detach().to_kind(k),
@@ -142,35 +153,43 @@ impl Attention {
 }
 
 impl Attention {
-    /// The class token's output only: `x [B, L, D]` → `[B, 1, D]`. Equal to row 0 of
-    /// [`Attention::forward`] up to float rounding, at a fraction of its cost: instead of the
-    /// keys and values of all `L` tokens (`2·L·D²` multiply-adds) the query is folded into the
-    /// key weights, `q·(x·Wkᵀ + bk)ᵀ = (q·Wk)·xᵀ + const`, and the values into the output,
-    /// `a·(x·Wvᵀ + bv) = (a·x)·Wvᵀ + bv` (the attention weights sum to 1), per head: about
-    /// `4·L·D + 3·D²`. The constant `q·bk` is dropped: softmax ignores a shift of its row.
+    /// The class token's output only, from the block's input normalised without its affine step
+    /// (`xhat [B, L, D]`, see [`LayerNorm::normalize`]) and that LayerNorm: `[B, 1, D]`. Equal to
+    /// row 0 of [`Attention::forward`] on `norm(x)` up to float rounding, at a fraction of its
+    /// cost: instead of the keys and values of all `L` tokens (`2·L·D²` multiply-adds) the query
+    /// is folded into the key weights, `q·(x·Wkᵀ + bk)ᵀ = (q·Wk)·xᵀ + const`, and the values into
+    /// the output, `a·(x·Wvᵀ + bv) = (a·x)·Wvᵀ + bv` (the attention weights sum to 1), per head:
+    /// about `4·L·D + 3·D²`. The LayerNorm's affine step `x = xhat·w + b` is folded the same way,
+    /// `(q·Wk)·(xhat·w + b)ᵀ = ((q·Wk)·w)·xhatᵀ + const` and `a·(xhat·w + b) = (a·xhat)·w + b`, so
+    /// that nothing of size `[B, L, D]` takes part in the backward pass: with cached tokens the
+    /// gradients of the LayerNorm's weights and of everything else are sums over `[B, h, D]`.
+    /// The constants `q·bk` and `(q·Wk)·b` are dropped: softmax ignores a shift of its row.
     /// This is what makes a training step on cached tokens cheap.
-    pub(crate) fn forward_cls(&self, x: &Tensor, guide: Option<&MaskGuide>) -> Tensor {
-        let (b, _, d) = x.size3().expect("tokens are [B, L, D]");
+    pub(crate) fn forward_cls(
+        &self,
+        xhat: &Tensor,
+        norm: &LayerNorm,
+        guide: Option<&MaskGuide>,
+    ) -> Tensor {
+        let (b, _, d) = xhat.size3().expect("tokens are [B, L, D]");
         let h = self.num_heads;
         let dh = d / h;
         let (w, bias) = (&self.qkv.w, self.qkv.b.as_ref());
+        let x0 = xhat.select(1, 0) * &norm.w + &norm.b;
         // [B, h, dh]
-        let q = self
-            .qkv
-            .forward_rows(&x.select(1, 0), 0, d)
-            .reshape([b, h, dh]);
+        let q = self.qkv.forward_rows(&x0, 0, d).reshape([b, h, dh]);
         let wk = w.narrow(0, d, d).reshape([h, dh, d]);
         let wv = w.narrow(0, 2 * d, d).reshape([h, dh, d]);
-        // Per head q_h · Wk_h: [B, h, dh] → [B, h, D].
-        let qk = Tensor::einsum("bhe,hed->bhd", &[&q, &wk], None::<&[i64]>);
+        // Per head (q_h · Wk_h) ⊙ w: [B, h, dh] → [B, h, D].
+        let qk = Tensor::einsum("bhe,hed->bhd", &[&q, &wk], None::<&[i64]>) * &norm.w;
         // [B, h, D] · [B, D, L] → [B, h, L]: plain batched matmuls, no broadcast copies of x.
-        let mut scores = qk.bmm(&x.transpose(1, 2)) * (dh as f64).powf(-0.5);
+        let mut scores = qk.bmm(&xhat.transpose(1, 2)) * (dh as f64).powf(-0.5);
         if let Some(g) = guide {
             scores = g.apply_cls(scores);
         }
         let attn = scores.softmax(-1, scores.kind());
-        // [B, h, L] · [B, L, D] → [B, h, D]; then per head · Wv_hᵀ → [B, h, dh]
-        let z = attn.bmm(x);
+        // [B, h, L] · [B, L, D] → [B, h, D], the affine step; then per head · Wv_hᵀ → [B, h, dh]
+        let z = attn.bmm(xhat) * &norm.w + &norm.b;
         let mut out = Tensor::einsum("bhd,hed->bhe", &[&z, &wv], None::<&[i64]>);
         if let Some(bias) = bias {
             out += bias.narrow(0, 2 * d, d).reshape([1, h, dh]);
@@ -233,7 +252,9 @@ impl Block {
     /// are most of a block's cost and would be thrown away).
     pub(crate) fn forward_cls(&self, x: &Tensor, guide: &MaskGuide) -> Tensor {
         let g = self.mask_guided.then_some(guide);
-        let y = self.attn.forward_cls(&self.norm1.forward(x), g);
+        let y = self
+            .attn
+            .forward_cls(&self.norm1.normalize(x), &self.norm1, g);
         self.mlp_residual(x.narrow(1, 0, 1) + self.scale1(y))
     }
 
@@ -335,5 +356,50 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The folded LayerNorm must not change what training sees: every parameter's gradient
+    /// through the class-token path equals its gradient through row 0 of the full block.
+    #[test]
+    fn class_token_only_block_has_the_full_blocks_gradients() {
+        tch::manual_seed(5);
+        let spec = ArchSpec::by_name("vit_tiny").unwrap();
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let blk = Block::new(&vs.root(), spec, true);
+        tch::no_grad(|| {
+            for (_, t) in vs.variables() {
+                t.shallow_clone().copy_(&(t.randn_like() * 0.3 + &t));
+            }
+        });
+        let d = spec.embed_dim as i64;
+        let x = Tensor::randn([2, 13, d], tch::kind::FLOAT_CPU) * 2.0 + 0.5;
+        let level = (Tensor::rand([2, 13], tch::kind::FLOAT_CPU) * 255.0).to_kind(Kind::Uint8);
+        let g = MaskGuide {
+            level,
+            guidance: Guidance::Soft { lambda: 3.0 },
+        };
+        // A fixed random read-out, so that every output feature carries gradient.
+        let probe = Tensor::randn([1, 1, d], tch::kind::FLOAT_CPU);
+        let grads = |out: Tensor| -> Vec<Tensor> {
+            let params = blk.params();
+            for p in &params {
+                p.shallow_clone().zero_grad();
+            }
+            (out * &probe).sum(Kind::Float).backward();
+            params.iter().map(|p| p.grad().copy()).collect()
+        };
+        let full = grads(blk.forward(&x, &g, AttnImpl::Plain).narrow(1, 0, 1));
+        let cls = grads(blk.forward_cls(&x, &g));
+        assert_eq!(full.len(), cls.len());
+        for (i, (a, b)) in full.iter().zip(&cls).enumerate() {
+            let scale = a.abs().max().double_value(&[]).max(1e-3);
+            let diff = (a - b).abs().max().double_value(&[]) / scale;
+            assert!(
+                diff < 1e-4,
+                "parameter {i}: relative gradient difference {diff}"
+            );
+        }
+        // The LayerNorm's weights do get a gradient (the fold did not detach them).
+        assert!(cls[0].abs().sum(Kind::Float).double_value(&[]) > 0.0);
     }
 }
