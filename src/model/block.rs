@@ -309,6 +309,20 @@ mod tests {
     use super::*;
     use crate::model::guide::Guidance;
 
+    /// A block with every weight, bias and layer scale perturbed at random, so that the folded
+    /// bias and LayerNorm terms are exercised.
+    fn random_block(name: &str, guided: bool) -> (&'static ArchSpec, nn::VarStore, Block) {
+        let spec = ArchSpec::by_name(name).unwrap();
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let blk = Block::new(&vs.root(), spec, guided);
+        tch::no_grad(|| {
+            for (_, t) in vs.variables() {
+                t.shallow_clone().copy_(&(t.randn_like() * 0.3 + &t));
+            }
+        });
+        (spec, vs, blk)
+    }
+
     #[test]
     fn class_token_only_block_equals_row_zero_of_the_full_block() {
         tch::manual_seed(3);
@@ -317,15 +331,7 @@ mod tests {
             ("vit_tiny", false),
             ("dinov2_vits14", true),
         ] {
-            let spec = ArchSpec::by_name(name).unwrap();
-            let vs = nn::VarStore::new(tch::Device::Cpu);
-            let blk = Block::new(&vs.root(), spec, guided);
-            // Random biases and layer scales, so that the folded bias terms are exercised.
-            tch::no_grad(|| {
-                for (_, t) in vs.variables() {
-                    t.shallow_clone().copy_(&(t.randn_like() * 0.3 + &t));
-                }
-            });
+            let (spec, _vs, blk) = random_block(name, guided);
             let d = spec.embed_dim as i64;
             let x = Tensor::randn([3, 17, d], tch::kind::FLOAT_CPU);
             let level = (Tensor::rand([3, 17], tch::kind::FLOAT_CPU) * 255.0).to_kind(Kind::Uint8);
@@ -363,14 +369,7 @@ mod tests {
     #[test]
     fn class_token_only_block_has_the_full_blocks_gradients() {
         tch::manual_seed(5);
-        let spec = ArchSpec::by_name("vit_tiny").unwrap();
-        let vs = nn::VarStore::new(tch::Device::Cpu);
-        let blk = Block::new(&vs.root(), spec, true);
-        tch::no_grad(|| {
-            for (_, t) in vs.variables() {
-                t.shallow_clone().copy_(&(t.randn_like() * 0.3 + &t));
-            }
-        });
+        let (spec, _vs, blk) = random_block("vit_tiny", true);
         let d = spec.embed_dim as i64;
         let x = Tensor::randn([2, 13, d], tch::kind::FLOAT_CPU) * 2.0 + 0.5;
         let level = (Tensor::rand([2, 13], tch::kind::FLOAT_CPU) * 255.0).to_kind(Kind::Uint8);
