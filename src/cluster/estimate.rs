@@ -154,8 +154,8 @@ pub fn estimate(
     let dist = distance_matrix(novel);
     let counts = neighbour_counts(novel.nrows(), criterion);
     let mut gaps = vec![0.0; top - 1];
-    for &nn in &counts {
-        for (g, x) in gaps.iter_mut().zip(eigengaps(dist.view(), top, nn)?) {
+    for per_graph in eigengaps(dist.view(), top, &counts)? {
+        for (g, x) in gaps.iter_mut().zip(per_graph) {
             *g += x / counts.len() as f64;
         }
     }
@@ -213,13 +213,43 @@ pub fn estimate(
 
 /// `λ_K − λ_{K−1}` for K = 2..=`top` of the normalised Laplacian `I − D^{-1/2} A D^{-1/2}` of
 /// the symmetric kNN graph (`A_ij = 1` when j is among i's `nn` nearest, or i among j's) built
-/// from the distance matrix `dist`. The eigenvalues come from libtorch (`eigvalsh`).
-pub fn eigengaps(dist: ArrayView2<f32>, top: usize, nn: usize) -> Result<Vec<f64>> {
+/// from the distance matrix `dist`, one list per neighbour count in `counts`. Each point's
+/// nearest are found once for the largest count. The eigenvalues come from libtorch
+/// (`eigvalsh`).
+pub fn eigengaps(dist: ArrayView2<f32>, top: usize, counts: &[usize]) -> Result<Vec<Vec<f64>>> {
     let n = dist.nrows();
+    let most = counts
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .min(n.saturating_sub(1));
+    // Each row's `most` nearest others, nearest first (ties by index).
+    let nearest: Vec<Vec<usize>> = dist
+        .outer_iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let mut order: Vec<usize> = (0..n).filter(|&j| j != i).collect();
+            let by = |a: &usize, b: &usize| row[*a].total_cmp(&row[*b]).then(a.cmp(b));
+            if most < order.len() {
+                order.select_nth_unstable_by(most, by);
+                order.truncate(most);
+            }
+            order.sort_by(by);
+            order
+        })
+        .collect();
+    counts
+        .iter()
+        .map(|&nn| graph_gaps(&nearest, nn, top))
+        .collect()
+}
+
+/// The eigengaps of the graph joining each point to its first `nn` entries of `nearest`.
+fn graph_gaps(nearest: &[Vec<usize>], nn: usize, top: usize) -> Result<Vec<f64>> {
+    let n = nearest.len();
     let mut adj = Array2::<f64>::zeros((n, n));
-    for (i, row) in dist.outer_iter().enumerate() {
-        let mut order: Vec<usize> = (0..n).filter(|&j| j != i).collect();
-        order.sort_by(|&a, &b| row[a].total_cmp(&row[b]).then(a.cmp(&b)));
+    for (i, order) in nearest.iter().enumerate() {
         for &j in order.iter().take(nn) {
             adj[[i, j]] = 1.0;
             adj[[j, i]] = 1.0;
@@ -318,7 +348,7 @@ mod tests {
         let want: Vec<f64> = {
             let per: Vec<Vec<f64>> = neighbour_counts(60, KCriterion::EigengapScales)
                 .into_iter()
-                .map(|nn| eigengaps(dist.view(), 6, nn).unwrap())
+                .map(|nn| eigengaps(dist.view(), 6, &[nn]).unwrap().remove(0))
                 .collect();
             (0..5)
                 .map(|i| per.iter().map(|g| g[i]).sum::<f64>() / 3.0)
@@ -340,7 +370,7 @@ mod tests {
         let one = estimate(novel.view(), none.view(), &[], 6, KCriterion::Eigengap, 0).unwrap();
         assert_eq!(
             one.scores[0].eigengap,
-            eigengaps(dist.view(), 6, 8).unwrap()[0]
+            eigengaps(dist.view(), 6, &[8]).unwrap()[0][0]
         );
     }
 

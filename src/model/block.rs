@@ -153,25 +153,27 @@ impl Attention {
 }
 
 impl Attention {
-    /// The class token's output only, from the block's input normalised without its affine step
-    /// (`xhat [B, L, D]`, see [`LayerNorm::normalize`]) and that LayerNorm: `[B, 1, D]`. Equal to
-    /// row 0 of [`Attention::forward`] on `norm(x)` up to float rounding, at a fraction of its
-    /// cost: instead of the keys and values of all `L` tokens (`2·L·D²` multiply-adds) the query
-    /// is folded into the key weights, `q·(x·Wkᵀ + bk)ᵀ = (q·Wk)·xᵀ + const`, and the values into
-    /// the output, `a·(x·Wvᵀ + bv) = (a·x)·Wvᵀ + bv` (the attention weights sum to 1), per head:
-    /// about `4·L·D + 3·D²`. The LayerNorm's affine step `x = xhat·w + b` is folded the same way,
-    /// `(q·Wk)·(xhat·w + b)ᵀ = ((q·Wk)·w)·xhatᵀ + const` and `a·(xhat·w + b) = (a·xhat)·w + b`, so
-    /// that nothing of size `[B, L, D]` takes part in the backward pass: with cached tokens the
-    /// gradients of the LayerNorm's weights and of everything else are sums over `[B, h, D]`.
-    /// The constants `q·bk` and `(q·Wk)·b` are dropped: softmax ignores a shift of its row.
-    /// This is what makes a training step on cached tokens cheap.
+    /// The class token's output only, from the block's input `x [B, L, D]` and the LayerNorm in
+    /// front of the attention: `[B, 1, D]`. Equal to row 0 of [`Attention::forward`] on
+    /// `norm(x)` up to float rounding, at a fraction of its cost. With `y = norm(x)`: instead of
+    /// the keys and values of all `L` tokens (`2·L·D²` multiply-adds) the query is folded into
+    /// the key weights, `q·(y·Wkᵀ + bk)ᵀ = (q·Wk)·yᵀ + const`, and the values into the output,
+    /// `a·(y·Wvᵀ + bv) = (a·y)·Wvᵀ + bv` (the attention weights sum to 1), per head: about
+    /// `4·L·D + 3·D²`. The LayerNorm's affine step `y = x̂·w + b` (`x̂` normalised, see
+    /// [`LayerNorm::normalize`]) is folded the same way, `(q·Wk)·yᵀ = ((q·Wk)⊙w)·x̂ᵀ + const`
+    /// and `a·y = (a·x̂)⊙w + b`, so that nothing of size `[B, L, D]` takes part in the backward
+    /// pass: with cached tokens the gradients of the LayerNorm's weights and of everything else
+    /// are sums over `[B, h, D]`. The constants `q·bk` and `(q·Wk)·b` are dropped: softmax
+    /// ignores a shift of its row. This is what makes a training step on cached tokens cheap.
     pub(crate) fn forward_cls(
         &self,
-        xhat: &Tensor,
+        x: &Tensor,
         norm: &LayerNorm,
         guide: Option<&MaskGuide>,
     ) -> Tensor {
-        let (b, _, d) = xhat.size3().expect("tokens are [B, L, D]");
+        let (b, _, d) = x.size3().expect("tokens are [B, L, D]");
+        // Normalised without the affine step: no gradient when `x` is cached.
+        let xhat = norm.normalize(x);
         let h = self.num_heads;
         let dh = d / h;
         let (w, bias) = (&self.qkv.w, self.qkv.b.as_ref());
@@ -189,7 +191,7 @@ impl Attention {
         }
         let attn = scores.softmax(-1, scores.kind());
         // [B, h, L] · [B, L, D] → [B, h, D], the affine step; then per head · Wv_hᵀ → [B, h, dh]
-        let z = attn.bmm(xhat) * &norm.w + &norm.b;
+        let z = attn.bmm(&xhat) * &norm.w + &norm.b;
         let mut out = Tensor::einsum("bhd,hed->bhe", &[&z, &wv], None::<&[i64]>);
         if let Some(bias) = bias {
             out += bias.narrow(0, 2 * d, d).reshape([1, h, dh]);
@@ -252,9 +254,7 @@ impl Block {
     /// are most of a block's cost and would be thrown away).
     pub(crate) fn forward_cls(&self, x: &Tensor, guide: &MaskGuide) -> Tensor {
         let g = self.mask_guided.then_some(guide);
-        let y = self
-            .attn
-            .forward_cls(&self.norm1.normalize(x), &self.norm1, g);
+        let y = self.attn.forward_cls(x, &self.norm1, g);
         self.mlp_residual(x.narrow(1, 0, 1) + self.scale1(y))
     }
 
