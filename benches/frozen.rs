@@ -268,7 +268,7 @@ mod build {
     use anomalyncd::config::{Config, Precision};
     use anomalyncd::data::{CropCache, TransformSpec, ViewSource};
     use anomalyncd::model::Model;
-    use anomalyncd::train::cache::{BankKey, BankOptions, BuildPhases, TokenBank, BUILD_BATCH};
+    use anomalyncd::train::cache::{build_batch, BankKey, BankOptions, BuildPhases, TokenBank};
     use tch::{Device, Kind, Tensor};
 
     use super::{data_fixture, env_or, kind_name, kinds, Plain, SIDE};
@@ -370,7 +370,7 @@ mod build {
         ));
         let n = set.len();
         let total_views = n * (views + 1);
-        let batch = BUILD_BATCH;
+        let batch = build_batch((SIDE / 14) * (SIDE / 14) + 1);
         // The build's batches: the augmented views, then the plain ones.
         let sizes: Vec<i64> = [n * views, n]
             .iter()

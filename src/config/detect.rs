@@ -8,8 +8,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// The maps' Gaussian blur sigma at a 256-pixel side (the detector's default).
 pub const DEFAULT_BLUR: f64 = 4.0;
 
-/// What `detect --per-block / --aggregate-sizes / --fuse-mutual / --fuse-cnn / --holdout-normals / --blur`
-/// set, with the command's defaults.
+/// Zero-shot: the share of a patch's per-reference distances, the lowest, whose mean is its
+/// score (the detector's default).
+pub const DEFAULT_ZERO_SHOT_FRACTION: f64 = 0.3;
+
+/// What `detect --per-block / --aggregate-sizes / --fuse-mutual / --fuse-cnn / --holdout-normals / --blur
+/// / --zero-shot-fraction` set, with the command's defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MapVariants {
@@ -30,6 +34,29 @@ pub struct MapVariants {
     /// The backbone input's longer side: `auto` (from the images' own size, see
     /// `detect::auto_image_size`) or a number of pixels.
     pub image_size: ImageSize,
+    /// Zero-shot maps only (no normal images): a patch's score is the mean of this share of
+    /// its distances to the reference images, the lowest. Left out of the serialised section
+    /// at its default, so that earlier configs keep their form.
+    #[serde(skip_serializing_if = "is_default_zero_shot_fraction")]
+    pub zero_shot_fraction: f64,
+}
+
+fn is_default_zero_shot_fraction(v: &f64) -> bool {
+    *v == DEFAULT_ZERO_SHOT_FRACTION
+}
+
+impl MapVariants {
+    pub(super) fn check(&self, c: &mut super::Checks) {
+        c.need(
+            self.zero_shot_fraction > 0.0 && self.zero_shot_fraction <= 1.0,
+            || {
+                format!(
+                    "detect.zero_shot_fraction must be in (0, 1] (got {})",
+                    self.zero_shot_fraction
+                )
+            },
+        );
+    }
 }
 
 /// `detect.image_size`: a fixed input side, or `auto`, which follows the images' size.
@@ -183,6 +210,7 @@ impl Default for MapVariants {
             holdout: 0.0,
             blur: DEFAULT_BLUR,
             image_size: ImageSize::Auto,
+            zero_shot_fraction: DEFAULT_ZERO_SHOT_FRACTION,
         }
     }
 }

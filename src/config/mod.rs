@@ -19,7 +19,7 @@ mod models;
 mod training;
 pub(crate) use binarization::{interval_end, is_interval_end};
 pub use binarization::{Binarization, NoInterval, Refine, INTERVAL_END};
-pub use detect::{CnnMix, ImageSize, MapVariants, DEFAULT_BLUR};
+pub use detect::{CnnMix, ImageSize, MapVariants, DEFAULT_BLUR, DEFAULT_ZERO_SHOT_FRACTION};
 pub use experiment::{Experiment, ImageAssign, Inference};
 pub use models::{GuidanceMode, Models, Precision, MAX_HEADS, MAX_IMAGE_SIZE};
 pub use training::{
@@ -135,6 +135,7 @@ impl Config {
         self.loss.check(&mut c);
         self.experiment.check(&mut c);
         self.inference.check(&mut c);
+        self.detect.check(&mut c);
         match c.0.is_empty() {
             true => Ok(()),
             false => Err(c.0.join("; ")),

@@ -159,6 +159,7 @@ fn every_section_checks_its_own_keys() {
     c.inference.merge_temperature = Some(0.0);
     (c.inference.refine_steps, c.inference.spectral_neighbors) = (1, 1);
     c.inference.assign = crate::config::ImageAssign::Spectral;
+    c.detect.zero_shot_fraction = 0.0;
     let got = c.validate().unwrap_err();
     let want = [
         "binarization.sample_rate must be in 1..=255 (got 0)",
@@ -199,6 +200,7 @@ fn every_section_checks_its_own_keys() {
         "inference.spectral_neighbors must be in 2..=100 (got 1)",
         "inference.refine_steps refines the heads' answer; set it to 0 with inference.assign: \
          spectral",
+        "detect.zero_shot_fraction must be in (0, 1] (got 0)",
     ];
     // Each message whole (one holds a `; ` itself), and nothing else.
     for w in want {

@@ -77,7 +77,7 @@ pub const DEFAULT_STAGES: [usize; 2] = [2, 4];
 pub const DEFAULT_CORESET: f64 = 0.1;
 pub const DEFAULT_MAX_PATCHES: usize = 100_000;
 pub const DEFAULT_ZERO_SHOT_REFS: usize = 64;
-pub const DEFAULT_ZERO_SHOT_FRACTION: f64 = 0.3;
+pub use crate::config::DEFAULT_ZERO_SHOT_FRACTION;
 pub const DEFAULT_BATCH_SIZE: usize = 16;
 /// The ViT's input's longer side (a 32-patch side for ViT-S/14): `detect`'s and `discover`'s.
 pub const DEFAULT_VIT_IMAGE_SIZE: u32 = 448;

@@ -22,6 +22,7 @@ impl MapVariants {
         spec.fuse_mutual = if fitted { self.fuse_mutual } else { 0.0 };
         spec.holdout = if fitted { self.holdout } else { 0.0 };
         spec.fuse_cnn = if fitted { self.fuse_cnn } else { CnnMix::OFF };
+        spec.zero_shot_fraction = self.zero_shot_fraction;
     }
 }
 
@@ -79,6 +80,16 @@ mod tests {
         auto.apply(&mut s);
         auto.apply(&mut z);
         assert_eq!((s.fuse_cnn, z.fuse_cnn), (CnnMix::Auto, CnnMix::OFF));
+        // `zero_shot_fraction`: the zero-shot score's share of the lowest distances; a fitted
+        // run at the default keeps today's settings.
+        let f: MapVariants = serde_json::from_str(r#"{"zero_shot_fraction": 0.15}"#).unwrap();
+        let mut z = spec(false);
+        f.apply(&mut z);
+        assert_eq!(z.zero_shot_fraction, 0.15);
+        assert_ne!(z.settings(), spec(false).settings());
+        assert!(!serde_json::to_string(&MapVariants::default())
+            .unwrap()
+            .contains("zero_shot_fraction"));
     }
 
     #[test]

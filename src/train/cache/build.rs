@@ -11,12 +11,30 @@ use crate::data::ViewSource;
 use crate::error::{Error, Result};
 use crate::model::Model;
 
-/// Views pushed through the frozen blocks at once while building the bank. Which batch is
-/// fastest depends on the machine's load (ViT-S/14 at 224, 2-core Xeon, fp32 and bf16): with
-/// the cores to itself 16 was fastest and 64 10–20 % slower than 32; beside other jobs 64 was
-/// 6–12 % faster than 32 and 16 the slowest. No size wins both, so 32 stays, the batch every
-/// earlier cache was built with.
+/// Views pushed through the frozen blocks at once while building the bank at 224 px (257
+/// tokens). Which batch is fastest depends on the machine's load (ViT-S/14 at 224, 2-core Xeon,
+/// fp32 and bf16): with the cores to itself 16 was fastest and 64 10–20 % slower than 32; beside
+/// other jobs 64 was 6–12 % faster than 32 and 16 the slowest. No size wins both, so 32 stays,
+/// the batch every earlier cache was built with.
 pub const BUILD_BATCH: usize = 32;
+
+/// Tokens (views × tokens per view) pushed through the frozen blocks at once: [`BUILD_BATCH`]
+/// views at 224 px. Larger crops take fewer views per batch, so the build's working set stays
+/// that of the 224-px batch: at 392 px (785 tokens) 32 views held 2.08 GiB resident on MTD, 8
+/// views 1.25 GiB (docs/results.md, tenth session).
+pub const BUILD_TOKENS: i64 = BUILD_BATCH as i64 * 257;
+
+/// Views per batch of the build for views of `tokens` tokens each (class token included).
+pub fn build_batch(tokens: i64) -> usize {
+    (BUILD_TOKENS / tokens.max(1)).clamp(1, BUILD_BATCH as i64) as usize
+}
+
+/// Batches between two hand-backs of the heap's free pages during a build. The heap keeps what
+/// each batch frees for the next (`crate::malloc`), but over a build its resident size crept up
+/// anyway: on MTD at 392 px from 1.26 to 1.91 GiB at 10 views a batch. Trimming every 8 batches
+/// held the whole run (3 epochs) at 1.49 GiB, for 0.4 % more CPU time: the system time of
+/// faulting the pages in again (docs/results.md, tenth session).
+const TRIM_EVERY: usize = 8;
 
 /// Free space kept beyond the cache file when one is written.
 const DISK_MARGIN: u64 = 1 << 30;
@@ -112,11 +130,12 @@ impl TokenBank {
             },
         };
         // The augmented views, then the plain ones; rows are written where they belong.
+        let batch = build_batch(l);
         let pairs: Vec<(usize, usize)> = (0..n)
             .flat_map(|i| (0..views).map(move |s| (i, s)))
             .collect();
         let chunks: Arc<Vec<Vec<(usize, usize)>>> =
-            Arc::new(pairs.chunks(BUILD_BATCH).map(<[_]>::to_vec).collect());
+            Arc::new(pairs.chunks(batch).map(<[_]>::to_vec).collect());
         let make = {
             let (src, chunks) = (src.clone(), chunks.clone());
             move |c: usize| src.augmented(&chunks[c])
@@ -131,7 +150,7 @@ impl TokenBank {
         let items: Arc<Vec<Vec<usize>>> = Arc::new(
             (0..n)
                 .collect::<Vec<_>>()
-                .chunks(BUILD_BATCH)
+                .chunks(batch)
                 .map(<[_]>::to_vec)
                 .collect(),
         );
@@ -267,6 +286,9 @@ impl Prefix<'_> {
             guide.push(self.model.backbone.token_guide(&m).to_device(Device::Cpu));
             self.lap(t, |p| &mut p.store);
             start += b;
+            if guide.len() % TRIM_EVERY == 0 {
+                crate::malloc::release_freed_memory();
+            }
             self.pb.inc(b as u64);
             crate::threads::tick();
         }
@@ -278,5 +300,24 @@ impl Prefix<'_> {
         let now = Instant::now();
         *phase(&mut self.phases) += now.duration_since(t).as_secs_f64();
         now
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn larger_crops_take_fewer_views_per_batch() {
+        // 224, 308, 392 and 518 px at patch 14, class token included.
+        let sides = [224i64, 308, 392, 518];
+        let batches: Vec<usize> = sides
+            .iter()
+            .map(|s| build_batch((s / 14) * (s / 14) + 1))
+            .collect();
+        assert_eq!(batches, [32, 16, 10, 6]);
+        assert_eq!(build_batch(1), BUILD_BATCH, "never above the 224-px batch");
+        assert_eq!(build_batch(1 << 20), 1, "at least one view");
+        assert_eq!(build_batch(0), BUILD_BATCH);
     }
 }

@@ -27,7 +27,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
-pub use build::{BuildPhases, BUILD_BATCH};
+pub use build::{build_batch, BuildPhases, BUILD_BATCH};
 pub use key::BankKey;
 
 /// Whether `dir` holds a cache file named for `key` (opening it checks that it is valid).
