@@ -22,7 +22,7 @@ pub const BUILD_BATCH: usize = 32;
 /// views at 224 px. Larger crops take fewer views per batch, so the build's working set stays
 /// that of the 224-px batch: at 392 px (785 tokens) 32 views held 2.08 GiB resident on MTD, 8
 /// views 1.25 GiB (docs/results.md, tenth session).
-pub const BUILD_TOKENS: i64 = BUILD_BATCH as i64 * 257;
+const BUILD_TOKENS: i64 = BUILD_BATCH as i64 * 257;
 
 /// Views per batch of the build for views of `tokens` tokens each (class token included).
 pub fn build_batch(tokens: i64) -> usize {
