@@ -159,7 +159,10 @@ fn every_section_checks_its_own_keys() {
     c.inference.merge_temperature = Some(0.0);
     (c.inference.refine_steps, c.inference.spectral_neighbors) = (1, 1);
     c.inference.assign = crate::config::ImageAssign::Spectral;
-    c.detect.zero_shot_fraction = 0.0;
+    let d = &mut c.detect;
+    (d.zero_shot_fraction, d.fuse_mutual, d.holdout, d.blur) = (0.0, 1.5, 0.6, f64::NAN);
+    (d.fuse_cnn, d.image_size) = (CnnMix::Weight(-0.1), ImageSize::Fixed(16));
+    d.aggregate_sizes = vec![1, 4, 1];
     let got = c.validate().unwrap_err();
     let want = [
         "binarization.sample_rate must be in 1..=255 (got 0)",
@@ -200,6 +203,13 @@ fn every_section_checks_its_own_keys() {
         "inference.spectral_neighbors must be in 2..=100 (got 1)",
         "inference.refine_steps refines the heads' answer; set it to 0 with inference.assign: \
          spectral",
+        "detect.fuse_mutual must be in [0, 1] (got 1.5)",
+        "detect.fuse_cnn must be `auto` or in [0, 1] (got -0.1)",
+        "detect.holdout must be in [0, 0.5] (got 0.6)",
+        "detect.blur must be in [0, 32] (got NaN)",
+        "detect.aggregate_sizes must hold distinct odd sides in 1..=15 (got [1, 4, 1]), e.g. \
+         [1, 3, 5]",
+        "detect.image_size must be `auto` or in 32..=2048 pixels (got 16)",
         "detect.zero_shot_fraction must be in (0, 1] (got 0)",
     ];
     // Each message whole (one holds a `; ` itself), and nothing else.

@@ -20,8 +20,8 @@ pub struct Slicing {
     pub sizes: Vec<i64>,
 }
 
-/// The largest neighbourhood side accepted.
-pub const MAX_SIZE: i64 = 15;
+/// The largest neighbourhood side accepted (the config checks the same bound).
+pub use crate::config::MAX_AGGREGATE_SIZE as MAX_SIZE;
 
 impl Slicing {
     /// One slice: the blocks' mean averaged over `k`×`k` neighbourhoods.

@@ -7,7 +7,7 @@ use tch::Device;
 
 use super::features::Resize;
 use super::maps;
-use crate::config::{CnnMix, ImageSize, Precision};
+use crate::config::{CnnMix, ImageSize, Precision, IMAGE_SIDES, MAX_BLUR, MAX_HOLDOUT};
 use crate::error::{Error, Result};
 
 /// What to run.
@@ -135,10 +135,12 @@ pub fn resolve_image_size(size: ImageSize, images: &[PathBuf], what: &str) -> Re
 }
 
 fn checked_side(n: u32, what: &str) -> Result<u32> {
-    match n {
-        32..=2048 => Ok(n),
-        _ => Err(Error::usage(format!(
-            "{what} {n}: use 32..=2048 pixels or auto (e.g. {DEFAULT_VIT_IMAGE_SIZE})"
+    match IMAGE_SIDES.contains(&n) {
+        true => Ok(n),
+        false => Err(Error::usage(format!(
+            "{what} {n}: use {}..={} pixels or auto (e.g. {DEFAULT_VIT_IMAGE_SIZE})",
+            IMAGE_SIDES.start(),
+            IMAGE_SIDES.end()
         ))),
     }
 }
@@ -263,7 +265,7 @@ pub(crate) fn check_spec(s: &DetectSpec) -> Result<()> {
         }
         if !(s.zero_shot_fraction > 0.0 && s.zero_shot_fraction <= 1.0) {
             return Err(Error::usage(format!(
-                "--zero-shot-fraction {}: give a fraction in (0, 1], e.g. 0.3",
+                "--zero-shot-fraction {}: give a fraction in (0, 1], e.g. {DEFAULT_ZERO_SHOT_FRACTION}",
                 s.zero_shot_fraction
             )));
         }
@@ -319,9 +321,9 @@ fn check_variants(s: &DetectSpec) -> Result<()> {
             return Err(Error::usage(format!("--fuse-cnn {why}")));
         }
     }
-    if !(0.0..=0.5).contains(&s.holdout) {
+    if !(0.0..=MAX_HOLDOUT).contains(&s.holdout) {
         return Err(Error::usage(format!(
-            "--holdout-normals {}: give a fraction in [0, 0.5] of the normal images (0: off, e.g. 0.1)",
+            "--holdout-normals {}: give a fraction in [0, {MAX_HOLDOUT}] of the normal images (0: off, e.g. 0.1)",
             s.holdout
         )));
     }
@@ -330,9 +332,9 @@ fn check_variants(s: &DetectSpec) -> Result<()> {
             "--holdout-normals holds normal images out of the memory bank: give --train, not --zero-shot",
         ));
     }
-    if !(0.0..=32.0).contains(&s.blur) {
+    if !(0.0..=MAX_BLUR).contains(&s.blur) {
         return Err(Error::usage(format!(
-            "--blur {}: give the maps' Gaussian sigma at a side of 256 in [0, 32] (0: none, default 4)",
+            "--blur {}: give the maps' Gaussian sigma at a side of 256 in [0, {MAX_BLUR}] (0: none, default 4)",
             s.blur
         )));
     }

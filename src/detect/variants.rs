@@ -82,10 +82,10 @@ mod tests {
         assert_eq!((s.fuse_cnn, z.fuse_cnn), (CnnMix::Auto, CnnMix::OFF));
         // `zero_shot_fraction`: the zero-shot score's share of the lowest distances; a fitted
         // run at the default keeps today's settings.
-        let f: MapVariants = serde_json::from_str(r#"{"zero_shot_fraction": 0.15}"#).unwrap();
+        let f: MapVariants = serde_json::from_str(r#"{"zero_shot_fraction": 0.3}"#).unwrap();
         let mut z = spec(false);
         f.apply(&mut z);
-        assert_eq!(z.zero_shot_fraction, 0.15);
+        assert_eq!(z.zero_shot_fraction, 0.3);
         assert_ne!(z.settings(), spec(false).settings());
         assert!(!serde_json::to_string(&MapVariants::default())
             .unwrap()

@@ -65,7 +65,7 @@ fn the_detector_input_side_follows_the_images_unless_set() {
     fails(
         p,
         &with(&["--set", "detect.image_size=9999"]),
-        &["detect.image_size 9999", "32..=2048"],
+        &["detect.image_size", "32..=2048", "got 9999"],
     );
     std::fs::write(p.join("images/dent/1.png"), b"").unwrap();
     fails(p, &with(&[]), &["dent/1.png", "0 bytes"]);
