@@ -27,6 +27,19 @@ pub const MAX_AGGREGATE_SIZE: i64 = 15;
 /// The backbone input sides a fixed `image_size` may take.
 pub const IMAGE_SIDES: std::ops::RangeInclusive<u32> = 32..=2048;
 
+/// Whether `sizes` are distinct odd neighbourhood sides in `1..=MAX_AGGREGATE_SIZE` (the
+/// config's `aggregate_sizes` and the detector's `--aggregate` / `--aggregate-sizes`).
+pub fn valid_aggregate_sizes(sizes: &[i64]) -> bool {
+    let odd = |k: i64| (1..=MAX_AGGREGATE_SIZE).contains(&k) && k % 2 == 1;
+    let distinct = (1..sizes.len()).all(|i| !sizes[..i].contains(&sizes[i]));
+    sizes.iter().all(|&k| odd(k)) && distinct
+}
+
+/// Whether `f` is a zero-shot share of the reference distances: in (0, 1].
+pub fn valid_zero_shot_fraction(f: f64) -> bool {
+    f > 0.0 && f <= 1.0
+}
+
 /// What `detect --per-block / --aggregate-sizes / --fuse-mutual / --fuse-cnn / --holdout-normals / --blur
 /// / --zero-shot-fraction` set, with the command's defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,9 +101,7 @@ impl MapVariants {
             format!("detect.blur must be in [0, {MAX_BLUR}] (got {})", self.blur)
         });
         let sizes = &self.aggregate_sizes;
-        let odd = |k: i64| (1..=MAX_AGGREGATE_SIZE).contains(&k) && k % 2 == 1;
-        let distinct = (1..sizes.len()).all(|i| !sizes[..i].contains(&sizes[i]));
-        c.need(sizes.iter().all(|&k| odd(k)) && distinct, || {
+        c.need(valid_aggregate_sizes(sizes), || {
             format!(
                 "detect.aggregate_sizes must hold distinct odd sides in 1..={MAX_AGGREGATE_SIZE} \
                  (got {sizes:?}), e.g. [1, 3, 5]"
@@ -105,15 +116,12 @@ impl MapVariants {
                 )
             });
         }
-        c.need(
-            self.zero_shot_fraction > 0.0 && self.zero_shot_fraction <= 1.0,
-            || {
-                format!(
-                    "detect.zero_shot_fraction must be in (0, 1] (got {})",
-                    self.zero_shot_fraction
-                )
-            },
-        );
+        c.need(valid_zero_shot_fraction(self.zero_shot_fraction), || {
+            format!(
+                "detect.zero_shot_fraction must be in (0, 1] (got {})",
+                self.zero_shot_fraction
+            )
+        });
     }
 }
 

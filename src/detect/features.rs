@@ -264,7 +264,7 @@ impl FeatureExtractor {
     /// default is none: on MTD a 3×3 mean blurred small defects (blowholes, cracks) into
     /// normal texture and moved the maps' maxima off them (argmax in defect 57 % against 77 %).
     pub fn with_aggregate(mut self, k: i64) -> Result<Self> {
-        if k < 1 || k % 2 == 0 || k > super::slices::MAX_SIZE {
+        if !crate::config::valid_aggregate_sizes(&[k]) {
             return Err(Error::usage(format!(
                 "--aggregate {k}: give an odd neighbourhood side in 1..={} (1: none, 3: PatchCore's 3x3)",
                 super::slices::MAX_SIZE

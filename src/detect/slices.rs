@@ -34,12 +34,7 @@ impl Slicing {
 
     /// Checks the sizes (each odd in `1..=MAX_SIZE`, distinct, at least one).
     pub fn check(&self) -> Result<()> {
-        let bad = self.sizes.is_empty()
-            || self
-                .sizes
-                .iter()
-                .any(|&k| k < 1 || k % 2 == 0 || k > MAX_SIZE)
-            || (1..self.sizes.len()).any(|i| self.sizes[..i].contains(&self.sizes[i]));
+        let bad = self.sizes.is_empty() || !crate::config::valid_aggregate_sizes(&self.sizes);
         if bad {
             return Err(Error::usage(format!(
                 "neighbourhood sizes {:?}: give distinct odd sides in 1..={MAX_SIZE} (1: none, 3: a 3x3 mean), e.g. 1,3,5",

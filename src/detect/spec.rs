@@ -7,7 +7,9 @@ use tch::Device;
 
 use super::features::Resize;
 use super::maps;
-use crate::config::{CnnMix, ImageSize, Precision, IMAGE_SIDES, MAX_BLUR, MAX_HOLDOUT};
+use crate::config::{
+    valid_zero_shot_fraction, CnnMix, ImageSize, Precision, IMAGE_SIDES, MAX_BLUR, MAX_HOLDOUT,
+};
 use crate::error::{Error, Result};
 
 /// What to run.
@@ -263,7 +265,7 @@ pub(crate) fn check_spec(s: &DetectSpec) -> Result<()> {
                 s.zero_shot_refs
             )));
         }
-        if !(s.zero_shot_fraction > 0.0 && s.zero_shot_fraction <= 1.0) {
+        if !valid_zero_shot_fraction(s.zero_shot_fraction) {
             return Err(Error::usage(format!(
                 "--zero-shot-fraction {}: give a fraction in (0, 1], e.g. {DEFAULT_ZERO_SHOT_FRACTION}",
                 s.zero_shot_fraction
@@ -290,8 +292,7 @@ fn check_variants(s: &DetectSpec) -> Result<()> {
             "--fuse-mutual mixes the fitted score with the zero-shot one: give --train, not --zero-shot",
         ));
     }
-    let refs_ok =
-        s.zero_shot_refs >= 2 && s.zero_shot_fraction > 0.0 && s.zero_shot_fraction <= 1.0;
+    let refs_ok = s.zero_shot_refs >= 2 && valid_zero_shot_fraction(s.zero_shot_fraction);
     if s.fuse_mutual > 0.0 && !refs_ok {
         return Err(Error::usage(format!(
             "--fuse-mutual: --zero-shot-refs {} / --zero-shot-fraction {}: give at least 2 references and a fraction in (0, 1]",
