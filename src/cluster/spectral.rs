@@ -157,6 +157,31 @@ impl Graph {
         self.edges.len()
     }
 
+    /// The sum of two graphs on the same points: every edge of either, with the weights of an
+    /// edge in both added (a multi-view affinity: each view joins the points it holds close).
+    pub fn sum(&self, other: &Graph) -> Result<Graph> {
+        if self.len() != other.len() {
+            return Err(Error::runtime(format!(
+                "spectral clustering: graphs of {} and {} points cannot be added",
+                self.len(),
+                other.len()
+            )));
+        }
+        let edges = self
+            .edges
+            .iter()
+            .zip(&other.edges)
+            .map(|(a, b)| {
+                let mut m: std::collections::BTreeMap<usize, f64> = a.iter().copied().collect();
+                for &(j, w) in b {
+                    *m.entry(j).or_default() += w;
+                }
+                m.into_iter().collect()
+            })
+            .collect();
+        Ok(Graph { edges })
+    }
+
     /// The normalised affinity D^{-1/2} W D^{-1/2}, in the same sparse form.
     fn normalised(&self) -> Graph {
         let inv: Vec<f64> = self
@@ -293,9 +318,41 @@ pub fn fit(points: ArrayView2<f32>, opts: SpectralOptions) -> Result<Vec<usize>>
     if opts.k == 1 {
         return Ok(vec![0; n]);
     }
-    let g = graph(points, opts.neighbors)?;
-    let u = embed(&g, opts.k, opts.dense_max_points, opts.seed)?;
-    let pinned = vec![None; n];
+    fit_graph(&graph(points, opts.neighbors)?, opts)
+}
+
+/// Spectral clustering of the points of each view (`[n, D_v]`, the same n points described by
+/// different features) on the sum of their graphs ([`Graph::sum`]), each graph with
+/// `opts.neighbors` neighbours. One view is [`fit`].
+pub fn fit_views(views: &[ArrayView2<f32>], opts: SpectralOptions) -> Result<Vec<usize>> {
+    let Some(first) = views.first() else {
+        return Err(Error::runtime(
+            "spectral clustering needs at least one view",
+        ));
+    };
+    let n = first.nrows();
+    if views.iter().any(|v| v.nrows() != n) {
+        return Err(Error::runtime(
+            "spectral clustering: the views describe different numbers of points",
+        ));
+    }
+    if opts.k == 0 || opts.k > n {
+        return fit(*first, opts);
+    }
+    if opts.k == 1 {
+        return Ok(vec![0; n]);
+    }
+    let mut g = graph(*first, opts.neighbors)?;
+    for v in &views[1..] {
+        g = g.sum(&graph(*v, opts.neighbors)?)?;
+    }
+    fit_graph(&g, opts)
+}
+
+/// The k-means on the graph's spectral embedding (`opts.neighbors` is not read).
+fn fit_graph(g: &Graph, opts: SpectralOptions) -> Result<Vec<usize>> {
+    let u = embed(g, opts.k, opts.dense_max_points, opts.seed)?;
+    let pinned = vec![None; g.len()];
     Ok(kmeans::fit(u.view(), &pinned, KMeansOptions::new(opts.k, opts.seed))?.assign)
 }
 
@@ -351,6 +408,58 @@ mod tests {
         let dup = Array2::from_shape_vec((3, 1), vec![1.0, 1.0, 1.0]).unwrap();
         let g = graph(dup.view(), 2).unwrap();
         assert!(g.edges.iter().flatten().all(|(_, w)| w.is_finite()));
+    }
+
+    #[test]
+    fn graphs_add_edge_by_edge_and_a_doubled_graph_clusters_alike() {
+        let a = Graph {
+            edges: vec![vec![(1, 0.5)], vec![(0, 0.5)], vec![]],
+        };
+        let b = Graph {
+            edges: vec![vec![(1, 0.25), (2, 1.0)], vec![(0, 0.25)], vec![(0, 1.0)]],
+        };
+        let s = a.sum(&b).unwrap();
+        assert_eq!(
+            s.edges,
+            [vec![(1, 0.75), (2, 1.0)], vec![(0, 0.75)], vec![(0, 1.0)]]
+        );
+        let short = Graph {
+            edges: vec![vec![]],
+        };
+        assert!(a.sum(&short).is_err());
+        // The normalised affinity does not change when every weight doubles: two identical
+        // views give one view's answer.
+        let (pts, _) = moons();
+        let opts = SpectralOptions::new(2, 10, 0);
+        let one = fit(pts.view(), opts).unwrap();
+        assert_eq!(fit_views(&[pts.view(), pts.view()], opts).unwrap(), one);
+    }
+
+    #[test]
+    fn a_second_view_splits_what_the_first_cannot() {
+        // Three types of 40 points. The first view holds A apart but draws B and C from one
+        // cloud in 40 dimensions, where a neighbour graph has no cheap cut (any split of the
+        // cloud cuts about half its edges); the second holds all three apart. Their sum takes
+        // the second's split of the cloud.
+        let (per, k) = (40, 3);
+        let truth: Vec<usize> = (0..per * k).map(|i| i / per).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut jitter = || rng.gen_range(-0.3f32..0.3);
+        let first = Array2::from_shape_fn((per * k, 40), |(i, j)| {
+            (truth[i] == 0 && j == 0) as u8 as f32 * 5.0 + jitter()
+        });
+        let second = Array2::from_shape_fn((per * k, 3), |(i, j)| {
+            (truth[i] == j) as u8 as f32 * 3.0 + jitter()
+        });
+        let opts = SpectralOptions::new(k, 10, 0);
+        let alone = fit(first.view(), opts).unwrap();
+        assert!(metrics::ari(&truth, &alone).unwrap() < 0.8);
+        let both = fit_views(&[first.view(), second.view()], opts).unwrap();
+        // One or two of the cloud's points may follow the first view's noise.
+        assert!(metrics::ari(&truth, &both).unwrap() > 0.95);
+        assert!(fit_views(&[], opts).is_err());
+        let short = second.slice(ndarray::s![..5, ..]);
+        assert!(fit_views(&[first.view(), short], opts).is_err());
     }
 
     #[test]

@@ -59,6 +59,20 @@ pub enum ImageAssign {
     Spectral,
 }
 
+/// Which neighbour graphs `inference.assign: spectral` clusters the images on
+/// (`inference.spectral_graph`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SpectralGraph {
+    /// The graph of the images' trained features alone.
+    #[default]
+    Trained,
+    /// The sum of that graph and the graph of the images' pooled detector features (the
+    /// detector backbone's patch features pooled under each image's map; the source
+    /// `training.neighbor_features` names, else the detector's or a pass over the images).
+    TrainedAndPooled,
+}
+
 /// Ours: region merging at image level.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -74,6 +88,8 @@ pub struct Inference {
     pub assign: ImageAssign,
     /// `assign: spectral`: the nearest neighbours that join an image in the graph.
     pub spectral_neighbors: usize,
+    /// `assign: spectral`: the graphs it clusters on (not read with `assign: heads`).
+    pub spectral_graph: SpectralGraph,
 }
 
 impl Default for Inference {
@@ -83,11 +99,18 @@ impl Default for Inference {
             refine_steps: 0,
             assign: ImageAssign::default(),
             spectral_neighbors: 10,
+            spectral_graph: SpectralGraph::default(),
         }
     }
 }
 
 impl Inference {
+    /// Whether the answer reads the images' pooled detector features.
+    pub fn reads_pooled(&self) -> bool {
+        self.assign == ImageAssign::Spectral
+            && self.spectral_graph == SpectralGraph::TrainedAndPooled
+    }
+
     /// The ranges serde's types cannot express.
     pub(super) fn check(&self, c: &mut Checks) {
         if let Some(tm) = self.merge_temperature {

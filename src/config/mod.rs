@@ -23,7 +23,7 @@ pub use detect::{
     valid_aggregate_sizes, valid_zero_shot_fraction, CnnMix, ImageSize, MapVariants, DEFAULT_BLUR,
     DEFAULT_ZERO_SHOT_FRACTION, IMAGE_SIDES, MAX_AGGREGATE_SIZE, MAX_BLUR, MAX_HOLDOUT,
 };
-pub use experiment::{Experiment, ImageAssign, Inference};
+pub use experiment::{Experiment, ImageAssign, Inference, SpectralGraph};
 pub use models::{GuidanceMode, Models, Precision, MAX_HEADS, MAX_IMAGE_SIZE};
 pub use training::{
     KCriterion, Loss, NeighbourFeatures, Training, MAX_CACHE_VIEWS, MAX_EPOCHS, MAX_WORKERS,
@@ -139,6 +139,17 @@ impl Config {
         self.experiment.check(&mut c);
         self.inference.check(&mut c);
         self.detect.check(&mut c);
+        let t = &self.training;
+        c.need(
+            t.neighbor_features.is_none()
+                || t.neighbor_views > 0.0
+                || self.inference.reads_pooled(),
+            || {
+                "training.neighbor_features is read only with training.neighbor_views > 0 or \
+                 inference.spectral_graph: trained_and_pooled"
+                    .into()
+            },
+        );
         match c.0.is_empty() {
             true => Ok(()),
             false => Err(c.0.join("; ")),

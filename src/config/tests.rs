@@ -103,6 +103,7 @@ fn the_fingerprint_keeps_every_key_but_speed_logging_and_folders() {
         "bf16",
         "soft",
         "spectral",
+        "trained_and_pooled",
         "guided",
         "whole_image",
         "eigengap",
@@ -267,4 +268,35 @@ fn neighbor_features_read_pooled_or_a_folder() {
     let text = serde_yaml::to_string(&c.training).unwrap();
     assert!(text.contains("neighbor_features: ./pooled"), "{text}");
     assert!(read("''").is_err());
+}
+
+#[test]
+fn the_spectral_graph_reads_pooled_features_only_under_spectral() {
+    use crate::config::{ImageAssign, SpectralGraph};
+    let load = |set: &[&str]| {
+        let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+        Config::load(None, &set)
+    };
+    let c = load(&[]).unwrap();
+    assert_eq!(c.inference.spectral_graph, SpectralGraph::Trained);
+    assert!(!c.inference.reads_pooled());
+    let both = "inference.spectral_graph=trained_and_pooled";
+    let c = load(&[both, "inference.assign=spectral"]).unwrap();
+    assert_eq!(c.inference.spectral_graph, SpectralGraph::TrainedAndPooled);
+    assert!(c.inference.reads_pooled());
+    // The heads' answer reads no graph.
+    let c = load(&[both]).unwrap();
+    assert_eq!(c.inference.assign, ImageAssign::Heads);
+    assert!(!c.inference.reads_pooled());
+    let e = load(&["inference.spectral_graph=pooled"]).unwrap_err();
+    assert!(e.to_string().contains("inference.spectral_graph"), "{e}");
+    // A features folder without neighbour views serves the answer's graph, and nothing else.
+    let folder = "training.neighbor_features=runs/pooled";
+    assert!(load(&[folder, both, "inference.assign=spectral"]).is_ok());
+    let e = load(&[folder, both]).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("training.neighbor_features is read only with training.neighbor_views > 0"),
+        "{e}"
+    );
 }

@@ -211,10 +211,6 @@ impl Training {
                 )
             },
         );
-        c.need(
-            self.neighbor_features.is_none() || self.neighbor_views > 0.0,
-            || "training.neighbor_features is read only with training.neighbor_views > 0".into(),
-        );
         c.need((1..=MAX_CACHE_VIEWS).contains(&self.cache_views), || {
             format!(
                 "training.cache_views must be in 1..={MAX_CACHE_VIEWS} (got {})",

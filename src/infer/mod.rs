@@ -9,6 +9,8 @@ pub mod refine;
 pub mod spectral;
 pub mod trained;
 
+use ndarray::ArrayView2;
+
 use crate::config::{ImageAssign, Inference};
 use crate::error::Result;
 use predict::Predictions;
@@ -23,8 +25,15 @@ pub struct StoredAnswer {
 }
 
 /// Puts the images of `preds` (the heads' region-merged answer) into clusters as `inference`
-/// says; `seed` seeds spectral clustering's k-means.
-pub fn answer(preds: &mut Predictions, inference: &Inference, seed: u64) -> Result<StoredAnswer> {
+/// says; `seed` seeds spectral clustering's k-means. `pooled`: the images' pooled detector
+/// features, one row per image of `preds` in its order, which the caller gives when
+/// [`Inference::reads_pooled`].
+pub fn answer(
+    preds: &mut Predictions,
+    inference: &Inference,
+    seed: u64,
+    pooled: Option<ArrayView2<f32>>,
+) -> Result<StoredAnswer> {
     Ok(match inference.assign {
         ImageAssign::Heads => StoredAnswer {
             centroids: refine::refine(preds, inference.refine_steps)?,
@@ -32,7 +41,12 @@ pub fn answer(preds: &mut Predictions, inference: &Inference, seed: u64) -> Resu
         },
         ImageAssign::Spectral => StoredAnswer {
             centroids: Vec::new(),
-            neighbours: Some(spectral::assign(preds, inference.spectral_neighbors, seed)?),
+            neighbours: Some(spectral::assign(
+                preds,
+                inference.spectral_neighbors,
+                seed,
+                pooled.filter(|_| inference.reads_pooled()),
+            )?),
         },
     })
 }

@@ -17,6 +17,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use ndarray::ArrayView2;
 use tch::{Kind, Tensor};
 
 use super::predict::Predictions;
@@ -38,19 +39,34 @@ pub struct Neighbours {
 
 /// Replaces the image clusters of `preds` by spectral clustering of the images' trained
 /// features with `neighbors` graph neighbours (k-means seeded by `seed`), and returns what the
-/// checkpoint stores to reproduce the answer.
-pub fn assign(preds: &mut Predictions, neighbors: usize, seed: u64) -> Result<Neighbours> {
+/// checkpoint stores to reproduce the answer. With `pooled` (one row per image of `preds`, in
+/// its order: the images' pooled detector features), the graph is the sum of the two features'
+/// graphs ([`spectral::fit_views`]); the stored answer is the same kind, the trained features
+/// and the clusters.
+pub fn assign(
+    preds: &mut Predictions,
+    neighbors: usize,
+    seed: u64,
+    pooled: Option<ArrayView2<f32>>,
+) -> Result<Neighbours> {
     let features = image_features(preds)?;
     let n = features.len();
     let k = preds.num_clusters.min(n);
     let d = features.first().map_or(0, Vec::len);
     let flat: Vec<f32> = features.iter().flatten().copied().collect();
-    let points = ndarray::ArrayView2::from_shape((n, d), &flat)
+    let points = ArrayView2::from_shape((n, d), &flat)
         .map_err(|e| Error::runtime(format!("image features: {e}")))?;
-    let found = if n < 2 {
-        vec![0; n]
-    } else {
-        spectral::fit(points, SpectralOptions::new(k, neighbors, seed))?
+    if let Some(p) = pooled.filter(|p| p.nrows() != n) {
+        return Err(Error::runtime(format!(
+            "{} pooled features for {n} images",
+            p.nrows()
+        )));
+    }
+    let opts = SpectralOptions::new(k, neighbors, seed);
+    let found = match pooled {
+        _ if n < 2 => vec![0; n],
+        Some(p) => spectral::fit_views(&[points.view(), p.view()], opts)?,
+        None => spectral::fit(points, opts)?,
     };
     let heads: Vec<usize> = preds.images.iter().map(|i| i.cluster).collect();
     let to_heads = crate::metrics::hungarian_match(&heads, &found)?;
@@ -60,9 +76,13 @@ pub fn assign(preds: &mut Predictions, neighbors: usize, seed: u64) -> Result<Ne
         preds,
         &stored.clusters.iter().map(|&c| Some(c)).collect::<Vec<_>>(),
     );
+    let graphs = match pooled {
+        Some(_) => "trained and pooled detector features' graphs",
+        None => "features",
+    };
     log::info!(
-        "image clusters by spectral clustering of the images' features ({neighbors} neighbours): \
-         {moved} of {n} images differ from the region-merged answer"
+        "image clusters by spectral clustering of the images' {graphs} ({neighbors} \
+         neighbours): {moved} of {n} images differ from the region-merged answer"
     );
     Ok(stored)
 }
@@ -172,7 +192,7 @@ mod tests {
         // The heads number the groups 1 and 0 and put image 3 with the second group.
         let heads = [1, 1, 1, 0, 1, 1, 0, 0, 0, 0, 0, 0];
         let mut p = preds(&t, &heads, 2);
-        let stored = assign(&mut p, 4, 0).unwrap();
+        let stored = assign(&mut p, 4, 0, None).unwrap();
         let got: Vec<usize> = p.images.iter().map(|i| i.cluster).collect();
         assert_eq!(got, [1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0]);
         // The moved image's confidence is its merged probability of its new cluster; the crop
@@ -191,10 +211,38 @@ mod tests {
     }
 
     #[test]
+    fn pooled_features_join_the_graph_and_the_stored_answer_stays_trained() {
+        let t = two_groups();
+        let heads = [0; 12];
+        let mut alone = preds(&t, &heads, 2);
+        assign(&mut alone, 4, 0, None).unwrap();
+        // The same features as the pooled view: the summed graph is the graph doubled, whose
+        // normalised affinity (and so the answer) is the same.
+        let flat: Vec<f32> = t.iter().flatten().copied().collect();
+        let same = ndarray::Array2::from_shape_vec((12, 2), flat).unwrap();
+        let mut both = preds(&t, &heads, 2);
+        let stored = assign(&mut both, 4, 0, Some(same.view())).unwrap();
+        assert_eq!(both.images, alone.images);
+        assert_eq!(
+            stored.features[0].len(),
+            2,
+            "the trained features are stored"
+        );
+        // One row short is an error, not a panic.
+        let mut p = preds(&t, &heads, 2);
+        let short = same.slice(ndarray::s![..11, ..]);
+        let e = assign(&mut p, 4, 0, Some(short)).unwrap_err();
+        assert!(
+            e.to_string().contains("11 pooled features for 12 images"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn a_new_image_takes_its_nearest_stored_images_cluster() {
         let t = two_groups();
         let mut p = preds(&t, &[0; 12], 2);
-        let stored = assign(&mut p, 4, 0).unwrap();
+        let stored = assign(&mut p, 4, 0, None).unwrap();
         let second = stored.clusters[11];
         let r = 79f32.to_radians();
         let mut q = preds(&[[r.cos(), r.sin()]], &[1 - second], 2);
@@ -210,7 +258,7 @@ mod tests {
             Neighbours::from_tensors(&BTreeMap::new(), origin).unwrap(),
             None
         );
-        let good = assign(&mut p, 4, 0).unwrap();
+        let good = assign(&mut p, 4, 0, None).unwrap();
         let mut t = good.to_tensors();
         t.remove(CLUSTERS);
         assert!(Neighbours::from_tensors(&t, origin).is_err());
@@ -231,6 +279,6 @@ mod tests {
         };
         assert!(assign_stored(&mut p, &wrong_cluster).is_err());
         p.class_tokens.clear();
-        assert!(assign(&mut p, 4, 0).is_err());
+        assert!(assign(&mut p, 4, 0, None).is_err());
     }
 }

@@ -23,19 +23,61 @@ use crate::config::{Config, NeighbourFeatures};
 use crate::data::{CropSet, NeighbourViews};
 use crate::detect::pooled::{DEFAULT_POOLING, DETECT_FEATURES_FILE, DETECT_IMAGES_FILE};
 use crate::error::{Error, Result};
+use crate::infer::predict::Predictions;
 use crate::mebin::{folders::pair_folders, MapItem};
 
 /// The files of `training.neighbor_features` that the train stage's fingerprint digests.
 pub const NEIGHBOUR_FEATURES_FILES: [&str; 2] = [POOLED_FEATURES, POOLED_IMAGES];
 
+/// The images' pooled detector features, one row per image keyed `<type>/<stem>`, and where
+/// they came from (named in the log and in errors).
+pub(super) struct PooledImages {
+    keys: Vec<String>,
+    feats: Array2<f32>,
+    source: PathBuf,
+    what: String,
+}
+
+/// The pooled features of the images of `set`'s novel crops, read once per train stage for
+/// the neighbour views and the answer: from `training.neighbor_features: DIR`; else the ones the
+/// built-in detector wrote beside the maps when they cover every novel crop; else computed
+/// here from the images and maps.
+pub(super) fn pooled_images(spec: &TrainSpec, cfg: &Config, set: &CropSet) -> Result<PooledImages> {
+    let novel = set.novel_indices();
+    if let Some(NeighbourFeatures::Folder(dir)) = &cfg.training.neighbor_features {
+        let (keys, feats) = read_pooled(&dir.join(POOLED_FEATURES), &dir.join(POOLED_IMAGES))?;
+        let what = format!("their images' features in {}", dir.display());
+        let p = PooledImages {
+            keys,
+            feats,
+            source: dir.clone(),
+            what,
+        };
+        crops_rows(&p, set, &novel)?;
+        return Ok(p);
+    }
+    if let Some(p) = detector_features(spec, set, &novel) {
+        return Ok(p);
+    }
+    let (keys, feats) = pooled_here(spec, cfg)?;
+    let what = "their images' pooled detector features".to_string();
+    Ok(PooledImages {
+        keys,
+        feats,
+        source: spec.images.clone(),
+        what,
+    })
+}
+
 /// The novel crops' nearest neighbours, when `training.neighbor_views` asks for neighbour views:
 /// by `tokens` (the pretrained class tokens of `tokens.novel_items`), or by their images'
-/// pooled features (`training.neighbor_features`), which need no `tokens`.
+/// pooled features (`training.neighbor_features`: `pooled`, [`pooled_images`]), which need no
+/// `tokens`.
 pub(super) fn neighbour_views(
-    spec: &TrainSpec,
     cfg: &Config,
     set: &CropSet,
     tokens: Option<&SetTokens>,
+    pooled: Option<&PooledImages>,
 ) -> Result<Option<NeighbourViews>> {
     let t = &cfg.training;
     if t.neighbor_views <= 0.0 {
@@ -49,37 +91,21 @@ pub(super) fn neighbour_views(
             &own
         }
     };
-    let (rows, by) = match &t.neighbor_features {
-        Some(NeighbourFeatures::Folder(dir)) => (
-            crops_rows(
-                read_pooled(&dir.join(POOLED_FEATURES), &dir.join(POOLED_IMAGES))?,
-                dir,
-                set,
-                items,
-            )?,
-            format!("their images' features in {}", dir.display()),
-        ),
-        Some(NeighbourFeatures::Pooled) => match detector_rows(spec, set, items) {
-            Some((rows, maps)) => (
-                rows,
-                format!(
-                    "their images' pooled features that the detector wrote in {}",
-                    maps.display()
-                ),
-            ),
-            None => (
-                crops_rows(pooled_here(spec, cfg)?, &spec.images, set, items)?,
-                "their images' pooled detector features".to_string(),
-            ),
-        },
-        None => (
+    let (rows, by) = match (&t.neighbor_features, pooled) {
+        (Some(_), Some(p)) => (crops_rows(p, set, items)?, p.what.as_str()),
+        (Some(_), None) => {
+            return Err(Error::runtime(
+                "neighbour views by pooled features need the images' pooled features",
+            ))
+        }
+        (None, _) => (
             tokens
                 .ok_or_else(|| {
                     Error::runtime("neighbour views by the class tokens need the pretrained tokens")
                 })?
                 .novel
                 .clone(),
-            "the pretrained class tokens".to_string(),
+            "the pretrained class tokens",
         ),
     };
     let near = crate::cluster::spectral::cosine_neighbours(rows.view(), t.neighbor_count);
@@ -96,14 +122,48 @@ pub(super) fn neighbour_views(
     Ok(Some(NeighbourViews::new(t.neighbor_views, of)?))
 }
 
+/// The rows of `pooled` for the images of `preds`, in its order (`inference.spectral_graph`).
+pub(super) fn image_rows(pooled: &PooledImages, preds: &Predictions) -> Result<Array2<f32>> {
+    let index = pooled.index();
+    let mut rows = Array2::<f32>::zeros((preds.images.len(), pooled.feats.ncols()));
+    for (r, img) in preds.images.iter().enumerate() {
+        let key = image_stem_key(&img.image);
+        let src = pooled.row_of(&index, &key, &img.image)?;
+        rows.row_mut(r).assign(&pooled.feats.row(src));
+    }
+    Ok(rows)
+}
+
+impl PooledImages {
+    fn index(&self) -> HashMap<&str, usize> {
+        self.keys
+            .iter()
+            .enumerate()
+            .map(|(r, k)| (k.as_str(), r))
+            .collect()
+    }
+
+    /// The row of image `key`; an input error naming the source and `of` (a crop or an image)
+    /// when it has none.
+    fn row_of(&self, index: &HashMap<&str, usize>, key: &str, of: &str) -> Result<usize> {
+        index.get(key).copied().ok_or_else(|| {
+            Error::input(
+                &self.source,
+                format!(
+                    "no pooled feature for {key} (of {of}) in {}; make the features from the \
+                     same images and maps with `anomalyncd baseline --method pooled --images \
+                     IMAGES --anomaly-maps MAPS --out DIR`",
+                    self.what
+                ),
+            )
+        })
+    }
+}
+
 /// The maps folder's pooled features, when the built-in detector wrote them there
-/// ([`DETECT_FEATURES_FILE`]) for every image of the crops; `None` (logged when the files are
-/// there) otherwise.
-fn detector_rows(
-    spec: &TrainSpec,
-    set: &CropSet,
-    items: &[usize],
-) -> Option<(Array2<f32>, PathBuf)> {
+/// ([`DETECT_FEATURES_FILE`]) for every image of the crops `items`; `None` (logged when the
+/// files are there) otherwise.
+fn detector_features(spec: &TrainSpec, set: &CropSet, items: &[usize]) -> Option<PooledImages> {
     let maps = spec.maps.as_ref().or(spec.source_maps.as_ref())?;
     let (feats, list) = (
         maps.join(DETECT_FEATURES_FILE),
@@ -112,8 +172,18 @@ fn detector_rows(
     if !feats.is_file() {
         return None;
     }
-    match read_pooled(&feats, &list).and_then(|r| crops_rows(r, maps, set, items)) {
-        Ok(rows) => Some((rows, maps.clone())),
+    let what = format!(
+        "their images' pooled features that the detector wrote in {}",
+        maps.display()
+    );
+    let read = read_pooled(&feats, &list).map(|(keys, feats)| PooledImages {
+        keys,
+        feats,
+        source: maps.clone(),
+        what,
+    });
+    match read.and_then(|p| crops_rows(&p, set, items).map(|_| p)) {
+        Ok(p) => Some(p),
         Err(e) => {
             log::info!("the detector's pooled features are not used ({e}); computing them");
             None
@@ -121,8 +191,8 @@ fn detector_rows(
     }
 }
 
-/// The pooled features of the run's defective images under their maps (`training.neighbor_features:
-/// pooled`, when the detector wrote none): one pass of the detector backbone at the detector's input side
+/// The pooled features of the run's defective images under their maps (when the detector wrote
+/// none): one pass of the detector backbone at the detector's input side
 /// (`detect.image_size`), keyed `<type>/<stem>`.
 fn pooled_here(spec: &TrainSpec, cfg: &Config) -> Result<(Vec<String>, Array2<f32>)> {
     let Some(maps) = spec.maps.as_ref().or(spec.source_maps.as_ref()) else {
@@ -145,7 +215,7 @@ fn pooled_here(spec: &TrainSpec, cfg: &Config) -> Result<(Vec<String>, Array2<f3
         "detect.image_size",
     )?;
     log::info!(
-        "pooled detector features of {} images at {size} px for the neighbour views",
+        "pooled detector features of {} images at {size} px",
         items.len()
     );
     let feats = image_features(
@@ -170,35 +240,16 @@ fn image_stem_key(name: &str) -> String {
     p.with_extension("").to_string_lossy().into_owned()
 }
 
-/// The rows of the images' features `(keys, feats)` (from `source`, named in errors) for the
-/// crops `items` of `set`: each crop gets its image's row (crops name their image as
-/// [`crate::infer::merge::image_key`] reads it).
-fn crops_rows(
-    (keys, feats): (Vec<String>, Array2<f32>),
-    source: &Path,
-    set: &CropSet,
-    items: &[usize],
-) -> Result<Array2<f32>> {
-    let index: HashMap<&str, usize> = keys
-        .iter()
-        .enumerate()
-        .map(|(r, k)| (k.as_str(), r))
-        .collect();
-    let mut rows = Array2::<f32>::zeros((items.len(), feats.ncols()));
+/// The rows of `pooled` for the crops `items` of `set`: each crop gets its image's row (crops
+/// name their image as [`crate::infer::merge::image_key`] reads it).
+fn crops_rows(pooled: &PooledImages, set: &CropSet, items: &[usize]) -> Result<Array2<f32>> {
+    let index = pooled.index();
+    let mut rows = Array2::<f32>::zeros((items.len(), pooled.feats.ncols()));
     for (r, &i) in items.iter().enumerate() {
         let id = &set.items[i].id;
         let key = image_stem_key(&crate::infer::merge::image_key(Path::new(id)));
-        let Some(&src) = index.get(key.as_str()) else {
-            return Err(Error::input(
-                source,
-                format!(
-                    "training.neighbor_features: no feature for {key} (the image of crop {id}); \
-                     make the features from the same images and maps with `anomalyncd baseline \
-                     --method pooled --images IMAGES --anomaly-maps MAPS --out DIR`"
-                ),
-            ));
-        };
-        rows.row_mut(r).assign(&feats.row(src));
+        let src = pooled.row_of(&index, &key, &format!("crop {id}"))?;
+        rows.row_mut(r).assign(&pooled.feats.row(src));
     }
     Ok(rows)
 }

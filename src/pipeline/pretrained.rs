@@ -153,7 +153,7 @@ pub(super) fn training_free_scores(
                 .map(|r| r.to_vec())
                 .collect();
             let (n, seed) = (cfg.inference.spectral_neighbors, cfg.experiment.seed);
-            crate::infer::spectral::assign(&mut preds, n, seed)?;
+            crate::infer::spectral::assign(&mut preds, n, seed, None)?;
             "spectral clustering of the images"
         }
     };

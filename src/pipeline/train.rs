@@ -212,9 +212,14 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
     // neighbour views by the class tokens pay it (the training-free row comes with them).
     let neighbours_needed = cfg.training.neighbor_views > 0.0 && !spec.evaluate_only;
     let by_tokens = cfg.training.neighbor_features.is_none();
+    // The images' pooled features, read or computed once for the neighbour views and the answer.
+    let pooled = match neighbours_needed && !by_tokens || cfg.inference.reads_pooled() {
+        true => Some(super::neighbours::pooled_images(spec, &cfg, &set)?),
+        false => None,
+    };
     if !(estimate_needed || bank.is_some() || neighbours_needed && by_tokens) {
         if neighbours_needed {
-            neighbours = super::neighbours::neighbour_views(spec, &cfg, &set, None)?;
+            neighbours = super::neighbours::neighbour_views(&cfg, &set, None, pooled.as_ref())?;
         }
     } else {
         let cached = bank.as_ref().map(|b| b as &dyn crate::model::PrefixTokens);
@@ -234,8 +239,12 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
             training_free =
                 training_free_scores(&cfg, &set, &view.tokens, view.guidance, merge_temperature)?;
             if !spec.evaluate_only {
-                neighbours =
-                    super::neighbours::neighbour_views(spec, &cfg, &set, Some(&view.tokens))?;
+                neighbours = super::neighbours::neighbour_views(
+                    &cfg,
+                    &set,
+                    Some(&view.tokens),
+                    pooled.as_ref(),
+                )?;
             }
         }
     }
@@ -336,7 +345,16 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
     };
     timing.eval_s = t.elapsed().as_secs_f64();
     let mut preds = predict(&set, &outputs, head, merge_temperature)?;
-    let answer = crate::infer::answer(&mut preds, &cfg.inference, cfg.experiment.seed)?;
+    let pooled_rows = match (&pooled, cfg.inference.reads_pooled()) {
+        (Some(p), true) => Some(super::neighbours::image_rows(p, &preds)?),
+        _ => None,
+    };
+    let answer = crate::infer::answer(
+        &mut preds,
+        &cfg.inference,
+        cfg.experiment.seed,
+        pooled_rows.as_ref().map(|r| r.view()),
+    )?;
     let scores = crate::report::write(&crate::report::RunOutputs {
         out: run_dir,
         table: &spec.table,

@@ -19,6 +19,12 @@ use crate::error::Result;
 /// protocols at 5/9 of the build (docs/results.md, "four cached views on all five protocols").
 /// Spectral clustering of the trained image features assigns the images, not the heads: mean F1
 /// of the five protocols +0.027 on the same models; SD-900 −0.015, tire −0.045 under `auto` K.
+/// Its graph is the sum of the trained features' graph and the images' pooled detector
+/// features' graph (`inference.spectral_graph`): the pooled features hold an image's nearest
+/// neighbours to its type more often than the trained ones (MTD 0.94 against 0.88, SD-900 1.00
+/// against 0.93), though they group the types worse on their own; on the same trained models
+/// the sum raised SD-900 from 0.820 to 0.951 and tire from 0.559 to 0.600, MTD fitted 0.622 →
+/// 0.609 within its sd (docs/results.md, twelfth session).
 /// With normal images the built-in detector chooses by held-out normals whether to mix an
 /// EfficientNet-Lite0 detector's maps into the ViT's (`detect.fuse_cnn: auto`, module doc of
 /// `detect::cnn_fusion`): the mix lifted tire from 0.467 to 0.567 and cost MTD 0.15 F1.
@@ -32,6 +38,7 @@ pub const DEFAULT_SETTINGS: &[&str] = &[
     "training.cache_views=4",
     "training.num_workers=2",
     "inference.assign=spectral",
+    "inference.spectral_graph=trained_and_pooled",
 ];
 
 /// Patches per side of the crops' grid that `discover` gives the mask-guided blocks unless a
@@ -104,6 +111,15 @@ mod tests {
             crate::config::CnnMix::OFF,
             "--set wins"
         );
+        assert!(
+            cfg.inference.reads_pooled(),
+            "the answer's graph adds the pooled features"
+        );
+        let heads = config(None, &["inference.assign=heads".into()], false).unwrap();
+        assert!(
+            !heads.inference.reads_pooled(),
+            "the reference's answer reads no graph"
+        );
         let eight = config(None, &["training.cache_views=8".into()], false).unwrap();
         assert_eq!(eight.training.cache_views, 8, "--set wins");
         // The default backbone is the detector's model, whose weights discover checks for.
@@ -161,8 +177,12 @@ mod tests {
             folder.neighbor_features,
             Some(NeighbourFeatures::Folder("runs/p".into()))
         );
-        // An estimated K: the user's own settings only.
-        assert!(t(false, &["training.neighbor_features=pooled"]).is_err());
+        // An estimated K: the user's own settings only. The features still feed the answer's
+        // graph, unless that is the trained features' alone.
+        let est = t(false, &["training.neighbor_features=runs/p"]).unwrap();
+        assert_eq!(est.neighbor_views, 0.0);
+        let alone = "inference.spectral_graph=trained";
+        assert!(t(false, &["training.neighbor_features=pooled", alone]).is_err());
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.yaml");
         std::fs::write(&file, "models:\n  pretrained_backbone: dinov2_vits14\n").unwrap();

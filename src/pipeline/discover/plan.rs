@@ -479,9 +479,13 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
     let fuses = (spec.normal.is_some() || inputs.good > 0)
         && (cfg.detect.fuse_mutual > 0.0 || cfg.detect.fuse_cnn.always());
     let pass = (spec.anomaly_maps.as_deref()).map_or(fuses, |m| !written(m));
-    let pooled = t.neighbor_features == Some(NeighbourFeatures::Pooled) && pass;
+    // The answer's graph (`inference.spectral_graph`) reads the same features, once.
+    let by_views = t.neighbor_features == Some(NeighbourFeatures::Pooled) && t.neighbor_views > 0.0;
+    let by_answer = cfg.inference.reads_pooled()
+        && !matches!(t.neighbor_features, Some(NeighbourFeatures::Folder(_)));
+    let pooled = (by_views || by_answer) && pass;
     let patches = Some(inputs.detector_patches).filter(|&p| p > 0.0);
-    let pooled_s = (pooled && t.neighbor_views > 0.0) as u8 as f64
+    let pooled_s = pooled as u8 as f64
         * Costs::detect_forwards(images, patches.unwrap_or(1024.0), inputs.speed);
     stages.push(Stage {
         name: "train",

@@ -85,6 +85,30 @@ fn a_changed_inference_setting_evaluates_the_checkpoint_again_without_training()
     assert_eq!(read(&train.join("predictions.csv")), first);
     assert_eq!(json(&train.join("checkpoint.json"))["history"], history);
 
+    // The answer's graph joined by the pooled detector features (`discover`'s default without
+    // a config): evaluated again, not retrained, with the images' features computed once from
+    // the given maps.
+    let graph = [
+        "--set",
+        "inference.assign=spectral",
+        "--set",
+        "inference.spectral_graph=trained_and_pooled",
+    ];
+    let t = ok(p, &with(&[&["--resume"][..], &graph].concat()));
+    assert!(t.contains("only the evaluation runs again"), "{t}");
+    assert_eq!(json(&train.join("checkpoint.json"))["history"], history);
+    assert_eq!(
+        t.matches("pooled detector features of 16 images").count(),
+        1,
+        "{t}"
+    );
+    assert!(
+        t.contains("spectral clustering of the images' trained and pooled detector features"),
+        "{t}"
+    );
+    let found = &json(&run.join("discover.json"))["found"];
+    assert_eq!(found["inference"]["spectral_graph"], "trained_and_pooled");
+
     // A changed training setting still retrains.
     let t = ok(p, &with(&["--resume", "--set", "training.epochs=1"]));
     assert!(!t.contains("only the evaluation runs again"), "{t}");
