@@ -2,13 +2,14 @@
 """Does the answer's graph gain from the images' pooled detector features? An offline study
 (issue 25, `inference.spectral_graph`).
 
-    .venv/bin/python experiments/pooled_graph_study.py PROTOCOL=POOLED:RUN1,RUN2,... ...
+    .venv/bin/python experiments/pooled_graph_study.py [--run-k] PROTOCOL=POOLED:RUN1,RUN2,... ...
 
 POOLED is a folder with the images' pooled detector features: the maps folder the built-in
 detector wrote them in (pooled_features.safetensors + pooled_features.csv) or a `baseline
 --method pooled` output (pooled_features.safetensors + predictions.csv). Each RUN is a `discover`
 run folder (train/class_tokens.safetensors, crop_predictions.csv, predictions.csv). For every run,
-with the true K, spectral clustering (experiments/spectral_study.py's mirror of
+with the true K (with --run-k: the K the run clustered into, `found.num_clusters` of its
+discover.json, as for runs with `--num-classes auto`), spectral clustering (experiments/spectral_study.py's mirror of
 src/cluster/spectral.rs, 10 neighbours) of the images on:
 
   trained            the graph of the trained image features (`spectral_graph: trained`)
@@ -20,6 +21,7 @@ src/cluster/spectral.rs, 10 neighbours) of the images on:
 Printed: F1 mean +- sd / mean NMI per protocol, and the mean F1 over the protocols.
 Standard library + numpy; the readers and metrics from the scripts beside this one.
 """
+import json
 import sys
 from collections import OrderedDict
 from pathlib import Path
@@ -28,8 +30,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fusion_study import f1_nmi, fmt, norm_key, rows, run_images, unit  # noqa: E402
-from k_study import kmeans, read_tokens  # noqa: E402
-from spectral_study import affinity  # noqa: E402
+from k_study import read_tokens  # noqa: E402
+from spectral_study import affinity, spectral_on  # noqa: E402
 
 NEIGHBOURS = 10
 
@@ -45,18 +47,7 @@ def pooled_features(dir_: Path):
     return dict(zip(keys, x))
 
 
-def spectral_on(w, k, seed=0):
-    """Ng-Jordan-Weiss on the affinity `w`: the top k eigenvectors of D^-1/2 W D^-1/2, rows made
-    unit length, split by k-means (spectral_study.spectral, from a given affinity)."""
-    deg = w.sum(1)
-    inv = np.where(deg > 0, 1 / np.sqrt(np.maximum(deg, 1e-300)), 0)
-    _, vecs = np.linalg.eigh(inv[:, None] * w * inv[None, :])
-    u = vecs[:, -k:]
-    u = u / np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-300)
-    return kmeans(u, k, np.random.default_rng(seed))[0]
-
-
-def study(pooled_dir, runs):
+def study(pooled_dir, runs, run_k=False):
     pooled = pooled_features(Path(pooled_dir))
     found = OrderedDict()
     for run in runs:
@@ -65,6 +56,8 @@ def study(pooled_dir, runs):
         assert not missing, (run, missing[:3])
         p = np.stack([pooled[k] for k in keys])
         k = len(set(truth))
+        if run_k:
+            k = json.loads((Path(run) / "discover.json").read_text())["found"]["num_clusters"]
         graphs = {
             "trained": affinity(x, NEIGHBOURS),
             "trained+pooled": affinity(x, NEIGHBOURS) + affinity(p, NEIGHBOURS),
@@ -77,6 +70,8 @@ def study(pooled_dir, runs):
 
 
 def main(argv):
+    run_k = "--run-k" in argv
+    argv = [a for a in argv if a != "--run-k"]
     if not argv:
         sys.exit(__doc__)
     table = OrderedDict()
@@ -85,7 +80,7 @@ def main(argv):
         pooled_dir, _, runs = rest.partition(":")
         if not (name and pooled_dir and runs):
             sys.exit(f"{arg}: expected PROTOCOL=POOLED:RUN1,RUN2,...")
-        table[name] = study(pooled_dir, runs.split(","))
+        table[name] = study(pooled_dir, runs.split(","), run_k)
     print("| graph | " + " | ".join(f"{n} ({len(next(iter(t.values())))} runs)" for n, t in table.items())
           + " | mean F1 |")
     print("|---|" + "---|" * (len(table) + 1))

@@ -52,7 +52,12 @@ def affinity(x, nn):
 
 
 def spectral(x, k, nn, seed=0):
-    w = affinity(x, nn)
+    return spectral_on(affinity(x, nn), k, seed)
+
+
+def spectral_on(w, k, seed=0):
+    """Ng-Jordan-Weiss on the affinity `w`: the top k eigenvectors of D^-1/2 W D^-1/2, rows made
+    unit length, split by k-means."""
     deg = w.sum(1)
     inv = np.where(deg > 0, 1 / np.sqrt(np.maximum(deg, 1e-300)), 0)
     _, vecs = np.linalg.eigh(inv[:, None] * w * inv[None, :])
