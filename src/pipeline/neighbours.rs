@@ -197,8 +197,10 @@ fn detector_features(spec: &TrainSpec, set: &CropSet, items: &[usize]) -> Option
 fn pooled_here(spec: &TrainSpec, cfg: &Config) -> Result<(Vec<String>, Array2<f32>)> {
     let Some(maps) = spec.maps.as_ref().or(spec.source_maps.as_ref()) else {
         return Err(Error::usage(
-            "training.neighbor_features: pooled reads the images' anomaly maps: give them \
-             (not --skip-binarize), or a `baseline --method pooled` folder",
+            "the images' pooled detector features (training.neighbor_features: pooled, \
+             inference.spectral_graph: trained_and_pooled) are made from their anomaly maps: \
+             give them (not --skip-binarize), set training.neighbor_features to a `baseline \
+             --method pooled` folder, or set inference.spectral_graph: trained",
         ));
     };
     let items: Vec<MapItem> = pair_folders(maps, &spec.images, &spec.pairing)?
