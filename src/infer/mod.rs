@@ -26,8 +26,8 @@ pub struct StoredAnswer {
 
 /// Puts the images of `preds` (the heads' region-merged answer) into clusters as `inference`
 /// says; `seed` seeds spectral clustering's k-means. `pooled`: the images' pooled detector
-/// features, one row per image of `preds` in its order, which the caller gives when
-/// [`Inference::reads_pooled`].
+/// features, one row per image of `preds` in its order, which join the spectral graph; the
+/// caller reads them only when [`Inference::reads_pooled`].
 pub fn answer(
     preds: &mut Predictions,
     inference: &Inference,
@@ -45,7 +45,7 @@ pub fn answer(
                 preds,
                 inference.spectral_neighbors,
                 seed,
-                pooled.filter(|_| inference.reads_pooled()),
+                pooled,
             )?),
         },
     })

@@ -124,39 +124,42 @@ pub(super) fn neighbour_views(
 
 /// The rows of `pooled` for the images of `preds`, in its order (`inference.spectral_graph`).
 pub(super) fn image_rows(pooled: &PooledImages, preds: &Predictions) -> Result<Array2<f32>> {
-    let index = pooled.index();
-    let mut rows = Array2::<f32>::zeros((preds.images.len(), pooled.feats.ncols()));
-    for (r, img) in preds.images.iter().enumerate() {
-        let key = image_stem_key(&img.image);
-        let src = pooled.row_of(&index, &key, &img.image)?;
-        rows.row_mut(r).assign(&pooled.feats.row(src));
-    }
-    Ok(rows)
+    pooled.rows(
+        preds
+            .images
+            .iter()
+            .map(|img| (img.image.clone(), img.image.clone())),
+    )
 }
 
 impl PooledImages {
-    fn index(&self) -> HashMap<&str, usize> {
-        self.keys
+    /// One row per `(image name, what it is named for in errors)`, in order: the row of the
+    /// image's `<type>/<stem>` key; an input error naming the source and the item when the
+    /// features have none.
+    fn rows(&self, wanted: impl ExactSizeIterator<Item = (String, String)>) -> Result<Array2<f32>> {
+        let index: HashMap<&str, usize> = self
+            .keys
             .iter()
             .enumerate()
             .map(|(r, k)| (k.as_str(), r))
-            .collect()
-    }
-
-    /// The row of image `key`; an input error naming the source and `of` (a crop or an image)
-    /// when it has none.
-    fn row_of(&self, index: &HashMap<&str, usize>, key: &str, of: &str) -> Result<usize> {
-        index.get(key).copied().ok_or_else(|| {
-            Error::input(
-                &self.source,
-                format!(
-                    "no pooled feature for {key} (of {of}) in {}; make the features from the \
-                     same images and maps with `anomalyncd baseline --method pooled --images \
-                     IMAGES --anomaly-maps MAPS --out DIR`",
-                    self.what
-                ),
-            )
-        })
+            .collect();
+        let mut rows = Array2::<f32>::zeros((wanted.len(), self.feats.ncols()));
+        for (r, (image, of)) in wanted.enumerate() {
+            let key = image_stem_key(&image);
+            let Some(&src) = index.get(key.as_str()) else {
+                return Err(Error::input(
+                    &self.source,
+                    format!(
+                        "no pooled feature for {key} (of {of}) in {}; make the features from \
+                         the same images and maps with `anomalyncd baseline --method pooled \
+                         --images IMAGES --anomaly-maps MAPS --out DIR`",
+                        self.what
+                    ),
+                ));
+            };
+            rows.row_mut(r).assign(&self.feats.row(src));
+        }
+        Ok(rows)
     }
 }
 
@@ -245,15 +248,13 @@ fn image_stem_key(name: &str) -> String {
 /// The rows of `pooled` for the crops `items` of `set`: each crop gets its image's row (crops
 /// name their image as [`crate::infer::merge::image_key`] reads it).
 fn crops_rows(pooled: &PooledImages, set: &CropSet, items: &[usize]) -> Result<Array2<f32>> {
-    let index = pooled.index();
-    let mut rows = Array2::<f32>::zeros((items.len(), pooled.feats.ncols()));
-    for (r, &i) in items.iter().enumerate() {
+    pooled.rows(items.iter().map(|&i| {
         let id = &set.items[i].id;
-        let key = image_stem_key(&crate::infer::merge::image_key(Path::new(id)));
-        let src = pooled.row_of(&index, &key, &format!("crop {id}"))?;
-        rows.row_mut(r).assign(&pooled.feats.row(src));
-    }
-    Ok(rows)
+        (
+            crate::infer::merge::image_key(Path::new(id)),
+            format!("crop {id}"),
+        )
+    }))
 }
 
 /// The image keys (the `image` column of `csv_path`) and the features (one row each, in
