@@ -57,9 +57,10 @@ pub struct BaselineArgs {
     /// Replace the files of a different earlier run in OUT.
     #[arg(long)]
     pub overwrite: bool,
-    /// --method pooled: softmax temperature, relative to each image's score spread.
-    #[arg(long, value_name = "T", default_value_t = 1.0)]
-    pub pool_tau: f64,
+    /// --method pooled: softmax temperature, relative to each image's score spread (default:
+    /// the config's detect.pool_tau, 0.5, as `discover` pools).
+    #[arg(long, value_name = "T")]
+    pub pool_tau: Option<f64>,
     /// --method pooled: average the top FRACTION of patches instead of the softmax weights.
     #[arg(long, value_name = "FRACTION")]
     pub pool_top: Option<f64>,
@@ -129,10 +130,16 @@ fn pooled(a: &BaselineArgs, ctx: &Ctx) -> anyhow::Result<()> {
         Some(f) => {
             return Err(Error::usage(format!("--pool-top {f}: a fraction in (0, 1]")).into())
         }
-        None if a.pool_tau > 0.0 && a.pool_tau.is_finite() => Pooling::Soft { tau: a.pool_tau },
-        None => {
-            return Err(Error::usage(format!("--pool-tau {}: a number > 0", a.pool_tau)).into())
-        }
+        None => match a.pool_tau.unwrap_or(cfg.detect.pool_tau) {
+            t if anomalyncd::config::valid_pool_tau(t) => Pooling::Soft { tau: t },
+            t => {
+                return Err(Error::usage(format!(
+                    "--pool-tau {t}: a temperature in (0, {}]",
+                    anomalyncd::config::MAX_POOL_TAU
+                ))
+                .into())
+            }
+        },
     };
     let r = pipeline::pooled(&PooledSpec {
         images: images.clone(),

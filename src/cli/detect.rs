@@ -37,6 +37,10 @@ pub struct DetectArgs {
     /// distances.
     #[arg(long, default_value_t = detect::DEFAULT_ZERO_SHOT_FRACTION, value_name = "FRACTION")]
     pub zero_shot_fraction: f64,
+    /// The softmax temperature (relative to each image's score spread) of the images' patch
+    /// features pooled under their maps, written beside them for `discover`'s train stage.
+    #[arg(long, default_value_t = detect::DEFAULT_POOL_TAU, value_name = "T")]
+    pub pool_tau: f64,
     /// Feature backbone.
     #[arg(long, default_value = BACKBONES[0], value_parser = backbone_parser())]
     pub backbone: String,
@@ -195,6 +199,7 @@ pub fn run(a: &DetectArgs, ctx: &Ctx) -> anyhow::Result<()> {
         zero_shot: a.zero_shot,
         zero_shot_refs: a.zero_shot_refs,
         zero_shot_fraction: a.zero_shot_fraction,
+        pool_tau: a.pool_tau,
         batch_size: a.batch_size,
         seed: a.seed,
         write_good_maps: a.write_good_maps,

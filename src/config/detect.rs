@@ -15,6 +15,16 @@ pub const DEFAULT_BLUR: f64 = 4.0;
 /// matches only, but a defect that recurs in more than that share of the images scores lower.
 pub const DEFAULT_ZERO_SHOT_FRACTION: f64 = 0.15;
 
+/// The temperature of the softmax that pools an image's patch features under its map, relative
+/// to the image's own score spread (`pool_tau`; the detector's and the train stage's pooled
+/// features). 0.5, where it was 1 until 2026-12-07: on the same trained models, the answer's
+/// graph on features pooled at 0.5 gave a higher F1 than at 1 on all five benchmark protocols
+/// (docs/results.md, thirteenth session), as k-means on them alone had on MTD and tire.
+pub const DEFAULT_POOL_TAU: f64 = 0.5;
+
+/// The largest `pool_tau`: far above it the softmax is the plain mean of the patches.
+pub const MAX_POOL_TAU: f64 = 100.0;
+
 /// The largest share of the normal images held out of the bank (`holdout`).
 pub const MAX_HOLDOUT: f64 = 0.5;
 
@@ -33,6 +43,11 @@ pub fn valid_aggregate_sizes(sizes: &[i64]) -> bool {
     let odd = |k: i64| (1..=MAX_AGGREGATE_SIZE).contains(&k) && k % 2 == 1;
     let distinct = (1..sizes.len()).all(|i| !sizes[..i].contains(&sizes[i]));
     sizes.iter().all(|&k| odd(k)) && distinct
+}
+
+/// Whether `t` is a pooling temperature: in (0, [`MAX_POOL_TAU`]].
+pub fn valid_pool_tau(t: f64) -> bool {
+    t > 0.0 && t <= MAX_POOL_TAU
 }
 
 /// Whether `f` is a zero-shot share of the reference distances: in (0, 1].
@@ -67,6 +82,12 @@ pub struct MapVariants {
     /// at its default, so that earlier configs keep their form.
     #[serde(skip_serializing_if = "is_default_zero_shot_fraction")]
     pub zero_shot_fraction: f64,
+    /// The softmax temperature of the images' pooled features ([`DEFAULT_POOL_TAU`]), which
+    /// `training.neighbor_features: pooled` and `inference.spectral_graph: trained_and_pooled`
+    /// read: the detector pools with it while it scores, and the train stage when it computes
+    /// them. Always serialised: the train stage's fingerprint must tell 0.5 from the 1 that
+    /// earlier builds pooled with.
+    pub pool_tau: f64,
 }
 
 fn is_default_zero_shot_fraction(v: &f64) -> bool {
@@ -116,6 +137,12 @@ impl MapVariants {
                 )
             });
         }
+        c.need(valid_pool_tau(self.pool_tau), || {
+            format!(
+                "detect.pool_tau must be in (0, {MAX_POOL_TAU}] (got {})",
+                self.pool_tau
+            )
+        });
         c.need(valid_zero_shot_fraction(self.zero_shot_fraction), || {
             format!(
                 "detect.zero_shot_fraction must be in (0, 1] (got {})",
@@ -277,6 +304,7 @@ impl Default for MapVariants {
             blur: DEFAULT_BLUR,
             image_size: ImageSize::Auto,
             zero_shot_fraction: DEFAULT_ZERO_SHOT_FRACTION,
+            pool_tau: DEFAULT_POOL_TAU,
         }
     }
 }

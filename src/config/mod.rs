@@ -20,8 +20,9 @@ mod training;
 pub(crate) use binarization::{interval_end, is_interval_end};
 pub use binarization::{Binarization, NoInterval, Refine, INTERVAL_END};
 pub use detect::{
-    valid_aggregate_sizes, valid_zero_shot_fraction, CnnMix, ImageSize, MapVariants, DEFAULT_BLUR,
-    DEFAULT_ZERO_SHOT_FRACTION, IMAGE_SIDES, MAX_AGGREGATE_SIZE, MAX_BLUR, MAX_HOLDOUT,
+    valid_aggregate_sizes, valid_pool_tau, valid_zero_shot_fraction, CnnMix, ImageSize,
+    MapVariants, DEFAULT_BLUR, DEFAULT_POOL_TAU, DEFAULT_ZERO_SHOT_FRACTION, IMAGE_SIDES,
+    MAX_AGGREGATE_SIZE, MAX_BLUR, MAX_HOLDOUT, MAX_POOL_TAU,
 };
 pub use experiment::{Experiment, ImageAssign, Inference, SpectralGraph};
 pub use models::{GuidanceMode, Models, Precision, MAX_HEADS, MAX_IMAGE_SIZE};

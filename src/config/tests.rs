@@ -164,6 +164,7 @@ fn every_section_checks_its_own_keys() {
     (d.zero_shot_fraction, d.fuse_mutual, d.holdout, d.blur) = (0.0, 1.5, 0.6, f64::NAN);
     (d.fuse_cnn, d.image_size) = (CnnMix::Weight(-0.1), ImageSize::Fixed(16));
     d.aggregate_sizes = vec![1, 4, 1];
+    d.pool_tau = 0.0;
     let got = c.validate().unwrap_err();
     let want = [
         "binarization.sample_rate must be in 1..=255 (got 0)",
@@ -211,6 +212,7 @@ fn every_section_checks_its_own_keys() {
         "detect.aggregate_sizes must hold distinct odd sides in 1..=15 (got [1, 4, 1]), e.g. \
          [1, 3, 5]",
         "detect.image_size must be `auto` or in 32..=2048 pixels (got 16)",
+        "detect.pool_tau must be in (0, 100] (got 0)",
         "detect.zero_shot_fraction must be in (0, 1] (got 0)",
     ];
     // Each message whole (one holds a `; ` itself), and nothing else.

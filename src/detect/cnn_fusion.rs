@@ -245,7 +245,7 @@ fn cnn_scores(job: Job<'_>, held: &[usize]) -> Result<Scores> {
         test: job.test,
         held: &[],
         written: job.written,
-        pool: false,
+        pool: None,
         spill: CNN_FILE,
     };
     let s = score(&fx, &reference, None, to_score, inp, out)?;

@@ -47,10 +47,10 @@ pub use settings::{DetectFingerprint, DetectSettings, DETECT_CODE};
 pub use spec::{auto_image_size, resolve_image_size, resolve_image_size_of, side_and_patches};
 pub use spec::{
     DetectSpec, DEFAULT_BATCH_SIZE, DEFAULT_BLOCKS, DEFAULT_CNN_IMAGE_SIZE, DEFAULT_CORESET,
-    DEFAULT_MAX_PATCHES, DEFAULT_STAGES, DEFAULT_VIT_IMAGE_SIZE, DEFAULT_ZERO_SHOT_FRACTION,
-    DEFAULT_ZERO_SHOT_REFS, LARGE_VIT_IMAGE_SIZE,
+    DEFAULT_MAX_PATCHES, DEFAULT_POOL_TAU, DEFAULT_STAGES, DEFAULT_VIT_IMAGE_SIZE,
+    DEFAULT_ZERO_SHOT_FRACTION, DEFAULT_ZERO_SHOT_REFS, LARGE_VIT_IMAGE_SIZE,
 };
-pub use variants::{normal_floor, MapVariants};
+pub use variants::{normal_floor, pooled_tau, MapVariants};
 
 /// Test type folders holding normal images.
 pub use crate::imageio::NORMAL_TYPE;

@@ -16,11 +16,6 @@ use super::features::{FeatureExtractor, Resize};
 use crate::error::{Error, Result};
 use crate::imageio::RawMap;
 
-/// The pooling the detector applies to the features it writes beside its maps
-/// ([`DETECT_FEATURES_FILE`]) and `training.neighbor_features: pooled` uses: `baseline --method
-/// pooled`'s default, the setting the benchmark measured.
-pub const DEFAULT_POOLING: Pooling = Pooling::Soft { tau: 1.0 };
-
 /// The detector's pooled features, beside its maps: one L2-normalised f32 row per test image
 /// ([`crate::cluster::features::save_tokens`]'s format), the images in [`DETECT_IMAGES_FILE`].
 pub const DETECT_FEATURES_FILE: &str = "pooled_features.safetensors";
@@ -218,9 +213,11 @@ mod tests {
         let map = Tensor::from_slice(&px).view([4, 6]);
         let x = patches(6, 5);
         let cells = [60.0, 10.0, 17.5, 10.0, 10.0, 10.0];
-        let want = Vec::<f32>::try_from(&pool(&x, &cells, DEFAULT_POOLING).unwrap()).unwrap();
-        let got = pool_under_map(&x, (2, 3), &map, DEFAULT_POOLING).unwrap();
-        let scaled = pool_under_map(&x, (2, 3), &(&map * 3.0 + 7.0), DEFAULT_POOLING).unwrap();
+        let want =
+            Vec::<f32>::try_from(&pool(&x, &cells, Pooling::Soft { tau: 1.0 }).unwrap()).unwrap();
+        let got = pool_under_map(&x, (2, 3), &map, Pooling::Soft { tau: 1.0 }).unwrap();
+        let scaled =
+            pool_under_map(&x, (2, 3), &(&map * 3.0 + 7.0), Pooling::Soft { tau: 1.0 }).unwrap();
         let norm = want.iter().map(|v| v * v).sum::<f32>().sqrt();
         for ((g, s), w) in got.iter().zip(&scaled).zip(&want) {
             assert!(

@@ -14,7 +14,7 @@ use super::eval::{auroc, PixelSet};
 use super::features::{dinov2_arch, FeatureExtractor, Resize, EFFICIENTNET};
 use super::inputs::{list_images, masks_of, split_holdout};
 use super::localize::{LocReport, MapsEvalSpec};
-use super::pooled::{DETECT_FEATURES_FILE, DETECT_IMAGES_FILE};
+use super::pooled::{Pooling, DETECT_FEATURES_FILE, DETECT_IMAGES_FILE};
 use super::reference::{self, Inputs, Reference};
 use super::scoring::{self, NormalFloor};
 use super::slices::Slicing;
@@ -98,9 +98,12 @@ pub struct DetectReport {
     #[serde(default)]
     pub normal_floor: Option<NormalFloor>,
     /// The test images' patch features pooled under their maps (`<file>`, beside
-    /// [`DETECT_IMAGES_FILE`]; [`super::pooled::DEFAULT_POOLING`]); `None` when fusing.
+    /// [`DETECT_IMAGES_FILE`]; softmax weights at `pool_tau`); `None` when fusing.
     #[serde(default)]
     pub pooled_features: Option<PathBuf>,
+    /// Their softmax temperature; reports written before the setting pooled at 1.
+    #[serde(default = "earlier_pool_tau")]
+    pub pool_tau: f64,
     pub pool_patches: usize,
     pub memory_bank: usize,
     /// Range of the raw map values mapped to 0..=255 (over all test maps).
@@ -324,7 +327,7 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
             written: &written,
             // Pooled under the map as written: not when the CNN's maps are mixed in after
             // (under `auto`, dropped if they are).
-            pool: !spec.fuse_cnn.always(),
+            pool: (!spec.fuse_cnn.always()).then_some(Pooling::Soft { tau: spec.pool_tau }),
             spill: MapSpill::FILE,
         },
         inp,
@@ -446,6 +449,7 @@ pub fn run(spec: &DetectSpec) -> Result<DetectReport> {
         train_images: fitted.len(),
         normal_floor,
         pooled_features,
+        pool_tau: spec.pool_tau,
         pool_patches: n_pool,
         memory_bank: n_bank,
         scale: (lo, hi),
@@ -476,6 +480,10 @@ fn write_pooled(out: &Path, test: &[TypedFile], rows: &ndarray::Array2<f32>) -> 
         .map_err(|e| Error::runtime(format!("{DETECT_IMAGES_FILE}: {e}")))?;
     crate::fsutil::atomic_write(&out.join(DETECT_IMAGES_FILE), &bytes)?;
     Ok(PathBuf::from(DETECT_FEATURES_FILE))
+}
+
+pub(super) fn earlier_pool_tau() -> f64 {
+    1.0
 }
 
 fn default_blur() -> f64 {

@@ -12,7 +12,7 @@
 //!   score near zero.
 //!
 //! Beside the maps, each test image's patch features are pooled under its map
-//! ([`super::pooled::DEFAULT_POOLING`]) while they are at hand, so `training.neighbor_features:
+//! (softmax weights at `detect.pool_tau`) while they are at hand, so `training.neighbor_features:
 //! pooled` needs no second backbone pass. Not when fusing: the fused map needs every image's
 //! scores first, and keeping every image's patch features would not bound the memory.
 
@@ -23,7 +23,7 @@ use tch::Tensor;
 
 use super::features::FeatureExtractor;
 use super::maps;
-use super::pooled::{pool_under_map, DEFAULT_POOLING};
+use super::pooled::{pool_under_map, Pooling};
 use super::reference::{Inputs, Reference};
 use super::spill::MapSpill;
 use crate::error::{Error, Result};
@@ -160,8 +160,8 @@ pub(crate) struct ToScore<'a> {
     pub held: &'a [&'a Path],
     /// Per test image: whether its map is written (and so enters MEBin's range).
     pub written: &'a [bool],
-    /// Pool each test image's patch features under its map (not when fusing).
-    pub pool: bool,
+    /// Pool each test image's patch features under its map so (None: not; nor when fusing).
+    pub pool: Option<Pooling>,
     /// The spill file's name in `out`.
     pub spill: &'a str,
 }
@@ -231,7 +231,8 @@ pub(crate) fn score(
     let pb = crate::logging::progress(all.len() as u64, "scoring");
     // Kept only when fusing: the fused scores need the scales over all test images.
     let mut grids = Vec::new();
-    let mut pooled = (pool && mutual.is_none()).then(Vec::<f32>::new);
+    let pooling = pool.filter(|_| mutual.is_none());
+    let mut pooled = pooling.map(|_| Vec::<f32>::new());
     let mut dim = 0;
     for (c, chunk) in all.chunks(inp.batch_size).enumerate() {
         let feats = fx.images(chunk, inp.size, inp.resize)?;
@@ -253,9 +254,9 @@ pub(crate) fn score(
             }
             let s = fitted.unsqueeze(0);
             let map = blur(&s, f.input);
-            if let (Some(rows), true) = (pooled.as_mut(), idx < test.len()) {
+            if let (Some(rows), Some(how), true) = (pooled.as_mut(), pooling, idx < test.len()) {
                 // The map as written, up to the global 8-bit scale the weights ignore.
-                let v = pool_under_map(&f.patches, f.grid, &map.squeeze_dim(0), DEFAULT_POOLING)?;
+                let v = pool_under_map(&f.patches, f.grid, &map.squeeze_dim(0), how)?;
                 dim = v.len();
                 rows.extend(v);
             }

@@ -73,6 +73,8 @@ pub struct DetectSettings {
     pub zero_shot: bool,
     pub zero_shot_refs: usize,
     pub zero_shot_fraction: f64,
+    /// The pooled features beside the maps (always recorded: earlier builds pooled at 1).
+    pub pool_tau: f64,
     pub seed: u64,
     pub write_good_maps: bool,
     /// [`DETECT_CODE`] of the build that runs.
@@ -139,6 +141,7 @@ impl DetectSpec {
             zero_shot,
             zero_shot_refs,
             zero_shot_fraction,
+            pool_tau,
             seed,
             write_good_maps,
         } = self;
@@ -167,6 +170,7 @@ impl DetectSpec {
             zero_shot: *zero_shot,
             zero_shot_refs: *zero_shot_refs,
             zero_shot_fraction: *zero_shot_fraction,
+            pool_tau: *pool_tau,
             seed: *seed,
             write_good_maps: *write_good_maps,
             code: DETECT_CODE.to_string(),

@@ -8,7 +8,8 @@ use tch::Device;
 use super::features::Resize;
 use super::maps;
 use crate::config::{
-    valid_zero_shot_fraction, CnnMix, ImageSize, Precision, IMAGE_SIDES, MAX_BLUR, MAX_HOLDOUT,
+    valid_pool_tau, valid_zero_shot_fraction, CnnMix, ImageSize, Precision, IMAGE_SIDES, MAX_BLUR,
+    MAX_HOLDOUT, MAX_POOL_TAU,
 };
 use crate::error::{Error, Result};
 
@@ -66,6 +67,9 @@ pub struct DetectSpec {
     pub zero_shot_refs: usize,
     /// Zero-shot: the fraction of lowest per-reference distances averaged.
     pub zero_shot_fraction: f64,
+    /// The softmax temperature of the pooled features written beside the maps (relative to
+    /// each image's score spread; [`super::pooled::Pooling::Soft`]).
+    pub pool_tau: f64,
     pub batch_size: usize,
     pub seed: u64,
     pub write_good_maps: bool,
@@ -79,7 +83,7 @@ pub const DEFAULT_STAGES: [usize; 2] = [2, 4];
 pub const DEFAULT_CORESET: f64 = 0.1;
 pub const DEFAULT_MAX_PATCHES: usize = 100_000;
 pub const DEFAULT_ZERO_SHOT_REFS: usize = 64;
-pub use crate::config::DEFAULT_ZERO_SHOT_FRACTION;
+pub use crate::config::{DEFAULT_POOL_TAU, DEFAULT_ZERO_SHOT_FRACTION};
 pub const DEFAULT_BATCH_SIZE: usize = 16;
 /// The ViT's input's longer side (a 32-patch side for ViT-S/14): `detect`'s and `discover`'s.
 pub const DEFAULT_VIT_IMAGE_SIZE: u32 = 448;
@@ -224,6 +228,7 @@ impl DetectSpec {
             max_patches: DEFAULT_MAX_PATCHES,
             zero_shot_refs: DEFAULT_ZERO_SHOT_REFS,
             zero_shot_fraction: DEFAULT_ZERO_SHOT_FRACTION,
+            pool_tau: DEFAULT_POOL_TAU,
             batch_size: DEFAULT_BATCH_SIZE,
             seed: 0,
             write_good_maps: false,
@@ -244,6 +249,12 @@ pub(crate) fn check_spec(s: &DetectSpec) -> Result<()> {
         return Err(Error::usage(format!(
             "--coreset {}: give a fraction in (0, 1], e.g. 0.1",
             s.coreset
+        )));
+    }
+    if !valid_pool_tau(s.pool_tau) {
+        return Err(Error::usage(format!(
+            "--pool-tau {}: give a temperature in (0, {MAX_POOL_TAU}], e.g. {DEFAULT_POOL_TAU}",
+            s.pool_tau
         )));
     }
     if s.max_patches == 0 || s.batch_size == 0 {

@@ -23,17 +23,39 @@ impl MapVariants {
         spec.holdout = if fitted { self.holdout } else { 0.0 };
         spec.fuse_cnn = if fitted { self.fuse_cnn } else { CnnMix::OFF };
         spec.zero_shot_fraction = self.zero_shot_fraction;
+        spec.pool_tau = self.pool_tau;
     }
 }
 
 /// The floor for MEBin's threshold range (`binarization.min_threshold`) that a detector run
 /// with held-out normals wrote into `maps/detect.json`; None without held-out normals.
 pub fn normal_floor(maps: &Path) -> Result<Option<f64>> {
+    let report: DetectReport = report(maps)?;
+    Ok(report.normal_floor.map(|f| f.floor))
+}
+
+/// The two fields of a detect report that say how its pooled features were pooled.
+#[derive(serde::Deserialize)]
+struct PooledPart {
+    #[serde(default)]
+    pooled_features: Option<std::path::PathBuf>,
+    #[serde(default = "super::run::earlier_pool_tau")]
+    pool_tau: f64,
+}
+
+/// The softmax temperature the detector pooled the features it wrote into `maps` with
+/// (`detect.pool_tau`; 1 in reports from before the setting); None when `maps` holds no detect
+/// report naming pooled features.
+pub fn pooled_tau(maps: &Path) -> Option<f64> {
+    let r: PooledPart = report(maps).ok()?;
+    r.pooled_features.map(|_| r.pool_tau)
+}
+
+fn report<T: serde::de::DeserializeOwned>(maps: &Path) -> Result<T> {
     let path = maps.join(REPORT_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let report: DetectReport = serde_json::from_str(&text)
-        .map_err(|e| Error::input(&path, format!("not a detect report: {e}")))?;
-    Ok(report.normal_floor.map(|f| f.floor))
+    serde_json::from_str(&text)
+        .map_err(|e| Error::input(&path, format!("not a detect report: {e}")))
 }
 
 #[cfg(test)]
@@ -97,8 +119,35 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("anomalyncd-floor-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         assert!(normal_floor(&dir).is_err());
+        assert_eq!(pooled_tau(&dir), None);
         std::fs::write(dir.join(REPORT_FILE), "{}").unwrap();
         assert!(normal_floor(&dir).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_pooling_temperature_enters_the_maps_and_old_reports_read_as_one() {
+        let t: MapVariants = serde_json::from_str(r#"{"pool_tau": 2}"#).unwrap();
+        let mut s = spec(true);
+        t.apply(&mut s);
+        assert_eq!(s.pool_tau, 2.0);
+        assert_ne!(s.settings(), spec(true).settings());
+        assert_eq!(
+            MapVariants::default().pool_tau,
+            crate::config::DEFAULT_POOL_TAU
+        );
+        // A report from before the setting pooled at 1; one without pooled features has none.
+        let mut v = serde_json::json!({"pooled_features": "pooled_features.safetensors"});
+        let dir = std::env::temp_dir().join(format!("anomalyncd-tau-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(REPORT_FILE), v.to_string()).unwrap();
+        assert_eq!(pooled_tau(&dir), Some(1.0));
+        v["pool_tau"] = 0.5.into();
+        std::fs::write(dir.join(REPORT_FILE), v.to_string()).unwrap();
+        assert_eq!(pooled_tau(&dir), Some(0.5));
+        v["pooled_features"] = serde_json::Value::Null;
+        std::fs::write(dir.join(REPORT_FILE), v.to_string()).unwrap();
+        assert_eq!(pooled_tau(&dir), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

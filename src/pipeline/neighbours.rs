@@ -21,7 +21,7 @@ use super::TrainSpec;
 use crate::cluster::SetTokens;
 use crate::config::{Config, NeighbourFeatures};
 use crate::data::{CropSet, NeighbourViews};
-use crate::detect::pooled::{DEFAULT_POOLING, DETECT_FEATURES_FILE, DETECT_IMAGES_FILE};
+use crate::detect::pooled::{Pooling, DETECT_FEATURES_FILE, DETECT_IMAGES_FILE};
 use crate::error::{Error, Result};
 use crate::infer::predict::Predictions;
 use crate::mebin::{folders::pair_folders, MapItem};
@@ -56,7 +56,7 @@ pub(super) fn pooled_images(spec: &TrainSpec, cfg: &Config, set: &CropSet) -> Re
         crops_rows(&p, set, &novel)?;
         return Ok(p);
     }
-    if let Some(p) = detector_features(spec, set, &novel) {
+    if let Some(p) = detector_features(spec, cfg, set, &novel) {
         return Ok(p);
     }
     let (keys, feats) = pooled_here(spec, cfg)?;
@@ -164,15 +164,31 @@ impl PooledImages {
 }
 
 /// The maps folder's pooled features, when the built-in detector wrote them there
-/// ([`DETECT_FEATURES_FILE`]) for every image of the crops `items`; `None` (logged when the
-/// files are there) otherwise.
-fn detector_features(spec: &TrainSpec, set: &CropSet, items: &[usize]) -> Option<PooledImages> {
+/// ([`DETECT_FEATURES_FILE`]) for every image of the crops `items`, pooled at
+/// `detect.pool_tau`; `None` (logged when the files are there) otherwise.
+fn detector_features(
+    spec: &TrainSpec,
+    cfg: &Config,
+    set: &CropSet,
+    items: &[usize],
+) -> Option<PooledImages> {
     let maps = spec.maps.as_ref().or(spec.source_maps.as_ref())?;
     let (feats, list) = (
         maps.join(DETECT_FEATURES_FILE),
         maps.join(DETECT_IMAGES_FILE),
     );
     if !feats.is_file() {
+        return None;
+    }
+    let tau = crate::detect::pooled_tau(maps);
+    if tau != Some(cfg.detect.pool_tau) {
+        log::info!(
+            "the detector's pooled features in {} are not used (pooled at a temperature of {}, \
+             detect.pool_tau is {}); computing them",
+            maps.display(),
+            tau.map_or("unknown".into(), |t| t.to_string()),
+            cfg.detect.pool_tau
+        );
         return None;
     }
     let what = format!(
@@ -228,7 +244,9 @@ fn pooled_here(spec: &TrainSpec, cfg: &Config) -> Result<(Vec<String>, Array2<f3
         &weights,
         cfg.models.precision,
         size,
-        DEFAULT_POOLING,
+        Pooling::Soft {
+            tau: cfg.detect.pool_tau,
+        },
         spec.device,
     )?;
     let keys = items

@@ -361,10 +361,10 @@ fn pooled_baseline_groups_images_by_their_weighted_patch_features() {
             .collect::<std::collections::HashMap<_, _>>()
     };
     let by_detector = rows("det", "pooled_features.safetensors", "pooled_features.csv");
-    assert_eq!(
-        json(&p.join("det/detect.json"))["pooled_features"],
-        "pooled_features.safetensors"
-    );
+    let report = json(&p.join("det/detect.json"));
+    assert_eq!(report["pooled_features"], "pooled_features.safetensors");
+    // Pooled at detect.pool_tau's default, which `baseline --method pooled` also takes.
+    assert_eq!(report["pool_tau"], 0.5);
     let mut again = base.to_vec();
     again[4] = "det";
     again.extend(["--num-classes", "4", "--out", "pooled_det"]);
@@ -407,6 +407,30 @@ fn pooled_baseline_groups_images_by_their_weighted_patch_features() {
     // K given, no cache, neighbours by pooled features: no backbone pass over the crops for
     // pretrained class tokens, so no training-free row.
     assert!(!log.contains("training-free:"), "{log}");
+    // Features pooled at another temperature than the config's are not taken for its own.
+    let other_tau = common::train_args_on(
+        "synth",
+        "synth/test",
+        "det",
+        "det_nv1",
+        &[
+            "--set",
+            "training.neighbor_views=1",
+            "--set",
+            "training.neighbor_features=pooled",
+            "--set",
+            "training.cache_frozen=false",
+            "--set",
+            "detect.pool_tau=1",
+        ],
+    );
+    ok(p, &other_tau);
+    let log = std::fs::read_to_string(p.join("out/det_nv1/synth/log.txt")).unwrap();
+    assert!(
+        log.contains("(pooled at a temperature of 0.5, detect.pool_tau is 1); computing them")
+            && log.contains("pooled detector features of 16 images"),
+        "{log}"
+    );
 
     let mut top = base.to_vec();
     top.extend([

@@ -474,8 +474,12 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
     };
     // `neighbor_features: pooled`: a detector forward per defective image, unless the detector
     // wrote them: not when it fuses, which needs normal images (--normal or --images/good);
-    // user's maps: 448 px, 32 × 32 patches.
-    let written = |m: &Path| m.join(DETECT_FEATURES_FILE).is_file();
+    // user's maps (or the detector's pooled at another `detect.pool_tau`): 448 px, 32 × 32
+    // patches.
+    let written = |m: &Path| {
+        m.join(DETECT_FEATURES_FILE).is_file()
+            && crate::detect::pooled_tau(m) == Some(cfg.detect.pool_tau)
+    };
     let fuses = (spec.normal.is_some() || inputs.good > 0)
         && (cfg.detect.fuse_mutual > 0.0 || cfg.detect.fuse_cnn.always());
     let pass = (spec.anomaly_maps.as_deref()).map_or(fuses, |m| !written(m));

@@ -268,6 +268,24 @@ fn estimates_grow_with_the_counts_and_the_settings() {
         forwards > 0.0 && (extra - forwards).abs() < 1e-6 * forwards,
         "{extra}"
     );
+    // The user's maps are a detector run's, with its pooled features: no pass when they were
+    // pooled at `detect.pool_tau`, a pass when at another temperature.
+    let det = tempfile::tempdir().unwrap();
+    std::fs::write(det.path().join(DETECT_FEATURES_FILE), b"x").unwrap();
+    let report = |tau: f64| {
+        let r = format!(r#"{{"pooled_features": "{DETECT_FEATURES_FILE}", "pool_tau": {tau}}}"#);
+        std::fs::write(det.path().join(crate::detect::REPORT_FILE), r).unwrap();
+    };
+    let mut theirs = given.clone();
+    theirs.anomaly_maps = Some(det.path().to_path_buf());
+    report(theirs.config.detect.pool_tau);
+    assert_eq!(
+        neighbours(&theirs, 0.5, pooled.clone()),
+        neighbours(&theirs, 0.5, None)
+    );
+    report(1.0);
+    let extra = neighbours(&theirs, 0.5, pooled.clone()) - neighbours(&theirs, 0.5, None);
+    assert!((extra - forwards).abs() < 1e-6 * forwards, "{extra}");
     let what = |s: &DiscoverSpec| plan(s, &small).stage("train").unwrap().what.clone();
     assert!(!what(&fixed).contains("neighbour views"));
     let mut nv = fixed.clone();

@@ -64,6 +64,7 @@ const CHANGES: &[Change] = &[
     ("zero_shot", |j| j.zero_shot = true),
     ("zero_shot_refs", |j| j.zero_shot_refs = 8),
     ("zero_shot_fraction", |j| j.zero_shot_fraction = 0.5),
+    ("pool_tau", |j| j.pool_tau = 2.0),
     ("seed", |j| j.seed = 7),
     ("write_good_maps", |j| j.write_good_maps = true),
     ("train", |j| j.train = Some("/data/normal".into())),
