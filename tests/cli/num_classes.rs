@@ -383,22 +383,26 @@ fn pooled_baseline_groups_images_by_their_weighted_patch_features() {
         let cos: f32 = u.iter().zip(v).map(|(a, b)| a * b).sum();
         assert!(cos > 0.995, "{key}: cosine {cos}");
     }
-    let det_maps = common::train_args_on(
-        "synth",
-        "synth/test",
-        "det",
-        "det_nv",
-        &[
+    // Trains on the detector's maps with neighbour views by pooled features; its log.
+    let on_det_maps = |runner: &str, tau: &str| {
+        let set = format!("detect.pool_tau={tau}");
+        let extra = [
             "--set",
             "training.neighbor_views=1",
             "--set",
             "training.neighbor_features=pooled",
             "--set",
             "training.cache_frozen=false",
-        ],
-    );
-    ok(p, &det_maps);
-    let log = std::fs::read_to_string(p.join("out/det_nv/synth/log.txt")).unwrap();
+            "--set",
+            &set,
+        ];
+        ok(
+            p,
+            &common::train_args_on("synth", "synth/test", "det", runner, &extra),
+        );
+        std::fs::read_to_string(p.join(format!("out/{runner}/synth/log.txt"))).unwrap()
+    };
+    let log = on_det_maps("det_nv", "0.5");
     assert!(
         log.contains("pooled features that the detector wrote in det")
             && !log.contains("pooled detector features of"),
@@ -408,24 +412,7 @@ fn pooled_baseline_groups_images_by_their_weighted_patch_features() {
     // pretrained class tokens, so no training-free row.
     assert!(!log.contains("training-free:"), "{log}");
     // Features pooled at another temperature than the config's are not taken for its own.
-    let other_tau = common::train_args_on(
-        "synth",
-        "synth/test",
-        "det",
-        "det_nv1",
-        &[
-            "--set",
-            "training.neighbor_views=1",
-            "--set",
-            "training.neighbor_features=pooled",
-            "--set",
-            "training.cache_frozen=false",
-            "--set",
-            "detect.pool_tau=1",
-        ],
-    );
-    ok(p, &other_tau);
-    let log = std::fs::read_to_string(p.join("out/det_nv1/synth/log.txt")).unwrap();
+    let log = on_det_maps("det_nv1", "1");
     assert!(
         log.contains("(pooled at a temperature of 0.5, detect.pool_tau is 1); computing them")
             && log.contains("pooled detector features of 16 images"),
