@@ -10,7 +10,9 @@ the detector pooled per image while it scored, which `training.neighbor_features
 reads); TOKENS a `baseline --num-classes auto` folder (class_tokens.safetensors and
 crop_predictions.csv, as experiments/k_subsets.py reads them), whose images are matched to the
 pooled rows by name. An image's tokens are the mean of its crops'. Each feature set is made unit
-length; "concat" joins the two unit vectors. For every subset of two or more true types (the
+length; "concat" joins the two unit vectors; "sum" reads the gaps of the sum of the two
+features' kNN graphs (each of the multi-k neighbour counts), as the answer's graph adds them
+(`inference.spectral_graph: trained_and_pooled`; multi-k only). For every subset of two or more true types (the
 images' type folders) the estimators of experiments/k_subsets.py pick K (2..10):
 eigengap/multi-k (the product's default, `eigengap_scales`) and eigengap (one graph of sqrt n
 neighbours). Printed per set and feature: the estimate on the whole set, the mean absolute
@@ -41,6 +43,28 @@ def read_image_tokens(d: Path):
     return xi, [Path(i).with_suffix("").as_posix() for i in images]
 
 
+def knn_graph(x, nn):
+    """The symmetric 0/1 kNN graph of k_subsets.gap_curve."""
+    n = len(x)
+    nn = int(np.clip(nn, 1, n - 1))
+    d = ks.sqdist(x, x)
+    np.fill_diagonal(d, np.inf)
+    a = np.zeros((n, n))
+    a[np.repeat(np.arange(n), nn), np.argsort(d, axis=1, kind="stable")[:, :nn].ravel()] = 1
+    return np.maximum(a, a.T)
+
+
+def summed_multi_k(xs):
+    """multi-k's gap curves, each on the sum of the features' kNN graphs."""
+    def curve(a):
+        s = 1 / np.sqrt(a.sum(1))
+        ev = np.linalg.eigvalsh(np.eye(len(a)) - s[:, None] * a * s[None, :])
+        return {k: ev[k] - ev[k - 1] for k in range(ks.KMIN, min(ks.KMAX, len(a) - 1) + 1)}
+    r = np.sqrt(len(xs[0]))
+    nns = [max(2, int(round(f * r))) for f in (0.5, 1, 2)]
+    return kss.argmax_k(kss.mean_curve([curve(sum(knn_graph(x, nn) for x in xs)) for nn in nns]))
+
+
 def main(argv):
     if not argv or any("=" not in a or "," not in a for a in argv):
         sys.exit(__doc__)
@@ -58,13 +82,16 @@ def main(argv):
         types = sorted(set(y))
         feats = {"pooled": xp, "tokens": xt, "concat": ks.unit(np.hstack([xp, xt]))}
         estimators = {"multi-k": kss.multi_k, "eigengap": kss.eigengap_nn}
+        feats["sum"] = (xp, xt)
         for fname, x in feats.items():
+            if fname == "sum":
+                estimators = {"multi-k": summed_multi_k}
             errs = {e: [] for e in estimators}
             whole = {}
             for sub in kss.subsets(types):
                 m = np.isin(y, sub)
                 for e, f in estimators.items():
-                    k = f(x[m])
+                    k = f(tuple(v[m] for v in x) if fname == "sum" else x[m])
                     errs[e].append(k - len(sub))
                     if len(sub) == len(types):
                         whole[e] = k

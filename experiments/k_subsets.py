@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Does `--num-classes auto` read K from the data? The K estimate on every subset of a set's types.
 
-    .venv/bin/python experiments/k_subsets.py NAME=DIR [NAME=DIR ...] [--slow]
+    .venv/bin/python experiments/k_subsets.py NAME=DIR [NAME=DIR ...] [--slow] [--drop-low-scores Q]
 
 Each DIR is a `baseline --num-classes auto` output (class_tokens.safetensors and
 crop_predictions.csv, read as experiments/k_study.py reads them). For every subset of at least two
@@ -24,10 +24,16 @@ Estimators (all deterministic; none has a constant fitted to these sets):
   those names (seed 0), each as that script describes it.
 - const3, const4: the same guess for every subset, for scale.
 
+With --drop-low-scores Q, the crops whose anomaly score (DIR/binarize/scores.json) is below
+the set's Q-quantile are left out of every crop estimator first (K read from the crops the
+detector is surest of; the image estimators keep every crop).
+
 Printed per set and over all sets: the mean absolute error, the share within +-1, the mean signed
 error (negative: too few types), and the estimate for each true K.
 """
+import csv
 import itertools
+import json
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -105,8 +111,21 @@ def subsets(types, min_k=2):
         yield from itertools.combinations(types, k)
 
 
+def crop_scores(d: Path):
+    """The anomaly score of each crop of crop_predictions.csv, from the binarize stage's
+    scores.json ({type: {crop file: score}})."""
+    scores = json.load(open(d / "binarize" / "scores.json"))
+    rows = csv.DictReader(open(d / "crop_predictions.csv"))
+    return np.array([scores[t][f] for t, f in (r["crop"].split("/", 1) for r in rows)])
+
+
 def main(argv):
     global ESTIMATORS
+    drop = None
+    if "--drop-low-scores" in argv:
+        i = argv.index("--drop-low-scores")
+        drop = float(argv[i + 1])
+        argv = argv[:i] + argv[i + 2:]
     ESTIMATORS = {**ESTIMATORS, **(SLOW if "--slow" in argv else {}), **CONSTANTS}
     sets = [a.split("=", 1) for a in argv if "=" in a]
     if not sets:
@@ -114,6 +133,10 @@ def main(argv):
     tally = defaultdict(lambda: defaultdict(list))  # estimator -> set -> [(true, est)]
     for name, d in sets:
         xc, yc, xi, yi = ks.load(Path(d))
+        if drop is not None:
+            s = crop_scores(Path(d))
+            keep = s >= np.quantile(s, drop)
+            xc, yc = xc[keep], [y for y, k in zip(yc, keep) if k]
         yc, yi = np.array(yc), np.array(yi)
         types = sorted(set(yi))
         for sub in subsets(types):

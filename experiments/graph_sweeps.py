@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""How much does the answer's summed graph (`inference.spectral_graph: trained_and_pooled`) depend
+on its settings and on the k-means that splits its embedding? An offline study (issue 25,
+thirteenth session), on the same trained models and pooled features as
+experiments/pooled_graph_study.py, with the true K.
+
+    .venv/bin/python experiments/graph_sweeps.py weights|neighbours|kmeans-seeds PROTOCOL=POOLED:RUN1,RUN2,... ...
+
+  weights       the trained graph plus w times the pooled graph, w = 0, 0.25, 0.5, 1, 2, 4 (w = 1:
+                the product), and w chosen per run by an unsupervised criterion: the largest
+                eigengap at K of the normalised Laplacian, or the smallest K-th eigenvalue (cut)
+  neighbours    both graphs with 5, 8, 10, 15, 20 neighbours (10: the product), and a consensus
+                of the five partitions (spectral clustering of their co-association)
+  kmeans-seeds  per run, the sum's embedding split by k-means with seeds 0..9 (10 restarts
+                each, the lowest inertia kept, as the product does): the spread of F1 that the
+                split alone gives
+
+Printed: mean F1 per protocol and setting (weights, neighbours) and the mean over the protocols;
+for kmeans-seeds one line per run. Standard library + numpy; the readers, graph and clustering
+from the scripts beside this one.
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fusion_study import f1_nmi, protocol_args, run_images  # noqa: E402
+from pooled_graph_study import pooled_features  # noqa: E402
+from spectral_study import affinity, spectral_on  # noqa: E402
+
+WEIGHTS = (0, 0.25, 0.5, 1, 2, 4)
+NEIGHBOURS = (5, 8, 10, 15, 20)
+
+
+def runs_of(pooled_dir, runs):
+    """(truth, trained features, pooled features) per run, the rows in the run's image order."""
+    pooled = pooled_features(Path(pooled_dir))
+    for run in runs:
+        keys, truth, _, x = run_images(Path(run))
+        yield run, truth, x, np.stack([pooled[k] for k in keys])
+
+
+def laplacian_eigenvalues(w):
+    deg = w.sum(1)
+    inv = 1 / np.sqrt(np.maximum(deg, 1e-300))
+    return np.linalg.eigvalsh(np.eye(len(w)) - inv[:, None] * w * inv[None, :])
+
+
+def f1(truth, w, k, seed=0):
+    return f1_nmi(truth, list(spectral_on(w, k, seed)))[0]
+
+
+def weights(truth, x, p):
+    k = len(set(truth))
+    at, ap = affinity(x, 10), affinity(p, 10)
+    found, gap, cut = {}, {}, {}
+    for w in WEIGHTS:
+        a = at + w * ap
+        ev = laplacian_eigenvalues(a)
+        gap[w], cut[w] = ev[k] - ev[k - 1], ev[k - 1]
+        found[f"w = {w}"] = f1(truth, a, k)
+    found["w by eigengap"] = found[f"w = {max(WEIGHTS, key=gap.get)}"]
+    found["w by cut"] = found[f"w = {min(WEIGHTS, key=cut.get)}"]
+    return found
+
+
+def neighbours(truth, x, p):
+    k = len(set(truth))
+    found, labels = {}, []
+    for nn in NEIGHBOURS:
+        lab = np.array(spectral_on(affinity(x, nn) + affinity(p, nn), k))
+        labels.append(lab)
+        found[f"{nn} neighbours"] = f1_nmi(truth, list(lab))[0]
+    co = np.mean([(lab[:, None] == lab[None, :]).astype(float) for lab in labels], 0)
+    np.fill_diagonal(co, 0)
+    found["consensus"] = f1(truth, co, k)
+    return found
+
+
+def main(argv):
+    if not argv or argv[0] not in ("weights", "neighbours", "kmeans-seeds"):
+        sys.exit(__doc__)
+    mode, args = argv[0], argv[1:]
+    table = {}
+    for name, pooled_dir, runs in protocol_args(args, __doc__, pooled=True):
+        for run, truth, x, p in runs_of(pooled_dir, runs):
+            if mode == "kmeans-seeds":
+                w = affinity(x, 10) + affinity(p, 10)
+                v = [f1(truth, w, len(set(truth)), s) for s in range(10)]
+                print(f"{name} {run}: F1 {min(v):.3f}..{max(v):.3f}, mean {np.mean(v):.3f} ("
+                      + " ".join(f"{a:.3f}" for a in v) + ")", flush=True)
+                continue
+            for setting, v in (weights if mode == "weights" else neighbours)(truth, x, p).items():
+                table.setdefault(setting, {}).setdefault(name, []).append(v)
+    if not table:
+        return
+    names = list(next(iter(table.values())))
+    print("| setting | " + " | ".join(names) + " | mean F1 |")
+    print("|---|" + "---|" * (len(names) + 1))
+    for setting, cols in table.items():
+        means = [np.mean(cols[n]) for n in names]
+        print(f"| {setting} | " + " | ".join(f"{m:.3f}" for m in means) + f" | {np.mean(means):.3f} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
