@@ -4,7 +4,7 @@ on its settings and on the k-means that splits its embedding? An offline study (
 thirteenth session), on the same trained models and pooled features as
 experiments/pooled_graph_study.py, with the true K.
 
-    .venv/bin/python experiments/graph_sweeps.py weights|neighbours|kmeans-seeds PROTOCOL=POOLED:RUN1,RUN2,... ...
+    .venv/bin/python experiments/graph_sweeps.py weights|neighbours|kmeans-seeds|dims PROTOCOL=POOLED:RUN1,RUN2,... ...
 
   weights       the trained graph plus w times the pooled graph, w = 0, 0.25, 0.5, 1, 2, 4 (w = 1:
                 the product), and w chosen per run by an unsupervised criterion: the largest
@@ -15,6 +15,8 @@ experiments/pooled_graph_study.py, with the true K.
                 each, the lowest inertia kept, as the product does): the spread of F1 that the
                 split alone gives, and the F1 of a consensus of the ten splits (spectral
                 clustering of their co-association)
+  dims          the embedding of K (the product), K + 1 or K + 2 eigenvectors, split into K
+                clusters; each run's F1 the mean over k-means seeds 0..4
 
 Printed: mean F1 per protocol and setting (weights, neighbours) and the mean over the protocols;
 for kmeans-seeds one line per run. Standard library + numpy; the readers, graph and clustering
@@ -28,6 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fusion_study import f1_nmi, protocol_args, run_images  # noqa: E402
 from pooled_graph_study import pooled_features  # noqa: E402
+from k_study import kmeans  # noqa: E402
 from spectral_study import affinity, spectral_on  # noqa: E402
 
 WEIGHTS = (0, 0.25, 0.5, 1, 2, 4)
@@ -66,6 +69,21 @@ def weights(truth, x, p):
     return found
 
 
+def embedding_dims(truth, x, p):
+    k = len(set(truth))
+    w = affinity(x, 10) + affinity(p, 10)
+    deg = w.sum(1)
+    inv = np.where(deg > 0, 1 / np.sqrt(np.maximum(deg, 1e-300)), 0)
+    _, vecs = np.linalg.eigh(inv[:, None] * w * inv[None, :])
+    found = {}
+    for extra in (0, 1, 2):
+        u = vecs[:, -(k + extra):]
+        u = u / np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-300)
+        splits = [kmeans(u, k, np.random.default_rng(s))[0] for s in range(5)]
+        found[f"K + {extra} eigenvectors"] = np.mean([f1_nmi(truth, list(v))[0] for v in splits])
+    return found
+
+
 def neighbours(truth, x, p):
     k = len(set(truth))
     found, labels = {}, []
@@ -80,7 +98,8 @@ def neighbours(truth, x, p):
 
 
 def main(argv):
-    if not argv or argv[0] not in ("weights", "neighbours", "kmeans-seeds"):
+    modes = {"weights": weights, "neighbours": neighbours, "dims": embedding_dims}
+    if not argv or argv[0] not in (*modes, "kmeans-seeds"):
         sys.exit(__doc__)
     mode, args = argv[0], argv[1:]
     table = {}
@@ -97,7 +116,7 @@ def main(argv):
                       f"consensus {f1(truth, co, k):.3f} (" + " ".join(f"{a:.3f}" for a in v)
                       + ")", flush=True)
                 continue
-            for setting, v in (weights if mode == "weights" else neighbours)(truth, x, p).items():
+            for setting, v in modes[mode](truth, x, p).items():
                 table.setdefault(setting, {}).setdefault(name, []).append(v)
     if not table:
         return
