@@ -18,8 +18,9 @@ pub const DEFAULT_ZERO_SHOT_FRACTION: f64 = 0.15;
 /// The temperature of the softmax that pools an image's patch features under its map, relative
 /// to the image's own score spread (`pool_tau`; the detector's and the train stage's pooled
 /// features). 0.5, where it was 1 until 2026-12-07: on the same trained models, the answer's
-/// graph on features pooled at 0.5 gave a higher F1 than at 1 on all five benchmark protocols
-/// (docs/results.md, thirteenth session), as k-means on them alone had on MTD and tire.
+/// graph on features pooled at 0.5 was level with or above 1 on all five benchmark protocols,
+/// and new runs with it gave a level F1 and a higher NMI on three (docs/results.md, thirteenth
+/// session); k-means on the features alone had favoured 0.5 on MTD and tire before.
 pub const DEFAULT_POOL_TAU: f64 = 0.5;
 
 /// The largest `pool_tau`: far above it the softmax is the plain mean of the patches.

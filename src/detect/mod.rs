@@ -50,7 +50,7 @@ pub use spec::{
     DEFAULT_MAX_PATCHES, DEFAULT_POOL_TAU, DEFAULT_STAGES, DEFAULT_VIT_IMAGE_SIZE,
     DEFAULT_ZERO_SHOT_FRACTION, DEFAULT_ZERO_SHOT_REFS, LARGE_VIT_IMAGE_SIZE,
 };
-pub use variants::{normal_floor, pooled_tau, MapVariants};
+pub use variants::{normal_floor, pooled_at, pooled_tau, MapVariants};
 
 /// Test type folders holding normal images.
 pub use crate::imageio::NORMAL_TYPE;

@@ -213,11 +213,10 @@ mod tests {
         let map = Tensor::from_slice(&px).view([4, 6]);
         let x = patches(6, 5);
         let cells = [60.0, 10.0, 17.5, 10.0, 10.0, 10.0];
-        let want =
-            Vec::<f32>::try_from(&pool(&x, &cells, Pooling::Soft { tau: 1.0 }).unwrap()).unwrap();
-        let got = pool_under_map(&x, (2, 3), &map, Pooling::Soft { tau: 1.0 }).unwrap();
-        let scaled =
-            pool_under_map(&x, (2, 3), &(&map * 3.0 + 7.0), Pooling::Soft { tau: 1.0 }).unwrap();
+        let soft = Pooling::Soft { tau: 1.0 };
+        let want = Vec::<f32>::try_from(&pool(&x, &cells, soft).unwrap()).unwrap();
+        let got = pool_under_map(&x, (2, 3), &map, soft).unwrap();
+        let scaled = pool_under_map(&x, (2, 3), &(&map * 3.0 + 7.0), soft).unwrap();
         let norm = want.iter().map(|v| v * v).sum::<f32>().sqrt();
         for ((g, s), w) in got.iter().zip(&scaled).zip(&want) {
             assert!(

@@ -160,7 +160,8 @@ pub(crate) struct ToScore<'a> {
     pub held: &'a [&'a Path],
     /// Per test image: whether its map is written (and so enters MEBin's range).
     pub written: &'a [bool],
-    /// Pool each test image's patch features under its map so (None: not; nor when fusing).
+    /// How to pool each test image's patch features under its map (None: not pooled; nor when
+    /// fusing).
     pub pool: Option<Pooling>,
     /// The spill file's name in `out`.
     pub spill: &'a str,
@@ -231,8 +232,10 @@ pub(crate) fn score(
     let pb = crate::logging::progress(all.len() as u64, "scoring");
     // Kept only when fusing: the fused scores need the scales over all test images.
     let mut grids = Vec::new();
-    let pooling = pool.filter(|_| mutual.is_none());
-    let mut pooled = pooling.map(|_| Vec::<f32>::new());
+    // How to pool and the rows so far; not when fusing.
+    let mut pooled = pool
+        .filter(|_| mutual.is_none())
+        .map(|how| (how, Vec::<f32>::new()));
     let mut dim = 0;
     for (c, chunk) in all.chunks(inp.batch_size).enumerate() {
         let feats = fx.images(chunk, inp.size, inp.resize)?;
@@ -254,9 +257,9 @@ pub(crate) fn score(
             }
             let s = fitted.unsqueeze(0);
             let map = blur(&s, f.input);
-            if let (Some(rows), Some(how), true) = (pooled.as_mut(), pooling, idx < test.len()) {
+            if let (Some((how, rows)), true) = (pooled.as_mut(), idx < test.len()) {
                 // The map as written, up to the global 8-bit scale the weights ignore.
-                let v = pool_under_map(&f.patches, f.grid, &map.squeeze_dim(0), how)?;
+                let v = pool_under_map(&f.patches, f.grid, &map.squeeze_dim(0), *how)?;
                 dim = v.len();
                 rows.extend(v);
             }
@@ -287,7 +290,7 @@ pub(crate) fn score(
     } = sink;
     let normal_floor = normal.levels(spill.lo, spill.hi, maps_min);
     let pooled = match pooled {
-        Some(rows) => Some(
+        Some((_, rows)) => Some(
             ndarray::Array2::from_shape_vec((test.len(), dim), rows)
                 .map_err(|e| Error::runtime(format!("pooled features: {e}")))?,
         ),

@@ -51,6 +51,11 @@ pub fn pooled_tau(maps: &Path) -> Option<f64> {
     r.pooled_features.map(|_| r.pool_tau)
 }
 
+/// Whether `maps` holds pooled features the detector wrote at the temperature `tau`.
+pub fn pooled_at(maps: &Path, tau: f64) -> bool {
+    maps.join(super::pooled::DETECT_FEATURES_FILE).is_file() && pooled_tau(maps) == Some(tau)
+}
+
 fn report<T: serde::de::DeserializeOwned>(maps: &Path) -> Result<T> {
     let path = maps.join(REPORT_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;

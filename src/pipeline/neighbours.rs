@@ -180,8 +180,8 @@ fn detector_features(
     if !feats.is_file() {
         return None;
     }
-    let tau = crate::detect::pooled_tau(maps);
-    if tau != Some(cfg.detect.pool_tau) {
+    if !crate::detect::pooled_at(maps, cfg.detect.pool_tau) {
+        let tau = crate::detect::pooled_tau(maps);
         log::info!(
             "the detector's pooled features in {} are not used (pooled at a temperature of {}, \
              detect.pool_tau is {}); computing them",

@@ -9,7 +9,6 @@ use super::DiscoverSpec;
 use crate::cluster::NumClasses;
 use crate::config::{CnnMix, NeighbourFeatures};
 use crate::detect::held_out_normals;
-use crate::detect::pooled::DETECT_FEATURES_FILE;
 
 /// The type folder of `--images` that holds normal images.
 pub use crate::imageio::NORMAL_TYPE;
@@ -476,10 +475,7 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
     // wrote them: not when it fuses, which needs normal images (--normal or --images/good);
     // user's maps (or the detector's pooled at another `detect.pool_tau`): 448 px, 32 × 32
     // patches.
-    let written = |m: &Path| {
-        m.join(DETECT_FEATURES_FILE).is_file()
-            && crate::detect::pooled_tau(m) == Some(cfg.detect.pool_tau)
-    };
+    let written = |m: &Path| crate::detect::pooled_at(m, cfg.detect.pool_tau);
     let fuses = (spec.normal.is_some() || inputs.good > 0)
         && (cfg.detect.fuse_mutual > 0.0 || cfg.detect.fuse_cnn.always());
     let pass = (spec.anomaly_maps.as_deref()).map_or(fuses, |m| !written(m));

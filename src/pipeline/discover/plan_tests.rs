@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use super::*;
 use crate::config::{CnnMix, Config, NeighbourFeatures};
+use crate::detect::pooled::DETECT_FEATURES_FILE;
 use crate::pipeline::discover::{DetectorSettings, DiscoverSpec};
 
 /// A spec for these flags (also the stage records' tests').
