@@ -59,7 +59,7 @@ fn main() {
         let mut opts = SpectralOptions::new(K, 10, 0);
         opts.dense_max_points = dense_max;
         let t = Instant::now();
-        let got = fit(x.view(), opts).expect("spectral clustering");
+        let got = fit(x.view(), &opts).expect("spectral clustering");
         let s = t.elapsed().as_secs_f64();
         let how = if n <= dense_max {
             "dense"

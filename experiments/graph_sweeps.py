@@ -17,6 +17,13 @@ experiments/pooled_graph_study.py, with the true K.
                 clustering of their co-association)
   dims          the embedding of K (the product), K + 1 or K + 2 eigenvectors, split into K
                 clusters; each run's F1 the mean over k-means seeds 0..4
+  center-scales the trained features as they are, centred on their mean (`inference.
+                spectral_center`), standardised per dimension, or centred less their first
+                principal component; and each graph the sum of those with b/2, b and 2b
+                neighbours (`inference.spectral_scales: [0.5, 1, 2]`), alone or on the centred
+                features. Each run's F1 is the mean over base neighbour counts b = 8, 10, 15 and
+                k-means seeds 0..2, so that no setting wins by one neighbour count; the last
+                column gives the mean over the protocols at each b (fourteenth session)
 
 Printed: mean F1 per protocol and setting (weights, neighbours) and the mean over the protocols;
 for kmeans-seeds one line per run. Standard library + numpy; the readers, graph and clustering
@@ -30,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fusion_study import f1_nmi, protocol_args, run_images  # noqa: E402
 from pooled_graph_study import pooled_features  # noqa: E402
-from k_study import kmeans  # noqa: E402
+from k_study import kmeans, unit  # noqa: E402
 from spectral_study import affinity, spectral_on  # noqa: E402
 
 WEIGHTS = (0, 0.25, 0.5, 1, 2, 4)
@@ -84,6 +91,48 @@ def embedding_dims(truth, x, p):
     return found
 
 
+def centred(x):
+    return unit(x - x.mean(0))
+
+
+def standardised(x):
+    return unit((x - x.mean(0)) / np.maximum(x.std(0), 1e-6))
+
+
+def less_top_component(x):
+    y = x - x.mean(0)
+    top = np.linalg.svd(y, full_matrices=False)[2][:1]
+    return unit(y - (y @ top.T) @ top)
+
+
+def scales(z, b):
+    """The sum of the graphs with b/2, b and 2b neighbours (their mean: the same answer)."""
+    return sum(affinity(z, max(2, int(round(f * b)))) for f in (0.5, 1, 2)) / 3
+
+
+CENTER_SCALES = {
+    "as they are (the product until now)": lambda x, p, b: affinity(x, b) + affinity(p, b),
+    "centred": lambda x, p, b: affinity(centred(x), b) + affinity(p, b),
+    "standardised": lambda x, p, b: affinity(standardised(x), b) + affinity(p, b),
+    "centred, less the top component": lambda x, p, b: affinity(less_top_component(x), b)
+    + affinity(p, b),
+    "scales 0.5, 1, 2": lambda x, p, b: scales(x, b) + scales(p, b),
+    "centred, scales 0.5, 1, 2 (the new default)": lambda x, p, b: scales(centred(x), b)
+    + scales(p, b),
+}
+BASES = (8, 10, 15)
+
+
+def center_scales(truth, x, p):
+    k = len(set(truth))
+    found = {}
+    for name, graph in CENTER_SCALES.items():
+        for b in BASES:
+            w = graph(x, p, b)
+            found[(name, b)] = np.mean([f1(truth, w, k, s) for s in range(3)])
+    return found
+
+
 def neighbours(truth, x, p):
     k = len(set(truth))
     found, labels = {}, []
@@ -98,7 +147,8 @@ def neighbours(truth, x, p):
 
 
 def main(argv):
-    modes = {"weights": weights, "neighbours": neighbours, "dims": embedding_dims}
+    modes = {"weights": weights, "neighbours": neighbours, "dims": embedding_dims,
+             "center-scales": center_scales}
     if not argv or argv[0] not in (*modes, "kmeans-seeds"):
         sys.exit(__doc__)
     mode, args = argv[0], argv[1:]
@@ -120,12 +170,30 @@ def main(argv):
                 table.setdefault(setting, {}).setdefault(name, []).append(v)
     if not table:
         return
+    if mode == "center-scales":
+        print_by_base(table)
+        return
     names = list(next(iter(table.values())))
     print("| setting | " + " | ".join(names) + " | mean F1 |")
     print("|---|" + "---|" * (len(names) + 1))
     for setting, cols in table.items():
         means = [np.mean(cols[n]) for n in names]
         print(f"| {setting} | " + " | ".join(f"{m:.3f}" for m in means) + f" | {np.mean(means):.3f} |")
+
+
+def print_by_base(table):
+    """One row per setting: each protocol's F1 averaged over the bases, the mean over the
+    protocols, and that mean at each base."""
+    names = list(next(iter(table.values())))
+    print("| setting | " + " | ".join(names) + " | mean F1 | at b = "
+          + ", ".join(map(str, BASES)) + " |")
+    print("|---|" + "---|" * (len(names) + 2))
+    for setting in CENTER_SCALES:
+        cols = {n: np.mean([table[(setting, b)][n] for b in BASES], axis=0) for n in names}
+        at = [np.mean([np.mean(table[(setting, b)][n]) for n in names]) for b in BASES]
+        means = [np.mean(cols[n]) for n in names]
+        print(f"| {setting} | " + " | ".join(f"{m:.3f}" for m in means)
+              + f" | {np.mean(means):.3f} | " + " / ".join(f"{a:.3f}" for a in at) + " |")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@
 #            command the unit ran). Do not run the bench on OUT meanwhile.
 # SWEEP_OUT  per setting: SWEEP_OUT/<setting>/<protocol>/<unit>.json (the run's discover.json under
 #            that setting) and <unit>.log; a setting whose .json exists is not run again.
-# settings   one or more "inference.key=value" (another section would retrain). The default's
+# settings   one or more "inference.key=value", or several joined by "+" to be evaluated
+#            together ("inference.spectral_center=false+inference.spectral_scales=[1]");
+#            another section would retrain. The default's
 #            value written out (`inference.merge_temperature=50`: discover treats data as not
 #            MVTec-style) is a check that a re-evaluation reproduces the run's scores.
 # Environment: BIN overrides the binary recorded in the log; UNITS (default "seed*") selects units.
@@ -35,9 +37,18 @@ case "$(realpath -m "$SWEEP")/" in
   "$(realpath "$OUT")"/*) die2 "SWEEP_OUT=$SWEEP lies inside OUT=$OUT: give another folder" ;;
 esac
 for s in "$@"; do
-  [[ "$s" =~ ^inference\.[a-z_]+=[^[:space:]/]+$ ]] ||
-    die2 "setting '$s' is not inference.key=value (only inference settings are evaluated again without retraining)"
+  IFS=+ read -r -a parts <<<"$s"
+  for part in "${parts[@]}"; do
+    [[ "$part" =~ ^inference\.[a-z_]+=[^[:space:]/+]+$ ]] ||
+      die2 "setting '$s' is not inference.key=value[+inference.key=value...] (only inference settings are evaluated again without retraining)"
+  done
 done
+# set_args SETTING: the --set arguments of one setting (its parts joined by +).
+set_args() {
+  local part
+  IFS=+ read -r -a parts <<<"$1"
+  for part in "${parts[@]}"; do printf '%s\0' --set "$part"; done
+}
 UNITS=${UNITS:-seed*}
 # put SRC DST: DST replaced by a copy of SRC in one rename.
 put() { cp "$1" "$2.sweep.tmp" && mv "$2.sweep.tmp" "$2"; }
@@ -71,7 +82,8 @@ for run in "$OUT"/*/$UNITS; do
     mkdir -p "$(dirname "$dst")"
     t0=$(date +%s.%N)
     ran=1
-    if "${cmd[@]}" --set "$s" >"$dst.log" 2>&1; then
+    mapfile -d '' sets < <(set_args "$s")
+    if "${cmd[@]}" "${sets[@]}" >"$dst.log" 2>&1; then
       put "$run/discover.json" "$dst.json"
       awk -v a="$t0" -v b="$(date +%s.%N)" -v l="$proto $unit $s" 'BEGIN{printf "%s: %.1f s\n", l, b-a}'
     else

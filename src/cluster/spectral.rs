@@ -37,11 +37,14 @@ const MAX_ITER: usize = 3000;
 const TOL: f64 = 1e-10;
 
 /// Settings of one spectral clustering.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SpectralOptions {
     pub k: usize,
     /// Nearest neighbours that join a point in the graph.
     pub neighbors: usize,
+    /// The graph is the sum of the graphs with `neighbors` × each of these neighbours (rounded,
+    /// at least 2); `[1.0]`: one graph.
+    pub scales: Vec<f64>,
     /// Seed of the k-means on the spectral embedding.
     pub seed: u64,
     /// Up to this many points the eigenvectors come from a dense eigendecomposition, above it
@@ -54,9 +57,18 @@ impl SpectralOptions {
         Self {
             k,
             neighbors,
+            scales: vec![1.0],
             seed,
             dense_max_points: DENSE_MAX_POINTS,
         }
+    }
+
+    /// The neighbour count of each of the graphs that are summed.
+    pub fn neighbour_counts(&self) -> Vec<usize> {
+        self.scales
+            .iter()
+            .map(|f| ((f * self.neighbors as f64).round() as usize).max(2))
+            .collect()
     }
 }
 
@@ -307,7 +319,7 @@ fn embed(g: &Graph, k: usize, dense_max: usize, seed: u64) -> Result<Array2<f32>
 
 /// Spectral clustering of the rows of `points` (`[n, D]`) into `opts.k` clusters: the cluster
 /// of each point, `0..k`. Deterministic for a seed.
-pub fn fit(points: ArrayView2<f32>, opts: SpectralOptions) -> Result<Vec<usize>> {
+pub fn fit(points: ArrayView2<f32>, opts: &SpectralOptions) -> Result<Vec<usize>> {
     let n = points.nrows();
     if opts.k == 0 || opts.k > n {
         return Err(Error::usage(format!(
@@ -318,13 +330,29 @@ pub fn fit(points: ArrayView2<f32>, opts: SpectralOptions) -> Result<Vec<usize>>
     if opts.k == 1 {
         return Ok(vec![0; n]);
     }
-    fit_graph(&graph(points, opts.neighbors)?, opts)
+    fit_graph(&summed(&[points], opts)?, opts)
+}
+
+/// The sum of the graphs of every view at every neighbour count of `opts`
+/// ([`SpectralOptions::neighbour_counts`]).
+fn summed(views: &[ArrayView2<f32>], opts: &SpectralOptions) -> Result<Graph> {
+    let mut g: Option<Graph> = None;
+    for v in views {
+        for &nn in &opts.neighbour_counts() {
+            let one = graph(*v, nn)?;
+            g = Some(match g {
+                Some(acc) => acc.sum(&one)?,
+                None => one,
+            });
+        }
+    }
+    g.ok_or_else(|| Error::runtime("spectral clustering needs at least one view and scale"))
 }
 
 /// Spectral clustering of the points of each view (`[n, D_v]`, the same n points described by
-/// different features) on the sum of their graphs ([`Graph::sum`]), each graph with
-/// `opts.neighbors` neighbours. One view is [`fit`].
-pub fn fit_views(views: &[ArrayView2<f32>], opts: SpectralOptions) -> Result<Vec<usize>> {
+/// different features) on the sum of their graphs ([`Graph::sum`]), each graph at the
+/// neighbour counts of `opts`. One view is [`fit`].
+pub fn fit_views(views: &[ArrayView2<f32>], opts: &SpectralOptions) -> Result<Vec<usize>> {
     let Some(first) = views.first() else {
         return Err(Error::runtime(
             "spectral clustering needs at least one view",
@@ -342,15 +370,11 @@ pub fn fit_views(views: &[ArrayView2<f32>], opts: SpectralOptions) -> Result<Vec
     if opts.k == 1 {
         return Ok(vec![0; n]);
     }
-    let mut g = graph(*first, opts.neighbors)?;
-    for v in &views[1..] {
-        g = g.sum(&graph(*v, opts.neighbors)?)?;
-    }
-    fit_graph(&g, opts)
+    fit_graph(&summed(views, opts)?, opts)
 }
 
 /// The k-means on the graph's spectral embedding (`opts.neighbors` is not read).
-fn fit_graph(g: &Graph, opts: SpectralOptions) -> Result<Vec<usize>> {
+fn fit_graph(g: &Graph, opts: &SpectralOptions) -> Result<Vec<usize>> {
     let u = embed(g, opts.k, opts.dense_max_points, opts.seed)?;
     let pinned = vec![None; g.len()];
     Ok(kmeans::fit(u.view(), &pinned, KMeansOptions::new(opts.k, opts.seed))?.assign)
@@ -387,12 +411,12 @@ mod tests {
     fn the_neighbour_graph_separates_two_moons_that_kmeans_cuts_across() {
         let (pts, truth) = moons();
         let opts = SpectralOptions::new(2, 10, 0);
-        let got = fit(pts.view(), opts).unwrap();
+        let got = fit(pts.view(), &opts).unwrap();
         assert_eq!(metrics::ari(&truth, &got).unwrap(), 1.0);
         let km = kmeans::fit(pts.view(), &vec![None; 120], KMeansOptions::new(2, 0)).unwrap();
         assert!(metrics::ari(&truth, &km.assign).unwrap() < 0.5);
         // Deterministic for a seed.
-        assert_eq!(fit(pts.view(), opts).unwrap(), got);
+        assert_eq!(fit(pts.view(), &opts).unwrap(), got);
     }
 
     #[test]
@@ -429,10 +453,29 @@ mod tests {
         assert!(a.sum(&short).is_err());
         // The normalised affinity does not change when every weight doubles: two identical
         // views give one view's answer.
-        let (pts, _) = moons();
+        let (pts, truth) = moons();
         let opts = SpectralOptions::new(2, 10, 0);
-        let one = fit(pts.view(), opts).unwrap();
-        assert_eq!(fit_views(&[pts.view(), pts.view()], opts).unwrap(), one);
+        let one = fit(pts.view(), &opts).unwrap();
+        assert_eq!(fit_views(&[pts.view(), pts.view()], &opts).unwrap(), one);
+        // So do two equal scales, and the moons stay apart on graphs of 5, 10 and 20.
+        let twice = SpectralOptions {
+            scales: vec![1.0, 1.0],
+            ..opts.clone()
+        };
+        assert_eq!(fit(pts.view(), &twice).unwrap(), one);
+        let three = SpectralOptions {
+            scales: vec![0.5, 1.0, 2.0],
+            ..opts
+        };
+        assert_eq!(three.neighbour_counts(), [5, 10, 20]);
+        let got = fit(pts.view(), &three).unwrap();
+        assert_eq!(metrics::ari(&truth, &got).unwrap(), 1.0);
+        // A scale never leaves fewer than two neighbours.
+        let small = SpectralOptions {
+            scales: vec![0.01],
+            ..SpectralOptions::new(2, 10, 0)
+        };
+        assert_eq!(small.neighbour_counts(), [2]);
     }
 
     #[test]
@@ -452,14 +495,14 @@ mod tests {
             (truth[i] == j) as u8 as f32 * 3.0 + jitter()
         });
         let opts = SpectralOptions::new(k, 10, 0);
-        let alone = fit(first.view(), opts).unwrap();
+        let alone = fit(first.view(), &opts).unwrap();
         assert!(metrics::ari(&truth, &alone).unwrap() < 0.8);
-        let both = fit_views(&[first.view(), second.view()], opts).unwrap();
+        let both = fit_views(&[first.view(), second.view()], &opts).unwrap();
         // One or two of the cloud's points may follow the first view's noise.
         assert!(metrics::ari(&truth, &both).unwrap() > 0.95);
-        assert!(fit_views(&[], opts).is_err());
+        assert!(fit_views(&[], &opts).is_err());
         let short = second.slice(ndarray::s![..5, ..]);
-        assert!(fit_views(&[first.view(), short], opts).is_err());
+        assert!(fit_views(&[first.view(), short], &opts).is_err());
     }
 
     #[test]
@@ -501,13 +544,13 @@ mod tests {
     fn bad_inputs_are_errors_not_panics() {
         let pts = Array2::from_shape_vec((3, 1), vec![0.0, 1.0, 2.0]).unwrap();
         let opts = |k| SpectralOptions::new(k, 10, 0);
-        assert!(fit(pts.view(), opts(0)).is_err());
-        assert!(fit(pts.view(), opts(4)).is_err());
-        assert_eq!(fit(pts.view(), opts(1)).unwrap(), [0, 0, 0]);
+        assert!(fit(pts.view(), &opts(0)).is_err());
+        assert!(fit(pts.view(), &opts(4)).is_err());
+        assert_eq!(fit(pts.view(), &opts(1)).unwrap(), [0, 0, 0]);
         // More neighbours than points: every other point is a neighbour.
-        assert_eq!(fit(pts.view(), opts(3)).unwrap().len(), 3);
+        assert_eq!(fit(pts.view(), &opts(3)).unwrap().len(), 3);
         let nan = Array2::from_shape_vec((2, 1), vec![0.0, f32::NAN]).unwrap();
-        assert!(fit(nan.view(), opts(2)).is_err());
+        assert!(fit(nan.view(), &opts(2)).is_err());
         let two = Graph {
             edges: vec![vec![], vec![]],
         };

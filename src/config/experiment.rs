@@ -46,6 +46,9 @@ impl Experiment {
 pub const MAX_REFINE_STEPS: usize = 100;
 /// Range of `inference.spectral_neighbors`.
 pub const SPECTRAL_NEIGHBORS: std::ops::RangeInclusive<usize> = 2..=100;
+/// Most entries of `inference.spectral_scales`, and the largest one.
+pub const MAX_SPECTRAL_SCALES: usize = 8;
+pub const MAX_SPECTRAL_SCALE: f64 = 10.0;
 
 /// How the images are put into clusters at the end (`inference.assign`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -90,6 +93,14 @@ pub struct Inference {
     pub spectral_neighbors: usize,
     /// `assign: spectral`: the graphs it clusters on (not read with `assign: heads`).
     pub spectral_graph: SpectralGraph,
+    /// `assign: spectral`: each features' graph is the sum of the graphs with
+    /// `spectral_neighbors` × each of these neighbours (rounded, at least 2); `[1]`: one graph
+    /// (until 2026-12-07).
+    pub spectral_scales: Vec<f64>,
+    /// `assign: spectral`: the images' mean trained feature is subtracted from each image's
+    /// before the graph is built (each then made unit length again); false: the features as
+    /// they are (until 2026-12-07).
+    pub spectral_center: bool,
 }
 
 impl Default for Inference {
@@ -100,6 +111,8 @@ impl Default for Inference {
             assign: ImageAssign::default(),
             spectral_neighbors: 10,
             spectral_graph: SpectralGraph::default(),
+            spectral_scales: vec![1.0],
+            spectral_center: false,
         }
     }
 }
@@ -134,6 +147,20 @@ impl Inference {
                 self.spectral_neighbors
             )
         });
+        let scales = &self.spectral_scales;
+        c.need(
+            !scales.is_empty()
+                && scales.len() <= MAX_SPECTRAL_SCALES
+                && scales
+                    .iter()
+                    .all(|f| f.is_finite() && *f > 0.0 && *f <= MAX_SPECTRAL_SCALE),
+            || {
+                format!(
+                    "inference.spectral_scales must hold 1 to {MAX_SPECTRAL_SCALES} factors in \
+                     (0, {MAX_SPECTRAL_SCALE}], e.g. [0.5, 1, 2] (got {scales:?})"
+                )
+            },
+        );
         c.need(
             self.assign == ImageAssign::Heads || self.refine_steps == 0,
             || {

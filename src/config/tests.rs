@@ -292,6 +292,28 @@ fn the_spectral_graph_reads_pooled_features_only_under_spectral() {
     assert!(!c.inference.reads_pooled());
     let e = load(&["inference.spectral_graph=pooled"]).unwrap_err();
     assert!(e.to_string().contains("inference.spectral_graph"), "{e}");
+    // The features as they are unless the key says to centre them (the reference's config).
+    assert!(!load(&[]).unwrap().inference.spectral_center);
+    assert!(
+        load(&["inference.spectral_center=true"])
+            .unwrap()
+            .inference
+            .spectral_center
+    );
+    let e = load(&["inference.spectral_center=2"]).unwrap_err();
+    assert!(e.to_string().contains("inference.spectral_center"), "{e}");
+    // One graph per features unless the scales say more; each factor in range.
+    assert_eq!(load(&[]).unwrap().inference.spectral_scales, [1.0]);
+    let three = load(&["inference.spectral_scales=[0.5, 1, 2]"]).unwrap();
+    assert_eq!(three.inference.spectral_scales, [0.5, 1.0, 2.0]);
+    for bad in ["[]", "[0]", "[-1]", "[11]", "[1, 1, 1, 1, 1, 1, 1, 1, 1]"] {
+        let e = load(&[&format!("inference.spectral_scales={bad}")]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("inference.spectral_scales must hold 1 to 8 factors"),
+            "{bad}: {e}"
+        );
+    }
     // A features folder without neighbour views serves the answer's graph, and nothing else.
     let folder = "training.neighbor_features=runs/pooled";
     assert!(load(&[folder, both, "inference.assign=spectral"]).is_ok());

@@ -43,7 +43,7 @@ pub fn answer(
             centroids: Vec::new(),
             neighbours: Some(spectral::assign(
                 preds,
-                inference.spectral_neighbors,
+                &spectral::Graphs::of(inference),
                 seed,
                 pooled,
             )?),

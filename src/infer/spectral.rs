@@ -8,8 +8,15 @@
 //! keep the heads' answer, and the image rows mostly agree. An image whose cluster changed gets
 //! its merged probability of the new cluster as its confidence, as a refined one does.
 //!
-//! The features and clusters of the training images are stored in the checkpoint. `test` and
-//! `predict` give each image the cluster of its nearest stored image: on the training images
+//! With `inference.spectral_center`, the images' mean feature is subtracted from each before
+//! the graph (each made unit length again). Why: the trained tokens of one product's defects
+//! share a large common direction, so their cosine neighbourhoods are crowded; without it,
+//! the same trained models' answers were 0.01–0.09 F1 lower on MTD (docs/results.md,
+//! fourteenth session).
+//!
+//! The features (centred where they were) and clusters of the training images are stored in
+//! the checkpoint, with the mean that centred them. `test` and `predict` centre new images by
+//! that mean and give each the cluster of its nearest stored image: on the training images
 //! themselves that is their own answer, and a new image follows the graph's clusters, where a
 //! centroid would cut across them (measured: nearest centroids after the spectral answer lost
 //! up to 0.02 F1, docs/results.md).
@@ -29,27 +36,75 @@ use crate::error::{Error, Result};
 /// Checkpoint tensor names (under the `answer.` prefix) of the stored training images.
 const FEATURES: &str = "image_features";
 const CLUSTERS: &str = "image_clusters";
+const CENTER: &str = "image_center";
 
 /// The training images' features and clusters, which `test` and `predict` assign images by.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Neighbours {
     pub features: Vec<Vec<f32>>,
     pub clusters: Vec<usize>,
+    /// The mean subtracted from the features (`inference.spectral_center`), `None` if none was.
+    pub center: Option<Vec<f32>>,
+}
+
+/// `f` − `center`, made unit length (left as it is when that is zero).
+fn centred(f: &[f32], center: &[f32]) -> Vec<f32> {
+    let d: Vec<f32> = f.iter().zip(center).map(|(a, b)| a - b).collect();
+    let mut out = Vec::with_capacity(d.len());
+    crate::cluster::features::normalise_into(&d, &mut out);
+    out
+}
+
+/// The mean of the rows of `features` (all of one length).
+fn mean_of(features: &[Vec<f32>]) -> Vec<f32> {
+    let d = features.first().map_or(0, Vec::len);
+    let mut sum = vec![0f64; d];
+    for f in features {
+        sum.iter_mut().zip(f).for_each(|(s, &v)| *s += v as f64);
+    }
+    let n = features.len().max(1) as f64;
+    sum.iter().map(|s| (s / n) as f32).collect()
+}
+
+/// How the answer's graphs are made (`inference.spectral_*`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Graphs {
+    /// Nearest neighbours that join an image in a graph.
+    pub neighbors: usize,
+    /// Each features' graph is the sum of those with `neighbors` × each scale.
+    pub scales: Vec<f64>,
+    /// Centre the trained features on their mean first.
+    pub center: bool,
+}
+
+impl Graphs {
+    pub fn of(inference: &crate::config::Inference) -> Self {
+        Self {
+            neighbors: inference.spectral_neighbors,
+            scales: inference.spectral_scales.clone(),
+            center: inference.spectral_center,
+        }
+    }
 }
 
 /// Replaces the image clusters of `preds` by spectral clustering of the images' trained
-/// features with `neighbors` graph neighbours (k-means seeded by `seed`), and returns what the
-/// checkpoint stores to reproduce the answer. With `pooled` (one row per image of `preds`, in
-/// its order: the images' pooled detector features), the graph is the sum of the two features'
+/// features on the graphs `graphs` describes (k-means seeded by `seed`), and returns what the
+/// checkpoint stores to reproduce the answer. With `graphs.center`, the features are first
+/// centred on their mean (module doc). With `pooled` (one row per image of `preds`, in its
+/// order: the images' pooled detector features), the graph is the sum of the two features'
 /// graphs ([`spectral::fit_views`]); the stored answer is the same kind, the trained features
 /// and the clusters.
 pub fn assign(
     preds: &mut Predictions,
-    neighbors: usize,
+    graphs: &Graphs,
     seed: u64,
     pooled: Option<ArrayView2<f32>>,
 ) -> Result<Neighbours> {
-    let features = image_features(preds)?;
+    let mut features = image_features(preds)?;
+    let center = graphs.center.then(|| mean_of(&features));
+    if let Some(c) = &center {
+        features = features.iter().map(|f| centred(f, c)).collect();
+    }
     let n = features.len();
     let k = preds.num_clusters.min(n);
     let d = features.first().map_or(0, Vec::len);
@@ -62,38 +117,57 @@ pub fn assign(
             p.nrows()
         )));
     }
-    let opts = SpectralOptions::new(k, neighbors, seed);
+    let opts = SpectralOptions {
+        scales: graphs.scales.clone(),
+        ..SpectralOptions::new(k, graphs.neighbors, seed)
+    };
     let found = match pooled {
         _ if n < 2 => vec![0; n],
-        Some(p) => spectral::fit_views(&[points.view(), p.view()], opts)?,
-        None => spectral::fit(points, opts)?,
+        Some(p) => spectral::fit_views(&[points.view(), p.view()], &opts)?,
+        None => spectral::fit(points, &opts)?,
     };
     let heads: Vec<usize> = preds.images.iter().map(|i| i.cluster).collect();
     let to_heads = crate::metrics::hungarian_match(&heads, &found)?;
     let clusters: Vec<usize> = found.iter().map(|&c| to_heads[c]).collect();
-    let stored = Neighbours { features, clusters };
+    let stored = Neighbours {
+        features,
+        clusters,
+        center,
+    };
     let moved = move_images(
         preds,
         &stored.clusters.iter().map(|&c| Some(c)).collect::<Vec<_>>(),
     );
-    let graphs = match pooled {
+    let what = match pooled {
         Some(_) => "trained and pooled detector features' graphs",
         None => "features",
     };
+    let centred = if stored.center.is_some() {
+        ", the trained features centred on their mean"
+    } else {
+        ""
+    };
+    let counts = opts.neighbour_counts();
+    let neighbours = match counts[..] {
+        [one] => format!("{one} neighbours"),
+        _ => format!("summed over {counts:?} neighbours"),
+    };
     log::info!(
-        "image clusters by spectral clustering of the images' {graphs} ({neighbors} \
-         neighbours): {moved} of {n} images differ from the region-merged answer"
+        "image clusters by spectral clustering of the images' {what} ({neighbours}{centred}): \
+         {moved} of {n} images differ from the region-merged answer"
     );
     Ok(stored)
 }
 
 /// Assigns the images of `preds` the cluster of their nearest stored training image (squared
-/// Euclidean distance; the first among equals), as `test` and `predict` reproduce a checkpoint
-/// made with `inference.assign: spectral`.
+/// Euclidean distance, after centring them on the stored mean where there is one; the first
+/// among equals), as `test` and `predict` reproduce a checkpoint made with
+/// `inference.assign: spectral`.
 pub fn assign_stored(preds: &mut Predictions, stored: &Neighbours) -> Result<()> {
-    let features = image_features(preds)?;
+    let mut features = image_features(preds)?;
     let d = features.first().map_or(0, Vec::len);
-    if stored.features.is_empty() || stored.features.iter().any(|f| f.len() != d) {
+    let bad_center = stored.center.as_ref().is_some_and(|c| c.len() != d);
+    if bad_center || stored.features.is_empty() || stored.features.iter().any(|f| f.len() != d) {
         return Err(Error::runtime(format!(
             "the checkpoint's stored image features do not have the model's {d} dimensions"
         )));
@@ -103,6 +177,9 @@ pub fn assign_stored(preds: &mut Predictions, stored: &Neighbours) -> Result<()>
             "the checkpoint stores cluster {c} of {}",
             preds.num_clusters
         )));
+    }
+    if let Some(c) = &stored.center {
+        features = features.iter().map(|f| centred(f, c)).collect();
     }
     let clusters: Vec<Option<usize>> = features
         .iter()
@@ -119,10 +196,14 @@ impl Neighbours {
         let d = self.features.first().map_or(0, Vec::len) as i64;
         let flat: Vec<f32> = self.features.iter().flatten().copied().collect();
         let clusters: Vec<f32> = self.clusters.iter().map(|&c| c as f32).collect();
-        BTreeMap::from([
+        let mut t = BTreeMap::from([
             (FEATURES.to_string(), Tensor::from_slice(&flat).view([n, d])),
             (CLUSTERS.to_string(), Tensor::from_slice(&clusters)),
-        ])
+        ]);
+        if let Some(c) = &self.center {
+            t.insert(CENTER.to_string(), Tensor::from_slice(c));
+        }
+        t
     }
 
     /// Reads them back; `None` when the checkpoint stores none, an input error naming `origin`
@@ -160,9 +241,28 @@ impl Neighbours {
                 "the checkpoint's stored image clusters are not cluster numbers",
             ));
         }
+        // A checkpoint made before `inference.spectral_center` has no mean: its features were
+        // not centred.
+        let center = match t.get(CENTER) {
+            None => None,
+            Some(m) if m.size() == [d as i64] => {
+                let mut v = vec![0f32; d];
+                m.to_kind(Kind::Float).f_copy_data(&mut v, d)?;
+                Some(v)
+            }
+            Some(m) => {
+                let shape = m.size();
+                let what = format!("the checkpoint's stored mean has shape {shape:?}, not [{d}]");
+                return Err(Error::input(
+                    origin,
+                    format!("{what}; was the file edited?"),
+                ));
+            }
+        };
         Ok(Some(Self {
             features: flat.chunks(d.max(1)).map(<[f32]>::to_vec).collect(),
             clusters: cl.iter().map(|&v| v as usize).collect(),
+            center,
         }))
     }
 }
@@ -173,6 +273,24 @@ mod tests {
 
     fn preds(tokens: &[[f32; 2]], heads: &[usize], k: usize) -> Predictions {
         Predictions::with_tokens(tokens, heads, k)
+    }
+
+    /// One graph of 4 neighbours, the features as they are (the settings until 2026-12-07).
+    fn plain() -> Graphs {
+        Graphs {
+            neighbors: 4,
+            scales: vec![1.0],
+            center: false,
+        }
+    }
+
+    /// Graphs of 2, 4 and 8 neighbours, on the centred features.
+    fn centred_graphs() -> Graphs {
+        Graphs {
+            neighbors: 4,
+            scales: vec![0.5, 1.0, 2.0],
+            center: true,
+        }
     }
 
     /// Two tight groups of directions, six images each, around 10° and 80°.
@@ -192,7 +310,7 @@ mod tests {
         // The heads number the groups 1 and 0 and put image 3 with the second group.
         let heads = [1, 1, 1, 0, 1, 1, 0, 0, 0, 0, 0, 0];
         let mut p = preds(&t, &heads, 2);
-        let stored = assign(&mut p, 4, 0, None).unwrap();
+        let stored = assign(&mut p, &plain(), 0, None).unwrap();
         let got: Vec<usize> = p.images.iter().map(|i| i.cluster).collect();
         assert_eq!(got, [1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0]);
         // The moved image's confidence is its merged probability of its new cluster; the crop
@@ -215,13 +333,13 @@ mod tests {
         let t = two_groups();
         let heads = [0; 12];
         let mut alone = preds(&t, &heads, 2);
-        assign(&mut alone, 4, 0, None).unwrap();
+        assign(&mut alone, &plain(), 0, None).unwrap();
         // The same features as the pooled view: the summed graph is the graph doubled, whose
         // normalised affinity (and so the answer) is the same.
         let flat: Vec<f32> = t.iter().flatten().copied().collect();
         let same = ndarray::Array2::from_shape_vec((12, 2), flat).unwrap();
         let mut both = preds(&t, &heads, 2);
-        let stored = assign(&mut both, 4, 0, Some(same.view())).unwrap();
+        let stored = assign(&mut both, &plain(), 0, Some(same.view())).unwrap();
         assert_eq!(both.images, alone.images);
         assert_eq!(
             stored.features[0].len(),
@@ -231,7 +349,7 @@ mod tests {
         // One row short is an error, not a panic.
         let mut p = preds(&t, &heads, 2);
         let short = same.slice(ndarray::s![..11, ..]);
-        let e = assign(&mut p, 4, 0, Some(short)).unwrap_err();
+        let e = assign(&mut p, &plain(), 0, Some(short)).unwrap_err();
         assert!(
             e.to_string().contains("11 pooled features for 12 images"),
             "{e}"
@@ -239,10 +357,64 @@ mod tests {
     }
 
     #[test]
+    fn centred_features_are_stored_with_their_mean_and_new_images_follow_it() {
+        let t = two_groups();
+        let mut p = preds(&t, &[0; 12], 2);
+        let stored = assign(&mut p, &centred_graphs(), 0, None).unwrap();
+        let mean = stored.center.clone().expect("the mean is stored");
+        let raw = image_features(&p).unwrap();
+        for (j, m) in mean.iter().enumerate() {
+            let want = raw.iter().map(|f| f[j]).sum::<f32>() / 12.0;
+            assert!((m - want).abs() < 1e-6, "{m} against {want}");
+        }
+        // Each stored feature is its image's, less the mean, at unit length.
+        for (s, r) in stored.features.iter().zip(&raw) {
+            let d: Vec<f32> = r.iter().zip(&mean).map(|(a, b)| a - b).collect();
+            let norm = d.iter().map(|v| v * v).sum::<f32>().sqrt();
+            for (a, b) in s.iter().zip(&d) {
+                assert!((a - b / norm).abs() < 1e-5, "{s:?} against {d:?}");
+            }
+        }
+        // The two groups are still found, and the answer comes back through the tensors.
+        let got: Vec<usize> = p.images.iter().map(|i| i.cluster).collect();
+        assert!(got[..6].iter().all(|&c| c == got[0]) && got[6..].iter().all(|&c| c != got[0]));
+        let back = Neighbours::from_tensors(&stored.to_tensors(), Path::new("ck"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, stored);
+        let mut q = preds(&t, &[0; 12], 2);
+        assign_stored(&mut q, &back).unwrap();
+        assert_eq!(q.images, p.images);
+        // A new image near the second group, centred by the stored mean, joins it.
+        let r = 79f32.to_radians();
+        let mut one = preds(&[[r.cos(), r.sin()]], &[got[0]], 2);
+        assign_stored(&mut one, &back).unwrap();
+        assert_eq!(one.images[0].cluster, got[11]);
+        // A stored mean of another length is an input error, as is one whose shape was edited.
+        let mut short = back.clone();
+        short.center = Some(vec![0.0; 3]);
+        assert!(assign_stored(&mut one, &short).is_err());
+        let mut t2 = stored.to_tensors();
+        t2.insert(CENTER.into(), Tensor::from_slice(&[0f32; 3]));
+        let e = Neighbours::from_tensors(&t2, Path::new("ck")).unwrap_err();
+        assert!(e.to_string().contains("stored mean"), "{e}");
+        // A checkpoint made before the key stores no mean: its features were not centred.
+        let mut t3 = stored.to_tensors();
+        t3.remove(CENTER);
+        assert_eq!(
+            Neighbours::from_tensors(&t3, Path::new("ck"))
+                .unwrap()
+                .unwrap()
+                .center,
+            None
+        );
+    }
+
+    #[test]
     fn a_new_image_takes_its_nearest_stored_images_cluster() {
         let t = two_groups();
         let mut p = preds(&t, &[0; 12], 2);
-        let stored = assign(&mut p, 4, 0, None).unwrap();
+        let stored = assign(&mut p, &plain(), 0, None).unwrap();
         let second = stored.clusters[11];
         let r = 79f32.to_radians();
         let mut q = preds(&[[r.cos(), r.sin()]], &[1 - second], 2);
@@ -258,7 +430,7 @@ mod tests {
             Neighbours::from_tensors(&BTreeMap::new(), origin).unwrap(),
             None
         );
-        let good = assign(&mut p, 4, 0, None).unwrap();
+        let good = assign(&mut p, &plain(), 0, None).unwrap();
         let mut t = good.to_tensors();
         t.remove(CLUSTERS);
         assert!(Neighbours::from_tensors(&t, origin).is_err());
@@ -271,14 +443,16 @@ mod tests {
         let wrong_dim = Neighbours {
             features: vec![vec![1.0; 3]],
             clusters: vec![0],
+            center: None,
         };
         assert!(assign_stored(&mut p, &wrong_dim).is_err());
         let wrong_cluster = Neighbours {
             features: vec![vec![1.0, 0.0]],
             clusters: vec![2],
+            center: None,
         };
         assert!(assign_stored(&mut p, &wrong_cluster).is_err());
         p.class_tokens.clear();
-        assert!(assign(&mut p, 4, 0, None).is_err());
+        assert!(assign(&mut p, &plain(), 0, None).is_err());
     }
 }

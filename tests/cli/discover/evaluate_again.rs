@@ -109,6 +109,46 @@ fn a_changed_inference_setting_evaluates_the_checkpoint_again_without_training()
     let found = &json(&run.join("discover.json"))["found"];
     assert_eq!(found["inference"]["spectral_graph"], "trained_and_pooled");
 
+    // The trained features centred and each graph summed over three neighbour counts
+    // (`discover`'s default): evaluated again, and `test` reproduces the answer from the
+    // checkpoint's stored centred features and their mean.
+    let centred = [
+        "--set",
+        "inference.spectral_center=true",
+        "--set",
+        "inference.spectral_scales=[0.5, 1, 2]",
+    ];
+    let t = ok(p, &with(&[&["--resume"][..], &graph, &centred].concat()));
+    assert!(t.contains("only the evaluation runs again"), "{t}");
+    assert!(
+        t.contains(
+            "summed over [5, 10, 20] neighbours, the trained features centred on their mean"
+        ),
+        "{t}"
+    );
+    let found = &json(&run.join("discover.json"))["found"];
+    assert_eq!(found["inference"]["spectral_center"], true);
+    assert_eq!(
+        found["inference"]["spectral_scales"],
+        serde_json::json!([0.5, 1.0, 2.0])
+    );
+    let o = run_in(
+        p,
+        &[
+            "test",
+            "--checkpoint",
+            "run/train",
+            "--out",
+            "centred",
+            "-q",
+        ],
+    );
+    common::assert_ok(&o, "test");
+    assert_eq!(
+        read(&p.join("centred/predictions.csv")),
+        read(&train.join("predictions.csv"))
+    );
+
     // A changed training setting still retrains.
     let t = ok(p, &with(&["--resume", "--set", "training.epochs=1"]));
     assert!(!t.contains("only the evaluation runs again"), "{t}");
