@@ -20,6 +20,8 @@ Estimators (all deterministic; none has a constant fitted to these sets):
   largest gap (a near tie between two peaks then goes to the one that holds across draws).
 - eigengap/multi-k: the crops' gap curves with round(sqrt n)/2, sqrt n and 2 sqrt n neighbours
   (at least 2) averaged: the product's default since 2026-12-06 (`eigengap_scales`).
+- eigengap/multi-k/images: the same three graphs on the images (fourteenth session).
+- eigengap/multi-k/centred: the same on the crops centred on their mean, unit again.
 - with --slow, ps, stab, pac, bic, gmeans on the images: experiments/k_study.py's criteria of
   those names (seed 0), each as that script describes it.
 - const3, const4: the same guess for every subset, for scale.
@@ -88,6 +90,12 @@ def multi_k(x):
     return argmax_k(mean_curve([gap_curve(x, max(2, int(round(f * r)))) for f in (0.5, 1, 2)]))
 
 
+def centred(x):
+    """The rows less their mean, unit again (as `inference.spectral_center` treats the trained
+    features)."""
+    return ks.unit(x - x.mean(0))
+
+
 ESTIMATORS = {
     "eigengap": lambda c, i: eigengap_nn(c),
     "eigengap/images": lambda c, i: eigengap_nn(i),
@@ -95,6 +103,8 @@ ESTIMATORS = {
     "eigengap/images/k10": lambda c, i: eigengap_nn(i, 10),
     "eigengap/bagged": lambda c, i: bagged(c),
     "eigengap/multi-k": lambda c, i: multi_k(c),
+    "eigengap/multi-k/images": lambda c, i: multi_k(i),
+    "eigengap/multi-k/centred": lambda c, i: multi_k(centred(c)),
 }
 SLOW = {
     **{f"{c}/images": (lambda c: lambda _c, i: ks.run_all(i, 0, {c})[c][0])(c)
