@@ -128,6 +128,13 @@ pub fn cosine_neighbours(points: ArrayView2<f32>, count: usize) -> Vec<Vec<usize
 /// The locally scaled k-nearest-neighbour graph of the rows of `points`: i and j are joined when
 /// either is among the other's `neighbors` nearest, with weight exp(−d²ᵢⱼ / σᵢσⱼ).
 pub fn graph(points: ArrayView2<f32>, neighbors: usize) -> Result<Graph> {
+    Ok(graph_of(&neighbour_lists(points, neighbors)?, neighbors))
+}
+
+/// Each row's `neighbors` nearest other rows (all others when there are fewer), nearest first,
+/// with their squared distances; an error for fewer than two rows, no neighbour or a feature
+/// that is not finite.
+fn neighbour_lists(points: ArrayView2<f32>, neighbors: usize) -> Result<Vec<Vec<(usize, f64)>>> {
     let n = points.nrows();
     if n < 2 || neighbors == 0 {
         return Err(Error::runtime(
@@ -141,27 +148,35 @@ pub fn graph(points: ArrayView2<f32>, neighbors: usize) -> Result<Graph> {
             "spectral clustering: a feature is not finite",
         ));
     }
-    let nn = nearest_neighbours(&rows, neighbors.min(n - 1));
+    Ok(nearest_neighbours(&rows, neighbors.min(n - 1)))
+}
+
+/// The graph of [`graph`] with `neighbors` neighbours, from lists of at least that many (a
+/// longer list's first `neighbors` are the shorter list: the order is total), so that graphs of
+/// several counts share one neighbour search.
+fn graph_of(lists: &[Vec<(usize, f64)>], neighbors: usize) -> Graph {
+    let nn: Vec<&[(usize, f64)]> = lists.iter().map(|l| &l[..neighbors.min(l.len())]).collect();
     // A point's scale: its distance to its 7th neighbour, floored so that duplicates (distance
     // 0) still get a finite weight.
     let sigma: Vec<f64> = nn
         .iter()
         .map(|l| l[SCALE_NEIGHBOUR.min(l.len()) - 1].1.sqrt().max(1e-6))
         .collect();
-    let mut joined: Vec<std::collections::BTreeMap<usize, f64>> = vec![Default::default(); n];
+    let mut joined: Vec<std::collections::BTreeMap<usize, f64>> =
+        vec![Default::default(); lists.len()];
     for (i, l) in nn.iter().enumerate() {
-        for &(j, d2) in l {
+        for &(j, d2) in l.iter() {
             let a = (-d2 / (sigma[i] * sigma[j])).exp();
             joined[i].insert(j, a);
             joined[j].insert(i, a);
         }
     }
-    Ok(Graph {
+    Graph {
         edges: joined
             .into_iter()
             .map(|m| m.into_iter().collect())
             .collect(),
-    })
+    }
 }
 
 impl Graph {
@@ -334,12 +349,15 @@ pub fn fit(points: ArrayView2<f32>, opts: &SpectralOptions) -> Result<Vec<usize>
 }
 
 /// The sum of the graphs of every view at every neighbour count of `opts`
-/// ([`SpectralOptions::neighbour_counts`]).
+/// ([`SpectralOptions::neighbour_counts`]), one neighbour search per view.
 fn summed(views: &[ArrayView2<f32>], opts: &SpectralOptions) -> Result<Graph> {
+    let counts = opts.neighbour_counts();
+    let most = counts.iter().copied().max().unwrap_or(0);
     let mut g: Option<Graph> = None;
     for v in views {
-        for &nn in &opts.neighbour_counts() {
-            let one = graph(*v, nn)?;
+        let lists = neighbour_lists(*v, most)?;
+        for &nn in &counts {
+            let one = graph_of(&lists, nn);
             g = Some(match g {
                 Some(acc) => acc.sum(&one)?,
                 None => one,
@@ -468,6 +486,10 @@ mod tests {
             ..opts
         };
         assert_eq!(three.neighbour_counts(), [5, 10, 20]);
+        // The three graphs share one neighbour search: the first 10 of 20 neighbours make the
+        // 10-neighbour graph.
+        let lists = neighbour_lists(pts.view(), 20).unwrap();
+        assert_eq!(graph_of(&lists, 10), graph(pts.view(), 10).unwrap());
         let got = fit(pts.view(), &three).unwrap();
         assert_eq!(metrics::ari(&truth, &got).unwrap(), 1.0);
         // A scale never leaves fewer than two neighbours.

@@ -41,12 +41,7 @@ pub fn answer(
         },
         ImageAssign::Spectral => StoredAnswer {
             centroids: Vec::new(),
-            neighbours: Some(spectral::assign(
-                preds,
-                &spectral::Graphs::of(inference),
-                seed,
-                pooled,
-            )?),
+            neighbours: Some(spectral::assign(preds, inference, seed, pooled)?),
         },
     })
 }

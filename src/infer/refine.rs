@@ -47,7 +47,11 @@ fn unit(v: &[f32]) -> Vec<f32> {
 }
 
 /// The mean feature of each cluster's images; `None` for a cluster without images.
-fn centroids(features: &[Vec<f32>], clusters: &[usize], k: usize) -> Vec<Option<Vec<f32>>> {
+pub(super) fn centroids(
+    features: &[Vec<f32>],
+    clusters: &[usize],
+    k: usize,
+) -> Vec<Option<Vec<f32>>> {
     let d = features.first().map_or(0, Vec::len);
     let mut sums = vec![vec![0f64; d]; k];
     let mut counts = vec![0usize; k];

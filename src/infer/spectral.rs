@@ -28,9 +28,10 @@ use ndarray::ArrayView2;
 use tch::{Kind, Tensor};
 
 use super::predict::Predictions;
-use super::refine::{image_features, move_images};
+use super::refine::{centroids, image_features, move_images};
 use crate::cluster::kmeans::nearest;
 use crate::cluster::spectral::{self, SpectralOptions};
+use crate::config::Inference;
 use crate::error::{Error, Result};
 
 /// Checkpoint tensor names (under the `answer.` prefix) of the stored training images.
@@ -55,53 +56,26 @@ fn centred(f: &[f32], center: &[f32]) -> Vec<f32> {
     out
 }
 
-/// The mean of the rows of `features` (all of one length).
-fn mean_of(features: &[Vec<f32>]) -> Vec<f32> {
-    let d = features.first().map_or(0, Vec::len);
-    let mut sum = vec![0f64; d];
-    for f in features {
-        sum.iter_mut().zip(f).for_each(|(s, &v)| *s += v as f64);
-    }
-    let n = features.len().max(1) as f64;
-    sum.iter().map(|s| (s / n) as f32).collect()
-}
-
-/// How the answer's graphs are made (`inference.spectral_*`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Graphs {
-    /// Nearest neighbours that join an image in a graph.
-    pub neighbors: usize,
-    /// Each features' graph is the sum of those with `neighbors` × each scale.
-    pub scales: Vec<f64>,
-    /// Centre the trained features on their mean first.
-    pub center: bool,
-}
-
-impl Graphs {
-    pub fn of(inference: &crate::config::Inference) -> Self {
-        Self {
-            neighbors: inference.spectral_neighbors,
-            scales: inference.spectral_scales.clone(),
-            center: inference.spectral_center,
-        }
-    }
-}
-
 /// Replaces the image clusters of `preds` by spectral clustering of the images' trained
-/// features on the graphs `graphs` describes (k-means seeded by `seed`), and returns what the
-/// checkpoint stores to reproduce the answer. With `graphs.center`, the features are first
-/// centred on their mean (module doc). With `pooled` (one row per image of `preds`, in its
+/// features on the graphs `inference.spectral_*` describe (k-means seeded by `seed`), and
+/// returns what the checkpoint stores to reproduce the answer. With `spectral_center`, the
+/// features are first centred on their mean (module doc). With `pooled` (one row per image of `preds`, in its
 /// order: the images' pooled detector features), the graph is the sum of the two features'
 /// graphs ([`spectral::fit_views`]); the stored answer is the same kind, the trained features
 /// and the clusters.
 pub fn assign(
     preds: &mut Predictions,
-    graphs: &Graphs,
+    inference: &Inference,
     seed: u64,
     pooled: Option<ArrayView2<f32>>,
 ) -> Result<Neighbours> {
     let mut features = image_features(preds)?;
-    let center = graphs.center.then(|| mean_of(&features));
+    let center = match inference.spectral_center {
+        true => centroids(&features, &vec![0; features.len()], 1)
+            .pop()
+            .flatten(),
+        false => None,
+    };
     if let Some(c) = &center {
         features = features.iter().map(|f| centred(f, c)).collect();
     }
@@ -118,8 +92,8 @@ pub fn assign(
         )));
     }
     let opts = SpectralOptions {
-        scales: graphs.scales.clone(),
-        ..SpectralOptions::new(k, graphs.neighbors, seed)
+        scales: inference.spectral_scales.clone(),
+        ..SpectralOptions::new(k, inference.spectral_neighbors, seed)
     };
     let found = match pooled {
         _ if n < 2 => vec![0; n],
@@ -276,20 +250,19 @@ mod tests {
     }
 
     /// One graph of 4 neighbours, the features as they are (the settings until 2026-12-07).
-    fn plain() -> Graphs {
-        Graphs {
-            neighbors: 4,
-            scales: vec![1.0],
-            center: false,
+    fn plain() -> Inference {
+        Inference {
+            spectral_neighbors: 4,
+            ..Inference::default()
         }
     }
 
     /// Graphs of 2, 4 and 8 neighbours, on the centred features.
-    fn centred_graphs() -> Graphs {
-        Graphs {
-            neighbors: 4,
-            scales: vec![0.5, 1.0, 2.0],
-            center: true,
+    fn centred_graphs() -> Inference {
+        Inference {
+            spectral_scales: vec![0.5, 1.0, 2.0],
+            spectral_center: true,
+            ..plain()
         }
     }
 

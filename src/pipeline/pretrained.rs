@@ -152,8 +152,8 @@ pub(super) fn training_free_scores(
                 .into_iter()
                 .map(|r| r.to_vec())
                 .collect();
-            let graphs = crate::infer::spectral::Graphs::of(&cfg.inference);
-            crate::infer::spectral::assign(&mut preds, &graphs, cfg.experiment.seed, None)?;
+            let seed = cfg.experiment.seed;
+            crate::infer::spectral::assign(&mut preds, &cfg.inference, seed, None)?;
             "spectral clustering of the images"
         }
     };
