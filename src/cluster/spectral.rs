@@ -131,9 +131,8 @@ pub fn graph(points: ArrayView2<f32>, neighbors: usize) -> Result<Graph> {
     Ok(graph_of(&neighbour_lists(points, neighbors)?, neighbors))
 }
 
-/// Each row's `neighbors` nearest other rows (all others when there are fewer), nearest first,
-/// with their squared distances; an error for fewer than two rows, no neighbour or a feature
-/// that is not finite.
+/// Each row's `neighbors` nearest other rows (all when fewer) and squared distances, nearest
+/// first; an error for fewer than two rows, no neighbour or a feature that is not finite.
 fn neighbour_lists(points: ArrayView2<f32>, neighbors: usize) -> Result<Vec<Vec<(usize, f64)>>> {
     let n = points.nrows();
     if n < 2 || neighbors == 0 {
@@ -151,9 +150,8 @@ fn neighbour_lists(points: ArrayView2<f32>, neighbors: usize) -> Result<Vec<Vec<
     Ok(nearest_neighbours(&rows, neighbors.min(n - 1)))
 }
 
-/// The graph of [`graph`] with `neighbors` neighbours, from lists of at least that many (a
-/// longer list's first `neighbors` are the shorter list: the order is total), so that graphs of
-/// several counts share one neighbour search.
+/// [`graph`] with `neighbors` neighbours from longer lists (their first `neighbors` are the
+/// shorter lists: the order is total), so graphs of several counts share one search.
 fn graph_of(lists: &[Vec<(usize, f64)>], neighbors: usize) -> Graph {
     let nn: Vec<&[(usize, f64)]> = lists.iter().map(|l| &l[..neighbors.min(l.len())]).collect();
     // A point's scale: its distance to its 7th neighbour, floored so that duplicates (distance
@@ -335,17 +333,7 @@ fn embed(g: &Graph, k: usize, dense_max: usize, seed: u64) -> Result<Array2<f32>
 /// Spectral clustering of the rows of `points` (`[n, D]`) into `opts.k` clusters: the cluster
 /// of each point, `0..k`. Deterministic for a seed.
 pub fn fit(points: ArrayView2<f32>, opts: &SpectralOptions) -> Result<Vec<usize>> {
-    let n = points.nrows();
-    if opts.k == 0 || opts.k > n {
-        return Err(Error::usage(format!(
-            "cannot split {n} images into {} clusters; choose between 1 and {n}",
-            opts.k
-        )));
-    }
-    if opts.k == 1 {
-        return Ok(vec![0; n]);
-    }
-    fit_graph(&summed(&[points], opts)?, opts)
+    fit_views(&[points], opts)
 }
 
 /// The sum of the graphs of every view at every neighbour count of `opts`
@@ -364,7 +352,7 @@ fn summed(views: &[ArrayView2<f32>], opts: &SpectralOptions) -> Result<Graph> {
             });
         }
     }
-    g.ok_or_else(|| Error::runtime("spectral clustering needs at least one view and scale"))
+    g.ok_or_else(|| Error::runtime("spectral clustering needs at least one neighbour count"))
 }
 
 /// Spectral clustering of the points of each view (`[n, D_v]`, the same n points described by
@@ -383,7 +371,10 @@ pub fn fit_views(views: &[ArrayView2<f32>], opts: &SpectralOptions) -> Result<Ve
         ));
     }
     if opts.k == 0 || opts.k > n {
-        return fit(*first, opts);
+        return Err(Error::usage(format!(
+            "cannot split {n} images into {} clusters; choose between 1 and {n}",
+            opts.k
+        )));
     }
     if opts.k == 1 {
         return Ok(vec![0; n]);
