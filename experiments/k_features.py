@@ -43,26 +43,11 @@ def read_image_tokens(d: Path):
     return xi, [Path(i).with_suffix("").as_posix() for i in images]
 
 
-def knn_graph(x, nn):
-    """The symmetric 0/1 kNN graph of k_subsets.gap_curve."""
-    n = len(x)
-    nn = int(np.clip(nn, 1, n - 1))
-    d = ks.sqdist(x, x)
-    np.fill_diagonal(d, np.inf)
-    a = np.zeros((n, n))
-    a[np.repeat(np.arange(n), nn), np.argsort(d, axis=1, kind="stable")[:, :nn].ravel()] = 1
-    return np.maximum(a, a.T)
-
-
 def summed_multi_k(xs):
     """multi-k's gap curves, each on the sum of the features' kNN graphs."""
-    def curve(a):
-        s = 1 / np.sqrt(a.sum(1))
-        ev = np.linalg.eigvalsh(np.eye(len(a)) - s[:, None] * a * s[None, :])
-        return {k: ev[k] - ev[k - 1] for k in range(ks.KMIN, min(ks.KMAX, len(a) - 1) + 1)}
     r = np.sqrt(len(xs[0]))
     nns = [max(2, int(round(f * r))) for f in (0.5, 1, 2)]
-    return kss.argmax_k(kss.mean_curve([curve(sum(knn_graph(x, nn) for x in xs)) for nn in nns]))
+    return kss.argmax_k(kss.mean_curve([kss.laplacian_gaps(sum(kss.knn_graph(x, nn) for x in xs)) for nn in nns]))
 
 
 def main(argv):

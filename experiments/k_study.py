@@ -75,14 +75,14 @@ N_INIT, MAX_ITER = 10, 300
 
 # ---------------------------------------------------------------- data
 
-def read_tokens(f: Path):
-    """The `class_tokens` tensor of a safetensors file (an 8-byte little-endian header length, a
+def read_tokens(f: Path, name="class_tokens"):
+    """The `name` tensor of a safetensors file (an 8-byte little-endian header length, a
     JSON header, the raw data), read directly so that no safetensors package is needed."""
     import json
     import struct
     raw = f.read_bytes()
     (hlen,) = struct.unpack("<Q", raw[:8])
-    meta = json.loads(raw[8: 8 + hlen])["class_tokens"]
+    meta = json.loads(raw[8: 8 + hlen])[name]
     dtype = {"F32": np.float32, "F64": np.float64, "F16": np.float16}[meta["dtype"]]
     a, b = meta["data_offsets"]
     return np.frombuffer(raw[8 + hlen + a: 8 + hlen + b], dtype=dtype).reshape(meta["shape"]).astype(np.float64)

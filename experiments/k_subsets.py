@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Does `--num-classes auto` read K from the data? The K estimate on every subset of a set's types.
 
-    .venv/bin/python experiments/k_subsets.py NAME=DIR [NAME=DIR ...] [--slow] [--drop-low-scores Q]
+    .venv/bin/python experiments/k_subsets.py NAME=DIR [NAME=DIR ...] [--more] [--slow] [--drop-low-scores Q]
 
 Each DIR is a `baseline --num-classes auto` output (class_tokens.safetensors and
 crop_predictions.csv, read as experiments/k_study.py reads them). For every subset of at least two
@@ -22,6 +22,16 @@ Estimators (all deterministic; none has a constant fitted to these sets):
   (at least 2) averaged: the product's default since 2026-12-06 (`eigengap_scales`).
 - eigengap/multi-k/images: the same three graphs on the images (fourteenth session).
 - eigengap/multi-k/centred: the same on the crops centred on their mean, unit again.
+- with --more (fifteenth session), other graphs and feature transforms, each under the same
+  three-graph average:
+  - snn/multi-k, snn/multi-k/images: shared-nearest-neighbour weights (the share of the two
+    points' neighbour lists in common) on the kNN graph's edges, said to be robust to clusters
+    of unequal density;
+  - pc1/crops, pc1/images, pc3/images: the rows centred, less their first 1 or 3 principal
+    components, unit again (a dominant nuisance direction, such as grey level, removed);
+  - white16/images, white32/crops, white32/images: the rows' coordinates on their first 16 or
+    32 principal axes, each axis scaled to unit variance, unit again (every direction weighed
+    alike).
 - with --slow, ps, stab, pac, bic, gmeans on the images: experiments/k_study.py's criteria of
   those names (seed 0), each as that script describes it.
 - const3, const4: the same guess for every subset, for scale.
@@ -46,22 +56,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import k_study as ks  # noqa: E402
 
 
-def gap_curve(x, nn_fixed=None):
-    """k_study.eigengap's gaps {K: lambda_K - lambda_{K-1}}, with an optional fixed neighbour
-    count (it uses round(sqrt n))."""
+def knn_matrix(x, nn):
+    """The directed 0/1 kNN matrix of the rows of x (row i: its nn nearest others, ties by index)."""
     n = len(x)
-    nn = nn_fixed if nn_fixed else int(round(np.sqrt(n)))
     nn = int(np.clip(nn, 1, n - 1))
     d = ks.sqdist(x, x)
     np.fill_diagonal(d, np.inf)
-    a = np.zeros((n, n))
-    idx = np.argsort(d, axis=1, kind="stable")[:, :nn]
-    a[np.repeat(np.arange(n), nn), idx.ravel()] = 1
-    a = np.maximum(a, a.T)
+    m = np.zeros((n, n))
+    m[np.repeat(np.arange(n), nn), np.argsort(d, axis=1, kind="stable")[:, :nn].ravel()] = 1
+    return m
+
+
+def knn_graph(x, nn):
+    """The symmetric 0/1 kNN graph (i and j joined when either is among the other's nearest)."""
+    m = knn_matrix(x, nn)
+    return np.maximum(m, m.T)
+
+
+def laplacian_gaps(a):
+    """{K: lambda_K - lambda_{K-1}} of the normalised Laplacian of the graph a, K = KMIN..KMAX."""
     s = 1 / np.sqrt(a.sum(1))
-    ev = np.linalg.eigvalsh(np.eye(n) - s[:, None] * a * s[None, :])
-    top = min(ks.KMAX, n - 1)
-    return {k: ev[k] - ev[k - 1] for k in range(ks.KMIN, top + 1)}
+    ev = np.linalg.eigvalsh(np.eye(len(a)) - s[:, None] * a * s[None, :])
+    return {k: ev[k] - ev[k - 1] for k in range(ks.KMIN, min(ks.KMAX, len(a) - 1) + 1)}
+
+
+def gap_curve(x, nn_fixed=None):
+    """k_study.eigengap's gaps {K: lambda_K - lambda_{K-1}}, with an optional fixed neighbour
+    count (it uses round(sqrt n))."""
+    return laplacian_gaps(knn_graph(x, nn_fixed if nn_fixed else int(round(np.sqrt(len(x))))))
 
 
 def argmax_k(gaps):
@@ -96,6 +118,31 @@ def centred(x):
     return ks.unit(x - x.mean(0))
 
 
+def snn_curve(x, nn):
+    """gap_curve's gaps on the kNN graph whose edges weigh the share of neighbours in common."""
+    m = knn_matrix(x, nn)
+    edges = np.maximum(m, m.T)
+    # a tiny floor keeps an edge whose ends share no neighbour (no isolated rows)
+    return laplacian_gaps(edges * (m @ m.T / m.sum(1).max()) + 1e-9 * edges)
+
+
+def snn_multi_k(x):
+    r = np.sqrt(len(x))
+    return argmax_k(mean_curve([snn_curve(x, max(2, int(round(f * r)))) for f in (0.5, 1, 2)]))
+
+
+def less_pcs(x, m):
+    """The rows centred, less their first m principal components, unit again."""
+    z = x - x.mean(0)
+    vt = np.linalg.svd(z, full_matrices=False)[2][:m]
+    return ks.unit(z - (z @ vt.T) @ vt)
+
+
+def whitened(x, d):
+    """The rows' coordinates on their first d principal axes, each of unit variance, unit again."""
+    return ks.unit(np.linalg.svd(x - x.mean(0), full_matrices=False)[0][:, :d])
+
+
 ESTIMATORS = {
     "eigengap": lambda c, i: eigengap_nn(c),
     "eigengap/images": lambda c, i: eigengap_nn(i),
@@ -105,6 +152,16 @@ ESTIMATORS = {
     "eigengap/multi-k": lambda c, i: multi_k(c),
     "eigengap/multi-k/images": lambda c, i: multi_k(i),
     "eigengap/multi-k/centred": lambda c, i: multi_k(centred(c)),
+}
+MORE = {
+    "snn/multi-k": lambda c, i: snn_multi_k(c),
+    "snn/multi-k/images": lambda c, i: snn_multi_k(i),
+    "pc1/crops": lambda c, i: multi_k(less_pcs(c, 1)),
+    "pc1/images": lambda c, i: multi_k(less_pcs(i, 1)),
+    "pc3/images": lambda c, i: multi_k(less_pcs(i, 3)),
+    "white16/images": lambda c, i: multi_k(whitened(i, 16)),
+    "white32/crops": lambda c, i: multi_k(whitened(c, 32)),
+    "white32/images": lambda c, i: multi_k(whitened(i, 32)),
 }
 SLOW = {
     **{f"{c}/images": (lambda c: lambda _c, i: ks.run_all(i, 0, {c})[c][0])(c)
@@ -136,7 +193,8 @@ def main(argv):
         i = argv.index("--drop-low-scores")
         drop = float(argv[i + 1])
         argv = argv[:i] + argv[i + 2:]
-    ESTIMATORS = {**ESTIMATORS, **(SLOW if "--slow" in argv else {}), **CONSTANTS}
+    ESTIMATORS = {**ESTIMATORS, **(MORE if "--more" in argv else {}),
+                  **(SLOW if "--slow" in argv else {}), **CONSTANTS}
     sets = [a.split("=", 1) for a in argv if "=" in a]
     if not sets:
         sys.exit(__doc__)
@@ -174,6 +232,11 @@ def main(argv):
             bias.append(err.mean())
         cells.append(f"{np.mean(errs):.2f} / {np.mean(within):.0%} / {np.mean(bias):+.2f}")
         print(f"| {e} | " + " | ".join(cells) + " |")
+    print()
+    print("Whole sets (every type; true K " + ", ".join(f"{n} {max(t for t, _ in tally[e0][n])}"
+                                                    for e0 in list(ESTIMATORS)[:1] for n in names) + "):")
+    for e in ESTIMATORS:
+        print(f"- {e}: " + ", ".join(f"{n} {tally[e][n][-1][1]}" for n in names))
     print()
     print("Estimates by true K (each subset's estimate; all sets):")
     for e in ESTIMATORS:
