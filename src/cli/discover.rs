@@ -8,7 +8,7 @@ use clap::Args;
 use super::Ctx;
 use anomalyncd::cluster::NumClasses;
 use anomalyncd::pipeline::discover::{
-    self, DetectorSettings, DetectorWeights, DiscoverOutcome, DiscoverSpec,
+    self, DetectorSettings, DetectorWeights, DiscoverOutcome, DiscoverSpec, Found,
 };
 
 #[derive(Debug, Args)]
@@ -123,14 +123,19 @@ pub fn run(a: &DiscoverArgs, ctx: &Ctx) -> anyhow::Result<()> {
             if let Some(e) = &found.estimate {
                 print!("{}", e.table());
             }
-            let how = match &found.estimate {
-                Some(_) => "estimated",
-                None => "given",
+            let resplit = found.inference.as_ref().and_then(|i| i.num_clusters);
+            let how = match (&found.estimate, resplit) {
+                (_, Some(_)) => "inference.num_clusters",
+                (Some(_), None) => "estimated",
+                (None, None) => "given",
             };
             let sizes: Vec<String> = found.cluster_sizes.iter().map(|s| s.to_string()).collect();
             println!("report: {}", report.display());
             println!("predictions: {}", predictions.display());
             println!("K = {} ({how})", found.num_clusters);
+            if let Some(hint) = resplit_hint(&found) {
+                println!("{hint}");
+            }
             println!("cluster sizes: {}", sizes.join(", "));
             if let Some(note) = found.empty_clusters_note() {
                 println!("{note}");
@@ -146,4 +151,61 @@ pub fn run(a: &DiscoverArgs, ctx: &Ctx) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where K was estimated and the answer is spectral, how to try another K without training.
+fn resplit_hint(found: &Found) -> Option<&'static str> {
+    let spectral = found.inference.as_ref().is_some_and(|i| {
+        i.assign == anomalyncd::config::ImageAssign::Spectral && i.num_clusters.is_none()
+    });
+    (found.estimate.is_some() && spectral).then_some(
+        "another K without training again: the same command with --resume --set \
+         inference.num_clusters=N",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anomalyncd::cluster::KEstimate;
+    use anomalyncd::config::{ImageAssign, Inference};
+
+    #[test]
+    fn the_resplit_hint_only_where_k_was_estimated_and_the_answer_is_spectral() {
+        let found = |estimated: bool, assign: ImageAssign, num_clusters: Option<usize>| Found {
+            num_clusters: 3,
+            estimate: estimated.then(|| KEstimate {
+                chosen: 3,
+                max_classes: 10,
+                criterion: "eigengap".into(),
+                scores: Vec::new(),
+            }),
+            cluster_sizes: vec![1, 1, 1],
+            scores: None,
+            auto_k: None,
+            training_free: None,
+            cache: None,
+            timing: None,
+            inference: Some(Inference {
+                assign,
+                num_clusters,
+                ..Inference::default()
+            }),
+        };
+        let hint = resplit_hint(&found(true, ImageAssign::Spectral, None)).unwrap();
+        assert!(
+            hint.contains("--resume --set inference.num_clusters=N"),
+            "{hint}"
+        );
+        // A given K, the heads' answer (K fixed by training), or a split already chosen: none.
+        assert_eq!(
+            resplit_hint(&found(false, ImageAssign::Spectral, None)),
+            None
+        );
+        assert_eq!(resplit_hint(&found(true, ImageAssign::Heads, None)), None);
+        assert_eq!(
+            resplit_hint(&found(true, ImageAssign::Spectral, Some(4))),
+            None
+        );
+    }
 }

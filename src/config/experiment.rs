@@ -49,6 +49,8 @@ pub const SPECTRAL_NEIGHBORS: std::ops::RangeInclusive<usize> = 2..=100;
 /// Most entries of `inference.spectral_scales`, and the largest one.
 pub const MAX_SPECTRAL_SCALES: usize = 8;
 pub const MAX_SPECTRAL_SCALE: f64 = 10.0;
+/// Range of `inference.num_clusters`.
+pub const ANSWER_CLUSTERS: std::ops::RangeInclusive<usize> = 2..=100;
 
 /// How the images are put into clusters at the end (`inference.assign`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -101,6 +103,11 @@ pub struct Inference {
     /// before the graph is built (each then made unit length again); false: the features as
     /// they are (until 2026-12-07).
     pub spectral_center: bool,
+    /// `assign: spectral`: the number of clusters the images are split into, where it differs
+    /// from the K the model was trained with; `null`: that K. The answer is made again from the
+    /// trained features, so `--resume` with another value only evaluates the checkpoint again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_clusters: Option<usize>,
 }
 
 impl Default for Inference {
@@ -113,6 +120,7 @@ impl Default for Inference {
             spectral_graph: SpectralGraph::default(),
             spectral_scales: vec![1.0],
             spectral_center: false,
+            num_clusters: None,
         }
     }
 }
@@ -161,6 +169,21 @@ impl Inference {
                 )
             },
         );
+        if let Some(k) = self.num_clusters {
+            let r = ANSWER_CLUSTERS;
+            c.need(r.contains(&k), || {
+                format!(
+                    "inference.num_clusters must be in {}..={} (got {k})",
+                    r.start(),
+                    r.end()
+                )
+            });
+            c.need(self.assign == ImageAssign::Spectral, || {
+                "inference.num_clusters splits the trained features' graph again; it needs \
+                 inference.assign: spectral (the heads' answer has the trained K)"
+                    .into()
+            });
+        }
         c.need(
             self.assign == ImageAssign::Heads || self.refine_steps == 0,
             || {

@@ -302,6 +302,24 @@ fn the_spectral_graph_reads_pooled_features_only_under_spectral() {
     );
     let e = load(&["inference.spectral_center=2"]).unwrap_err();
     assert!(e.to_string().contains("inference.spectral_center"), "{e}");
+    // The answer's K is the trained K unless the key gives another, under spectral only.
+    assert_eq!(load(&[]).unwrap().inference.num_clusters, None);
+    let spectral = "inference.assign=spectral";
+    let four = load(&[spectral, "inference.num_clusters=4"]).unwrap();
+    assert_eq!(four.inference.num_clusters, Some(4));
+    for bad in ["1", "101"] {
+        let e = load(&[spectral, &format!("inference.num_clusters={bad}")]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("inference.num_clusters must be in 2..=100"),
+            "{e}"
+        );
+    }
+    let e = load(&["inference.num_clusters=4"]).unwrap_err();
+    assert!(
+        e.to_string().contains("needs inference.assign: spectral"),
+        "{e}"
+    );
     // One graph per features unless the scales say more; each factor in range.
     assert_eq!(load(&[]).unwrap().inference.spectral_scales, [1.0]);
     let three = load(&["inference.spectral_scales=[0.5, 1, 2]"]).unwrap();

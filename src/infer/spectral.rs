@@ -8,6 +8,14 @@
 //! keep the heads' answer, and the image rows mostly agree. An image whose cluster changed gets
 //! its merged probability of the new cluster as its confidence, as a refined one does.
 //!
+//! With `inference.num_clusters` the images are split into that many clusters instead of the
+//! K the model was trained with: K enters training only through the heads, and the trained
+//! graph can be split into any number (measured: models trained with 10 clusters and split
+//! into the true K were level on the mean with those trained with it, docs/results.md,
+//! fifteenth session). There is then no one-to-one pairing with the heads' clusters: each
+//! head is paired with the cluster most of its images went to, and an image's confidence is
+//! its merged probability over the heads paired with its cluster.
+//!
 //! With `inference.spectral_center`, the images' mean feature is subtracted from each before
 //! the graph (each made unit length again). Why: the trained tokens of one product's defects
 //! share a large common direction, so their cosine neighbourhoods are crowded; without it,
@@ -80,7 +88,9 @@ pub fn assign(
         features = features.iter().map(|f| centred(f, c)).collect();
     }
     let n = features.len();
-    let k = preds.num_clusters.min(n);
+    let heads_k = preds.num_clusters;
+    let answer_k = inference.num_clusters.unwrap_or(heads_k);
+    let k = answer_k.min(n);
     let d = features.first().map_or(0, Vec::len);
     let flat: Vec<f32> = features.iter().flatten().copied().collect();
     let points = ArrayView2::from_shape((n, d), &flat)
@@ -100,18 +110,31 @@ pub fn assign(
         Some(p) => spectral::fit_views(&[points.view(), p.view()], &opts)?,
         None => spectral::fit(points, &opts)?,
     };
-    let heads: Vec<usize> = preds.images.iter().map(|i| i.cluster).collect();
-    let to_heads = crate::metrics::hungarian_match(&heads, &found)?;
-    let clusters: Vec<usize> = found.iter().map(|&c| to_heads[c]).collect();
+    // With the heads' K each spectral cluster takes the number of the heads' cluster it overlaps
+    // most; with another K (`inference.num_clusters`) there is no such pairing.
+    let (clusters, change) = match answer_k == heads_k {
+        true => {
+            let heads: Vec<usize> = preds.images.iter().map(|i| i.cluster).collect();
+            let to_heads = crate::metrics::hungarian_match(&heads, &found)?;
+            let clusters: Vec<usize> = found.iter().map(|&c| to_heads[c]).collect();
+            let moved = move_images(
+                preds,
+                &clusters.iter().map(|&c| Some(c)).collect::<Vec<_>>(),
+            );
+            let change = format!("{moved} of {n} images differ from the region-merged answer");
+            (clusters, change)
+        }
+        false => {
+            regroup(preds, &found, answer_k);
+            let change = format!("{answer_k} clusters (inference.num_clusters; the model was trained with {heads_k})");
+            (found, change)
+        }
+    };
     let stored = Neighbours {
         features,
         clusters,
         center,
     };
-    let moved = move_images(
-        preds,
-        &stored.clusters.iter().map(|&c| Some(c)).collect::<Vec<_>>(),
-    );
     let what = match pooled {
         Some(_) => "trained and pooled detector features' graphs",
         None => "features",
@@ -128,7 +151,7 @@ pub fn assign(
     };
     log::info!(
         "image clusters by spectral clustering of the images' {what} ({neighbours}{centred}): \
-         {moved} of {n} images differ from the region-merged answer"
+         {change}"
     );
     Ok(stored)
 }
@@ -137,8 +160,14 @@ pub fn assign(
 /// Euclidean distance, after centring them on the stored mean where there is one; the first
 /// among equals), as `test` and `predict` reproduce a checkpoint made with
 /// `inference.assign: spectral`.
-pub fn assign_stored(preds: &mut Predictions, stored: &Neighbours) -> Result<()> {
+pub fn assign_stored(
+    preds: &mut Predictions,
+    stored: &Neighbours,
+    num_clusters: Option<usize>,
+) -> Result<()> {
     let mut features = image_features(preds)?;
+    let heads_k = preds.num_clusters;
+    let answer_k = num_clusters.unwrap_or(heads_k);
     let d = features.first().map_or(0, Vec::len);
     let bad_center = stored.center.as_ref().is_some_and(|c| c.len() != d);
     if bad_center || stored.features.is_empty() || stored.features.iter().any(|f| f.len() != d) {
@@ -146,21 +175,58 @@ pub fn assign_stored(preds: &mut Predictions, stored: &Neighbours) -> Result<()>
             "the checkpoint's stored image features do not have the model's {d} dimensions"
         )));
     }
-    if let Some(&c) = stored.clusters.iter().find(|&&c| c >= preds.num_clusters) {
+    if let Some(&c) = stored.clusters.iter().find(|&&c| c >= answer_k) {
         return Err(Error::runtime(format!(
-            "the checkpoint stores cluster {c} of {}",
-            preds.num_clusters
+            "the checkpoint stores cluster {c} of {answer_k}"
         )));
     }
     if let Some(c) = &stored.center {
         features = features.iter().map(|f| centred(f, c)).collect();
     }
-    let clusters: Vec<Option<usize>> = features
+    let clusters: Vec<usize> = features
         .iter()
-        .map(|f| Some(stored.clusters[nearest(f, &stored.features).0]))
+        .map(|f| stored.clusters[nearest(f, &stored.features).0])
         .collect();
-    move_images(preds, &clusters);
+    match answer_k == heads_k {
+        true => {
+            move_images(preds, &clusters.into_iter().map(Some).collect::<Vec<_>>());
+        }
+        false => regroup(preds, &clusters, answer_k),
+    }
     Ok(())
+}
+
+/// Puts the images of `preds` into `clusters` of an answer with `k` clusters, where the heads
+/// have another number (`inference.num_clusters`). Each head is paired with the cluster that
+/// most of its region-merged images went to (the lower number among equals), and an image's
+/// confidence is its merged probability summed over the heads paired with its cluster: with
+/// one head per cluster that is the probability a refined or spectral answer gives it.
+fn regroup(preds: &mut Predictions, clusters: &[usize], k: usize) {
+    let heads = preds.num_clusters;
+    let mut votes = vec![vec![0usize; k]; heads];
+    for (img, &c) in preds.images.iter().zip(clusters) {
+        if let Some(v) = votes.get_mut(img.cluster) {
+            v[c] += 1;
+        }
+    }
+    let paired: Vec<Option<usize>> = votes
+        .iter()
+        .map(|v| {
+            let best = (0..k).max_by_key(|&c| (v[c], std::cmp::Reverse(c)))?;
+            (v[best] > 0).then_some(best)
+        })
+        .collect();
+    for (img, &c) in preds.images.iter_mut().zip(clusters) {
+        img.cluster = c;
+        img.confidence = img
+            .merged
+            .iter()
+            .zip(&paired)
+            .filter(|(_, p)| **p == Some(c))
+            .map(|(m, _)| m)
+            .sum();
+    }
+    preds.num_clusters = k;
 }
 
 impl Neighbours {
@@ -277,6 +343,76 @@ mod tests {
             .collect()
     }
 
+    /// Three tight groups of directions, four images each, around 5°, 45° and 85°.
+    fn three_groups() -> Vec<[f32; 2]> {
+        (0..12)
+            .map(|i| {
+                let r = (5.0 + 40.0 * (i / 4) as f32 + (i % 4) as f32).to_radians();
+                [r.cos(), r.sin()]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn another_number_of_clusters_splits_the_graph_again() {
+        let t = three_groups();
+        // Heads trained with K = 2: the first group on head 0, the other two on head 1.
+        let heads = [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1];
+        let three = Inference {
+            num_clusters: Some(3),
+            ..plain()
+        };
+        let mut p = preds(&t, &heads, 2);
+        let stored = assign(&mut p, &three, 0, None).unwrap();
+        assert_eq!(p.num_clusters, 3);
+        let got: Vec<usize> = p.images.iter().map(|i| i.cluster).collect();
+        for g in got.chunks(4) {
+            assert!(g.iter().all(|&c| c == g[0]), "{got:?}");
+        }
+        let firsts = [got[0], got[4], got[8]];
+        assert!(firsts[0] != firsts[1] && firsts[1] != firsts[2] && firsts[0] != firsts[2]);
+        // Head 0 pairs with the first group's cluster (0.9 for its images); head 1's images went
+        // to two clusters, four each, so it pairs with the lower number, and the images of the
+        // other cluster have no paired head left (0.0).
+        assert_eq!(p.images[0].confidence, 0.9);
+        let head1 = got[4].min(got[8]);
+        for img in &p.images[4..] {
+            let want = if img.cluster == head1 { 0.9 } else { 0.0 };
+            assert_eq!(img.confidence, want, "{:?}", img.cluster);
+        }
+        assert_eq!(stored.clusters, got);
+        // `test` reproduces it with the same setting; without it the stored clusters exceed the
+        // heads' K, which is an error, not a silent answer.
+        let mut q = preds(&t, &heads, 2);
+        assign_stored(&mut q, &stored, Some(3)).unwrap();
+        assert_eq!(q.images.iter().map(|i| i.cluster).collect::<Vec<_>>(), got);
+        assert_eq!(q.num_clusters, 3);
+        let mut r = preds(&t, &heads, 2);
+        let e = assign_stored(&mut r, &stored, None).unwrap_err();
+        assert!(e.to_string().contains("stores cluster 2 of 2"), "{e}");
+        // Fewer clusters than heads: two near groups (10°–15° under heads 0 and 1) merge, and
+        // each head pairs with its images' cluster.
+        let two = Inference {
+            num_clusters: Some(2),
+            ..plain()
+        };
+        let near: Vec<[f32; 2]> = two_groups()[..6].iter().chain(&t[8..]).copied().collect();
+        let mut p = preds(&near, &[0, 0, 0, 1, 1, 1, 2, 2, 2, 2], 3);
+        assign(&mut p, &two, 0, None).unwrap();
+        assert_eq!(p.num_clusters, 2);
+        let got: Vec<usize> = p.images.iter().map(|i| i.cluster).collect();
+        assert!(got[..6].iter().all(|&c| c == got[0]) && got[6..].iter().all(|&c| c != got[0]));
+        for img in &p.images {
+            // Two heads pair with the merged cluster: 0.9 + 0.05; one with the other: 0.9.
+            assert!(
+                [0.9, 0.95]
+                    .iter()
+                    .any(|c| (img.confidence - c).abs() < 1e-12),
+                "{img:?}"
+            );
+        }
+    }
+
     #[test]
     fn the_graph_decides_and_clusters_keep_the_heads_numbers() {
         let t = two_groups();
@@ -297,7 +433,7 @@ mod tests {
         let back = Neighbours::from_tensors(&stored.to_tensors(), Path::new("ck")).unwrap();
         assert_eq!(back.as_ref(), Some(&stored));
         let mut q = preds(&t, &heads, 2);
-        assign_stored(&mut q, &back.unwrap()).unwrap();
+        assign_stored(&mut q, &back.unwrap(), None).unwrap();
         assert_eq!(q.images, p.images);
     }
 
@@ -356,17 +492,17 @@ mod tests {
             .unwrap();
         assert_eq!(back, stored);
         let mut q = preds(&t, &[0; 12], 2);
-        assign_stored(&mut q, &back).unwrap();
+        assign_stored(&mut q, &back, None).unwrap();
         assert_eq!(q.images, p.images);
         // A new image near the second group, centred by the stored mean, joins it.
         let r = 79f32.to_radians();
         let mut one = preds(&[[r.cos(), r.sin()]], &[got[0]], 2);
-        assign_stored(&mut one, &back).unwrap();
+        assign_stored(&mut one, &back, None).unwrap();
         assert_eq!(one.images[0].cluster, got[11]);
         // A stored mean of another length is an input error, as is one whose shape was edited.
         let mut short = back.clone();
         short.center = Some(vec![0.0; 3]);
-        assert!(assign_stored(&mut one, &short).is_err());
+        assert!(assign_stored(&mut one, &short, None).is_err());
         let mut t2 = stored.to_tensors();
         t2.insert(CENTER.into(), Tensor::from_slice(&[0f32; 3]));
         let e = Neighbours::from_tensors(&t2, Path::new("ck")).unwrap_err();
@@ -391,7 +527,7 @@ mod tests {
         let second = stored.clusters[11];
         let r = 79f32.to_radians();
         let mut q = preds(&[[r.cos(), r.sin()]], &[1 - second], 2);
-        assign_stored(&mut q, &stored).unwrap();
+        assign_stored(&mut q, &stored, None).unwrap();
         assert_eq!(q.images[0].cluster, second);
     }
 
@@ -418,13 +554,13 @@ mod tests {
             clusters: vec![0],
             center: None,
         };
-        assert!(assign_stored(&mut p, &wrong_dim).is_err());
+        assert!(assign_stored(&mut p, &wrong_dim, None).is_err());
         let wrong_cluster = Neighbours {
             features: vec![vec![1.0, 0.0]],
             clusters: vec![2],
             center: None,
         };
-        assert!(assign_stored(&mut p, &wrong_cluster).is_err());
+        assert!(assign_stored(&mut p, &wrong_cluster, None).is_err());
         p.class_tokens.clear();
         assert!(assign(&mut p, &plain(), 0, None).is_err());
     }

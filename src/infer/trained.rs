@@ -92,7 +92,7 @@ pub fn run(t: &Trained, set: Arc<CropSet>, device: Device) -> Result<Predictions
     let outputs = crop_logits(&t.model, &eval, device)?;
     let mut preds = predict(&set, &outputs, t.meta.chosen_head, t.meta.merge_temperature)?;
     if let Some(n) = &t.neighbours {
-        super::spectral::assign_stored(&mut preds, n)?;
+        super::spectral::assign_stored(&mut preds, n, cfg.inference.num_clusters)?;
     } else if !t.meta.image_centroids.is_empty() {
         super::refine::assign_stored(&mut preds, &t.meta.image_centroids)?;
     }

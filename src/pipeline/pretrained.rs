@@ -160,8 +160,9 @@ pub(super) fn training_free_scores(
     let scores = score(&preds)?.map(|s| s.image.scores());
     if let Some(Scores { nmi, ari, f1 }) = scores {
         log::info!(
-            "training-free: {how} (K = {k}) on the pretrained class tokens ({} guidance): NMI \
+            "training-free: {how} (K = {}) on the pretrained class tokens ({} guidance): NMI \
              {nmi:.4} ARI {ari:.4} F1 {f1:.4}",
+            preds.num_clusters,
             guidance.name()
         );
     }

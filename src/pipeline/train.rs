@@ -375,7 +375,7 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
     log::info!("checkpoint: {}", ckpt_path.display());
     Ok(TrainOutcome::Finished {
         scores,
-        num_clusters: set.num_novel_clusters,
+        num_clusters: preds.num_clusters,
         estimate: k_estimate,
         cluster_sizes: preds.cluster_sizes(),
         auto_k,

@@ -175,6 +175,8 @@ fn typed_folders_with_given_maps_resume_after_a_stop_in_each_stage() {
         Path::new("run/train/report.html").display()
     )));
     assert!(t.contains("<- chosen") && t.contains("(estimated)"), "{t}");
+    // No re-split hint under the heads' answer (this config's): its K is the trained one.
+    assert!(!t.contains("inference.num_clusters=N"), "{t}");
     let k: usize = line_after(&t, "K = ")
         .split(' ')
         .next()

@@ -1,7 +1,8 @@
 //! `discover --resume` after a change of `inference.*` alone: the trained checkpoint is
 //! evaluated again, not retrained, and the checkpoint then holds the new settings, so `test`
-//! follows; going back to the first settings gives the first answer again, byte for byte; a
-//! changed training setting, or a missing checkpoint, trains anew.
+//! follows; going back to the first settings gives the first answer again, byte for byte; the
+//! answer split into another K (`inference.num_clusters`) is an evaluation too; a changed
+//! training setting, or a missing checkpoint, trains anew.
 
 use super::*;
 
@@ -148,6 +149,39 @@ fn a_changed_inference_setting_evaluates_the_checkpoint_again_without_training()
         read(&p.join("centred/predictions.csv")),
         read(&train.join("predictions.csv"))
     );
+
+    // The answer split into another number of clusters than the model's 4
+    // (`inference.num_clusters`): evaluated again, not retrained; `test` follows.
+    let three = ["--set", "inference.num_clusters=3"];
+    let t = ok(
+        p,
+        &with(&[&["--resume"][..], &graph, &centred, &three].concat()),
+    );
+    assert!(t.contains("only the evaluation runs again"), "{t}");
+    assert!(
+        t.contains("3 clusters (inference.num_clusters; the model was trained with 4)"),
+        "{t}"
+    );
+    assert!(t.contains("K = 3 (inference.num_clusters)"), "{t}");
+    assert_eq!(json(&train.join("checkpoint.json"))["history"], history);
+    let found = &json(&run.join("discover.json"))["found"];
+    assert_eq!(found["num_clusters"], 3);
+    assert_eq!(found["inference"]["num_clusters"], 3);
+    assert_eq!(found["cluster_sizes"].as_array().unwrap().len(), 3);
+    let split = read(&train.join("predictions.csv"));
+    let clusters: Vec<u64> = split
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(clusters.len(), 16);
+    assert!(clusters.iter().all(|&c| c < 3), "{split}");
+    let o = run_in(
+        p,
+        &["test", "--checkpoint", "run/train", "--out", "split", "-q"],
+    );
+    common::assert_ok(&o, "test");
+    assert_eq!(read(&p.join("split/predictions.csv")), split);
 
     // A changed training setting still retrains.
     let t = ok(p, &with(&["--resume", "--set", "training.epochs=1"]));
