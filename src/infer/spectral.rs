@@ -112,23 +112,19 @@ pub fn assign(
     };
     // With the heads' K each spectral cluster takes the number of the heads' cluster it overlaps
     // most; with another K (`inference.num_clusters`) there is no such pairing.
-    let (clusters, change) = match answer_k == heads_k {
+    let clusters: Vec<usize> = match answer_k == heads_k {
         true => {
             let heads: Vec<usize> = preds.images.iter().map(|i| i.cluster).collect();
             let to_heads = crate::metrics::hungarian_match(&heads, &found)?;
-            let clusters: Vec<usize> = found.iter().map(|&c| to_heads[c]).collect();
-            let moved = move_images(
-                preds,
-                &clusters.iter().map(|&c| Some(c)).collect::<Vec<_>>(),
-            );
-            let change = format!("{moved} of {n} images differ from the region-merged answer");
-            (clusters, change)
+            found.iter().map(|&c| to_heads[c]).collect()
         }
-        false => {
-            regroup(preds, &found, answer_k);
-            let change = format!("{answer_k} clusters (inference.num_clusters; the model was trained with {heads_k})");
-            (found, change)
-        }
+        false => found,
+    };
+    let change = match place(preds, &clusters, answer_k) {
+        Some(moved) => format!("{moved} of {n} images differ from the region-merged answer"),
+        None => format!(
+            "{answer_k} clusters (inference.num_clusters; the model was trained with {heads_k})"
+        ),
     };
     let stored = Neighbours {
         features,
@@ -166,8 +162,7 @@ pub fn assign_stored(
     num_clusters: Option<usize>,
 ) -> Result<()> {
     let mut features = image_features(preds)?;
-    let heads_k = preds.num_clusters;
-    let answer_k = num_clusters.unwrap_or(heads_k);
+    let answer_k = num_clusters.unwrap_or(preds.num_clusters);
     let d = features.first().map_or(0, Vec::len);
     let bad_center = stored.center.as_ref().is_some_and(|c| c.len() != d);
     if bad_center || stored.features.is_empty() || stored.features.iter().any(|f| f.len() != d) {
@@ -187,13 +182,24 @@ pub fn assign_stored(
         .iter()
         .map(|f| stored.clusters[nearest(f, &stored.features).0])
         .collect();
-    match answer_k == heads_k {
-        true => {
-            move_images(preds, &clusters.into_iter().map(Some).collect::<Vec<_>>());
-        }
-        false => regroup(preds, &clusters, answer_k),
-    }
+    place(preds, &clusters, answer_k);
     Ok(())
+}
+
+/// Puts the images of `preds` into `clusters` of an answer with `k` clusters: with the heads'
+/// own K each keeps the merged probability of its cluster and the images that moved are
+/// counted (`Some`); with another K, [`regroup`] pairs heads and clusters (`None`).
+fn place(preds: &mut Predictions, clusters: &[usize], k: usize) -> Option<usize> {
+    match k == preds.num_clusters {
+        true => Some(move_images(
+            preds,
+            &clusters.iter().map(|&c| Some(c)).collect::<Vec<_>>(),
+        )),
+        false => {
+            regroup(preds, clusters, k);
+            None
+        }
+    }
 }
 
 /// Puts the images of `preds` into `clusters` of an answer with `k` clusters, where the heads
