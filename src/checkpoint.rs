@@ -71,6 +71,10 @@ pub struct CheckpointMeta {
     /// `predict` assign images to; empty without refinement.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_centroids: Vec<Vec<f32>>,
+    /// How the answer's K was read after training (`inference.num_clusters: auto`), which
+    /// `test` and `predict` keep; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_k: Option<crate::infer::answer_k::AnswerK>,
 }
 
 pub struct Checkpoint {

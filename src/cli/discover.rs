@@ -7,6 +7,7 @@ use clap::Args;
 
 use super::Ctx;
 use anomalyncd::cluster::NumClasses;
+use anomalyncd::config::ClusterCount;
 use anomalyncd::pipeline::discover::{
     self, DetectorSettings, DetectorWeights, DiscoverOutcome, DiscoverSpec, Found,
 };
@@ -125,14 +126,18 @@ pub fn run(a: &DiscoverArgs, ctx: &Ctx) -> anyhow::Result<()> {
             }
             let resplit = found.inference.as_ref().and_then(|i| i.num_clusters);
             let how = match (&found.estimate, resplit) {
-                (_, Some(_)) => "inference.num_clusters",
+                (_, Some(ClusterCount::Fixed(_))) => "inference.num_clusters",
+                (_, Some(ClusterCount::Auto)) => "inference.num_clusters: auto",
                 (Some(_), None) => "estimated",
                 (None, None) => "given",
             };
             let sizes: Vec<String> = found.cluster_sizes.iter().map(|s| s.to_string()).collect();
             println!("report: {}", report.display());
             println!("predictions: {}", predictions.display());
-            println!("K = {} ({how})", found.num_clusters);
+            match &found.answer_k {
+                Some(a) => println!("K = {}", a.describe()),
+                None => println!("K = {} ({how})", found.num_clusters),
+            }
             if let Some(hint) = resplit_hint(&found) {
                 println!("{hint}");
             }
@@ -156,7 +161,8 @@ pub fn run(a: &DiscoverArgs, ctx: &Ctx) -> anyhow::Result<()> {
 /// Where K was estimated and the answer is spectral, how to try another K without training.
 fn resplit_hint(found: &Found) -> Option<&'static str> {
     let spectral = found.inference.as_ref().is_some_and(|i| {
-        i.assign == anomalyncd::config::ImageAssign::Spectral && i.num_clusters.is_none()
+        i.assign == anomalyncd::config::ImageAssign::Spectral
+            && i.num_clusters.is_none_or(|n| n == ClusterCount::Auto)
     });
     (found.estimate.is_some() && spectral).then_some(
         "another K without training again: the same command with --resume --set \
@@ -172,8 +178,9 @@ mod tests {
 
     #[test]
     fn the_resplit_hint_only_where_k_was_estimated_and_the_answer_is_spectral() {
-        let found = |estimated: bool, assign: ImageAssign, num_clusters: Option<usize>| Found {
+        let found = |estimated: bool, assign: ImageAssign, num_clusters| Found {
             num_clusters: 3,
+            answer_k: None,
             estimate: estimated.then(|| KEstimate {
                 chosen: 3,
                 max_classes: 10,
@@ -203,9 +210,13 @@ mod tests {
             None
         );
         assert_eq!(resplit_hint(&found(true, ImageAssign::Heads, None)), None);
+        let fixed = Some(ClusterCount::Fixed(4));
         assert_eq!(
-            resplit_hint(&found(true, ImageAssign::Spectral, Some(4))),
+            resplit_hint(&found(true, ImageAssign::Spectral, fixed)),
             None
         );
+        // A K read after training can be overridden the same way.
+        let auto = Some(ClusterCount::Auto);
+        assert!(resplit_hint(&found(true, ImageAssign::Spectral, auto)).is_some());
     }
 }

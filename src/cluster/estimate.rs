@@ -25,7 +25,7 @@
 //! the README); the silhouette favoured too few types on MTD and too many on the synthetic set.
 //! At most [`MAX_POINTS`] novel crops (a seeded sample) are used, so memory stays bounded.
 
-use ndarray::{concatenate, Array2, ArrayView2, Axis};
+use ndarray::{concatenate, Array2, ArrayView2, Axis, CowArray, Ix2};
 use serde::{Deserialize, Serialize};
 
 use super::kmeans::{distance_matrix, fit, silhouette, KMeansOptions};
@@ -136,29 +136,10 @@ pub fn estimate(
             novel.nrows()
         )));
     }
-    let sample;
-    let novel = if novel.nrows() > MAX_POINTS {
-        use rand::seq::SliceRandom;
-        use rand::SeedableRng;
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let rows: Vec<usize> = (0..novel.nrows()).collect();
-        let picked: Vec<usize> = rows
-            .choose_multiple(&mut rng, MAX_POINTS)
-            .copied()
-            .collect();
-        sample = novel.select(Axis(0), &picked);
-        sample.view()
-    } else {
-        novel.view()
-    };
+    let sample = sampled(novel, seed);
+    let novel = sample.view();
     let dist = distance_matrix(novel);
-    let counts = neighbour_counts(novel.nrows(), criterion);
-    let mut gaps = vec![0.0; top - 1];
-    for per_graph in eigengaps(dist.view(), top, &counts)? {
-        for (g, x) in gaps.iter_mut().zip(per_graph) {
-            *g += x / counts.len() as f64;
-        }
-    }
+    let gaps = averaged_gaps(dist.view(), top, criterion)?;
     let no_pins = vec![None; novel.nrows()];
     let nb = base_labels.iter().map(|c| c + 1).max().unwrap_or(0);
     let all: Option<Array2<f32>> = match base_labels.is_empty() {
@@ -194,21 +175,72 @@ pub fn estimate(
         pb.inc(1);
     }
     pb.finish_and_clear();
-    // The first K among equal scores: prefer fewer types when the data cannot tell them apart.
-    let chosen = scores
-        .iter()
-        .fold(None::<&KScore>, |best, s| match best {
-            Some(b) if b.eigengap >= s.eigengap => Some(b),
-            _ => Some(s),
-        })
-        .map(|s| s.k)
-        .ok_or_else(|| Error::runtime("no K was scored"))?;
+    let chosen = largest(&gaps).ok_or_else(|| Error::runtime("no K was scored"))?;
     Ok(KEstimate {
         chosen,
         max_classes,
         criterion: criterion_text(criterion).into(),
         scores,
     })
+}
+
+/// At most [`MAX_POINTS`] rows of `points`: all of them, or a sample seeded by `seed`.
+fn sampled(points: ArrayView2<'_, f32>, seed: u64) -> CowArray<'_, f32, Ix2> {
+    if points.nrows() <= MAX_POINTS {
+        return CowArray::from(points);
+    }
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let rows: Vec<usize> = (0..points.nrows()).collect();
+    let picked: Vec<usize> = rows
+        .choose_multiple(&mut rng, MAX_POINTS)
+        .copied()
+        .collect();
+    CowArray::from(points.select(Axis(0), &picked))
+}
+
+/// The eigengaps of K = 2..=`top` under `criterion`, averaged over its graphs.
+fn averaged_gaps(dist: ArrayView2<f32>, top: usize, criterion: KCriterion) -> Result<Vec<f64>> {
+    let counts = neighbour_counts(dist.nrows(), criterion);
+    let mut gaps = vec![0.0; top.saturating_sub(1)];
+    for per_graph in eigengaps(dist, top, &counts)? {
+        for (g, x) in gaps.iter_mut().zip(per_graph) {
+            *g += x / counts.len() as f64;
+        }
+    }
+    Ok(gaps)
+}
+
+/// The K (from 2) of the largest of `gaps` (K = 2, 3, …); the first among equals: prefer
+/// fewer types when the data cannot tell them apart.
+fn largest(gaps: &[f64]) -> Option<usize> {
+    gaps.iter()
+        .enumerate()
+        .fold(None::<(usize, f64)>, |best, (i, &g)| match best {
+            Some((_, b)) if b >= g => best,
+            _ => Some((i + 2, g)),
+        })
+        .map(|(k, _)| k)
+}
+
+/// The number of groups in `points` `[n, D]` by the largest eigengap under `criterion`, K in
+/// 2..=`max_k` (at most n − 1), with the gaps of K = 2..; `None` with fewer than 3 points.
+/// What `inference.num_clusters: auto` reads on the trained image features: the estimate of
+/// [`estimate`] without its k-means scores.
+pub fn read_k(
+    points: ArrayView2<f32>,
+    max_k: usize,
+    criterion: KCriterion,
+    seed: u64,
+) -> Result<Option<(usize, Vec<f64>)>> {
+    let sample = sampled(points, seed);
+    let top = max_k.min(sample.nrows().saturating_sub(1));
+    if top < 2 {
+        return Ok(None);
+    }
+    let gaps = averaged_gaps(distance_matrix(sample.view()).view(), top, criterion)?;
+    Ok(largest(&gaps).map(|k| (k, gaps)))
 }
 
 /// `λ_K − λ_{K−1}` for K = 2..=`top` of the normalised Laplacian `I − D^{-1/2} A D^{-1/2}` of

@@ -52,6 +52,60 @@ pub const MAX_SPECTRAL_SCALE: f64 = 10.0;
 /// Range of `inference.num_clusters`.
 pub const ANSWER_CLUSTERS: std::ops::RangeInclusive<usize> = 2..=100;
 
+/// `inference.num_clusters` when it is set: a number, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterCount {
+    Fixed(usize),
+    /// Read from the trained image features after training.
+    Auto,
+}
+
+impl ClusterCount {
+    /// The number of clusters, `None` for `auto`.
+    pub fn fixed(&self) -> Option<usize> {
+        match self {
+            Self::Fixed(k) => Some(*k),
+            Self::Auto => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ClusterCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Fixed(k) => write!(f, "{k}"),
+            Self::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+impl Serialize for ClusterCount {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Fixed(k) => s.serialize_u64(*k as u64),
+            Self::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ClusterCount {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(usize),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(k) => Ok(Self::Fixed(k)),
+            Raw::Text(t) if t.trim() == "auto" => Ok(Self::Auto),
+            Raw::Text(t) => Err(serde::de::Error::custom(format!(
+                "{t:?}: give a whole number of clusters or `auto`"
+            ))),
+        }
+    }
+}
+
 /// How the images are put into clusters at the end (`inference.assign`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -104,10 +158,14 @@ pub struct Inference {
     /// they are (until 2026-12-07).
     pub spectral_center: bool,
     /// `assign: spectral`: the number of clusters the images are split into, where it differs
-    /// from the K the model was trained with; `null`: that K. The answer is made again from the
-    /// trained features, so `--resume` with another value only evaluates the checkpoint again.
+    /// from the K the model was trained with; `null`: that K; `auto`: read from the trained
+    /// image features ([`crate::infer::spectral`]), at most the trained K and, where
+    /// `--num-classes auto` estimated K before training, at least that estimate (training then
+    /// uses `--max-classes` novel heads). The answer is made again from the trained features,
+    /// so `--resume` with another value only evaluates the checkpoint again (except that
+    /// `auto` under `--num-classes auto` changes the heads, and so trains again).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub num_clusters: Option<usize>,
+    pub num_clusters: Option<ClusterCount>,
 }
 
 impl Default for Inference {
@@ -169,8 +227,12 @@ impl Inference {
                 )
             },
         );
-        if let Some(k) = self.num_clusters {
+        if let Some(n) = self.num_clusters {
             let r = ANSWER_CLUSTERS;
+            let k = match n {
+                ClusterCount::Fixed(k) => k,
+                ClusterCount::Auto => *r.start(),
+            };
             c.need(r.contains(&k), || {
                 format!(
                     "inference.num_clusters must be in {}..={} (got {k})",

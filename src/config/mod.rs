@@ -24,7 +24,7 @@ pub use detect::{
     MapVariants, DEFAULT_BLUR, DEFAULT_POOL_TAU, DEFAULT_ZERO_SHOT_FRACTION, IMAGE_SIDES,
     MAX_AGGREGATE_SIZE, MAX_BLUR, MAX_HOLDOUT, MAX_POOL_TAU,
 };
-pub use experiment::{Experiment, ImageAssign, Inference, SpectralGraph};
+pub use experiment::{ClusterCount, Experiment, ImageAssign, Inference, SpectralGraph};
 pub use models::{GuidanceMode, Models, Precision, MAX_HEADS, MAX_IMAGE_SIZE};
 pub use training::{
     KCriterion, Loss, NeighbourFeatures, Training, MAX_CACHE_VIEWS, MAX_EPOCHS, MAX_WORKERS,

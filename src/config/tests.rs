@@ -306,7 +306,15 @@ fn the_spectral_graph_reads_pooled_features_only_under_spectral() {
     assert_eq!(load(&[]).unwrap().inference.num_clusters, None);
     let spectral = "inference.assign=spectral";
     let four = load(&[spectral, "inference.num_clusters=4"]).unwrap();
-    assert_eq!(four.inference.num_clusters, Some(4));
+    assert_eq!(four.inference.num_clusters, Some(ClusterCount::Fixed(4)));
+    let auto = load(&[spectral, "inference.num_clusters=auto"]).unwrap();
+    assert_eq!(auto.inference.num_clusters, Some(ClusterCount::Auto));
+    let e = load(&[spectral, "inference.num_clusters=many"]).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("a whole number of clusters or `auto`"),
+        "{e}"
+    );
     for bad in ["1", "101"] {
         let e = load(&[spectral, &format!("inference.num_clusters={bad}")]).unwrap_err();
         assert!(
@@ -315,11 +323,13 @@ fn the_spectral_graph_reads_pooled_features_only_under_spectral() {
             "{e}"
         );
     }
-    let e = load(&["inference.num_clusters=4"]).unwrap_err();
-    assert!(
-        e.to_string().contains("needs inference.assign: spectral"),
-        "{e}"
-    );
+    for n in ["4", "auto"] {
+        let e = load(&[&format!("inference.num_clusters={n}")]).unwrap_err();
+        assert!(
+            e.to_string().contains("needs inference.assign: spectral"),
+            "{e}"
+        );
+    }
     // One graph per features unless the scales say more; each factor in range.
     assert_eq!(load(&[]).unwrap().inference.spectral_scales, [1.0]);
     let three = load(&["inference.spectral_scales=[0.5, 1, 2]"]).unwrap();

@@ -2,6 +2,7 @@
 //! prediction per image ([`merge`]), the images' clusters as `inference.assign` says ([`answer`]),
 //! then scoring with [`crate::metrics`].
 
+pub mod answer_k;
 pub mod merge;
 pub mod outputs;
 pub mod predict;
@@ -22,27 +23,35 @@ use predict::Predictions;
 pub struct StoredAnswer {
     pub centroids: Vec<Vec<f32>>,
     pub neighbours: Option<spectral::Neighbours>,
+    /// How the answer's K was read (`inference.num_clusters: auto`).
+    pub k_read: Option<answer_k::AnswerK>,
 }
 
 /// Puts the images of `preds` (the heads' region-merged answer) into clusters as `inference`
 /// says; `seed` seeds spectral clustering's k-means. `pooled`: the images' pooled detector
 /// features, one row per image of `preds` in its order, which join the spectral graph; the
-/// caller reads them only when [`Inference::reads_pooled`].
+/// caller reads them only when [`Inference::reads_pooled`]. `read`: how
+/// `inference.num_clusters: auto` reads K ([`answer_k`]).
 pub fn answer(
     preds: &mut Predictions,
     inference: &Inference,
     seed: u64,
     pooled: Option<ArrayView2<f32>>,
+    read: answer_k::KRead,
 ) -> Result<StoredAnswer> {
     Ok(match inference.assign {
         ImageAssign::Heads => StoredAnswer {
             centroids: refine::refine(preds, inference.refine_steps)?,
-            neighbours: None,
+            ..StoredAnswer::default()
         },
-        ImageAssign::Spectral => StoredAnswer {
-            centroids: Vec::new(),
-            neighbours: Some(spectral::assign(preds, inference, seed, pooled)?),
-        },
+        ImageAssign::Spectral => {
+            let (neighbours, k_read) = spectral::assign(preds, inference, seed, pooled, read)?;
+            StoredAnswer {
+                centroids: Vec::new(),
+                neighbours: Some(neighbours),
+                k_read,
+            }
+        }
     })
 }
 

@@ -92,6 +92,7 @@ pub fn store_in_checkpoint(
             .collect();
     }
     ck.meta.image_centroids = answer.centroids;
+    ck.meta.answer_k = answer.k_read;
     ck.meta.config.inference = inference.clone();
     ck.meta.merge_temperature = merge_temperature;
     if ck.meta == before && answer.neighbours == neighbours_before {

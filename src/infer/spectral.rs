@@ -14,7 +14,8 @@
 //! into the true K were level on the mean with those trained with it, docs/results.md,
 //! fifteenth session). There is then no one-to-one pairing with the heads' clusters: each
 //! head is paired with the cluster most of its images went to, and an image's confidence is
-//! its merged probability over the heads paired with its cluster.
+//! its merged probability over the heads paired with its cluster. `inference.num_clusters:
+//! auto` reads that number from the same features first ([`super::answer_k`]).
 //!
 //! With `inference.spectral_center`, the images' mean feature is subtracted from each before
 //! the graph (each made unit length again). Why: the trained tokens of one product's defects
@@ -35,6 +36,7 @@ use std::path::Path;
 use ndarray::ArrayView2;
 use tch::{Kind, Tensor};
 
+use super::answer_k::{AnswerK, KRead};
 use super::predict::Predictions;
 use super::refine::{centroids, image_features, move_images};
 use crate::cluster::kmeans::nearest;
@@ -76,7 +78,8 @@ pub fn assign(
     inference: &Inference,
     seed: u64,
     pooled: Option<ArrayView2<f32>>,
-) -> Result<Neighbours> {
+    read: KRead,
+) -> Result<(Neighbours, Option<AnswerK>)> {
     let mut features = image_features(preds)?;
     let center = match inference.spectral_center {
         true => centroids(&features, &vec![0; features.len()], 1)
@@ -89,12 +92,12 @@ pub fn assign(
     }
     let n = features.len();
     let heads_k = preds.num_clusters;
-    let answer_k = inference.num_clusters.unwrap_or(heads_k);
-    let k = answer_k.min(n);
     let d = features.first().map_or(0, Vec::len);
     let flat: Vec<f32> = features.iter().flatten().copied().collect();
     let points = ArrayView2::from_shape((n, d), &flat)
         .map_err(|e| Error::runtime(format!("image features: {e}")))?;
+    let (answer_k, read) = super::answer_k::answer_k(inference, heads_k, points, read, seed)?;
+    let k = answer_k.min(n);
     if let Some(p) = pooled.filter(|p| p.nrows() != n) {
         return Err(Error::runtime(format!(
             "{} pooled features for {n} images",
@@ -120,12 +123,14 @@ pub fn assign(
         }
         false => found,
     };
-    let change = match place(preds, &clusters, answer_k) {
-        Some(moved) => format!("{moved} of {n} images differ from the region-merged answer"),
-        None => format!(
-            "{answer_k} clusters (inference.num_clusters; the model was trained with {heads_k})"
+    let change =
+        match place(preds, &clusters, answer_k) {
+            Some(moved) => format!("{moved} of {n} images differ from the region-merged answer"),
+            None => format!(
+            "{answer_k} clusters (inference.num_clusters{}; the model was trained with {heads_k})",
+            inference.num_clusters.map_or(String::new(), |n| format!(": {n}"))
         ),
-    };
+        };
     let stored = Neighbours {
         features,
         clusters,
@@ -149,7 +154,7 @@ pub fn assign(
         "image clusters by spectral clustering of the images' {what} ({neighbours}{centred}): \
          {change}"
     );
-    Ok(stored)
+    Ok((stored, read))
 }
 
 /// Assigns the images of `preds` the cluster of their nearest stored training image (squared
@@ -316,6 +321,7 @@ impl Neighbours {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ClusterCount;
 
     fn preds(tokens: &[[f32; 2]], heads: &[usize], k: usize) -> Predictions {
         Predictions::with_tokens(tokens, heads, k)
@@ -365,11 +371,11 @@ mod tests {
         // Heads trained with K = 2: the first group on head 0, the other two on head 1.
         let heads = [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1];
         let three = Inference {
-            num_clusters: Some(3),
+            num_clusters: Some(ClusterCount::Fixed(3)),
             ..plain()
         };
         let mut p = preds(&t, &heads, 2);
-        let stored = assign(&mut p, &three, 0, None).unwrap();
+        let stored = assign(&mut p, &three, 0, None, KRead::default()).unwrap().0;
         assert_eq!(p.num_clusters, 3);
         let got: Vec<usize> = p.images.iter().map(|i| i.cluster).collect();
         for g in got.chunks(4) {
@@ -399,12 +405,12 @@ mod tests {
         // Fewer clusters than heads: two near groups (10°–15° under heads 0 and 1) merge, and
         // each head pairs with its images' cluster.
         let two = Inference {
-            num_clusters: Some(2),
+            num_clusters: Some(ClusterCount::Fixed(2)),
             ..plain()
         };
         let near: Vec<[f32; 2]> = two_groups()[..6].iter().chain(&t[8..]).copied().collect();
         let mut p = preds(&near, &[0, 0, 0, 1, 1, 1, 2, 2, 2, 2], 3);
-        assign(&mut p, &two, 0, None).unwrap();
+        assign(&mut p, &two, 0, None, KRead::default()).unwrap();
         assert_eq!(p.num_clusters, 2);
         let got: Vec<usize> = p.images.iter().map(|i| i.cluster).collect();
         assert!(got[..6].iter().all(|&c| c == got[0]) && got[6..].iter().all(|&c| c != got[0]));
@@ -425,7 +431,9 @@ mod tests {
         // The heads number the groups 1 and 0 and put image 3 with the second group.
         let heads = [1, 1, 1, 0, 1, 1, 0, 0, 0, 0, 0, 0];
         let mut p = preds(&t, &heads, 2);
-        let stored = assign(&mut p, &plain(), 0, None).unwrap();
+        let stored = assign(&mut p, &plain(), 0, None, KRead::default())
+            .unwrap()
+            .0;
         let got: Vec<usize> = p.images.iter().map(|i| i.cluster).collect();
         assert_eq!(got, [1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0]);
         // The moved image's confidence is its merged probability of its new cluster; the crop
@@ -448,13 +456,15 @@ mod tests {
         let t = two_groups();
         let heads = [0; 12];
         let mut alone = preds(&t, &heads, 2);
-        assign(&mut alone, &plain(), 0, None).unwrap();
+        assign(&mut alone, &plain(), 0, None, KRead::default()).unwrap();
         // The same features as the pooled view: the summed graph is the graph doubled, whose
         // normalised affinity (and so the answer) is the same.
         let flat: Vec<f32> = t.iter().flatten().copied().collect();
         let same = ndarray::Array2::from_shape_vec((12, 2), flat).unwrap();
         let mut both = preds(&t, &heads, 2);
-        let stored = assign(&mut both, &plain(), 0, Some(same.view())).unwrap();
+        let stored = assign(&mut both, &plain(), 0, Some(same.view()), KRead::default())
+            .unwrap()
+            .0;
         assert_eq!(both.images, alone.images);
         assert_eq!(
             stored.features[0].len(),
@@ -464,7 +474,7 @@ mod tests {
         // One row short is an error, not a panic.
         let mut p = preds(&t, &heads, 2);
         let short = same.slice(ndarray::s![..11, ..]);
-        let e = assign(&mut p, &plain(), 0, Some(short)).unwrap_err();
+        let e = assign(&mut p, &plain(), 0, Some(short), KRead::default()).unwrap_err();
         assert!(
             e.to_string().contains("11 pooled features for 12 images"),
             "{e}"
@@ -475,7 +485,9 @@ mod tests {
     fn centred_features_are_stored_with_their_mean_and_new_images_follow_it() {
         let t = two_groups();
         let mut p = preds(&t, &[0; 12], 2);
-        let stored = assign(&mut p, &centred_graphs(), 0, None).unwrap();
+        let stored = assign(&mut p, &centred_graphs(), 0, None, KRead::default())
+            .unwrap()
+            .0;
         let mean = stored.center.clone().expect("the mean is stored");
         let raw = image_features(&p).unwrap();
         for (j, m) in mean.iter().enumerate() {
@@ -529,7 +541,9 @@ mod tests {
     fn a_new_image_takes_its_nearest_stored_images_cluster() {
         let t = two_groups();
         let mut p = preds(&t, &[0; 12], 2);
-        let stored = assign(&mut p, &plain(), 0, None).unwrap();
+        let stored = assign(&mut p, &plain(), 0, None, KRead::default())
+            .unwrap()
+            .0;
         let second = stored.clusters[11];
         let r = 79f32.to_radians();
         let mut q = preds(&[[r.cos(), r.sin()]], &[1 - second], 2);
@@ -545,7 +559,9 @@ mod tests {
             Neighbours::from_tensors(&BTreeMap::new(), origin).unwrap(),
             None
         );
-        let good = assign(&mut p, &plain(), 0, None).unwrap();
+        let good = assign(&mut p, &plain(), 0, None, KRead::default())
+            .unwrap()
+            .0;
         let mut t = good.to_tensors();
         t.remove(CLUSTERS);
         assert!(Neighbours::from_tensors(&t, origin).is_err());
@@ -568,6 +584,6 @@ mod tests {
         };
         assert!(assign_stored(&mut p, &wrong_cluster, None).is_err());
         p.class_tokens.clear();
-        assert!(assign(&mut p, &plain(), 0, None).is_err());
+        assert!(assign(&mut p, &plain(), 0, None, KRead::default()).is_err());
     }
 }

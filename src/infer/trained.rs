@@ -92,7 +92,10 @@ pub fn run(t: &Trained, set: Arc<CropSet>, device: Device) -> Result<Predictions
     let outputs = crop_logits(&t.model, &eval, device)?;
     let mut preds = predict(&set, &outputs, t.meta.chosen_head, t.meta.merge_temperature)?;
     if let Some(n) = &t.neighbours {
-        super::spectral::assign_stored(&mut preds, n, cfg.inference.num_clusters)?;
+        // The K the answer was made with: read after training (`auto`), or the setting's.
+        let k = t.meta.answer_k.as_ref().map(|a| a.chosen);
+        let k = k.or(cfg.inference.num_clusters.and_then(|n| n.fixed()));
+        super::spectral::assign_stored(&mut preds, n, k)?;
     } else if !t.meta.image_centroids.is_empty() {
         super::refine::assign_stored(&mut preds, &t.meta.image_centroids)?;
     }

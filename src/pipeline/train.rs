@@ -8,7 +8,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use super::pretrained::{pretrained_view, training_free_scores};
+use super::pretrained::{novel_heads, pretrained_view, training_free_scores};
 use super::{add_log_file, io_context};
 use crate::checkpoint::{self, CheckpointMeta, CHECKPOINT_FILE};
 use crate::cluster::{KEstimate, NumClasses};
@@ -18,6 +18,7 @@ use crate::data::{
     ViewSource,
 };
 use crate::error::{Error, Result, ResultExt};
+use crate::infer::answer_k::{AnswerK, KRead};
 use crate::infer::merge::default_merge_temperature;
 use crate::infer::predict::{crop_logits, crop_logits_cached, predict};
 use crate::mebin::{BinarizeSpec, BinarizeSummary, Pairing};
@@ -126,6 +127,8 @@ pub enum TrainOutcome {
         /// The number of novel clusters, and the estimate when K was estimated.
         num_clusters: usize,
         estimate: Option<KEstimate>,
+        /// How the answer's K was read after training (`inference.num_clusters: auto`).
+        answer_k: Option<AnswerK>,
         /// Images per cluster.
         cluster_sizes: Vec<usize>,
         /// The K that `--num-classes auto` chooses on these crops (computed beside a given K
@@ -227,7 +230,8 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
         if let Some(view) = view {
             auto_k = view.estimate.as_ref().map(|e| e.chosen);
             if let Some(est) = view.estimate.filter(|_| estimate_needed) {
-                let again = CropSet::load(spec.base.as_deref(), &novel, Some(est.chosen))?;
+                let again =
+                    CropSet::load(spec.base.as_deref(), &novel, Some(novel_heads(&cfg, &est)))?;
                 if again.items != set.items {
                     return Err(Error::runtime(
                         "the crops changed while K was estimated; run again",
@@ -236,8 +240,9 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
                 set = Arc::new(again);
                 k_estimate = Some(est);
             }
-            training_free =
-                training_free_scores(&cfg, &set, &view.tokens, view.guidance, merge_temperature)?;
+            let estimated = k_estimate.as_ref().map(|e| e.chosen);
+            let k = (merge_temperature, estimated.filter(|_| estimate_needed));
+            training_free = training_free_scores(&cfg, &set, &view.tokens, view.guidance, k)?;
             if !spec.evaluate_only {
                 neighbours = super::neighbours::neighbour_views(
                     &cfg,
@@ -349,12 +354,21 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
         (Some(p), true) => Some(super::neighbours::image_rows(p, &preds)?),
         _ => None,
     };
+    let read = KRead {
+        criterion: cfg.training.k_criterion(),
+        floor: k_estimate
+            .as_ref()
+            .filter(|_| spec.num_classes == NumClasses::Auto)
+            .map(|e| e.chosen),
+    };
     let answer = crate::infer::answer(
         &mut preds,
         &cfg.inference,
         cfg.experiment.seed,
         pooled_rows.as_ref().map(|r| r.view()),
+        read,
     )?;
+    let answer_k = answer.k_read.clone();
     let scores = crate::report::write(&crate::report::RunOutputs {
         out: run_dir,
         table: &spec.table,
@@ -377,6 +391,7 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
         scores,
         num_clusters: preds.num_clusters,
         estimate: k_estimate,
+        answer_k,
         cluster_sizes: preds.cluster_sizes(),
         auto_k,
         training_free,
@@ -528,6 +543,7 @@ fn new_meta(
         num_classes_estimate,
         cluster_classes: Vec::new(),
         image_centroids: Vec::new(),
+        answer_k: None,
     }
 }
 

@@ -45,6 +45,7 @@ fn valid_checkpoint() -> &'static (Vec<u8>, usize) {
             num_classes_estimate: None,
             cluster_classes: vec![],
             image_centroids: vec![],
+            answer_k: None,
         };
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("c.safetensors");

@@ -61,34 +61,50 @@ pub const MASK_GRID: usize = 28;
 /// nearest by their images' pooled detector features (`training.neighbor_features: pooled`,
 /// which the built-in detector writes beside its maps). With the true K this raised the mean F1
 /// of the five benchmark protocols from 0.614 to 0.642 over six seeds (MTD fitted 0.582 →
-/// 0.640, SD-900 0.723 → 0.816, tire 0.490 → 0.467 within its sd). Under `auto`'s K, one type
-/// short on every protocol, it did not pay (0.610 → 0.607, MTD zero-shot 0.594 → 0.548), so an
-/// estimated K trains without it.
+/// 0.640, SD-900 0.723 → 0.816, tire 0.490 → 0.467 within its sd). Under `auto`'s K trained as
+/// the heads' K, one type short on every protocol, it did not pay (0.610 → 0.607, MTD zero-shot
+/// 0.594 → 0.548). Under `auto` the answer's K is now read after training
+/// (`inference.num_clusters: auto`, [`crate::infer::answer_k`]) from a model trained with
+/// `--max-classes` clusters, which is how the models trained with 10 clusters were measured,
+/// with these views: split into the true K they were level with models trained with it.
 pub const NEIGHBOUR_VIEWS: f64 = 0.5;
 
 /// The run's config: `path` as it is, or the defaults with [`DEFAULT_SETTINGS`], a
-/// [`MASK_GRID`]-patch input side for the chosen backbone and, when `k_given`, the pooled
-/// neighbour views ([`NEIGHBOUR_VIEWS`]); `overrides` (`--set`) last.
+/// [`MASK_GRID`]-patch input side for the chosen backbone and the pooled neighbour views
+/// ([`NEIGHBOUR_VIEWS`]); without `k_given`, where the answer is spectral and no number of
+/// clusters is set, `inference.num_clusters: auto` too; `overrides` (`--set`) last.
 pub fn config(path: Option<&Path>, overrides: &[String], k_given: bool) -> Result<Config> {
     let Some(p) = path else {
+        let value = |key: &str| {
+            overrides
+                .iter()
+                .filter_map(|o| crate::config::split_override(o))
+                .filter(|(k, _)| *k == key)
+                .map(|(_, v)| v.trim())
+                .next_back()
+        };
+        let set = |key: &str| value(key).is_some();
         let mut all: Vec<String> = DEFAULT_SETTINGS.iter().map(|s| s.to_string()).collect();
-        if k_given {
+        // Under `auto` the answer's K is read after training, where the answer is spectral
+        // (the heads' answer has the trained K) and no number is given.
+        let read_after = !k_given
+            && value("inference.assign").is_none_or(|v| v == "spectral")
+            && value("inference.num_clusters").is_none_or(|v| v == "auto");
+        if read_after {
+            all.push("inference.num_clusters=auto".into());
+        }
+        if k_given || read_after {
             all.push(format!("training.neighbor_views={NEIGHBOUR_VIEWS}"));
         }
         all.extend_from_slice(overrides);
         let mut cfg = Config::load(None, &all)?;
-        let set = |key: &str| {
-            overrides
-                .iter()
-                .any(|o| crate::config::split_override(o).is_some_and(|(k, _)| k == key))
-        };
         if !set("models.image_size") {
             // Within the config's bounds for every backbone (patches of 8 to 16 px).
             cfg.models.image_size = MASK_GRID * cfg.arch().patch_size;
         }
         // After loading: `--set training.neighbor_views=0` leaves no features to validate.
         let t = &mut cfg.training;
-        if k_given && t.neighbor_views > 0.0 && !set("training.neighbor_features") {
+        if (k_given || read_after) && t.neighbor_views > 0.0 && !set("training.neighbor_features") {
             t.neighbor_features = Some(NeighbourFeatures::Pooled);
         }
         return Ok(cfg);
@@ -99,7 +115,7 @@ pub fn config(path: Option<&Path>, overrides: &[String], k_given: bool) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::CacheFrozen;
+    use crate::config::{CacheFrozen, ClusterCount};
     use tch::Device;
 
     #[test]
@@ -176,8 +192,6 @@ mod tests {
             let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
             config(None, &set, given).map(|c| c.training)
         };
-        let plain = t(false, &[]).unwrap();
-        assert_eq!((plain.neighbor_views, plain.neighbor_features), (0.0, None));
         let given = t(true, &[]).unwrap();
         assert_eq!(given.neighbor_views, NEIGHBOUR_VIEWS);
         assert_eq!(given.neighbor_features, Some(NeighbourFeatures::Pooled));
@@ -191,16 +205,58 @@ mod tests {
             folder.neighbor_features,
             Some(NeighbourFeatures::Folder("runs/p".into()))
         );
-        // An estimated K: the user's own settings only. The features still feed the answer's
-        // graph, unless that is the trained features' alone.
-        let est = t(false, &["training.neighbor_features=runs/p"]).unwrap();
+        // An estimated K with a number of clusters chosen, or the heads' answer: the user's
+        // own settings only. The features still feed the answer's graph, unless that is the
+        // trained features' alone.
+        let four = "inference.num_clusters=4";
+        let est = t(false, &["training.neighbor_features=runs/p", four]).unwrap();
         assert_eq!(est.neighbor_views, 0.0);
+        let heads = t(false, &["inference.assign=heads"]).unwrap();
+        assert_eq!((heads.neighbor_views, heads.neighbor_features), (0.0, None));
         let alone = "inference.spectral_graph=trained";
-        assert!(t(false, &["training.neighbor_features=pooled", alone]).is_err());
+        assert!(t(false, &["training.neighbor_features=pooled", alone, four]).is_err());
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.yaml");
         std::fs::write(&file, "models:\n  pretrained_backbone: dinov2_vits14\n").unwrap();
         let from_file = config(Some(&file), &[], true).unwrap().training;
         assert_eq!(from_file.neighbor_views, 0.0, "a config file keeps its own");
+    }
+
+    #[test]
+    fn an_estimated_k_is_read_again_after_training_under_the_spectral_answer() {
+        let c = |set: &[&str]| {
+            let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+            config(None, &set, false).unwrap()
+        };
+        let plain = c(&[]);
+        assert_eq!(plain.inference.num_clusters, Some(ClusterCount::Auto));
+        assert_eq!(plain.training.neighbor_views, NEIGHBOUR_VIEWS);
+        assert_eq!(
+            plain.training.neighbor_features,
+            Some(NeighbourFeatures::Pooled)
+        );
+        let same = c(&["inference.num_clusters=auto", "inference.assign=spectral"]);
+        assert_eq!(same.training, plain.training);
+        assert_eq!(same.inference, plain.inference);
+        let four = c(&["inference.num_clusters=4"]);
+        assert_eq!(four.inference.num_clusters, Some(ClusterCount::Fixed(4)));
+        assert_eq!(four.training.neighbor_views, 0.0);
+        let heads = c(&["inference.assign=heads"]);
+        assert_eq!(heads.inference.num_clusters, None);
+        assert_eq!(heads.training.neighbor_views, 0.0);
+        // A given K keeps the trained K as the answer's.
+        let given = config(None, &[], true).unwrap();
+        assert_eq!(given.inference.num_clusters, None);
+        // A config file keeps its own.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(&file, "models:\n  pretrained_backbone: dinov2_vits14\n").unwrap();
+        assert_eq!(
+            config(Some(&file), &[], false)
+                .unwrap()
+                .inference
+                .num_clusters,
+            None
+        );
     }
 }

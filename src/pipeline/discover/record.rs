@@ -16,7 +16,7 @@ use super::plan::{SYNTH_BASE_PER_CLASS, SYNTH_BASE_SEED, SYNTH_BASE_SIZE};
 use super::stages::detect_spec;
 use super::DiscoverSpec;
 use crate::cluster::NumClasses;
-use crate::config::{Binarization, Config, KCriterion, NeighbourFeatures};
+use crate::config::{Binarization, ClusterCount, Config, KCriterion, NeighbourFeatures};
 use crate::detect::DetectSettings;
 use crate::error::Result;
 use crate::fingerprint::AbsPath;
@@ -209,6 +209,11 @@ pub struct TrainSettings {
     /// nothing reads it, so that those runs' earlier fingerprints keep their form.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub k_criterion: Option<KCriterion>,
+    /// With `--num-classes auto` and `inference.num_clusters: auto`: training has
+    /// `max_classes` novel heads and the answer's K is read after it; left out otherwise, so
+    /// that earlier fingerprints keep their form.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub k_read_after_training: bool,
 }
 
 /// A stage's fingerprint: its name, the records' [`VERSION`] and its settings.
@@ -298,6 +303,8 @@ pub fn fingerprints(
                     config: training_config(&spec.config),
                     k_criterion: matches!(spec.num_classes, NumClasses::Auto)
                         .then(|| spec.config.training.k_criterion()),
+                    k_read_after_training: matches!(spec.num_classes, NumClasses::Auto)
+                        && spec.config.inference.num_clusters == Some(ClusterCount::Auto),
                     num_classes: format!("{:?}", spec.num_classes),
                     max_classes: spec.max_classes,
                     weights: model_weights.to_string(),

@@ -210,6 +210,7 @@ fn run_train(
             scores,
             num_clusters,
             estimate,
+            answer_k,
             cluster_sizes,
             auto_k,
             training_free,
@@ -225,6 +226,7 @@ fn run_train(
             let found = Found {
                 num_clusters,
                 estimate,
+                answer_k,
                 cluster_sizes,
                 scores,
                 auto_k: auto_k.or(earlier_auto_k),

@@ -19,6 +19,9 @@ pub struct Found {
     pub num_clusters: usize,
     /// The estimate and its per-K table when K was estimated.
     pub estimate: Option<KEstimate>,
+    /// How the answer's K was read after training (`inference.num_clusters: auto`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_k: Option<crate::infer::answer_k::AnswerK>,
     /// Images per cluster.
     pub cluster_sizes: Vec<usize>,
     /// Image-level scores when `--images` has type folders (`[nmi, ari, f1]` in JSON).
@@ -206,6 +209,7 @@ mod tests {
         Found {
             num_clusters: 2,
             estimate: None,
+            answer_k: None,
             cluster_sizes: vec![3, 5],
             scores: Some((0.5, 0.25, 0.75).into()),
             auto_k: Some(2),

@@ -159,7 +159,7 @@ fn a_changed_inference_setting_evaluates_the_checkpoint_again_without_training()
     );
     assert!(t.contains("only the evaluation runs again"), "{t}");
     assert!(
-        t.contains("3 clusters (inference.num_clusters; the model was trained with 4)"),
+        t.contains("3 clusters (inference.num_clusters: 3; the model was trained with 4)"),
         "{t}"
     );
     assert!(t.contains("K = 3 (inference.num_clusters)"), "{t}");
@@ -183,6 +183,21 @@ fn a_changed_inference_setting_evaluates_the_checkpoint_again_without_training()
     common::assert_ok(&o, "test");
     assert_eq!(read(&p.join("split/predictions.csv")), split);
 
+    // `auto` reads the answer's K from the trained features, at most the model's 4 and with no
+    // estimate under it (K was given): an evaluation too.
+    let auto = ["--set", "inference.num_clusters=auto"];
+    let t = ok(
+        p,
+        &with(&[&["--resume"][..], &graph, &centred, &auto].concat()),
+    );
+    assert!(t.contains("only the evaluation runs again"), "{t}");
+    assert!(t.contains("read from the trained image features)"), "{t}");
+    let found = &json(&run.join("discover.json"))["found"];
+    let k = found["answer_k"]["chosen"].as_u64().unwrap();
+    assert!((2..=4).contains(&k), "{found}");
+    assert!(found["answer_k"]["before"].is_null(), "{found}");
+    assert_eq!(found["num_clusters"], k);
+
     // A changed training setting still retrains.
     let t = ok(p, &with(&["--resume", "--set", "training.epochs=1"]));
     assert!(!t.contains("only the evaluation runs again"), "{t}");
@@ -199,4 +214,72 @@ fn a_changed_inference_setting_evaluates_the_checkpoint_again_without_training()
     let t = ok(p, &with(&again));
     assert!(!t.contains("only the evaluation runs again"), "{t}");
     assert!(train.join("checkpoint.safetensors").is_file());
+}
+
+/// `inference.num_clusters: auto` under `--num-classes auto`: training has `--max-classes`
+/// clusters, the answer's K is read from the trained features after it and is not below the
+/// estimate made before it; `test` keeps that answer; without the setting the heads' K is the
+/// estimate again, which trains anew.
+#[test]
+fn an_estimated_k_read_again_after_training_trains_max_classes_clusters() {
+    let d = setup();
+    let p = d.path();
+    let auto = ["--num-classes", "auto", "--max-classes", "6"];
+    let spectral = ["--set", "inference.assign=spectral"];
+    let read_k = ["--set", "inference.num_clusters=auto"];
+    let run = p.join("run");
+    let train = run.join("train");
+    let plan = ok(
+        p,
+        &given_maps(&[&auto[..], &spectral, &read_k, &["--dry-run"]].concat()),
+    );
+    assert!(
+        plan.contains("estimate K (2..=6), train 6 clusters, read K again after training"),
+        "{plan}"
+    );
+    let t = ok(p, &given_maps(&[&auto[..], &spectral, &read_k].concat()));
+    assert!(
+        t.contains("training with 6 novel clusters (--max-classes)"),
+        "{t}"
+    );
+    let meta = json(&train.join("checkpoint.json"));
+    assert_eq!(meta["num_novel_clusters"], 6);
+    let before = meta["num_classes_estimate"]["chosen"].as_u64().unwrap();
+    let a = &meta["answer_k"];
+    let chosen = a["chosen"].as_u64().unwrap();
+    assert_eq!(a["before"], before);
+    assert_eq!(chosen, before.max(a["trained"].as_u64().unwrap()));
+    assert_eq!(a["gaps"].as_array().unwrap().len(), 5, "K = 2..=6");
+    let found = &json(&run.join("discover.json"))["found"];
+    assert_eq!(found["num_clusters"], chosen);
+    assert_eq!(found["answer_k"], *a);
+    assert!(
+        t.contains(&format!("K = {chosen} ("))
+            && t.contains("read from the trained image features"),
+        "{t}"
+    );
+    let answer = read(&train.join("predictions.csv"));
+    let clusters: Vec<u64> = answer
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(clusters.len(), 16);
+    assert!(clusters.iter().all(|&c| c < chosen), "{answer}");
+    let o = run_in(
+        p,
+        &["test", "--checkpoint", "run/train", "--out", "again", "-q"],
+    );
+    common::assert_ok(&o, "test");
+    assert_eq!(read(&p.join("again/predictions.csv")), answer);
+
+    // The heads' K is the estimate again without the setting: the heads change, so it trains.
+    let t = ok(
+        p,
+        &given_maps(&[&auto[..], &spectral, &["--resume"]].concat()),
+    );
+    assert!(!t.contains("only the evaluation runs again"), "{t}");
+    let meta = json(&train.join("checkpoint.json"));
+    assert_eq!(meta["num_novel_clusters"], before);
+    assert!(meta.get("answer_k").is_none(), "{meta}");
 }
