@@ -184,6 +184,11 @@ impl Default for Inference {
 }
 
 impl Inference {
+    /// Whether the answer's K is read from the trained features (`num_clusters: auto`).
+    pub fn reads_k(&self) -> bool {
+        self.num_clusters == Some(ClusterCount::Auto)
+    }
+
     /// Whether the answer reads the images' pooled detector features.
     pub fn reads_pooled(&self) -> bool {
         self.assign == ImageAssign::Spectral
@@ -227,12 +232,8 @@ impl Inference {
                 )
             },
         );
-        if let Some(n) = self.num_clusters {
+        if let Some(k) = self.num_clusters.and_then(|n| n.fixed()) {
             let r = ANSWER_CLUSTERS;
-            let k = match n {
-                ClusterCount::Fixed(k) => k,
-                ClusterCount::Auto => *r.start(),
-            };
             c.need(r.contains(&k), || {
                 format!(
                     "inference.num_clusters must be in {}..={} (got {k})",
@@ -240,6 +241,8 @@ impl Inference {
                     r.end()
                 )
             });
+        }
+        if self.num_clusters.is_some() {
             c.need(self.assign == ImageAssign::Spectral, || {
                 "inference.num_clusters splits the trained features' graph again; it needs \
                  inference.assign: spectral (the heads' answer has the trained K)"

@@ -74,8 +74,9 @@ pub fn answer_k(
         None => Ok((heads_k, None)),
         Some(ClusterCount::Fixed(k)) => Ok((k, None)),
         Some(ClusterCount::Auto) => {
+            // Too few images to compare cluster counts: the estimate, else the trained K.
             let Some((trained, gaps)) = read_k(points, heads_k, read.criterion, seed)? else {
-                return Ok((heads_k, None));
+                return Ok((read.floor.unwrap_or(heads_k), None));
             };
             let chosen = read.floor.map_or(trained, |f| trained.max(f));
             let found = AnswerK {
@@ -158,9 +159,14 @@ mod tests {
             answer_k(&inference(None), 8, x.view(), read, 0).unwrap(),
             (8, None)
         );
-        // Too few images to compare K: the trained K.
+        // Too few images to compare K: the trained K, or the estimate where there is one.
         let two = groups(1).slice(ndarray::s![..2, ..]).to_owned();
         let auto = inference(Some(ClusterCount::Auto));
         assert_eq!(answer_k(&auto, 4, two.view(), read, 0).unwrap(), (4, None));
+        let floor = KRead {
+            floor: Some(3),
+            ..read
+        };
+        assert_eq!(answer_k(&auto, 4, two.view(), floor, 0).unwrap(), (3, None));
     }
 }

@@ -5,8 +5,10 @@
 use std::sync::Arc;
 
 use super::TrainSpec;
-use crate::cluster::{estimate, estimate_k, fit, set_tokens, KEstimate, KMeansOptions, SetTokens};
-use crate::config::{ClusterCount, Config, GuidanceMode, ImageAssign};
+use crate::cluster::{
+    estimate, estimate_k, fit, set_tokens, KEstimate, KMeansOptions, NumClasses, SetTokens,
+};
+use crate::config::{Config, GuidanceMode, ImageAssign};
 use crate::data::{CropSet, NovelSource};
 use crate::error::Result;
 use crate::infer::answer_k::KRead;
@@ -120,14 +122,15 @@ pub(super) fn pretrained_view(
 /// k-means with the set's K on the pretrained novel tokens (computed under `guidance`), merged
 /// per image and scored like the trained model (the same merge temperature and, under
 /// `inference.assign: spectral`, the images then clustered by their pretrained features as the
-/// trained model's are by its own; `estimated`: the K `--num-classes auto` estimated, which
-/// `inference.num_clusters: auto` does not go below); `None` without true types.
+/// trained model's are by its own, `read` saying how `inference.num_clusters: auto` reads K);
+/// `None` without true types.
 pub(super) fn training_free_scores(
     cfg: &Config,
     set: &CropSet,
     tokens: &SetTokens,
     guidance: GuidanceMode,
-    (merge_temperature, estimated): (f64, Option<usize>),
+    merge_temperature: f64,
+    read: KRead,
 ) -> Result<Option<Scores>> {
     let k = set.num_novel_clusters;
     if tokens.novel.nrows() < k {
@@ -155,10 +158,6 @@ pub(super) fn training_free_scores(
                 .map(|r| r.to_vec())
                 .collect();
             let seed = cfg.experiment.seed;
-            let read = KRead {
-                criterion: cfg.training.k_criterion(),
-                floor: estimated,
-            };
             crate::infer::spectral::assign(&mut preds, &cfg.inference, seed, None, read)?;
             "spectral clustering of the images"
         }
@@ -180,15 +179,23 @@ pub(super) fn training_free_scores(
 /// estimate compared, so that the trained graph can hold more types than the pretrained tokens
 /// showed ([`crate::infer::answer_k`]).
 pub(super) fn novel_heads(cfg: &Config, est: &KEstimate) -> usize {
-    match cfg.inference.num_clusters {
-        Some(ClusterCount::Auto) => {
-            let top = est.scores.iter().map(|s| s.k).max().unwrap_or(est.chosen);
-            log::info!(
-                "training with {top} novel clusters (--max-classes): the answer's K is read \
-                 from the trained features (inference.num_clusters: auto)"
-            );
-            top.max(est.chosen)
-        }
-        _ => est.chosen,
+    if !cfg.inference.reads_k() {
+        return est.chosen;
+    }
+    // The chosen K is one of the scored ones, so the largest is at least the chosen.
+    let top = est.scores.iter().map(|s| s.k).max().unwrap_or(est.chosen);
+    log::info!(
+        "training with {top} novel clusters (--max-classes): the answer's K is read from the \
+         trained features (inference.num_clusters: auto)"
+    );
+    top
+}
+
+/// How `inference.num_clusters: auto` reads K: not below the estimate `--num-classes auto` made.
+pub(super) fn k_read(spec: &TrainSpec, cfg: &Config, estimate: Option<&KEstimate>) -> KRead {
+    let auto = spec.num_classes == NumClasses::Auto;
+    KRead {
+        criterion: cfg.training.k_criterion(),
+        floor: estimate.filter(|_| auto).map(|e| e.chosen),
     }
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use super::pretrained::{novel_heads, pretrained_view, training_free_scores};
+use super::pretrained::{k_read, novel_heads, pretrained_view, training_free_scores};
 use super::{add_log_file, io_context};
 use crate::checkpoint::{self, CheckpointMeta, CHECKPOINT_FILE};
 use crate::cluster::{KEstimate, NumClasses};
@@ -18,7 +18,7 @@ use crate::data::{
     ViewSource,
 };
 use crate::error::{Error, Result, ResultExt};
-use crate::infer::answer_k::{AnswerK, KRead};
+use crate::infer::answer_k::AnswerK;
 use crate::infer::merge::default_merge_temperature;
 use crate::infer::predict::{crop_logits, crop_logits_cached, predict};
 use crate::mebin::{BinarizeSpec, BinarizeSummary, Pairing};
@@ -240,9 +240,15 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
                 set = Arc::new(again);
                 k_estimate = Some(est);
             }
-            let estimated = k_estimate.as_ref().map(|e| e.chosen);
-            let k = (merge_temperature, estimated.filter(|_| estimate_needed));
-            training_free = training_free_scores(&cfg, &set, &view.tokens, view.guidance, k)?;
+            let read = k_read(spec, &cfg, k_estimate.as_ref());
+            training_free = training_free_scores(
+                &cfg,
+                &set,
+                &view.tokens,
+                view.guidance,
+                merge_temperature,
+                read,
+            )?;
             if !spec.evaluate_only {
                 neighbours = super::neighbours::neighbour_views(
                     &cfg,
@@ -354,13 +360,7 @@ pub fn run(spec: &TrainSpec) -> Result<TrainOutcome> {
         (Some(p), true) => Some(super::neighbours::image_rows(p, &preds)?),
         _ => None,
     };
-    let read = KRead {
-        criterion: cfg.training.k_criterion(),
-        floor: k_estimate
-            .as_ref()
-            .filter(|_| spec.num_classes == NumClasses::Auto)
-            .map(|e| e.chosen),
-    };
+    let read = k_read(spec, &cfg, k_estimate.as_ref());
     let answer = crate::infer::answer(
         &mut preds,
         &cfg.inference,

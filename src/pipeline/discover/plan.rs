@@ -439,13 +439,11 @@ pub fn plan(spec: &DiscoverSpec, inputs: &Inputs) -> Plan {
     let t = &cfg.training;
     let cached = t.cache_frozen.enabled(spec.device);
     let k_what = match spec.num_classes {
-        NumClasses::Auto => match cfg.inference.num_clusters {
-            Some(crate::config::ClusterCount::Auto) => format!(
-                "estimate K (2..={m}), train {m} clusters, read K again after training",
-                m = spec.max_classes
-            ),
-            _ => format!("estimate K (2..={})", spec.max_classes),
-        },
+        NumClasses::Auto if cfg.inference.reads_k() => format!(
+            "estimate K (2..={m}), train {m} clusters, read K again after training",
+            m = spec.max_classes
+        ),
+        NumClasses::Auto => format!("estimate K (2..={})", spec.max_classes),
         NumClasses::Fixed(k) => format!("K = {k}"),
         NumClasses::FromFolders => format!("K = {} (type folders)", inputs.types.len()),
     };

@@ -16,7 +16,7 @@ use super::plan::{SYNTH_BASE_PER_CLASS, SYNTH_BASE_SEED, SYNTH_BASE_SIZE};
 use super::stages::detect_spec;
 use super::DiscoverSpec;
 use crate::cluster::NumClasses;
-use crate::config::{Binarization, ClusterCount, Config, KCriterion, NeighbourFeatures};
+use crate::config::{Binarization, Config, KCriterion, NeighbourFeatures};
 use crate::detect::DetectSettings;
 use crate::error::Result;
 use crate::fingerprint::AbsPath;
@@ -304,7 +304,7 @@ pub fn fingerprints(
                     k_criterion: matches!(spec.num_classes, NumClasses::Auto)
                         .then(|| spec.config.training.k_criterion()),
                     k_read_after_training: matches!(spec.num_classes, NumClasses::Auto)
-                        && spec.config.inference.num_clusters == Some(ClusterCount::Auto),
+                        && spec.config.inference.reads_k(),
                     num_classes: format!("{:?}", spec.num_classes),
                     max_classes: spec.max_classes,
                     weights: model_weights.to_string(),
